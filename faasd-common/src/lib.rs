@@ -1,0 +1,145 @@
+//! Types shared by faasd's kernel programs and its daemon.
+//!
+//! Everything here is `no_std` and `#[repr(C)]`: the same bytes are written by the daemon
+//! into BPF maps and read by the `sk_lookup` program.
+#![no_std]
+#![deny(missing_docs)]
+
+use core::net::Ipv6Addr;
+
+/// Names of the BPF maps and program, shared so user space finds what the object defines.
+pub mod names {
+    /// (address, port, protocol) → socket slot.
+    pub const BINDINGS: &str = "BINDINGS";
+    /// Socket slot → listening socket (a `SOCKMAP`).
+    pub const SOCKETS: &str = "SOCKETS";
+    /// Socket slot → per-CPU [`SlotCounters`](super::SlotCounters).
+    pub const SLOT_STATS: &str = "SLOT_STATS";
+    /// [`GlobalCounter`](super::GlobalCounter) index → per-CPU count.
+    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    /// The `sk_lookup` program.
+    pub const SK_LOOKUP: &str = "faasd_sk_lookup";
+}
+
+/// How many (address, port, protocol) bindings, and so sockets, one host can hold.
+pub const MAX_BINDINGS: u32 = 1 << 17;
+
+/// `bpf_sk_assign` flag: use the selected socket as is, even when it shares its address
+/// and port with others through SO_REUSEPORT (as an old and a new version of a function do).
+pub const SK_ASSIGN_NO_REUSEPORT: u64 = 1 << 1;
+
+/// IP protocol numbers as `sk_lookup` reports them.
+pub mod proto {
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+}
+
+/// Key of the bindings map: the destination a connection or datagram is addressed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BindingKey {
+    /// IPv6 address as four words in network byte order, exactly as `bpf_sk_lookup.local_ip6`.
+    pub addr: [u32; 4],
+    /// Port in host byte order, as `bpf_sk_lookup.local_port`.
+    pub port: u16,
+    /// [`proto::TCP`] or [`proto::UDP`].
+    pub protocol: u8,
+    /// Always zero: keeps the key free of uninitialised padding, which would break hashing.
+    pub pad: u8,
+}
+
+impl BindingKey {
+    /// The key for `addr`:`port` over `protocol`.
+    pub fn new(addr: Ipv6Addr, port: u16, protocol: u8) -> Self {
+        let o = addr.octets();
+        let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+        Self {
+            addr: [word(0), word(4), word(8), word(12)],
+            port,
+            protocol,
+            pad: 0,
+        }
+    }
+
+    /// The address this key matches.
+    pub fn ipv6(&self) -> Ipv6Addr {
+        let mut o = [0u8; 16];
+        for (i, w) in self.addr.iter().enumerate() {
+            o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        Ipv6Addr::from(o)
+    }
+}
+
+/// Per-socket-slot counters, one copy per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotCounters {
+    /// Lookups that matched this slot's binding.
+    pub lookups: u64,
+    /// Lookups the program assigned to the slot's socket.
+    pub steered: u64,
+    /// Lookups that matched a binding whose socket is missing or could not take the connection.
+    pub no_socket: u64,
+}
+
+/// Host-wide counters of the `sk_lookup` program, indexes into `GLOBAL_STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GlobalCounter {
+    /// IPv6 lookups that matched no binding and fell through to the normal socket lookup.
+    Miss = 0,
+    /// IPv4 lookups (including IPv4-mapped clients): function addresses are IPv6 only, so
+    /// these are never steered and fall through.
+    Ipv4Passed = 1,
+}
+
+impl GlobalCounter {
+    /// Number of entries in `GLOBAL_STATS`.
+    pub const COUNT: u32 = 2;
+}
+
+/// The address plan of `fd00:faa5::/32` (see DESIGN.md, "Addressing").
+pub mod plan {
+    use core::net::Ipv6Addr;
+
+    /// The platform prefix, routed to `wg-faas`.
+    pub const PLATFORM_PREFIX: (Ipv6Addr, u8) =
+        (Ipv6Addr::new(0xfd00, 0xfaa5, 0, 0, 0, 0, 0, 0), 32);
+    /// This host's default function prefix (host number 1).
+    pub const DEFAULT_FUNCTION_PREFIX: (Ipv6Addr, u8) =
+        (Ipv6Addr::new(0xfd00, 0xfaa5, 1, 0, 0, 0, 0, 0), 48);
+    /// The host's address on the WireGuard network.
+    pub const HOST_ADDRESS: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xfaa5, 0, 0x100, 0, 0, 0, 1);
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] data without padding (BindingKey's pad byte is explicit).
+    unsafe impl aya::Pod for super::BindingKey {}
+    // SAFETY: three u64 fields, no padding.
+    unsafe impl aya::Pod for super::SlotCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_round_trips_address() {
+        let a: Ipv6Addr = "fd00:faa5:1::2a".parse().unwrap();
+        let k = BindingKey::new(a, 8080, proto::TCP);
+        assert_eq!(k.ipv6(), a);
+        assert_eq!(core::mem::size_of::<BindingKey>(), 20);
+    }
+
+    #[test]
+    fn key_words_are_network_order_in_memory() {
+        // The kernel hands the program local_ip6 as words whose memory bytes are the octets.
+        let k = BindingKey::new("fd00:faa5::1".parse().unwrap(), 1, proto::UDP);
+        assert_eq!(k.addr[0].to_ne_bytes(), [0xfd, 0x00, 0xfa, 0xa5]);
+        assert_eq!(k.addr[3].to_ne_bytes(), [0, 0, 0, 1]);
+    }
+}

@@ -1,0 +1,108 @@
+//! faasd's `sk_lookup` program: steers a connection (or datagram) for a function's address,
+//! port and protocol into the listening socket faasd created for it. Anything that matches
+//! no binding passes through untouched, so the rest of the host behaves as before.
+#![no_std]
+#![no_main]
+
+use core::ptr::read_volatile;
+
+use aya_ebpf::{
+    bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
+    macros::{map, sk_lookup},
+    maps::{HashMap, PerCpuArray, SockMap},
+    programs::SkLookupContext,
+};
+use faasd_common::{BindingKey, GlobalCounter, MAX_BINDINGS, SK_ASSIGN_NO_REUSEPORT, SlotCounters};
+
+const AF_INET6: u32 = 10;
+
+#[map(name = "BINDINGS")]
+static BINDINGS: HashMap<BindingKey, u32> = HashMap::pinned(MAX_BINDINGS, 0);
+
+#[map(name = "SOCKETS")]
+static SOCKETS: SockMap = SockMap::pinned(MAX_BINDINGS, 0);
+
+#[map(name = "SLOT_STATS")]
+static SLOT_STATS: PerCpuArray<SlotCounters> = PerCpuArray::pinned(MAX_BINDINGS, 0);
+
+#[map(name = "GLOBAL_STATS")]
+static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(GlobalCounter::COUNT, 0);
+
+#[sk_lookup]
+pub fn faasd_sk_lookup(ctx: SkLookupContext) -> u32 {
+    let l = ctx.lookup;
+    // The verifier only accepts context loads at constant offsets from the context
+    // pointer, so every field is read on its own (volatile keeps them from being merged
+    // into a copy through a derived pointer).
+    // SAFETY: the kernel passes a valid bpf_sk_lookup for the program's lifetime.
+    let (family, protocol, port, addr) = unsafe {
+        (
+            read_volatile(&raw const (*l).family),
+            read_volatile(&raw const (*l).protocol),
+            read_volatile(&raw const (*l).local_port),
+            [
+                read_volatile(&raw const (*l).local_ip6[0]),
+                read_volatile(&raw const (*l).local_ip6[1]),
+                read_volatile(&raw const (*l).local_ip6[2]),
+                read_volatile(&raw const (*l).local_ip6[3]),
+            ],
+        )
+    };
+    if family != AF_INET6 {
+        count_global(GlobalCounter::Ipv4Passed);
+        return SK_PASS;
+    }
+    let key = BindingKey {
+        addr,
+        port: port as u16,
+        protocol: protocol as u8,
+        pad: 0,
+    };
+    let Some(slot) = BINDINGS.get_ptr(&key) else {
+        count_global(GlobalCounter::Miss);
+        return SK_PASS;
+    };
+    // SAFETY: the pointer comes from a successful lookup and the value is a plain u32.
+    let slot = unsafe { *slot };
+    let counters = SLOT_STATS.get_ptr_mut(slot);
+    if let Some(c) = counters {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { (*c).lookups += 1 };
+    }
+    match SOCKETS.redirect_sk_lookup(&ctx, slot, SK_ASSIGN_NO_REUSEPORT) {
+        Ok(()) => {
+            if let Some(c) = counters {
+                // SAFETY: as above.
+                unsafe { (*c).steered += 1 };
+            }
+            SK_PASS
+        }
+        Err(_) => {
+            if let Some(c) = counters {
+                // SAFETY: as above.
+                unsafe { (*c).no_socket += 1 };
+            }
+            // The address belongs to a function whose socket is gone: refuse rather than
+            // let another socket on the host answer for it.
+            SK_DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn count_global(counter: GlobalCounter) {
+    if let Some(c) = GLOBAL_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

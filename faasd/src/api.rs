@@ -1,0 +1,280 @@
+//! The HTTP API: the OpenFaaS gateway routes faas-cli uses (see
+//! `../shared/notes/openfaas-api.md`) and faasd's own `/system/status`. Served on the unix
+//! socket (whose permissions are the access control) and on any `--api` TCP address.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{Path, Query, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{any, get, post},
+};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+
+use crate::{
+    daemon::{Daemon, DaemonError},
+    spec::{DEFAULT_NAMESPACE, Deployment, SpecError, validate_label},
+};
+
+impl IntoResponse for DaemonError {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            DaemonError::Invalid(_) | DaemonError::Full(_) => StatusCode::BAD_REQUEST,
+            DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
+            DaemonError::Exists(_) => StatusCode::CONFLICT,
+            DaemonError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (code, format!("{self}\n")).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, DaemonError>;
+
+/// Parses a JSON body, reporting unknown fields and type errors as 400 with serde's words.
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| SpecError(format!("invalid request body: {e}")).into())
+}
+
+#[derive(Debug, Deserialize)]
+struct NsQuery {
+    namespace: Option<String>,
+}
+
+fn namespace(q: Option<String>) -> ApiResult<String> {
+    let ns = q
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    validate_label("namespace", &ns)?;
+    Ok(ns)
+}
+
+/// The router over a running daemon.
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { "OK\n" }).head(|| async { StatusCode::OK }),
+        )
+        .route("/system/info", get(info))
+        .route(
+            "/system/functions",
+            get(list).post(deploy).put(update).delete(remove),
+        )
+        .route("/system/function/{name}", get(describe))
+        .route("/system/scale-function/{name}", post(scale))
+        .route("/system/namespaces", get(namespaces))
+        .route("/system/logs", get(logs))
+        .route("/system/status", get(status))
+        .route("/function/{target}", any(invoke_root))
+        .route("/function/{target}/{*rest}", any(invoke_path))
+        .with_state(daemon)
+}
+
+async fn info() -> impl IntoResponse {
+    let version = serde_json::json!({
+        "sha": option_env!("FAASD_GIT_SHA").unwrap_or("unknown"),
+        "release": env!("CARGO_PKG_VERSION"),
+    });
+    Json(serde_json::json!({
+        "provider": {"provider": "faasd", "orchestration": "process", "version": version},
+        "version": {"sha": version["sha"], "release": version["release"], "commit_message": ""},
+        "arch": std::env::consts::ARCH,
+    }))
+}
+
+async fn list(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<NsQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let ns = namespace(q.namespace)?;
+    Ok(Json(d.list(Some(&ns)).await))
+}
+
+async fn deploy(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let status = d.deploy(json_body::<Deployment>(&body)?, false).await?;
+    Ok((StatusCode::ACCEPTED, Json(status)))
+}
+
+async fn update(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let status = d.deploy(json_body::<Deployment>(&body)?, true).await?;
+    Ok((StatusCode::ACCEPTED, Json(status)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DeleteRequest {
+    function_name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+async fn remove(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<NsQuery>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let req: DeleteRequest = json_body(&body)?;
+    validate_label("function name", &req.function_name)?;
+    let ns = namespace(req.namespace.or(q.namespace))?;
+    d.remove(&ns, &req.function_name).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn describe(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    Query(q): Query<NsQuery>,
+) -> ApiResult<impl IntoResponse> {
+    validate_label("function name", &name)?;
+    Ok(Json(d.get(&namespace(q.namespace)?, &name).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ScaleRequest {
+    #[serde(default)]
+    service_name: Option<String>,
+    replicas: u32,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+async fn scale(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    Query(q): Query<NsQuery>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let req: ScaleRequest = json_body(&body)?;
+    validate_label("function name", &name)?;
+    if let Some(s) = &req.service_name
+        && !s.is_empty()
+        && *s != name
+    {
+        return Err(SpecError(format!(
+            "serviceName {s:?} does not match the path's {name:?}"
+        ))
+        .into());
+    }
+    let ns = namespace(q.namespace.or(req.namespace))?;
+    d.scale(&ns, &name, req.replicas).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn namespaces(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
+    let mut set: std::collections::BTreeSet<String> = d
+        .list(None)
+        .await
+        .into_iter()
+        .map(|f| f.namespace)
+        .collect();
+    set.insert(DEFAULT_NAMESPACE.into());
+    Json(set.into_iter().collect::<Vec<_>>())
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    name: String,
+    namespace: Option<String>,
+    tail: Option<i64>,
+    instance: Option<String>,
+}
+
+async fn logs(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<impl IntoResponse> {
+    validate_label("function name", &q.name)?;
+    let log = d.log(&namespace(q.namespace)?, &q.name).await?;
+    let tail = q.tail.filter(|t| *t >= 0).map(|t| t as usize);
+    let mut body = String::new();
+    for l in log
+        .read(None)
+        .into_iter()
+        .filter(|l| q.instance.as_ref().is_none_or(|i| *i == l.instance))
+    {
+        body.push_str(&serde_json::to_string(&l).expect("log lines serialize"));
+        body.push('\n');
+    }
+    if let Some(t) = tail {
+        let lines: Vec<&str> = body.lines().collect();
+        body = lines[lines.len().saturating_sub(t)..]
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect();
+    }
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body))
+}
+
+async fn status(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
+    Json(d.status().await)
+}
+
+async fn invoke_root(
+    State(d): State<Arc<Daemon>>,
+    Path(target): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    invoke(d, target, String::new(), req).await
+}
+
+async fn invoke_path(
+    State(d): State<Arc<Daemon>>,
+    Path((target, rest)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    invoke(d, target, rest, req).await
+}
+
+/// Proxies a call to the function through its own address: the same steering path any
+/// client takes, so it starts a stopped function too.
+async fn invoke(d: Arc<Daemon>, target: String, rest: String, req: Request) -> ApiResult<Response> {
+    let (name, ns) = match target.split_once('.') {
+        Some((n, ns)) => (n.to_owned(), Some(ns.to_owned())),
+        None => (target, None),
+    };
+    validate_label("function name", &name)?;
+    let ns = namespace(ns)?;
+    let (addr, port) = d.invocation_target(&ns, &name).await?;
+    let bad_gateway = |e: &dyn std::fmt::Display| {
+        (
+            StatusCode::BAD_GATEWAY,
+            format!("function {ns}/{name} at [{addr}]:{port}: {e}\n"),
+        )
+            .into_response()
+    };
+    let stream = match tokio::net::TcpStream::connect((addr, port)).await {
+        Ok(s) => s,
+        Err(e) => return Ok(bad_gateway(&e)),
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(x) => x,
+        Err(e) => return Ok(bad_gateway(&e)),
+    };
+    tokio::spawn(conn);
+    let (mut parts, body) = req.into_parts();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    parts.uri = format!("/{rest}{query}")
+        .parse()
+        .map_err(|e| SpecError(format!("bad path: {e}")))?;
+    parts.headers.insert(
+        header::HOST,
+        HeaderValue::from_str(&format!("[{addr}]:{port}")).expect("an address is a valid header"),
+    );
+    match sender
+        .send_request(hyper::Request::from_parts(parts, body))
+        .await
+    {
+        Ok(resp) => Ok(resp.map(Body::new)),
+        Err(e) => Ok(bad_gateway(&e)),
+    }
+}

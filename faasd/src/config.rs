@@ -1,0 +1,227 @@
+//! Daemon configuration: embedded defaults, overridden by a TOML file, overridden by flags.
+
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// Where the config file is read from when `--config` is not given (if it exists).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/faasd/config.toml";
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// Everything the daemon can be told. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Config {
+    /// Durable state: functions and address allocations.
+    pub state_dir: PathBuf,
+    /// Volatile state: the API socket, the notify socket, running instances.
+    pub runtime_dir: PathBuf,
+    /// Extra TCP addresses the API listens on (the unix socket is always served).
+    pub api: Vec<SocketAddr>,
+    /// This host's function prefix; each function gets one /128 from it.
+    pub function_prefix: Ipv6Net,
+    /// Listen backlog of every function TCP socket.
+    pub backlog: u32,
+    /// User functions run as unless a function names another.
+    pub user: String,
+    /// Root of the BPF filesystem; pins go under `<bpffs>/faasd/<netns inode>/`.
+    pub bpffs: PathBuf,
+    /// Stop running function instances when the daemon exits (the default leaves them
+    /// serving, so a daemon restart does not interrupt them).
+    pub stop_functions_on_exit: bool,
+    /// Time a function gets between SIGTERM and SIGKILL, unless it sets its own.
+    #[serde(with = "humantime_serde_compat")]
+    pub stop_timeout: Duration,
+    /// Time a `faasd.dev/notify` function gets to send READY=1 before it is killed.
+    #[serde(with = "humantime_serde_compat")]
+    pub start_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let (addr, len) = faasd_common::plan::DEFAULT_FUNCTION_PREFIX;
+        Self {
+            state_dir: "/var/lib/faasd".into(),
+            runtime_dir: "/run/faasd".into(),
+            api: Vec::new(),
+            function_prefix: Ipv6Net { addr, len },
+            backlog: 4096,
+            user: "nobody".into(),
+            bpffs: "/sys/fs/bpf".into(),
+            stop_functions_on_exit: false,
+            stop_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or the default file if `path` is `None` and it exists, else defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::default());
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let config: Self =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(16..=112).contains(&self.function_prefix.len) {
+            return Err(ConfigError::Invalid(format!(
+                "function-prefix /{} must be between /16 and /112",
+                self.function_prefix.len
+            )));
+        }
+        if self.backlog == 0 {
+            return Err(ConfigError::Invalid("backlog must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The API's unix socket.
+    pub fn api_socket(&self) -> PathBuf {
+        self.runtime_dir.join("faasd.sock")
+    }
+}
+
+/// An IPv6 prefix such as `fd00:faa5:1::/48`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Net {
+    /// The network address (host bits zero).
+    pub addr: Ipv6Addr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+impl Ipv6Net {
+    /// The `n`th address of the prefix, or `None` if it does not fit in the host bits.
+    pub fn nth(&self, n: u128) -> Option<Ipv6Addr> {
+        let host_bits = 128 - u32::from(self.len);
+        if host_bits < 128 && n >> host_bits != 0 {
+            return None;
+        }
+        Some(Ipv6Addr::from(u128::from(self.addr) | n))
+    }
+
+    /// Whether `a` lies in this prefix.
+    pub fn contains(&self, a: Ipv6Addr) -> bool {
+        let mask = if self.len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.len))
+        };
+        u128::from(a) & mask == u128::from(self.addr)
+    }
+}
+
+impl std::str::FromStr for Ipv6Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s}: expected ADDRESS/LENGTH"))?;
+        let addr: Ipv6Addr = a.parse().map_err(|e| format!("{s}: {e}"))?;
+        let len: u8 = l.parse().map_err(|_| format!("{s}: bad prefix length"))?;
+        if len > 128 {
+            return Err(format!("{s}: prefix length above 128"));
+        }
+        let net = Self { addr, len };
+        if net.nth(0) != Some(addr) || !net.contains(addr) {
+            return Err(format!("{s}: host bits must be zero"));
+        }
+        Ok(net)
+    }
+}
+
+impl std::fmt::Display for Ipv6Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv6Net {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Durations in the config file are written like `10s` or `1m30s`.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_parsing_rejects_host_bits() {
+        assert!("fd00:faa5:1::/48".parse::<Ipv6Net>().is_ok());
+        assert!("fd00:faa5:1::1/48".parse::<Ipv6Net>().is_err());
+        assert!("fd00:faa5:1::/129".parse::<Ipv6Net>().is_err());
+    }
+
+    #[test]
+    fn nth_stays_inside_the_prefix() {
+        let n: Ipv6Net = "fd00:faa5:1::/112".parse().unwrap();
+        assert_eq!(n.nth(5), Some("fd00:faa5:1::5".parse().unwrap()));
+        assert_eq!(n.nth(0x1_0000), None);
+        assert!(n.contains("fd00:faa5:1::ffff".parse().unwrap()));
+        assert!(!n.contains("fd00:faa5:2::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn config_file_overrides_and_rejects_unknown_keys() {
+        let c: Config = toml::from_str("backlog = 16\nstop-timeout = \"2s\"").unwrap();
+        assert_eq!(c.backlog, 16);
+        assert_eq!(c.stop_timeout, Duration::from_secs(2));
+        assert!(toml::from_str::<Config>("bakclog = 16").is_err());
+    }
+}

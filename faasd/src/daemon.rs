@@ -1,0 +1,663 @@
+//! The daemon's functions: deploy, update, remove, scale, list, and recovery on start.
+//!
+//! Order of a deploy (DESIGN.md, flow 1): validate → store (durable first) → address →
+//! sockets → maps → activation task. A restart rebuilds everything from the store, reuses
+//! the socket slots the pinned bindings map already holds, and takes back the sockets of
+//! instances still serving from the previous daemon (`pidfd_getfd`), so they keep running.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv6Addr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use faasd_common::{BindingKey, SlotCounters};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::{
+    activation::{self, Adopted, Command, FunctionState},
+    config::Config,
+    dataplane::{Dataplane, DataplaneStatus},
+    logs::FunctionLog,
+    notify,
+    runtime::{Instance, Runtime, cgroup},
+    sockets,
+    spec::{Deployment, FunctionSpec, Port, Settings, SpecError},
+    store::{FunctionRecord, Store},
+};
+
+/// Errors of daemon operations, each mapping to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The request is invalid (400).
+    #[error(transparent)]
+    Invalid(#[from] SpecError),
+    /// No such function (404).
+    #[error("function {0} not found")]
+    NotFound(String),
+    /// The function exists already (409).
+    #[error("function {0} already exists; update it with PUT")]
+    Exists(String),
+    /// A resource is exhausted (507-ish; reported as 400 with the reason).
+    #[error("{0}")]
+    Full(String),
+    /// Something on the host failed (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The OpenFaaS FunctionStatus, plus faasd's own fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionStatus {
+    /// Name.
+    pub name: String,
+    /// Image (empty for process functions).
+    pub image: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Command line.
+    pub env_process: String,
+    /// Environment.
+    pub env_vars: BTreeMap<String, String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Calls through `/function/<name>`.
+    pub invocation_count: u64,
+    /// Running instances.
+    pub replicas: u32,
+    /// Ready instances.
+    pub available_replicas: u32,
+    /// First deploy, RFC 3339.
+    pub created_at: String,
+    /// faasd: the function's address.
+    pub address: Ipv6Addr,
+    /// faasd: its sockets.
+    pub ports: Vec<Port>,
+    /// faasd: activation state.
+    pub state: FunctionState,
+    /// faasd: data plane counters per port.
+    pub counters: Vec<PortCounters>,
+}
+
+/// Counters of one function socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortCounters {
+    /// Port name.
+    pub name: String,
+    /// Socket slot in the maps.
+    pub slot: u32,
+    /// Lookups that matched.
+    pub lookups: u64,
+    /// Connections or datagrams steered into the socket.
+    pub steered: u64,
+    /// Lookups that found no socket.
+    pub no_socket: u64,
+}
+
+/// `faasd status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostStatus {
+    /// Data plane.
+    pub dataplane: DataplaneStatus,
+    /// Functions deployed.
+    pub functions: usize,
+    /// Function prefix.
+    pub function_prefix: String,
+    /// Runtime in use.
+    pub runtime: String,
+    /// cgroup v2 root used, if any.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+struct Function {
+    record: FunctionRecord,
+    settings: Settings,
+    bindings: Vec<(BindingKey, u32)>,
+    handle: activation::Handle,
+    log: FunctionLog,
+    cgroup: Option<PathBuf>,
+    invocations: u64,
+}
+
+/// Socket slots: indexes into the SOCKMAP, reused after removal.
+#[derive(Debug, Default)]
+struct Slots {
+    used: BTreeSet<u32>,
+}
+
+impl Slots {
+    fn take(&mut self) -> Option<u32> {
+        let free = (0..faasd_common::MAX_BINDINGS).find(|s| !self.used.contains(s))?;
+        self.used.insert(free);
+        Some(free)
+    }
+}
+
+/// The daemon's state.
+#[derive(Debug)]
+pub struct Daemon {
+    config: Arc<Config>,
+    store: Store,
+    dataplane: Arc<Mutex<Dataplane>>,
+    runtime: Arc<dyn Runtime>,
+    router: notify::Router,
+    cgroup_root: Option<PathBuf>,
+    functions: tokio::sync::Mutex<BTreeMap<String, Function>>,
+    slots: Mutex<Slots>,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function")
+            .field("id", &self.record.spec.id())
+            .finish()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Internal(e.to_string())
+}
+
+impl Daemon {
+    /// Creates the daemon over an opened store and data plane and restores every stored
+    /// function.
+    pub async fn start(
+        config: Arc<Config>,
+        store: Store,
+        dataplane: Dataplane,
+        runtime: Arc<dyn Runtime>,
+        router: notify::Router,
+    ) -> Result<Arc<Self>, DaemonError> {
+        let cgroup_root = cgroup::root();
+        if cgroup_root.is_none() {
+            tracing::warn!("no cgroup v2 hierarchy found: functions run without a cgroup");
+        }
+        let pinned = dataplane.bindings();
+        let daemon = Arc::new(Self {
+            config,
+            store,
+            dataplane: Arc::new(Mutex::new(dataplane)),
+            runtime,
+            router,
+            cgroup_root,
+            functions: tokio::sync::Mutex::default(),
+            slots: Mutex::default(),
+        });
+        daemon.restore(pinned).await?;
+        Ok(daemon)
+    }
+
+    async fn restore(&self, pinned: Vec<(BindingKey, u32)>) -> Result<(), DaemonError> {
+        let records = self.store.load().map_err(internal)?;
+        let mut pinned: BTreeMap<BindingKey, u32> = pinned.into_iter().collect();
+        let mut functions = self.functions.lock().await;
+        for rec in records {
+            let id = rec.spec.id();
+            let settings = match FunctionSpec::from_deployment(rec.spec.deployment.clone()) {
+                Ok((_, s)) => s,
+                Err(e) => {
+                    tracing::error!("stored function {id} no longer validates ({e}); skipped");
+                    continue;
+                }
+            };
+            // Keep the slots the data plane already uses for this function's bindings, so
+            // steering to instances that kept serving does not change.
+            let keep: Vec<Option<u32>> = settings
+                .ports
+                .iter()
+                .map(|p| pinned.remove(&BindingKey::new(rec.address, p.port, p.protocol.number())))
+                .collect();
+            {
+                let mut slots = self.slots.lock().expect("slots lock");
+                slots.used.extend(keep.iter().flatten());
+            }
+            match self.activate(rec, settings, keep).await {
+                Ok(f) => {
+                    functions.insert(id, f);
+                }
+                Err(e) => tracing::error!("restoring function {id}: {e}"),
+            }
+        }
+        // Bindings of functions that no longer exist.
+        let mut dp = self.dataplane.lock().expect("dataplane lock");
+        for (key, slot) in pinned {
+            tracing::info!(
+                "removing stale binding [{}]:{} (slot {slot})",
+                key.ipv6(),
+                key.port
+            );
+            dp.unbind(&key, slot).map_err(internal)?;
+        }
+        tracing::info!("restored {} functions", functions.len());
+        Ok(())
+    }
+
+    /// Creates sockets (or takes them back from a surviving instance), binds them in the
+    /// maps, and starts the activation task.
+    async fn activate(
+        &self,
+        record: FunctionRecord,
+        settings: Settings,
+        keep_slots: Vec<Option<u32>>,
+    ) -> Result<Function, DaemonError> {
+        let spec = &record.spec;
+        let log = FunctionLog::new(&self.config.state_dir, &spec.namespace, &spec.name);
+        let cgroup = match &self.cgroup_root {
+            Some(root) => {
+                Some(cgroup::for_function(root, &spec.namespace, &spec.name).map_err(internal)?)
+            }
+            None => None,
+        };
+        let (sockets, adopted) = match self.recover_instance(&record, &settings) {
+            Some((socks, inst)) => (socks, vec![inst]),
+            None => {
+                let socks = settings
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        sockets::create(record.address, p, self.config.backlog).map_err(|e| {
+                            internal(format!(
+                                "creating socket [{}]:{}/{}: {e}",
+                                record.address, p.port, p.protocol
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                (socks, Vec::new())
+            }
+        };
+        let mut bindings = Vec::new();
+        let result = (|| {
+            for ((p, sock), keep) in settings.ports.iter().zip(&sockets).zip(keep_slots) {
+                let slot = match keep {
+                    Some(s) => s,
+                    None => self
+                        .slots
+                        .lock()
+                        .expect("slots lock")
+                        .take()
+                        .ok_or_else(|| {
+                            DaemonError::Full(format!(
+                                "no free socket slot (max {})",
+                                faasd_common::MAX_BINDINGS
+                            ))
+                        })?,
+                };
+                let key = BindingKey::new(record.address, p.port, p.protocol.number());
+                bindings.push((key, slot));
+                self.dataplane
+                    .lock()
+                    .expect("dataplane lock")
+                    .bind(key, slot, sock)
+                    .map_err(|e| DaemonError::Full(e.to_string()))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.unbind(&bindings);
+            return Err(e);
+        }
+        let handle = activation::spawn(activation::Activation {
+            spec: Arc::new(record.spec.clone()),
+            settings: settings.clone(),
+            address: record.address,
+            sockets,
+            slots: bindings.iter().map(|(_, s)| *s).collect(),
+            config: self.config.clone(),
+            runtime: self.runtime.clone(),
+            dataplane: self.dataplane.clone(),
+            router: self.router.clone(),
+            log: log.clone(),
+            cgroup: cgroup.clone(),
+            adopted,
+        })
+        .map_err(internal)?;
+        if let Some(ad) = &handle.state.lock().expect("state lock").instances.first() {
+            tracing::info!(
+                "{}: adopted running instance {} (pid {})",
+                record.spec.id(),
+                ad.id,
+                ad.pid
+            );
+        }
+        Ok(Function {
+            record,
+            settings,
+            bindings,
+            handle,
+            log,
+            cgroup,
+            invocations: 0,
+        })
+    }
+
+    fn unbind(&self, bindings: &[(BindingKey, u32)]) {
+        let mut dp = self.dataplane.lock().expect("dataplane lock");
+        let mut slots = self.slots.lock().expect("slots lock");
+        for (key, slot) in bindings {
+            if let Err(e) = dp.unbind(key, *slot) {
+                tracing::warn!("unbinding slot {slot}: {e}");
+            }
+            slots.used.remove(slot);
+        }
+    }
+
+    fn instances_file(&self, spec: &FunctionSpec) -> PathBuf {
+        activation::instances_file(&self.config.runtime_dir, spec)
+    }
+
+    /// Finds an instance of this function left running by a previous daemon and takes
+    /// copies of its sockets with `pidfd_getfd`, so the function keeps serving on them.
+    fn recover_instance(
+        &self,
+        rec: &FunctionRecord,
+        settings: &Settings,
+    ) -> Option<(Vec<OwnedFd>, Adopted)> {
+        if settings.accept.is_some() {
+            return None;
+        }
+        let text = std::fs::read_to_string(self.instances_file(&rec.spec)).ok()?;
+        let (pid, id) = text.lines().next()?.split_once(' ')?;
+        let pid: i32 = pid.parse().ok()?;
+        // SAFETY: pidfd_open on a pid; the result is checked and owned.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if pidfd < 0 {
+            return None;
+        }
+        // SAFETY: fresh descriptor.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+        let instance = Instance { pid, pidfd };
+        let mut socks = Vec::new();
+        for (i, p) in settings.ports.iter().enumerate() {
+            // SAFETY: pidfd_getfd duplicates the target's fd into us; checked and owned.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_getfd,
+                    instance.pidfd.as_raw_fd(),
+                    3 + i as i32,
+                    0,
+                )
+            };
+            if fd < 0 {
+                break;
+            }
+            // SAFETY: fresh descriptor.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            match sockets::local_addr(&fd) {
+                Ok(a) if *a.ip() == rec.address && a.port() == p.port => socks.push(fd),
+                _ => break,
+            }
+        }
+        if socks.len() != settings.ports.len() {
+            tracing::warn!(
+                "{}: pid {pid} is not a usable instance any more; stopping it",
+                rec.spec.id()
+            );
+            let _ = instance.signal(libc::SIGKILL);
+            return None;
+        }
+        for s in &socks {
+            // Copies from another process keep their flags; faasd's own must be non-blocking.
+            // SAFETY: fcntl on a descriptor we own.
+            unsafe {
+                let fl = libc::fcntl(s.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(s.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+                libc::fcntl(s.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        Some((
+            socks,
+            Adopted {
+                instance,
+                id: id.to_owned(),
+            },
+        ))
+    }
+
+    /// Deploys a new function (`update == false`) or replaces one (`update == true`).
+    pub async fn deploy(&self, d: Deployment, update: bool) -> Result<FunctionStatus, DaemonError> {
+        let (spec, settings) = FunctionSpec::from_deployment(d)?;
+        let id = spec.id();
+        let mut functions = self.functions.lock().await;
+        let existing = functions
+            .get(&id)
+            .map(|f| (f.record.address, f.record.created_at));
+        let (address, created_at) = match (existing, update) {
+            (Some(_), false) => return Err(DaemonError::Exists(id)),
+            (None, true) => return Err(DaemonError::NotFound(id)),
+            (Some(e), true) => e,
+            (None, false) => {
+                let in_use = functions.values().map(|f| f.record.address);
+                let addr = self
+                    .store
+                    .allocate_address(self.config.function_prefix, in_use)
+                    .map_err(|e| DaemonError::Full(e.to_string()))?;
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                (addr, now)
+            }
+        };
+        let (ns, name) = (spec.namespace.clone(), spec.name.clone());
+        let record = FunctionRecord {
+            spec,
+            address,
+            created_at,
+        };
+        let previous = functions.get(&id).map(|f| f.record.clone());
+        self.store.put(&record).map_err(internal)?;
+        if let Some(old) = functions.remove(&id) {
+            // The old version stops and releases its slots; its sockets close when its
+            // task ends. (Draining while the new one takes over is a later refinement.)
+            self.retire(old, true).await;
+        }
+        let n = settings.ports.len();
+        match self.activate(record, settings, vec![None; n]).await {
+            Ok(f) => {
+                let status = self.status_of(&f);
+                functions.insert(id, f);
+                Ok(status)
+            }
+            Err(e) => {
+                // Leave the store as it was before this request.
+                match previous {
+                    Some(p) => self.store.put(&p).map_err(internal)?,
+                    None => self.store.remove(&ns, &name).map_err(internal)?,
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn retire(&self, f: Function, stop_instances: bool) {
+        let (done, wait) = oneshot::channel();
+        if f.handle
+            .tx
+            .send(Command::Shutdown {
+                stop_instances,
+                done,
+            })
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
+        if stop_instances {
+            self.unbind(&f.bindings);
+            let _ = std::fs::remove_file(self.instances_file(&f.record.spec));
+        }
+    }
+
+    /// Removes a function: instances stopped, sockets closed, bindings gone, state deleted.
+    pub async fn remove(&self, namespace: &str, name: &str) -> Result<(), DaemonError> {
+        let id = format!("{namespace}/{name}");
+        let mut functions = self.functions.lock().await;
+        let f = functions
+            .remove(&id)
+            .ok_or_else(|| DaemonError::NotFound(id.clone()))?;
+        self.store.remove(namespace, name).map_err(internal)?;
+        let log = f.log.clone();
+        let cg = f.cgroup.clone();
+        self.retire(f, true).await;
+        log.remove();
+        if let Some(cg) = cg {
+            cgroup::remove(&cg);
+        }
+        Ok(())
+    }
+
+    /// Sets the number of running instances (0 = scale to zero; the sockets stay).
+    pub async fn scale(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: u32,
+    ) -> Result<(), DaemonError> {
+        let id = format!("{namespace}/{name}");
+        let functions = self.functions.lock().await;
+        let f = functions
+            .get(&id)
+            .ok_or_else(|| DaemonError::NotFound(id.clone()))?;
+        if replicas > f.settings.max_scale {
+            return Err(SpecError(format!(
+                "replicas {replicas} exceeds com.openfaas.scale.max ({})",
+                f.settings.max_scale
+            ))
+            .into());
+        }
+        if f.settings.accept.is_some() {
+            return Err(SpecError(
+                "an accept-mode function runs one instance per connection; it cannot be scaled"
+                    .into(),
+            )
+            .into());
+        }
+        f.handle.tx.send(Command::Scale(replicas)).map_err(internal)
+    }
+
+    fn status_of(&self, f: &Function) -> FunctionStatus {
+        let d = &f.record.spec.deployment;
+        let state = f.handle.state.lock().expect("state lock").clone();
+        let dp = self.dataplane.lock().expect("dataplane lock");
+        let counters = f
+            .settings
+            .ports
+            .iter()
+            .zip(&f.bindings)
+            .map(|(p, (_, slot))| {
+                let SlotCounters {
+                    lookups,
+                    steered,
+                    no_socket,
+                } = dp.slot_counters(*slot);
+                PortCounters {
+                    name: p.name.clone(),
+                    slot: *slot,
+                    lookups,
+                    steered,
+                    no_socket,
+                }
+            })
+            .collect();
+        FunctionStatus {
+            name: f.record.spec.name.clone(),
+            image: d.image.clone().unwrap_or_default(),
+            namespace: f.record.spec.namespace.clone(),
+            env_process: d.env_process.clone().unwrap_or_default(),
+            env_vars: d.env_vars.clone(),
+            labels: d.labels.clone(),
+            annotations: d.annotations.clone(),
+            invocation_count: f.invocations,
+            replicas: state.instances.len() as u32,
+            available_replicas: state.instances.iter().filter(|i| i.ready).count() as u32,
+            created_at: humantime::format_rfc3339_seconds(
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(f.record.created_at),
+            )
+            .to_string(),
+            address: f.record.address,
+            ports: f.settings.ports.clone(),
+            state,
+            counters,
+        }
+    }
+
+    /// Functions of `namespace`, or all when `None`.
+    pub async fn list(&self, namespace: Option<&str>) -> Vec<FunctionStatus> {
+        self.functions
+            .lock()
+            .await
+            .values()
+            .filter(|f| namespace.is_none_or(|ns| f.record.spec.namespace == ns))
+            .map(|f| self.status_of(f))
+            .collect()
+    }
+
+    /// One function.
+    pub async fn get(&self, namespace: &str, name: &str) -> Result<FunctionStatus, DaemonError> {
+        let id = format!("{namespace}/{name}");
+        let functions = self.functions.lock().await;
+        let f = functions.get(&id).ok_or(DaemonError::NotFound(id))?;
+        Ok(self.status_of(f))
+    }
+
+    /// Address and first TCP port of a function, counting an invocation.
+    pub async fn invocation_target(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(Ipv6Addr, u16), DaemonError> {
+        let id = format!("{namespace}/{name}");
+        let mut functions = self.functions.lock().await;
+        let f = functions
+            .get_mut(&id)
+            .ok_or(DaemonError::NotFound(id.clone()))?;
+        let port = f
+            .settings
+            .ports
+            .iter()
+            .find(|p| p.protocol == crate::spec::Protocol::Tcp)
+            .ok_or_else(|| SpecError(format!("function {id} has no TCP port to invoke")))?;
+        f.invocations += 1;
+        Ok((f.record.address, port.port))
+    }
+
+    /// A function's log.
+    pub async fn log(&self, namespace: &str, name: &str) -> Result<FunctionLog, DaemonError> {
+        let id = format!("{namespace}/{name}");
+        let functions = self.functions.lock().await;
+        Ok(functions
+            .get(&id)
+            .ok_or(DaemonError::NotFound(id))?
+            .log
+            .clone())
+    }
+
+    /// Host status.
+    pub async fn status(&self) -> HostStatus {
+        let dataplane = self.dataplane.lock().expect("dataplane lock").status();
+        HostStatus {
+            dataplane,
+            functions: self.functions.lock().await.len(),
+            function_prefix: self.config.function_prefix.to_string(),
+            runtime: "process".into(),
+            cgroup_root: self.cgroup_root.clone(),
+        }
+    }
+
+    /// Ends every activation task; stops instances if configured to.
+    pub async fn shutdown(&self) {
+        let stop = self.config.stop_functions_on_exit;
+        let mut functions = self.functions.lock().await;
+        for (_, f) in std::mem::take(&mut *functions) {
+            self.retire(f, stop).await;
+        }
+    }
+}

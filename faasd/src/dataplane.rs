@@ -1,0 +1,329 @@
+//! The kernel side: loads the `sk_lookup` program, attaches it to this network namespace,
+//! pins program link and maps under `<bpffs>/faasd/<netns inode>/`, and owns the maps.
+//!
+//! A restarted daemon finds the pinned link and maps and adopts them instead of loading
+//! anew, so steering never stops while the daemon is down.
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, Map, MapData, PerCpuArray, SockMap},
+    programs::{SkLookup, links::FdLink, links::PinnedLink},
+};
+use faasd_common::{BindingKey, GlobalCounter, SlotCounters, names};
+
+/// The compiled kernel programs, built by `build.rs` from `faasd-ebpf`.
+static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faasd-sk-lookup"));
+
+const LINK_PIN: &str = "sk_lookup_link";
+
+/// Errors of the data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// bpffs is missing where it should be.
+    #[error(
+        "{0} is not a BPF filesystem; mount one with `mount -t bpf bpf {0}` \
+         (cargo xtask setup does this)"
+    )]
+    NoBpffs(PathBuf),
+    /// Pin directory handling failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Loading or attaching the program failed.
+    #[error("loading the sk_lookup program: {0}")]
+    Load(String),
+    /// A map operation failed.
+    #[error("BPF map {map}: {source}")]
+    Map {
+        /// Which map.
+        map: &'static str,
+        /// Why.
+        source: aya::maps::MapError,
+    },
+    /// The bindings map is full.
+    #[error("the bindings map is full ({max} sockets on this host); remove functions first")]
+    Full {
+        /// Its capacity.
+        max: u32,
+    },
+}
+
+/// What `faasd status` shows about the data plane.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataplaneStatus {
+    /// Where the pins live.
+    pub pin_dir: PathBuf,
+    /// Kernel id of the attached program.
+    pub program_id: u32,
+    /// Whether the program and maps were adopted from a previous daemon.
+    pub adopted: bool,
+    /// Bindings currently in the map.
+    pub bindings: usize,
+    /// Capacity of the bindings map.
+    pub max_bindings: u32,
+    /// IPv6 lookups that matched nothing and fell through.
+    pub misses: u64,
+    /// IPv4 lookups (never steered: function addresses are IPv6).
+    pub ipv4_passed: u64,
+}
+
+/// The loaded (or adopted) program and its maps.
+pub struct Dataplane {
+    pin_dir: PathBuf,
+    program_id: u32,
+    adopted: bool,
+    bindings: HashMap<MapData, BindingKey, u32>,
+    sockets: SockMap<MapData>,
+    slot_stats: PerCpuArray<MapData, SlotCounters>,
+    global_stats: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("pin_dir", &self.pin_dir)
+            .field("program_id", &self.program_id)
+            .field("adopted", &self.adopted)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DataplaneError + 'a {
+    move |source| DataplaneError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// The pin directory for the current network namespace under `bpffs`.
+pub fn pin_dir(bpffs: &Path) -> Result<PathBuf, DataplaneError> {
+    let ns = Path::new("/proc/self/ns/net");
+    let ino = std::fs::metadata(ns).map_err(io("stat", ns))?.ino();
+    Ok(bpffs.join("faasd").join(format!("netns-{ino}")))
+}
+
+impl Dataplane {
+    /// Adopts the pinned program of this network namespace, or loads, attaches and pins it.
+    pub fn open(bpffs: &Path) -> Result<Self, DataplaneError> {
+        check_bpffs(bpffs)?;
+        let dir = pin_dir(bpffs)?;
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let link_path = dir.join(LINK_PIN);
+        if link_path.exists() {
+            match Self::adopt(&dir, &link_path) {
+                Ok(dp) => return Ok(dp),
+                Err(e) => {
+                    tracing::warn!(
+                        "pinned data plane in {} unusable ({e}); loading anew",
+                        dir.display()
+                    );
+                    remove_pins(&dir)?;
+                    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+                }
+            }
+        }
+        Self::load(&dir, &link_path)
+    }
+
+    fn adopt(dir: &Path, link_path: &Path) -> Result<Self, DataplaneError> {
+        let link =
+            PinnedLink::from_pin(link_path).map_err(|e| DataplaneError::Load(e.to_string()))?;
+        let link = FdLink::from(link);
+        let program_id = link
+            .info()
+            .map_err(|e| DataplaneError::Load(e.to_string()))?
+            .program_id();
+        let pinned = |name: &'static str| MapData::from_pin(dir.join(name)).map_err(map_err(name));
+        Ok(Self {
+            pin_dir: dir.to_owned(),
+            program_id,
+            adopted: true,
+            bindings: HashMap::try_from(Map::HashMap(pinned(names::BINDINGS)?))
+                .map_err(map_err(names::BINDINGS))?,
+            sockets: SockMap::try_from(Map::SockMap(pinned(names::SOCKETS)?))
+                .map_err(map_err(names::SOCKETS))?,
+            slot_stats: PerCpuArray::try_from(Map::PerCpuArray(pinned(names::SLOT_STATS)?))
+                .map_err(map_err(names::SLOT_STATS))?,
+            global_stats: PerCpuArray::try_from(Map::PerCpuArray(pinned(names::GLOBAL_STATS)?))
+                .map_err(map_err(names::GLOBAL_STATS))?,
+        })
+    }
+
+    fn load(dir: &Path, link_path: &Path) -> Result<Self, DataplaneError> {
+        let load_err = |e: &dyn std::fmt::Display| DataplaneError::Load(e.to_string());
+        // Maps are declared pinned by name, so the loader pins them in `dir`.
+        let mut ebpf: Ebpf = EbpfLoader::new()
+            .default_map_pin_directory(dir)
+            .load(PROGRAM_OBJECT)
+            .map_err(|e| load_err(&e))?;
+        let prog: &mut SkLookup = ebpf
+            .program_mut(names::SK_LOOKUP)
+            .ok_or_else(|| DataplaneError::Load("program missing from the object".into()))?
+            .try_into()
+            .map_err(|e| load_err(&e))?;
+        prog.load().map_err(|e| load_err(&e))?;
+        let netns_path = Path::new("/proc/self/ns/net");
+        let netns = std::fs::File::open(netns_path).map_err(io("open", netns_path))?;
+        let link_id = prog.attach(netns.as_fd()).map_err(|e| load_err(&e))?;
+        let link: FdLink = prog.take_link(link_id).map_err(|e| load_err(&e))?.into();
+        let program_id = link.info().map_err(|e| load_err(&e))?.program_id();
+        link.pin(link_path).map_err(|e| load_err(&e))?;
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| DataplaneError::Load(format!("map {name} missing from the object")))
+        };
+        Ok(Self {
+            pin_dir: dir.to_owned(),
+            program_id,
+            adopted: false,
+            bindings: HashMap::try_from(take(names::BINDINGS)?)
+                .map_err(map_err(names::BINDINGS))?,
+            sockets: SockMap::try_from(take(names::SOCKETS)?).map_err(map_err(names::SOCKETS))?,
+            slot_stats: PerCpuArray::try_from(take(names::SLOT_STATS)?)
+                .map_err(map_err(names::SLOT_STATS))?,
+            global_stats: PerCpuArray::try_from(take(names::GLOBAL_STATS)?)
+                .map_err(map_err(names::GLOBAL_STATS))?,
+        })
+    }
+
+    /// Whether this instance adopted pinned state.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The bindings found in the map (after adoption: the previous daemon's).
+    pub fn bindings(&self) -> Vec<(BindingKey, u32)> {
+        self.bindings.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Steers `key` to `socket` through `slot`. The socket is in place before the binding
+    /// appears, so no lookup ever sees a binding without its socket.
+    pub fn bind(
+        &mut self,
+        key: BindingKey,
+        slot: u32,
+        socket: &impl AsRawFd,
+    ) -> Result<(), DataplaneError> {
+        if slot >= faasd_common::MAX_BINDINGS {
+            return Err(DataplaneError::Full {
+                max: faasd_common::MAX_BINDINGS,
+            });
+        }
+        self.sockets
+            .set(slot, socket, 0)
+            .map_err(map_err(names::SOCKETS))?;
+        // Counters of a reused slot start from zero.
+        let zero = aya::maps::PerCpuValues::try_from(vec![SlotCounters::default(); nr_cpus()])
+            .expect("one value per CPU");
+        self.slot_stats
+            .set(slot, zero, 0)
+            .map_err(map_err(names::SLOT_STATS))?;
+        self.bindings.insert(key, slot, 0).map_err(|e| match e {
+            aya::maps::MapError::SyscallError(ref s)
+                if s.io_error.raw_os_error() == Some(libc::E2BIG) =>
+            {
+                DataplaneError::Full {
+                    max: faasd_common::MAX_BINDINGS,
+                }
+            }
+            e => map_err(names::BINDINGS)(e),
+        })
+    }
+
+    /// Removes a binding and its socket. Lookups for the key fall through afterwards.
+    pub fn unbind(&mut self, key: &BindingKey, slot: u32) -> Result<(), DataplaneError> {
+        match self.bindings.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::BINDINGS)(e)),
+        }
+        match self.sockets.clear_index(&slot) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(s))
+                if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(map_err(names::SOCKETS)(e)),
+        }
+    }
+
+    /// Counters of one slot, summed over CPUs.
+    pub fn slot_counters(&self, slot: u32) -> SlotCounters {
+        self.slot_stats
+            .get(&slot, 0)
+            .map(|v| {
+                v.iter().fold(SlotCounters::default(), |a, c| SlotCounters {
+                    lookups: a.lookups + c.lookups,
+                    steered: a.steered + c.steered,
+                    no_socket: a.no_socket + c.no_socket,
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    fn global(&self, c: GlobalCounter) -> u64 {
+        self.global_stats
+            .get(&(c as u32), 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// A summary for `faasd status`.
+    pub fn status(&self) -> DataplaneStatus {
+        DataplaneStatus {
+            pin_dir: self.pin_dir.clone(),
+            program_id: self.program_id,
+            adopted: self.adopted,
+            bindings: self.bindings.keys().count(),
+            max_bindings: faasd_common::MAX_BINDINGS,
+            misses: self.global(GlobalCounter::Miss),
+            ipv4_passed: self.global(GlobalCounter::Ipv4Passed),
+        }
+    }
+}
+
+fn nr_cpus() -> usize {
+    aya::util::nr_cpus().unwrap_or(1)
+}
+
+fn check_bpffs(bpffs: &Path) -> Result<(), DataplaneError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let c = std::ffi::CString::new(bpffs.as_os_str().as_encoded_bytes())
+        .map_err(|_| DataplaneError::NoBpffs(bpffs.to_owned()))?;
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(DataplaneError::NoBpffs(bpffs.to_owned()));
+    }
+    Ok(())
+}
+
+/// Detaches the program of a pin directory and drops its maps (used by `faasd dataplane
+/// remove` and by tests cleaning up their namespace).
+pub fn remove_pins(dir: &Path) -> Result<(), DataplaneError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("remove", dir)(e)),
+    }
+}

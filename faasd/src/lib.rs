@@ -1,0 +1,26 @@
+//! faasd: a functions host for one Linux machine.
+//!
+//! Each function gets an IPv6 address from the host's function prefix and listening
+//! sockets that faasd owns; an eBPF `sk_lookup` program steers connections for the
+//! function's address straight into those sockets, and a stopped function is started by
+//! its first connection and handed the sockets with the systemd protocol.
+//!
+//! Modules, one per concern: [`spec`] (what a function is, validated), [`store`] (durable
+//! state), [`dataplane`] (the kernel program and maps), [`sockets`], [`net`] (routes),
+//! [`runtime`] (starting instances), [`activation`] (socket activation of one function),
+//! [`notify`] (sd_notify), [`logs`], [`daemon`] (all functions), [`api`] and [`client`].
+#![deny(missing_docs)]
+
+pub mod activation;
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod logs;
+pub mod net;
+pub mod notify;
+pub mod runtime;
+pub mod sockets;
+pub mod spec;
+pub mod store;

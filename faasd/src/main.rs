@@ -1,0 +1,540 @@
+//! `faasd`: the daemon (`faasd daemon`) and the command line that talks to it.
+
+use std::{
+    collections::BTreeMap,
+    io::{IsTerminal, Read},
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    sync::Arc,
+};
+
+use clap::{Args, Parser, Subcommand};
+use faasd::{
+    api,
+    client::Client,
+    config::{Config, Ipv6Net},
+    daemon::{Daemon, FunctionStatus, HostStatus},
+    dataplane::Dataplane,
+    logs::LogLine,
+    net, notify,
+    runtime::process::ProcessRuntime,
+    spec::{DEFAULT_NAMESPACE, Deployment},
+    store::Store,
+};
+use hyper::Method;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "faasd",
+    version,
+    about = "A functions host: eBPF-steered sockets, socket activation, the OpenFaaS API"
+)]
+struct Cli {
+    /// The daemon's API socket.
+    #[arg(
+        long,
+        global = true,
+        env = "FAASD_SOCKET",
+        default_value = "/run/faasd/faasd.sock"
+    )]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Daemon(DaemonArgs),
+    /// Deploy a function (or update it with --update).
+    Deploy(DeployArgs),
+    /// List functions.
+    List {
+        #[command(flatten)]
+        ns: Ns,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one function.
+    Describe {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        ns: Ns,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a function: instances stopped, sockets closed, address retired.
+    Remove {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        ns: Ns,
+    },
+    /// Run exactly N instances now (0 = scale to zero; the next connection starts it again).
+    Scale {
+        /// Function name.
+        name: String,
+        /// Instances.
+        replicas: u32,
+        #[command(flatten)]
+        ns: Ns,
+    },
+    /// Call a function over HTTP through its address; the body comes from --data or stdin.
+    Invoke {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        ns: Ns,
+        /// Request body (default: stdin when it is not a terminal).
+        #[arg(long, short)]
+        data: Option<String>,
+        /// HTTP method.
+        #[arg(long, default_value = "POST")]
+        method: String,
+    },
+    /// Print a function's log.
+    Logs {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        ns: Ns,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Data plane and host status.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Ns {
+    /// Namespace.
+    #[arg(long, short, default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+}
+
+#[derive(Debug, Args)]
+struct DaemonArgs {
+    /// Config file (TOML); default /etc/faasd/config.toml when it exists.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Durable state directory.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Volatile state directory (API and notify sockets).
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
+    /// Also serve the API on this TCP address (repeatable).
+    #[arg(long)]
+    api: Vec<SocketAddr>,
+    /// This host's function prefix.
+    #[arg(long)]
+    function_prefix: Option<Ipv6Net>,
+    /// User functions run as.
+    #[arg(long)]
+    user: Option<String>,
+    /// Stop running functions when the daemon exits.
+    #[arg(long)]
+    stop_functions_on_exit: bool,
+}
+
+#[derive(Debug, Args)]
+struct DeployArgs {
+    /// Function name (a DNS label).
+    name: String,
+    /// Command line of the process function.
+    #[arg(long = "command", short = 'c')]
+    command: String,
+    #[command(flatten)]
+    ns: Ns,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = key_value)]
+    env: Vec<(String, String)>,
+    /// Label KEY=VALUE (repeatable), e.g. com.openfaas.scale.zero=true.
+    #[arg(long = "label", short = 'l', value_parser = key_value)]
+    labels: Vec<(String, String)>,
+    /// Annotation KEY=VALUE (repeatable), e.g. faasd.dev/ports=http=8080/tcp.
+    #[arg(long = "annotation", short = 'a', value_parser = key_value)]
+    annotations: Vec<(String, String)>,
+    /// Replace an existing function.
+    #[arg(long)]
+    update: bool,
+}
+
+fn key_value(s: &str) -> std::result::Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Daemon(args) => run_daemon(args).await,
+            cmd => run_client(Client::new(cli.socket), cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("faasd: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+async fn run_daemon(args: DaemonArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(d) = args.state_dir {
+        config.state_dir = d;
+    }
+    if let Some(d) = args.runtime_dir {
+        config.runtime_dir = d;
+    }
+    config.api.extend(args.api);
+    if let Some(p) = args.function_prefix {
+        config.function_prefix = p;
+    }
+    if let Some(u) = args.user {
+        config.user = u;
+    }
+    config.stop_functions_on_exit |= args.stop_functions_on_exit;
+    config.validate()?;
+    let config = Arc::new(config);
+
+    std::fs::create_dir_all(&config.runtime_dir)
+        .map_err(|e| format!("creating {}: {e}", config.runtime_dir.display()))?;
+    // Unprivileged functions must reach the notify socket inside.
+    std::fs::set_permissions(&config.runtime_dir, std::fs::Permissions::from_mode(0o755))?;
+    let store = Store::open(&config.state_dir)?;
+    let dataplane = Dataplane::open(&config.bpffs)?;
+    tracing::info!(
+        "data plane {} ({})",
+        if dataplane.adopted() {
+            "adopted"
+        } else {
+            "loaded"
+        },
+        dataplane.status().pin_dir.display()
+    );
+    net::ensure_local_route(config.function_prefix).await?;
+    let router = notify::Router::default();
+    notify::serve(&config.runtime_dir.join("notify.sock"), router.clone())?;
+    let daemon = Daemon::start(
+        config.clone(),
+        store,
+        dataplane,
+        Arc::new(ProcessRuntime),
+        router,
+    )
+    .await?;
+
+    let app = api::router(daemon.clone());
+    let sock_path = config.api_socket();
+    let _ = std::fs::remove_file(&sock_path);
+    let unix = tokio::net::UnixListener::bind(&sock_path)
+        .map_err(|e| format!("binding the API socket {}: {e}", sock_path.display()))?;
+    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o660))?;
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(async move { axum::serve(unix, app.into_make_service()).await });
+    for addr in &config.api {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("binding the API on {addr}: {e}"))?;
+        let app = api::router(daemon.clone());
+        servers.spawn(async move { axum::serve(l, app.into_make_service()).await });
+    }
+    tracing::info!("faasd ready: API on {}", sock_path.display());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        r = servers.join_next() => tracing::error!("API server ended: {r:?}"),
+    }
+    tracing::info!("shutting down");
+    daemon.shutdown().await;
+    let _ = std::fs::remove_file(&sock_path);
+    Ok(())
+}
+
+fn ns_query(ns: &Ns) -> String {
+    format!("namespace={}", ns.namespace)
+}
+
+async fn run_client(client: Client, cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Daemon(_) => unreachable!("handled by main"),
+        Command::Deploy(a) => {
+            let d = Deployment {
+                service: a.name,
+                namespace: Some(a.ns.namespace),
+                env_process: Some(a.command),
+                env_vars: a.env.into_iter().collect(),
+                labels: a.labels.into_iter().collect(),
+                annotations: a.annotations.into_iter().collect(),
+                ..Default::default()
+            };
+            let method = if a.update { Method::PUT } else { Method::POST };
+            let body = client
+                .call(method, "/system/functions", Some(serde_json::to_vec(&d)?))
+                .await?;
+            let f: FunctionStatus = serde_json::from_slice(&body)?;
+            let port = f.ports.first().map_or(8080, |p| p.port);
+            println!("Deployed {}.{} at {}", f.name, f.namespace, f.address);
+            println!("Call it: curl http://[{}]:{port}/", f.address);
+        }
+        Command::List { ns, json } => {
+            let body = client
+                .call(
+                    Method::GET,
+                    &format!("/system/functions?{}", ns_query(&ns)),
+                    None,
+                )
+                .await?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&body));
+                return Ok(());
+            }
+            let fs: Vec<FunctionStatus> = serde_json::from_slice(&body)?;
+            let mut rows = vec![
+                [
+                    "NAME",
+                    "ADDRESS",
+                    "PORTS",
+                    "STATE",
+                    "REPLICAS",
+                    "ACTIVATIONS",
+                ]
+                .map(String::from),
+            ];
+            for f in fs {
+                rows.push([
+                    f.name.clone(),
+                    f.address.to_string(),
+                    ports(&f),
+                    serde_json::to_value(f.state.phase)?
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                    format!("{}/{}", f.available_replicas, f.replicas),
+                    f.state.activations.to_string(),
+                ]);
+            }
+            print_table(&rows);
+        }
+        Command::Describe { name, ns, json } => {
+            let body = client
+                .call(
+                    Method::GET,
+                    &format!("/system/function/{name}?{}", ns_query(&ns)),
+                    None,
+                )
+                .await?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&body));
+                return Ok(());
+            }
+            let f: FunctionStatus = serde_json::from_slice(&body)?;
+            let phase = serde_json::to_value(f.state.phase)?;
+            let mut rows: Vec<[String; 2]> = vec![
+                ["Name".into(), format!("{}.{}", f.name, f.namespace)],
+                ["Address".into(), f.address.to_string()],
+                ["Ports".into(), ports(&f)],
+                ["Command".into(), f.env_process.clone()],
+                ["State".into(), phase.as_str().unwrap_or("").to_owned()],
+                [
+                    "Replicas".into(),
+                    format!("{} ready of {}", f.available_replicas, f.replicas),
+                ],
+                ["Activations".into(), f.state.activations.to_string()],
+                [
+                    "Restarts".into(),
+                    format!("{} ({} watchdog)", f.state.restarts, f.state.watchdog_kills),
+                ],
+                ["Created".into(), f.created_at.clone()],
+            ];
+            if let Some(ms) = f.state.retry_in_ms {
+                rows.push(["Retry in".into(), format!("{ms} ms (crash loop)")]);
+            }
+            if let Some(e) = &f.state.last_error {
+                rows.push(["Last error".into(), e.clone()]);
+            }
+            for i in &f.state.instances {
+                rows.push([
+                    "Instance".into(),
+                    format!(
+                        "{} pid {}{}",
+                        i.id,
+                        i.pid,
+                        if i.ready { "" } else { " (starting)" }
+                    ),
+                ]);
+            }
+            for c in &f.counters {
+                rows.push([
+                    format!("Counters {}", c.name),
+                    format!(
+                        "lookups {} steered {} no-socket {}",
+                        c.lookups, c.steered, c.no_socket
+                    ),
+                ]);
+            }
+            for (k, v) in f.labels.iter().chain(&f.annotations) {
+                rows.push([k.clone(), v.clone()]);
+            }
+            let w = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
+            for [k, v] in rows {
+                println!("{k:<w$}  {v}");
+            }
+        }
+        Command::Remove { name, ns } => {
+            let body = serde_json::json!({"functionName": name, "namespace": ns.namespace});
+            client
+                .call(
+                    Method::DELETE,
+                    "/system/functions",
+                    Some(serde_json::to_vec(&body)?),
+                )
+                .await?;
+            println!("Removed {name}.{}", ns.namespace);
+        }
+        Command::Scale { name, replicas, ns } => {
+            let body = serde_json::json!({"serviceName": name, "replicas": replicas});
+            client
+                .call(
+                    Method::POST,
+                    &format!("/system/scale-function/{name}?{}", ns_query(&ns)),
+                    Some(serde_json::to_vec(&body)?),
+                )
+                .await?;
+            println!("Scaling {name}.{} to {replicas}", ns.namespace);
+        }
+        Command::Invoke {
+            name,
+            ns,
+            data,
+            method,
+        } => {
+            let body = match data {
+                Some(d) => d.into_bytes(),
+                None if !std::io::stdin().is_terminal() => {
+                    let mut v = Vec::new();
+                    std::io::stdin().read_to_end(&mut v)?;
+                    v
+                }
+                None => Vec::new(),
+            };
+            let method: Method = method
+                .parse()
+                .map_err(|_| format!("{method}: not an HTTP method"))?;
+            let out = client
+                .call(
+                    method,
+                    &format!("/function/{name}.{}", ns.namespace),
+                    Some(body),
+                )
+                .await?;
+            use std::io::Write;
+            std::io::stdout().write_all(&out)?;
+        }
+        Command::Logs { name, ns, tail } => {
+            let tail = tail.map(|t| format!("&tail={t}")).unwrap_or_default();
+            let body = client
+                .call(
+                    Method::GET,
+                    &format!("/system/logs?name={name}&{}{tail}", ns_query(&ns)),
+                    None,
+                )
+                .await?;
+            for line in String::from_utf8_lossy(&body).lines() {
+                let l: LogLine = serde_json::from_str(line)?;
+                println!("{} {} {}", l.timestamp, l.instance, l.text);
+            }
+        }
+        Command::Status { json } => {
+            let body = client.call(Method::GET, "/system/status", None).await?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&body));
+                return Ok(());
+            }
+            let s: HostStatus = serde_json::from_slice(&body)?;
+            let d = &s.dataplane;
+            let rows: BTreeMap<&str, String> = [
+                (
+                    "program",
+                    format!(
+                        "sk_lookup id {} ({})",
+                        d.program_id,
+                        if d.adopted {
+                            "adopted from pins"
+                        } else {
+                            "loaded by this daemon"
+                        }
+                    ),
+                ),
+                ("pins", d.pin_dir.display().to_string()),
+                ("bindings", format!("{} of {}", d.bindings, d.max_bindings)),
+                ("misses", format!("{} (fell through to the host)", d.misses)),
+                (
+                    "ipv4",
+                    format!("{} lookups passed (functions are IPv6 only)", d.ipv4_passed),
+                ),
+                ("functions", s.functions.to_string()),
+                ("prefix", s.function_prefix.clone()),
+                ("runtime", s.runtime.clone()),
+                (
+                    "cgroup",
+                    s.cgroup_root
+                        .as_ref()
+                        .map_or("none".into(), |p| p.display().to_string()),
+                ),
+            ]
+            .into_iter()
+            .collect();
+            for (k, v) in rows {
+                println!("{k:<10} {v}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ports(f: &FunctionStatus) -> String {
+    f.ports
+        .iter()
+        .map(|p| format!("{}={}/{}", p.name, p.port, p.protocol))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn print_table(rows: &[[String; 6]]) {
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}

@@ -1,0 +1,191 @@
+//! The sd_notify socket every function instance gets as NOTIFY_SOCKET. One datagram socket
+//! for the host; the kernel stamps each message with the sender's pid (SO_PASSCRED), which
+//! routes it to the instance that sent it.
+
+use std::{
+    collections::HashMap,
+    io,
+    os::{
+        fd::AsRawFd,
+        unix::{fs::PermissionsExt, net::UnixDatagram},
+    },
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+/// What an instance said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// READY=1.
+    Ready,
+    /// WATCHDOG=1.
+    Watchdog,
+    /// STATUS=….
+    Status(String),
+    /// STOPPING=1.
+    Stopping,
+}
+
+/// Parses one notify datagram into the notices it carries.
+pub fn parse(msg: &[u8]) -> Vec<Notice> {
+    String::from_utf8_lossy(msg)
+        .lines()
+        .filter_map(|l| match l.split_once('=') {
+            Some(("READY", "1")) => Some(Notice::Ready),
+            Some(("WATCHDOG", "1")) => Some(Notice::Watchdog),
+            Some(("STOPPING", "1")) => Some(Notice::Stopping),
+            Some(("STATUS", s)) => Some(Notice::Status(s.chars().take(256).collect())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Routes notices to the task that owns the sending pid.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    routes: Arc<Mutex<HashMap<i32, mpsc::UnboundedSender<(i32, Notice)>>>>,
+}
+
+impl Router {
+    /// Sends notices from `pid` to `tx` until [`Router::forget`].
+    pub fn register(&self, pid: i32, tx: mpsc::UnboundedSender<(i32, Notice)>) {
+        self.routes.lock().expect("router lock").insert(pid, tx);
+    }
+
+    /// Stops routing for `pid`.
+    pub fn forget(&self, pid: i32) {
+        self.routes.lock().expect("router lock").remove(&pid);
+    }
+
+    fn route(&self, pid: i32, n: Notice) {
+        if let Some(tx) = self.routes.lock().expect("router lock").get(&pid) {
+            let _ = tx.send((pid, n));
+        }
+    }
+}
+
+/// Binds the notify socket at `path` (replacing a stale one) and serves it forever.
+pub fn serve(path: &Path, router: Router) -> io::Result<tokio::task::JoinHandle<()>> {
+    let _ = std::fs::remove_file(path);
+    let sock = UnixDatagram::bind(path)?;
+    // Functions run unprivileged; only messages from known pids are acted on.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    sock.set_nonblocking(true)?;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a live c_int.
+    if unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&raw const one).cast(),
+            4,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the socket is moved into the AsyncFd, which alone closes it.
+    let afd = unsafe { AsyncFd::register(sock)? };
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = afd.readable().await else {
+                return;
+            };
+            while let Some((pid, msg)) = recv_with_pid(afd.get_ref()) {
+                for n in parse(&msg) {
+                    router.route(pid, n);
+                }
+            }
+            guard.clear_ready();
+        }
+    }))
+}
+
+fn recv_with_pid(sock: &UnixDatagram) -> Option<(i32, Vec<u8>)> {
+    let mut buf = vec![0u8; 4096];
+    let mut cmsg = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below refers to our own buffers.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = cmsg.as_mut_ptr().cast();
+    hdr.msg_controllen = size_of_val(&cmsg);
+    // SAFETY: as above.
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut hdr,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    let mut pid = None;
+    // SAFETY: walking the control buffer the kernel filled, with the libc helpers.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
+                let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                pid = Some(cred.pid);
+            } else if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                // fds sent to us (FDSTORE is not supported): close them.
+                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let fds = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                for i in 0..len / 4 {
+                    libc::close(std::ptr::read_unaligned(fds.add(i)));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&hdr, c);
+        }
+    }
+    Some((pid.unwrap_or(0), buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_notices_faasd_acts_on() {
+        assert_eq!(
+            parse(b"READY=1\nSTATUS=warming up\nWATCHDOG=1\nBOGUS=2\nSTOPPING=1"),
+            vec![
+                Notice::Ready,
+                Notice::Status("warming up".into()),
+                Notice::Watchdog,
+                Notice::Stopping
+            ]
+        );
+        assert!(parse(b"READY=0").is_empty());
+    }
+
+    #[tokio::test]
+    async fn messages_reach_the_task_registered_for_the_sender() {
+        let dir = std::env::temp_dir().join(format!("faasd-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let router = Router::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        router.register(std::process::id() as i32, tx);
+        let task = serve(&path, router).unwrap();
+        let client = UnixDatagram::unbound().unwrap();
+        client.send_to(b"READY=1", &path).unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(
+            got.unwrap(),
+            Some((std::process::id() as i32, Notice::Ready))
+        );
+        task.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

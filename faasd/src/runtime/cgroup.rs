@@ -1,0 +1,27 @@
+//! cgroup v2 placement: every function gets `faasd/<namespace>/<name>` under the unified
+//! hierarchy, found at `/sys/fs/cgroup` (pure v2) or `/sys/fs/cgroup/unified` (hybrid).
+
+use std::path::{Path, PathBuf};
+
+/// The unified hierarchy's root, if this host has one.
+pub fn root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.subtree_control").exists())
+        .map(Path::to_path_buf)
+}
+
+/// Creates (if needed) and returns the cgroup of a function.
+pub fn for_function(root: &Path, namespace: &str, name: &str) -> std::io::Result<PathBuf> {
+    let dir = root.join("faasd").join(namespace).join(name);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Kills every process left in the cgroup and removes it (best effort: the kernel refuses
+/// while processes are still exiting, and a later removal will retry).
+pub fn remove(dir: &Path) {
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    let _ = std::fs::remove_dir(dir);
+}

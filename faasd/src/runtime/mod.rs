@@ -1,0 +1,121 @@
+//! How a function instance is started and stopped. One trait; the `process` runtime
+//! (fork/exec into fresh namespaces, no extra daemon) is the implementation today.
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, OwnedFd, RawFd},
+    path::PathBuf,
+};
+
+pub mod cgroup;
+pub mod process;
+
+/// Errors starting an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The configured user does not exist.
+    #[error("user {0:?} does not exist on this host")]
+    NoSuchUser(String),
+    /// A step before exec failed in the new process.
+    #[error("starting {program}: {step} failed: {source}")]
+    Child {
+        /// The program.
+        program: String,
+        /// Which step.
+        step: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// A syscall in the daemon failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What.
+        op: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// An argument or environment string holds a NUL byte.
+    #[error("argument or environment contains a NUL byte")]
+    Nul,
+}
+
+/// Everything needed to start one instance.
+#[derive(Debug)]
+pub struct Launch<'a> {
+    /// Program (absolute path) and arguments.
+    pub argv: &'a [String],
+    /// Environment, including the LISTEN_* variables (LISTEN_PID is the runtime's to set).
+    pub env: Vec<(String, String)>,
+    /// Sockets placed at fd 3, 4, ….
+    pub fds: Vec<RawFd>,
+    /// fd 0; `/dev/null` when `None`.
+    pub stdin: Option<RawFd>,
+    /// fd 1.
+    pub stdout: RawFd,
+    /// fd 2.
+    pub stderr: RawFd,
+    /// User to run as.
+    pub user: &'a str,
+    /// cgroup directory to place the instance in, if cgroups are available.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// A started instance.
+#[derive(Debug)]
+pub struct Instance {
+    /// Host pid.
+    pub pid: i32,
+    /// pidfd: readable when the instance exits; used to signal it without pid reuse races.
+    pub pidfd: OwnedFd,
+}
+
+impl Instance {
+    /// Sends `sig` to the instance.
+    pub fn signal(&self, sig: libc::c_int) -> io::Result<()> {
+        // SAFETY: pidfd_send_signal with a pidfd we own and no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                0usize,
+                0u32,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reaps the instance if it has exited; returns its wait status.
+    pub fn try_reap(&self) -> Option<libc::c_int> {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, non-blocking.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        (r == self.pid).then_some(status)
+    }
+}
+
+/// Starts function instances.
+pub trait Runtime: Send + Sync + std::fmt::Debug {
+    /// Starts one instance; returns once the program has been exec'd.
+    fn start(&self, launch: &Launch<'_>) -> Result<Instance, RuntimeError>;
+}
+
+pub(crate) fn cstring(s: &str) -> Result<CString, RuntimeError> {
+    CString::new(s).map_err(|_| RuntimeError::Nul)
+}
+
+/// Describes a wait status for logs and status lines.
+pub fn describe_exit(status: libc::c_int) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exited with status {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("ended (wait status {status})")
+    }
+}

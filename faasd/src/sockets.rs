@@ -1,0 +1,159 @@
+//! The listening sockets faasd creates and owns for each function, as systemd owns the
+//! sockets of socket-activated services.
+//!
+//! Each socket is bound to the function's own address and port with `IPV6_FREEBIND` (the
+//! address is on no interface) and `SO_REUSEPORT` (a new version's sockets can coexist with
+//! the old ones); the `sk_lookup` program assigns it with `NO_REUSEPORT`, so the map decides
+//! which one gets the traffic. No ephemeral port is ever taken, so 100k functions fit.
+
+use std::{
+    io,
+    net::{Ipv6Addr, SocketAddrV6},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+};
+
+use crate::spec::{Port, Protocol};
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&raw const v).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    })
+    .map(drop)
+}
+
+fn sockaddr(addr: Ipv6Addr, port: u16) -> libc::sockaddr_in6 {
+    // SAFETY: sockaddr_in6 is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sa.sin6_port = port.to_be();
+    sa.sin6_addr.s6_addr = addr.octets();
+    sa
+}
+
+/// Creates the socket for `port` of the function at `addr`: non-blocking, close-on-exec,
+/// bound, and listening (TCP) with `backlog`.
+pub fn create(addr: Ipv6Addr, port: &Port, backlog: u32) -> io::Result<OwnedFd> {
+    let ty = match port.protocol {
+        Protocol::Tcp => libc::SOCK_STREAM,
+        Protocol::Udp => libc::SOCK_DGRAM,
+    };
+    // SAFETY: plain syscall; the result is checked and owned at once.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_INET6,
+            ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 1)?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    if port.protocol == Protocol::Udp {
+        // Lets a UDP function learn the destination of each datagram.
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+    }
+    let sa = sockaddr(addr, port.port);
+    // SAFETY: sa is a valid sockaddr_in6 of the stated size.
+    cvt(unsafe {
+        libc::bind(
+            fd,
+            (&raw const sa).cast(),
+            size_of::<libc::sockaddr_in6>() as u32,
+        )
+    })?;
+    if port.protocol == Protocol::Tcp {
+        let backlog = libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX);
+        // SAFETY: plain syscall on our socket.
+        cvt(unsafe { libc::listen(fd, backlog) })?;
+    }
+    Ok(sock)
+}
+
+/// Whether a connection (TCP) or datagram (UDP) is waiting on the socket.
+pub fn pending(fd: &impl AsRawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLIN != 0 }
+}
+
+/// The local address a socket is bound to, if it is an IPv6 socket.
+pub fn local_addr(fd: &impl AsRawFd) -> io::Result<SocketAddrV6> {
+    // SAFETY: getsockname fills at most `len` bytes of our zeroed struct.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    // SAFETY: as above.
+    cvt(unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut sa).cast(), &mut len) })?;
+    if i32::from(sa.sin6_family) != libc::AF_INET6 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not an IPv6 socket",
+        ));
+    }
+    Ok(SocketAddrV6::new(
+        sa.sin6_addr.s6_addr.into(),
+        u16::from_be(sa.sin6_port),
+        0,
+        0,
+    ))
+}
+
+/// Accepts one pending connection without blocking; `None` when none is waiting.
+pub fn accept(fd: &impl AsRawFd) -> io::Result<Option<(OwnedFd, SocketAddrV6)>> {
+    // SAFETY: accept4 fills at most `len` bytes of our zeroed struct.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    // SAFETY: as above; the returned fd is owned at once.
+    let r = unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            (&raw mut sa).cast(),
+            &mut len,
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: r is a fresh descriptor.
+    let conn = unsafe { OwnedFd::from_raw_fd(r) };
+    Ok(Some((
+        conn,
+        SocketAddrV6::new(
+            sa.sin6_addr.s6_addr.into(),
+            u16::from_be(sa.sin6_port),
+            0,
+            0,
+        ),
+    )))
+}

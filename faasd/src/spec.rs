@@ -1,0 +1,596 @@
+//! What a function is: the OpenFaaS deploy request, validated at the edge, and the settings
+//! faasd derives from its labels and annotations.
+//!
+//! | key (annotation unless noted) | meaning | default |
+//! |---|---|---|
+//! | `com.openfaas.scale.min` (label) | instances started at deploy and kept running | 0 |
+//! | `com.openfaas.scale.max` (label) | upper bound for `scale` | 20 |
+//! | `com.openfaas.scale.zero` (label) | stop the function when idle | false |
+//! | `com.openfaas.scale.zero-duration` (label) | idle time before stopping | 15m |
+//! | `faasd.dev/ports` | listening sockets, `name=port/proto,...` | `http=8080/tcp` |
+//! | `faasd.dev/accept` | `true`: one instance per connection (inetd style) | false |
+//! | `faasd.dev/max-connections` | concurrent instances with `accept` | 64 |
+//! | `faasd.dev/notify` | `true`: ready only after READY=1 | false |
+//! | `faasd.dev/watchdog` | WATCHDOG=1 interval; silence longer than this restarts | off |
+//! | `faasd.dev/user` | user the function runs as | daemon's `user` |
+//! | `faasd.dev/stop-timeout` | SIGTERM → SIGKILL grace | daemon's `stop-timeout` |
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// The namespace functions land in when none is given (OpenFaaS's default).
+pub const DEFAULT_NAMESPACE: &str = "openfaas-fn";
+/// Most sockets one function may have.
+pub const MAX_PORTS: usize = 32;
+/// Prefix of faasd's own annotations.
+pub const FAASD_PREFIX: &str = "faasd.dev/";
+
+/// A deploy request is wrong; the message says what and how to fix it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+fn bad<T>(msg: impl Into<String>) -> Result<T, SpecError> {
+    Err(SpecError(msg.into()))
+}
+
+/// The OpenFaaS `FunctionDeployment` body, as faas-cli sends it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Deployment {
+    /// Function name (a DNS label).
+    pub service: String,
+    /// OCI image; the process runtime takes none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Namespace (a DNS label), default `openfaas-fn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The command line of a process function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_process: Option<String>,
+    /// Environment of the function.
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
+    /// Labels (OpenFaaS scaling labels are read from here).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations (faasd's own settings are read from here).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Secrets to mount; not supported by this version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Placement constraints; meaningless on one host, accepted and ignored like faasd CE.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    /// Resource limits; not enforced by the process runtime yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<serde_json::Value>,
+    /// Resource requests; as `limits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<serde_json::Value>,
+    /// Read-only root filesystem; a container setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_root_filesystem: Option<bool>,
+    /// Registry credentials; a container setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<String>,
+}
+
+/// Transport of a function socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// A listening stream socket.
+    Tcp,
+    /// An unconnected datagram socket.
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number `sk_lookup` sees.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => faasd_common::proto::TCP,
+            Self::Udp => faasd_common::proto::UDP,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// One listening socket of a function, named like systemd's `FileDescriptorName=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    /// Name passed in LISTEN_FDNAMES.
+    pub name: String,
+    /// Port number, 1–65535.
+    pub port: u16,
+    /// Transport.
+    pub protocol: Protocol,
+}
+
+/// Settings derived from labels and annotations, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Sockets, in LISTEN_FDS order.
+    pub ports: Vec<Port>,
+    /// Instances kept running.
+    pub min_scale: u32,
+    /// Upper bound of instances.
+    pub max_scale: u32,
+    /// Idle time before the function is stopped, if it may be.
+    pub scale_to_zero_after: Option<Duration>,
+    /// Inetd-style: one instance per connection, at most this many at once.
+    pub accept: Option<u32>,
+    /// Ready only after READY=1.
+    pub notify: bool,
+    /// WATCHDOG=1 interval.
+    pub watchdog: Option<Duration>,
+    /// User override.
+    pub user: Option<String>,
+    /// Grace period override.
+    pub stop_timeout: Option<Duration>,
+}
+
+/// A function as faasd stores it: the request, validated, with its identity split out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionSpec {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The request as received (for describe and for re-validation on load).
+    pub deployment: Deployment,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+}
+
+impl FunctionSpec {
+    /// Validates a deploy request. `resolve` finds a program on PATH.
+    pub fn from_deployment(mut d: Deployment) -> Result<(Self, Settings), SpecError> {
+        validate_label("function name", &d.service)?;
+        let namespace = d
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+        validate_label("namespace", &namespace)?;
+        d.namespace = Some(namespace.clone());
+        if d.image.as_deref().is_some_and(|i| !i.is_empty()) {
+            return bad(
+                "image: this faasd runs process functions only (containerd support comes in a \
+                 later version); deploy with envProcess set to the command and no image",
+            );
+        }
+        if !d.secrets.is_empty() {
+            return bad("secrets: not supported by this version of faasd");
+        }
+        if d.limits.is_some() || d.requests.is_some() {
+            return bad(
+                "limits/requests: the process runtime does not enforce them yet; remove them",
+            );
+        }
+        if d.read_only_root_filesystem == Some(true) || d.registry_auth.is_some() {
+            return bad("readOnlyRootFilesystem/registryAuth apply to container images only");
+        }
+        for k in d.env_vars.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return bad(format!("envVars: {k:?} is not a valid variable name"));
+            }
+            if k.starts_with("LISTEN_") || k == "NOTIFY_SOCKET" || k.starts_with("WATCHDOG_") {
+                return bad(format!("envVars: {k} is set by faasd itself"));
+            }
+        }
+        let argv = split_command(d.env_process.as_deref().unwrap_or(""))?;
+        let argv = vec![resolve_program(&argv[0])?]
+            .into_iter()
+            .chain(argv[1..].iter().cloned())
+            .collect();
+        let settings = Settings::parse(&d)?;
+        Ok((
+            Self {
+                name: d.service.clone(),
+                namespace,
+                deployment: d,
+                argv,
+            },
+            settings,
+        ))
+    }
+
+    /// `namespace/name`, unique on the host.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Names and namespaces are DNS labels: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.
+pub fn validate_label(what: &str, s: &str) -> Result<(), SpecError> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        bad(format!(
+            "{what} {s:?} is not a DNS label: use 1-63 characters of a-z, 0-9 and '-', \
+             not starting or ending with '-'"
+        ))
+    }
+}
+
+/// Splits a command line on whitespace, honouring single and double quotes.
+fn split_command(s: &str) -> Result<Vec<String>, SpecError> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in s.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return bad("envProcess: unterminated quote");
+    }
+    if in_word {
+        out.push(cur);
+    }
+    if out.is_empty() {
+        return bad(
+            "envProcess: a process function needs a command, e.g. \"/usr/local/bin/hello\"",
+        );
+    }
+    Ok(out)
+}
+
+/// Finds the program now, so a typo fails the deploy rather than the first connection.
+fn resolve_program(p: &str) -> Result<String, SpecError> {
+    use std::os::unix::fs::PermissionsExt;
+    let candidates: Vec<PathBuf> = if p.contains('/') {
+        vec![PathBuf::from(p)]
+    } else {
+        std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).map(|d| d.join(p)).collect())
+            .unwrap_or_default()
+    };
+    for c in &candidates {
+        if let Ok(m) = std::fs::metadata(c)
+            && m.is_file()
+            && m.permissions().mode() & 0o111 != 0
+        {
+            if !c.is_absolute() {
+                return bad(format!("envProcess: {p} must be an absolute path"));
+            }
+            return Ok(c.to_string_lossy().into_owned());
+        }
+    }
+    bad(format!(
+        "envProcess: {p}: no such executable file on this host"
+    ))
+}
+
+impl Settings {
+    fn parse(d: &Deployment) -> Result<Self, SpecError> {
+        for k in d.annotations.keys().chain(d.labels.keys()) {
+            if let Some(rest) = k.strip_prefix(FAASD_PREFIX)
+                && !KNOWN_ANNOTATIONS.contains(&rest)
+            {
+                return bad(format!(
+                    "unknown faasd setting {k:?}; known: {}",
+                    KNOWN_ANNOTATIONS
+                        .iter()
+                        .map(|a| format!("{FAASD_PREFIX}{a}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        let ann = |k: &str| {
+            d.annotations
+                .get(&format!("{FAASD_PREFIX}{k}"))
+                .map(String::as_str)
+        };
+        let label = |k: &str| {
+            d.labels
+                .get(&format!("com.openfaas.scale.{k}"))
+                .map(String::as_str)
+        };
+
+        let min_scale = parse_u32("com.openfaas.scale.min", label("min"), 0)?;
+        let max_scale = parse_u32("com.openfaas.scale.max", label("max"), 20)?;
+        if max_scale == 0 || min_scale > max_scale {
+            return bad(format!(
+                "com.openfaas.scale.min ({min_scale}) must not exceed com.openfaas.scale.max \
+                 ({max_scale}), and max must be at least 1"
+            ));
+        }
+        let zero = parse_bool("com.openfaas.scale.zero", label("zero"))?;
+        let zero_after =
+            parse_duration("com.openfaas.scale.zero-duration", label("zero-duration"))?
+                .unwrap_or(Duration::from_secs(15 * 60));
+        let accept = if parse_bool("faasd.dev/accept", ann("accept"))? {
+            let max = parse_u32("faasd.dev/max-connections", ann("max-connections"), 64)?;
+            if max == 0 {
+                return bad("faasd.dev/max-connections must be at least 1");
+            }
+            Some(max)
+        } else {
+            if ann("max-connections").is_some() {
+                return bad("faasd.dev/max-connections needs faasd.dev/accept: \"true\"");
+            }
+            None
+        };
+        let ports = parse_ports(ann("ports").unwrap_or("http=8080/tcp"))?;
+        if accept.is_some() && (ports.len() != 1 || ports[0].protocol != Protocol::Tcp) {
+            return bad(
+                "faasd.dev/accept needs exactly one tcp port (datagrams have no connections)",
+            );
+        }
+        let user = ann("user").map(str::to_owned);
+        if let Some(u) = &user
+            && u.is_empty()
+        {
+            return bad("faasd.dev/user must not be empty");
+        }
+        Ok(Self {
+            ports,
+            min_scale,
+            max_scale,
+            scale_to_zero_after: zero.then_some(zero_after),
+            accept,
+            notify: parse_bool("faasd.dev/notify", ann("notify"))?,
+            watchdog: parse_duration("faasd.dev/watchdog", ann("watchdog"))?,
+            user,
+            stop_timeout: parse_duration("faasd.dev/stop-timeout", ann("stop-timeout"))?,
+        })
+    }
+}
+
+const KNOWN_ANNOTATIONS: &[&str] = &[
+    "ports",
+    "accept",
+    "max-connections",
+    "notify",
+    "watchdog",
+    "user",
+    "stop-timeout",
+];
+
+fn parse_u32(key: &str, v: Option<&str>, default: u32) -> Result<u32, SpecError> {
+    v.map_or(Ok(default), |v| {
+        v.trim()
+            .parse()
+            .map_err(|_| SpecError(format!("{key}: {v:?} is not a whole number")))
+    })
+}
+
+fn parse_bool(key: &str, v: Option<&str>) -> Result<bool, SpecError> {
+    match v.map(str::trim) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => bad(format!("{key}: {v:?} is not \"true\" or \"false\"")),
+    }
+}
+
+fn parse_duration(key: &str, v: Option<&str>) -> Result<Option<Duration>, SpecError> {
+    let Some(v) = v else { return Ok(None) };
+    let d = humantime::parse_duration(v.trim()).map_err(|e| {
+        SpecError(format!(
+            "{key}: {v:?} is not a duration like 30s or 15m ({e})"
+        ))
+    })?;
+    if d.is_zero() {
+        return bad(format!("{key}: must be longer than zero"));
+    }
+    Ok(Some(d))
+}
+
+/// `http=8080/tcp,dns=53/udp`; names follow systemd's FileDescriptorName rules.
+fn parse_ports(s: &str) -> Result<Vec<Port>, SpecError> {
+    let mut ports: Vec<Port> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let err = || {
+            SpecError(format!(
+                "faasd.dev/ports: {item:?} is not NAME=PORT/PROTO (e.g. http=8080/tcp)"
+            ))
+        };
+        let (name, rest) = item.split_once('=').ok_or_else(err)?;
+        let (port, proto) = rest.split_once('/').unwrap_or((rest, "tcp"));
+        let port: u16 = port.parse().map_err(|_| {
+            SpecError(format!(
+                "faasd.dev/ports: {port:?} is not a port number (1-65535)"
+            ))
+        })?;
+        if port == 0 {
+            return bad("faasd.dev/ports: port 0 is not a port; use 1-65535");
+        }
+        let protocol = match proto {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            _ => {
+                return bad(format!(
+                    "faasd.dev/ports: protocol {proto:?} is not tcp or udp"
+                ));
+            }
+        };
+        let name_ok = !name.is_empty()
+            && name.len() <= 255
+            && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        if !name_ok || ["unknown", "stored", "connection"].contains(&name) {
+            return bad(format!(
+                "faasd.dev/ports: {name:?} is not a usable socket name (printable, no ':', \
+                 not unknown/stored/connection)"
+            ));
+        }
+        if ports
+            .iter()
+            .any(|p| p.port == port && p.protocol == protocol)
+        {
+            return bad(format!(
+                "faasd.dev/ports: {port}/{protocol} is listed twice"
+            ));
+        }
+        if ports.iter().any(|p| p.name == name) {
+            return bad(format!("faasd.dev/ports: the name {name:?} is used twice"));
+        }
+        ports.push(Port {
+            name: name.into(),
+            port,
+            protocol,
+        });
+    }
+    if ports.len() > MAX_PORTS {
+        return bad(format!(
+            "faasd.dev/ports: at most {MAX_PORTS} ports per function"
+        ));
+    }
+    if ports.is_empty() {
+        return bad("faasd.dev/ports: a function needs at least one port");
+    }
+    Ok(ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(name: &str) -> Deployment {
+        Deployment {
+            service: name.into(),
+            env_process: Some("/bin/true".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_must_be_dns_labels() {
+        for bad in ["", "Hello", "a_b", "-a", "a-", &"a".repeat(64)] {
+            assert!(
+                FunctionSpec::from_deployment(deployment(bad)).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(FunctionSpec::from_deployment(deployment("a-1")).is_ok());
+    }
+
+    #[test]
+    fn defaults_are_socket_activated_http_on_8080() {
+        let (spec, s) = FunctionSpec::from_deployment(deployment("hello")).unwrap();
+        assert_eq!(spec.namespace, DEFAULT_NAMESPACE);
+        assert_eq!(spec.argv, vec!["/bin/true".to_string()]);
+        assert_eq!(
+            s.ports,
+            vec![Port {
+                name: "http".into(),
+                port: 8080,
+                protocol: Protocol::Tcp
+            }]
+        );
+        assert_eq!(
+            (s.min_scale, s.scale_to_zero_after, s.accept),
+            (0, None, None)
+        );
+    }
+
+    #[test]
+    fn ports_are_validated() {
+        let with = |p: &str| {
+            let mut d = deployment("f");
+            d.annotations.insert("faasd.dev/ports".into(), p.into());
+            FunctionSpec::from_deployment(d).map(|(_, s)| s.ports)
+        };
+        assert_eq!(with("a=53/udp,b=53/tcp").unwrap().len(), 2);
+        for p in [
+            "a=0",
+            "a=65536",
+            "a=80/sctp",
+            "a=1,a=2",
+            "a=1,b=1",
+            "a:b=1",
+            "x",
+            "",
+        ] {
+            assert!(with(p).is_err(), "{p}");
+        }
+    }
+
+    #[test]
+    fn scaling_labels_follow_openfaas() {
+        let mut d = deployment("f");
+        d.labels
+            .insert("com.openfaas.scale.zero".into(), "true".into());
+        d.labels
+            .insert("com.openfaas.scale.zero-duration".into(), "2s".into());
+        let (_, s) = FunctionSpec::from_deployment(d.clone()).unwrap();
+        assert_eq!(s.scale_to_zero_after, Some(Duration::from_secs(2)));
+        d.labels
+            .insert("com.openfaas.scale.min".into(), "30".into());
+        assert!(FunctionSpec::from_deployment(d).is_err());
+    }
+
+    #[test]
+    fn unknown_settings_and_fields_are_reported() {
+        let mut d = deployment("f");
+        d.annotations.insert("faasd.dev/portz".into(), "x".into());
+        let e = FunctionSpec::from_deployment(d).unwrap_err();
+        assert!(e.0.contains("faasd.dev/portz"), "{e}");
+        let e = serde_json::from_str::<Deployment>(r#"{"service":"f","sevrice":"g"}"#).unwrap_err();
+        assert!(e.to_string().contains("sevrice"));
+    }
+
+    #[test]
+    fn command_lines_split_with_quotes_and_missing_programs_fail() {
+        assert_eq!(split_command(r#"a 'b c' "d""#).unwrap(), ["a", "b c", "d"]);
+        assert!(split_command("a 'b").is_err());
+        let mut d = deployment("f");
+        d.env_process = Some("/nonexistent/prog".into());
+        assert!(
+            FunctionSpec::from_deployment(d)
+                .unwrap_err()
+                .0
+                .contains("no such executable")
+        );
+    }
+
+    #[test]
+    fn accept_mode_needs_one_tcp_port() {
+        let mut d = deployment("f");
+        d.annotations
+            .insert("faasd.dev/accept".into(), "true".into());
+        assert_eq!(
+            FunctionSpec::from_deployment(d.clone()).unwrap().1.accept,
+            Some(64)
+        );
+        d.annotations
+            .insert("faasd.dev/ports".into(), "d=53/udp".into());
+        assert!(FunctionSpec::from_deployment(d).is_err());
+    }
+}

@@ -1,0 +1,150 @@
+//! `hello`: the sample faasd function. A small HTTP server that
+//! - takes its listening socket from LISTEN_FDS (socket activation), or listens on
+//!   `PORT` (default 8080) when started by hand;
+//! - serves one connection on fd 3 and exits when started in accept mode
+//!   (`LISTEN_FDNAMES=connection`);
+//! - sends READY=1 (and WATCHDOG=1 when WATCHDOG_USEC is set) to NOTIFY_SOCKET;
+//! - answers every request with which instance served it, and when it accepted
+//!   (`X-Accepted-Ns`, CLOCK_MONOTONIC), which the benchmark uses.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    os::{fd::FromRawFd, unix::net::UnixDatagram},
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes into our timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn notify(msg: &str) {
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Ok(s) = UnixDatagram::unbound() {
+        let _ = s.send_to(msg.as_bytes(), path);
+    }
+}
+
+/// The sockets passed with the systemd protocol, if they are for us.
+fn listen_fds() -> Option<(i32, Vec<String>)> {
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    if pid != std::process::id() {
+        return None;
+    }
+    let n: i32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    Some((n, names.split(':').map(str::to_owned).collect()))
+}
+
+fn instance() -> String {
+    std::env::var("FAASD_INSTANCE").unwrap_or_else(|_| format!("pid-{}", std::process::id()))
+}
+
+fn serve(mut stream: TcpStream, accepted_ns: u64) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut content_length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; content_length.min(1 << 20)];
+    reader.read_exact(&mut body)?;
+    let n = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let mut text = format!(
+        "Hello from faasd! instance={} request={n} path={path}\n",
+        instance()
+    );
+    if !body.is_empty() {
+        text.push_str(&format!(
+            "you sent {} bytes: {}\n",
+            body.len(),
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Instance: {}\r\n\
+         X-Accepted-Ns: {accepted_ns}\r\nConnection: close\r\n\r\n{text}",
+        text.len(),
+        instance(),
+    )?;
+    stream.flush()
+}
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe. Connections being served are cut short, which is
+    // what a stop after the grace period would do anyway.
+    unsafe { libc::_exit(0) }
+}
+
+fn main() {
+    // SAFETY: installs a handler that only calls _exit. As pid 1 of its namespace the
+    // function receives SIGTERM only with a handler installed.
+    unsafe { libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t) };
+
+    let listener = match listen_fds() {
+        Some((1, names)) if names.first().map(String::as_str) == Some("connection") => {
+            // Accept mode: one connection on fd 3, then exit.
+            // SAFETY: fd 3 was passed to us as the connection.
+            let conn = unsafe { TcpStream::from_raw_fd(3) };
+            notify("READY=1");
+            if let Err(e) = serve(conn, monotonic_ns()) {
+                eprintln!("hello: {e}");
+            }
+            return;
+        }
+        // SAFETY: fd 3 was passed to us as a listening socket.
+        Some((n, _)) if n >= 1 => unsafe { TcpListener::from_raw_fd(3) },
+        _ => {
+            let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+            TcpListener::bind(format!("[::]:{port}")).expect("binding the port")
+        }
+    };
+    listener.set_nonblocking(false).expect("blocking listener");
+    if let Some(usec) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|u| u.parse::<u64>().ok())
+    {
+        std::thread::spawn(move || {
+            loop {
+                notify("WATCHDOG=1");
+                std::thread::sleep(Duration::from_micros(usec / 2));
+            }
+        });
+    }
+    eprintln!("hello: instance {} serving", instance());
+    notify("READY=1");
+    for conn in listener.incoming() {
+        let accepted_ns = monotonic_ns();
+        match conn {
+            Ok(c) => {
+                std::thread::spawn(move || {
+                    if let Err(e) = serve(c, accepted_ns) {
+                        eprintln!("hello: {e}");
+                    }
+                });
+            }
+            Err(e) => eprintln!("hello: accept: {e}"),
+        }
+    }
+}
