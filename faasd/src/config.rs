@@ -51,6 +51,8 @@ pub struct Config {
     pub backlog: u32,
     /// User functions run as unless a function names another.
     pub user: String,
+    /// cgroup (under the unified hierarchy) that holds the functions' cgroups.
+    pub cgroup_parent: String,
     /// Root of the BPF filesystem; pins go under `<bpffs>/faasd/<netns inode>/`.
     pub bpffs: PathBuf,
     /// Stop running function instances when the daemon exits (the default leaves them
@@ -75,6 +77,7 @@ impl Default for Config {
             backlog: 4096,
             user: "nobody".into(),
             bpffs: "/sys/fs/bpf".into(),
+            cgroup_parent: "faasd".into(),
             stop_functions_on_exit: false,
             stop_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(30),
@@ -108,6 +111,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "function-prefix /{} must be between /16 and /112",
                 self.function_prefix.len
+            )));
+        }
+        if self.cgroup_parent.is_empty() || self.cgroup_parent.split('/').any(|c| c.is_empty() || c == "..") {
+            return Err(ConfigError::Invalid(format!(
+                "cgroup-parent {:?} must be a relative path like faasd",
+                self.cgroup_parent
             )));
         }
         if self.backlog == 0 {

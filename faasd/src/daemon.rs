@@ -253,7 +253,7 @@ impl Daemon {
         let log = FunctionLog::new(&self.config.state_dir, &spec.namespace, &spec.name);
         let cgroup = match &self.cgroup_root {
             Some(root) => {
-                Some(cgroup::for_function(root, &spec.namespace, &spec.name).map_err(internal)?)
+                Some(cgroup::for_function(root, &self.config.cgroup_parent, &spec.namespace, &spec.name).map_err(internal)?)
             }
             None => None,
         };

@@ -116,7 +116,7 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneEr
 
 /// The pin directory for the current network namespace under `bpffs`.
 pub fn pin_dir(bpffs: &Path) -> Result<PathBuf, DataplaneError> {
-    let ns = Path::new("/proc/self/ns/net");
+    let ns = Path::new("/proc/thread-self/ns/net");
     let ino = std::fs::metadata(ns).map_err(io("stat", ns))?.ino();
     Ok(bpffs.join("faasd").join(format!("netns-{ino}")))
 }
@@ -181,7 +181,7 @@ impl Dataplane {
             .try_into()
             .map_err(|e| load_err(&e))?;
         prog.load().map_err(|e| load_err(&e))?;
-        let netns_path = Path::new("/proc/self/ns/net");
+        let netns_path = Path::new("/proc/thread-self/ns/net");
         let netns = std::fs::File::open(netns_path).map_err(io("open", netns_path))?;
         let link_id = prog.attach(netns.as_fd()).map_err(|e| load_err(&e))?;
         let link: FdLink = prog.take_link(link_id).map_err(|e| load_err(&e))?.into();

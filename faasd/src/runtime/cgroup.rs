@@ -1,4 +1,4 @@
-//! cgroup v2 placement: every function gets `faasd/<namespace>/<name>` under the unified
+//! cgroup v2 placement: every function gets `<parent>/<namespace>/<name>` under the unified
 //! hierarchy, found at `/sys/fs/cgroup` (pure v2) or `/sys/fs/cgroup/unified` (hybrid).
 
 use std::path::{Path, PathBuf};
@@ -13,8 +13,8 @@ pub fn root() -> Option<PathBuf> {
 }
 
 /// Creates (if needed) and returns the cgroup of a function.
-pub fn for_function(root: &Path, namespace: &str, name: &str) -> std::io::Result<PathBuf> {
-    let dir = root.join("faasd").join(namespace).join(name);
+pub fn for_function(root: &Path, parent: &str, namespace: &str, name: &str) -> std::io::Result<PathBuf> {
+    let dir = root.join(parent).join(namespace).join(name);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

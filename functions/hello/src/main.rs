@@ -6,6 +6,9 @@
 //! - sends READY=1 (and WATCHDOG=1 when WATCHDOG_USEC is set) to NOTIFY_SOCKET;
 //! - answers every request with which instance served it, and when it accepted
 //!   (`X-Accepted-Ns`, CLOCK_MONOTONIC), which the benchmark uses.
+//!
+//! `HELLO_WATCHDOG_STOP_AFTER_MS` makes it stop sending WATCHDOG=1 after that long, to
+//! show faasd's watchdog restarting a hung function.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -74,6 +77,9 @@ fn serve(mut stream: TcpStream, accepted_ns: u64) -> std::io::Result<()> {
         "Hello from faasd! instance={} request={n} path={path}\n",
         instance()
     );
+    if let Ok(remote) = std::env::var("REMOTE_ADDR") {
+        text.push_str(&format!("remote={remote}\n"));
+    }
     if !body.is_empty() {
         text.push_str(&format!(
             "you sent {} bytes: {}\n",
@@ -121,12 +127,14 @@ fn main() {
         }
     };
     listener.set_nonblocking(false).expect("blocking listener");
-    if let Some(usec) = std::env::var("WATCHDOG_USEC")
-        .ok()
-        .and_then(|u| u.parse::<u64>().ok())
-    {
+    if let Some(usec) = std::env::var("WATCHDOG_USEC").ok().and_then(|u| u.parse::<u64>().ok()) {
+        let stop_after = std::env::var("HELLO_WATCHDOG_STOP_AFTER_MS")
+            .ok()
+            .and_then(|m| m.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let started = std::time::Instant::now();
         std::thread::spawn(move || {
-            loop {
+            while stop_after.is_none_or(|d| started.elapsed() < d) {
                 notify("WATCHDOG=1");
                 std::thread::sleep(Duration::from_micros(usec / 2));
             }
