@@ -23,7 +23,7 @@ use tokio::{
 use crate::{
     config::Config,
     dataplane::Dataplane,
-    logs::FunctionLog,
+    logs::{FunctionLog, Output},
     notify::{self, Notice},
     runtime::{Instance, Launch, Runtime, describe_exit},
     sockets,
@@ -143,6 +143,8 @@ pub struct Adopted {
     pub instance: Instance,
     /// Its id.
     pub id: String,
+    /// Its output file, if it could be reopened.
+    pub output: Option<Output>,
 }
 
 /// What the task needs to run a function.
@@ -184,6 +186,7 @@ struct Running {
     stop_deadline: Option<Instant>,
     /// Killed by faasd for a failure (watchdog, start timeout): restart it.
     failed: bool,
+    output: Option<Output>,
 }
 
 struct Task {
@@ -208,6 +211,12 @@ struct Task {
 
 /// Starts the task; it runs until told to shut down.
 pub fn spawn(mut a: Activation) -> std::io::Result<Handle> {
+    if a.settings.accept.is_some() {
+        // In accept mode faasd alone accepts on the socket.
+        for s in &a.sockets {
+            sockets::set_nonblocking(s)?;
+        }
+    }
     let sockets = std::mem::take(&mut a.sockets)
         .into_iter()
         // SAFETY: each OwnedFd is moved into its AsyncFd, which alone closes it.
@@ -247,7 +256,7 @@ pub fn spawn(mut a: Activation) -> std::io::Result<Handle> {
         recorded_pids: Vec::new(),
     };
     for ad in adopted {
-        task.track(ad.instance, ad.id, true);
+        task.track(ad.instance, ad.id, true, ad.output);
     }
     task.target = task.target.max(task.instances.len() as u32);
     tokio::spawn(task.run(cmd_rx, notice_rx, exit_rx));
@@ -481,7 +490,9 @@ impl Task {
                 ));
             }
         }
-        let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+        let (output, out_w) =
+            Output::create(output_path(&self.a.config.runtime_dir, &self.a.spec, &id))
+                .map_err(|e| format!("creating the output file: {e}"))?;
         let user = s.user.as_deref().unwrap_or(&self.a.config.user);
         let launch = Launch {
             argv: &self.a.spec.argv,
@@ -497,14 +508,13 @@ impl Task {
         };
         let instance = self.a.runtime.start(&launch).map_err(|e| e.to_string())?;
         drop(out_w);
-        self.a.log.capture(id.clone(), out_r);
         self.snapshot.starts += 1;
-        self.track(instance, id, !s.notify);
+        self.track(instance, id, !s.notify, Some(output));
         Ok(())
     }
 
     /// Takes an instance under management: exit watch, notify routing, bookkeeping.
-    fn track(&mut self, instance: Instance, id: String, ready: bool) {
+    fn track(&mut self, instance: Instance, id: String, ready: bool, output: Option<Output>) {
         let pid = instance.pid;
         self.a.router.register(pid, self.notice_tx.clone());
         if let Ok(fd) = instance.pidfd.try_clone() {
@@ -534,6 +544,7 @@ impl Task {
                 last_watchdog: now,
                 stop_deadline: None,
                 failed: false,
+                output,
             },
         );
         if ready {
@@ -591,10 +602,13 @@ impl Task {
     }
 
     fn on_exit(&mut self, pid: i32) {
-        let Some(r) = self.instances.remove(&pid) else {
+        let Some(mut r) = self.instances.remove(&pid) else {
             return;
         };
         self.a.router.forget(pid);
+        if let Some(out) = r.output.take() {
+            out.finish(&self.a.log, &r.id);
+        }
         let how = r
             .instance
             .try_reap()
@@ -633,6 +647,11 @@ impl Task {
         let now = Instant::now();
         let watchdog = self.a.settings.watchdog;
         let start_timeout = self.a.config.start_timeout;
+        for r in self.instances.values_mut() {
+            if let Some(out) = r.output.as_mut() {
+                out.drain(&self.a.log, &r.id);
+            }
+        }
         let mut to_kill = Vec::new();
         for (pid, r) in &self.instances {
             if let Some(d) = r.stop_deadline {
@@ -778,27 +797,21 @@ impl Task {
     }
 }
 
+/// Where an instance's stdout and stderr go (see [`Output`]).
+pub fn output_path(runtime_dir: &std::path::Path, spec: &FunctionSpec, instance: &str) -> PathBuf {
+    runtime_dir
+        .join("output")
+        .join(&spec.namespace)
+        .join(&spec.name)
+        .join(instance)
+}
+
 /// Where the pids of a function's running instances are kept, for a restarted daemon.
 pub fn instances_file(runtime_dir: &std::path::Path, spec: &FunctionSpec) -> PathBuf {
     runtime_dir
         .join("instances")
         .join(&spec.namespace)
         .join(&spec.name)
-}
-
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let mut p = [0; 2];
-    // SAFETY: pipe2 writes two fds into p.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both are fresh descriptors. The write end is made blocking for the child.
-    unsafe {
-        let flags = libc::fcntl(p[1], libc::F_GETFL);
-        libc::fcntl(p[1], libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        Ok((OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])))
-    }
 }
 
 /// Whether a TCP connection to one of the function's ports is still open (accepted

@@ -113,7 +113,12 @@ impl Config {
                 self.function_prefix.len
             )));
         }
-        if self.cgroup_parent.is_empty() || self.cgroup_parent.split('/').any(|c| c.is_empty() || c == "..") {
+        if self.cgroup_parent.is_empty()
+            || self
+                .cgroup_parent
+                .split('/')
+                .any(|c| c.is_empty() || c == "..")
+        {
             return Err(ConfigError::Invalid(format!(
                 "cgroup-parent {:?} must be a relative path like faasd",
                 self.cgroup_parent

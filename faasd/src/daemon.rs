@@ -252,9 +252,15 @@ impl Daemon {
         let spec = &record.spec;
         let log = FunctionLog::new(&self.config.state_dir, &spec.namespace, &spec.name);
         let cgroup = match &self.cgroup_root {
-            Some(root) => {
-                Some(cgroup::for_function(root, &self.config.cgroup_parent, &spec.namespace, &spec.name).map_err(internal)?)
-            }
+            Some(root) => Some(
+                cgroup::for_function(
+                    root,
+                    &self.config.cgroup_parent,
+                    &spec.namespace,
+                    &spec.name,
+                )
+                .map_err(internal)?,
+            ),
             None => None,
         };
         let (sockets, adopted) = match self.recover_instance(&record, &settings) {
@@ -405,18 +411,18 @@ impl Daemon {
             let _ = instance.signal(libc::SIGKILL);
             return None;
         }
-        for s in &socks {
-            // Copies from another process keep their flags; faasd's own must be non-blocking.
-            // SAFETY: fcntl on a descriptor we own.
-            unsafe {
-                let fl = libc::fcntl(s.as_raw_fd(), libc::F_GETFL);
-                libc::fcntl(s.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
-                libc::fcntl(s.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-        }
+        // pidfd_getfd sets close-on-exec; the file status flags (O_NONBLOCK) are shared
+        // with the instance and stay as it set them.
+        let output = crate::logs::Output::reopen(activation::output_path(
+            &self.config.runtime_dir,
+            &rec.spec,
+            id,
+        ))
+        .ok();
         Some((
             socks,
             Adopted {
+                output,
                 instance,
                 id: id.to_owned(),
             },

@@ -2,16 +2,22 @@
 //! `<state>/logs/<namespace>/<name>.log` — already the NDJSON shape of OpenFaaS's
 //! `/system/logs`, so reading needs no conversion. Files rotate at [`ROTATE_AT`] bytes,
 //! keeping one previous file.
+//!
+//! An instance writes to an [`Output`] file, not to a pipe: a pipe's reader would be faasd,
+//! and a function writing after faasd exits would die of SIGPIPE. The file outlives the
+//! daemon; faasd tails it, punching holes behind what it has read, and records how far it
+//! got in `<file>.offset`; a restarted daemon resumes there, so nothing written meanwhile is
+//! lost (a crash between writing a line and recording the offset repeats that line).
 
 use std::{
-    io::Write,
-    os::fd::OwnedFd,
+    fs::File,
+    io::{Read, Seek, SeekFrom, Write},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Size at which a log file is rotated.
 pub const ROTATE_AT: u64 = 16 << 20;
@@ -91,20 +97,6 @@ impl FunctionLog {
         }
     }
 
-    /// Copies lines from an instance's output pipe into the log until the pipe closes.
-    pub fn capture(&self, instance: String, pipe: OwnedFd) {
-        let log = self.clone();
-        tokio::spawn(async move {
-            let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) else {
-                return;
-            };
-            let mut lines = BufReader::new(rx).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                log.write(&instance, &l);
-            }
-        });
-    }
-
     /// The last `tail` lines (all when `None`), oldest first.
     pub fn read(&self, tail: Option<usize>) -> Vec<LogLine> {
         let mut lines: Vec<LogLine> = [self.path.with_extension("log.1"), self.path.clone()]
@@ -130,6 +122,121 @@ impl FunctionLog {
     }
 }
 
+/// Longest line kept whole; longer output is split.
+const MAX_LINE: usize = 16 << 10;
+
+/// The output file of one instance, read by faasd as it grows.
+#[derive(Debug)]
+pub struct Output {
+    path: PathBuf,
+    file: File,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl Output {
+    /// Creates the output file of a new instance; returns it and the descriptor the
+    /// instance writes to (append-only, so concurrent writers never overwrite each other).
+    pub fn create(path: PathBuf) -> std::io::Result<(Self, File)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let writer = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)?;
+        let file = File::open(&path)?;
+        Ok((
+            Self {
+                path,
+                file,
+                offset: 0,
+                partial: Vec::new(),
+            },
+            writer,
+        ))
+    }
+
+    /// Opens the output of an instance that outlived the previous daemon, at the first
+    /// byte that daemon had not read.
+    pub fn reopen(path: PathBuf) -> std::io::Result<Self> {
+        let file = File::open(&path)?;
+        let offset = std::fs::read_to_string(offset_path(&path))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        Ok(Self {
+            path,
+            file,
+            offset,
+            partial: Vec::new(),
+        })
+    }
+
+    /// Copies complete new lines into `log`.
+    pub fn drain(&mut self, log: &FunctionLog, instance: &str) {
+        let mut buf = Vec::new();
+        if self.file.seek(SeekFrom::Start(self.offset)).is_err()
+            || self.file.read_to_end(&mut buf).is_err()
+        {
+            return;
+        }
+        if buf.is_empty() {
+            return;
+        }
+        self.offset += buf.len() as u64;
+        self.partial.extend_from_slice(&buf);
+        let mut start = 0;
+        while let Some(nl) = self.partial[start..].iter().position(|b| *b == b'\n') {
+            log.write(
+                instance,
+                &String::from_utf8_lossy(&self.partial[start..start + nl]),
+            );
+            start += nl + 1;
+        }
+        self.partial.drain(..start);
+        if self.partial.len() > MAX_LINE {
+            log.write(instance, &String::from_utf8_lossy(&self.partial));
+            self.partial.clear();
+        }
+        let consumed = self.offset - self.partial.len() as u64;
+        let _ = std::fs::write(offset_path(&self.path), consumed.to_string());
+        self.release(consumed);
+    }
+
+    /// Gives the storage of what has been read back to the filesystem.
+    fn release(&self, consumed: u64) {
+        let done = consumed & !4095;
+        if done > 0 {
+            // SAFETY: fallocate on our own descriptor; punching a hole keeps the size.
+            unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    0,
+                    done as libc::off_t,
+                )
+            };
+        }
+    }
+
+    /// Reads what is left (the instance has ended) and deletes the file.
+    pub fn finish(mut self, log: &FunctionLog, instance: &str) {
+        self.drain(log, instance);
+        if !self.partial.is_empty() {
+            log.write(instance, &String::from_utf8_lossy(&self.partial));
+        }
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(offset_path(&self.path));
+    }
+}
+
+fn offset_path(path: &Path) -> PathBuf {
+    path.with_extension("offset")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +257,30 @@ mod tests {
         assert_eq!(log.read(None).len(), 5);
         log.remove();
         assert!(log.read(None).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn output_is_tailed_across_a_reopen_without_loss() {
+        let dir = std::env::temp_dir().join(format!("faasd-output-{}", std::process::id()));
+        let log = FunctionLog::new(&dir, "ns", "f");
+        let (mut out, mut w) = Output::create(dir.join("out/i1")).unwrap();
+        w.write_all(&vec![b'x'; 5000]).unwrap();
+        w.write_all(b"\nfirst\nsec").unwrap();
+        out.drain(&log, "i1");
+        assert_eq!(log.read(None).len(), 2, "only complete lines");
+        // A new daemon: the consumed part is a hole, reading resumes at the partial line.
+        drop(out);
+        w.write_all(b"ond\n").unwrap();
+        let mut out = Output::reopen(dir.join("out/i1")).unwrap();
+        out.drain(&log, "i1");
+        let texts: Vec<String> = log.read(None).into_iter().map(|l| l.text).collect();
+        assert_eq!(texts.len(), 3);
+        assert!(texts[2].ends_with("ond"), "{texts:?}");
+        w.write_all(b"no newline").unwrap();
+        out.finish(&log, "i1");
+        assert_eq!(log.read(None).last().unwrap().text, "no newline");
+        assert!(!dir.join("out/i1").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,6 +5,10 @@
 //! address is on no interface) and `SO_REUSEPORT` (a new version's sockets can coexist with
 //! the old ones); the `sk_lookup` program assigns it with `NO_REUSEPORT`, so the map decides
 //! which one gets the traffic. No ephemeral port is ever taken, so 100k functions fit.
+//!
+//! Sockets are created blocking. O_NONBLOCK belongs to the open file description, which
+//! faasd and the function share: faasd must never depend on it nor change it once a
+//! function holds the socket. faasd only waits for readiness (epoll), which works either way.
 
 use std::{
     io,
@@ -50,21 +54,15 @@ fn sockaddr(addr: Ipv6Addr, port: u16) -> libc::sockaddr_in6 {
     sa
 }
 
-/// Creates the socket for `port` of the function at `addr`: non-blocking, close-on-exec,
-/// bound, and listening (TCP) with `backlog`.
+/// Creates the socket for `port` of the function at `addr`: close-on-exec, bound, and
+/// listening (TCP) with `backlog`.
 pub fn create(addr: Ipv6Addr, port: &Port, backlog: u32) -> io::Result<OwnedFd> {
     let ty = match port.protocol {
         Protocol::Tcp => libc::SOCK_STREAM,
         Protocol::Udp => libc::SOCK_DGRAM,
     };
     // SAFETY: plain syscall; the result is checked and owned at once.
-    let fd = cvt(unsafe {
-        libc::socket(
-            libc::AF_INET6,
-            ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET6, ty | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: fd is a fresh descriptor nobody else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
@@ -89,6 +87,14 @@ pub fn create(addr: Ipv6Addr, port: &Port, backlog: u32) -> io::Result<OwnedFd> 
         cvt(unsafe { libc::listen(fd, backlog) })?;
     }
     Ok(sock)
+}
+
+/// Makes a socket non-blocking; only for sockets no function shares (accept mode).
+pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller owns.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
 }
 
 /// Whether a connection (TCP) or datagram (UDP) is waiting on the socket.

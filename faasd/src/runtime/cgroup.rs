@@ -13,7 +13,12 @@ pub fn root() -> Option<PathBuf> {
 }
 
 /// Creates (if needed) and returns the cgroup of a function.
-pub fn for_function(root: &Path, parent: &str, namespace: &str, name: &str) -> std::io::Result<PathBuf> {
+pub fn for_function(
+    root: &Path,
+    parent: &str,
+    namespace: &str,
+    name: &str,
+) -> std::io::Result<PathBuf> {
     let dir = root.join(parent).join(namespace).join(name);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -127,7 +127,10 @@ fn main() {
         }
     };
     listener.set_nonblocking(false).expect("blocking listener");
-    if let Some(usec) = std::env::var("WATCHDOG_USEC").ok().and_then(|u| u.parse::<u64>().ok()) {
+    if let Some(usec) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|u| u.parse::<u64>().ok())
+    {
         let stop_after = std::env::var("HELLO_WATCHDOG_STOP_AFTER_MS")
             .ok()
             .and_then(|m| m.parse::<u64>().ok())

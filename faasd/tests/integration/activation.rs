@@ -1,0 +1,233 @@
+//! Socket activation through a real daemon: scale from zero, bursts, idle stop, Accept=yes,
+//! watchdog, crash loops.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Barrier},
+    time::Duration,
+};
+
+use faasd::activation::Phase;
+
+use crate::{
+    harness::{Daemon, Netns, http_get, instance_of},
+    require_privileges,
+};
+
+#[test]
+fn first_connection_starts_a_stopped_function_and_idle_stops_it_again() {
+    require_privileges!();
+    let ns = Netns::new("wake");
+    let d = Daemon::start(&ns);
+    let addr = d.deploy_hello(
+        "hello",
+        &[
+            "-l",
+            "com.openfaas.scale.zero=true",
+            "-l",
+            "com.openfaas.scale.zero-duration=1s",
+        ],
+    );
+    let s = d.describe("hello");
+    assert_eq!(
+        (s.state.phase, s.replicas),
+        (Phase::Stopped, 0),
+        "deployed functions wait for a connection"
+    );
+
+    let target = SocketAddr::from((addr, 8080));
+    let (code, body) = ns.run(|| http_get(target)).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let first = instance_of(&body);
+    let s = d.describe("hello");
+    assert_eq!(s.state.activations, 1);
+    assert_eq!(
+        s.counters[0].steered, 1,
+        "the connection went through sk_lookup"
+    );
+
+    d.wait_for("hello", "idle scale to zero", |s| {
+        s.state.phase == Phase::Stopped && s.replicas == 0
+    });
+    let (code, body) = ns.run(|| http_get(target)).unwrap();
+    assert_eq!(code, 200);
+    assert_ne!(
+        instance_of(&body),
+        first,
+        "a new instance served after the stop"
+    );
+    assert_eq!(d.describe("hello").state.activations, 2);
+    let log = d.cli_ok(&["logs", "hello"]);
+    assert!(
+        log.contains("serving") && log.contains("idle for 1s"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_burst_of_500_first_connections_is_all_served() {
+    require_privileges!();
+    let ns = Netns::new("burst");
+    let d = Daemon::start(&ns);
+    let addr = d.deploy_hello("burst", &[]);
+    assert_eq!(d.describe("burst").state.phase, Phase::Stopped);
+    let target = SocketAddr::from((addr, 8080));
+    const THREADS: usize = 50;
+    const PER_THREAD: usize = 10;
+    let results: Vec<Result<u16, String>> = ns.run(|| {
+        let start = Arc::new(Barrier::new(THREADS));
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    // Open all of this thread's connections at once, then read them.
+                    start.wait();
+                    let conns: Vec<_> = (0..PER_THREAD)
+                        .map(|_| {
+                            std::net::TcpStream::connect_timeout(&target, Duration::from_secs(10))
+                        })
+                        .collect();
+                    conns
+                        .into_iter()
+                        .map(|c| {
+                            use std::io::{Read, Write};
+                            let mut c = c.map_err(|e| format!("connect: {e}"))?;
+                            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                            c.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+                                .map_err(|e| format!("write: {e}"))?;
+                            let mut r = String::new();
+                            c.read_to_string(&mut r).map_err(|e| format!("read: {e}"))?;
+                            r.split_whitespace()
+                                .nth(1)
+                                .and_then(|s| s.parse().ok())
+                                .ok_or(r)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let failed: Vec<_> = results.iter().filter(|r| **r != Ok(200)).collect();
+    assert_eq!(results.len(), THREADS * PER_THREAD);
+    assert!(
+        failed.is_empty(),
+        "{} of 500 failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let s = d.describe("burst");
+    assert_eq!(
+        s.state.activations, 1,
+        "one activation served the whole burst"
+    );
+    assert_eq!(s.counters[0].steered, 500);
+}
+
+#[test]
+fn accept_mode_runs_one_instance_per_connection() {
+    require_privileges!();
+    let ns = Netns::new("accept");
+    let d = Daemon::start(&ns);
+    let addr = d.deploy_hello(
+        "inetd",
+        &[
+            "-a",
+            "faasd.dev/accept=true",
+            "-a",
+            "faasd.dev/max-connections=4",
+        ],
+    );
+    let target = SocketAddr::from((addr, 8080));
+    let (a, b) = ns.run(|| (http_get(target).unwrap(), http_get(target).unwrap()));
+    assert_eq!((a.0, b.0), (200, 200));
+    assert_ne!(
+        instance_of(&a.1),
+        instance_of(&b.1),
+        "each connection gets its own instance"
+    );
+    assert!(a.1.contains("remote="), "REMOTE_ADDR is set: {}", a.1);
+    d.wait_for("inetd", "instances to finish", |s| s.replicas == 0);
+    // Scaling is meaningless for it and is refused with a reason.
+    let e = d.cli(&["scale", "inetd", "2"]).unwrap_err();
+    assert!(e.contains("one instance per connection"), "{e}");
+}
+
+#[test]
+fn the_watchdog_restarts_a_function_that_stops_pinging() {
+    require_privileges!();
+    let ns = Netns::new("wdog");
+    let d = Daemon::start(&ns);
+    d.deploy_hello(
+        "hangs",
+        &[
+            "-l",
+            "com.openfaas.scale.min=1",
+            "-a",
+            "faasd.dev/watchdog=500ms",
+            "-e",
+            "HELLO_WATCHDOG_STOP_AFTER_MS=300",
+        ],
+    );
+    let s = d.wait_for("hangs", "a watchdog kill and restart", |s| {
+        s.state.watchdog_kills >= 1 && s.state.restarts >= 1 && s.available_replicas == 1
+    });
+    assert!(s.state.restarts >= 1);
+    assert!(
+        s.state
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("watchdog"),
+        "{:?}",
+        s.state.last_error
+    );
+}
+
+#[test]
+fn a_crash_looping_function_is_restarted_with_backoff() {
+    require_privileges!();
+    let ns = Netns::new("crash");
+    let d = Daemon::start(&ns);
+    d.cli_ok(&[
+        "deploy",
+        "crashes",
+        "--command",
+        "/bin/false",
+        "-l",
+        "com.openfaas.scale.min=1",
+    ]);
+    let s = d.wait_for("crashes", "crash-loop backoff", |s| {
+        s.state.phase == Phase::CrashLoop
+    });
+    assert!(s.state.retry_in_ms.is_some());
+    assert!(
+        s.state
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("exited with status 1"),
+        "{:?}",
+        s.state.last_error
+    );
+    assert!(d.cli_ok(&["describe", "crashes"]).contains("crash loop"));
+}
+
+#[test]
+fn a_notify_function_is_ready_only_after_ready_1() {
+    require_privileges!();
+    let ns = Netns::new("notify");
+    let d = Daemon::start(&ns);
+    let addr = d.deploy_hello("ready", &["-a", "faasd.dev/notify=true"]);
+    let (code, _) = ns.run(|| http_get(SocketAddr::from((addr, 8080)))).unwrap();
+    assert_eq!(code, 200);
+    let s = d.wait_for("ready", "READY=1", |s| s.available_replicas == 1);
+    let t = s.state.last_activation.expect("activation timing recorded");
+    assert!(
+        t.requested_ns <= t.running_ns && t.running_ns <= t.ready_ns,
+        "{t:?}"
+    );
+}

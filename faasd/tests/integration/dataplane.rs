@@ -1,0 +1,162 @@
+//! The sk_lookup program and its maps, driven through the library in a fresh namespace.
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    time::Duration,
+};
+
+use faasd::dataplane::Dataplane;
+use faasd_common::{BindingKey, proto};
+
+use crate::{harness::Netns, require_privileges};
+
+const PREFIX: &str = "fd00:faa5:1::/48";
+
+fn addr(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn steers_tcp_and_udp_to_sockets_bound_to_other_addresses() {
+    require_privileges!();
+    let ns = Netns::new("steer");
+    ns.add_local_route(PREFIX);
+    ns.run(|| {
+        let mut dp = Dataplane::open(Path::new("/sys/fs/bpf")).unwrap();
+        let fn_addr = addr("fd00:faa5:1::99");
+        // The sockets listen on ::1 with ephemeral ports: nothing is bound to fn_addr.
+        let tcp = TcpListener::bind("[::1]:0").unwrap();
+        let udp = UdpSocket::bind("[::1]:0").unwrap();
+        dp.bind(BindingKey::new(fn_addr, 7777, proto::TCP), 0, &tcp)
+            .unwrap();
+        dp.bind(BindingKey::new(fn_addr, 7777, proto::UDP), 1, &udp)
+            .unwrap();
+
+        let target = SocketAddr::from((fn_addr, 7777));
+        let mut client = TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap();
+        let (mut conn, _) = tcp.accept().unwrap();
+        // The accepted socket reports the address the client dialled.
+        assert_eq!(conn.local_addr().unwrap(), target);
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+
+        let sender = UdpSocket::bind("[::1]:0").unwrap();
+        sender.send_to(b"datagram", target).unwrap();
+        udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, _) = udp.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"datagram");
+
+        let tcp_c = dp.slot_counters(0);
+        let udp_c = dp.slot_counters(1);
+        assert_eq!((tcp_c.lookups, tcp_c.steered, tcp_c.no_socket), (1, 1, 0));
+        assert_eq!((udp_c.lookups, udp_c.steered, udp_c.no_socket), (1, 1, 0));
+    });
+}
+
+#[test]
+fn a_miss_falls_through_to_the_hosts_own_sockets() {
+    require_privileges!();
+    let ns = Netns::new("miss");
+    ns.run(|| {
+        let mut dp = Dataplane::open(Path::new("/sys/fs/bpf")).unwrap();
+        let steered = TcpListener::bind("[::1]:0").unwrap();
+        dp.bind(
+            BindingKey::new(addr("fd00:faa5:1::1"), 80, proto::TCP),
+            0,
+            &steered,
+        )
+        .unwrap();
+        // A plain service on the host, untouched by faasd.
+        let plain = TcpListener::bind("[::1]:0").unwrap();
+        let before = dp.status().misses;
+        let _c = TcpStream::connect(plain.local_addr().unwrap()).unwrap();
+        let (conn, _) = plain.accept().unwrap();
+        assert_eq!(conn.local_addr().unwrap(), plain.local_addr().unwrap());
+        assert!(dp.status().misses > before, "the miss is counted");
+        assert_eq!(dp.slot_counters(0).lookups, 0);
+        // IPv4 is never steered, only counted.
+        let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c4 = TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+        assert!(dp.status().ipv4_passed >= 1);
+    });
+}
+
+#[test]
+fn a_binding_whose_socket_is_gone_refuses_and_counts() {
+    require_privileges!();
+    let ns = Netns::new("nosock");
+    ns.add_local_route(PREFIX);
+    ns.run(|| {
+        let mut dp = Dataplane::open(Path::new("/sys/fs/bpf")).unwrap();
+        let fn_addr = addr("fd00:faa5:1::7");
+        let l = TcpListener::bind("[::1]:0").unwrap();
+        dp.bind(BindingKey::new(fn_addr, 8080, proto::TCP), 3, &l)
+            .unwrap();
+        drop(l); // closing the socket removes it from the SOCKMAP
+        let e =
+            TcpStream::connect_timeout(&SocketAddr::from((fn_addr, 8080)), Duration::from_secs(5))
+                .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+        assert_eq!(dp.slot_counters(3).no_socket, 1);
+    });
+}
+
+#[test]
+fn pinned_state_keeps_steering_and_is_adopted_by_the_next_daemon() {
+    require_privileges!();
+    let ns = Netns::new("adopt");
+    ns.add_local_route(PREFIX);
+    ns.run(|| {
+        let fn_addr = addr("fd00:faa5:1::5");
+        let key = BindingKey::new(fn_addr, 9000, proto::TCP);
+        let l = TcpListener::bind("[::1]:0").unwrap();
+        let first = {
+            let mut dp = Dataplane::open(Path::new("/sys/fs/bpf")).unwrap();
+            assert!(!dp.adopted());
+            dp.bind(key, 4, &l).unwrap();
+            dp.status().program_id
+        }; // the "daemon" is gone: program, link and maps live on in bpffs
+        let _c = TcpStream::connect(SocketAddr::from((fn_addr, 9000))).unwrap();
+        let (conn, _) = l.accept().unwrap();
+        assert_eq!(
+            conn.local_addr().unwrap(),
+            SocketAddr::from((fn_addr, 9000))
+        );
+
+        let dp = Dataplane::open(Path::new("/sys/fs/bpf")).unwrap();
+        assert!(dp.adopted());
+        assert_eq!(
+            dp.status().program_id,
+            first,
+            "the same program, not a reload"
+        );
+        assert_eq!(dp.bindings(), vec![(key, 4)]);
+        assert_eq!(dp.slot_counters(4).steered, 1, "counters survive too");
+    });
+}
+
+#[test]
+fn daemons_in_two_namespaces_do_not_share_pins() {
+    require_privileges!();
+    let a = Netns::new("pa");
+    let b = Netns::new("pb");
+    assert_ne!(a.pin_dir(), b.pin_dir());
+    let ida = a.run(|| {
+        Dataplane::open(Path::new("/sys/fs/bpf"))
+            .unwrap()
+            .status()
+            .program_id
+    });
+    let idb = b.run(|| {
+        Dataplane::open(Path::new("/sys/fs/bpf"))
+            .unwrap()
+            .status()
+            .program_id
+    });
+    assert_ne!(ida, idb);
+}

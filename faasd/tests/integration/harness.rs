@@ -1,0 +1,404 @@
+//! Test namespaces, daemons and clients.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv6Addr, SocketAddr, TcpStream},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use faasd::daemon::FunctionStatus;
+
+/// Returns a reason to skip when the machine cannot run privileged tests.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (cargo xtask test runs it as root)".into());
+    }
+    if !Path::new("/sys/fs/bpf/faasd").exists()
+        && std::fs::create_dir_all("/sys/fs/bpf/faasd").is_err()
+    {
+        return Some("bpffs is not mounted at /sys/fs/bpf (cargo xtask setup mounts it)".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("iproute2 (ip) is missing".into());
+    }
+    None
+}
+
+/// Skips the calling test (returns from it) with a message when privileges are missing.
+#[macro_export]
+macro_rules! require_privileges {
+    () => {
+        if let Some(why) = $crate::harness::skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace made for one test, with `lo` up and the function prefix routed
+/// locally; its BPF pins and cgroups go with it.
+pub struct Netns {
+    pub name: String,
+    pub dir: PathBuf,
+    pub cgroup_parent: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!(
+            "faasd-t{}-{}-{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let name: String = name.chars().take(40).collect();
+        run(Command::new("ip").args(["netns", "add", &name]));
+        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        let dir = std::env::temp_dir().join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cgroup_parent = format!("faasd-test/{name}");
+        Self {
+            name,
+            dir,
+            cgroup_parent,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = self.path();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let ns = std::fs::File::open(&path).unwrap();
+                // SAFETY: setns on this thread only, with a namespace fd we own.
+                assert_eq!(
+                    unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                    0,
+                    "setns"
+                );
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    /// The BPF pin directory the daemon uses in this namespace.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.run(|| faasd::dataplane::pin_dir(Path::new("/sys/fs/bpf")).unwrap())
+    }
+
+    /// Adds the function prefix's local route (the daemon does this itself).
+    pub fn add_local_route(&self, prefix: &str) {
+        run(Command::new("ip").args([
+            "-n", &self.name, "-6", "route", "replace", "local", prefix, "dev", "lo", "table",
+            "local",
+        ]));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let pins = self.pin_dir();
+        let _ = faasd::dataplane::remove_pins(&pins);
+        if let Some(root) = faasd::runtime::cgroup::root() {
+            kill_cgroup_tree(&root.join(&self.cgroup_parent));
+            // The shared parent goes with the last test that used it.
+            let _ = std::fs::remove_dir(root.join("faasd-test"));
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn kill_cgroup_tree(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Children first: a cgroup is removable once its processes are gone and it has no
+    // child cgroups.
+    fn remove(dir: &Path, deadline: Instant) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&e.path(), deadline);
+                }
+            }
+        }
+        while std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    remove(dir, deadline);
+}
+
+pub fn faasd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_faasd")
+}
+
+/// The sample function, built next to the test binaries (`cargo xtask test` builds it).
+pub fn hello_bin() -> String {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let hello = profile_dir.join("hello");
+    assert!(
+        hello.exists(),
+        "{} is missing: build it with `cargo build -p hello`",
+        hello.display()
+    );
+    hello.to_string_lossy().into_owned()
+}
+
+/// A faasd daemon running in a test namespace.
+pub struct Daemon<'a> {
+    pub ns: &'a Netns,
+    child: Option<Child>,
+    pub socket: PathBuf,
+    config: PathBuf,
+}
+
+impl<'a> Daemon<'a> {
+    pub fn start(ns: &'a Netns) -> Self {
+        Self::start_with(ns, "")
+    }
+
+    /// Starts the daemon with extra TOML config lines.
+    pub fn start_with(ns: &'a Netns, extra_config: &str) -> Self {
+        let config = ns.dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = {:?}\nstop-timeout = \"2s\"\n{extra_config}",
+                ns.dir.join("state"),
+                ns.dir.join("run"),
+                ns.cgroup_parent,
+            ),
+        )
+        .unwrap();
+        let mut d = Self {
+            ns,
+            child: None,
+            socket: ns.dir.join("run/faasd.sock"),
+            config,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let ns = std::fs::File::open(self.ns.path()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.ns.dir.join("daemon.log"))
+            .unwrap();
+        let mut cmd = Command::new(faasd_bin());
+        cmd.args(["daemon", "--config"])
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let fd = ns.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; the fd stays open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket.exists() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("faasd exited ({status}) during start:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "faasd did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.ns.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Stops the daemon gracefully (SIGTERM) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    panic!("faasd ignored SIGTERM:\n{}", self.log());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills the daemon with SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// Runs the faasd CLI against this daemon; returns stdout, or stderr on failure.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(faasd_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        self.cli(args)
+            .unwrap_or_else(|e| panic!("faasd {args:?}: {e}\ndaemon log:\n{}", self.log()))
+    }
+
+    pub fn describe(&self, name: &str) -> FunctionStatus {
+        serde_json::from_str(&self.cli_ok(&["describe", name, "--json"])).unwrap()
+    }
+
+    /// Deploys the sample function with extra `deploy` arguments; returns its address.
+    pub fn deploy_hello(&self, name: &str, extra: &[&str]) -> Ipv6Addr {
+        let hello = hello_bin();
+        let mut args = vec!["deploy", name, "--command", &hello];
+        args.extend_from_slice(extra);
+        self.cli_ok(&args);
+        self.describe(name).address
+    }
+
+    /// Polls `describe` until `pred` holds (or panics after 15 s with the last state).
+    pub fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&FunctionStatus) -> bool,
+    ) -> FunctionStatus {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.describe(name);
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: waited in vain for {what}; last state {:#?}\n{}",
+                s.state,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a raw HTTP request to the API socket; returns (status, body).
+    pub fn api(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: faasd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        parse_response(&resp)
+    }
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn parse_response(resp: &str) -> (u16, String) {
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// One HTTP GET over a new connection (call inside the namespace).
+pub fn http_get(addr: SocketAddr) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    Ok(parse_response(&resp))
+}
+
+/// The `instance=` a hello response names.
+pub fn instance_of(body: &str) -> String {
+    body.split_whitespace()
+        .find_map(|w| w.strip_prefix("instance="))
+        .unwrap_or_else(|| panic!("no instance in {body:?}"))
+        .to_owned()
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its reaper does not count: an
+/// instance orphaned by a previous daemon is reaped by init, not by the test).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}

@@ -1,0 +1,107 @@
+//! Daemon restarts, graceful and kill -9: running functions keep serving while the daemon
+//! is down, and the next daemon restores functions, addresses and instances.
+
+use std::net::SocketAddr;
+
+use faasd::activation::Phase;
+
+use crate::{
+    harness::{Daemon, Netns, alive, http_get, instance_of},
+    require_privileges,
+};
+
+fn restart_keeps_serving(kill9: bool) {
+    let ns = Netns::new(if kill9 { "kill9" } else { "term" });
+    let mut d = Daemon::start(&ns);
+    let running = d.deploy_hello("running", &["-l", "com.openfaas.scale.min=1"]);
+    let stopped = d.deploy_hello("stopped", &[]);
+    let before = d.wait_for("running", "its instance", |s| s.available_replicas == 1);
+    let pid = before.state.instances[0].pid;
+    let (_, body) = ns
+        .run(|| http_get(SocketAddr::from((running, 8080))))
+        .unwrap();
+    let instance = instance_of(&body);
+
+    if kill9 {
+        d.kill9()
+    } else {
+        d.stop()
+    }
+    // No daemon now: the pinned program and the function's own sockets carry on.
+    let (code, body) = ns
+        .run(|| http_get(SocketAddr::from((running, 8080))))
+        .unwrap();
+    assert_eq!(
+        (code, instance_of(&body)),
+        (200, instance.clone()),
+        "served while faasd was down"
+    );
+
+    d.restart();
+    let status = d.cli_ok(&["status", "--json"]);
+    assert!(status.contains("\"adopted\":true"), "{status}");
+    let after = d.describe("running");
+    assert_eq!(after.address, running, "addresses are stable");
+    assert_eq!(
+        after.state.instances.first().map(|i| i.pid),
+        Some(pid),
+        "the instance was adopted"
+    );
+    let (code, body) = ns
+        .run(|| http_get(SocketAddr::from((running, 8080))))
+        .unwrap();
+    assert_eq!((code, instance_of(&body)), (200, instance));
+
+    assert_eq!(d.describe("stopped").address, stopped);
+    let (code, _) = ns
+        .run(|| http_get(SocketAddr::from((stopped, 8080))))
+        .unwrap();
+    assert_eq!(
+        code, 200,
+        "the stopped function activates after the restart"
+    );
+
+    // The adopted instance is managed: scaling to zero stops it.
+    d.cli_ok(&["scale", "running", "0"]);
+    d.wait_for("running", "scale to zero", |s| {
+        s.state.phase == Phase::Stopped
+    });
+    assert!(!alive(pid), "the old instance is gone");
+}
+
+#[test]
+fn graceful_restart_keeps_functions_serving() {
+    require_privileges!();
+    restart_keeps_serving(false);
+}
+
+#[test]
+fn kill_9_restart_keeps_functions_serving_and_state() {
+    require_privileges!();
+    restart_keeps_serving(true);
+}
+
+#[test]
+fn removing_a_function_leaves_nothing_behind() {
+    require_privileges!();
+    let ns = Netns::new("remove");
+    let d = Daemon::start(&ns);
+    let addr = d.deploy_hello("gone", &["-l", "com.openfaas.scale.min=1"]);
+    let pid = d
+        .wait_for("gone", "running", |s| s.available_replicas == 1)
+        .state
+        .instances[0]
+        .pid;
+    d.cli_ok(&["remove", "gone"]);
+    assert!(!alive(pid), "instance stopped");
+    assert!(d.cli_ok(&["status", "--json"]).contains("\"bindings\":0"));
+    assert!(
+        !ns.dir
+            .join("state/functions/openfaas-fn/gone.json")
+            .exists()
+    );
+    let e = ns
+        .run(|| http_get(SocketAddr::from((addr, 8080))))
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+}
