@@ -1,1 +1,486 @@
-fn main() {}
+//! `faasd-bench`: the benchmarks behind `cargo xtask bench`.
+//!
+//! Runs in a network namespace of its own (created and removed here) with a release faasd
+//! and the sample function, and measures:
+//! - cold activation: first connection to a stopped process function → first response
+//!   byte, split into queued → start requested → process running → accepted → first byte;
+//! - warm: connect + one request/response through the function's address (sk_lookup), to
+//!   the same server on its own bound address (the limit), and through userspace proxies
+//!   (systemd-socket-proxyd, socat, HAProxy).
+//!
+//! Prints a table, writes `results.json` and `latency.svg` to `--out`.
+
+mod plot;
+mod stats;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::{fd::AsRawFd, unix::net::UnixStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use stats::Summary;
+
+struct Args {
+    faasd: PathBuf,
+    hello: PathBuf,
+    out: PathBuf,
+    cold: usize,
+    warm: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        faasd: "target/release/faasd".into(),
+        hello: "target/release/hello".into(),
+        out: "target/bench".into(),
+        cold: 200,
+        warm: 2000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--faasd" => a.faasd = val()?.into(),
+            "--hello" => a.hello = val()?.into(),
+            "--out" => a.out = val()?.into(),
+            "--cold" => a.cold = val()?.parse()?,
+            "--warm" => a.warm = val()?.parse()?,
+            "--help" | "-h" => {
+                println!(
+                    "faasd-bench [--cold N (200)] [--warm N (2000)] [--out DIR] [--faasd BIN] [--hello BIN]"
+                );
+                std::process::exit(0);
+            }
+            f => bail!("unknown flag {f} (see --help)"),
+        }
+    }
+    if a.cold < 100 {
+        bail!("--cold must be at least 100 for a meaningful p99");
+    }
+    Ok(a)
+}
+
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes into our timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The namespace, the daemon and the helper processes; all removed on drop.
+struct Bench {
+    netns: String,
+    dir: PathBuf,
+    children: Vec<Child>,
+    socket: PathBuf,
+}
+
+impl Bench {
+    fn new(out: &Path) -> Result<Self> {
+        let netns = format!("faasd-bench-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &netns])
+            .status()?
+            .success();
+        if !ok {
+            bail!("ip netns add {netns} failed (run as root)");
+        }
+        let b = Self {
+            dir: out.join("run"),
+            netns,
+            children: Vec::new(),
+            socket: PathBuf::new(),
+        };
+        let _ = std::fs::remove_dir_all(&b.dir);
+        std::fs::create_dir_all(&b.dir)?;
+        Command::new("ip")
+            .args(["-n", &b.netns, "link", "set", "lo", "up"])
+            .status()?;
+        let ns = std::fs::File::open(format!("/run/netns/{}", b.netns))?;
+        // SAFETY: setns on this single-threaded process; children inherit the namespace.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        Ok(b)
+    }
+
+    fn spawn(&mut self, cmd: &mut Command) -> Result<()> {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("{cmd:?}"))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    fn start_daemon(&mut self, faasd: &Path) -> Result<()> {
+        let config = self.dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = \"faasd-bench\"\nstop-timeout = \"2s\"\n",
+                self.dir.join("state"),
+                self.dir.join("rt"),
+            ),
+        )?;
+        self.socket = self.dir.join("rt/faasd.sock");
+        let log = std::fs::File::create(self.dir.join("daemon.log"))?;
+        let child = Command::new(faasd)
+            .args(["daemon", "--stop-functions-on-exit", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.children.push(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket.exists() {
+            if Instant::now() > deadline {
+                bail!(
+                    "faasd did not start; see {}",
+                    self.dir.join("daemon.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// One API call over the unix socket (HTTP/1.0: the answer ends with the connection).
+    fn api(&self, method: &str, path: &str, body: &str) -> Result<Value> {
+        let mut s = UnixStream::connect(&self.socket)?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+        if !head
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|c| c.starts_with('2'))
+        {
+            bail!("{method} {path}: {head} {body}");
+        }
+        Ok(serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    fn describe(&self, name: &str) -> Result<Value> {
+        self.api("GET", &format!("/system/function/{name}"), "")
+    }
+
+    fn scale_and_wait(&self, name: &str, replicas: u64) -> Result<()> {
+        self.api(
+            "POST",
+            &format!("/system/scale-function/{name}"),
+            &format!(r#"{{"replicas":{replicas}}}"#),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let d = self.describe(name)?;
+            if d["replicas"] == replicas && d["availableReplicas"] == replicas {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{name} did not reach {replicas} replicas: {}", d["state"]);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().rev() {
+            // SAFETY: signalling our own children.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(m) = std::fs::metadata(format!("/run/netns/{}", self.netns)) {
+            use std::os::unix::fs::MetadataExt;
+            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/faasd/netns-{}", m.ino()));
+        }
+        for root in [
+            "/sys/fs/cgroup/unified/faasd-bench",
+            "/sys/fs/cgroup/faasd-bench",
+        ] {
+            let _ = std::fs::write(format!("{root}/cgroup.kill"), "1");
+            let _ = Command::new("find")
+                .args([root, "-mindepth", "1", "-depth", "-type", "d", "-delete"])
+                .status();
+            let _ = std::fs::remove_dir(root);
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+/// One request on a new connection; returns (connect start, first byte, accepted_ns header).
+fn request(addr: SocketAddr) -> Result<(u64, u64, Option<u64>)> {
+    let t0 = monotonic_ns();
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut first = [0u8; 1];
+    s.read_exact(&mut first)?;
+    let t_first = monotonic_ns();
+    let mut rest = Vec::with_capacity(512);
+    s.read_to_end(&mut rest)?;
+    let text = String::from_utf8_lossy(&rest);
+    let accepted = text
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Accepted-Ns: "))
+        .and_then(|v| v.trim().parse().ok());
+    Ok((t0, t_first, accepted))
+}
+
+fn wait_listening(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name\t: "))
+        .unwrap_or("unknown")
+        .to_owned();
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_owned()))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let os = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("PRETTY_NAME=")
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+        .unwrap_or_default();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    json!({"cpu": cpu, "cores": cores, "memory": mem, "kernel": kernel, "os": os, "faasd_commit": commit})
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    std::fs::create_dir_all(&args.out)?;
+    let out = std::fs::canonicalize(&args.out)?;
+    let faasd = std::fs::canonicalize(&args.faasd).context("--faasd")?;
+    let hello = std::fs::canonicalize(&args.hello).context("--hello")?;
+    let machine = machine();
+    println!("machine: {machine}");
+
+    let mut b = Bench::new(&out)?;
+    b.start_daemon(&faasd)?;
+    let deployed = b.api(
+        "POST",
+        "/system/functions",
+        &json!({"service": "hello", "envProcess": hello.to_string_lossy()}).to_string(),
+    )?;
+    let fn_addr: SocketAddr = format!(
+        "[{}]:8080",
+        deployed["address"].as_str().context("address")?
+    )
+    .parse()?;
+
+    // Cold activations.
+    println!("cold activation: {} runs", args.cold);
+    let mut total = Vec::new();
+    let (mut queued, mut spawn, mut accept, mut respond) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..args.cold {
+        b.scale_and_wait("hello", 0)?;
+        let (t0, t_first, accepted) = request(fn_addr)?;
+        let t = &b.describe("hello")?["state"]["lastActivation"];
+        let (req, run) = (
+            t["requestedNs"].as_u64().unwrap_or(0),
+            t["runningNs"].as_u64().unwrap_or(0),
+        );
+        let accepted = accepted.context("the function did not report X-Accepted-Ns")?;
+        if !(t0 <= req && req <= run && run <= accepted && accepted <= t_first) {
+            bail!("run {i}: timestamps out of order: {t0} {req} {run} {accepted} {t_first}");
+        }
+        total.push(t_first - t0);
+        queued.push(req - t0);
+        spawn.push(run - req);
+        accept.push(accepted - run);
+        respond.push(t_first - accepted);
+    }
+    let cold = Summary::of("cold activation", &total);
+
+    // Warm paths.
+    b.scale_and_wait("hello", 1)?;
+    b.spawn(Command::new(&hello).env("PORT", "9001"))?;
+    let direct: SocketAddr = "[::1]:9001".parse()?;
+    wait_listening(direct)?;
+    let mut paths: Vec<(&str, SocketAddr)> = vec![
+        ("direct (own bound address)", direct),
+        ("faasd (sk_lookup)", fn_addr),
+    ];
+    let proxyd = Path::new("/lib/systemd/systemd-socket-proxyd");
+    if proxyd.exists() {
+        b.spawn(
+            Command::new("systemd-socket-activate")
+                .args(["-l", "[::1]:9002"])
+                .arg(proxyd)
+                .arg("[::1]:9001"),
+        )?;
+        paths.push(("systemd-socket-proxyd", "[::1]:9002".parse()?));
+    }
+    b.spawn(Command::new("socat").args([
+        "TCP6-LISTEN:9003,bind=[::1],fork,reuseaddr",
+        "TCP6:[::1]:9001",
+    ]))?;
+    paths.push(("socat", "[::1]:9003".parse()?));
+    let haproxy_cfg = out.join("run/haproxy.cfg");
+    std::fs::write(
+        &haproxy_cfg,
+        "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend f\n  bind [::1]:9004\n  default_backend b\nbackend b\n  server s1 [::1]:9001\n",
+    )?;
+    b.spawn(
+        Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&haproxy_cfg),
+    )?;
+    paths.push(("haproxy", "[::1]:9004".parse()?));
+    for (_, a) in &paths {
+        wait_listening(*a)?;
+    }
+    println!("warm: {} rounds over {} paths", args.warm, paths.len());
+    let mut samples: Vec<Vec<u64>> = vec![Vec::new(); paths.len()];
+    for round in 0..args.warm + 200 {
+        for (i, (_, a)) in paths.iter().enumerate() {
+            let (t0, _, _) = request(*a)?;
+            let t1 = monotonic_ns();
+            if round >= 200 {
+                samples[i].push(t1 - t0);
+            }
+        }
+    }
+    let warm: Vec<Summary> = paths
+        .iter()
+        .zip(&samples)
+        .map(|((n, _), s)| Summary::of(n, s))
+        .collect();
+    let limit = warm[0].p50;
+    let steered_counters = b.describe("hello")?["counters"].clone();
+    drop(b);
+
+    // Report.
+    let phase = |name: &str, v: &[u64]| Summary::of(name, v);
+    let phases = [
+        phase("queued → start requested", &queued),
+        phase("start requested → running", &spawn),
+        phase("running → accepted", &accept),
+        phase("accepted → first byte", &respond),
+    ];
+    println!(
+        "\n{:<32} {:>10} {:>10} {:>10}",
+        "cold activation (ms)", "p50", "p90", "p99"
+    );
+    for s in std::iter::once(&cold).chain(&phases) {
+        println!(
+            "{:<32} {:>10.3} {:>10.3} {:>10.3}",
+            s.name,
+            ms(s.p50),
+            ms(s.p90),
+            ms(s.p99)
+        );
+    }
+    println!(
+        "\n{:<32} {:>10} {:>10} {:>10} {:>12}",
+        "warm connect+request (µs)", "p50", "p90", "p99", "p50 / limit"
+    );
+    for s in &warm {
+        println!(
+            "{:<32} {:>10.1} {:>10.1} {:>10.1} {:>12.3}",
+            s.name,
+            s.p50 as f64 / 1e3,
+            s.p90 as f64 / 1e3,
+            s.p99 as f64 / 1e3,
+            s.p50 as f64 / limit as f64
+        );
+    }
+    let faasd_p50 = warm[1].p50 as f64;
+    let proxies: Vec<Value> = warm[2..]
+        .iter()
+        .map(|p| json!({"path": p.name, "faasd_p50_over_proxy_p50": faasd_p50 / p.p50 as f64}))
+        .collect();
+    let goals = json!({
+        "cold_p50_ms": {"goal": 5.0, "measured": ms(cold.p50)},
+        "warm_over_limit": {"goal": 1.05, "measured": faasd_p50 / limit as f64},
+        "warm_over_proxies": {"goal": 0.5, "measured": proxies},
+    });
+    println!("\ngoals: {}", serde_json::to_string_pretty(&goals)?);
+    let results = json!({
+        "machine": machine,
+        "runs": {"cold": args.cold, "warm_rounds": args.warm},
+        "cold": cold.to_json(),
+        "cold_phases": phases.iter().map(Summary::to_json).collect::<Vec<_>>(),
+        "warm": warm.iter().map(|s| { let mut j = s.to_json(); j["ratio_to_limit"] = json!(s.p50 as f64 / limit as f64); j }).collect::<Vec<_>>(),
+        "steered_counters": steered_counters,
+        "goals": goals,
+    });
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    let mut series: Vec<(&str, &[u64])> = paths
+        .iter()
+        .map(|(n, _)| *n)
+        .zip(samples.iter().map(Vec::as_slice))
+        .collect();
+    series.push(("cold activation", &total));
+    std::fs::write(
+        out.join("latency.svg"),
+        plot::cdf_svg("Latency: connect → response (CDF, log scale)", &series),
+    )?;
+    println!(
+        "\nwrote {} and {}",
+        out.join("results.json").display(),
+        out.join("latency.svg").display()
+    );
+    Ok(())
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}

@@ -1,1 +1,227 @@
-fn main() {}
+//! `cargo xtask`: everything that is not plain cargo.
+//!
+//! - `setup` installs what a fresh Debian/Ubuntu machine lacks (idempotent).
+//! - `up` sets up, builds, runs faasd with the sample function, and waits for Ctrl-C.
+//! - `test` sets up and runs every test: unit, privileged integration, fmt and clippy.
+//! - `bench` sets up, builds release binaries and runs the benchmark harness.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+const USAGE: &str = "usage: cargo xtask <setup|up|test|bench> [args]
+
+  setup          install what is missing: apt packages, bpf-linker, the eBPF toolchain, bpffs
+  up             setup, build, run faasd with the sample function (Ctrl-C stops it)
+  test           setup, then every test: unit, privileged integration, fmt, clippy
+                 (--no-lint skips fmt and clippy; extra args go to cargo test)
+  bench [ARGS]   setup, build release, run the benchmark harness (faasd-bench --help)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::ensure(),
+        Some("up") => up(),
+        Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nxtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+fn step(what: &str) {
+    println!("\n==> {what}");
+}
+
+/// Runs a command with its output shown; fails with the command line on error.
+fn run(cmd: &mut Command) -> Result {
+    let started = Instant::now();
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !status.success() {
+        return Err(format!("{cmd:?} failed ({status})"));
+    }
+    if started.elapsed() > Duration::from_secs(1) {
+        println!("    ({:.1}s)", started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn up() -> Result {
+    setup::ensure()?;
+    step("building faasd and the sample function (release)");
+    run(cargo().args(["build", "--release", "-p", "faasd", "-p", "hello"]))?;
+    let root = root();
+    let faasd = root.join("target/release/faasd");
+    let hello = root.join("target/release/hello");
+    let dir = root.join("target/up");
+    let socket = dir.join("run/faasd.sock");
+
+    step("starting faasd (state in target/up/state)");
+    let mut daemon = Command::new(&faasd)
+        .args(["daemon", "--stop-functions-on-exit", "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--runtime-dir")
+        .arg(dir.join("run"))
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", faasd.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            return Err(format!(
+                "faasd exited during start ({status}); its log is above"
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = daemon.kill();
+            return Err("faasd did not open its API socket within 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    step("deploying the sample function `hello`");
+    let cli = |args: &[&str]| {
+        Command::new(&faasd)
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())
+    };
+    let hello = hello.to_string_lossy();
+    let mut deploy = vec![
+        "deploy",
+        "hello",
+        "--command",
+        &hello,
+        "-l",
+        "com.openfaas.scale.zero=true",
+        "-l",
+        "com.openfaas.scale.zero-duration=30s",
+    ];
+    let mut out = cli(&deploy)?;
+    if String::from_utf8_lossy(&out.stderr).contains("already exists") {
+        deploy.push("--update");
+        out = cli(&deploy)?;
+    }
+    if !out.status.success() {
+        let _ = daemon.kill();
+        return Err(format!(
+            "deploy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let describe = cli(&["describe", "hello", "--json"])?;
+    let text = String::from_utf8_lossy(&describe.stdout);
+    let address = text
+        .split("\"address\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("?")
+        .to_owned();
+    let sock = socket.display();
+    println!(
+        "
+faasd is running with the sample function `hello` at {address}.
+
+  Call it (the first call starts it from zero):
+    curl http://[{address}]:8080/
+
+  Look around:
+    export FAASD_SOCKET={sock}
+    target/release/faasd list
+    target/release/faasd describe hello
+    target/release/faasd logs hello
+    target/release/faasd status
+
+  It stops again after 30 s without connections; the next call starts it again.
+  Press Ctrl-C to stop faasd and its functions."
+    );
+    // Ctrl-C reaches faasd too (same process group); wait for it to finish its shutdown.
+    // SAFETY: ignoring SIGINT in this process only; the daemon keeps its own handler.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let status = daemon.wait().map_err(|e| e.to_string())?;
+    println!("\nfaasd stopped ({status}).");
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result {
+    let lint = !args.iter().any(|a| a == "--no-lint");
+    let extra: Vec<&String> = args.iter().filter(|a| *a != "--no-lint").collect();
+    setup::ensure()?;
+    if lint {
+        step("cargo fmt --check");
+        run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    }
+    step("building the workspace (the integration tests need the sample function)");
+    run(cargo().args(["build", "--workspace", "--all-targets"]))?;
+    step("running every test (unit and privileged integration tests)");
+    run(cargo().args(["test", "--workspace"]).args(&extra))?;
+    if lint {
+        step("cargo clippy -D warnings");
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    println!("\nall tests passed");
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result {
+    setup::ensure()?;
+    step("building release binaries");
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "faasd",
+        "-p",
+        "hello",
+        "-p",
+        "faasd-bench",
+    ]))?;
+    let root = root();
+    step("running the benchmarks");
+    run(Command::new(root.join("target/release/faasd-bench"))
+        .arg("--faasd")
+        .arg(root.join("target/release/faasd"))
+        .arg("--hello")
+        .arg(root.join("target/release/hello"))
+        .arg("--out")
+        .arg(root.join("target/bench"))
+        .args(args))
+}

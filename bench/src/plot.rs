@@ -1,0 +1,100 @@
+//! A small SVG plot: one cumulative distribution curve per path, on a log time axis.
+
+use std::fmt::Write;
+
+const W: f64 = 820.0;
+const H: f64 = 460.0;
+const LEFT: f64 = 60.0;
+const RIGHT: f64 = 230.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 50.0;
+const COLORS: &[&str] = &[
+    "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d",
+];
+
+/// Renders `series` (name, samples in ns) as an SVG document.
+pub fn cdf_svg(title: &str, series: &[(&str, &[u64])]) -> String {
+    let all = series
+        .iter()
+        .flat_map(|(_, s)| s.iter().copied())
+        .filter(|v| *v > 0);
+    let (lo, hi) = all.fold((u64::MAX, 0), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = if lo > hi {
+        (1_000, 1_000_000)
+    } else {
+        (lo, hi)
+    };
+    let (l0, l1) = (
+        (lo as f64).log10().floor(),
+        (hi as f64)
+            .log10()
+            .ceil()
+            .max((lo as f64).log10().floor() + 1.0),
+    );
+    let x = |v: f64| LEFT + (v.max(1.0).log10() - l0) / (l1 - l0) * (W - LEFT - RIGHT);
+    let y = |q: f64| H - BOTTOM - q * (H - TOP - BOTTOM);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="{LEFT}" y="22" font-size="15">{title}</text>"#
+    );
+    for d in (l0 as i32)..=(l1 as i32) {
+        let px = x(10f64.powi(d));
+        let label = match d {
+            ..=2 => format!("{} ns", 10u64.pow(d.max(0) as u32)),
+            3..=5 => format!("{} µs", 10u64.pow((d - 3) as u32)),
+            6..=8 => format!("{} ms", 10u64.pow((d - 6) as u32)),
+            _ => format!("{} s", 10u64.pow((d - 9) as u32)),
+        };
+        let _ = write!(
+            svg,
+            r##"<line x1="{px:.1}" y1="{}" x2="{px:.1}" y2="{}" stroke="#ddd"/><text x="{px:.1}" y="{}" text-anchor="middle">{label}</text>"##,
+            y(0.0),
+            y(1.0),
+            y(0.0) + 18.0
+        );
+    }
+    for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+        let _ = write!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{q}</text>"##,
+            y(q),
+            W - RIGHT,
+            y(q),
+            LEFT - 6.0,
+            y(q) + 4.0
+        );
+    }
+    for (i, (name, samples)) in series.iter().enumerate() {
+        let mut s = samples.to_vec();
+        s.sort_unstable();
+        let color = COLORS[i % COLORS.len()];
+        let step = (s.len() / 400).max(1);
+        let points: Vec<String> = s
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| k % step == 0 || *k + 1 == s.len())
+            .map(|(k, v)| {
+                format!(
+                    "{:.1},{:.1}",
+                    x(*v as f64),
+                    y((k + 1) as f64 / s.len() as f64)
+                )
+            })
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            points.join(" ")
+        );
+        let ly = TOP + 20.0 + i as f64 * 20.0;
+        let _ = write!(
+            svg,
+            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{name}</text>"#,
+            W - RIGHT + 12.0,
+            W - RIGHT + 32.0,
+            W - RIGHT + 38.0,
+            ly + 4.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}

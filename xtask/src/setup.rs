@@ -1,0 +1,189 @@
+//! Installs what a fresh Debian/Ubuntu machine lacks, idempotently: each step checks
+//! first and says what it found. See ../shared/notes/toolchain.md in the design notes for
+//! why each piece is needed.
+
+use std::{path::PathBuf, process::Command};
+
+use crate::{Result, step};
+
+/// Debian packages the build, the tests and the benchmarks use.
+const PACKAGES: &[(&str, &str)] = &[
+    (
+        "rustc-web",
+        "Debian's rustc 1.96 with LLVM 22: builds the eBPF programs",
+    ),
+    (
+        "libstd-rust-web-dev-bpf",
+        "prebuilt core for the bpf target",
+    ),
+    ("llvm-22-dev", "bpf-linker is built against it"),
+    ("libpolly-22-dev", "bpf-linker link dependency"),
+    ("zlib1g-dev", "bpf-linker link dependency"),
+    ("libzstd-dev", "bpf-linker link dependency"),
+    ("libxml2-dev", "bpf-linker link dependency"),
+    ("iproute2", "network namespaces for tests"),
+    ("curl", "calling functions"),
+    ("socat", "benchmark: userspace proxy"),
+    ("haproxy", "benchmark: userspace proxy"),
+    ("systemd", "benchmark: systemd-socket-proxyd"),
+    ("bpftool", "troubleshooting the data plane"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The rustup toolchain name faasd's build script asks aya-build for.
+const BPF_TOOLCHAIN: &str = "faasd-bpf";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn ensure() -> Result {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(
+            "run as root: setup installs packages and mounts bpffs; the tests create \
+                    network namespaces and load eBPF programs"
+                .into(),
+        );
+    }
+    step("checking the machine");
+    let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    if !os
+        .lines()
+        .any(|l| l == "ID=debian" || l == "ID=ubuntu" || l.starts_with("ID_LIKE=debian"))
+    {
+        println!("    warning: not Debian or Ubuntu; package names may differ");
+    }
+    apt_packages()?;
+    bpf_linker()?;
+    bpf_toolchain()?;
+    bpffs()?;
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Abbrev}", pkg])
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"ii"))
+}
+
+fn apt_packages() -> Result {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(p, _)| !installed(p))
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        println!("    ✓ apt packages ({} present)", PACKAGES.len());
+        return Ok(());
+    }
+    for (p, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        println!("    missing {p}: {why}");
+    }
+    step("apt-get update");
+    crate::run(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    step(&format!("apt-get install {}", missing.join(" ")));
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .map_err(|e| {
+        format!(
+            "{e}\nhint: rustc-web 1.96 and libstd-rust-web-dev-bpf come from bookworm-security; \
+             make sure it is in /etc/apt/sources.list(.d)"
+        )
+    })
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        });
+    home.join("bin").join(name)
+}
+
+fn bpf_linker() -> Result {
+    let have = Command::new(cargo_bin("bpf-linker"))
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if have.contains(BPF_LINKER_VERSION) {
+        println!("    ✓ bpf-linker {BPF_LINKER_VERSION}");
+        return Ok(());
+    }
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes)"
+    ));
+    // bpf-linker's build script reads LLVM_PREFIX; without it it finds LLVM 14's llvm-config.
+    crate::run(
+        crate::cargo()
+            .args([
+                "install",
+                "--locked",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )
+}
+
+/// aya-build runs `rustup run <toolchain> cargo`; Debian's rustc (which has the bpf
+/// target's core) becomes a rustup toolchain by linking a directory that holds it.
+fn bpf_toolchain() -> Result {
+    let list = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .map_err(|e| format!("rustup: {e} (faasd builds with rustup's stable toolchain)"))?;
+    let data = PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+        .join(".local/share/faasd/bpf-toolchain");
+    let linked = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .any(|l| l.starts_with(BPF_TOOLCHAIN));
+    if linked && data.join("bin/rustc").exists() && data.join("bin/cargo").exists() {
+        println!("    ✓ rustup toolchain {BPF_TOOLCHAIN} (Debian rustc for the bpf target)");
+        return Ok(());
+    }
+    step(&format!(
+        "linking rustup toolchain {BPF_TOOLCHAIN} to /usr/bin/rustc"
+    ));
+    let cargo = Command::new("rustup")
+        .args(["which", "--toolchain", "stable", "cargo"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let cargo = String::from_utf8_lossy(&cargo.stdout).trim().to_owned();
+    std::fs::create_dir_all(data.join("bin")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(data.join("lib")).map_err(|e| e.to_string())?;
+    for (name, target) in [("rustc", "/usr/bin/rustc"), ("cargo", cargo.as_str())] {
+        let link = data.join("bin").join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, &link)
+            .map_err(|e| format!("{}: {e}", link.display()))?;
+    }
+    crate::run(
+        Command::new("rustup")
+            .args(["toolchain", "link", BPF_TOOLCHAIN])
+            .arg(&data),
+    )
+}
+
+fn bpffs() -> Result {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+            && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
+        println!("    ✓ bpffs at /sys/fs/bpf");
+        return Ok(());
+    }
+    step("mounting bpffs at /sys/fs/bpf");
+    crate::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
