@@ -23,7 +23,8 @@ use crate::{
 impl IntoResponse for DaemonError {
     fn into_response(self) -> Response {
         let code = match &self {
-            DaemonError::Invalid(_) | DaemonError::Full(_) => StatusCode::BAD_REQUEST,
+            DaemonError::Invalid(_) => StatusCode::BAD_REQUEST,
+            DaemonError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
             DaemonError::Exists(_) => StatusCode::CONFLICT,
             DaemonError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -42,7 +42,7 @@ pub enum DaemonError {
     /// The function exists already (409).
     #[error("function {0} already exists; update it with PUT")]
     Exists(String),
-    /// A resource is exhausted (507-ish; reported as 400 with the reason).
+    /// A resource is exhausted: the bindings map or the address prefix (507).
     #[error("{0}")]
     Full(String),
     /// Something on the host failed (500).
