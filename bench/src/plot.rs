@@ -52,7 +52,7 @@ pub fn cdf_svg(title: &str, series: &[(&str, &[u64])]) -> String {
             y(0.0) + 18.0
         );
     }
-    for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+    for q in [0.0, 0.5, 0.9, 0.99] {
         let _ = write!(
             svg,
             r##"<line x1="{LEFT}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{q}</text>"##,

@@ -42,15 +42,18 @@ pub fn parse(msg: &[u8]) -> Vec<Notice> {
         .collect()
 }
 
+/// Where the notices of one instance go: (sender pid, notice).
+pub type NoticeSender = mpsc::UnboundedSender<(i32, Notice)>;
+
 /// Routes notices to the task that owns the sending pid.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
-    routes: Arc<Mutex<HashMap<i32, mpsc::UnboundedSender<(i32, Notice)>>>>,
+    routes: Arc<Mutex<HashMap<i32, NoticeSender>>>,
 }
 
 impl Router {
     /// Sends notices from `pid` to `tx` until [`Router::forget`].
-    pub fn register(&self, pid: i32, tx: mpsc::UnboundedSender<(i32, Notice)>) {
+    pub fn register(&self, pid: i32, tx: NoticeSender) {
         self.routes.lock().expect("router lock").insert(pid, tx);
     }
 

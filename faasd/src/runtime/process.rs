@@ -154,8 +154,9 @@ impl Runtime for ProcessRuntime {
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         drop(err_w);
         let mut report = [0u8; 8];
-        // SAFETY: reads into our buffer; EOF (0) means exec succeeded (the pipe is CLOEXEC).
+        // EOF (0) means exec succeeded: the pipe is CLOEXEC.
         let n = loop {
+            // SAFETY: reads at most 8 bytes into our 8-byte buffer.
             let n = unsafe { libc::read(err_r.as_raw_fd(), report.as_mut_ptr().cast(), 8) };
             if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                 break n;
@@ -192,7 +193,8 @@ struct Child<'a> {
 impl Child<'_> {
     /// Runs in the child between clone and exec: async-signal-safe calls only.
     unsafe fn run(&self) -> ! {
-        // SAFETY (whole body): raw syscalls on memory prepared before clone.
+        // SAFETY: raw syscalls on memory the parent prepared before clone; nothing here
+        // allocates or takes a lock another thread could hold.
         unsafe {
             let fail = |step: u32| -> ! {
                 let errno = *libc::__errno_location();

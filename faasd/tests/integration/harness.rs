@@ -91,11 +91,8 @@ impl Netns {
             s.spawn(move || {
                 let ns = std::fs::File::open(&path).unwrap();
                 // SAFETY: setns on this thread only, with a namespace fd we own.
-                assert_eq!(
-                    unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                    0,
-                    "setns"
-                );
+                let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
                 f()
             })
             .join()
