@@ -624,7 +624,6 @@ impl Task {
             return;
         }
         // Unexpected end, or killed for a failure.
-        self.snapshot.restarts += u64::from(r.failed);
         if !r.failed {
             self.snapshot.last_error = Some(format!("instance {} {how}", r.id));
         }
@@ -638,6 +637,9 @@ impl Task {
             // min-scale instances come back at once.
             let live = self.instances.len() as u32;
             self.target = self.a.settings.min_scale.max(live).min(self.target);
+        }
+        if self.target as usize > self.instances.len() {
+            self.snapshot.restarts += 1;
         }
         self.schedule_backoff();
         self.reconcile();

@@ -459,7 +459,9 @@ impl Daemon {
             address,
             created_at,
         };
-        let previous = functions.get(&id).map(|f| f.record.clone());
+        let previous = functions
+            .get(&id)
+            .map(|f| (f.record.clone(), f.settings.clone()));
         self.store.put(&record).map_err(internal)?;
         if let Some(old) = functions.remove(&id) {
             // The old version stops and releases its slots; its sockets close when its
@@ -474,9 +476,15 @@ impl Daemon {
                 Ok(status)
             }
             Err(e) => {
-                // Leave the store as it was before this request.
+                // Leave the host as it was before this request: the previous version back
+                // on disk and serving again, or no trace of the new function.
                 match previous {
-                    Some(p) => self.store.put(&p).map_err(internal)?,
+                    Some((rec, settings)) => {
+                        self.store.put(&rec).map_err(internal)?;
+                        let n = settings.ports.len();
+                        let f = self.activate(rec, settings, vec![None; n]).await?;
+                        functions.insert(id, f);
+                    }
                     None => self.store.remove(&ns, &name).map_err(internal)?,
                 }
                 Err(e)

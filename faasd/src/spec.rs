@@ -156,7 +156,7 @@ pub struct FunctionSpec {
 }
 
 impl FunctionSpec {
-    /// Validates a deploy request. `resolve` finds a program on PATH.
+    /// Validates a deploy request; a bare program name is looked up on faasd's PATH now.
     pub fn from_deployment(mut d: Deployment) -> Result<(Self, Settings), SpecError> {
         validate_label("function name", &d.service)?;
         let namespace = d
