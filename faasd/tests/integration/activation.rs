@@ -65,6 +65,39 @@ fn first_connection_starts_a_stopped_function_and_idle_stops_it_again() {
 }
 
 #[test]
+fn a_datagram_starts_a_stopped_function_and_the_reply_comes_from_its_address() {
+    require_privileges!();
+    let ns = Netns::new("udp");
+    let d = Daemon::start(&ns);
+    let addr = d.deploy_hello(
+        "udp",
+        &["-a", "faasd.dev/ports=http=8080/tcp,echo=5353/udp"],
+    );
+    assert_eq!(d.describe("udp").state.phase, Phase::Stopped);
+    let (reply, from) = ns.run(|| {
+        let s = std::net::UdpSocket::bind("[::]:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.send_to(b"ping", SocketAddr::from((addr, 5353))).unwrap();
+        let mut buf = [0u8; 512];
+        let (n, from) = s.recv_from(&mut buf).unwrap();
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+    });
+    assert!(
+        reply.contains("instance=") && reply.contains("bytes=4"),
+        "{reply}"
+    );
+    assert_eq!(
+        from,
+        SocketAddr::from((addr, 5353)),
+        "the reply's source is the function address"
+    );
+    let s = d.describe("udp");
+    assert_eq!(s.state.activations, 1);
+    let echo = s.counters.iter().find(|c| c.name == "echo").unwrap();
+    assert_eq!(echo.steered, 1);
+}
+
+#[test]
 fn a_burst_of_500_first_connections_is_all_served() {
     require_privileges!();
     let ns = Netns::new("burst");

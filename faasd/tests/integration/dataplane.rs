@@ -140,6 +140,59 @@ fn pinned_state_keeps_steering_and_is_adopted_by_the_next_daemon() {
     });
 }
 
+/// Raises this process's open-file limit (root may raise the hard limit too).
+fn raise_nofile(n: u64) -> bool {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 }
+}
+
+#[test]
+fn more_function_sockets_than_ephemeral_ports_fit() {
+    require_privileges!();
+    let ns = Netns::new("many");
+    ns.add_local_route(PREFIX);
+    ns.run(|| {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let mut r = range.split_whitespace().map(|p| p.parse::<u32>().unwrap());
+        let ephemeral = r.next().unwrap()..=r.next().unwrap();
+        let n = ephemeral.end() - ephemeral.start() + 1 + 2_000;
+        if !raise_nofile(u64::from(n) + 1_000) {
+            eprintln!("skipped: cannot raise RLIMIT_NOFILE to {n}");
+            return;
+        }
+        let mut dp = Dataplane::open(Path::new("/sys/fs/bpf")).unwrap();
+        let port = faasd::spec::Port {
+            name: "http".into(),
+            port: 8080,
+            protocol: faasd::spec::Protocol::Tcp,
+        };
+        let prefix: faasd::config::Ipv6Net = PREFIX.parse().unwrap();
+        let mut socks = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let a = prefix.nth(u128::from(i) + 1).unwrap();
+            let s =
+                faasd::sockets::create(a, &port, 8).unwrap_or_else(|e| panic!("socket {i}: {e}"));
+            // Bound to the function address and port 8080: no ephemeral port taken.
+            assert!(
+                !ephemeral.contains(&u32::from(faasd::sockets::local_addr(&s).unwrap().port()))
+            );
+            dp.bind(BindingKey::new(a, 8080, proto::TCP), i, &s)
+                .unwrap();
+            socks.push(s);
+        }
+        assert_eq!(dp.status().bindings, n as usize);
+        let last = prefix.nth(u128::from(n)).unwrap();
+        let c = TcpStream::connect_timeout(&SocketAddr::from((last, 8080)), Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(c.peer_addr().unwrap(), SocketAddr::from((last, 8080)));
+        assert_eq!(dp.slot_counters(n - 1).steered, 1);
+    });
+}
+
 #[test]
 fn daemons_in_two_namespaces_do_not_share_pins() {
     require_privileges!();

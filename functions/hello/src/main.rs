@@ -1,6 +1,7 @@
 //! `hello`: the sample faasd function. A small HTTP server that
 //! - takes its listening socket from LISTEN_FDS (socket activation), or listens on
-//!   `PORT` (default 8080) when started by hand;
+//!   `PORT` (default 8080) when started by hand; datagram sockets among LISTEN_FDS get an
+//!   echo that names the instance;
 //! - serves one connection on fd 3 and exits when started in accept mode
 //!   (`LISTEN_FDNAMES=connection`);
 //! - sends READY=1 (and WATCHDOG=1 when WATCHDOG_USEC is set) to NOTIFY_SOCKET;
@@ -12,7 +13,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UdpSocket},
     os::{fd::FromRawFd, unix::net::UnixDatagram},
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -97,6 +98,33 @@ fn serve(mut stream: TcpStream, accepted_ns: u64) -> std::io::Result<()> {
     stream.flush()
 }
 
+fn socket_type(fd: i32) -> i32 {
+    let mut ty: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one c_int into `ty`.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&raw mut ty).cast(),
+            &mut len,
+        )
+    };
+    ty
+}
+
+/// Answers every datagram with which instance got it. The socket is bound to the
+/// function's address, so the reply leaves from that address.
+fn echo_datagrams(udp: UdpSocket) {
+    let _ = udp.set_nonblocking(false);
+    let mut buf = [0u8; 2048];
+    while let Ok((n, from)) = udp.recv_from(&mut buf) {
+        let reply = format!("Hello from faasd! instance={} udp bytes={n}\n", instance());
+        let _ = udp.send_to(reply.as_bytes(), from);
+    }
+}
+
 extern "C" fn on_sigterm(_: libc::c_int) {
     // SAFETY: _exit is async-signal-safe. Connections being served are cut short, which is
     // what a stop after the grace period would do anyway.
@@ -119,14 +147,28 @@ fn main() {
             }
             return;
         }
-        // SAFETY: fd 3 was passed to us as a listening socket.
-        Some((n, _)) if n >= 1 => unsafe { TcpListener::from_raw_fd(3) },
+        Some((n, _)) if n >= 1 => {
+            // Serve datagram sockets with an echo thread each; the first stream socket is
+            // the HTTP listener.
+            let mut http = None;
+            for fd in 3..3 + n {
+                if socket_type(fd) == libc::SOCK_DGRAM {
+                    // SAFETY: fd was passed to us as a datagram socket.
+                    let udp = unsafe { UdpSocket::from_raw_fd(fd) };
+                    std::thread::spawn(move || echo_datagrams(udp));
+                } else if http.is_none() {
+                    // SAFETY: fd was passed to us as a listening stream socket.
+                    http = Some(unsafe { TcpListener::from_raw_fd(fd) });
+                }
+            }
+            http
+        }
         _ => {
             let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
-            TcpListener::bind(format!("[::]:{port}")).expect("binding the port")
+            Some(TcpListener::bind(format!("[::]:{port}")).expect("binding the port"))
         }
     };
-    listener.set_nonblocking(false).expect("blocking listener");
+    let listener = listener.inspect(|l| l.set_nonblocking(false).expect("blocking listener"));
     if let Some(usec) = std::env::var("WATCHDOG_USEC")
         .ok()
         .and_then(|u| u.parse::<u64>().ok())
@@ -145,6 +187,12 @@ fn main() {
     }
     eprintln!("hello: instance {} serving", instance());
     notify("READY=1");
+    let Some(listener) = listener else {
+        // Datagram sockets only: the echo threads do the work.
+        loop {
+            std::thread::park();
+        }
+    };
     for conn in listener.incoming() {
         let accepted_ns = monotonic_ns();
         match conn {
