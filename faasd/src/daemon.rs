@@ -507,6 +507,9 @@ impl Daemon {
         if stop_instances {
             self.unbind(&f.bindings);
             let _ = std::fs::remove_file(self.instances_file(&f.record.spec));
+            if let Some(cg) = &f.cgroup {
+                cgroup::remove(cg);
+            }
         }
     }
 
@@ -519,12 +522,8 @@ impl Daemon {
             .ok_or_else(|| DaemonError::NotFound(id.clone()))?;
         self.store.remove(namespace, name).map_err(internal)?;
         let log = f.log.clone();
-        let cg = f.cgroup.clone();
         self.retire(f, true).await;
         log.remove();
-        if let Some(cg) = cg {
-            cgroup::remove(&cg);
-        }
         Ok(())
     }
 

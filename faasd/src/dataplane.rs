@@ -257,8 +257,9 @@ impl Dataplane {
         }
         match self.sockets.clear_index(&slot) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            // An empty slot answers EINVAL: its socket closed and the kernel removed it.
             Err(aya::maps::MapError::SyscallError(s))
-                if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
+                if matches!(s.io_error.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) =>
             {
                 Ok(())
             }

@@ -171,6 +171,30 @@ faasd is running with the sample function `hello` at {address}.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     let status = daemon.wait().map_err(|e| e.to_string())?;
     println!("\nfaasd stopped ({status}).");
+    // A real deployment keeps the pinned program and the route across restarts; this
+    // demo leaves the host as it found it.
+    step("removing the data plane and the function route");
+    let ino =
+        std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    if let Ok(ino) = ino {
+        let pins = PathBuf::from(format!("/sys/fs/bpf/faasd/netns-{ino}"));
+        if let Err(e) = std::fs::remove_dir_all(&pins) {
+            println!("    {}: {e}", pins.display());
+        }
+    }
+    let _ = Command::new("ip")
+        .args([
+            "-6",
+            "route",
+            "del",
+            "local",
+            "fd00:faa5:1::/48",
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ])
+        .status();
     Ok(())
 }
 

@@ -24,9 +24,14 @@ pub fn for_function(
     Ok(dir)
 }
 
-/// Kills every process left in the cgroup and removes it (best effort: the kernel refuses
-/// while processes are still exiting, and a later removal will retry).
+/// Kills every process left in the cgroup and removes it, then its namespace and parent
+/// cgroups if they are empty (best effort: the kernel refuses while processes are still
+/// exiting or other functions remain).
 pub fn remove(dir: &Path) {
     let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-    let _ = std::fs::remove_dir(dir);
+    for d in dir.ancestors().take(3) {
+        if std::fs::remove_dir(d).is_err() {
+            break;
+        }
+    }
 }
