@@ -100,6 +100,16 @@ fn removing_a_function_leaves_nothing_behind() {
             .join("state/functions/openfaas-fn/gone.json")
             .exists()
     );
+    if let Some(root) = faasd::runtime::cgroup::root() {
+        let cg = root.join(&ns.cgroup_parent).join("openfaas-fn/gone");
+        assert!(!cg.exists(), "{} is left", cg.display());
+    }
+    let outputs = ns.dir.join("run/output/openfaas-fn/gone");
+    assert!(
+        std::fs::read_dir(&outputs).map_or(true, |mut d| d.next().is_none()),
+        "instance output files are left in {}",
+        outputs.display()
+    );
     let e = ns
         .run(|| http_get(SocketAddr::from((addr, 8080))))
         .unwrap_err();
