@@ -32,6 +32,7 @@ struct Args {
     out: PathBuf,
     cold: usize,
     warm: usize,
+    settle: Duration,
 }
 
 fn parse_args() -> Result<Args> {
@@ -41,6 +42,7 @@ fn parse_args() -> Result<Args> {
         out: "target/bench".into(),
         cold: 200,
         warm: 2000,
+        settle: Duration::from_millis(50),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +53,7 @@ fn parse_args() -> Result<Args> {
             "--out" => a.out = val()?.into(),
             "--cold" => a.cold = val()?.parse()?,
             "--warm" => a.warm = val()?.parse()?,
+            "--settle-ms" => a.settle = Duration::from_millis(val()?.parse()?),
             "--help" | "-h" => {
                 println!(
                     "faasd-bench [--cold N (200)] [--warm N (2000)] [--out DIR] [--faasd BIN] [--hello BIN]"
@@ -327,6 +330,9 @@ fn main() -> Result<()> {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..args.cold {
         b.scale_and_wait("hello", 0)?;
+        // The kernel tears the stopped instance's namespaces down asynchronously; a function
+        // woken after being idle finds that long done.
+        std::thread::sleep(args.settle);
         let (t0, t_first, accepted) = request(fn_addr)?;
         let t = &b.describe("hello")?["state"]["lastActivation"];
         let (req, run) = (

@@ -1,5 +1,5 @@
-//! The `process` runtime: `clone(2)` straight into fresh mount, pid, network, ipc and uts
-//! namespaces, then `execve`. No helper process, no daemon: this is the floor for
+//! The `process` runtime: `clone3(2)` straight into fresh mount, pid, network, ipc and uts
+//! namespaces and the function's cgroup, then `execve`. No helper process, no daemon: this is the floor for
 //! activation latency.
 //!
 //! The instance is pid 1 of its pid namespace (so LISTEN_PID=1), its network namespace holds
@@ -26,11 +26,30 @@ const STEPS: &[&str] = &[
     "making mounts private",
     "mounting /proc",
     "bringing up lo",
-    "joining the cgroup",
     "placing file descriptors",
     "dropping privileges",
     "execve",
 ];
+
+/// `struct clone_args` of clone3(2), version 2 (with `cgroup`); libc defines it only for musl.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Create the child directly in the cgroup named by `clone_args.cgroup` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 struct User {
     uid: libc::uid_t,
@@ -97,10 +116,13 @@ impl Runtime for ProcessRuntime {
             .collect::<Result<_, _>>()?;
         let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
         env_ptrs.push(std::ptr::null());
-        let procs = launch
+        // The child is created inside its cgroup (CLONE_INTO_CGROUP): joining it afterwards
+        // through cgroup.procs takes the cgroup rwsem for writing, which waits out an RCU
+        // grace period when the host has been idle, up to 15 ms here.
+        let cgroup = launch
             .cgroup
             .as_ref()
-            .map(|d| cstring(&d.join("cgroup.procs").to_string_lossy()))
+            .map(|d| std::fs::File::open(d).map_err(io_err("opening the function's cgroup")))
             .transpose()?;
         let devnull = std::fs::File::open("/dev/null").map_err(io_err("open /dev/null"))?;
         let stdio = [
@@ -114,35 +136,36 @@ impl Runtime for ProcessRuntime {
             argv0: argv[0].as_ptr(),
             argv: argv_ptrs.as_ptr(),
             env: env_ptrs.as_ptr(),
-            procs: procs.as_ref().map(|p| p.as_ptr()),
             stdio,
             fds: &launch.fds,
             user,
             err: err_w.as_raw_fd(),
         };
 
-        let flags = libc::CLONE_NEWNS
+        let mut pidfd: libc::c_int = -1;
+        let namespaces = libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWNET
             | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_PIDFD
-            | libc::SIGCHLD;
-        let mut pidfd: libc::c_int = -1;
-        // SAFETY: clone without a new stack behaves like fork; CLONE_PIDFD stores the pidfd
-        // through the parent_tid pointer. The child only calls async-signal-safe functions.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                flags,
-                0usize,
-                &raw mut pidfd,
-                0usize,
-                0usize,
-            )
+            | libc::CLONE_NEWUTS;
+        let args = CloneArgs {
+            flags: (namespaces | libc::CLONE_PIDFD) as u64
+                | if cgroup.is_some() {
+                    CLONE_INTO_CGROUP
+                } else {
+                    0
+                },
+            pidfd: (&raw mut pidfd) as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: cgroup.as_ref().map_or(0, |c| c.as_raw_fd() as u64),
+            ..CloneArgs::default()
         };
+        // SAFETY: clone3 without a stack behaves like fork; the kernel writes the pidfd
+        // through `args.pidfd`. The child only calls async-signal-safe functions.
+        let pid =
+            unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) };
         if pid < 0 {
-            return Err(io_err("clone")(io::Error::last_os_error()));
+            return Err(io_err("clone3")(io::Error::last_os_error()));
         }
         if pid == 0 {
             // SAFETY: we are the freshly cloned child; `child` points into memory the parent
@@ -183,7 +206,6 @@ struct Child<'a> {
     argv0: *const libc::c_char,
     argv: *const *const libc::c_char,
     env: *const *const libc::c_char,
-    procs: Option<*const libc::c_char>,
     stdio: [RawFd; 3],
     fds: &'a [RawFd],
     user: User,
@@ -230,13 +252,6 @@ impl Child<'_> {
             if !loopback_up() {
                 fail(3);
             }
-            if let Some(procs) = self.procs {
-                let fd = libc::open(procs, libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
-                    fail(4);
-                }
-                libc::close(fd);
-            }
             // Move every source fd above the target range first, so no dup2 clobbers a
             // source that is still to be placed.
             let n = self.fds.len() as libc::c_int;
@@ -245,28 +260,28 @@ impl Child<'_> {
             for (i, fd) in self.stdio.iter().enumerate() {
                 tmp_stdio[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, high);
                 if tmp_stdio[i] < 0 {
-                    fail(5);
+                    fail(4);
                 }
             }
             let mut tmp = [0 as RawFd; crate::spec::MAX_PORTS];
             if self.fds.len() > tmp.len() {
                 *libc::__errno_location() = libc::EMFILE;
-                fail(5);
+                fail(4);
             }
             for (i, fd) in self.fds.iter().enumerate() {
                 tmp[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, high);
                 if tmp[i] < 0 {
-                    fail(5);
+                    fail(4);
                 }
             }
             for (i, fd) in tmp_stdio.iter().enumerate() {
                 if libc::dup2(*fd, i as libc::c_int) < 0 {
-                    fail(5);
+                    fail(4);
                 }
             }
             for (i, fd) in tmp[..self.fds.len()].iter().enumerate() {
                 if libc::dup2(*fd, 3 + i as libc::c_int) < 0 {
-                    fail(5);
+                    fail(4);
                 }
             }
             // Everything above the passed sockets closes at exec (the error pipe included,
@@ -278,14 +293,14 @@ impl Child<'_> {
                 libc::CLOSE_RANGE_CLOEXEC,
             ) < 0
             {
-                fail(5);
+                fail(4);
             }
             if libc::setgroups(0, std::ptr::null()) < 0
                 || libc::setgid(self.user.gid) < 0
                 || libc::setuid(self.user.uid) < 0
                 || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
             {
-                fail(6);
+                fail(5);
             }
             // Undo what the daemon changed for itself: ignored SIGPIPE and blocked signals
             // would otherwise be inherited across exec.
@@ -294,7 +309,7 @@ impl Child<'_> {
             libc::sigemptyset(&mut set);
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             libc::execve(self.argv0, self.argv, self.env);
-            fail(7)
+            fail(6)
         }
     }
 }

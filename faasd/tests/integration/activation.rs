@@ -45,6 +45,7 @@ fn first_connection_starts_a_stopped_function_and_idle_stops_it_again() {
         s.counters[0].steered, 1,
         "the connection went through sk_lookup"
     );
+    assert_isolated(&ns, s.state.instances[0].pid, "hello");
 
     d.wait_for("hello", "idle scale to zero", |s| {
         s.state.phase == Phase::Stopped && s.replicas == 0
@@ -263,4 +264,32 @@ fn a_notify_function_is_ready_only_after_ready_1() {
         t.requested_ns <= t.running_ns && t.running_ns <= t.ready_ns,
         "{t:?}"
     );
+}
+
+/// The instance runs as nobody, in its function's cgroup, in namespaces of its own.
+fn assert_isolated(ns: &Netns, pid: i32, name: &str) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+    assert_eq!(
+        uid.split_whitespace().next(),
+        Some("65534"),
+        "runs as nobody: {uid}"
+    );
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let expected = format!("0::/{}/openfaas-fn/{name}", ns.cgroup_parent);
+    assert!(
+        cgroup.lines().any(|l| l == expected),
+        "{expected} not in {cgroup}"
+    );
+    // The daemon is the instance's parent.
+    let daemon_pid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap()
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned))
+        .unwrap();
+    for kind in ["net", "pid", "mnt", "ipc", "uts"] {
+        let own = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+        let daemon = std::fs::read_link(format!("/proc/{daemon_pid}/ns/{kind}")).unwrap();
+        assert_ne!(own, daemon, "{kind} namespace is the daemon's");
+    }
 }
