@@ -359,9 +359,13 @@ fn main() -> Result<()> {
     b.spawn(Command::new(&hello).env("PORT", "9001"))?;
     let direct: SocketAddr = "[::1]:9001".parse()?;
     wait_listening(direct)?;
+    // The direct server reached through an address of the function prefix that has no
+    // binding: the same routing as the faasd path, without steering (the program misses).
+    let unbound_prefix_addr: SocketAddr = "[fd00:faa5:1::ffff]:9001".parse()?;
     let mut paths: Vec<(&str, SocketAddr)> = vec![
-        ("direct (own bound address)", direct),
-        ("faasd (sk_lookup)", fn_addr),
+        (DIRECT, direct),
+        (FAASD, fn_addr),
+        ("direct, via a function-prefix address", unbound_prefix_addr),
     ];
     let proxyd = Path::new("/lib/systemd/systemd-socket-proxyd");
     if proxyd.exists() {
@@ -397,6 +401,11 @@ fn main() -> Result<()> {
         wait_listening(*a)?;
     }
     println!("warm: {} rounds over {} paths", args.warm, paths.len());
+    // The program's own cost, as cloudflare/tubular measures it: BPF_STATS_RUN_TIME.
+    let program_id = b.api("GET", "/system/status", "")?["dataplane"]["programId"].as_u64();
+    let stats_flag = Path::new("/proc/sys/kernel/bpf_stats_enabled");
+    let stats_before = std::fs::read_to_string(stats_flag).unwrap_or_default();
+    std::fs::write(stats_flag, "1").context("enabling BPF run-time stats")?;
     let mut samples: Vec<Vec<u64>> = vec![Vec::new(); paths.len()];
     for round in 0..args.warm + 200 {
         // Start each round at a different path so no path always follows the same one.
@@ -410,12 +419,19 @@ fn main() -> Result<()> {
             }
         }
     }
+    let program_cost = program_id.and_then(program_run_time);
+    std::fs::write(stats_flag, stats_before.trim())?;
     let warm: Vec<Summary> = paths
         .iter()
         .zip(&samples)
         .map(|((n, _), s)| Summary::of(n, s))
         .collect();
-    let limit = warm[0].p50;
+    let by_name = |n: &str| {
+        warm.iter()
+            .find(|s| s.name == n)
+            .expect("every path is measured")
+    };
+    let limit = by_name(DIRECT).p50;
     let steered_counters = b.describe("hello")?["counters"].clone();
     drop(b);
 
@@ -454,11 +470,19 @@ fn main() -> Result<()> {
             s.p50 as f64 / limit as f64
         );
     }
-    let faasd_p50 = warm[1].p50 as f64;
-    let proxies: Vec<Value> = warm[2..]
+    let faasd_p50 = by_name(FAASD).p50 as f64;
+    let proxies: Vec<Value> = PROXIES
         .iter()
-        .map(|p| json!({"path": p.name, "faasd_p50_over_proxy_p50": faasd_p50 / p.p50 as f64}))
+        .filter(|n| warm.iter().any(|s| s.name == **n))
+        .map(|n| json!({"path": n, "faasd_p50_over_proxy_p50": faasd_p50 / by_name(n).p50 as f64}))
         .collect();
+    let program = program_cost.map(|(runs, ns)| json!({"runs": runs, "ns_per_run": ns}));
+    match program_cost {
+        Some((runs, ns)) => println!(
+            "\nsk_lookup program: {ns:.0} ns per run over {runs} runs (BPF_STATS_RUN_TIME)"
+        ),
+        None => println!("\nsk_lookup program: run time unavailable (bpftool missing?)"),
+    }
     let goals = json!({
         "cold_p50_ms": {"goal": 5.0, "measured": ms(cold.p50)},
         "warm_over_limit": {"goal": 1.05, "measured": faasd_p50 / limit as f64},
@@ -472,6 +496,7 @@ fn main() -> Result<()> {
         "cold_phases": phases.iter().map(Summary::to_json).collect::<Vec<_>>(),
         "warm": warm.iter().map(|s| { let mut j = s.to_json(); j["ratio_to_limit"] = json!(s.p50 as f64 / limit as f64); j }).collect::<Vec<_>>(),
         "steered_counters": steered_counters,
+        "sk_lookup_program": program,
         "goals": goals,
     });
     std::fs::write(
@@ -494,6 +519,21 @@ fn main() -> Result<()> {
         out.join("latency.svg").display()
     );
     Ok(())
+}
+
+const DIRECT: &str = "direct (own bound address)";
+const FAASD: &str = "faasd (sk_lookup)";
+const PROXIES: &[&str] = &["systemd-socket-proxyd", "socat", "haproxy"];
+
+/// (run count, average ns per run) of a BPF program, from bpftool.
+fn program_run_time(id: u64) -> Option<(u64, f64)> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string(), "--json"])
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let (ns, cnt) = (v["run_time_ns"].as_u64()?, v["run_cnt"].as_u64()?);
+    (cnt > 0).then(|| (cnt, ns as f64 / cnt as f64))
 }
 
 fn ms(ns: u64) -> f64 {

@@ -5,6 +5,8 @@
 //! - serves one connection on fd 3 and exits when started in accept mode
 //!   (`LISTEN_FDNAMES=connection`);
 //! - sends READY=1 (and WATCHDOG=1 when WATCHDOG_USEC is set) to NOTIFY_SOCKET;
+//! - serves connections from a pool of `HELLO_THREADS` (default 8) threads, each blocking
+//!   in accept on the shared listener;
 //! - answers every request with which instance served it, and when it accepted
 //!   (`X-Accepted-Ns`, CLOCK_MONOTONIC), which the benchmark uses.
 //!
@@ -193,17 +195,37 @@ fn main() {
             std::thread::park();
         }
     };
-    for conn in listener.incoming() {
-        let accepted_ns = monotonic_ns();
-        match conn {
-            Ok(c) => {
-                std::thread::spawn(move || {
-                    if let Err(e) = serve(c, accepted_ns) {
-                        eprintln!("hello: {e}");
-                    }
-                });
+    // A fixed pool of threads, each blocking in accept on the shared listener: the kernel
+    // hands every connection to one waiting thread, with no thread started per connection.
+    // The main thread serves the connection that woke the function before it starts the
+    // rest of the pool, so the pool costs the first request nothing.
+    let workers: usize = std::env::var("HELLO_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(8)
+        .max(1);
+    let listener = std::sync::Arc::new(listener);
+    accept_one(&listener);
+    for _ in 1..workers {
+        let listener = listener.clone();
+        std::thread::spawn(move || {
+            loop {
+                accept_one(&listener);
             }
-            Err(e) => eprintln!("hello: accept: {e}"),
+        });
+    }
+    loop {
+        accept_one(&listener);
+    }
+}
+
+fn accept_one(listener: &TcpListener) {
+    match listener.accept() {
+        Ok((c, _)) => {
+            if let Err(e) = serve(c, monotonic_ns()) {
+                eprintln!("hello: {e}");
+            }
         }
+        Err(e) => eprintln!("hello: accept: {e}"),
     }
 }
