@@ -2,10 +2,10 @@
 
 use std::fmt::Write;
 
-const W: f64 = 820.0;
+const W: f64 = 900.0;
 const H: f64 = 460.0;
 const LEFT: f64 = 60.0;
-const RIGHT: f64 = 230.0;
+const RIGHT: f64 = 300.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
 const COLORS: &[&str] = &[
