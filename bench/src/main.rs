@@ -157,6 +157,13 @@ impl Bench {
         Ok(())
     }
 
+    /// The daemon's pin directory (`<bpffs>/faasd/netns-<inode>`).
+    fn pin_dir(&self) -> Result<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(format!("/run/netns/{}", self.netns))?.ino();
+        Ok(PathBuf::from(format!("/sys/fs/bpf/faasd/netns-{ino}")))
+    }
+
     /// One API call over the unix socket (HTTP/1.0: the answer ends with the connection).
     fn api(&self, method: &str, path: &str, body: &str) -> Result<Value> {
         let mut s = UnixStream::connect(&self.socket)?;
@@ -355,13 +362,24 @@ fn main() -> Result<()> {
     let cold = Summary::of("cold activation", &total);
 
     // Warm paths.
+    // Every path gets its own server process, identical to the function's, so each server
+    // handles one request per round like the function does: a server shared by several
+    // paths would stay hotter in cache and flatter its paths.
     b.scale_and_wait("hello", 1)?;
-    b.spawn(Command::new(&hello).env("PORT", "9001"))?;
-    let direct: SocketAddr = "[::1]:9001".parse()?;
-    wait_listening(direct)?;
-    // The direct server reached through an address of the function prefix that has no
-    // binding: the same routing as the faasd path, without steering (the program misses).
-    let unbound_prefix_addr: SocketAddr = "[fd00:faa5:1::ffff]:9001".parse()?;
+    let mut server = |port: u16| -> Result<SocketAddr> {
+        b.spawn(Command::new(&hello).env("PORT", port.to_string()))?;
+        let a: SocketAddr = format!("[::1]:{port}").parse()?;
+        wait_listening(a)?;
+        Ok(a)
+    };
+    let direct = server(9001)?;
+    // A server reached through an address of the function prefix that has no binding: the
+    // same routing as the faasd path, without steering (the program misses).
+    server(9011)?;
+    let unbound_prefix_addr: SocketAddr = "[fd00:faa5:1::ffff]:9011".parse()?;
+    let proxyd_upstream = server(9012)?;
+    let socat_upstream = server(9013)?;
+    let haproxy_upstream = server(9014)?;
     let mut paths: Vec<(&str, SocketAddr)> = vec![
         (DIRECT, direct),
         (FAASD, fn_addr),
@@ -369,26 +387,28 @@ fn main() -> Result<()> {
     ];
     let proxyd = Path::new("/lib/systemd/systemd-socket-proxyd");
     if proxyd.exists() {
-        // proxyd does not parse bracketed IPv6 literals; `localhost` reaches the same server
-        // over 127.0.0.1 (it listens dual-stack).
+        // proxyd does not parse bracketed IPv6 literals; `localhost` reaches its server over
+        // 127.0.0.1 (the server listens dual-stack).
         b.spawn(
             Command::new("systemd-socket-activate")
                 .args(["-l", "[::1]:9002"])
                 .arg(proxyd)
-                .arg("localhost:9001"),
+                .arg(format!("localhost:{}", proxyd_upstream.port())),
         )?;
         paths.push(("systemd-socket-proxyd", "[::1]:9002".parse()?));
     }
     b.spawn(Command::new("socat").args([
-        "TCP6-LISTEN:9003,bind=[::1],fork,reuseaddr",
-        "TCP6:[::1]:9001",
+        "TCP6-LISTEN:9003,bind=[::1],fork,reuseaddr".to_owned(),
+        format!("TCP6:{socat_upstream}"),
     ]))?;
     paths.push(("socat", "[::1]:9003".parse()?));
     let haproxy_cfg = out.join("run/haproxy.cfg");
     std::fs::write(
         &haproxy_cfg,
-        "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-         frontend f\n  bind [::1]:9004\n  default_backend b\nbackend b\n  server s1 [::1]:9001\n",
+        format!(
+            "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             frontend f\n  bind [::1]:9004\n  default_backend b\nbackend b\n  server s1 {haproxy_upstream}\n"
+        ),
     )?;
     b.spawn(
         Command::new("haproxy")
@@ -421,6 +441,7 @@ fn main() -> Result<()> {
     }
     let program_cost = program_id.and_then(program_run_time);
     std::fs::write(stats_flag, stats_before.trim())?;
+    let (steered, unsteered) = steering_ab(&b, fn_addr, args.warm)?;
     let warm: Vec<Summary> = paths
         .iter()
         .zip(&samples)
@@ -477,6 +498,20 @@ fn main() -> Result<()> {
         .map(|n| json!({"path": n, "faasd_p50_over_proxy_p50": faasd_p50 / by_name(n).p50 as f64}))
         .collect();
     let program = program_cost.map(|(runs, ns)| json!({"runs": runs, "ns_per_run": ns}));
+    let ab = [
+        Summary::of("same socket, steered", &steered),
+        Summary::of("same socket, binding removed", &unsteered),
+    ];
+    println!("\nsteering on the same socket (µs)        p50        p90        p99");
+    for s in &ab {
+        println!(
+            "{:<32} {:>10.1} {:>10.1} {:>10.1}",
+            s.name,
+            s.p50 as f64 / 1e3,
+            s.p90 as f64 / 1e3,
+            s.p99 as f64 / 1e3
+        );
+    }
     match program_cost {
         Some((runs, ns)) => println!(
             "\nsk_lookup program: {ns:.0} ns per run over {runs} runs (BPF_STATS_RUN_TIME)"
@@ -497,6 +532,7 @@ fn main() -> Result<()> {
         "warm": warm.iter().map(|s| { let mut j = s.to_json(); j["ratio_to_limit"] = json!(s.p50 as f64 / limit as f64); j }).collect::<Vec<_>>(),
         "steered_counters": steered_counters,
         "sk_lookup_program": program,
+        "steering_same_socket": ab.iter().map(Summary::to_json).collect::<Vec<_>>(),
         "goals": goals,
     });
     std::fs::write(
@@ -519,6 +555,66 @@ fn main() -> Result<()> {
         out.join("latency.svg").display()
     );
     Ok(())
+}
+
+/// The same faasd-owned socket, reached with the binding in the map (steered) and with the
+/// binding deleted, so the kernel's normal lookup finds the socket by its bound address.
+/// Blocks of 100 requests alternate, so drift affects both sides alike.
+fn steering_ab(b: &Bench, fn_addr: SocketAddr, rounds: usize) -> Result<(Vec<u64>, Vec<u64>)> {
+    let SocketAddr::V6(v6) = fn_addr else {
+        bail!("function addresses are IPv6")
+    };
+    // BindingKey: 16 address bytes, the port in host order, the protocol, a zero pad byte.
+    let mut key: Vec<u8> = v6.ip().octets().to_vec();
+    key.extend_from_slice(&v6.port().to_ne_bytes());
+    key.extend_from_slice(&[6, 0]);
+    let key: Vec<String> = key.iter().map(|k| format!("{k:02x}")).collect();
+    let map = b.pin_dir()?.join("BINDINGS");
+    let slot = b.describe("hello")?["counters"][0]["slot"]
+        .as_u64()
+        .context("slot")? as u32;
+    let bpftool = |args: &[&str]| -> Result<()> {
+        let out = Command::new("bpftool")
+            .args(["map"])
+            .args(args)
+            .output()
+            .context("bpftool")?;
+        if !out.status.success() {
+            bail!(
+                "bpftool map {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let map = map.to_string_lossy();
+    let mut delete = vec!["delete", "pinned", &map, "key", "hex"];
+    delete.extend(key.iter().map(String::as_str));
+    let value: Vec<String> = slot
+        .to_ne_bytes()
+        .iter()
+        .map(|v| format!("{v:02x}"))
+        .collect();
+    let mut update = vec!["update", "pinned", &map, "key", "hex"];
+    update.extend(key.iter().map(String::as_str));
+    update.extend(["value", "hex"]);
+    update.extend(value.iter().map(String::as_str));
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for block in 0..rounds.div_ceil(100) * 2 {
+        let steer = block % 2 == 0;
+        if !steer {
+            bpftool(&delete)?;
+        }
+        for _ in 0..100 {
+            let (t0, _, _) = request(fn_addr)?;
+            let t = monotonic_ns() - t0;
+            if steer { on.push(t) } else { off.push(t) }
+        }
+        if !steer {
+            bpftool(&update)?;
+        }
+    }
+    Ok((on, off))
 }
 
 const DIRECT: &str = "direct (own bound address)";
