@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use stats::Summary;
+use stats::{Summary, Unit};
 
 struct Args {
     faasd: PathBuf,
@@ -464,33 +464,9 @@ fn main() -> Result<()> {
         phase("running → accepted", &accept),
         phase("accepted → first byte", &respond),
     ];
-    println!(
-        "\n{:<32} {:>10} {:>10} {:>10}",
-        "cold activation (ms)", "p50", "p90", "p99"
-    );
-    for s in std::iter::once(&cold).chain(&phases) {
-        println!(
-            "{:<32} {:>10.3} {:>10.3} {:>10.3}",
-            s.name,
-            ms(s.p50),
-            ms(s.p90),
-            ms(s.p99)
-        );
-    }
-    println!(
-        "\n{:<32} {:>10} {:>10} {:>10} {:>12}",
-        "warm connect+request (µs)", "p50", "p90", "p99", "p50 / limit"
-    );
-    for s in &warm {
-        println!(
-            "{:<32} {:>10.1} {:>10.1} {:>10.1} {:>12.3}",
-            s.name,
-            s.p50 as f64 / 1e3,
-            s.p90 as f64 / 1e3,
-            s.p99 as f64 / 1e3,
-            s.p50 as f64 / limit as f64
-        );
-    }
+    let cold_rows: Vec<Summary> = std::iter::once(&cold).chain(&phases).cloned().collect();
+    stats::print_table("cold activation (ms)", Unit::Ms, &cold_rows, None);
+    stats::print_table("warm connect+request (µs)", Unit::Us, &warm, Some(limit));
     let faasd_p50 = by_name(FAASD).p50 as f64;
     let proxies: Vec<Value> = PROXIES
         .iter()
@@ -502,16 +478,7 @@ fn main() -> Result<()> {
         Summary::of("same socket, steered", &steered),
         Summary::of("same socket, binding removed", &unsteered),
     ];
-    println!("\nsteering on the same socket (µs)        p50        p90        p99");
-    for s in &ab {
-        println!(
-            "{:<32} {:>10.1} {:>10.1} {:>10.1}",
-            s.name,
-            s.p50 as f64 / 1e3,
-            s.p90 as f64 / 1e3,
-            s.p99 as f64 / 1e3
-        );
-    }
+    stats::print_table("steering on the same socket (µs)", Unit::Us, &ab, None);
     match program_cost {
         Some((runs, ns)) => println!(
             "\nsk_lookup program: {ns:.0} ns per run over {runs} runs (BPF_STATS_RUN_TIME)"

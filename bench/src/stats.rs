@@ -45,6 +45,40 @@ impl Summary {
     }
 }
 
+/// The unit a table shows nanosecond samples in.
+#[derive(Debug, Clone, Copy)]
+pub enum Unit {
+    /// Milliseconds, three decimals.
+    Ms,
+    /// Microseconds, one decimal.
+    Us,
+}
+
+impl Unit {
+    fn show(self, ns: u64) -> String {
+        match self {
+            Self::Ms => format!("{:.3}", ns as f64 / 1e6),
+            Self::Us => format!("{:.1}", ns as f64 / 1e3),
+        }
+    }
+}
+
+/// Prints summaries as an aligned table, with a `p50 / limit` column when `limit` is given.
+pub fn print_table(title: &str, unit: Unit, rows: &[Summary], limit: Option<u64>) {
+    let ratio_head = if limit.is_some() { "p50 / limit" } else { "" };
+    let head = format!(
+        "{title:<40} {:>10} {:>10} {:>10} {ratio_head:>12}",
+        "p50", "p90", "p99"
+    );
+    println!("\n{}", head.trim_end());
+    for s in rows {
+        let ratio = limit.map_or(String::new(), |l| format!("{:.3}", s.p50 as f64 / l as f64));
+        let (p50, p90, p99) = (unit.show(s.p50), unit.show(s.p90), unit.show(s.p99));
+        let line = format!("{:<40} {p50:>10} {p90:>10} {p99:>10} {ratio:>12}", s.name);
+        println!("{}", line.trim_end());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
