@@ -128,17 +128,40 @@ struct Function {
     invocations: u64,
 }
 
-/// Socket slots: indexes into the SOCKMAP, reused after removal.
+/// Socket slots: indexes into the SOCKMAP, reused after removal. Every operation is
+/// O(log n), so deploying the 100,000th function costs what the first did.
 #[derive(Debug, Default)]
 struct Slots {
-    used: BTreeSet<u32>,
+    /// Slots below this have been handed out at some point.
+    next: u32,
+    /// Slots below `next` that are free again.
+    free: BTreeSet<u32>,
 }
 
 impl Slots {
     fn take(&mut self) -> Option<u32> {
-        let free = (0..faasd_common::MAX_BINDINGS).find(|s| !self.used.contains(s))?;
-        self.used.insert(free);
-        Some(free)
+        if let Some(s) = self.free.pop_first() {
+            return Some(s);
+        }
+        (self.next < faasd_common::MAX_BINDINGS).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    /// Marks a slot the pinned map already uses as taken.
+    fn claim(&mut self, slot: u32) {
+        while self.next <= slot {
+            self.free.insert(self.next);
+            self.next += 1;
+        }
+        self.free.remove(&slot);
+    }
+
+    fn release(&mut self, slot: u32) {
+        if slot < self.next {
+            self.free.insert(slot);
+        }
     }
 }
 
@@ -198,6 +221,12 @@ impl Daemon {
 
     async fn restore(&self, pinned: Vec<(BindingKey, u32)>) -> Result<(), DaemonError> {
         let records = self.store.load().map_err(internal)?;
+        self.store
+            .raise_counter_above(
+                self.config.function_prefix,
+                records.iter().map(|r| r.address),
+            )
+            .map_err(internal)?;
         let mut pinned: BTreeMap<BindingKey, u32> = pinned.into_iter().collect();
         let mut functions = self.functions.lock().await;
         for rec in records {
@@ -218,7 +247,7 @@ impl Daemon {
                 .collect();
             {
                 let mut slots = self.slots.lock().expect("slots lock");
-                slots.used.extend(keep.iter().flatten());
+                keep.iter().flatten().for_each(|s| slots.claim(*s));
             }
             match self.activate(rec, settings, keep).await {
                 Ok(f) => {
@@ -353,7 +382,7 @@ impl Daemon {
             if let Err(e) = dp.unbind(key, *slot) {
                 tracing::warn!("unbinding slot {slot}: {e}");
             }
-            slots.used.remove(slot);
+            slots.release(*slot);
         }
     }
 
@@ -442,10 +471,9 @@ impl Daemon {
             (None, true) => return Err(DaemonError::NotFound(id)),
             (Some(e), true) => e,
             (None, false) => {
-                let in_use = functions.values().map(|f| f.record.address);
                 let addr = self
                     .store
-                    .allocate_address(self.config.function_prefix, in_use)
+                    .allocate_address(self.config.function_prefix)
                     .map_err(|e| DaemonError::Full(e.to_string()))?;
                 let now = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
@@ -672,5 +700,33 @@ impl Daemon {
         for (_, f) in std::mem::take(&mut *functions) {
             self.retire(f, stop).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+
+    #[test]
+    fn slots_are_reused_lowest_first_and_claims_are_respected() {
+        let mut s = Slots::default();
+        assert_eq!((s.take(), s.take(), s.take()), (Some(0), Some(1), Some(2)));
+        s.release(1);
+        assert_eq!(s.take(), Some(1));
+        // After a restart the pinned map says slot 5 is in use.
+        let mut s = Slots::default();
+        s.claim(5);
+        let taken: Vec<_> = (0..6).map(|_| s.take().unwrap()).collect();
+        assert_eq!(taken, [0, 1, 2, 3, 4, 6]);
+    }
+
+    #[test]
+    fn slots_run_out_at_the_map_size() {
+        let mut s = Slots::default();
+        s.claim(faasd_common::MAX_BINDINGS - 1);
+        for _ in 0..faasd_common::MAX_BINDINGS - 1 {
+            assert!(s.take().is_some());
+        }
+        assert_eq!(s.take(), None);
     }
 }

@@ -106,29 +106,46 @@ impl Store {
         Ok(out)
     }
 
-    /// Allocates the next address of `prefix`. Addresses are never handed out twice: the
-    /// counter only grows, and it is durable before the address is returned.
-    pub fn allocate_address(
+    fn counter(&self) -> Result<u128, StoreError> {
+        let path = self.dir.join(COUNTER_FILE);
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(s.trim().parse::<u128>().unwrap_or(1).max(1)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(1),
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+
+    /// Raises the address counter above every address in use (run once at start: should
+    /// the counter file have been lost, no address in use is handed out again).
+    pub fn raise_counter_above(
         &self,
         prefix: Ipv6Net,
         in_use: impl Iterator<Item = Ipv6Addr>,
-    ) -> Result<Ipv6Addr, StoreError> {
-        let path = self.dir.join(COUNTER_FILE);
-        let stored = match fs::read_to_string(&path) {
-            Ok(s) => s.trim().parse::<u128>().unwrap_or(1),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
-            Err(e) => return Err(io("read", &path)(e)),
-        };
-        // Should the counter file be lost, never fall back below an address in use.
+    ) -> Result<(), StoreError> {
         let host_mask = u128::MAX >> prefix.len;
         let above_used = in_use
             .filter(|a| prefix.contains(*a))
             .map(|a| (u128::from(a) & host_mask) + 1)
             .max()
             .unwrap_or(1);
-        let n = stored.max(above_used).max(1);
+        if above_used > self.counter()? {
+            write_atomic(
+                &self.dir.join(COUNTER_FILE),
+                format!("{above_used}\n").as_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Allocates the next address of `prefix`. Addresses are never handed out twice: the
+    /// counter only grows, and it is durable before the address is returned.
+    pub fn allocate_address(&self, prefix: Ipv6Net) -> Result<Ipv6Addr, StoreError> {
+        let n = self.counter()?;
         let addr = prefix.nth(n).ok_or(StoreError::PrefixExhausted(prefix))?;
-        write_atomic(&path, format!("{}\n", n + 1).as_bytes())?;
+        write_atomic(
+            &self.dir.join(COUNTER_FILE),
+            format!("{}\n", n + 1).as_bytes(),
+        )?;
         Ok(addr)
     }
 
@@ -223,13 +240,14 @@ mod tests {
         let d = tempdir("alloc");
         let s = Store::open(&d).unwrap();
         let p: Ipv6Net = "fd00:faa5:1::/48".parse().unwrap();
-        let a = s.allocate_address(p, std::iter::empty()).unwrap();
-        let b = s.allocate_address(p, std::iter::empty()).unwrap();
+        let a = s.allocate_address(p).unwrap();
+        let b = s.allocate_address(p).unwrap();
         assert_eq!(a, "fd00:faa5:1::1".parse::<Ipv6Addr>().unwrap());
         assert_eq!(b, "fd00:faa5:1::2".parse::<Ipv6Addr>().unwrap());
         // Losing the counter file must not hand out an address still in use.
         fs::remove_file(d.join(COUNTER_FILE)).unwrap();
-        let c = s.allocate_address(p, [b].into_iter()).unwrap();
+        s.raise_counter_above(p, [b].into_iter()).unwrap();
+        let c = s.allocate_address(p).unwrap();
         assert_eq!(c, "fd00:faa5:1::3".parse::<Ipv6Addr>().unwrap());
         fs::remove_dir_all(&d).unwrap();
     }
@@ -239,9 +257,9 @@ mod tests {
         let d = tempdir("full");
         let s = Store::open(&d).unwrap();
         let p: Ipv6Net = "fd00:faa5:1::/127".parse().unwrap();
-        s.allocate_address(p, std::iter::empty()).unwrap();
+        s.allocate_address(p).unwrap();
         assert!(matches!(
-            s.allocate_address(p, std::iter::empty()),
+            s.allocate_address(p),
             Err(StoreError::PrefixExhausted(_))
         ));
         fs::remove_dir_all(&d).unwrap();
