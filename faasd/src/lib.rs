@@ -8,7 +8,8 @@
 //! Modules, one per concern: [`spec`] (what a function is, validated), [`store`] (durable
 //! state), [`dataplane`] (the kernel program and maps), [`sockets`], [`net`] (routes),
 //! [`runtime`] (starting instances), [`activation`] (socket activation of one function),
-//! [`notify`] (sd_notify), [`logs`], [`daemon`] (all functions), [`api`] and [`client`].
+//! [`notify`] (sd_notify), [`logs`], [`daemon`] (all functions), [`lock`] (one daemon at a
+//! time), [`api`] and [`client`].
 #![deny(missing_docs)]
 
 pub mod activation;
@@ -17,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod lock;
 pub mod logs;
 pub mod net;
 pub mod notify;

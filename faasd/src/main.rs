@@ -5,7 +5,7 @@ use std::{
     io::{IsTerminal, Read},
     net::SocketAddr,
     os::unix::fs::PermissionsExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -15,7 +15,8 @@ use faasd::{
     client::Client,
     config::{Config, Ipv6Net},
     daemon::{Daemon, FunctionStatus, HostStatus},
-    dataplane::Dataplane,
+    dataplane::{self, Dataplane},
+    lock,
     logs::LogLine,
     net, notify,
     runtime::process::ProcessRuntime,
@@ -223,6 +224,20 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         .map_err(|e| format!("creating {}: {e}", config.runtime_dir.display()))?;
     // Unprivileged functions must reach the notify socket inside.
     std::fs::set_permissions(&config.runtime_dir, std::fs::Permissions::from_mode(0o755))?;
+    let _state_lock = lock::acquire(
+        &config.state_dir.join("lock"),
+        &format!("the state directory {}", config.state_dir.display()),
+    )?;
+    let pins = dataplane::pin_dir(&config.bpffs)?;
+    let netns = pins
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // bpffs holds no regular files, so the namespace's lock lives under /run/lock.
+    let _netns_lock = lock::acquire(
+        &Path::new("/run/lock/faasd").join(format!("{netns}.lock")),
+        &format!("this network namespace's data plane ({})", pins.display()),
+    )?;
     let store = Store::open(&config.state_dir)?;
     let dataplane = Dataplane::open(&config.bpffs)?;
     tracing::info!(

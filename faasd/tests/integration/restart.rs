@@ -115,3 +115,25 @@ fn removing_a_function_leaves_nothing_behind() {
         .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
 }
+
+#[test]
+fn a_second_daemon_in_the_same_namespace_refuses_to_start() {
+    require_privileges!();
+    let ns = Netns::new("twice");
+    let d = Daemon::start(&ns);
+    // Another state directory, same namespace: the data plane is the conflict.
+    let out = ns.run(|| {
+        std::process::Command::new(crate::harness::faasd_bin())
+            .args(["daemon", "--state-dir"])
+            .arg(ns.dir.join("state2"))
+            .arg("--runtime-dir")
+            .arg(ns.dir.join("run2"))
+            .output()
+            .unwrap()
+    });
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already uses this network namespace"), "{err}");
+    // The first daemon is untouched.
+    assert!(d.cli_ok(&["status"]).contains("bindings"));
+}
