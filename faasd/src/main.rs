@@ -301,7 +301,7 @@ async fn run_client(client: Client, cmd: Command) -> Result<()> {
             let d = Deployment {
                 service: a.name,
                 namespace: Some(a.ns.namespace),
-                env_process: Some(a.command),
+                env_process: Some(absolute_program(&a.command)),
                 env_vars: a.env.into_iter().collect(),
                 labels: a.labels.into_iter().collect(),
                 annotations: a.annotations.into_iter().collect(),
@@ -530,6 +530,25 @@ async fn run_client(client: Client, cmd: Command) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Makes a relative program path (`./hello`, `target/release/hello`) absolute against the
+/// CLI's working directory, which the daemon cannot know. Bare names are left for the
+/// daemon to find on its PATH.
+fn absolute_program(command: &str) -> String {
+    let command = command.trim_start();
+    let (program, rest) = command
+        .split_once(char::is_whitespace)
+        .unwrap_or((command, ""));
+    if !program.contains('/') || program.starts_with('/') || program.starts_with(['"', '\'']) {
+        return command.to_owned();
+    }
+    let absolute = std::env::current_dir().map(|d| d.join(program)).ok();
+    match absolute.and_then(|p| std::fs::canonicalize(p).ok()) {
+        Some(p) if rest.is_empty() => p.display().to_string(),
+        Some(p) => format!("{} {rest}", p.display()),
+        None => command.to_owned(),
+    }
 }
 
 fn ports(f: &FunctionStatus) -> String {
