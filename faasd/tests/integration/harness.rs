@@ -264,12 +264,17 @@ impl<'a> Daemon<'a> {
         }
     }
 
-    /// Kills the daemon with SIGKILL.
+    /// Kills the daemon with SIGKILL (and reaps it, also when it is already dead).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
+            let _ = c.kill();
             c.wait().unwrap();
         }
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("daemon running").id() as i32
     }
 
     pub fn restart(&mut self) {

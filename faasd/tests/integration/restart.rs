@@ -137,3 +137,63 @@ fn a_second_daemon_in_the_same_namespace_refuses_to_start() {
     // The first daemon is untouched.
     assert!(d.cli_ok(&["status"]).contains("bindings"));
 }
+
+#[test]
+fn kill_9_during_deploys_loses_no_acknowledged_function() {
+    require_privileges!();
+    let ns = Netns::new("crashdeploy");
+    let mut d = Daemon::start(&ns);
+    let hello = crate::harness::hello_bin();
+    let pid = d.pid();
+    // Deploy from another thread while the daemon is killed underneath it.
+    let acknowledged: Vec<String> = std::thread::scope(|s| {
+        let d = &d;
+        let deployer = s.spawn(move || {
+            let mut ok = Vec::new();
+            for i in 0..500 {
+                let name = format!("f{i}");
+                if d.cli(&["deploy", &name, "--command", &hello]).is_err() {
+                    break; // the daemon is gone
+                }
+                ok.push(name);
+            }
+            ok
+        });
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        // SAFETY: SIGKILL to the daemon, our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        deployer.join().unwrap()
+    });
+    d.kill9(); // reap
+    assert!(
+        !acknowledged.is_empty() && acknowledged.len() < 500,
+        "the kill landed mid-stream ({})",
+        acknowledged.len()
+    );
+
+    d.restart();
+    let list: Vec<faasd::daemon::FunctionStatus> =
+        serde_json::from_str(&d.cli_ok(&["list", "--json"])).unwrap();
+    let names: std::collections::BTreeSet<&str> = list.iter().map(|f| f.name.as_str()).collect();
+    for n in &acknowledged {
+        assert!(
+            names.contains(n.as_str()),
+            "acknowledged deploy of {n} was lost"
+        );
+    }
+    // At most the one deploy in flight may have landed without its answer.
+    assert!(list.len() <= acknowledged.len() + 1);
+    let addresses: std::collections::BTreeSet<_> = list.iter().map(|f| f.address).collect();
+    assert_eq!(addresses.len(), list.len(), "addresses are unique");
+    let new = d.deploy_hello("after-crash", &[]);
+    assert!(
+        !addresses.contains(&new),
+        "a new function gets a new address"
+    );
+    for f in &list {
+        let (code, _) = ns
+            .run(|| http_get(SocketAddr::from((f.address, 8080))))
+            .unwrap();
+        assert_eq!(code, 200, "{} serves after the restart", f.name);
+    }
+}
