@@ -216,7 +216,8 @@ impl Child<'_> {
     /// Runs in the child between clone and exec: async-signal-safe calls only.
     unsafe fn run(&self) -> ! {
         // SAFETY: raw syscalls on memory the parent prepared before clone; nothing here
-        // allocates or takes a lock another thread could hold.
+        // allocates or takes a lock another thread could hold (so no glibc function that
+        // does, such as setuid, malloc or printf).
         unsafe {
             let fail = |step: u32| -> ! {
                 let errno = *libc::__errno_location();
@@ -295,9 +296,18 @@ impl Child<'_> {
             {
                 fail(4);
             }
-            if libc::setgroups(0, std::ptr::null()) < 0
-                || libc::setgid(self.user.gid) < 0
-                || libc::setuid(self.user.uid) < 0
+            // Raw syscalls, not glibc's wrappers: in a multi-threaded process those broadcast
+            // the change to every thread under a glibc lock, which another thread of the
+            // parent may have held at the moment of the clone, and the child would wait on
+            // it forever. The raw calls change this thread, the child's only one.
+            let (uid, gid) = (self.user.uid as libc::c_long, self.user.gid as libc::c_long);
+            if libc::syscall(
+                libc::SYS_setgroups,
+                0 as libc::c_long,
+                std::ptr::null::<libc::gid_t>(),
+            ) < 0
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
                 || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
             {
                 fail(5);
