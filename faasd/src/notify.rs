@@ -3,7 +3,7 @@
 //! routes it to the instance that sent it.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     io,
     os::{
         fd::AsRawFd,
@@ -11,6 +11,7 @@ use std::{
     },
     path::Path,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use tokio::{io::unix::AsyncFd, sync::mpsc};
@@ -45,27 +46,65 @@ pub fn parse(msg: &[u8]) -> Vec<Notice> {
 /// Where the notices of one instance go: (sender pid, notice).
 pub type NoticeSender = mpsc::UnboundedSender<(i32, Notice)>;
 
+/// How long notices from a pid nobody has registered yet are kept.
+const HOLD_FOR: Duration = Duration::from_secs(5);
+/// How many such notices are kept at most.
+const HOLD_MAX: usize = 256;
+
 /// Routes notices to the task that owns the sending pid.
+///
+/// A new instance can say READY=1 before faasd has registered its pid (faasd learns the
+/// pid from clone3, and the instance may run first), so notices from unknown pids are
+/// held for a few seconds and handed over on registration.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
-    routes: Arc<Mutex<HashMap<i32, NoticeSender>>>,
+    inner: Arc<Mutex<Routes>>,
+}
+
+#[derive(Debug, Default)]
+struct Routes {
+    routes: HashMap<i32, NoticeSender>,
+    held: VecDeque<(Instant, i32, Notice)>,
 }
 
 impl Router {
-    /// Sends notices from `pid` to `tx` until [`Router::forget`].
+    /// Sends notices from `pid` to `tx` until [`Router::forget`], starting with any that
+    /// arrived before this call.
     pub fn register(&self, pid: i32, tx: NoticeSender) {
-        self.routes.lock().expect("router lock").insert(pid, tx);
+        let mut r = self.inner.lock().expect("router lock");
+        let expired = Instant::now() - HOLD_FOR;
+        r.held.retain(|(at, p, n)| {
+            if *p == pid && *at >= expired {
+                let _ = tx.send((pid, n.clone()));
+                false
+            } else {
+                *p != pid
+            }
+        });
+        r.routes.insert(pid, tx);
     }
 
     /// Stops routing for `pid`.
     pub fn forget(&self, pid: i32) {
-        self.routes.lock().expect("router lock").remove(&pid);
+        self.inner.lock().expect("router lock").routes.remove(&pid);
     }
 
     fn route(&self, pid: i32, n: Notice) {
-        if let Some(tx) = self.routes.lock().expect("router lock").get(&pid) {
+        let mut r = self.inner.lock().expect("router lock");
+        if let Some(tx) = r.routes.get(&pid) {
             let _ = tx.send((pid, n));
+            return;
         }
+        let now = Instant::now();
+        while r
+            .held
+            .front()
+            .is_some_and(|(at, _, _)| now - *at > HOLD_FOR)
+            || r.held.len() >= HOLD_MAX
+        {
+            r.held.pop_front();
+        }
+        r.held.push_back((now, pid, n));
     }
 }
 
@@ -170,6 +209,31 @@ mod tests {
             ]
         );
         assert!(parse(b"READY=0").is_empty());
+    }
+
+    #[test]
+    fn notices_sent_before_registration_are_delivered_on_it() {
+        let router = Router::default();
+        router.route(42, Notice::Ready);
+        router.route(43, Notice::Watchdog);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        router.register(42, tx);
+        assert_eq!(rx.try_recv().ok(), Some((42, Notice::Ready)));
+        assert!(rx.try_recv().is_err(), "only the registered pid's notices");
+        router.route(42, Notice::Stopping);
+        assert_eq!(rx.try_recv().ok(), Some((42, Notice::Stopping)));
+    }
+
+    #[test]
+    fn held_notices_are_bounded() {
+        let router = Router::default();
+        for pid in 0..(HOLD_MAX as i32 + 10) {
+            router.route(pid, Notice::Ready);
+        }
+        assert_eq!(router.inner.lock().unwrap().held.len(), HOLD_MAX);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        router.register(0, tx);
+        assert!(rx.try_recv().is_err(), "the oldest were dropped first");
     }
 
     #[tokio::test]
