@@ -145,7 +145,7 @@ impl Bench {
             .spawn()?;
         self.children.push(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket.exists() {
+        while UnixStream::connect(&self.socket).is_err() {
             if Instant::now() > deadline {
                 bail!(
                     "faasd did not start; see {}",
@@ -187,6 +187,26 @@ impl Bench {
 
     fn describe(&self, name: &str) -> Result<Value> {
         self.api("GET", &format!("/system/function/{name}"), "")
+    }
+
+    /// (requested, running) of the activation that began at or after `t0`. The daemon may
+    /// answer the response before it publishes the activation, so this waits for it.
+    fn activation_since(&self, t0: u64) -> Result<(u64, u64)> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let t = &self.describe("hello")?["state"]["lastActivation"];
+            let (req, run) = (
+                t["requestedNs"].as_u64().unwrap_or(0),
+                t["runningNs"].as_u64().unwrap_or(0),
+            );
+            if req >= t0 {
+                return Ok((req, run));
+            }
+            if Instant::now() > deadline {
+                bail!("no activation recorded after the connection at {t0}");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     fn scale_and_wait(&self, name: &str, replicas: u64) -> Result<()> {
@@ -341,11 +361,7 @@ fn main() -> Result<()> {
         // woken after being idle finds that long done.
         std::thread::sleep(args.settle);
         let (t0, t_first, accepted) = request(fn_addr)?;
-        let t = &b.describe("hello")?["state"]["lastActivation"];
-        let (req, run) = (
-            t["requestedNs"].as_u64().unwrap_or(0),
-            t["runningNs"].as_u64().unwrap_or(0),
-        );
+        let (req, run) = b.activation_since(t0)?;
         let accepted = accepted.context("the function did not report X-Accepted-Ns")?;
         if !(t0 <= req && req <= run.min(accepted) && accepted <= t_first) {
             bail!("run {i}: timestamps out of order: {t0} {req} {run} {accepted} {t_first}");

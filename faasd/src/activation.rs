@@ -344,6 +344,9 @@ impl Task {
         });
         self.target = self.target.max(1);
         self.last_activity = Instant::now();
+        // Visible before the start blocks, so the API never shows a served connection
+        // without its activation.
+        self.publish();
         self.reconcile();
     }
 
@@ -506,7 +509,10 @@ impl Task {
             user,
             cgroup: self.a.cgroup.clone(),
         };
-        let instance = self.a.runtime.start(&launch).map_err(|e| e.to_string())?;
+        // The start blocks until exec (about 2 ms): let the runtime move this worker's other
+        // tasks elsewhere meanwhile, so other functions and the API are not held up.
+        let instance = tokio::task::block_in_place(|| self.a.runtime.start(&launch))
+            .map_err(|e| e.to_string())?;
         drop(out_w);
         self.snapshot.starts += 1;
         self.track(instance, id, !s.notify, Some(output));

@@ -95,7 +95,7 @@ fn up() -> Result {
         .spawn()
         .map_err(|e| format!("starting {}: {e}", faasd.display()))?;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         if let Ok(Some(status)) = daemon.try_wait() {
             return Err(format!(
                 "faasd exited during start ({status}); its log is above"

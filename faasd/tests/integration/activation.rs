@@ -39,7 +39,8 @@ fn first_connection_starts_a_stopped_function_and_idle_stops_it_again() {
     let (code, body) = ns.run(|| http_get(target)).unwrap();
     assert_eq!(code, 200, "{body}");
     let first = instance_of(&body);
-    let s = d.describe("hello");
+    // The answer can arrive before the daemon has recorded the instance it started.
+    let s = d.wait_for("hello", "the instance that served", |s| s.replicas == 1);
     assert_eq!(s.state.activations, 1);
     assert_eq!(
         s.counters[0].steered, 1,
@@ -92,7 +93,7 @@ fn a_datagram_starts_a_stopped_function_and_the_reply_comes_from_its_address() {
         SocketAddr::from((addr, 5353)),
         "the reply's source is the function address"
     );
-    let s = d.describe("udp");
+    let s = d.wait_for("udp", "the instance that replied", |s| s.replicas == 1);
     assert_eq!(s.state.activations, 1);
     let echo = s.counters.iter().find(|c| c.name == "echo").unwrap();
     assert_eq!(echo.steered, 1);
