@@ -38,6 +38,12 @@ const QUICK_EXIT: Duration = Duration::from_secs(10);
 const CRASH_LOOP_AFTER: u32 = 3;
 /// Longest delay between restarts of a crash-looping function.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A draining version stops once its sockets have had nothing queued for this long, which
+/// also lets requests it already accepted finish.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+
+/// Instance ids are unique for the daemon's life, across versions of a function.
+static INSTANCE_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Monotonic clock in nanoseconds (CLOCK_MONOTONIC is system-wide, so the benchmark can
 /// compare these with its own readings).
@@ -118,6 +124,12 @@ pub struct FunctionState {
 pub enum Command {
     /// Run exactly this many instances now (0 = scale to zero; sockets stay).
     Scale(u32),
+    /// A new version has taken over the bindings: serve what is already queued on these
+    /// sockets, then stop the instances and end. Answers when done.
+    Drain {
+        /// Signalled when the task has finished.
+        done: oneshot::Sender<()>,
+    },
     /// End the task; stop instances first if asked. Answers when done.
     Shutdown {
         /// Stop running instances (function removed, or daemon told to).
@@ -195,7 +207,8 @@ struct Task {
     instances: HashMap<i32, Running>,
     /// Instances that should be running (non-accept mode).
     target: u32,
-    counter: u64,
+    /// Set once a new version took over: (who to tell, since when nothing was queued).
+    draining: Option<(oneshot::Sender<()>, Option<Instant>)>,
     crash_streak: u32,
     backoff_until: Option<Instant>,
     last_lookups: u64,
@@ -243,7 +256,7 @@ pub fn spawn(mut a: Activation) -> std::io::Result<Handle> {
         a,
         sockets: Arc::new(sockets),
         instances: HashMap::new(),
-        counter: 0,
+        draining: None,
         crash_streak: 0,
         backoff_until: None,
         last_lookups: 0,
@@ -298,6 +311,7 @@ impl Task {
                         self.backoff_until = None;
                         self.reconcile();
                     }
+                    Some(Command::Drain { done }) => self.draining = Some((done, None)),
                     Some(Command::Shutdown { stop_instances, done }) => {
                         if stop_instances {
                             self.stop_all(&mut exit_rx).await;
@@ -315,8 +329,27 @@ impl Task {
                 () = pending(self.sockets.clone()), if watch => self.on_pending(),
                 _ = tick.tick() => self.on_tick(),
             }
+            if self.drained() {
+                self.stop_all(&mut exit_rx).await;
+                if let Some((done, _)) = self.draining.take() {
+                    let _ = done.send(());
+                }
+                return;
+            }
             self.publish();
         }
+    }
+
+    /// Whether a draining version has had nothing queued for [`DRAIN_QUIET`].
+    fn drained(&mut self) -> bool {
+        let Some((_, quiet_since)) = self.draining.as_mut() else {
+            return false;
+        };
+        if self.sockets.iter().any(|s| sockets::pending(s.get_ref())) {
+            *quiet_since = None;
+            return false;
+        }
+        quiet_since.get_or_insert_with(Instant::now).elapsed() >= DRAIN_QUIET
     }
 
     /// Whether the sockets should be watched: nothing accepts on them (stopped function),
@@ -430,13 +463,8 @@ impl Task {
 
     fn start_instance(&mut self, conn: Option<(OwnedFd, SocketAddrV6)>) -> Result<(), String> {
         let s = &self.a.settings;
-        self.counter += 1;
-        let id = format!(
-            "{}-{}-{}",
-            self.a.spec.name,
-            std::process::id(),
-            self.counter
-        );
+        let seq = INSTANCE_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let id = format!("{}-{}-{seq}", self.a.spec.name, std::process::id());
         let mut env: Vec<(String, String)> = vec![
             (
                 "PATH".into(),
@@ -698,6 +726,9 @@ impl Task {
     /// Scale to zero (or to the minimum) after `zero-duration` without a new connection,
     /// with nothing queued and no connection still open.
     fn check_idle(&mut self, now: Instant) {
+        if self.draining.is_some() {
+            return;
+        }
         let Some(after) = self.a.settings.scale_to_zero_after else {
             return;
         };
@@ -784,7 +815,9 @@ impl Task {
             .collect();
         s.instances.sort_by_key(|i| i.pid);
         let pids: Vec<i32> = s.instances.iter().map(|i| i.pid).collect();
-        if pids != self.recorded_pids {
+        // A draining version's instances are not the function's any more: the new
+        // version owns the record.
+        if pids != self.recorded_pids && self.draining.is_none() {
             self.recorded_pids = pids;
             self.record_instances();
         }

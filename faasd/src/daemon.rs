@@ -175,7 +175,7 @@ pub struct Daemon {
     router: notify::Router,
     cgroup_root: Option<PathBuf>,
     functions: tokio::sync::Mutex<BTreeMap<String, Function>>,
-    slots: Mutex<Slots>,
+    slots: Arc<Mutex<Slots>>,
 }
 
 impl std::fmt::Debug for Function {
@@ -213,7 +213,7 @@ impl Daemon {
             router,
             cgroup_root,
             functions: tokio::sync::Mutex::default(),
-            slots: Mutex::default(),
+            slots: Arc::default(),
         });
         daemon.restore(pinned).await?;
         Ok(daemon)
@@ -249,7 +249,7 @@ impl Daemon {
                 let mut slots = self.slots.lock().expect("slots lock");
                 keep.iter().flatten().for_each(|s| slots.claim(*s));
             }
-            match self.activate(rec, settings, keep).await {
+            match self.activate(rec, settings, keep, true).await {
                 Ok(f) => {
                     functions.insert(id, f);
                 }
@@ -277,6 +277,7 @@ impl Daemon {
         record: FunctionRecord,
         settings: Settings,
         keep_slots: Vec<Option<u32>>,
+        recover: bool,
     ) -> Result<Function, DaemonError> {
         let spec = &record.spec;
         let log = FunctionLog::new(&self.config.state_dir, &spec.namespace, &spec.name);
@@ -292,7 +293,14 @@ impl Daemon {
             ),
             None => None,
         };
-        let (sockets, adopted) = match self.recover_instance(&record, &settings) {
+        // Only a restarted daemon takes instances back; during an update the running
+        // instance is the old version's.
+        let recovered = if recover {
+            self.recover_instance(&record, &settings)
+        } else {
+            None
+        };
+        let (sockets, adopted) = match recovered {
             Some((socks, inst)) => (socks, vec![inst]),
             None => {
                 let socks = settings
@@ -487,37 +495,69 @@ impl Daemon {
             address,
             created_at,
         };
-        let previous = functions
-            .get(&id)
-            .map(|f| (f.record.clone(), f.settings.clone()));
         self.store.put(&record).map_err(internal)?;
-        if let Some(old) = functions.remove(&id) {
-            // The old version stops and releases its slots; its sockets close when its
-            // task ends. (Draining while the new one takes over is a later refinement.)
-            self.retire(old, true).await;
-        }
+        // The new version gets sockets of its own (SO_REUSEPORT lets them share the address
+        // with the old ones) and binding it flips each key in one map update: connections
+        // go to the new version from then on, none is refused.
         let n = settings.ports.len();
-        match self.activate(record, settings, vec![None; n]).await {
-            Ok(f) => {
-                let status = self.status_of(&f);
-                functions.insert(id, f);
-                Ok(status)
-            }
+        let new = match self.activate(record, settings, vec![None; n], false).await {
+            Ok(f) => f,
             Err(e) => {
-                // Leave the host as it was before this request: the previous version back
-                // on disk and serving again, or no trace of the new function.
-                match previous {
-                    Some((rec, settings)) => {
-                        self.store.put(&rec).map_err(internal)?;
-                        let n = settings.ports.len();
-                        let f = self.activate(rec, settings, vec![None; n]).await?;
-                        functions.insert(id, f);
+                // Leave the host as it was: the previous version on disk and in the maps, or
+                // no trace of the new function.
+                match functions.get(&id) {
+                    Some(old) => {
+                        self.store.put(&old.record).map_err(internal)?;
+                        let mut dp = self.dataplane.lock().expect("dataplane lock");
+                        for (key, slot) in &old.bindings {
+                            dp.point(*key, *slot).map_err(internal)?;
+                        }
                     }
                     None => self.store.remove(&ns, &name).map_err(internal)?,
                 }
-                Err(e)
+                return Err(e);
             }
+        };
+        let status = self.status_of(&new);
+        let taken_over: BTreeSet<BindingKey> = new.bindings.iter().map(|(k, _)| *k).collect();
+        if let Some(old) = functions.insert(id, new) {
+            self.drain(old, taken_over);
         }
+        Ok(status)
+    }
+
+    /// Lets a replaced version serve what it had already queued, then stops it and frees its
+    /// slots. Bindings the new version took over stay with the new version.
+    fn drain(&self, old: Function, taken_over: BTreeSet<BindingKey>) {
+        let (done, wait) = oneshot::channel();
+        let _ = old.handle.tx.send(Command::Drain { done });
+        let dataplane = self.dataplane.clone();
+        let slots = self.slots.clone();
+        tokio::spawn(async move {
+            // Own all of `old`, its task's sender included: a closure that captured only
+            // the fields it reads would drop the sender here, and the task would end at
+            // once without stopping its instances.
+            let old = old;
+            let _ = wait.await;
+            let mut dp = dataplane.lock().expect("dataplane lock");
+            let mut slots = slots.lock().expect("slots lock");
+            for (key, slot) in &old.bindings {
+                let cleared = if taken_over.contains(key) {
+                    dp.clear_slot(*slot)
+                } else {
+                    dp.unbind(key, *slot)
+                };
+                if let Err(e) = cleared {
+                    tracing::warn!(
+                        "{}: freeing slot {slot} after the update: {e}",
+                        old.record.spec.id()
+                    );
+                }
+                slots.release(*slot);
+            }
+            old.log
+                .write("faasd", "previous version drained and stopped");
+        });
     }
 
     async fn retire(&self, f: Function, stop_instances: bool) {

@@ -249,12 +249,25 @@ impl Dataplane {
         })
     }
 
+    /// Points `key` at `slot`, whose socket is already in place (one atomic map update:
+    /// how a new version takes over, or an old one is put back).
+    pub fn point(&mut self, key: BindingKey, slot: u32) -> Result<(), DataplaneError> {
+        self.bindings
+            .insert(key, slot, 0)
+            .map_err(map_err(names::BINDINGS))
+    }
+
     /// Removes a binding and its socket. Lookups for the key fall through afterwards.
     pub fn unbind(&mut self, key: &BindingKey, slot: u32) -> Result<(), DataplaneError> {
         match self.bindings.remove(key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err(names::BINDINGS)(e)),
         }
+        self.clear_slot(slot)
+    }
+
+    /// Empties a socket slot (the binding, if any, is left alone).
+    pub fn clear_slot(&mut self, slot: u32) -> Result<(), DataplaneError> {
         match self.sockets.clear_index(&slot) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             // An empty slot answers EINVAL: its socket closed and the kernel removed it.

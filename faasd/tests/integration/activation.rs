@@ -294,3 +294,88 @@ fn assert_isolated(ns: &Netns, pid: i32, name: &str) {
         assert_ne!(own, daemon, "{kind} namespace is the daemon's");
     }
 }
+
+#[test]
+fn an_update_refuses_no_connection() {
+    require_privileges!();
+    let ns = Netns::new("update");
+    let d = Daemon::start(&ns);
+    let addr = d.deploy_hello("upd", &["-l", "com.openfaas.scale.min=1"]);
+    let old = d
+        .wait_for("upd", "the first version", |s| s.available_replicas == 1)
+        .state
+        .instances[0]
+        .clone();
+    let target = SocketAddr::from((addr, 8080));
+    let hello = crate::harness::hello_bin();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let answers: Vec<Result<(u16, String), String>> = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            ns.run(|| {
+                let mut out = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    out.push(http_get(target).map_err(|e| e.to_string()));
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                out
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        d.cli_ok(&[
+            "deploy",
+            "upd",
+            "--update",
+            "--command",
+            &hello,
+            "-l",
+            "com.openfaas.scale.min=1",
+            "-e",
+            "VERSION=2",
+        ]);
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        client.join().unwrap()
+    });
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|a| !matches!(a, Ok((200, _))))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed during the update, e.g. {:?}",
+        failed.len(),
+        answers.len(),
+        failed[0]
+    );
+    let served_by: Vec<String> = answers
+        .iter()
+        .map(|a| instance_of(&a.as_ref().unwrap().1))
+        .collect();
+    assert_eq!(
+        served_by.first(),
+        Some(&old.id),
+        "the old version served before"
+    );
+    assert_ne!(
+        served_by.last(),
+        Some(&old.id),
+        "the new version serves after"
+    );
+    let new = d.describe("upd");
+    assert_eq!(new.env_vars.get("VERSION").map(String::as_str), Some("2"));
+    // The old version drains, stops, and leaves its slot.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while crate::harness::alive(old.pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old instance still runs:\n{}\n{}",
+            d.cli_ok(&["logs", "upd"]),
+            std::fs::read_to_string(format!("/proc/{}/status", old.pid)).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        d.cli_ok(&["logs", "upd"])
+            .contains("previous version drained and stopped")
+    );
+}
