@@ -273,6 +273,10 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("binding the API on {addr}: {e}"))?;
+        tracing::warn!(
+            "the API on {addr} has no authentication in this version: anyone who can reach \
+             it can deploy functions; listen only on addresses you trust"
+        );
         let app = api::router(daemon.clone());
         servers.spawn(async move { axum::serve(l, app.into_make_service()).await });
     }
