@@ -457,7 +457,7 @@ fn main() -> Result<()> {
     }
     let program_cost = program_id.and_then(program_run_time);
     std::fs::write(stats_flag, stats_before.trim())?;
-    let (steered, unsteered) = steering_ab(&b, fn_addr, args.warm)?;
+    let [steered, unsteered, direct_blocks] = steering_ab(&b, fn_addr, direct, args.warm)?;
     let warm: Vec<Summary> = paths
         .iter()
         .zip(&samples)
@@ -491,10 +491,16 @@ fn main() -> Result<()> {
         .collect();
     let program = program_cost.map(|(runs, ns)| json!({"runs": runs, "ns_per_run": ns}));
     let ab = [
-        Summary::of("same socket, steered", &steered),
-        Summary::of("same socket, binding removed", &unsteered),
+        Summary::of("direct server", &direct_blocks),
+        Summary::of("function socket, steered", &steered),
+        Summary::of("function socket, binding removed", &unsteered),
     ];
-    stats::print_table("steering on the same socket (µs)", Unit::Us, &ab, None);
+    stats::print_table(
+        "in blocks of 100 requests (µs)",
+        Unit::Us,
+        &ab,
+        Some(ab[0].p50),
+    );
     match program_cost {
         Some((runs, ns)) => println!(
             "\nsk_lookup program: {ns:.0} ns per run over {runs} runs (BPF_STATS_RUN_TIME)"
@@ -515,7 +521,7 @@ fn main() -> Result<()> {
         "warm": warm.iter().map(|s| { let mut j = s.to_json(); j["ratio_to_limit"] = json!(s.p50 as f64 / limit as f64); j }).collect::<Vec<_>>(),
         "steered_counters": steered_counters,
         "sk_lookup_program": program,
-        "steering_same_socket": ab.iter().map(Summary::to_json).collect::<Vec<_>>(),
+        "blocks_of_100": ab.iter().map(Summary::to_json).collect::<Vec<_>>(),
         "goals": goals,
     });
     std::fs::write(
@@ -541,9 +547,15 @@ fn main() -> Result<()> {
 }
 
 /// The same faasd-owned socket, reached with the binding in the map (steered) and with the
-/// binding deleted, so the kernel's normal lookup finds the socket by its bound address.
-/// Blocks of 100 requests alternate, so drift affects both sides alike.
-fn steering_ab(b: &Bench, fn_addr: SocketAddr, rounds: usize) -> Result<(Vec<u64>, Vec<u64>)> {
+/// binding deleted, so the kernel's normal lookup finds the socket by its bound address; and
+/// the direct server, measured the same way. Blocks of 100 consecutive requests rotate, so
+/// drift affects every arm alike and each server is as warm as the others.
+fn steering_ab(
+    b: &Bench,
+    fn_addr: SocketAddr,
+    direct: SocketAddr,
+    rounds: usize,
+) -> Result<[Vec<u64>; 3]> {
     let SocketAddr::V6(v6) = fn_addr else {
         bail!("function addresses are IPv6")
     };
@@ -582,22 +594,23 @@ fn steering_ab(b: &Bench, fn_addr: SocketAddr, rounds: usize) -> Result<(Vec<u64
     update.extend(key.iter().map(String::as_str));
     update.extend(["value", "hex"]);
     update.extend(value.iter().map(String::as_str));
-    let (mut on, mut off) = (Vec::new(), Vec::new());
-    for block in 0..rounds.div_ceil(100) * 2 {
-        let steer = block % 2 == 0;
-        if !steer {
+    let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+    for block in 0..rounds.div_ceil(100) * 3 {
+        // 0: steered, 1: binding removed, 2: the direct server, in blocks of 100.
+        let arm = block % 3;
+        if arm == 1 {
             bpftool(&delete)?;
         }
+        let target = if arm == 2 { direct } else { fn_addr };
         for _ in 0..100 {
-            let (t0, _, _) = request(fn_addr)?;
-            let t = monotonic_ns() - t0;
-            if steer { on.push(t) } else { off.push(t) }
+            let (t0, _, _) = request(target)?;
+            samples[arm].push(monotonic_ns() - t0);
         }
-        if !steer {
+        if arm == 1 {
             bpftool(&update)?;
         }
     }
-    Ok((on, off))
+    Ok(samples)
 }
 
 const DIRECT: &str = "direct (own bound address)";
