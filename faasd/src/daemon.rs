@@ -300,6 +300,22 @@ impl Daemon {
         } else {
             None
         };
+        // Anything else in the function's cgroup was left by an earlier daemon (say, a
+        // version that was still draining when it died): nobody manages it any more.
+        // Accept-mode instances are left to finish their connections.
+        if recover
+            && settings.accept.is_none()
+            && let Some(cg) = &cgroup
+        {
+            let keep = recovered.as_ref().map(|(_, a)| a.instance.pid);
+            let n = cgroup::kill_strays(cg, keep);
+            if n > 0 {
+                tracing::warn!(
+                    "{}: stopped {n} stray process(es) left by an earlier daemon",
+                    spec.id()
+                );
+            }
+        }
         let (sockets, adopted) = match recovered {
             Some((socks, inst)) => (socks, vec![inst]),
             None => {

@@ -24,6 +24,26 @@ pub fn for_function(
     Ok(dir)
 }
 
+/// Kills every process in the cgroup that is not in the pid namespace of `keep` (an
+/// instance a restarted daemon took back); returns how many it killed. Instances are pid 1
+/// of their own pid namespace, so this spares exactly the kept instance and its children.
+pub fn kill_strays(dir: &Path, keep: Option<i32>) -> usize {
+    let ns_of = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let keep_ns = keep.and_then(|p| ns_of(&p.to_string()));
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    let mut killed = 0;
+    for pid in procs.split_whitespace() {
+        if keep_ns.is_some() && ns_of(pid) == keep_ns {
+            continue;
+        }
+        if let Ok(p) = pid.parse::<i32>() {
+            // SAFETY: kill has no memory-safety preconditions.
+            killed += usize::from(unsafe { libc::kill(p, libc::SIGKILL) } == 0);
+        }
+    }
+    killed
+}
+
 /// Kills every process left in the cgroup and removes it, then its namespace and parent
 /// cgroups if they are empty (best effort: the kernel refuses while processes are still
 /// exiting or other functions remain).

@@ -197,3 +197,52 @@ fn kill_9_during_deploys_loses_no_acknowledged_function() {
         assert_eq!(code, 200, "{} serves after the restart", f.name);
     }
 }
+
+#[test]
+fn a_restart_during_an_update_leaves_no_stray_instance() {
+    require_privileges!();
+    let ns = Netns::new("drainkill");
+    let mut d = Daemon::start(&ns);
+    let addr = d.deploy_hello("upd", &["-l", "com.openfaas.scale.min=1"]);
+    let old = d
+        .wait_for("upd", "the first version", |s| s.available_replicas == 1)
+        .state
+        .instances[0]
+        .clone();
+    let hello = crate::harness::hello_bin();
+    d.cli_ok(&[
+        "deploy",
+        "upd",
+        "--update",
+        "--command",
+        &hello,
+        "-l",
+        "com.openfaas.scale.min=1",
+    ]);
+    let new = d
+        .wait_for("upd", "the new version", |s| s.available_replicas == 1)
+        .state
+        .instances[0]
+        .clone();
+    assert_ne!(new.pid, old.pid);
+    // Within the old version's drain period.
+    d.kill9();
+    assert!(alive(old.pid), "the old version was still draining");
+    d.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while alive(old.pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stray old instance still runs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let s = d.describe("upd");
+    assert_eq!(
+        s.state.instances.first().map(|i| i.pid),
+        Some(new.pid),
+        "the new version was adopted"
+    );
+    let (code, body) = ns.run(|| http_get(SocketAddr::from((addr, 8080)))).unwrap();
+    assert_eq!((code, instance_of(&body)), (200, new.id));
+}
