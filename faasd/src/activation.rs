@@ -220,6 +220,8 @@ struct Task {
     state: Arc<Mutex<FunctionState>>,
     snapshot: FunctionState,
     recorded_pids: Vec<i32>,
+    /// The spec's fingerprint, recorded beside each instance.
+    fingerprint: String,
 }
 
 /// Starts the task; it runs until told to shut down.
@@ -251,6 +253,7 @@ pub fn spawn(mut a: Activation) -> std::io::Result<Handle> {
     };
     let state = Arc::new(Mutex::new(snapshot.clone()));
     let adopted = std::mem::take(&mut a.adopted);
+    let fingerprint = a.spec.fingerprint();
     let mut task = Task {
         target: a.settings.min_scale,
         a,
@@ -267,6 +270,7 @@ pub fn spawn(mut a: Activation) -> std::io::Result<Handle> {
         state: state.clone(),
         snapshot,
         recorded_pids: Vec::new(),
+        fingerprint,
     };
     for ad in adopted {
         task.track(ad.instance, ad.id, true, ad.output);
@@ -791,7 +795,7 @@ impl Task {
             .snapshot
             .instances
             .iter()
-            .map(|i| format!("{} {}\n", i.pid, i.id))
+            .map(|i| format!("{} {} {}\n", i.pid, i.id, self.fingerprint))
             .collect();
         if let Some(d) = path.parent() {
             let _ = std::fs::create_dir_all(d);

@@ -425,7 +425,13 @@ impl Daemon {
             return None;
         }
         let text = std::fs::read_to_string(self.instances_file(&rec.spec)).ok()?;
-        let (pid, id) = text.lines().next()?.split_once(' ')?;
+        let mut fields = text.lines().next()?.split_whitespace();
+        let (pid, id, fingerprint) = (fields.next()?, fields.next()?, fields.next()?);
+        // An instance of another version (the daemon died right after an update) is not
+        // this function's: it is stopped as a stray instead.
+        if fingerprint != rec.spec.fingerprint() {
+            return None;
+        }
         let pid: i32 = pid.parse().ok()?;
         // SAFETY: pidfd_open on a pid; the result is checked and owned.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };

@@ -211,6 +211,17 @@ impl FunctionSpec {
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// A fingerprint of the deployment (FNV-1a over its JSON, whose maps are ordered):
+    /// recorded beside each running instance, so a restarted daemon adopts only instances
+    /// of the version it is restoring.
+    pub fn fingerprint(&self) -> String {
+        let json = serde_json::to_vec(&self.deployment).expect("deployments serialize");
+        let hash = json.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
 }
 
 /// Names and namespaces are DNS labels: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.
@@ -578,6 +589,16 @@ mod tests {
                 .0
                 .contains("no such executable")
         );
+    }
+
+    #[test]
+    fn fingerprints_tell_versions_apart() {
+        let (a, _) = FunctionSpec::from_deployment(deployment("f")).unwrap();
+        let mut d = deployment("f");
+        d.env_vars.insert("VERSION".into(), "2".into());
+        let (b, _) = FunctionSpec::from_deployment(d).unwrap();
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+        assert_ne!(a.fingerprint(), b.fingerprint());
     }
 
     #[test]

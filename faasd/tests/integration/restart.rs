@@ -246,3 +246,39 @@ fn a_restart_during_an_update_leaves_no_stray_instance() {
     let (code, body) = ns.run(|| http_get(SocketAddr::from((addr, 8080)))).unwrap();
     assert_eq!((code, instance_of(&body)), (200, new.id));
 }
+
+#[test]
+fn an_instance_of_another_version_is_not_adopted() {
+    require_privileges!();
+    let ns = Netns::new("fingerprint");
+    let mut d = Daemon::start(&ns);
+    let addr = d.deploy_hello("fp", &["-l", "com.openfaas.scale.min=1"]);
+    let old = d
+        .wait_for("fp", "an instance", |s| s.available_replicas == 1)
+        .state
+        .instances[0]
+        .clone();
+    d.kill9();
+    // As if the daemon had died right after an update, before the new version recorded
+    // its instance: the record names an instance of another version.
+    let record = ns.dir.join("run/instances/openfaas-fn/fp");
+    let text = std::fs::read_to_string(&record).unwrap();
+    let forged: Vec<&str> = text.split_whitespace().take(2).collect();
+    std::fs::write(
+        &record,
+        format!("{} {} 0000000000000000\n", forged[0], forged[1]),
+    )
+    .unwrap();
+    d.restart();
+    let s = d.wait_for("fp", "a fresh instance", |s| s.available_replicas == 1);
+    assert_ne!(
+        s.state.instances[0].pid, old.pid,
+        "the other version's instance was not adopted"
+    );
+    assert!(!alive(old.pid), "and it was stopped as a stray");
+    let (code, body) = ns.run(|| http_get(SocketAddr::from((addr, 8080)))).unwrap();
+    assert_eq!(
+        (code, instance_of(&body)),
+        (200, s.state.instances[0].id.clone())
+    );
+}
