@@ -203,6 +203,18 @@ fn test(args: &[String]) -> Result {
     let extra: Vec<&String> = args.iter().filter(|a| *a != "--no-lint").collect();
     setup::ensure()?;
     if lint {
+        for (tool, component) in [("fmt", "rustfmt"), ("clippy", "clippy")] {
+            if !cargo()
+                .args([tool, "--version"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {
+                return Err(format!(
+                    "cargo {tool} is not installed: `rustup component add {component}`, \
+                     or run `cargo xtask test --no-lint` to skip the lint steps"
+                ));
+            }
+        }
         step("cargo fmt --check");
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     }
