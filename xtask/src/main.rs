@@ -23,6 +23,13 @@ const USAGE: &str = "usage: cargo xtask <setup|up|test|bench> [args]
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `bench` passes --help on to the harness; everything else answers it here, before
+    // installing or running anything.
+    let wants_help = args.iter().any(|a| a == "-h" || a == "--help");
+    if wants_help && args.first().is_none_or(|c| c != "bench") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup::ensure(),
         Some("up") => up(),
