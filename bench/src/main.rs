@@ -56,7 +56,7 @@ fn parse_args() -> Result<Args> {
             "--settle-ms" => a.settle = Duration::from_millis(val()?.parse()?),
             "--help" | "-h" => {
                 println!(
-                    "faasd-bench [--cold N (200)] [--warm N (2000)] [--out DIR] [--faasd BIN] [--hello BIN]"
+                    "faasd-bench [--cold N (200)] [--warm N (2000)] [--settle-ms MS (50)] [--out DIR] [--faasd BIN] [--hello BIN]"
                 );
                 std::process::exit(0);
             }
