@@ -12,6 +12,10 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded; the variable scopes the unstable features
     // aya-ebpf needs to that one crate, so Debian's stable rustc can build it.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf") };
+    // aya-build relays every line the nested cargo prints as a cargo warning; without its
+    // "Compiling …" lines, only real warnings and errors show up in the build.
+    // SAFETY: as above.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [Package {
             name: "faasd-ebpf",
