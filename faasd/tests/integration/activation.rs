@@ -300,12 +300,7 @@ fn an_update_refuses_no_connection() {
     require_privileges!();
     let ns = Netns::new("update");
     let d = Daemon::start(&ns);
-    let addr = d.deploy_hello("upd", &["-l", "com.openfaas.scale.min=1"]);
-    let old = d
-        .wait_for("upd", "the first version", |s| s.available_replicas == 1)
-        .state
-        .instances[0]
-        .clone();
+    let (addr, old) = d.deploy_running("upd", &[]);
     let target = SocketAddr::from((addr, 8080));
     let hello = crate::harness::hello_bin();
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -364,16 +359,7 @@ fn an_update_refuses_no_connection() {
     let new = d.describe("upd");
     assert_eq!(new.env_vars.get("VERSION").map(String::as_str), Some("2"));
     // The old version drains, stops, and leaves its slot.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while crate::harness::alive(old.pid) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the old instance still runs:\n{}\n{}",
-            d.cli_ok(&["logs", "upd"]),
-            std::fs::read_to_string(format!("/proc/{}/status", old.pid)).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::harness::wait_gone(old.pid, 10, || d.cli_ok(&["logs", "upd"]));
     assert!(
         d.cli_ok(&["logs", "upd"])
             .contains("previous version drained and stopped")

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use faasd::daemon::FunctionStatus;
+use faasd::{activation::InstanceInfo, daemon::FunctionStatus};
 
 /// Returns a reason to skip when the machine cannot run privileged tests.
 pub fn skip_reason() -> Option<String> {
@@ -315,6 +315,16 @@ impl<'a> Daemon<'a> {
         self.describe(name).address
     }
 
+    /// Deploys the sample function kept running (`scale.min=1`) and waits for its first
+    /// instance to be ready; returns its address and that instance.
+    pub fn deploy_running(&self, name: &str, extra: &[&str]) -> (Ipv6Addr, InstanceInfo) {
+        let mut args = vec!["-l", "com.openfaas.scale.min=1"];
+        args.extend_from_slice(extra);
+        let addr = self.deploy_hello(name, &args);
+        let s = self.wait_for(name, "its first instance", |s| s.available_replicas == 1);
+        (addr, s.state.instances[0].clone())
+    }
+
     /// Polls `describe` until `pred` holds (or panics after 15 s with the last state).
     pub fn wait_for(
         &self,
@@ -403,4 +413,13 @@ pub fn alive(pid: i32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
         .unwrap_or(false)
+}
+
+/// Waits up to `secs` seconds for `pid` to be gone; panics with `why` otherwise.
+pub fn wait_gone(pid: i32, secs: u64, why: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} still runs: {}", why());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

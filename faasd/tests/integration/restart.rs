@@ -6,17 +6,16 @@ use std::net::SocketAddr;
 use faasd::activation::Phase;
 
 use crate::{
-    harness::{Daemon, Netns, alive, http_get, instance_of},
+    harness::{Daemon, Netns, alive, http_get, instance_of, wait_gone},
     require_privileges,
 };
 
 fn restart_keeps_serving(kill9: bool) {
     let ns = Netns::new(if kill9 { "kill9" } else { "term" });
     let mut d = Daemon::start(&ns);
-    let running = d.deploy_hello("running", &["-l", "com.openfaas.scale.min=1"]);
+    let (running, instance) = d.deploy_running("running", &[]);
     let stopped = d.deploy_hello("stopped", &[]);
-    let before = d.wait_for("running", "its instance", |s| s.available_replicas == 1);
-    let pid = before.state.instances[0].pid;
+    let pid = instance.pid;
     let (_, body) = ns
         .run(|| http_get(SocketAddr::from((running, 8080))))
         .unwrap();
@@ -86,12 +85,8 @@ fn removing_a_function_leaves_nothing_behind() {
     require_privileges!();
     let ns = Netns::new("remove");
     let d = Daemon::start(&ns);
-    let addr = d.deploy_hello("gone", &["-l", "com.openfaas.scale.min=1"]);
-    let pid = d
-        .wait_for("gone", "running", |s| s.available_replicas == 1)
-        .state
-        .instances[0]
-        .pid;
+    let (addr, instance) = d.deploy_running("gone", &[]);
+    let pid = instance.pid;
     d.cli_ok(&["remove", "gone"]);
     assert!(!alive(pid), "instance stopped");
     assert!(d.cli_ok(&["status", "--json"]).contains("\"bindings\":0"));
@@ -203,12 +198,7 @@ fn a_restart_during_an_update_leaves_no_stray_instance() {
     require_privileges!();
     let ns = Netns::new("drainkill");
     let mut d = Daemon::start(&ns);
-    let addr = d.deploy_hello("upd", &["-l", "com.openfaas.scale.min=1"]);
-    let old = d
-        .wait_for("upd", "the first version", |s| s.available_replicas == 1)
-        .state
-        .instances[0]
-        .clone();
+    let (addr, old) = d.deploy_running("upd", &[]);
     let hello = crate::harness::hello_bin();
     d.cli_ok(&[
         "deploy",
@@ -229,14 +219,9 @@ fn a_restart_during_an_update_leaves_no_stray_instance() {
     d.kill9();
     assert!(alive(old.pid), "the old version was still draining");
     d.restart();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while alive(old.pid) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stray old instance still runs"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_gone(old.pid, 5, || {
+        "the stray old instance was not stopped".into()
+    });
     let s = d.describe("upd");
     assert_eq!(
         s.state.instances.first().map(|i| i.pid),
@@ -252,12 +237,7 @@ fn an_instance_of_another_version_is_not_adopted() {
     require_privileges!();
     let ns = Netns::new("fingerprint");
     let mut d = Daemon::start(&ns);
-    let addr = d.deploy_hello("fp", &["-l", "com.openfaas.scale.min=1"]);
-    let old = d
-        .wait_for("fp", "an instance", |s| s.available_replicas == 1)
-        .state
-        .instances[0]
-        .clone();
+    let (addr, old) = d.deploy_running("fp", &[]);
     d.kill9();
     // As if the daemon had died right after an update, before the new version recorded
     // its instance: the record names an instance of another version.
