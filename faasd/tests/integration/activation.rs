@@ -302,7 +302,6 @@ fn an_update_refuses_no_connection() {
     let d = Daemon::start(&ns);
     let (addr, old) = d.deploy_running("upd", &[]);
     let target = SocketAddr::from((addr, 8080));
-    let hello = crate::harness::hello_bin();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let answers: Vec<Result<(u16, String), String>> = std::thread::scope(|s| {
         let client = s.spawn(|| {
@@ -316,17 +315,7 @@ fn an_update_refuses_no_connection() {
             })
         });
         std::thread::sleep(Duration::from_millis(300));
-        d.cli_ok(&[
-            "deploy",
-            "upd",
-            "--update",
-            "--command",
-            &hello,
-            "-l",
-            "com.openfaas.scale.min=1",
-            "-e",
-            "VERSION=2",
-        ]);
+        d.update_running("upd", &["-e", "VERSION=2"]);
         std::thread::sleep(Duration::from_millis(1500));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         client.join().unwrap()

@@ -325,6 +325,16 @@ impl<'a> Daemon<'a> {
         (addr, s.state.instances[0].clone())
     }
 
+    /// Updates a function deployed with [`Daemon::deploy_running`] to a new version of the
+    /// sample function (kept running), with extra `deploy` arguments.
+    pub fn update_running(&self, name: &str, extra: &[&str]) {
+        let hello = hello_bin();
+        let mut args = vec!["deploy", name, "--update", "--command", &hello];
+        args.extend_from_slice(&["-l", "com.openfaas.scale.min=1"]);
+        args.extend_from_slice(extra);
+        self.cli_ok(&args);
+    }
+
     /// Polls `describe` until `pred` holds (or panics after 15 s with the last state).
     pub fn wait_for(
         &self,

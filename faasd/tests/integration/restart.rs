@@ -199,16 +199,7 @@ fn a_restart_during_an_update_leaves_no_stray_instance() {
     let ns = Netns::new("drainkill");
     let mut d = Daemon::start(&ns);
     let (addr, old) = d.deploy_running("upd", &[]);
-    let hello = crate::harness::hello_bin();
-    d.cli_ok(&[
-        "deploy",
-        "upd",
-        "--update",
-        "--command",
-        &hello,
-        "-l",
-        "com.openfaas.scale.min=1",
-    ]);
+    d.update_running("upd", &[]);
     let new = d
         .wait_for("upd", "the new version", |s| s.available_replicas == 1)
         .state
