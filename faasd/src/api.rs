@@ -191,23 +191,13 @@ async fn logs(
 ) -> ApiResult<impl IntoResponse> {
     validate_label("function name", &q.name)?;
     let log = d.log(&namespace(q.namespace)?, &q.name).await?;
+    // faas-cli sends tail=-1 for "all".
     let tail = q.tail.filter(|t| *t >= 0).map(|t| t as usize);
-    let mut body = String::new();
-    for l in log
-        .read(None)
-        .into_iter()
-        .filter(|l| q.instance.as_ref().is_none_or(|i| *i == l.instance))
-    {
-        body.push_str(&serde_json::to_string(&l).expect("log lines serialize"));
-        body.push('\n');
-    }
-    if let Some(t) = tail {
-        let lines: Vec<&str> = body.lines().collect();
-        body = lines[lines.len().saturating_sub(t)..]
-            .iter()
-            .map(|l| format!("{l}\n"))
-            .collect();
-    }
+    let body: String = log
+        .read(q.instance.as_deref(), tail)
+        .iter()
+        .map(|l| serde_json::to_string(l).expect("log lines serialize") + "\n")
+        .collect();
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body))
 }
 

@@ -97,14 +97,16 @@ impl FunctionLog {
         }
     }
 
-    /// The last `tail` lines (all when `None`), oldest first.
-    pub fn read(&self, tail: Option<usize>) -> Vec<LogLine> {
+    /// The last `tail` lines (all when `None`) of one instance (all when `None`), oldest
+    /// first.
+    pub fn read(&self, instance: Option<&str>, tail: Option<usize>) -> Vec<LogLine> {
         let mut lines: Vec<LogLine> = [self.path.with_extension("log.1"), self.path.clone()]
             .iter()
             .filter_map(|p| std::fs::read_to_string(p).ok())
             .flat_map(|s| {
                 s.lines()
-                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
+                    .filter(|l| instance.is_none_or(|i| i == l.instance))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -248,15 +250,15 @@ mod tests {
         for i in 0..5 {
             log.write("i1", &format!("line {i}"));
         }
-        let tail = log.read(Some(2));
+        let tail = log.read(None, Some(2));
         assert_eq!(
             tail.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
             ["line 3", "line 4"]
         );
         assert_eq!(tail[0].name, "f");
-        assert_eq!(log.read(None).len(), 5);
+        assert_eq!(log.read(None, None).len(), 5);
         log.remove();
-        assert!(log.read(None).is_empty());
+        assert!(log.read(None, None).is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -268,18 +270,18 @@ mod tests {
         w.write_all(&vec![b'x'; 5000]).unwrap();
         w.write_all(b"\nfirst\nsec").unwrap();
         out.drain(&log, "i1");
-        assert_eq!(log.read(None).len(), 2, "only complete lines");
+        assert_eq!(log.read(None, None).len(), 2, "only complete lines");
         // A new daemon: the consumed part is a hole, reading resumes at the partial line.
         drop(out);
         w.write_all(b"ond\n").unwrap();
         let mut out = Output::reopen(dir.join("out/i1")).unwrap();
         out.drain(&log, "i1");
-        let texts: Vec<String> = log.read(None).into_iter().map(|l| l.text).collect();
+        let texts: Vec<String> = log.read(None, None).into_iter().map(|l| l.text).collect();
         assert_eq!(texts.len(), 3);
         assert!(texts[2].ends_with("ond"), "{texts:?}");
         w.write_all(b"no newline").unwrap();
         out.finish(&log, "i1");
-        assert_eq!(log.read(None).last().unwrap().text, "no newline");
+        assert_eq!(log.read(None, None).last().unwrap().text, "no newline");
         assert!(!dir.join("out/i1").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
