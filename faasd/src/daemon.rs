@@ -186,6 +186,26 @@ impl std::fmt::Debug for Function {
     }
 }
 
+/// A full map is the operator's to resolve (507); any other map failure is the host's (500).
+impl From<crate::dataplane::DataplaneError> for DaemonError {
+    fn from(e: crate::dataplane::DataplaneError) -> Self {
+        match e {
+            crate::dataplane::DataplaneError::Full { .. } => Self::Full(e.to_string()),
+            e => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+/// An exhausted prefix is the operator's to resolve (507); a failing disk is the host's (500).
+impl From<crate::store::StoreError> for DaemonError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::PrefixExhausted(_) => Self::Full(e.to_string()),
+            e => Self::Internal(e.to_string()),
+        }
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> DaemonError {
     DaemonError::Internal(e.to_string())
 }
@@ -231,10 +251,20 @@ impl Daemon {
         let mut functions = self.functions.lock().await;
         for rec in records {
             let id = rec.spec.id();
-            let settings = match FunctionSpec::from_deployment(rec.spec.deployment.clone()) {
-                Ok((_, s)) => s,
+            // Settings only: a program that went missing shows as a failed start in
+            // `describe`, rather than the function vanishing from the API.
+            let settings = match Settings::parse(&rec.spec.deployment) {
+                Ok(s) => s,
                 Err(e) => {
-                    tracing::error!("stored function {id} no longer validates ({e}); skipped");
+                    tracing::error!(
+                        "stored function {id} has settings this faasd rejects ({e}); not \
+                         restored. Fix or move its record: {}",
+                        self.config
+                            .state_dir
+                            .join("functions")
+                            .join(&rec.spec.namespace)
+                            .display()
+                    );
                     continue;
                 }
             };
@@ -356,8 +386,7 @@ impl Daemon {
                 self.dataplane
                     .lock()
                     .expect("dataplane lock")
-                    .bind(key, slot, sock)
-                    .map_err(|e| DaemonError::Full(e.to_string()))?;
+                    .bind(key, slot, sock)?;
             }
             Ok(())
         })();
@@ -501,10 +530,7 @@ impl Daemon {
             (None, true) => return Err(DaemonError::NotFound(id)),
             (Some(e), true) => e,
             (None, false) => {
-                let addr = self
-                    .store
-                    .allocate_address(self.config.function_prefix)
-                    .map_err(|e| DaemonError::Full(e.to_string()))?;
+                let addr = self.store.allocate_address(self.config.function_prefix)?;
                 let now = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());

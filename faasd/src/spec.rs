@@ -309,7 +309,9 @@ fn resolve_program(p: &str) -> Result<String, SpecError> {
 }
 
 impl Settings {
-    fn parse(d: &Deployment) -> Result<Self, SpecError> {
+    /// The settings of a deployment's labels and annotations (without looking for its
+    /// program: a stored function whose program went missing must still be restored).
+    pub fn parse(d: &Deployment) -> Result<Self, SpecError> {
         for k in d.annotations.keys().chain(d.labels.keys()) {
             if let Some(rest) = k.strip_prefix(FAASD_PREFIX)
                 && !KNOWN_ANNOTATIONS.contains(&rest)

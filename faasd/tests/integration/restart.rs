@@ -253,3 +253,32 @@ fn an_instance_of_another_version_is_not_adopted() {
         (200, s.state.instances[0].id.clone())
     );
 }
+
+#[test]
+fn a_function_whose_program_went_missing_is_restored_and_says_why() {
+    require_privileges!();
+    let ns = Netns::new("missing");
+    let mut d = Daemon::start(&ns);
+    let program = ns.dir.join("hello-copy");
+    std::fs::copy(crate::harness::hello_bin(), &program).unwrap();
+    d.cli_ok(&["deploy", "lost", "--command", program.to_str().unwrap()]);
+    let addr = d.describe("lost").address;
+    d.stop();
+    std::fs::remove_file(&program).unwrap();
+    d.restart();
+    // Still there, so the operator can see it, fix it or remove it.
+    assert_eq!(d.describe("lost").address, addr);
+    let _ = ns.run(|| {
+        std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((addr, 8080)),
+            std::time::Duration::from_secs(2),
+        )
+    });
+    let s = d.wait_for("lost", "the failed start", |s| s.state.last_error.is_some());
+    let err = s.state.last_error.unwrap();
+    assert!(
+        err.contains("execve") && err.contains("No such file"),
+        "{err}"
+    );
+    d.cli_ok(&["remove", "lost"]);
+}
