@@ -143,3 +143,24 @@ mod tests {
         assert_eq!(k.addr[3].to_ne_bytes(), [0, 0, 0, 1]);
     }
 }
+
+/// How a container instance receives its sockets: faasd bind-mounts a directory holding a
+/// unix socket and the activation shim into the container; the shim, its entrypoint,
+/// connects and receives the sockets in one message with SCM_RIGHTS, their names (joined by
+/// `:`) as the payload, then places them at fd 3.. and execs the image's command.
+pub mod handoff {
+    /// The directory faasd mounts its files under inside a container.
+    pub const DIR: &str = "/.faasd";
+    /// The shim binary, mounted read-only.
+    pub const SHIM: &str = "/.faasd/shim";
+    /// The per-instance directory holding [`SOCKET`].
+    pub const RUN_DIR: &str = "/.faasd/run";
+    /// The socket the shim receives the function's sockets from.
+    pub const SOCKET: &str = "/.faasd/run/handoff.sock";
+    /// The directory holding faasd's notify socket.
+    pub const NOTIFY_DIR: &str = "/.faasd/notify";
+    /// Most sockets one message carries (a function has at most this many ports).
+    pub const MAX_FDS: usize = 32;
+    /// Longest payload: the names of [`MAX_FDS`] sockets.
+    pub const MAX_PAYLOAD: usize = 4096;
+}

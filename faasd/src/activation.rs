@@ -25,7 +25,7 @@ use crate::{
     dataplane::Dataplane,
     logs::{FunctionLog, Output},
     notify::{self, Notice},
-    runtime::{Instance, Launch, Runtime, describe_exit},
+    runtime::{Instance, Launch, Runtime},
     sockets,
     spec::{FunctionSpec, Port, Settings},
 };
@@ -199,6 +199,8 @@ struct Running {
     /// Killed by faasd for a failure (watchdog, start timeout): restart it.
     failed: bool,
     output: Option<Output>,
+    /// Forwards connections to an image that binds its own port.
+    forwarder: Option<tokio::task::AbortHandle>,
 }
 
 struct Task {
@@ -480,12 +482,7 @@ impl Task {
             ("FAASD_ADDRESS".into(), self.a.address.to_string()),
             (
                 "NOTIFY_SOCKET".into(),
-                self.a
-                    .config
-                    .runtime_dir
-                    .join("notify.sock")
-                    .to_string_lossy()
-                    .into(),
+                self.a.config.notify_socket().to_string_lossy().into(),
             ),
         ];
         env.extend(
@@ -529,7 +526,10 @@ impl Task {
             Output::create(output_path(&self.a.config.runtime_dir, &self.a.spec, &id))
                 .map_err(|e| format!("creating the output file: {e}"))?;
         let user = s.user.as_deref().unwrap_or(&self.a.config.user);
+        let output_file = output_path(&self.a.config.runtime_dir, &self.a.spec, &id);
         let launch = Launch {
+            instance: &id,
+            output: &output_file,
             argv: &self.a.spec.argv,
             env,
             fds,
@@ -547,7 +547,38 @@ impl Task {
             .map_err(|e| e.to_string())?;
         drop(out_w);
         self.snapshot.starts += 1;
-        self.track(instance, id, !s.notify, Some(output));
+        let pid = instance.pid;
+        let forward = self.a.runtime.forward_port();
+        self.track(instance, id, !s.notify && forward.is_none(), Some(output));
+        if let Some(port) = forward {
+            self.forward(pid, port)?;
+        }
+        Ok(())
+    }
+
+    /// For an image that binds its own port: forward the function's connections to it
+    /// once it accepts there, which is when the instance counts as ready.
+    fn forward(&mut self, pid: i32, port: u16) -> Result<(), String> {
+        // faasd alone accepts on the sockets of such a function.
+        for s in self.sockets.iter() {
+            sockets::set_nonblocking(s.get_ref()).map_err(|e| format!("forwarding: {e}"))?;
+        }
+        let connector = crate::forward::Connector::new(pid)
+            .map_err(|e| format!("entering the instance's network namespace: {e}"))?;
+        let notices = self.notice_tx.clone();
+        let deadline = Instant::now() + self.a.config.start_timeout;
+        let task = tokio::spawn(crate::forward::serve(
+            self.sockets.clone(),
+            connector,
+            port,
+            deadline,
+            move || {
+                let _ = notices.send((pid, Notice::Ready));
+            },
+        ));
+        if let Some(r) = self.instances.get_mut(&pid) {
+            r.forwarder = Some(task.abort_handle());
+        }
         Ok(())
     }
 
@@ -583,6 +614,7 @@ impl Task {
                 stop_deadline: None,
                 failed: false,
                 output,
+                forwarder: None,
             },
         );
         if ready {
@@ -644,13 +676,14 @@ impl Task {
             return;
         };
         self.a.router.forget(pid);
+        if let Some(f) = r.forwarder.take() {
+            f.abort();
+        }
+        // A container's runtime deletes its task and container here (some milliseconds).
+        let how = tokio::task::block_in_place(|| self.a.runtime.reap(&r.instance));
         if let Some(out) = r.output.take() {
             out.finish(&self.a.log, &r.id);
         }
-        let how = r
-            .instance
-            .try_reap()
-            .map_or_else(|| "exited".into(), describe_exit);
         self.a
             .log
             .write("faasd", &format!("instance {} {how}", r.id));

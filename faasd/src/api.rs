@@ -28,6 +28,7 @@ impl IntoResponse for DaemonError {
             DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
             DaemonError::Exists(_) => StatusCode::CONFLICT,
             DaemonError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            DaemonError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         (code, format!("{self}\n")).into_response()
     }
@@ -68,6 +69,13 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/system/function/{name}", get(describe))
         .route("/system/scale-function/{name}", post(scale))
         .route("/system/namespaces", get(namespaces))
+        .route(
+            "/system/secrets",
+            get(list_secrets)
+                .post(create_secret)
+                .put(update_secret)
+                .delete(remove_secret),
+        )
         .route("/system/logs", get(logs))
         .route("/system/status", get(status))
         .route("/function/{target}", any(invoke_root))
@@ -164,6 +172,92 @@ async fn scale(
     let ns = namespace(q.namespace.or(req.namespace))?;
     d.scale(&ns, &name, req.replicas).await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SecretRequest {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    /// Text value.
+    #[serde(default)]
+    value: Option<String>,
+    /// Binary value, base64.
+    #[serde(default)]
+    raw_value: Option<String>,
+}
+
+impl SecretRequest {
+    fn value(&self) -> ApiResult<Vec<u8>> {
+        use base64::Engine;
+        match (&self.value, &self.raw_value) {
+            (Some(v), None) => Ok(v.clone().into_bytes()),
+            (None, Some(r)) => base64::engine::general_purpose::STANDARD
+                .decode(r)
+                .map_err(|e| SpecError(format!("rawValue is not base64: {e}")).into()),
+            (None, None) => Err(SpecError("a secret needs value or rawValue".into()).into()),
+            (Some(_), Some(_)) => Err(SpecError("give value or rawValue, not both".into()).into()),
+        }
+    }
+}
+
+async fn list_secrets(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<NsQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let ns = namespace(q.namespace)?;
+    let names = d.secrets().list(&ns)?;
+    Ok(Json(
+        names
+            .into_iter()
+            .map(|name| serde_json::json!({"name": name, "namespace": ns}))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+async fn put_secret(d: &Daemon, q: NsQuery, body: &Bytes, update: bool) -> ApiResult<()> {
+    let req: SecretRequest = json_body(body)?;
+    let ns = namespace(req.namespace.clone().or(q.namespace))?;
+    d.secrets().put(&ns, &req.name, &req.value()?, update)?;
+    Ok(())
+}
+
+async fn create_secret(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<NsQuery>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    put_secret(&d, q, &body, false).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn update_secret(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<NsQuery>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    put_secret(&d, q, &body, true).await?;
+    Ok(StatusCode::OK)
+}
+
+/// 200, not the spec's 204: every faas-cli version reports 204 as an error.
+async fn remove_secret(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<NsQuery>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Req {
+        name: String,
+        #[serde(default)]
+        namespace: Option<String>,
+    }
+    let req: Req = json_body(&body)?;
+    let ns = namespace(req.namespace.or(q.namespace))?;
+    d.secrets().remove(&ns, &req.name)?;
+    Ok(StatusCode::OK)
 }
 
 async fn namespaces(State(d): State<Arc<Daemon>>) -> impl IntoResponse {

@@ -64,6 +64,10 @@ pub struct Config {
     /// Time a `faasd.dev/notify` function gets to send READY=1 before it is killed.
     #[serde(with = "humantime_serde_compat")]
     pub start_timeout: Duration,
+    /// containerd's socket, for functions deployed from images.
+    pub containerd: PathBuf,
+    /// The OCI runtime containerd's shim runs containers with: `runc` or `crun`.
+    pub oci_runtime: String,
 }
 
 impl Default for Config {
@@ -81,6 +85,8 @@ impl Default for Config {
             stop_functions_on_exit: false,
             stop_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(30),
+            containerd: crate::containerd::DEFAULT_SOCKET.into(),
+            oci_runtime: "runc".into(),
         }
     }
 }
@@ -124,6 +130,12 @@ impl Config {
                 self.cgroup_parent
             )));
         }
+        if !["runc", "crun"].contains(&self.oci_runtime.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "oci-runtime {:?}: use runc or crun",
+                self.oci_runtime
+            )));
+        }
         if self.backlog == 0 {
             return Err(ConfigError::Invalid("backlog must be at least 1".into()));
         }
@@ -133,6 +145,17 @@ impl Config {
     /// The API's unix socket.
     pub fn api_socket(&self) -> PathBuf {
         self.runtime_dir.join("faasd.sock")
+    }
+
+    /// The directory of the notify socket: containers get it bind-mounted, and see the
+    /// socket a restarted daemon binds anew.
+    pub fn notify_dir(&self) -> PathBuf {
+        self.runtime_dir.join("notify")
+    }
+
+    /// The notify socket every instance gets as NOTIFY_SOCKET.
+    pub fn notify_socket(&self) -> PathBuf {
+        self.notify_dir().join("notify.sock")
     }
 }
 

@@ -21,10 +21,15 @@ use tokio::sync::oneshot;
 use crate::{
     activation::{self, Adopted, Command, FunctionState},
     config::Config,
+    containerd::{ContainerdError, image::ImageRef},
     dataplane::{Dataplane, DataplaneStatus},
     logs::FunctionLog,
     notify,
-    runtime::{Instance, Runtime, cgroup},
+    runtime::{
+        Instance, Runtime, cgroup,
+        container::{ContainerHost, ContainerRuntime},
+    },
+    secrets::{SecretError, Secrets},
     sockets,
     spec::{Deployment, FunctionSpec, Port, Settings, SpecError},
     store::{FunctionRecord, Store},
@@ -45,6 +50,9 @@ pub enum DaemonError {
     /// A resource is exhausted: the bindings map or the address prefix (507).
     #[error("{0}")]
     Full(String),
+    /// A service faasd needs is down: containerd (503).
+    #[error("{0}")]
+    Unavailable(String),
     /// Something on the host failed (500).
     #[error("{0}")]
     Internal(String),
@@ -112,8 +120,10 @@ pub struct HostStatus {
     pub functions: usize,
     /// Function prefix.
     pub function_prefix: String,
-    /// Runtime in use.
+    /// Runtime of process functions.
     pub runtime: String,
+    /// containerd, for image functions: where, and whether it answers.
+    pub containerd: String,
     /// cgroup v2 root used, if any.
     pub cgroup_root: Option<PathBuf>,
 }
@@ -172,6 +182,8 @@ pub struct Daemon {
     store: Store,
     dataplane: Arc<Mutex<Dataplane>>,
     runtime: Arc<dyn Runtime>,
+    containers: Arc<ContainerHost>,
+    secrets: Secrets,
     router: notify::Router,
     cgroup_root: Option<PathBuf>,
     functions: tokio::sync::Mutex<BTreeMap<String, Function>>,
@@ -206,6 +218,28 @@ impl From<crate::store::StoreError> for DaemonError {
     }
 }
 
+/// An unreachable containerd is a 503, a missing or unusable image the caller's 400.
+impl From<ContainerdError> for DaemonError {
+    fn from(e: ContainerdError) -> Self {
+        match e {
+            ContainerdError::Unreachable { .. } => Self::Unavailable(e.to_string()),
+            ContainerdError::Image { .. } => Self::Invalid(SpecError(e.to_string())),
+            e => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<SecretError> for DaemonError {
+    fn from(e: SecretError) -> Self {
+        match e {
+            SecretError::Invalid(m) => Self::Invalid(SpecError(m)),
+            SecretError::NotFound(_) => Self::NotFound(e.to_string()),
+            SecretError::Exists(_) => Self::Exists(e.to_string()),
+            SecretError::Io { .. } => Self::Internal(e.to_string()),
+        }
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> DaemonError {
     DaemonError::Internal(e.to_string())
 }
@@ -225,11 +259,20 @@ impl Daemon {
             tracing::warn!("no cgroup v2 hierarchy found: functions run without a cgroup");
         }
         let pinned = dataplane.bindings();
+        let containers = Arc::new(ContainerHost::new(
+            config.containerd.clone(),
+            &config.runtime_dir,
+            config.notify_dir(),
+            &config.cgroup_parent,
+            &config.oci_runtime,
+        ));
         let daemon = Arc::new(Self {
+            secrets: Secrets::new(&config.state_dir),
             config,
             store,
             dataplane: Arc::new(Mutex::new(dataplane)),
             runtime,
+            containers,
             router,
             cgroup_root,
             functions: tokio::sync::Mutex::default(),
@@ -346,6 +389,14 @@ impl Daemon {
                 );
             }
         }
+        let runtime = match &spec.image {
+            None => self.runtime.clone(),
+            Some(image) => {
+                let keep: Vec<String> = recovered.iter().map(|(_, a)| a.id.clone()).collect();
+                self.container_runtime(spec, image, &settings, recover, &keep)
+                    .await?
+            }
+        };
         let (sockets, adopted) = match recovered {
             Some((socks, inst)) => (socks, vec![inst]),
             None => {
@@ -401,7 +452,7 @@ impl Daemon {
             sockets,
             slots: bindings.iter().map(|(_, s)| *s).collect(),
             config: self.config.clone(),
-            runtime: self.runtime.clone(),
+            runtime,
             dataplane: self.dataplane.clone(),
             router: self.router.clone(),
             log: log.clone(),
@@ -426,6 +477,60 @@ impl Daemon {
             cgroup,
             invocations: 0,
         })
+    }
+
+    /// The runtime of a container function. A deploy fails at once when containerd is
+    /// unreachable, the image is missing or a secret does not exist; a restore goes on
+    /// (the function shows the failure when it starts) so one bad image never keeps the
+    /// others down. A restore also deletes containers an earlier daemon left behind.
+    async fn container_runtime(
+        &self,
+        spec: &FunctionSpec,
+        image: &str,
+        settings: &Settings,
+        restoring: bool,
+        keep: &[String],
+    ) -> Result<Arc<dyn Runtime>, DaemonError> {
+        let image = ImageRef::parse(image).map_err(|e| SpecError(format!("image: {e}")))?;
+        let secrets = spec
+            .deployment
+            .secrets
+            .iter()
+            .map(|s| {
+                self.secrets
+                    .file(&spec.namespace, s)
+                    .map(|f| (s.clone(), f))
+                    .map_err(|e| match e {
+                        SecretError::NotFound(_) => DaemonError::Invalid(SpecError(format!(
+                            "{e} in namespace {}; create it first (faasd secret create {s})",
+                            spec.namespace
+                        ))),
+                        e => e.into(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let rt = ContainerRuntime::new(self.containers.clone(), spec, image, settings, secrets);
+        if !restoring {
+            rt.prepare().await?;
+            return Ok(Arc::new(rt));
+        }
+        if let Err(e) = rt.prepare().await {
+            tracing::warn!("{}: {e}", spec.id());
+        }
+        match rt.remove_strays(keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                "{}: deleted {n} container(s) left by an earlier daemon",
+                spec.id()
+            ),
+            Err(e) => tracing::warn!("{}: looking for leftover containers: {e}", spec.id()),
+        }
+        Ok(Arc::new(rt))
+    }
+
+    /// The secret store.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 
     fn unbind(&self, bindings: &[(BindingKey, u32)]) {
@@ -469,7 +574,11 @@ impl Daemon {
         }
         // SAFETY: fresh descriptor.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-        let instance = Instance { pid, pidfd };
+        let instance = Instance {
+            pid,
+            pidfd,
+            id: id.to_owned(),
+        };
         let mut socks = Vec::new();
         for (i, p) in settings.ports.iter().enumerate() {
             // SAFETY: pidfd_getfd duplicates the target's fd into us; checked and owned.
@@ -777,6 +886,10 @@ impl Daemon {
             functions: self.functions.lock().await.len(),
             function_prefix: self.config.function_prefix.to_string(),
             runtime: "process".into(),
+            containerd: match self.containers.client().await {
+                Ok(c) => format!("reachable at {}", c.socket().display()),
+                Err(e) => e.to_string(),
+            },
             cgroup_root: self.cgroup_root.clone(),
         }
     }

@@ -7,22 +7,26 @@
 //!
 //! Modules, one per concern: [`spec`] (what a function is, validated), [`store`] (durable
 //! state), [`dataplane`] (the kernel program and maps), [`sockets`], [`net`] (routes),
-//! [`runtime`] (starting instances), [`activation`] (socket activation of one function),
-//! [`notify`] (sd_notify), [`logs`], [`daemon`] (all functions), [`lock`] (one daemon at a
-//! time), [`api`] and [`client`].
+//! [`runtime`] (starting instances: processes, or containers through [`containerd`]),
+//! [`activation`] (socket activation of one function), [`forward`] (connections to images
+//! that bind their own port), [`notify`] (sd_notify), [`logs`], [`secrets`], [`daemon`] (all
+//! functions), [`lock`] (one daemon at a time), [`api`] and [`client`].
 #![deny(missing_docs)]
 
 pub mod activation;
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod containerd;
 pub mod daemon;
 pub mod dataplane;
+pub mod forward;
 pub mod lock;
 pub mod logs;
 pub mod net;
 pub mod notify;
 pub mod runtime;
+pub mod secrets;
 pub mod sockets;
 pub mod spec;
 pub mod store;

@@ -107,11 +107,63 @@ enum Command {
         #[arg(long)]
         tail: Option<usize>,
     },
+    /// Images in containerd, for functions deployed with --image.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Secrets, mounted into container functions at /var/openfaas/secrets/<name>.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Data plane and host status.
     Status {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Import an OCI image layout archive (oci-archive, e.g. from `cargo xtask image`,
+    /// `skopeo copy ... oci-archive:FILE` or `buildah push ... oci-archive:FILE`) into
+    /// containerd's `faasd` namespace. Talks to containerd directly.
+    Import {
+        /// The archive.
+        file: PathBuf,
+        /// containerd's socket.
+        #[arg(long, env = "FAASD_CONTAINERD", default_value = faasd::containerd::DEFAULT_SOCKET)]
+        containerd: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretCommand {
+    /// Create a secret (or replace it with --update).
+    Create {
+        /// Secret name (a DNS label).
+        name: String,
+        #[command(flatten)]
+        ns: Ns,
+        /// The value.
+        #[arg(long, conflicts_with = "from_file")]
+        from_literal: Option<String>,
+        /// Read the value from a file (default: stdin).
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// Replace an existing secret.
+        #[arg(long)]
+        update: bool,
+    },
+    /// List a namespace's secrets (names only).
+    List {
+        #[command(flatten)]
+        ns: Ns,
+    },
+    /// Remove a secret.
+    Remove {
+        /// Secret name.
+        name: String,
+        #[command(flatten)]
+        ns: Ns,
     },
 }
 
@@ -145,15 +197,36 @@ struct DaemonArgs {
     /// Stop running functions when the daemon exits.
     #[arg(long)]
     stop_functions_on_exit: bool,
+    /// containerd's socket (functions deployed from images).
+    #[arg(long)]
+    containerd: Option<PathBuf>,
+    /// OCI runtime for containers: runc or crun.
+    #[arg(long)]
+    oci_runtime: Option<String>,
 }
 
 #[derive(Debug, Args)]
 struct DeployArgs {
     /// Function name (a DNS label).
     name: String,
-    /// Command line of the process function.
-    #[arg(long = "command", short = 'c')]
-    command: String,
+    /// Command line of a process function (or, with --image, the command the image runs).
+    #[arg(long = "command", short = 'c', required_unless_present = "image")]
+    command: Option<String>,
+    /// OCI image in containerd (`faasd image import`): the function runs in a container.
+    #[arg(long)]
+    image: Option<String>,
+    /// Secret to mount into the container (repeatable).
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    /// Memory limit of a container, e.g. 128Mi.
+    #[arg(long)]
+    memory_limit: Option<String>,
+    /// CPU limit of a container, e.g. 500m.
+    #[arg(long)]
+    cpu_limit: Option<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    read_only: bool,
     #[command(flatten)]
     ns: Ns,
     /// Environment variable KEY=VALUE (repeatable).
@@ -182,6 +255,9 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Daemon(args) => run_daemon(args).await,
+            Command::Image(ImageCommand::Import { file, containerd }) => {
+                import_image(&file, &containerd).await
+            }
             cmd => run_client(Client::new(cli.socket), cmd).await,
         }
     });
@@ -217,6 +293,12 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         config.user = u;
     }
     config.stop_functions_on_exit |= args.stop_functions_on_exit;
+    if let Some(c) = args.containerd {
+        config.containerd = c;
+    }
+    if let Some(r) = args.oci_runtime {
+        config.oci_runtime = r;
+    }
     config.validate()?;
     let config = Arc::new(config);
 
@@ -251,7 +333,9 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     );
     net::ensure_local_route(config.function_prefix).await?;
     let router = notify::Router::default();
-    notify::serve(&config.runtime_dir.join("notify.sock"), router.clone())?;
+    std::fs::create_dir_all(config.notify_dir())
+        .map_err(|e| format!("creating {}: {e}", config.notify_dir().display()))?;
+    notify::serve(&config.notify_socket(), router.clone())?;
     let daemon = Daemon::start(
         config.clone(),
         store,
@@ -294,6 +378,14 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     Ok(())
 }
 
+async fn import_image(file: &Path, socket: &Path) -> Result<()> {
+    let client = faasd::containerd::Containerd::connect(socket).await?;
+    for name in client.import(file).await? {
+        println!("Imported {name}");
+    }
+    Ok(())
+}
+
 fn ns_query(ns: &Ns) -> String {
     format!("namespace={}", ns.namespace)
 }
@@ -302,10 +394,24 @@ async fn run_client(client: Client, cmd: Command) -> Result<()> {
     match cmd {
         Command::Daemon(_) => unreachable!("handled by main"),
         Command::Deploy(a) => {
+            let mut limits = serde_json::Map::new();
+            if let Some(m) = a.memory_limit {
+                limits.insert("memory".into(), m.into());
+            }
+            if let Some(c) = a.cpu_limit {
+                limits.insert("cpu".into(), c.into());
+            }
             let d = Deployment {
                 service: a.name,
                 namespace: Some(a.ns.namespace),
-                env_process: Some(absolute_program(&a.command)),
+                env_process: match (&a.image, a.command) {
+                    (None, Some(c)) => Some(absolute_program(&c)),
+                    (_, c) => c,
+                },
+                image: a.image,
+                secrets: a.secrets,
+                limits: (!limits.is_empty()).then_some(limits.into()),
+                read_only_root_filesystem: a.read_only.then_some(true),
                 env_vars: a.env.into_iter().collect(),
                 labels: a.labels.into_iter().collect(),
                 annotations: a.annotations.into_iter().collect(),
@@ -488,6 +594,67 @@ async fn run_client(client: Client, cmd: Command) -> Result<()> {
                 println!("{} {} {}", l.timestamp, l.instance, l.text);
             }
         }
+        Command::Image(ImageCommand::Import { .. }) => {
+            unreachable!("handled without the daemon")
+        }
+        Command::Secret(SecretCommand::Create {
+            name,
+            ns,
+            from_literal,
+            from_file,
+            update,
+        }) => {
+            let value = match (from_literal, from_file) {
+                (Some(v), _) => v.into_bytes(),
+                (None, Some(f)) => {
+                    std::fs::read(&f).map_err(|e| format!("reading {}: {e}", f.display()))?
+                }
+                (None, None) => {
+                    let mut v = Vec::new();
+                    std::io::stdin().read_to_end(&mut v)?;
+                    v
+                }
+            };
+            use base64::Engine;
+            let body = serde_json::json!({
+                "name": name,
+                "namespace": ns.namespace,
+                "rawValue": base64::engine::general_purpose::STANDARD.encode(value),
+            });
+            let method = if update { Method::PUT } else { Method::POST };
+            client
+                .call(method, "/system/secrets", Some(serde_json::to_vec(&body)?))
+                .await?;
+            println!(
+                "{} secret {name}.{}",
+                if update { "Updated" } else { "Created" },
+                ns.namespace
+            );
+        }
+        Command::Secret(SecretCommand::List { ns }) => {
+            let body = client
+                .call(
+                    Method::GET,
+                    &format!("/system/secrets?{}", ns_query(&ns)),
+                    None,
+                )
+                .await?;
+            let list: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+            for s in list {
+                println!("{}", s["name"].as_str().unwrap_or(""));
+            }
+        }
+        Command::Secret(SecretCommand::Remove { name, ns }) => {
+            let body = serde_json::json!({"name": name, "namespace": ns.namespace});
+            client
+                .call(
+                    Method::DELETE,
+                    "/system/secrets",
+                    Some(serde_json::to_vec(&body)?),
+                )
+                .await?;
+            println!("Removed secret {name}.{}", ns.namespace);
+        }
         Command::Status { json } => {
             let body = client.call(Method::GET, "/system/status", None).await?;
             if json {
@@ -519,6 +686,7 @@ async fn run_client(client: Client, cmd: Command) -> Result<()> {
                 ("functions", s.functions.to_string()),
                 ("prefix", s.function_prefix.clone()),
                 ("runtime", s.runtime.clone()),
+                ("containerd", s.containerd.clone()),
                 (
                     "cgroup",
                     s.cgroup_root

@@ -14,10 +14,18 @@
 //! | `faasd.dev/watchdog` | WATCHDOG=1 interval; silence longer than this restarts | off |
 //! | `faasd.dev/user` | user the function runs as | daemon's `user` |
 //! | `faasd.dev/stop-timeout` | SIGTERM → SIGKILL grace | daemon's `stop-timeout` |
+//! | `faasd.dev/image-port` | images: forward to this port the image binds itself | 8080 unless the image takes sockets |
+//!
+//! Image functions also take the OpenFaaS fields `limits` (`memory` like `128Mi`, `cpu` like
+//! `500m`, enforced in the container's cgroup), `readOnlyRootFilesystem` and `secrets`
+//! (mounted read-only at `/var/openfaas/secrets/<name>`). `requests` is accepted and, on one
+//! host with nothing to schedule, ignored.
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
+
+use crate::containerd::image::ImageRef;
 
 /// The namespace functions land in when none is given (OpenFaaS's default).
 pub const DEFAULT_NAMESPACE: &str = "openfaas-fn";
@@ -41,13 +49,15 @@ fn bad<T>(msg: impl Into<String>) -> Result<T, SpecError> {
 pub struct Deployment {
     /// Function name (a DNS label).
     pub service: String,
-    /// OCI image; the process runtime takes none.
+    /// OCI image reference; a function with an image runs in a container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Namespace (a DNS label), default `openfaas-fn`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// The command line of a process function.
+    /// The command line of a process function; for an image, the command the activation
+    /// shim runs instead of the image's own (or, for images that bind their own port, the
+    /// `fprocess` of OpenFaaS's watchdog).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_process: Option<String>,
     /// Environment of the function.
@@ -59,16 +69,16 @@ pub struct Deployment {
     /// Annotations (faasd's own settings are read from here).
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
-    /// Secrets to mount; not supported by this version.
+    /// Secrets mounted into a container at `/var/openfaas/secrets/<name>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
     /// Placement constraints; meaningless on one host, accepted and ignored like faasd CE.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<String>,
-    /// Resource limits; not enforced by the process runtime yet.
+    /// Resource limits (`memory`, `cpu`), enforced for containers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<serde_json::Value>,
-    /// Resource requests; as `limits`.
+    /// Resource requests; validated like `limits`, otherwise ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<serde_json::Value>,
     /// Read-only root filesystem; a container setting.
@@ -140,6 +150,12 @@ pub struct Settings {
     pub user: Option<String>,
     /// Grace period override.
     pub stop_timeout: Option<Duration>,
+    /// Memory limit in bytes (containers).
+    pub memory_limit: Option<u64>,
+    /// CPU limit in thousandths of a CPU (containers).
+    pub cpu_millis: Option<u64>,
+    /// The port an image binds itself, forwarded to instead of passing sockets.
+    pub image_port: Option<u16>,
 }
 
 /// A function as faasd stores it: the request, validated, with its identity split out.
@@ -151,8 +167,11 @@ pub struct FunctionSpec {
     pub namespace: String,
     /// The request as received (for describe and for re-validation on load).
     pub deployment: Deployment,
-    /// Program and arguments.
+    /// Program and arguments of a process function (empty for an image).
     pub argv: Vec<String>,
+    /// The normalised image reference of a container function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl FunctionSpec {
@@ -165,22 +184,40 @@ impl FunctionSpec {
             .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
         validate_label("namespace", &namespace)?;
         d.namespace = Some(namespace.clone());
-        if d.image.as_deref().is_some_and(|i| !i.is_empty()) {
+        let image = match d.image.as_deref().map(str::trim) {
+            Some(i) if !i.is_empty() => Some(
+                ImageRef::parse(i)
+                    .map_err(|e| SpecError(format!("image {i:?}: {e}")))?
+                    .to_string(),
+            ),
+            _ => None,
+        };
+        if d.registry_auth.is_some() {
             return bad(
-                "image: this faasd runs process functions only (containerd support comes in a \
-                 later version); deploy with envProcess set to the command and no image",
+                "registryAuth: this faasd does not pull from registries; import the image \
+                 with `faasd image import FILE.tar`",
             );
         }
-        if !d.secrets.is_empty() {
-            return bad("secrets: not supported by this version of faasd");
+        if image.is_none() {
+            if !d.secrets.is_empty() {
+                return bad("secrets: only container functions (with an image) mount secrets");
+            }
+            if d.limits.is_some() {
+                return bad(
+                    "limits: the process runtime does not enforce limits; deploy an image to \
+                     have them enforced, or remove them",
+                );
+            }
+            if d.read_only_root_filesystem == Some(true) {
+                return bad("readOnlyRootFilesystem applies to container images only");
+            }
         }
-        if d.limits.is_some() || d.requests.is_some() {
-            return bad(
-                "limits/requests: the process runtime does not enforce them yet; remove them",
-            );
-        }
-        if d.read_only_root_filesystem == Some(true) || d.registry_auth.is_some() {
-            return bad("readOnlyRootFilesystem/registryAuth apply to container images only");
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &d.secrets {
+            validate_label("secret name", s)?;
+            if !seen.insert(s) {
+                return bad(format!("secrets: {s:?} is listed twice"));
+            }
         }
         for k in d.env_vars.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -190,18 +227,32 @@ impl FunctionSpec {
                 return bad(format!("envVars: {k} is set by faasd itself"));
             }
         }
-        let argv = split_command(d.env_process.as_deref().unwrap_or(""))?;
-        let argv = vec![resolve_program(&argv[0])?]
-            .into_iter()
-            .chain(argv[1..].iter().cloned())
-            .collect();
+        let argv = if image.is_some() {
+            Vec::new()
+        } else {
+            let argv = split_command(d.env_process.as_deref().unwrap_or(""))?;
+            vec![resolve_program(&argv[0])?]
+                .into_iter()
+                .chain(argv[1..].iter().cloned())
+                .collect()
+        };
         let settings = Settings::parse(&d)?;
+        if image.is_some() && settings.accept.is_some() {
+            return bad(
+                "faasd.dev/accept: a container per connection is not supported; use a process \
+                 function for inetd-style functions",
+            );
+        }
+        if image.is_none() && settings.image_port.is_some() {
+            return bad("faasd.dev/image-port applies to container images only");
+        }
         Ok((
             Self {
                 name: d.service.clone(),
                 namespace,
                 deployment: d,
                 argv,
+                image,
             },
             settings,
         ))
@@ -373,7 +424,28 @@ impl Settings {
         {
             return bad("faasd.dev/user must not be empty");
         }
+        let (memory_limit, cpu_millis) = parse_resources("limits", d.limits.as_ref())?;
+        parse_resources("requests", d.requests.as_ref())?;
+        let image_port = match ann("image-port") {
+            None => None,
+            Some(v) => match v.trim().parse::<u16>() {
+                Ok(p) if p > 0 => Some(p),
+                _ => {
+                    return bad(format!(
+                        "faasd.dev/image-port: {v:?} is not a port (1-65535)"
+                    ));
+                }
+            },
+        };
+        if image_port.is_some() && (ports.len() != 1 || ports[0].protocol != Protocol::Tcp) {
+            return bad(
+                "faasd.dev/image-port forwards one tcp port: give faasd.dev/ports one tcp port",
+            );
+        }
         Ok(Self {
+            memory_limit,
+            cpu_millis,
+            image_port,
             ports,
             min_scale,
             max_scale,
@@ -395,7 +467,90 @@ const KNOWN_ANNOTATIONS: &[&str] = &[
     "watchdog",
     "user",
     "stop-timeout",
+    "image-port",
 ];
+
+/// OpenFaaS `limits`/`requests`: `{"memory": "128Mi", "cpu": "500m"}` (Kubernetes
+/// quantities). Returns (bytes, thousandths of a CPU).
+fn parse_resources(
+    key: &str,
+    v: Option<&serde_json::Value>,
+) -> Result<(Option<u64>, Option<u64>), SpecError> {
+    let Some(v) = v else { return Ok((None, None)) };
+    let Some(obj) = v.as_object() else {
+        return bad(format!(
+            "{key}: expected an object like {{\"memory\": \"128Mi\"}}"
+        ));
+    };
+    let mut memory = None;
+    let mut cpu = None;
+    for (k, v) in obj {
+        let text = match v {
+            serde_json::Value::String(s) => s.trim().to_owned(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return bad(format!("{key}.{k}: expected a quantity such as \"128Mi\"")),
+        };
+        if text.is_empty() {
+            continue;
+        }
+        match k.as_str() {
+            "memory" => {
+                let b = parse_memory(&text).ok_or_else(|| {
+                    SpecError(format!(
+                        "{key}.memory: {text:?} is not a size like 128Mi, 1Gi or 500M"
+                    ))
+                })?;
+                if b < 4 << 20 {
+                    return bad(format!(
+                        "{key}.memory: {text} is below the 4Mi a container needs"
+                    ));
+                }
+                memory = Some(b);
+            }
+            "cpu" => {
+                let m = parse_cpu(&text).ok_or_else(|| {
+                    SpecError(format!(
+                        "{key}.cpu: {text:?} is not a CPU amount like 500m or 1.5"
+                    ))
+                })?;
+                if m == 0 {
+                    return bad(format!("{key}.cpu: must be above zero"));
+                }
+                cpu = Some(m);
+            }
+            other => return bad(format!("{key}.{other}: faasd knows memory and cpu")),
+        }
+    }
+    Ok((memory, cpu))
+}
+
+fn parse_memory(s: &str) -> Option<u64> {
+    const UNITS: &[(&str, u64)] = &[
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("K", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let (num, mult) = UNITS
+        .iter()
+        .find_map(|(u, m)| s.strip_suffix(u).map(|n| (n, *m)))
+        .unwrap_or((s, 1));
+    let n: u64 = num.parse().ok()?;
+    n.checked_mul(mult)
+}
+
+fn parse_cpu(s: &str) -> Option<u64> {
+    if let Some(m) = s.strip_suffix('m') {
+        return m.parse().ok();
+    }
+    let f: f64 = s.parse().ok()?;
+    (f.is_finite() && f >= 0.0 && f < 1e6).then(|| (f * 1000.0).round() as u64)
+}
 
 fn parse_u32(key: &str, v: Option<&str>, default: u32) -> Result<u32, SpecError> {
     v.map_or(Ok(default), |v| {
@@ -601,6 +756,51 @@ mod tests {
         let (b, _) = FunctionSpec::from_deployment(d).unwrap();
         assert_eq!(a.fingerprint(), a.clone().fingerprint());
         assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn images_take_limits_and_secrets_and_process_functions_refuse_them() {
+        let mut d = deployment("f");
+        d.limits = Some(serde_json::json!({"memory": "64Mi", "cpu": "250m"}));
+        assert!(
+            FunctionSpec::from_deployment(d.clone())
+                .unwrap_err()
+                .0
+                .contains("limits")
+        );
+        d.env_process = None;
+        d.image = Some("localhost/hello".into());
+        d.secrets = vec!["api-key".into()];
+        let (spec, s) = FunctionSpec::from_deployment(d.clone()).unwrap();
+        assert_eq!(spec.image.as_deref(), Some("localhost/hello:latest"));
+        assert!(spec.argv.is_empty());
+        assert_eq!((s.memory_limit, s.cpu_millis), (Some(64 << 20), Some(250)));
+        d.limits = Some(serde_json::json!({"memory": "lots"}));
+        assert!(
+            FunctionSpec::from_deployment(d.clone())
+                .unwrap_err()
+                .0
+                .contains("memory")
+        );
+        d.limits = None;
+        d.image = Some("Not A Reference".into());
+        assert!(
+            FunctionSpec::from_deployment(d)
+                .unwrap_err()
+                .0
+                .contains("image")
+        );
+    }
+
+    #[test]
+    fn quantities_follow_kubernetes() {
+        assert_eq!(parse_memory("128Mi"), Some(128 << 20));
+        assert_eq!(parse_memory("1G"), Some(1_000_000_000));
+        assert_eq!(parse_memory("4096"), Some(4096));
+        assert_eq!(parse_memory("1.5Gi"), None);
+        assert_eq!(parse_cpu("500m"), Some(500));
+        assert_eq!(parse_cpu("1.5"), Some(1500));
+        assert_eq!(parse_cpu("x"), None);
     }
 
     #[test]

@@ -1,14 +1,16 @@
-//! How a function instance is started and stopped. One trait; the `process` runtime
-//! (fork/exec into fresh namespaces, no extra daemon) is the implementation today.
+//! How a function instance is started and stopped. One trait, two runtimes: `process`
+//! (clone3/exec into fresh namespaces, no extra daemon) and `container` (OCI images through
+//! containerd).
 
 use std::{
     ffi::CString,
     io,
     os::fd::{AsRawFd, OwnedFd, RawFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 pub mod cgroup;
+pub mod container;
 pub mod process;
 
 /// Errors starting an instance.
@@ -38,11 +40,16 @@ pub enum RuntimeError {
     /// An argument or environment string holds a NUL byte.
     #[error("argument or environment contains a NUL byte")]
     Nul,
+    /// containerd refused or failed a step.
+    #[error("{0}")]
+    Container(String),
 }
 
 /// Everything needed to start one instance.
 #[derive(Debug)]
 pub struct Launch<'a> {
+    /// The instance's id (unique on the host; a container takes it as its id).
+    pub instance: &'a str,
     /// Program (absolute path) and arguments.
     pub argv: &'a [String],
     /// Environment, including the LISTEN_* variables (LISTEN_PID is the runtime's to set).
@@ -55,6 +62,8 @@ pub struct Launch<'a> {
     pub stdout: RawFd,
     /// fd 2.
     pub stderr: RawFd,
+    /// The file `stdout` and `stderr` write to, for runtimes that open it themselves.
+    pub output: &'a Path,
     /// User to run as.
     pub user: &'a str,
     /// cgroup directory to place the instance in, if cgroups are available.
@@ -68,6 +77,8 @@ pub struct Instance {
     pub pid: i32,
     /// pidfd: readable when the instance exits; used to signal it without pid reuse races.
     pub pidfd: OwnedFd,
+    /// The instance's id.
+    pub id: String,
 }
 
 impl Instance {
@@ -89,20 +100,23 @@ impl Instance {
             Ok(())
         }
     }
-
-    /// Reaps the instance if it has exited; returns its wait status.
-    pub fn try_reap(&self) -> Option<libc::c_int> {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child, non-blocking.
-        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-        (r == self.pid).then_some(status)
-    }
 }
 
 /// Starts function instances.
 pub trait Runtime: Send + Sync + std::fmt::Debug {
-    /// Starts one instance; returns once the program has been exec'd.
+    /// Starts one instance; returns once the program has been exec'd. May block (the
+    /// activation task calls it inside `block_in_place`).
     fn start(&self, launch: &Launch<'_>) -> Result<Instance, RuntimeError>;
+
+    /// Releases what the runtime holds for an instance whose pidfd reported its end, and
+    /// says how it ended. May block, as `start`.
+    fn reap(&self, instance: &Instance) -> String;
+
+    /// The port inside the instance's network namespace that faasd forwards connections
+    /// to, for images that bind their own port instead of taking sockets.
+    fn forward_port(&self) -> Option<u16> {
+        None
+    }
 }
 
 pub(crate) fn cstring(s: &str) -> Result<CString, RuntimeError> {

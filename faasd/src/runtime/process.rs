@@ -96,6 +96,18 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 impl Runtime for ProcessRuntime {
+    fn reap(&self, instance: &Instance) -> String {
+        let mut status = 0;
+        // SAFETY: waitpid, non-blocking, on the instance's pid; an adopted instance is not
+        // our child and yields no status.
+        let r = unsafe { libc::waitpid(instance.pid, &mut status, libc::WNOHANG) };
+        if r == instance.pid {
+            super::describe_exit(status)
+        } else {
+            "exited".into()
+        }
+    }
+
     fn start(&self, launch: &Launch<'_>) -> Result<Instance, RuntimeError> {
         use std::os::fd::AsRawFd;
 
@@ -197,7 +209,11 @@ impl Runtime for ProcessRuntime {
                 source: io::Error::from_raw_os_error(errno),
             });
         }
-        Ok(Instance { pid, pidfd })
+        Ok(Instance {
+            pid,
+            pidfd,
+            id: launch.instance.to_owned(),
+        })
     }
 }
 

@@ -1,0 +1,109 @@
+//! The activation shim: the entrypoint of every container faasd starts with socket passing.
+//!
+//! `shim -- COMMAND [ARGS...]`: connects to the handoff socket faasd mounted into the
+//! container, receives the function's sockets and their names in one SCM_RIGHTS message,
+//! places them at fd 3, 4, …, sets LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (its own pid,
+//! which COMMAND keeps across exec), and execs COMMAND. faasd sets NOTIFY_SOCKET and the
+//! rest of the environment in the container's spec.
+//!
+//! It is built as a static binary, so it runs in an image that has nothing else: no shell,
+//! no libc, no /etc.
+
+use std::{
+    ffi::{CString, OsString},
+    os::{
+        fd::RawFd,
+        unix::{ffi::OsStringExt, net::UnixStream},
+    },
+    time::Duration,
+};
+
+use faasd_common::handoff;
+use sendfd::RecvWithFd;
+
+/// faasd sends right after the task starts; a shim that waits longer than this was
+/// forgotten (faasd died during the start) and should not hang forever.
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let command = match args.split_first() {
+        Some((sep, rest)) if sep == "--" && !rest.is_empty() => rest,
+        _ => {
+            fail("usage: shim -- COMMAND [ARGS...] (started by faasd as a container's entrypoint)")
+        }
+    };
+    let (fds, names) = receive().unwrap_or_else(|e| fail(&format!("receiving sockets: {e}")));
+    place(&fds).unwrap_or_else(|e| fail(&format!("placing sockets at fd 3..: {e}")));
+    // SAFETY: single-threaded; nothing else reads the environment concurrently.
+    unsafe {
+        std::env::set_var("LISTEN_FDS", fds.len().to_string());
+        std::env::set_var("LISTEN_FDNAMES", names);
+        std::env::set_var("LISTEN_PID", std::process::id().to_string());
+    }
+    let err = exec(command);
+    fail(&format!("exec {:?}: {err}", command[0]));
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("faasd-shim: {msg}");
+    std::process::exit(127);
+}
+
+fn receive() -> std::io::Result<(Vec<RawFd>, String)> {
+    let stream = UnixStream::connect(handoff::SOCKET)?;
+    stream.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
+    let mut payload = vec![0u8; handoff::MAX_PAYLOAD];
+    let mut fds = [-1; handoff::MAX_FDS];
+    let (n, nfds) = stream.recv_with_fd(&mut payload, &mut fds)?;
+    if nfds == 0 {
+        return Err(std::io::Error::other("faasd sent no sockets"));
+    }
+    payload.truncate(n);
+    let names = String::from_utf8(payload)
+        .map_err(|_| std::io::Error::other("socket names are not UTF-8"))?;
+    Ok((fds[..nfds].to_vec(), names))
+}
+
+/// Moves the received descriptors to 3, 4, … without clobbering one another: first above
+/// the target range, then into it (dup2 leaves the copies inheritable).
+fn place(fds: &[RawFd]) -> std::io::Result<()> {
+    let floor = 3 + fds.len() as RawFd;
+    let mut high = Vec::with_capacity(fds.len());
+    for &fd in fds {
+        // SAFETY: fcntl on a descriptor we just received.
+        let h = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
+        if h < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the original is ours and no longer needed.
+        unsafe { libc::close(fd) };
+        high.push(h);
+    }
+    for (i, &h) in high.iter().enumerate() {
+        // SAFETY: dup2 onto the slot the protocol assigns; `h` is ours.
+        if unsafe { libc::dup2(h, 3 + i as RawFd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        unsafe { libc::close(h) };
+    }
+    Ok(())
+}
+
+/// execvp: the image's command may be a bare name to find on its PATH.
+fn exec(command: &[OsString]) -> std::io::Error {
+    let args: Vec<CString> = match command
+        .iter()
+        .map(|a| CString::new(a.clone().into_vec()))
+        .collect()
+    {
+        Ok(a) => a,
+        Err(_) => return std::io::Error::other("argument contains a NUL byte"),
+    };
+    let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: both arrays are NUL-terminated and outlive the call.
+    unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
+    std::io::Error::last_os_error()
+}

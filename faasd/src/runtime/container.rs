@@ -1,0 +1,594 @@
+//! The `containerd` runtime: each instance is a container of the function's OCI image,
+//! created and started through containerd's API with runc (or crun).
+//!
+//! An instance's life: a lease named after the instance holds its snapshot; the container
+//! gets the spec from [`crate::containerd::oci`]; the task writes stdout and stderr to the
+//! instance's output file (`file://` I/O of the runc shim). With socket passing, the
+//! container's entrypoint is the activation shim: faasd listens on a unix socket in the
+//! instance's directory, bind-mounted at [`handoff::RUN_DIR`], and sends the function's
+//! sockets to the shim the moment it connects. When the instance ends, [`Runtime::reap`]
+//! deletes the task, the container and the lease (and with it the snapshot), and the
+//! instance's directory: nothing stays behind in containerd.
+
+use std::{
+    collections::BTreeMap,
+    os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::fs::PermissionsExt,
+    },
+    path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use containerd_client::{
+    services::v1::{
+        Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+        DeleteTaskRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+        container::Runtime as ContainerRuntimeName, snapshots::PrepareSnapshotRequest,
+    },
+    tonic,
+};
+use faasd_common::handoff;
+use prost::Message;
+use sendfd::SendWithFd;
+
+use super::{Instance, Launch, Runtime, RuntimeError};
+use crate::{
+    containerd::{
+        Containerd, ContainerdError, SNAPSHOTTER,
+        image::{ImageConfig, ImageRef},
+        oci::{Bind, ContainerSpec},
+    },
+    spec::FunctionSpec,
+};
+
+/// Label on every container faasd creates: the function it belongs to (`namespace/name`).
+pub const FUNCTION_LABEL: &str = "dev.faasd.function";
+/// The containerd shim faasd asks for.
+const SHIM_RUNTIME: &str = "io.containerd.runc.v2";
+/// How long the activation shim has to connect for its sockets.
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The static activation shim, built by faasd's build script.
+static SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/faasd-shim"));
+
+/// Options of containerd's runc shim (`containerd.runc.v1.Options`); only the fields
+/// faasd sets.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RuncOptions {
+    /// The OCI runtime binary: `runc` or `crun`.
+    #[prost(string, tag = "6")]
+    binary_name: String,
+}
+
+/// What every container function on this host shares: the containerd connection and
+/// faasd's files.
+#[derive(Debug)]
+pub struct ContainerHost {
+    socket: PathBuf,
+    client: tokio::sync::Mutex<Option<Containerd>>,
+    runtime_dir: PathBuf,
+    notify_dir: PathBuf,
+    cgroup_parent: String,
+    oci_runtime: String,
+    shim: OnceLock<PathBuf>,
+}
+
+impl ContainerHost {
+    /// Prepares the host side; containerd need not be running yet.
+    pub fn new(
+        socket: PathBuf,
+        runtime_dir: &Path,
+        notify_dir: PathBuf,
+        cgroup_parent: &str,
+        oci_runtime: &str,
+    ) -> Self {
+        Self {
+            socket,
+            client: tokio::sync::Mutex::new(None),
+            runtime_dir: runtime_dir.join("containers"),
+            notify_dir,
+            cgroup_parent: cgroup_parent.into(),
+            oci_runtime: oci_runtime.into(),
+            shim: OnceLock::new(),
+        }
+    }
+
+    /// The containerd socket faasd uses.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A connection, made on first use and kept.
+    pub async fn client(&self) -> Result<Containerd, ContainerdError> {
+        let mut c = self.client.lock().await;
+        if let Some(c) = c.as_ref() {
+            return Ok(c.clone());
+        }
+        let new = Containerd::connect(&self.socket).await?;
+        *c = Some(new.clone());
+        Ok(new)
+    }
+
+    /// Writes the embedded shim to the runtime directory once per daemon (a new file, so
+    /// running containers keep the one they mounted).
+    fn shim_path(&self) -> Result<&Path, RuntimeError> {
+        if let Some(p) = self.shim.get() {
+            return Ok(p);
+        }
+        let io = |op| move |source| RuntimeError::Io { op, source };
+        let dir = self
+            .runtime_dir
+            .parent()
+            .unwrap_or(&self.runtime_dir)
+            .join("shim");
+        std::fs::create_dir_all(&dir).map_err(io("creating the shim directory"))?;
+        let path = dir.join("faasd-shim");
+        let tmp = dir.join(format!(".faasd-shim.{}", std::process::id()));
+        std::fs::write(&tmp, SHIM).map_err(io("writing the shim"))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o555))
+            .map_err(io("making the shim executable"))?;
+        std::fs::rename(&tmp, &path).map_err(io("installing the shim"))?;
+        Ok(self.shim.get_or_init(|| path))
+    }
+}
+
+/// How an instance's connections reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The shim hands the function's sockets to the image's command (LISTEN_FDS).
+    Sockets,
+    /// The image binds this port in its own network namespace; faasd accepts on the
+    /// function's socket and forwards each connection there.
+    Forward(u16),
+}
+
+/// The runtime of one container function.
+#[derive(Debug)]
+pub struct ContainerRuntime {
+    host: Arc<ContainerHost>,
+    image: ImageRef,
+    function: String,
+    namespace: String,
+    env_process: Option<String>,
+    read_only: bool,
+    memory_limit: Option<u64>,
+    cpu_millis: Option<u64>,
+    /// Port forced by `faasd.dev/image-port`.
+    image_port: Option<u16>,
+    secrets: Vec<(String, PathBuf)>,
+    config: OnceLock<ImageConfig>,
+}
+
+impl ContainerRuntime {
+    /// The runtime of `spec`; `secrets` are the host files of the secrets it mounts.
+    pub fn new(
+        host: Arc<ContainerHost>,
+        spec: &FunctionSpec,
+        image: ImageRef,
+        settings: &crate::spec::Settings,
+        secrets: Vec<(String, PathBuf)>,
+    ) -> Self {
+        let d = &spec.deployment;
+        Self {
+            host,
+            image,
+            function: spec.name.clone(),
+            namespace: spec.namespace.clone(),
+            env_process: d.env_process.clone().filter(|e| !e.trim().is_empty()),
+            read_only: d.read_only_root_filesystem == Some(true),
+            memory_limit: settings.memory_limit,
+            cpu_millis: settings.cpu_millis,
+            image_port: settings.image_port,
+            secrets,
+            config: OnceLock::new(),
+        }
+    }
+
+    /// Looks the image up (unpacking it if needed) and keeps its config; deploys call this
+    /// so a missing image fails the deploy, not the first connection.
+    pub async fn prepare(&self) -> Result<&ImageConfig, ContainerdError> {
+        if let Some(c) = self.config.get() {
+            return Ok(c);
+        }
+        let client = self.host.client().await?;
+        let config = client.image_config(&self.image).await?;
+        Ok(self.config.get_or_init(|| config))
+    }
+
+    fn delivery(&self, config: &ImageConfig) -> Delivery {
+        match self.image_port {
+            Some(p) => Delivery::Forward(p),
+            None if config.socket_activated() => Delivery::Sockets,
+            // OpenFaaS's watchdog images listen on 8080.
+            None => Delivery::Forward(8080),
+        }
+    }
+
+    /// Deletes every container of this function except `keep` (those left by an earlier
+    /// daemon that nobody manages any more). Returns how many went.
+    pub async fn remove_strays(&self, keep: &[String]) -> Result<usize, ContainerdError> {
+        let client = self.host.client().await?;
+        let filter = format!(
+            "labels.\"{FUNCTION_LABEL}\"=={}/{}",
+            self.namespace, self.function
+        );
+        let list = client
+            .containers()
+            .list(client.request(ListContainersRequest {
+                filters: vec![filter],
+            }))
+            .await
+            .map_err(ContainerdError::rpc("listing containers"))?
+            .into_inner()
+            .containers;
+        let mut n = 0;
+        for c in list.into_iter().filter(|c| !keep.contains(&c.id)) {
+            kill_and_wait(&client, &c.id).await;
+            self.delete_instance(&client, &c.id).await;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn start_async(&self, launch: &Launch<'_>) -> Result<Instance, StartError> {
+        let config = self.prepare().await?.clone();
+        let client = self.host.client().await?;
+        let shim = self.host.shim_path()?.to_owned();
+        let id = launch.instance.to_owned();
+        let dir = self.host.runtime_dir.join(&id);
+        let _ = std::fs::remove_dir_all(&dir);
+        create_dir(&dir, 0o755)?;
+        let delivery = self.delivery(&config);
+        let mut binds = vec![Bind {
+            source: self.host.notify_dir.to_string_lossy().into(),
+            destination: handoff::NOTIFY_DIR.into(),
+            read_only: false,
+        }];
+        let listener = match delivery {
+            Delivery::Sockets => {
+                let path = dir.join("handoff.sock");
+                let l = std::os::unix::net::UnixListener::bind(&path)
+                    .map_err(io("binding the handoff socket"))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+                    .map_err(io("opening the handoff socket to the container's user"))?;
+                binds.push(Bind {
+                    source: shim.to_string_lossy().into(),
+                    destination: handoff::SHIM.into(),
+                    read_only: true,
+                });
+                binds.push(Bind {
+                    source: dir.to_string_lossy().into(),
+                    destination: handoff::RUN_DIR.into(),
+                    read_only: false,
+                });
+                Some(l)
+            }
+            Delivery::Forward(_) => None,
+        };
+        if !self.secrets.is_empty() {
+            let sdir = dir.join("secrets");
+            create_dir(&sdir, 0o755)?;
+            for (name, file) in &self.secrets {
+                let dst = sdir.join(name);
+                std::fs::copy(file, &dst).map_err(io("copying a secret"))?;
+                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o444))
+                    .map_err(io("copying a secret"))?;
+            }
+            binds.push(Bind {
+                source: sdir.to_string_lossy().into(),
+                destination: "/var/openfaas/secrets".into(),
+                read_only: true,
+            });
+        }
+        let spec = self.container_spec(&config, delivery, launch, binds);
+
+        // From here on, whatever was created is removed again if a later step fails.
+        let created = async {
+            client.create_lease(&id).await?;
+            let mounts = client
+                .snapshots()
+                .prepare(client.leased(
+                    &id,
+                    PrepareSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.into(),
+                        key: id.clone(),
+                        parent: config.chain_id.clone(),
+                        labels: Default::default(),
+                    },
+                ))
+                .await
+                .map_err(ContainerdError::rpc("preparing the container's snapshot"))?
+                .into_inner()
+                .mounts;
+            let container = Container {
+                id: id.clone(),
+                labels: [(
+                    FUNCTION_LABEL.to_owned(),
+                    format!("{}/{}", self.namespace, self.function),
+                )]
+                .into(),
+                image: config.name.clone(),
+                runtime: Some(ContainerRuntimeName {
+                    name: SHIM_RUNTIME.into(),
+                    options: Some(prost_types::Any {
+                        type_url: "containerd.runc.v1.Options".into(),
+                        value: RuncOptions {
+                            binary_name: self.host.oci_runtime.clone(),
+                        }
+                        .encode_to_vec(),
+                    }),
+                }),
+                spec: Some(prost_types::Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                    value: serde_json::to_vec(&spec.to_json()).expect("JSON serializes"),
+                }),
+                snapshotter: SNAPSHOTTER.into(),
+                snapshot_key: id.clone(),
+                ..Default::default()
+            };
+            client
+                .containers()
+                .create(client.leased(
+                    &id,
+                    CreateContainerRequest {
+                        container: Some(container),
+                    },
+                ))
+                .await
+                .map_err(ContainerdError::rpc("creating the container"))?;
+            let output = format!("file://{}", launch.output.display());
+            let task = client
+                .tasks()
+                .create(client.request(CreateTaskRequest {
+                    container_id: id.clone(),
+                    rootfs: mounts,
+                    stdout: output.clone(),
+                    stderr: output,
+                    ..Default::default()
+                }))
+                .await
+                .map_err(ContainerdError::rpc("creating the task"))?
+                .into_inner();
+            client
+                .tasks()
+                .start(client.request(StartRequest {
+                    container_id: id.clone(),
+                    exec_id: String::new(),
+                }))
+                .await
+                .map_err(ContainerdError::rpc("starting the task"))?;
+            Ok::<u32, ContainerdError>(task.pid)
+        }
+        .await;
+        let pid = match created {
+            Ok(pid) => pid as i32,
+            Err(e) => {
+                self.delete_instance(&client, &id).await;
+                return Err(e.into());
+            }
+        };
+        let handed = match listener {
+            Some(l) => hand_over(l, launch).await,
+            None => Ok(()),
+        };
+        let pidfd = pidfd_open(pid).map_err(io("pidfd_open on the container's process"));
+        match (handed, pidfd) {
+            (Ok(()), Ok(pidfd)) => Ok(Instance { pid, pidfd, id }),
+            (Err(e), _) | (_, Err(e)) => {
+                kill_and_wait(&client, &id).await;
+                self.delete_instance(&client, &id).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn container_spec(
+        &self,
+        config: &ImageConfig,
+        delivery: Delivery,
+        launch: &Launch<'_>,
+        binds: Vec<Bind>,
+    ) -> ContainerSpec {
+        // The image's environment, then faasd's (which wins, but for PATH: the image
+        // knows where its programs are).
+        let mut env: BTreeMap<String, String> = config.env.iter().cloned().collect();
+        for (k, v) in &launch.env {
+            if k.starts_with("LISTEN_") || (k == "PATH" && env.contains_key("PATH")) {
+                continue;
+            }
+            env.insert(k.clone(), v.clone());
+        }
+        env.insert(
+            "NOTIFY_SOCKET".into(),
+            format!("{}/notify.sock", handoff::NOTIFY_DIR),
+        );
+        let command = match (delivery, &self.env_process) {
+            // OpenFaaS's watchdog reads the process to fork from `fprocess`.
+            (Delivery::Forward(_), Some(p)) => {
+                env.insert("fprocess".into(), p.clone());
+                config.command()
+            }
+            (Delivery::Sockets, Some(p)) => p.split_whitespace().map(str::to_owned).collect(),
+            (_, None) => config.command(),
+        };
+        let args = match delivery {
+            Delivery::Sockets => [handoff::SHIM.to_owned(), "--".into()]
+                .into_iter()
+                .chain(command)
+                .collect(),
+            Delivery::Forward(_) => command,
+        };
+        ContainerSpec {
+            hostname: self.function.clone(),
+            args,
+            env: env.into_iter().collect(),
+            cwd: config.working_dir.clone(),
+            uid: config.uid,
+            gid: config.gid,
+            read_only: self.read_only,
+            memory_limit: self.memory_limit,
+            cpu_millis: self.cpu_millis,
+            cgroups_path: format!(
+                "/{}/{}/{}/{}",
+                self.host.cgroup_parent, self.namespace, self.function, launch.instance
+            ),
+            binds,
+        }
+    }
+
+    /// Deletes the task (if any), the container, its lease and snapshot, and the instance's
+    /// directory. Returns the exit status containerd recorded, if it had one.
+    async fn delete_instance(&self, client: &Containerd, id: &str) -> Option<u32> {
+        let status = match client
+            .tasks()
+            .delete(client.request(DeleteTaskRequest {
+                container_id: id.into(),
+            }))
+            .await
+        {
+            Ok(r) => Some(r.into_inner().exit_status),
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => {
+                tracing::warn!("{id}: deleting the task: {}", s.message());
+                None
+            }
+        };
+        if let Err(s) = client
+            .containers()
+            .delete(client.request(DeleteContainerRequest { id: id.into() }))
+            .await
+            && s.code() != tonic::Code::NotFound
+        {
+            tracing::warn!("{id}: deleting the container: {}", s.message());
+        }
+        if let Err(e) = client.delete_lease(id).await {
+            tracing::warn!("{id}: deleting the lease: {e}");
+        }
+        let _ = std::fs::remove_dir_all(self.host.runtime_dir.join(id));
+        status
+    }
+}
+
+/// Kills a container's task and waits (briefly) for it to exit.
+async fn kill_and_wait(client: &Containerd, id: &str) {
+    let kill = KillRequest {
+        container_id: id.into(),
+        exec_id: String::new(),
+        signal: libc::SIGKILL as u32,
+        all: true,
+    };
+    if client.tasks().kill(client.request(kill)).await.is_err() {
+        return;
+    }
+    let mut tasks = client.tasks();
+    let wait = tasks.wait(client.request(WaitRequest {
+        container_id: id.into(),
+        exec_id: String::new(),
+    }));
+    let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+}
+
+/// Waits for the shim to connect and sends it the sockets and their names.
+async fn hand_over(
+    listener: std::os::unix::net::UnixListener,
+    launch: &Launch<'_>,
+) -> Result<(), StartError> {
+    listener
+        .set_nonblocking(true)
+        .map_err(io("setting up the handoff socket"))?;
+    let listener = tokio::net::UnixListener::from_std(listener)
+        .map_err(io("setting up the handoff socket"))?;
+    let (stream, _) = tokio::time::timeout(HANDOFF_TIMEOUT, listener.accept())
+        .await
+        .map_err(|_| {
+            StartError::Runtime(RuntimeError::Io {
+                op: "waiting for the container's activation shim",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("it did not connect within {HANDOFF_TIMEOUT:?}"),
+                ),
+            })
+        })?
+        .map_err(io("accepting the activation shim"))?;
+    let names = launch
+        .env
+        .iter()
+        .find(|(k, _)| k == "LISTEN_FDNAMES")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    loop {
+        stream.writable().await.map_err(io("sending the sockets"))?;
+        match stream.send_with_fd(names.as_bytes(), &launch.fds) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(io("sending the sockets")(e)),
+        }
+    }
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open on a pid; the result is checked and owned.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn create_dir(dir: &Path, mode: u32) -> Result<(), StartError> {
+    std::fs::create_dir_all(dir).map_err(io("creating the instance directory"))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(io("creating the instance directory"))
+}
+
+/// A failed start, from either side.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
+    move |source| StartError::Runtime(RuntimeError::Io { op, source })
+}
+
+impl Runtime for ContainerRuntime {
+    fn start(&self, launch: &Launch<'_>) -> Result<Instance, RuntimeError> {
+        // The activation task calls this inside `block_in_place`.
+        tokio::runtime::Handle::current()
+            .block_on(self.start_async(launch))
+            .map_err(|e| match e {
+                StartError::Runtime(e) => e,
+                StartError::Containerd(e) => RuntimeError::Container(e.to_string()),
+            })
+    }
+
+    fn reap(&self, instance: &Instance) -> String {
+        let status = tokio::runtime::Handle::current().block_on(async {
+            match self.host.client().await {
+                Ok(client) => self.delete_instance(&client, &instance.id).await,
+                Err(e) => {
+                    tracing::warn!("{}: cannot delete the container: {e}", instance.id);
+                    None
+                }
+            }
+        });
+        match status {
+            Some(s) if s > 128 => format!("killed by signal {}", s - 128),
+            Some(s) => format!("exited with status {s}"),
+            None => "exited".into(),
+        }
+    }
+
+    fn forward_port(&self) -> Option<u16> {
+        match self.config.get().map(|c| self.delivery(c)) {
+            Some(Delivery::Forward(p)) => Some(p),
+            _ => None,
+        }
+    }
+}
