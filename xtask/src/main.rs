@@ -4,7 +4,10 @@
 //! - `up` sets up, builds, runs faasd with the sample function, and waits for Ctrl-C.
 //! - `test` sets up and runs every test: unit, privileged integration, fmt and clippy.
 //! - `bench` sets up, builds release binaries and runs the benchmark harness.
+//! - `image` builds OCI archives of the sample functions and imports them into containerd.
 
+mod containerd;
+mod image;
 mod setup;
 
 use std::{
@@ -13,13 +16,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-const USAGE: &str = "usage: cargo xtask <setup|up|test|bench> [args]
+const USAGE: &str = "usage: cargo xtask <setup|up|test|bench|image> [args]
 
   setup          install what is missing: apt packages, bpf-linker, the eBPF toolchain, bpffs
   up             setup, build, run faasd with the sample function (Ctrl-C stops it)
   test           setup, then every test: unit, privileged integration, fmt, clippy
                  (--no-lint skips fmt and clippy; extra args go to cargo test)
-  bench [ARGS]   setup, build release, run the benchmark harness (faasd-bench --help)";
+  bench [ARGS]   setup, build release, run the benchmark harness (faasd-bench --help)
+  image          build OCI archives of the sample functions (target/images) and import
+                 them into containerd (the system one, or a private one for the tests)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
         Some("up") => up(),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("image") => image_command(),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -229,8 +235,16 @@ fn test(args: &[String]) -> Result {
     // crate, which builds only for the bpf target (faasd's build script builds it).
     step("building the workspace (the integration tests need the sample function)");
     run(cargo().args(["build", "--all-targets"]))?;
+    // The container tests run against a private containerd holding the sample images;
+    // it is stopped when `ctr` goes out of scope, pass or fail.
+    let ctr = containerd::Containerd::private(&root().join("target/containerd"))?;
+    image::build_and_import(&root().join("target/debug/faasd"), &ctr.socket)?;
     step("running every test (unit and privileged integration tests)");
-    run(cargo().arg("test").args(&extra))?;
+    run(cargo()
+        .arg("test")
+        .args(&extra)
+        .env("FAASD_TEST_CONTAINERD", &ctr.socket))?;
+    drop(ctr);
     if lint {
         step("cargo clippy -D warnings");
         run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
@@ -262,4 +276,26 @@ fn bench(args: &[String]) -> Result {
         .arg("--out")
         .arg(root.join("target/bench"))
         .args(args))
+}
+
+/// `cargo xtask image`: into the system containerd if one runs; otherwise only the archives
+/// are built (a private containerd's store lives only as long as the command using it).
+fn image_command() -> Result {
+    setup::ensure()?;
+    if !std::path::Path::new(containerd::SYSTEM_SOCKET).exists() {
+        let archives = image::build()?;
+        println!(
+            "\nNo system containerd at {}: import the archives yourself with\n  faasd image \
+             import FILE --containerd SOCKET\n({} archives in target/images)",
+            containerd::SYSTEM_SOCKET,
+            archives.len()
+        );
+        return Ok(());
+    }
+    step("building faasd");
+    run(cargo().args(["build", "--release", "-p", "faasd"]))?;
+    image::build_and_import(
+        &root().join("target/release/faasd"),
+        std::path::Path::new(containerd::SYSTEM_SOCKET),
+    )
 }

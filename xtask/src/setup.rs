@@ -27,6 +27,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "benchmark: userspace proxy"),
     ("systemd", "benchmark: systemd-socket-proxyd"),
     ("bpftool", "troubleshooting the data plane"),
+    (
+        "protobuf-compiler",
+        "containerd's API client is generated at build time",
+    ),
+    ("containerd", "runs container functions"),
+    ("runc", "the OCI runtime containerd starts containers with"),
+    ("crun", "the other OCI runtime the benchmark compares"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

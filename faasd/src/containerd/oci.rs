@@ -175,7 +175,7 @@ impl ContainerSpec {
                     "effective": DEFAULT_CAPABILITIES,
                     "permitted": DEFAULT_CAPABILITIES,
                 },
-                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536}],
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
                 "noNewPrivileges": true,
             },
             "root": {"path": "rootfs", "readonly": self.read_only},

@@ -441,6 +441,17 @@ impl ContainerRuntime {
     /// Deletes the task (if any), the container, its lease and snapshot, and the instance's
     /// directory. Returns the exit status containerd recorded, if it had one.
     async fn delete_instance(&self, client: &Containerd, id: &str) -> Option<u32> {
+        // The pidfd reports the exit before the shim has reaped it and told containerd,
+        // which refuses to delete a task it still thinks runs: wait for it to know.
+        let mut tasks = client.tasks();
+        let wait = tasks.wait(client.request(WaitRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+        }));
+        let waited = match tokio::time::timeout(Duration::from_secs(5), wait).await {
+            Ok(Ok(r)) => Some(r.into_inner().exit_status),
+            _ => None,
+        };
         let status = match client
             .tasks()
             .delete(client.request(DeleteTaskRequest {
@@ -448,11 +459,11 @@ impl ContainerRuntime {
             }))
             .await
         {
-            Ok(r) => Some(r.into_inner().exit_status),
-            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Ok(r) => waited.or(Some(r.into_inner().exit_status)),
+            Err(s) if s.code() == tonic::Code::NotFound => waited,
             Err(s) => {
                 tracing::warn!("{id}: deleting the task: {}", s.message());
-                None
+                waited
             }
         };
         if let Err(s) = client

@@ -12,6 +12,11 @@
 //!
 //! `HELLO_WATCHDOG_STOP_AFTER_MS` makes it stop sending WATCHDOG=1 after that long, to
 //! show faasd's watchdog restarting a hung function.
+//!
+//! A few paths show what the function sees, for faasd's container tests and for anyone
+//! looking around: `/interfaces` (its network interfaces), `/secret/<name>` (an OpenFaaS
+//! secret mounted at /var/openfaas/secrets), `/alloc/<MiB>` (allocates and touches that
+//! much memory, to see a memory limit at work).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -76,10 +81,13 @@ fn serve(mut stream: TcpStream, accepted_ns: u64) -> std::io::Result<()> {
     reader.read_exact(&mut body)?;
     let n = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
-    let mut text = format!(
-        "Hello from faasd! instance={} request={n} path={path}\n",
-        instance()
-    );
+    let mut text = match inspect(path) {
+        Some(t) => t,
+        None => format!(
+            "Hello from faasd! instance={} request={n} path={path}\n",
+            instance()
+        ),
+    };
     if let Ok(remote) = std::env::var("REMOTE_ADDR") {
         text.push_str(&format!("remote={remote}\n"));
     }
@@ -131,6 +139,38 @@ extern "C" fn on_sigterm(_: libc::c_int) {
     // SAFETY: _exit is async-signal-safe. Connections being served are cut short, which is
     // what a stop after the grace period would do anyway.
     unsafe { libc::_exit(0) }
+}
+
+/// The answers of the inspection paths.
+fn inspect(path: &str) -> Option<String> {
+    if path == "/interfaces" {
+        let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        return Some(names.join("\n") + "\n");
+    }
+    if let Some(name) = path.strip_prefix("/secret/") {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Some("no such secret name\n".into());
+        }
+        return Some(
+            std::fs::read_to_string(format!("/var/openfaas/secrets/{name}"))
+                .unwrap_or_else(|e| format!("cannot read secret {name}: {e}\n")),
+        );
+    }
+    if let Some(mib) = path.strip_prefix("/alloc/") {
+        let mib: usize = mib.parse().ok()?;
+        // Touch every page, so the memory is really used.
+        let v = vec![1u8; mib << 20];
+        let sum: usize = v.iter().step_by(4096).map(|b| *b as usize).sum();
+        return Some(format!("allocated {mib} MiB ({sum} pages)\n"));
+    }
+    None
 }
 
 fn main() {
