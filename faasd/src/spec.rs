@@ -549,7 +549,7 @@ fn parse_cpu(s: &str) -> Option<u64> {
         return m.parse().ok();
     }
     let f: f64 = s.parse().ok()?;
-    (f.is_finite() && f >= 0.0 && f < 1e6).then(|| (f * 1000.0).round() as u64)
+    (0.0..1e6).contains(&f).then(|| (f * 1000.0).round() as u64)
 }
 
 fn parse_u32(key: &str, v: Option<&str>, default: u32) -> Result<u32, SpecError> {

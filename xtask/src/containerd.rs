@@ -3,6 +3,7 @@
 //! is stopped when the guard is dropped. Nothing here touches a system containerd's files.
 
 use std::{
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -34,7 +35,7 @@ fn answers(socket: &Path) -> bool {
 
 impl Containerd {
     /// The system containerd if it runs, else a private one under `dir`.
-    pub fn system_or_private(dir: &Path) -> Result<Self> {
+    pub fn system_or_private(dir: &Path, name: &str) -> Result<Self> {
         if answers(Path::new(SYSTEM_SOCKET)) {
             println!("    ✓ using the system containerd at {SYSTEM_SOCKET}");
             return Ok(Self {
@@ -42,13 +43,13 @@ impl Containerd {
                 child: None,
             });
         }
-        Self::private(dir)
+        Self::private(dir, name)
     }
 
     /// Starts a private containerd whose files all live under `dir` (its state, which
-    /// holds sockets, under /run, where socket paths stay short).
-    pub fn private(dir: &Path) -> Result<Self> {
-        let state = PathBuf::from("/run/faasd-xtask/containerd");
+    /// holds sockets, under /run/faasd-xtask/`name`, where socket paths stay short).
+    pub fn private(dir: &Path, name: &str) -> Result<Self> {
+        let state = PathBuf::from("/run/faasd-xtask").join(name);
         let socket = state.join("containerd.sock");
         let root = dir.join("root");
         std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
@@ -77,6 +78,9 @@ impl Containerd {
         let child = Command::new("containerd")
             .arg("--config")
             .arg(&config)
+            // Its own process group: a Ctrl-C meant for `up` must not stop containerd
+            // before faasd has deleted its containers.
+            .process_group(0)
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
             .spawn()

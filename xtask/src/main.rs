@@ -98,6 +98,9 @@ fn up() -> Result {
     let hello = root.join("target/release/hello");
     let dir = root.join("target/up");
     let socket = dir.join("run/faasd.sock");
+    // Stopped (if private) when `up` returns, after faasd has deleted its containers.
+    let ctr = containerd::Containerd::system_or_private(&dir.join("containerd"), "up")?;
+    image::build_and_import(&faasd, &ctr.socket)?;
 
     step("starting faasd (state in target/up/state)");
     let mut daemon = Command::new(&faasd)
@@ -105,6 +108,8 @@ fn up() -> Result {
         .arg(dir.join("state"))
         .arg("--runtime-dir")
         .arg(dir.join("run"))
+        .arg("--containerd")
+        .arg(&ctr.socket)
         .spawn()
         .map_err(|e| format!("starting {}: {e}", faasd.display()))?;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -121,7 +126,7 @@ fn up() -> Result {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    step("deploying the sample function `hello`");
+    step("deploying the sample functions: `hello` (a process) and `hello-oci` (a container)");
     let cli = |args: &[&str]| {
         Command::new(&faasd)
             .arg("--socket")
@@ -130,54 +135,68 @@ fn up() -> Result {
             .output()
             .map_err(|e| e.to_string())
     };
+    // Deploys, or updates what an earlier `up` left; returns the function's address.
+    let deploy = |name: &str, how: &[&str]| -> Result<String> {
+        let mut args = vec!["deploy", name];
+        args.extend_from_slice(how);
+        args.extend_from_slice(&[
+            "-l",
+            "com.openfaas.scale.zero=true",
+            "-l",
+            "com.openfaas.scale.zero-duration=30s",
+        ]);
+        let mut out = cli(&args)?;
+        if String::from_utf8_lossy(&out.stderr).contains("already exists") {
+            args.push("--update");
+            out = cli(&args)?;
+        }
+        if !out.status.success() {
+            return Err(format!(
+                "deploying {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let describe = cli(&["describe", name, "--json"])?;
+        let text = String::from_utf8_lossy(&describe.stdout);
+        Ok(text
+            .split("\"address\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("?")
+            .to_owned())
+    };
     let hello = hello.to_string_lossy();
-    let mut deploy = vec![
-        "deploy",
-        "hello",
-        "--command",
-        &hello,
-        "-l",
-        "com.openfaas.scale.zero=true",
-        "-l",
-        "com.openfaas.scale.zero-duration=30s",
-    ];
-    let mut out = cli(&deploy)?;
-    if String::from_utf8_lossy(&out.stderr).contains("already exists") {
-        deploy.push("--update");
-        out = cli(&deploy)?;
-    }
-    if !out.status.success() {
-        let _ = daemon.kill();
-        return Err(format!(
-            "deploy failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let describe = cli(&["describe", "hello", "--json"])?;
-    let text = String::from_utf8_lossy(&describe.stdout);
-    let address = text
-        .split("\"address\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap_or("?")
-        .to_owned();
+    let deployed = deploy("hello", &["--command", &hello]).and_then(|process| {
+        deploy("hello-oci", &["--image", "localhost/hello:latest"]).map(|c| (process, c))
+    });
+    let (address, oci_address) = match deployed {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = daemon.kill();
+            return Err(e);
+        }
+    };
     let sock = socket.display();
     println!(
         "
-faasd is running with the sample function `hello` at {address}.
+faasd is running with two sample functions:
+  hello      a process, at {address}
+  hello-oci  the same program as an OCI image in containerd ({}), at {oci_address}
 
-  Call it (the first call starts it from zero):
+  Call them (the first call starts each from zero):
     curl http://[{address}]:8080/
+    curl http://[{oci_address}]:8080/
 
   Look around:
     export FAASD_SOCKET={sock}
     target/release/faasd list
-    target/release/faasd describe hello
+    target/release/faasd describe hello-oci
     target/release/faasd logs hello
     target/release/faasd status
 
-  It stops again after 30 s without connections; the next call starts it again.
-  Press Ctrl-C to stop faasd and its functions."
+  Each stops again after 30 s without connections; the next call starts it again.
+  Press Ctrl-C to stop faasd and its functions.",
+        ctr.socket.display()
     );
     // Ctrl-C reaches faasd too (same process group); wait for it to finish its shutdown.
     // SAFETY: ignoring SIGINT in this process only; the daemon keeps its own handler.
@@ -237,7 +256,7 @@ fn test(args: &[String]) -> Result {
     run(cargo().args(["build", "--all-targets"]))?;
     // The container tests run against a private containerd holding the sample images;
     // it is stopped when `ctr` goes out of scope, pass or fail.
-    let ctr = containerd::Containerd::private(&root().join("target/containerd"))?;
+    let ctr = containerd::Containerd::private(&root().join("target/containerd"), "test")?;
     image::build_and_import(&root().join("target/debug/faasd"), &ctr.socket)?;
     step("running every test (unit and privileged integration tests)");
     run(cargo()

@@ -430,10 +430,9 @@ impl ContainerRuntime {
             read_only: self.read_only,
             memory_limit: self.memory_limit,
             cpu_millis: self.cpu_millis,
-            cgroups_path: format!(
-                "/{}/{}/{}/{}",
-                self.host.cgroup_parent, self.namespace, self.function, launch.instance
-            ),
+            // Flat under the parent: runc removes the instance's own cgroup, and on a host
+            // with cgroup v1 controllers per-function parents would stay behind in each.
+            cgroups_path: format!("/{}/{}", self.host.cgroup_parent, launch.instance),
             binds,
         }
     }

@@ -123,6 +123,19 @@ impl Drop for Netns {
             // The shared parent goes with the last test that used it.
             let _ = std::fs::remove_dir(root.join("faasd-test"));
         }
+        // Containers' cgroups in the v1 controllers of a hybrid host (runc removes the
+        // instance's own; the parents are the test's).
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let dir = h.path().join(&self.cgroup_parent);
+            if dir.is_dir() {
+                let _ = std::fs::remove_dir(&dir);
+                let _ = std::fs::remove_dir(h.path().join("faasd-test"));
+            }
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
@@ -395,13 +408,18 @@ fn parse_response(resp: &str) -> (u16, String) {
     (status, body)
 }
 
-/// One HTTP GET over a new connection (call inside the namespace).
+/// One HTTP GET of `/` over a new connection (call inside the namespace).
 pub fn http_get(addr: SocketAddr) -> std::io::Result<(u16, String)> {
+    http_get_path(addr, "/")
+}
+
+/// One HTTP GET of `path` over a new connection (call inside the namespace).
+pub fn http_get_path(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
     write!(
         s,
-        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
     )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;

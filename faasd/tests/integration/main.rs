@@ -1,10 +1,11 @@
 //! Privileged integration tests: real eBPF programs, real network namespaces, real
-//! processes. Each test creates its own namespace and removes it (and everything it
+//! processes, a real containerd. Each test creates its own namespace and removes it (and everything it
 //! started) when it ends, passing or failing. Without root or BPF they skip with a message.
 
 mod harness;
 
 mod activation;
 mod api;
+mod containers;
 mod dataplane;
 mod restart;

@@ -1,0 +1,421 @@
+//! Container functions through a real containerd: the private one `cargo xtask test`
+//! starts, named by FAASD_TEST_CONTAINERD, holding the sample images
+//! `localhost/hello:latest` (takes sockets) and `localhost/hello-port:latest` (binds 8080).
+//! What these tests find in containerd they check with `ctr`, an independent client.
+
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::harness::{Daemon, Netns, http_get, http_get_path, instance_of};
+
+/// The containerd the tests use, or `None` (the test then skips with a message).
+fn containerd() -> Option<PathBuf> {
+    std::env::var_os("FAASD_TEST_CONTAINERD").map(PathBuf::from)
+}
+
+/// Binds `$socket` to the test containerd's socket, or skips the test with a message.
+macro_rules! require_containerd {
+    ($socket:ident) => {
+        $crate::require_privileges!();
+        let Some($socket) = containerd() else {
+            eprintln!(
+                "skipped: no containerd for the tests (cargo xtask test starts one and sets \
+                 FAASD_TEST_CONTAINERD)"
+            );
+            return;
+        };
+    };
+}
+
+/// `ctr` in faasd's containerd namespace.
+fn ctr(socket: &PathBuf, args: &[&str]) -> String {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", "faasd"])
+        .args(args)
+        .output()
+        .expect("ctr runs");
+    assert!(
+        out.status.success(),
+        "ctr {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Containers, tasks, snapshots and leases in containerd that belong to function `name`
+/// (instance ids start with the function's name and the daemon's pid).
+fn leftovers(socket: &PathBuf, name: &str, daemon_pid: i32) -> Vec<String> {
+    let prefix = format!("{name}-{daemon_pid}-");
+    let mut found = Vec::new();
+    for (what, args) in [
+        ("container", &["containers", "ls", "-q"][..]),
+        ("task", &["tasks", "ls"][..]),
+        ("snapshot", &["snapshots", "ls"][..]),
+        ("lease", &["leases", "ls", "-q"][..]),
+    ] {
+        for line in ctr(socket, args).lines() {
+            if let Some(id) = line.split_whitespace().next()
+                && id.starts_with(&prefix)
+            {
+                found.push(format!("{what} {id}"));
+            }
+        }
+    }
+    found
+}
+
+/// Removes what a test left in containerd for its functions: the daemon is killed with
+/// SIGKILL at the end of a test, and containers outlive it. Declared after the namespace
+/// and before the daemon, so it runs between the two.
+struct Cleanup<'a> {
+    socket: &'a PathBuf,
+    names: &'a [&'a str],
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let list = |args: &[&str]| {
+            Command::new("ctr")
+                .arg("--address")
+                .arg(self.socket)
+                .args(["--namespace", "faasd"])
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let ours = |id: &str| self.names.iter().any(|n| id.starts_with(&format!("{n}-")));
+        for id in list(&["containers", "ls", "-q"])
+            .lines()
+            .filter(|i| ours(i))
+        {
+            list(&["tasks", "kill", "-s", "SIGKILL", id]);
+            list(&["tasks", "rm", "-f", id]);
+            list(&["containers", "rm", id]);
+        }
+        for id in list(&["leases", "ls", "-q"]).lines().filter(|i| ours(i)) {
+            list(&["leases", "rm", "--sync", id]);
+        }
+    }
+}
+
+fn start<'a>(ns: &'a Netns, socket: &PathBuf) -> Daemon<'a> {
+    Daemon::start_with(ns, &format!("containerd = {socket:?}\n"))
+}
+
+fn http(addr: Ipv6Addr) -> SocketAddr {
+    SocketAddr::from((addr, 8080))
+}
+
+#[test]
+fn an_image_starts_on_its_first_connection_with_only_lo() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-first");
+    let _c = Cleanup {
+        socket: &socket,
+        names: &["ctr-first"],
+    };
+    let d = start(&ns, &socket);
+    d.cli_ok(&["deploy", "ctr-first", "--image", "localhost/hello:latest"]);
+    let f = d.describe("ctr-first");
+    assert_eq!(f.image, "localhost/hello:latest");
+    assert!(f.state.instances.is_empty(), "deploy starts nothing");
+    let (code, body) = ns.run(|| http_get(http(f.address))).unwrap();
+    assert_eq!(code, 200, "{body}\n{}", d.log());
+    let instance = instance_of(&body);
+    assert!(instance.starts_with("ctr-first-"), "{body}");
+    // The container's network namespace holds only the loopback interface.
+    let (_, ifaces) = ns
+        .run(|| http_get_path(http(f.address), "/interfaces"))
+        .unwrap();
+    assert_eq!(ifaces.trim(), "lo");
+    let s = d.describe("ctr-first");
+    assert_eq!(s.state.activations, 1);
+    assert_eq!(s.state.instances.len(), 1);
+    // stdout/stderr reach the function's log, with the instance id.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = d.cli_ok(&["logs", "ctr-first"]);
+        if logs
+            .lines()
+            .any(|l| l.contains(&instance) && l.contains("hello: instance"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no output in the log:\n{logs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn five_hundred_first_connections_start_one_container_and_all_are_served() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-burst");
+    let _c = Cleanup {
+        socket: &socket,
+        names: &["ctr-burst"],
+    };
+    let d = start(&ns, &socket);
+    d.cli_ok(&["deploy", "ctr-burst", "--image", "localhost/hello:latest"]);
+    let addr = http(d.describe("ctr-burst").address);
+    let results: Vec<_> = ns.run(|| {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..500).map(|_| s.spawn(|| http_get(addr))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    });
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|r| !matches!(r, Ok((200, _))))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let s = d.describe("ctr-burst");
+    assert_eq!(s.state.activations, 1, "one activation for the burst");
+    assert_eq!(s.state.starts, 1);
+}
+
+#[test]
+fn the_memory_limit_is_in_the_cgroup_and_enforced() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-mem");
+    let _c = Cleanup {
+        socket: &socket,
+        names: &["ctr-mem"],
+    };
+    let d = start(&ns, &socket);
+    d.cli_ok(&[
+        "deploy",
+        "ctr-mem",
+        "--image",
+        "localhost/hello:latest",
+        "--memory-limit",
+        "32Mi",
+        "-l",
+        "com.openfaas.scale.min=1",
+    ]);
+    let s = d.wait_for("ctr-mem", "a running instance", |s| {
+        s.available_replicas == 1
+    });
+    let pid = s.state.instances[0].pid;
+    assert_eq!(memory_limit_of(pid), Some(32 << 20), "cgroup of pid {pid}");
+    let addr = http(s.address);
+    let (code, body) = ns.run(|| http_get_path(addr, "/alloc/8")).unwrap();
+    assert_eq!(
+        (code, body.contains("allocated 8 MiB")),
+        (200, true),
+        "{body}"
+    );
+    // 64 MiB does not fit: the kernel kills the container, the request gets no answer.
+    let r = ns.run(|| http_get_path(addr, "/alloc/64"));
+    assert!(!matches!(&r, Ok((200, _))), "64 MiB fit in 32 MiB: {r:?}");
+    d.wait_for("ctr-mem", "the killed instance to be replaced", |s| {
+        s.state.instances.first().is_some_and(|i| i.pid != pid)
+    });
+    let logs = d.cli_ok(&["logs", "ctr-mem"]);
+    assert!(logs.contains("killed by signal 9"), "{logs}");
+}
+
+/// The memory limit of the cgroup `pid` is in: cgroup v1's memory controller on a hybrid
+/// host, `memory.max` on a cgroup v2 host.
+fn memory_limit_of(pid: i32) -> Option<u64> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = if controllers.split(',').any(|c| c == "memory") {
+            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+        } else if controllers.is_empty() && !Path::new("/sys/fs/cgroup/memory").exists() {
+            format!("/sys/fs/cgroup{path}/memory.max")
+        } else {
+            continue;
+        };
+        return std::fs::read_to_string(file).ok()?.trim().parse().ok();
+    }
+    None
+}
+
+#[test]
+fn a_secret_is_readable_inside_and_never_shown() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-secret");
+    let _c = Cleanup {
+        socket: &socket,
+        names: &["ctr-secret"],
+    };
+    let d = start(&ns, &socket);
+    let value = "hunter2-but-longer";
+    d.cli_ok(&["secret", "create", "api-key", "--from-literal", value]);
+    // A function that names a secret that does not exist is refused.
+    let e = d
+        .cli(&[
+            "deploy",
+            "ctr-secret",
+            "--image",
+            "localhost/hello:latest",
+            "--secret",
+            "missing",
+        ])
+        .unwrap_err();
+    assert!(e.contains("missing") && e.contains("secret create"), "{e}");
+    d.cli_ok(&[
+        "deploy",
+        "ctr-secret",
+        "--image",
+        "localhost/hello:latest",
+        "--secret",
+        "api-key",
+    ]);
+    let addr = http(d.describe("ctr-secret").address);
+    let (code, body) = ns.run(|| http_get_path(addr, "/secret/api-key")).unwrap();
+    assert_eq!((code, body.as_str()), (200, value));
+    let shown = d.cli_ok(&["describe", "ctr-secret", "--json"])
+        + &d.cli_ok(&["logs", "ctr-secret"])
+        + &d.cli_ok(&["secret", "list"])
+        + &d.log();
+    assert!(
+        !shown.contains(value),
+        "the secret's value leaked:\n{shown}"
+    );
+    assert!(shown.contains("api-key"));
+}
+
+#[test]
+fn idle_scale_to_zero_removes_the_task_and_remove_leaves_nothing() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-idle");
+    let _c = Cleanup {
+        socket: &socket,
+        names: &["ctr-idle"],
+    };
+    let d = start(&ns, &socket);
+    d.cli_ok(&[
+        "deploy",
+        "ctr-idle",
+        "--image",
+        "localhost/hello:latest",
+        "-l",
+        "com.openfaas.scale.zero=true",
+        "-l",
+        "com.openfaas.scale.zero-duration=1s",
+    ]);
+    let addr = http(d.describe("ctr-idle").address);
+    let (code, _) = ns.run(|| http_get(addr)).unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        !leftovers(&socket, "ctr-idle", d.pid()).is_empty(),
+        "a running container"
+    );
+    d.wait_for("ctr-idle", "scale to zero", |s| {
+        s.state.instances.is_empty()
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !leftovers(&socket, "ctr-idle", d.pid()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "after scale to zero: {:?}",
+            leftovers(&socket, "ctr-idle", d.pid())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Called again, it starts again, and then the function is removed while it runs.
+    let (code, _) = ns.run(|| http_get(addr)).unwrap();
+    assert_eq!(code, 200);
+    d.cli_ok(&["remove", "ctr-idle"]);
+    assert_eq!(
+        leftovers(&socket, "ctr-idle", d.pid()),
+        Vec::<String>::new()
+    );
+    let containers_dir = ns.dir.join("run/containers");
+    let left: Vec<_> = std::fs::read_dir(&containers_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "left in {}: {left:?}",
+        containers_dir.display()
+    );
+}
+
+#[test]
+fn an_image_that_binds_its_own_port_is_forwarded_to() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-port");
+    let _c = Cleanup {
+        socket: &socket,
+        names: &["ctr-port"],
+    };
+    let d = start(&ns, &socket);
+    d.cli_ok(&[
+        "deploy",
+        "ctr-port",
+        "--image",
+        "localhost/hello-port:latest",
+    ]);
+    let addr = http(d.describe("ctr-port").address);
+    for i in 0..3 {
+        let (code, body) = ns.run(|| http_get(addr)).unwrap();
+        assert_eq!(code, 200, "call {i}: {body}\n{}", d.log());
+        assert!(body.contains(&format!("request={}", i + 1)), "{body}");
+    }
+    let s = d.describe("ctr-port");
+    assert_eq!((s.state.activations, s.available_replicas), (1, 1));
+}
+
+#[test]
+fn a_missing_image_is_a_clear_error_and_leaves_no_state() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-missing");
+    let d = start(&ns, &socket);
+    let e = d
+        .cli(&[
+            "deploy",
+            "ctr-missing",
+            "--image",
+            "localhost/no-such-image:1.0",
+        ])
+        .unwrap_err();
+    assert!(
+        e.contains("localhost/no-such-image:1.0") && e.contains("faasd image import"),
+        "{e}"
+    );
+    let e = d
+        .cli(&["deploy", "ctr-missing", "--image", "Not/A Reference"])
+        .unwrap_err();
+    assert!(e.contains("400") && e.contains("image"), "{e}");
+    assert_eq!(d.cli_ok(&["list", "--json"]).trim(), "[]");
+    let stored: Vec<_> = std::fs::read_dir(ns.dir.join("state/functions/openfaas-fn"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(stored.is_empty(), "{stored:?}");
+}
+
+#[test]
+fn without_containerd_the_daemon_runs_and_image_deploys_say_where_it_looked() {
+    crate::require_privileges!();
+    let ns = Netns::new("ctr-absent");
+    let d = Daemon::start_with(&ns, "containerd = \"/nonexistent/containerd.sock\"\n");
+    let e = d
+        .cli(&["deploy", "absent", "--image", "localhost/hello:latest"])
+        .unwrap_err();
+    assert!(
+        e.contains("503")
+            && e.contains("unreachable")
+            && e.contains("/nonexistent/containerd.sock"),
+        "{e}"
+    );
+    // Process functions are unaffected.
+    let addr = d.deploy_hello("proc", &[]);
+    let (code, _) = ns.run(|| http_get(SocketAddr::from((addr, 8080)))).unwrap();
+    assert_eq!(code, 200);
+}
