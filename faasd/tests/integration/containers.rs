@@ -419,3 +419,65 @@ fn without_containerd_the_daemon_runs_and_image_deploys_say_where_it_looked() {
     let (code, _) = ns.run(|| http_get(SocketAddr::from((addr, 8080)))).unwrap();
     assert_eq!(code, 200);
 }
+
+#[test]
+fn a_container_keeps_serving_through_a_kill_9_and_is_adopted() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-adopt");
+    let _c = Cleanup {
+        socket: &socket,
+        names: &["ctr-adopt", "ctr-fwd"],
+    };
+    let mut d = start(&ns, &socket);
+    let running = ["-l", "com.openfaas.scale.min=1"];
+    let mut args = vec!["deploy", "ctr-adopt", "--image", "localhost/hello:latest"];
+    args.extend_from_slice(&running);
+    d.cli_ok(&args);
+    let mut args = vec![
+        "deploy",
+        "ctr-fwd",
+        "--image",
+        "localhost/hello-port:latest",
+    ];
+    args.extend_from_slice(&running);
+    d.cli_ok(&args);
+    let before = d.wait_for("ctr-adopt", "a running instance", |s| {
+        s.available_replicas == 1
+    });
+    let fwd = d.wait_for("ctr-fwd", "a running instance", |s| {
+        s.available_replicas == 1
+    });
+    let old_fwd_pid = fwd.state.instances[0].pid;
+    let pid = before.state.instances[0].pid;
+    let first_daemon = d.pid();
+    d.kill9();
+    // The container holds the function's sockets itself: it answers with no faasd.
+    let (code, body) = ns.run(|| http_get(http(before.address))).unwrap();
+    assert_eq!(code, 200, "{body}");
+    d.restart();
+    let after = d.describe("ctr-adopt");
+    assert_eq!(
+        after
+            .state
+            .instances
+            .iter()
+            .map(|i| i.pid)
+            .collect::<Vec<_>>(),
+        vec![pid],
+        "the same container is adopted\n{}",
+        d.log()
+    );
+    let (code, _) = ns.run(|| http_get(http(after.address))).unwrap();
+    assert_eq!(code, 200);
+    // A forwarded instance's sockets lived in the dead daemon: its container is
+    // replaced, and the old one deleted from containerd.
+    let fwd = d.wait_for("ctr-fwd", "a new forwarded instance", |s| {
+        s.available_replicas == 1 && s.state.instances[0].pid != old_fwd_pid
+    });
+    let (code, _) = ns.run(|| http_get(http(fwd.address))).unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        leftovers(&socket, "ctr-fwd", first_daemon),
+        Vec::<String>::new()
+    );
+}
