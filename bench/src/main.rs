@@ -8,6 +8,11 @@
 //!   the same server on its own bound address (the limit), and through userspace proxies
 //!   (systemd-socket-proxyd, socat, HAProxy).
 //!
+//! - with `--containerd`: cold activation of a container function (first connection →
+//!   first byte, split into queued → task created → task started → accepted → first
+//!   byte) with runc and, where it works, crun; and the warm path of an image that binds
+//!   its own port (faasd forwards) against one that takes its sockets.
+//!
 //! Prints a table, writes `results.json` and `latency.svg` to `--out`.
 
 mod plot;
@@ -33,6 +38,8 @@ struct Args {
     cold: usize,
     warm: usize,
     settle: Duration,
+    containerd: Option<PathBuf>,
+    container_cold: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -43,6 +50,8 @@ fn parse_args() -> Result<Args> {
         cold: 200,
         warm: 2000,
         settle: Duration::from_millis(50),
+        containerd: None,
+        container_cold: 100,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,17 +63,20 @@ fn parse_args() -> Result<Args> {
             "--cold" => a.cold = val()?.parse()?,
             "--warm" => a.warm = val()?.parse()?,
             "--settle-ms" => a.settle = Duration::from_millis(val()?.parse()?),
+            "--containerd" => a.containerd = Some(val()?.into()),
+            "--container-cold" => a.container_cold = val()?.parse()?,
             "--help" | "-h" => {
                 println!(
-                    "faasd-bench [--cold N (200)] [--warm N (2000)] [--settle-ms MS (50)] [--out DIR] [--faasd BIN] [--hello BIN]"
+                    "faasd-bench [--cold N (200)] [--warm N (2000)] [--settle-ms MS (50)] [--out DIR] [--faasd BIN] [--hello BIN]\n\
+                     \x20           [--containerd SOCKET [--container-cold N (100)]]  (images localhost/hello and localhost/hello-port imported)"
                 );
                 std::process::exit(0);
             }
             f => bail!("unknown flag {f} (see --help)"),
         }
     }
-    if a.cold < 100 {
-        bail!("--cold must be at least 100 for a meaningful p99");
+    if a.cold < 100 || a.container_cold < 100 {
+        bail!("--cold and --container-cold must be at least 100 for a meaningful p99");
     }
     Ok(a)
 }
@@ -81,6 +93,7 @@ fn monotonic_ns() -> u64 {
 struct Bench {
     netns: String,
     dir: PathBuf,
+    daemon: Option<Child>,
     children: Vec<Child>,
     socket: PathBuf,
 }
@@ -98,6 +111,7 @@ impl Bench {
         let b = Self {
             dir: out.join("run"),
             netns,
+            daemon: None,
             children: Vec::new(),
             socket: PathBuf::new(),
         };
@@ -124,18 +138,25 @@ impl Bench {
         Ok(())
     }
 
-    fn start_daemon(&mut self, faasd: &Path) -> Result<()> {
+    /// Starts the daemon (stopping a running one first) with extra config lines.
+    fn start_daemon(&mut self, faasd: &Path, extra_config: &str) -> Result<()> {
+        if let Some(d) = self.daemon.take() {
+            stop(d);
+        }
         let config = self.dir.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = \"faasd-bench\"\nstop-timeout = \"2s\"\n",
+                "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = \"faasd-bench\"\nstop-timeout = \"2s\"\n{extra_config}",
                 self.dir.join("state"),
                 self.dir.join("rt"),
             ),
         )?;
         self.socket = self.dir.join("rt/faasd.sock");
-        let log = std::fs::File::create(self.dir.join("daemon.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))?;
         let child = Command::new(faasd)
             .args(["daemon", "--stop-functions-on-exit", "--config"])
             .arg(&config)
@@ -143,7 +164,7 @@ impl Bench {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        self.children.push(child);
+        self.daemon = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(&self.socket).is_err() {
             if Instant::now() > deadline {
@@ -189,18 +210,14 @@ impl Bench {
         self.api("GET", &format!("/system/function/{name}"), "")
     }
 
-    /// (requested, running) of the activation that began at or after `t0`. The daemon may
+    /// The timing of `name`'s activation that began at or after `t0`. The daemon may
     /// answer the response before it publishes the activation, so this waits for it.
-    fn activation_since(&self, t0: u64) -> Result<(u64, u64)> {
+    fn activation_since(&self, name: &str, t0: u64) -> Result<Value> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let t = &self.describe("hello")?["state"]["lastActivation"];
-            let (req, run) = (
-                t["requestedNs"].as_u64().unwrap_or(0),
-                t["runningNs"].as_u64().unwrap_or(0),
-            );
-            if req >= t0 {
-                return Ok((req, run));
+            let t = &self.describe(name)?["state"]["lastActivation"];
+            if t["requestedNs"].as_u64().unwrap_or(0) >= t0 {
+                return Ok(t.clone());
             }
             if Instant::now() > deadline {
                 bail!("no activation recorded after the connection at {t0}");
@@ -229,17 +246,26 @@ impl Bench {
     }
 }
 
+/// SIGTERM, a grace period, SIGKILL.
+fn stop(mut c: Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
 impl Drop for Bench {
     fn drop(&mut self) {
-        for c in self.children.iter_mut().rev() {
-            // SAFETY: signalling our own children.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        // The daemon first: it deletes its containers on the way out.
+        if let Some(d) = self.daemon.take() {
+            stop(d);
+        }
+        for c in self.children.drain(..).rev() {
+            stop(c);
         }
         if let Ok(m) = std::fs::metadata(format!("/run/netns/{}", self.netns)) {
             use std::os::unix::fs::MetadataExt;
@@ -267,6 +293,8 @@ fn request(addr: SocketAddr) -> Result<(u64, u64, Option<u64>)> {
     let t0 = monotonic_ns();
     let mut s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
+    // A function that cannot start leaves the connection queued: fail, do not hang.
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
     let mut first = [0u8; 1];
     s.read_exact(&mut first)?;
@@ -338,7 +366,12 @@ fn main() -> Result<()> {
     println!("machine: {machine}");
 
     let mut b = Bench::new(&out)?;
-    b.start_daemon(&faasd)?;
+    let containerd_config = args
+        .containerd
+        .as_ref()
+        .map(|c| format!("containerd = {c:?}\n"))
+        .unwrap_or_default();
+    b.start_daemon(&faasd, &containerd_config)?;
     let deployed = b.api(
         "POST",
         "/system/functions",
@@ -352,30 +385,9 @@ fn main() -> Result<()> {
 
     // Cold activations.
     println!("cold activation: {} runs", args.cold);
-    let mut total = Vec::new();
-    let (mut queued, mut spawn, mut accept, mut respond) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for i in 0..args.cold {
-        b.scale_and_wait("hello", 0)?;
-        // The kernel tears the stopped instance's namespaces down asynchronously; a function
-        // woken after being idle finds that long done.
-        std::thread::sleep(args.settle);
-        let (t0, t_first, accepted) = request(fn_addr)?;
-        let (req, run) = b.activation_since(t0)?;
-        let accepted = accepted.context("the function did not report X-Accepted-Ns")?;
-        if !(t0 <= req && req <= run.min(accepted) && accepted <= t_first) {
-            bail!("run {i}: timestamps out of order: {t0} {req} {run} {accepted} {t_first}");
-        }
-        // faasd sees exec succeed when the CLOEXEC pipe closes; the function may accept
-        // before faasd's thread runs to notice. The spawn phase then ends at the accept.
-        let run = run.min(accepted);
-        total.push(t_first - t0);
-        queued.push(req - t0);
-        spawn.push(run - req);
-        accept.push(accepted - run);
-        respond.push(t_first - accepted);
-    }
-    let cold = Summary::of("cold activation", &total);
+    let process_cold = cold_runs(&b, "hello", fn_addr, args.cold, args.settle, false)?;
+    let cold = process_cold.total.clone();
+    let total = process_cold.samples.clone();
 
     // Warm paths.
     // Every path gets its own server process, identical to the function's, so each server
@@ -470,18 +482,15 @@ fn main() -> Result<()> {
     };
     let limit = by_name(DIRECT).p50;
     let steered_counters = b.describe("hello")?["counters"].clone();
+    let containers = match &args.containerd {
+        Some(_) => Some(containers(&mut b, &faasd, &containerd_config, &args)?),
+        None => None,
+    };
     drop(b);
 
     // Report.
-    let phase = |name: &str, v: &[u64]| Summary::of(name, v);
-    let phases = [
-        phase("queued → start requested", &queued),
-        phase("start requested → running", &spawn),
-        phase("running → accepted", &accept),
-        phase("accepted → first byte", &respond),
-    ];
-    let cold_rows: Vec<Summary> = std::iter::once(&cold).chain(&phases).cloned().collect();
-    stats::print_table("cold activation (ms)", Unit::Ms, &cold_rows, None);
+    let phases = process_cold.phases.clone();
+    stats::print_table("cold activation (ms)", Unit::Ms, &process_cold.rows(), None);
     stats::print_table("warm connect+request (µs)", Unit::Us, &warm, Some(limit));
     let faasd_p50 = by_name(FAASD).p50 as f64;
     let proxies: Vec<Value> = PROXIES
@@ -523,6 +532,7 @@ fn main() -> Result<()> {
         "sk_lookup_program": program,
         "blocks_of_100": ab.iter().map(Summary::to_json).collect::<Vec<_>>(),
         "goals": goals,
+        "containers": containers,
     });
     std::fs::write(
         out.join("results.json"),
@@ -630,4 +640,200 @@ fn program_run_time(id: u64) -> Option<(u64, f64)> {
 
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
+}
+
+/// Cold activations of one function: totals and their phases.
+struct ColdRuns {
+    total: Summary,
+    samples: Vec<u64>,
+    phases: Vec<Summary>,
+}
+
+impl ColdRuns {
+    fn rows(&self) -> Vec<Summary> {
+        std::iter::once(&self.total)
+            .chain(&self.phases)
+            .cloned()
+            .collect()
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "total": self.total.to_json(),
+            "phases": self.phases.iter().map(Summary::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// `runs` times: scale `name` to zero, wait `settle`, connect and time the first byte,
+/// then split the time with the daemon's timestamps and the function's X-Accepted-Ns.
+/// A container's split has the task's creation and start in place of "running".
+fn cold_runs(
+    b: &Bench,
+    name: &str,
+    addr: SocketAddr,
+    runs: usize,
+    settle: Duration,
+    container: bool,
+) -> Result<ColdRuns> {
+    let mut total = Vec::new();
+    let mut cuts: Vec<Vec<u64>> = Vec::new();
+    for i in 0..runs {
+        b.scale_and_wait(name, 0)?;
+        // The kernel tears the stopped instance's namespaces down asynchronously; a function
+        // woken after being idle finds that long done.
+        std::thread::sleep(settle);
+        let (t0, t_first, accepted) = request(addr)?;
+        let t = b.activation_since(name, t0)?;
+        let at = |k: &str| t[k].as_u64().unwrap_or(0);
+        let accepted = accepted.context("the function did not report X-Accepted-Ns")?;
+        // faasd sees a process's exec succeed when the CLOEXEC pipe closes; the function may
+        // accept before faasd's thread runs to notice. That phase then ends at the accept.
+        let mut points = vec![t0, at("requestedNs")];
+        if container {
+            points.extend([at("taskCreatedNs"), at("taskStartedNs").min(accepted)]);
+        } else {
+            points.push(at("runningNs").min(accepted));
+        }
+        points.extend([accepted, t_first]);
+        if points.windows(2).any(|w| w[0] > w[1]) {
+            bail!("{name} run {i}: timestamps out of order: {points:?}");
+        }
+        total.push(t_first - t0);
+        cuts.resize(points.len() - 1, Vec::new());
+        for (c, w) in cuts.iter_mut().zip(points.windows(2)) {
+            c.push(w[1] - w[0]);
+        }
+    }
+    let names: &[&str] = if container {
+        &[
+            "queued → start requested",
+            "start requested → task created",
+            "task created → task started",
+            "task started → accepted",
+            "accepted → first byte",
+        ]
+    } else {
+        &[
+            "queued → start requested",
+            "start requested → running",
+            "running → accepted",
+            "accepted → first byte",
+        ]
+    };
+    Ok(ColdRuns {
+        total: Summary::of("cold activation", &total),
+        samples: total,
+        phases: names
+            .iter()
+            .zip(&cuts)
+            .map(|(n, v)| Summary::of(n, v))
+            .collect(),
+    })
+}
+
+/// The container benchmarks: cold activation with runc (and crun, by restarting the daemon
+/// with it, where it works), and the warm path of a forwarded image against one that takes
+/// its sockets.
+fn containers(b: &mut Bench, faasd: &Path, config: &str, args: &Args) -> Result<Value> {
+    let deploy = |name: &str, image: &str, min: u32| -> Result<SocketAddr> {
+        let d = b.api(
+            "POST",
+            "/system/functions",
+            &json!({"service": name, "image": image,
+                    "labels": {"com.openfaas.scale.min": min.to_string()}})
+            .to_string(),
+        )?;
+        Ok(format!("[{}]:8080", d["address"].as_str().context("address")?).parse()?)
+    };
+    let sockets = deploy("hello-oci", "localhost/hello:latest", 0)?;
+    let forwarded = deploy("hello-port", "localhost/hello-port:latest", 0)?;
+    println!(
+        "container cold activation (runc): {} runs",
+        args.container_cold
+    );
+    let runc = cold_runs(
+        b,
+        "hello-oci",
+        sockets,
+        args.container_cold,
+        args.settle,
+        true,
+    )?;
+    stats::print_table(
+        "container cold activation, runc (ms)",
+        Unit::Ms,
+        &runc.rows(),
+        None,
+    );
+
+    // Warm: the same program in two images, one handed its sockets, one forwarded to.
+    b.scale_and_wait("hello-oci", 1)?;
+    b.scale_and_wait("hello-port", 1)?;
+    let paths = [
+        ("container, sockets passed", sockets),
+        ("container, forwarded to its port", forwarded),
+    ];
+    let mut samples = vec![Vec::new(); paths.len()];
+    for round in 0..args.warm + 200 {
+        for k in 0..paths.len() {
+            let i = (round + k) % paths.len();
+            let (t0, _, _) = request(paths[i].1)?;
+            if round >= 200 {
+                samples[i].push(monotonic_ns() - t0);
+            }
+        }
+    }
+    let warm: Vec<Summary> = paths
+        .iter()
+        .zip(&samples)
+        .map(|((n, _), s)| Summary::of(n, s))
+        .collect();
+    let ratio = warm[1].p50 as f64 / warm[0].p50 as f64;
+    stats::print_table(
+        "container warm connect+request (µs)",
+        Unit::Us,
+        &warm,
+        Some(warm[0].p50),
+    );
+    println!("forwarding costs {ratio:.2}× socket passing (p50)");
+
+    // crun: refuses some cgroup layouts (a hybrid v1/v2 host); reported, not fatal.
+    println!("container cold activation (crun): trying");
+    b.start_daemon(faasd, &format!("{config}oci-runtime = \"crun\"\n"))?;
+    let crun = match cold_runs(
+        b,
+        "hello-oci",
+        sockets,
+        args.container_cold,
+        args.settle,
+        true,
+    ) {
+        Ok(r) => {
+            stats::print_table(
+                "container cold activation, crun (ms)",
+                Unit::Ms,
+                &r.rows(),
+                None,
+            );
+            r.to_json()
+        }
+        Err(e) => {
+            let why = b
+                .describe("hello-oci")
+                .ok()
+                .and_then(|d| d["state"]["lastError"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| e.to_string());
+            println!("crun: not measured here: {why}");
+            json!({"error": why})
+        }
+    };
+    Ok(json!({
+        "cold_runc": runc.to_json(),
+        "cold_crun": crun,
+        "cold_runs": args.container_cold,
+        "warm": warm.iter().map(Summary::to_json).collect::<Vec<_>>(),
+        "forwarded_over_sockets_p50": ratio,
+        "goals": {"container_cold_p50_ms": {"goal": 100.0, "measured": ms(runc.total.p50)}},
+    }))
 }

@@ -75,6 +75,12 @@ pub enum Phase {
 pub struct ActivationTiming {
     /// faasd saw the pending connection and asked the runtime for an instance.
     pub requested_ns: u64,
+    /// Container runtime: containerd created the task (0 for processes).
+    #[serde(default)]
+    pub task_created_ns: u64,
+    /// Container runtime: containerd started the task (0 for processes).
+    #[serde(default)]
+    pub task_started_ns: u64,
     /// The instance's program was running (exec succeeded).
     pub running_ns: u64,
     /// The instance said READY=1 (or was considered ready at start).
@@ -548,6 +554,12 @@ impl Task {
         drop(out_w);
         self.snapshot.starts += 1;
         let pid = instance.pid;
+        if let Some(t) = self.activating.as_mut()
+            && t.task_created_ns == 0
+        {
+            t.task_created_ns = instance.milestones.created_ns;
+            t.task_started_ns = instance.milestones.started_ns;
+        }
         let forward = self.a.runtime.forward_port();
         self.track(instance, id, !s.notify && forward.is_none(), Some(output));
         if let Some(port) = forward {

@@ -578,6 +578,7 @@ impl Daemon {
             pid,
             pidfd,
             id: id.to_owned(),
+            milestones: Default::default(),
         };
         let mut socks = Vec::new();
         for (i, p) in settings.ports.iter().enumerate() {

@@ -286,8 +286,13 @@ fn bench(args: &[String]) -> Result {
         "faasd-bench",
     ]))?;
     let root = root();
+    let ctr =
+        containerd::Containerd::system_or_private(&root.join("target/bench/containerd"), "bench")?;
+    image::build_and_import(&root.join("target/release/faasd"), &ctr.socket)?;
     step("running the benchmarks");
     run(Command::new(root.join("target/release/faasd-bench"))
+        .arg("--containerd")
+        .arg(&ctr.socket)
         .arg("--faasd")
         .arg(root.join("target/release/faasd"))
         .arg("--hello")

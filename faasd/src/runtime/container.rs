@@ -33,7 +33,7 @@ use faasd_common::handoff;
 use prost::Message;
 use sendfd::SendWithFd;
 
-use super::{Instance, Launch, Runtime, RuntimeError};
+use super::{Instance, Launch, Milestones, Runtime, RuntimeError};
 use crate::{
     containerd::{
         Containerd, ContainerdError, SNAPSHOTTER,
@@ -351,6 +351,7 @@ impl ContainerRuntime {
                 .await
                 .map_err(ContainerdError::rpc("creating the task"))?
                 .into_inner();
+            let created_ns = crate::activation::monotonic_ns();
             client
                 .tasks()
                 .start(client.request(StartRequest {
@@ -359,11 +360,15 @@ impl ContainerRuntime {
                 }))
                 .await
                 .map_err(ContainerdError::rpc("starting the task"))?;
-            Ok::<u32, ContainerdError>(task.pid)
+            let milestones = Milestones {
+                created_ns,
+                started_ns: crate::activation::monotonic_ns(),
+            };
+            Ok::<_, ContainerdError>((task.pid, milestones))
         }
         .await;
-        let pid = match created {
-            Ok(pid) => pid as i32,
+        let (pid, milestones) = match created {
+            Ok((pid, m)) => (pid as i32, m),
             Err(e) => {
                 self.delete_instance(&client, &id).await;
                 return Err(e.into());
@@ -375,7 +380,12 @@ impl ContainerRuntime {
         };
         let pidfd = pidfd_open(pid).map_err(io("pidfd_open on the container's process"));
         match (handed, pidfd) {
-            (Ok(()), Ok(pidfd)) => Ok(Instance { pid, pidfd, id }),
+            (Ok(()), Ok(pidfd)) => Ok(Instance {
+                pid,
+                pidfd,
+                id,
+                milestones,
+            }),
             (Err(e), _) | (_, Err(e)) => {
                 kill_and_wait(&client, &id).await;
                 self.delete_instance(&client, &id).await;

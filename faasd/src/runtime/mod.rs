@@ -79,6 +79,17 @@ pub struct Instance {
     pub pidfd: OwnedFd,
     /// The instance's id.
     pub id: String,
+    /// When the runtime passed its own steps, for the activation's timing.
+    pub milestones: Milestones,
+}
+
+/// Steps of a container start (CLOCK_MONOTONIC ns; zero for runtimes without them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Milestones {
+    /// The task (the container's process, not yet running the command) exists.
+    pub created_ns: u64,
+    /// The task was started.
+    pub started_ns: u64,
 }
 
 impl Instance {

@@ -213,6 +213,7 @@ impl Runtime for ProcessRuntime {
             pid,
             pidfd,
             id: launch.instance.to_owned(),
+            milestones: super::Milestones::default(),
         })
     }
 }
