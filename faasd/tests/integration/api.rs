@@ -120,8 +120,12 @@ fn bad_input_gets_a_400_that_says_what_is_wrong() {
             "no such executable",
         ),
         (
-            r#"{"service":"f","image":"nginx:latest"}"#.to_owned(),
-            "process functions only",
+            r#"{"service":"f","image":"Library/Nginx:latest"}"#.to_owned(),
+            "path components are lowercase",
+        ),
+        (
+            format!(r#"{{"service":"f","envProcess":"{hello}","limits":{{"memory":"1Gi"}}}}"#),
+            "does not enforce limits",
         ),
         ("{not json".to_owned(), "invalid request body"),
     ];
