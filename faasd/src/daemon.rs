@@ -808,7 +808,7 @@ impl Daemon {
             .collect();
         FunctionStatus {
             name: f.record.spec.name.clone(),
-            image: d.image.clone().unwrap_or_default(),
+            image: f.record.spec.image.clone().unwrap_or_default(),
             namespace: f.record.spec.namespace.clone(),
             env_process: d.env_process.clone().unwrap_or_default(),
             env_vars: d.env_vars.clone(),

@@ -483,7 +483,11 @@ async fn run_client(client: Client, cmd: Command) -> Result<()> {
                 ["Name".into(), format!("{}.{}", f.name, f.namespace)],
                 ["Address".into(), f.address.to_string()],
                 ["Ports".into(), ports(&f)],
-                ["Command".into(), f.env_process.clone()],
+                if f.image.is_empty() {
+                    ["Command".into(), f.env_process.clone()]
+                } else {
+                    ["Image".into(), f.image.clone()]
+                },
                 ["State".into(), phase.as_str().unwrap_or("").to_owned()],
                 [
                     "Replicas".into(),
