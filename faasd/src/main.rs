@@ -123,6 +123,15 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ImageCommand {
+    /// Pull an image from its registry into containerd's `faasd` namespace (anonymous;
+    /// plain HTTP only for registries on loopback). Talks to containerd directly.
+    Pull {
+        /// Image reference, e.g. ghcr.io/openfaas/figlet:latest.
+        image: String,
+        /// containerd's socket.
+        #[arg(long, env = "FAASD_CONTAINERD", default_value = faasd::containerd::DEFAULT_SOCKET)]
+        containerd: PathBuf,
+    },
     /// Import an OCI image layout archive (oci-archive, e.g. from `cargo xtask image`,
     /// `skopeo copy ... oci-archive:FILE` or `buildah push ... oci-archive:FILE`) into
     /// containerd's `faasd` namespace. Talks to containerd directly.
@@ -257,6 +266,14 @@ fn main() -> std::process::ExitCode {
             Command::Daemon(args) => run_daemon(args).await,
             Command::Image(ImageCommand::Import { file, containerd }) => {
                 import_image(&file, &containerd).await
+            }
+            Command::Image(ImageCommand::Pull { image, containerd }) => {
+                let image = faasd::containerd::image::ImageRef::parse(&image)
+                    .map_err(|e| format!("{image}: {e}"))?;
+                let client = faasd::containerd::Containerd::connect(&containerd).await?;
+                client.pull(&image).await?;
+                println!("Pulled {image}");
+                Ok(())
             }
             cmd => run_client(Client::new(cli.socket), cmd).await,
         }
@@ -598,7 +615,7 @@ async fn run_client(client: Client, cmd: Command) -> Result<()> {
                 println!("{} {} {}", l.timestamp, l.instance, l.text);
             }
         }
-        Command::Image(ImageCommand::Import { .. }) => {
+        Command::Image(_) => {
             unreachable!("handled without the daemon")
         }
         Command::Secret(SecretCommand::Create {

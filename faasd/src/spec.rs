@@ -194,8 +194,8 @@ impl FunctionSpec {
         };
         if d.registry_auth.is_some() {
             return bad(
-                "registryAuth: this faasd does not pull from registries; import the image \
-                 with `faasd image import FILE.tar`",
+                "registryAuth: this faasd pulls public images only and stores no registry \
+                 credentials; import a private image with `faasd image import FILE.tar`",
             );
         }
         if image.is_none() {

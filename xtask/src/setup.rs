@@ -34,6 +34,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("containerd", "runs container functions"),
     ("runc", "the OCI runtime containerd starts containers with"),
     ("crun", "the other OCI runtime the benchmark compares"),
+    (
+        "docker-registry",
+        "a local registry the image pull tests push to",
+    ),
+    (
+        "skopeo",
+        "pushes the sample image to that registry in the tests",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

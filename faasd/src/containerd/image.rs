@@ -340,32 +340,29 @@ impl Containerd {
             .map_err(|e| image_error(image, format!("{} is not valid: {e}", blob.digest)))
     }
 
-    /// Looks the image up and reads its config; unpacks its layers if no snapshot holds
-    /// them yet (an image imported by another tool without unpacking).
+    /// Looks the image up (pulling it from its registry when containerd does not have it)
+    /// and reads its config; unpacks its layers if no snapshot holds them yet (an image
+    /// imported by another tool without unpacking).
     pub async fn image_config(&self, image: &ImageRef) -> Result<ImageConfig, ContainerdError> {
         let name = image.as_str();
-        let target = match self
-            .images()
-            .get(self.request(GetImageRequest { name: name.into() }))
-            .await
-        {
-            Ok(r) => r
-                .into_inner()
-                .image
-                .and_then(|i| i.target)
-                .ok_or_else(|| image_error(name, "containerd returned no target"))?,
-            Err(s) if s.code() == tonic::Code::NotFound => {
-                return Err(image_error(
-                    name,
-                    format!(
-                        "not found in containerd's namespace {:?}; import it with `faasd image \
-                         import FILE.tar` (pulling from a registry is not supported by this \
-                         version of faasd)",
-                        super::NAMESPACE
+        let target = match self.image_target(name).await? {
+            Some(t) => t,
+            None => {
+                self.pull(image).await.map_err(|e| match e {
+                    ContainerdError::Image { reason, .. } => image_error(
+                        name,
+                        format!(
+                            "not in containerd's namespace {:?}, and pulling it failed: \
+                             {reason}. Import it with `faasd image import FILE.tar`",
+                            super::NAMESPACE
+                        ),
                     ),
-                ));
+                    e => e,
+                })?;
+                self.image_target(name)
+                    .await?
+                    .ok_or_else(|| image_error(name, "pulled, but containerd does not list it"))?
             }
-            Err(s) => return Err(ContainerdError::rpc("looking up an image")(s)),
         };
         let top = Blob {
             media_type: target.media_type,
@@ -426,6 +423,24 @@ impl Containerd {
             labels: c.labels.unwrap_or_default(),
             chain_id,
         })
+    }
+
+    /// The descriptor an image name points at, if containerd has the image.
+    async fn image_target(&self, name: &str) -> Result<Option<Descriptor>, ContainerdError> {
+        match self
+            .images()
+            .get(self.request(GetImageRequest { name: name.into() }))
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .image
+                .and_then(|i| i.target)
+                .map(Some)
+                .ok_or_else(|| image_error(name, "containerd returned no target")),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(ContainerdError::rpc("looking up an image")(s)),
+        }
     }
 
     /// The manifest for this machine's platform: `top` itself, or the matching entry of

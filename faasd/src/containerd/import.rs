@@ -8,30 +8,18 @@ use std::{
     collections::HashMap,
     fs::File,
     io::{Read, Seek, SeekFrom},
-    path::Path,
+    path::{Path, PathBuf},
 };
-
-use containerd_client::{
-    services::v1::{
-        CreateImageRequest, Image, InfoRequest, UpdateImageRequest, UpdateRequest, WriteAction,
-        WriteContentRequest,
-    },
-    tonic,
-    types::Descriptor,
-};
-use futures::StreamExt;
 
 use super::{
-    Containerd, ContainerdError, SNAPSHOTTER,
-    image::{Blob, Config, ImageRef, Manifest, chain_ids},
+    Containerd, ContainerdError,
+    image::{Blob, ImageRef, Manifest},
+    ingest::{CHUNK, Chunks, Source},
 };
 
-/// Bytes per write message.
-const CHUNK: usize = 1 << 20;
-
-/// Where each blob sits inside the archive.
-struct Archive {
-    path: std::path::PathBuf,
+/// An archive and where each blob sits inside it.
+pub(crate) struct Archive {
+    path: PathBuf,
     blobs: HashMap<String, (u64, u64)>,
     index: Vec<u8>,
 }
@@ -100,40 +88,65 @@ impl Archive {
         })
     }
 
-    fn locate(&self, digest: &str) -> Result<(u64, u64), ContainerdError> {
-        self.blobs
-            .get(digest)
-            .copied()
-            .ok_or_else(|| bad_archive(&self.path, format!("blob {digest} is missing")))
+    /// The blob's file, positioned at its first byte, and its size.
+    fn reader(&self, blob: &Blob) -> Result<(File, u64), ContainerdError> {
+        let (offset, size) =
+            self.blobs.get(&blob.digest).copied().ok_or_else(|| {
+                bad_archive(&self.path, format!("blob {} is missing", blob.digest))
+            })?;
+        if size != blob.size as u64 {
+            return Err(bad_archive(
+                &self.path,
+                format!(
+                    "{} is {size} bytes, its descriptor says {}",
+                    blob.digest, blob.size
+                ),
+            ));
+        }
+        let mut f = File::open(&self.path).map_err(io_error("reopening the archive"))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(io_error("seeking in the archive"))?;
+        Ok((f, size))
     }
+}
 
-    fn read_small(&self, blob: &Blob) -> Result<Vec<u8>, ContainerdError> {
-        let (offset, size) = self.locate(&blob.digest)?;
+impl Archive {
+    /// A manifest or config, whole.
+    pub(crate) fn read_small(&self, blob: &Blob) -> Result<Vec<u8>, ContainerdError> {
+        let (mut f, size) = self.reader(blob)?;
         if size > 4 << 20 {
             return Err(bad_archive(
                 &self.path,
                 format!("{} is too large", blob.digest),
             ));
         }
-        let mut f = File::open(&self.path).map_err(io_error("reopening the archive"))?;
-        f.seek(SeekFrom::Start(offset))
-            .map_err(io_error("seeking in the archive"))?;
         let mut v = vec![0; size as usize];
         f.read_exact(&mut v)
             .map_err(io_error("reading the archive"))?;
         Ok(v)
     }
 
-    fn json<T: serde::de::DeserializeOwned>(&self, blob: &Blob) -> Result<T, ContainerdError> {
-        serde_json::from_slice(&self.read_small(blob)?)
-            .map_err(|e| bad_archive(&self.path, format!("{}: {e}", blob.digest)))
+    /// A blob's bytes, in chunks.
+    pub(crate) fn chunks(&self, blob: &Blob) -> Result<Chunks, ContainerdError> {
+        let (file, size) = self.reader(blob)?;
+        // Local reads of a megabyte: done in place rather than on a blocking thread.
+        Ok(Box::pin(futures::stream::unfold(
+            (file, size),
+            |(mut file, left)| async move {
+                if left == 0 {
+                    return None;
+                }
+                let mut data = vec![0; CHUNK.min(left as usize)];
+                let r = file.read_exact(&mut data).map(|()| data);
+                let left = if r.is_ok() {
+                    left - CHUNK.min(left as usize) as u64
+                } else {
+                    0
+                };
+                Some((r, (file, left)))
+            },
+        )))
     }
-}
-
-/// A blob to store and the garbage-collection labels that tie what it references to it.
-struct Upload {
-    blob: Blob,
-    labels: HashMap<String, String>,
 }
 
 impl Containerd {
@@ -162,247 +175,19 @@ impl Containerd {
             ));
         }
         let lease = format!("faasd-import-{}", std::process::id());
+        let mut archive = Source::Archive(archive);
         self.create_lease(&lease).await?;
-        let result = self.import_images(&lease, &archive, &named).await;
+        let mut result = Ok(Vec::new());
+        for (name, top) in &named {
+            if let Err(e) = self.ingest(&lease, &mut archive, name, top).await {
+                result = Err(e);
+                break;
+            }
+            if let Ok(names) = result.as_mut() {
+                names.push(name.to_string());
+            }
+        }
         self.delete_lease(&lease).await?;
         result
-    }
-
-    async fn import_images(
-        &self,
-        lease: &str,
-        archive: &Archive,
-        named: &[(ImageRef, Blob)],
-    ) -> Result<Vec<String>, ContainerdError> {
-        let mut names = Vec::new();
-        for (name, top) in named {
-            let mut uploads = Vec::new();
-            let manifest_blob =
-                if top.media_type.contains("index") || top.media_type.contains("manifest.list") {
-                    let idx: Manifest = archive.json(top)?;
-                    let arch = super::image::host_architecture();
-                    let (i, entry) = idx
-                        .manifests
-                        .iter()
-                        .enumerate()
-                        .find(|(_, e)| {
-                            e.platform
-                                .as_ref()
-                                .is_none_or(|p| p.os == "linux" && p.architecture == arch)
-                        })
-                        .ok_or_else(|| {
-                            bad_archive(
-                                &archive.path,
-                                format!("{name}: no manifest for linux/{arch}"),
-                            )
-                        })?;
-                    uploads.push(Upload {
-                        blob: top.clone(),
-                        labels: HashMap::from([(
-                            format!("containerd.io/gc.ref.content.m.{i}"),
-                            entry.digest.clone(),
-                        )]),
-                    });
-                    entry.clone()
-                } else {
-                    top.clone()
-                };
-            let manifest: Manifest = archive.json(&manifest_blob)?;
-            let config_blob = manifest.config.clone().ok_or_else(|| {
-                bad_archive(
-                    &archive.path,
-                    format!("{name}: the manifest names no config"),
-                )
-            })?;
-            let config: Config = archive.json(&config_blob)?;
-            if config.rootfs.diff_ids.len() != manifest.layers.len() {
-                return Err(bad_archive(
-                    &archive.path,
-                    format!("{name}: the config's diff_ids do not match the layers"),
-                ));
-            }
-            let chain = chain_ids(&config.rootfs.diff_ids);
-            let mut manifest_labels = HashMap::from([(
-                "containerd.io/gc.ref.content.config".to_owned(),
-                config_blob.digest.clone(),
-            )]);
-            for (i, l) in manifest.layers.iter().enumerate() {
-                manifest_labels.insert(
-                    format!("containerd.io/gc.ref.content.l.{i}"),
-                    l.digest.clone(),
-                );
-                uploads.push(Upload {
-                    blob: l.clone(),
-                    labels: HashMap::new(),
-                });
-            }
-            let mut config_labels = HashMap::new();
-            if let Some(top_chain) = chain.last() {
-                config_labels.insert(
-                    format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"),
-                    top_chain.clone(),
-                );
-            }
-            uploads.push(Upload {
-                blob: config_blob,
-                labels: config_labels,
-            });
-            uploads.push(Upload {
-                blob: manifest_blob,
-                labels: manifest_labels,
-            });
-            // Layers first, referrers last: whatever is labelled exists when labelled.
-            for u in &uploads {
-                self.store_blob(lease, archive, &u.blob).await?;
-                if !u.labels.is_empty() {
-                    self.label_content(&u.blob.digest, &u.labels).await?;
-                }
-            }
-            self.unpack(lease, name.as_str(), &manifest.layers, &chain)
-                .await?;
-            self.put_image(name.as_str(), top).await?;
-            names.push(name.to_string());
-        }
-        Ok(names)
-    }
-
-    /// Writes one blob of the archive into the content store unless it is there already;
-    /// containerd checks the digest and size on commit.
-    async fn store_blob(
-        &self,
-        lease: &str,
-        archive: &Archive,
-        blob: &Blob,
-    ) -> Result<(), ContainerdError> {
-        let info = InfoRequest {
-            digest: blob.digest.clone(),
-        };
-        if self.content().info(self.request(info)).await.is_ok() {
-            return Ok(());
-        }
-        let (offset, size) = archive.locate(&blob.digest)?;
-        if size != blob.size as u64 {
-            return Err(bad_archive(
-                &archive.path,
-                format!(
-                    "{} is {size} bytes, its descriptor says {}",
-                    blob.digest, blob.size
-                ),
-            ));
-        }
-        let mut file = File::open(&archive.path).map_err(io_error("reopening the archive"))?;
-        file.seek(SeekFrom::Start(offset))
-            .map_err(io_error("seeking in the archive"))?;
-        let reference = format!("faasd-import-{}", blob.digest);
-        let digest = blob.digest.clone();
-        let total = size as i64;
-        // The reads are small and local; the stream yields the chunks, then the commit.
-        let requests = futures::stream::unfold(Some((file, 0i64)), move |state| {
-            let reference = reference.clone();
-            let digest = digest.clone();
-            async move {
-                let (mut file, written) = state?;
-                let mut data = vec![0; CHUNK.min((total - written) as usize)];
-                let commit = data.is_empty();
-                if !commit && let Err(e) = file.read_exact(&mut data) {
-                    tracing::warn!("reading the archive: {e}");
-                    return None;
-                }
-                let req = WriteContentRequest {
-                    action: if commit {
-                        WriteAction::Commit
-                    } else {
-                        WriteAction::Write
-                    } as i32,
-                    r#ref: reference,
-                    total,
-                    expected: digest,
-                    offset: written,
-                    data: data.clone(),
-                    labels: Default::default(),
-                };
-                let next = (!commit).then(|| (file, written + data.len() as i64));
-                Some((req, next))
-            }
-        });
-        let mut responses = self
-            .content()
-            .write(self.leased(lease, requests))
-            .await
-            .map_err(ContainerdError::rpc("writing content"))?
-            .into_inner();
-        let mut committed = false;
-        while let Some(r) = responses.next().await {
-            let r = match r {
-                Ok(r) => r,
-                Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
-                Err(s) => return Err(ContainerdError::rpc("writing content")(s)),
-            };
-            committed |= r.action == WriteAction::Commit as i32;
-        }
-        if !committed {
-            return Err(bad_archive(
-                &archive.path,
-                format!("{} could not be read completely", blob.digest),
-            ));
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn label_content(
-        &self,
-        digest: &str,
-        labels: &HashMap<String, String>,
-    ) -> Result<(), ContainerdError> {
-        let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
-        let req = UpdateRequest {
-            info: Some(containerd_client::services::v1::Info {
-                digest: digest.into(),
-                labels: labels.clone(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask { paths }),
-        };
-        self.content()
-            .update(self.request(req))
-            .await
-            .map_err(ContainerdError::rpc("labelling content"))?;
-        Ok(())
-    }
-
-    /// Creates the image record, or points an existing one at the new target.
-    async fn put_image(&self, name: &str, target: &Blob) -> Result<(), ContainerdError> {
-        let image = Image {
-            name: name.into(),
-            labels: Default::default(),
-            target: Some(Descriptor {
-                media_type: target.media_type.clone(),
-                digest: target.digest.clone(),
-                size: target.size,
-                annotations: Default::default(),
-            }),
-            created_at: None,
-            updated_at: None,
-        };
-        let create = CreateImageRequest {
-            image: Some(image.clone()),
-            source_date_epoch: None,
-        };
-        match self.images().create(self.request(create)).await {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                let update = UpdateImageRequest {
-                    image: Some(image),
-                    update_mask: None,
-                    source_date_epoch: None,
-                };
-                self.images()
-                    .update(self.request(update))
-                    .await
-                    .map_err(ContainerdError::rpc("updating an image"))?;
-                Ok(())
-            }
-            Err(s) => Err(ContainerdError::rpc("creating an image")(s)),
-        }
     }
 }

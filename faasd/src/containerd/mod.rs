@@ -18,7 +18,9 @@ use containerd_client::{
 
 pub mod image;
 pub mod import;
+mod ingest;
 pub mod oci;
+pub mod pull;
 
 /// The containerd namespace faasd keeps its images and containers in.
 pub const NAMESPACE: &str = "faasd";
