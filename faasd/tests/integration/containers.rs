@@ -122,7 +122,14 @@ fn an_image_starts_on_its_first_connection_with_only_lo() {
         names: &["ctr-first"],
     };
     let d = start(&ns, &socket);
-    d.cli_ok(&["deploy", "ctr-first", "--image", "localhost/hello:latest"]);
+    d.cli_ok(&[
+        "deploy",
+        "ctr-first",
+        "--image",
+        "localhost/hello:latest",
+        "-e",
+        "GREETING=from envVars",
+    ]);
     let f = d.describe("ctr-first");
     assert_eq!(f.image, "localhost/hello:latest");
     assert!(f.state.instances.is_empty(), "deploy starts nothing");
@@ -135,6 +142,10 @@ fn an_image_starts_on_its_first_connection_with_only_lo() {
         .run(|| http_get_path(http(f.address), "/interfaces"))
         .unwrap();
     assert_eq!(ifaces.trim(), "lo");
+    let get = |path: &str| ns.run(|| http_get_path(http(f.address), path)).unwrap().1;
+    assert_eq!(get("/env/GREETING").trim(), "from envVars");
+    // Without readOnlyRootFilesystem the container may write to its root.
+    assert_eq!(get("/write").trim(), "wrote to /");
     let s = d.describe("ctr-first");
     assert_eq!(s.state.activations, 1);
     assert_eq!(s.state.instances.len(), 1);
@@ -186,7 +197,7 @@ fn five_hundred_first_connections_start_one_container_and_all_are_served() {
 }
 
 #[test]
-fn the_memory_limit_is_in_the_cgroup_and_enforced() {
+fn limits_are_in_the_cgroup_and_enforced_and_the_root_can_be_read_only() {
     require_containerd!(socket);
     let ns = Netns::new("ctr-mem");
     let _c = Cleanup {
@@ -201,6 +212,9 @@ fn the_memory_limit_is_in_the_cgroup_and_enforced() {
         "localhost/hello:latest",
         "--memory-limit",
         "32Mi",
+        "--cpu-limit",
+        "250m",
+        "--read-only",
         "-l",
         "com.openfaas.scale.min=1",
     ]);
@@ -208,8 +222,22 @@ fn the_memory_limit_is_in_the_cgroup_and_enforced() {
         s.available_replicas == 1
     });
     let pid = s.state.instances[0].pid;
-    assert_eq!(memory_limit_of(pid), Some(32 << 20), "cgroup of pid {pid}");
+    assert_eq!(
+        cgroup_value(pid, "memory", "memory.limit_in_bytes", "memory.max"),
+        Some("33554432".into()),
+        "memory limit in the cgroup of pid {pid}"
+    );
+    // 250m: a quarter of the 100 ms period.
+    let quota = cgroup_value(pid, "cpu", "cpu.cfs_quota_us", "cpu.max");
+    assert!(
+        quota
+            .as_deref()
+            .is_some_and(|q| q == "25000" || q.starts_with("25000 ")),
+        "cpu quota in the cgroup of pid {pid}: {quota:?}"
+    );
     let addr = http(s.address);
+    let (_, wrote) = ns.run(|| http_get_path(addr, "/write")).unwrap();
+    assert!(wrote.contains("Read-only file system"), "{wrote}");
     let (code, body) = ns.run(|| http_get_path(addr, "/alloc/8")).unwrap();
     assert_eq!(
         (code, body.contains("allocated 8 MiB")),
@@ -226,21 +254,24 @@ fn the_memory_limit_is_in_the_cgroup_and_enforced() {
     assert!(logs.contains("killed by signal 9"), "{logs}");
 }
 
-/// The memory limit of the cgroup `pid` is in: cgroup v1's memory controller on a hybrid
-/// host, `memory.max` on a cgroup v2 host.
-fn memory_limit_of(pid: i32) -> Option<u64> {
+/// A value of the cgroup `pid` is in: `v1_file` of the v1 `controller` on a hybrid host,
+/// `v2_file` on a cgroup v2 host.
+fn cgroup_value(pid: i32, controller: &str, v1_file: &str, v2_file: &str) -> Option<String> {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let v1 = Path::new("/sys/fs/cgroup").join(controller);
     for line in cgroups.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let file = if controllers.split(',').any(|c| c == "memory") {
-            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
-        } else if controllers.is_empty() && !Path::new("/sys/fs/cgroup/memory").exists() {
-            format!("/sys/fs/cgroup{path}/memory.max")
+        let file = if controllers.split(',').any(|c| c == controller) {
+            format!("{}{path}/{v1_file}", v1.display())
+        } else if controllers.is_empty() && !v1.exists() {
+            format!("/sys/fs/cgroup{path}/{v2_file}")
         } else {
             continue;
         };
-        return std::fs::read_to_string(file).ok()?.trim().parse().ok();
+        return std::fs::read_to_string(file)
+            .ok()
+            .map(|v| v.trim().to_owned());
     }
     None
 }

@@ -16,7 +16,8 @@
 //! A few paths show what the function sees, for faasd's container tests and for anyone
 //! looking around: `/interfaces` (its network interfaces), `/secret/<name>` (an OpenFaaS
 //! secret mounted at /var/openfaas/secrets), `/alloc/<MiB>` (allocates and touches that
-//! much memory, to see a memory limit at work).
+//! much memory, to see a memory limit at work), `/env/<NAME>` (an environment variable),
+//! `/write` (tries to create a file in `/`, to see a read-only root).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -162,6 +163,17 @@ fn inspect(path: &str) -> Option<String> {
             std::fs::read_to_string(format!("/var/openfaas/secrets/{name}"))
                 .unwrap_or_else(|e| format!("cannot read secret {name}: {e}\n")),
         );
+    }
+    if let Some(name) = path.strip_prefix("/env/") {
+        return Some(std::env::var(name).unwrap_or_else(|_| format!("{name} is not set")) + "\n");
+    }
+    if path == "/write" {
+        let probe = format!("/hello-probe-{}", std::process::id());
+        let r = std::fs::write(&probe, b"x").map(|()| std::fs::remove_file(&probe));
+        return Some(match r {
+            Ok(_) => "wrote to /\n".into(),
+            Err(e) => format!("cannot write to /: {e}\n"),
+        });
     }
     if let Some(mib) = path.strip_prefix("/alloc/") {
         let mib: usize = mib.parse().ok()?;
