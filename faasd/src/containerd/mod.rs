@@ -78,11 +78,6 @@ impl ContainerdError {
             status: Box::new(status),
         }
     }
-
-    /// Whether containerd answered "not found".
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::Rpc { status, .. } if status.code() == tonic::Code::NotFound)
-    }
 }
 
 /// A connection to containerd.

@@ -95,11 +95,6 @@ impl ContainerHost {
         }
     }
 
-    /// The containerd socket faasd uses.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     /// A connection, made on first use and kept.
     pub async fn client(&self) -> Result<Containerd, ContainerdError> {
         let mut c = self.client.lock().await;
