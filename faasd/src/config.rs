@@ -68,6 +68,12 @@ pub struct Config {
     pub containerd: PathBuf,
     /// The OCI runtime containerd's shim runs containers with: `runc` or `crun`.
     pub oci_runtime: String,
+    /// Where the `.faas` zone is served (UDP and TCP on each); empty: no DNS.
+    pub dns: Vec<SocketAddr>,
+    /// The address `ns.faas` answers with: this host on the WireGuard network.
+    pub dns_host: Ipv6Addr,
+    /// Also write the zone here (RFC 1035 form, for CoreDNS), atomically on every change.
+    pub zone_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -87,6 +93,9 @@ impl Default for Config {
             start_timeout: Duration::from_secs(30),
             containerd: crate::containerd::DEFAULT_SOCKET.into(),
             oci_runtime: "runc".into(),
+            dns: vec![SocketAddr::from((faasd_common::plan::HOST_ADDRESS, 53))],
+            dns_host: faasd_common::plan::HOST_ADDRESS,
+            zone_file: None,
         }
     }
 }

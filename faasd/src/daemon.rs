@@ -184,6 +184,7 @@ pub struct Daemon {
     runtime: Arc<dyn Runtime>,
     containers: Arc<ContainerHost>,
     secrets: Secrets,
+    zone: Option<Arc<crate::dns::Zone>>,
     router: notify::Router,
     cgroup_root: Option<PathBuf>,
     functions: tokio::sync::Mutex<BTreeMap<String, Function>>,
@@ -266,8 +267,16 @@ impl Daemon {
             &config.cgroup_parent,
             &config.oci_runtime,
         ));
+        let zone = (!config.dns.is_empty() || config.zone_file.is_some()).then(|| {
+            Arc::new(crate::dns::Zone::new(
+                config.dns_host,
+                config.state_dir.join("dns-serial"),
+                config.zone_file.clone(),
+            ))
+        });
         let daemon = Arc::new(Self {
             secrets: Secrets::new(&config.state_dir),
+            zone,
             config,
             store,
             dataplane: Arc::new(Mutex::new(dataplane)),
@@ -328,6 +337,16 @@ impl Daemon {
                 }
                 Err(e) => tracing::error!("restoring function {id}: {e}"),
             }
+        }
+        if let Some(z) = &self.zone {
+            z.set_all(functions.values().map(|f| {
+                (
+                    f.record.spec.name.as_str(),
+                    f.record.spec.namespace.as_str(),
+                    f.record.address,
+                )
+            }))
+            .await;
         }
         // Bindings of functions that no longer exist.
         let mut dp = self.dataplane.lock().expect("dataplane lock");
@@ -533,6 +552,11 @@ impl Daemon {
         &self.secrets
     }
 
+    /// The `.faas` zone, unless DNS is off.
+    pub fn zone(&self) -> Option<&Arc<crate::dns::Zone>> {
+        self.zone.as_ref()
+    }
+
     fn unbind(&self, bindings: &[(BindingKey, u32)]) {
         let mut dp = self.dataplane.lock().expect("dataplane lock");
         let mut slots = self.slots.lock().expect("slots lock");
@@ -678,6 +702,9 @@ impl Daemon {
         };
         let status = self.status_of(&new);
         let taken_over: BTreeSet<BindingKey> = new.bindings.iter().map(|(k, _)| *k).collect();
+        if let Some(z) = &self.zone {
+            z.set(&name, &ns, address).await;
+        }
         if let Some(old) = functions.insert(id, new) {
             self.drain(old, taken_over);
         }
@@ -747,6 +774,9 @@ impl Daemon {
             .remove(&id)
             .ok_or_else(|| DaemonError::NotFound(id.clone()))?;
         self.store.remove(namespace, name).map_err(internal)?;
+        if let Some(z) = &self.zone {
+            z.remove(name, namespace).await;
+        }
         let log = f.log.clone();
         self.retire(f, true).await;
         log.remove();

@@ -9,8 +9,9 @@
 //! state), [`dataplane`] (the kernel program and maps), [`sockets`], [`net`] (routes),
 //! [`runtime`] (starting instances: processes, or containers through [`containerd`]),
 //! [`activation`] (socket activation of one function), [`forward`] (connections to images
-//! that bind their own port), [`notify`] (sd_notify), [`logs`], [`secrets`], [`daemon`] (all
-//! functions), [`lock`] (one daemon at a time), [`api`] and [`client`].
+//! that bind their own port), [`notify`] (sd_notify), [`logs`], [`secrets`], [`dns`] (the
+//! `.faas` zone), [`daemon`] (all functions), [`lock`] (one daemon at a time), [`api`] and
+//! [`client`].
 #![deny(missing_docs)]
 
 pub mod activation;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod containerd;
 pub mod daemon;
 pub mod dataplane;
+pub mod dns;
 pub mod forward;
 pub mod lock;
 pub mod logs;

@@ -212,6 +212,15 @@ struct DaemonArgs {
     /// OCI runtime for containers: runc or crun.
     #[arg(long)]
     oci_runtime: Option<String>,
+    /// Serve the .faas zone here instead (repeatable; UDP and TCP).
+    #[arg(long)]
+    dns: Vec<SocketAddr>,
+    /// Serve no DNS.
+    #[arg(long, conflicts_with = "dns")]
+    no_dns: bool,
+    /// Also write the zone to this file (for CoreDNS).
+    #[arg(long)]
+    zone_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -316,6 +325,15 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     if let Some(r) = args.oci_runtime {
         config.oci_runtime = r;
     }
+    if !args.dns.is_empty() {
+        config.dns = args.dns;
+    }
+    if args.no_dns {
+        config.dns.clear();
+    }
+    if let Some(z) = args.zone_file {
+        config.zone_file = Some(z);
+    }
     config.validate()?;
     let config = Arc::new(config);
 
@@ -362,6 +380,14 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     )
     .await?;
 
+    // Served from here on; the daemon already holds the zone's records.
+    let _dns = match daemon.zone() {
+        Some(zone) => Some(zone.serve(&config.dns).await?),
+        None => None,
+    };
+    if !config.dns.is_empty() {
+        tracing::info!("DNS for .faas on {:?}", config.dns);
+    }
     let app = api::router(daemon.clone());
     let sock_path = config.api_socket();
     let _ = std::fs::remove_file(&sock_path);

@@ -89,6 +89,59 @@ pub fn create(addr: Ipv6Addr, port: &Port, backlog: u32) -> io::Result<OwnedFd> 
     Ok(sock)
 }
 
+/// A non-blocking socket of faasd's own services (DNS) bound to `addr` even before the
+/// address exists on an interface (FREEBIND), listening if it is a stream socket.
+pub fn bind_any(addr: std::net::SocketAddr, ty: libc::c_int) -> io::Result<OwnedFd> {
+    let family = if addr.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    // SAFETY: plain syscall; the result is checked and owned at once.
+    let fd =
+        cvt(unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })?;
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    let r = match addr {
+        std::net::SocketAddr::V6(a) => {
+            setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+            setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 1)?;
+            let sa = sockaddr(*a.ip(), a.port());
+            // SAFETY: sa is a valid sockaddr_in6 of the stated size.
+            unsafe {
+                libc::bind(
+                    fd,
+                    (&raw const sa).cast(),
+                    size_of::<libc::sockaddr_in6>() as u32,
+                )
+            }
+        }
+        std::net::SocketAddr::V4(a) => {
+            setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_FREEBIND, 1)?;
+            // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
+            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_port = a.port().to_be();
+            sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            // SAFETY: sa is a valid sockaddr_in of the stated size.
+            unsafe {
+                libc::bind(
+                    fd,
+                    (&raw const sa).cast(),
+                    size_of::<libc::sockaddr_in>() as u32,
+                )
+            }
+        }
+    };
+    cvt(r)?;
+    if ty == libc::SOCK_STREAM {
+        // SAFETY: plain syscall on our socket.
+        cvt(unsafe { libc::listen(fd, 1024) })?;
+    }
+    Ok(sock)
+}
+
 /// Makes a socket non-blocking; only for sockets no function shares (accept mode).
 pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller owns.

@@ -42,6 +42,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "skopeo",
         "pushes the sample image to that registry in the tests",
     ),
+    ("dnsutils", "dig: the DNS tests query faasd's zone with it"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -8,4 +8,5 @@ mod activation;
 mod api;
 mod containers;
 mod dataplane;
+mod dns;
 mod restart;

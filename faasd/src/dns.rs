@@ -1,0 +1,336 @@
+//! The `.faas` zone, served by faasd itself (hickory-server) over UDP and TCP.
+//!
+//! `<fn>.faas` (default namespace) and `<fn>.<namespace>.faas` are AAAA records of the
+//! function's address; `ns.faas` is the host. The apex has SOA and NS; a name that does not
+//! exist gets NXDOMAIN with the SOA; a name outside the zone gets REFUSED. Records change in
+//! memory the moment a function is deployed or removed, the SOA serial goes up with every
+//! change, and the zone is rebuilt from the function records when the daemon starts. The
+//! serial is kept in the state directory, so it also goes up across restarts.
+//!
+//! The listening sockets are bound with IPV6_FREEBIND: the zone's default address lives on
+//! `wg-faas`, which may come up after faasd.
+
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use hickory_server::{
+    Server,
+    proto::rr::{
+        LowerName, Name, RData, Record, RecordType, RrKey,
+        rdata::{AAAA, NS, SOA},
+    },
+    store::in_memory::InMemoryZoneHandler,
+    zone_handler::{AxfrPolicy, Catalog, ZoneType},
+};
+
+use crate::spec::DEFAULT_NAMESPACE;
+
+/// The zone's origin.
+pub const ORIGIN: &str = "faas.";
+/// TTL of every record: short, as records follow deploys and removals.
+const TTL: u32 = 5;
+/// How long a TCP client may stay silent.
+const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the DNS server.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// A listening socket could not be made.
+    #[error("DNS listener {addr}: {source}")]
+    Listen {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The zone file could not be written.
+    #[error("zone file {path}: {source}")]
+    ZoneFile {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The zone and what keeps it current.
+pub struct Zone {
+    handler: Arc<InMemoryZoneHandler>,
+    origin: Name,
+    host: Ipv6Addr,
+    state: tokio::sync::Mutex<ZoneState>,
+    zone_file: Option<PathBuf>,
+    serial_file: PathBuf,
+}
+
+impl std::fmt::Debug for Zone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Zone")
+            .field("host", &self.host)
+            .field("zone_file", &self.zone_file)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct ZoneState {
+    serial: u32,
+    /// (namespace, name) → address, for the zone file.
+    functions: std::collections::BTreeMap<(String, String), Ipv6Addr>,
+}
+
+fn name(s: &str) -> Name {
+    Name::from_ascii(s).expect("faasd's names are valid DNS names")
+}
+
+/// The names a function answers to.
+fn names_of(function: &str, namespace: &str) -> Vec<Name> {
+    let mut v = vec![name(&format!("{function}.{namespace}.{ORIGIN}"))];
+    if namespace == DEFAULT_NAMESPACE {
+        v.push(name(&format!("{function}.{ORIGIN}")));
+    }
+    v
+}
+
+impl Zone {
+    /// An empty zone whose name server (`ns.faas`) is `host`. Its serial is kept in
+    /// `serial_file`; `zone_file`, when given, is rewritten atomically on every change
+    /// (CoreDNS's `file` plugin reads it).
+    pub fn new(host: Ipv6Addr, serial_file: PathBuf, zone_file: Option<PathBuf>) -> Self {
+        let origin = name(ORIGIN);
+        let handler =
+            InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+        // Past the last serial this host served (restores bump it further), and never
+        // below the Unix time, the usual choice for a zone without a history.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() as u32);
+        let stored = std::fs::read_to_string(&serial_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        let serial = now.max(stored.wrapping_add(1));
+        Self {
+            handler: Arc::new(handler),
+            origin,
+            host,
+            state: tokio::sync::Mutex::new(ZoneState {
+                serial,
+                functions: Default::default(),
+            }),
+            zone_file,
+            serial_file,
+        }
+    }
+
+    fn ns_name(&self) -> Name {
+        name(&format!("ns.{ORIGIN}"))
+    }
+
+    /// Writes the apex records (SOA with the current serial, NS, ns.faas).
+    async fn write_apex(&self, serial: u32) {
+        let soa = SOA::new(
+            self.ns_name(),
+            name(&format!("hostmaster.{ORIGIN}")),
+            serial,
+            3600,
+            600,
+            86400,
+            TTL,
+        );
+        // SOA replaces; NS and AAAA are sets, so they are cleared first.
+        self.handler
+            .upsert(
+                Record::from_rdata(self.origin.clone(), TTL, RData::SOA(soa)),
+                serial,
+            )
+            .await;
+        {
+            let mut records = self.handler.records_mut().await;
+            records.remove(&RrKey::new(LowerName::new(&self.origin), RecordType::NS));
+            records.remove(&RrKey::new(
+                LowerName::new(&self.ns_name()),
+                RecordType::AAAA,
+            ));
+        }
+        self.handler
+            .upsert(
+                Record::from_rdata(self.origin.clone(), TTL, RData::NS(NS(self.ns_name()))),
+                serial,
+            )
+            .await;
+        self.handler
+            .upsert(
+                Record::from_rdata(self.ns_name(), TTL, RData::AAAA(AAAA(self.host))),
+                serial,
+            )
+            .await;
+    }
+
+    /// Adds or changes a function's records.
+    pub async fn set(&self, function: &str, namespace: &str, addr: Ipv6Addr) {
+        self.set_all([(function, namespace, addr)]).await;
+    }
+
+    /// Adds or changes the records of many functions as one change (a restore: one serial,
+    /// one write of the zone file).
+    pub async fn set_all<'a>(
+        &self,
+        functions: impl IntoIterator<Item = (&'a str, &'a str, Ipv6Addr)>,
+    ) {
+        let mut state = self.state.lock().await;
+        state.serial = state.serial.wrapping_add(1);
+        let serial = state.serial;
+        for (function, namespace, addr) in functions {
+            state
+                .functions
+                .insert((namespace.to_owned(), function.to_owned()), addr);
+            self.remove_records(function, namespace).await;
+            for n in names_of(function, namespace) {
+                self.handler
+                    .upsert(Record::from_rdata(n, TTL, RData::AAAA(AAAA(addr))), serial)
+                    .await;
+            }
+        }
+        self.write_apex(serial).await;
+        self.export(&state);
+    }
+
+    /// Removes a function's records.
+    pub async fn remove(&self, function: &str, namespace: &str) {
+        let mut state = self.state.lock().await;
+        state.serial = state.serial.wrapping_add(1);
+        let serial = state.serial;
+        state
+            .functions
+            .remove(&(namespace.to_owned(), function.to_owned()));
+        self.remove_records(function, namespace).await;
+        self.write_apex(serial).await;
+        self.export(&state);
+    }
+
+    async fn remove_records(&self, function: &str, namespace: &str) {
+        let mut records = self.handler.records_mut().await;
+        for n in names_of(function, namespace) {
+            records.remove(&RrKey::new(LowerName::new(&n), RecordType::AAAA));
+        }
+    }
+
+    /// The current SOA serial.
+    pub async fn serial(&self) -> u32 {
+        self.state.lock().await.serial
+    }
+
+    /// The zone in RFC 1035 master-file form.
+    fn text(&self, state: &ZoneState) -> String {
+        let mut t = format!(
+            "$ORIGIN {ORIGIN}\n$TTL {TTL}\n@ IN SOA ns.{ORIGIN} hostmaster.{ORIGIN} {} 3600 600 86400 {TTL}\n\
+             @ IN NS ns.{ORIGIN}\nns IN AAAA {}\n",
+            state.serial, self.host
+        );
+        for ((namespace, function), addr) in &state.functions {
+            t.push_str(&format!("{function}.{namespace} IN AAAA {addr}\n"));
+            if namespace == DEFAULT_NAMESPACE {
+                t.push_str(&format!("{function} IN AAAA {addr}\n"));
+            }
+        }
+        t
+    }
+
+    /// Records the serial and rewrites the zone file, if one is configured (atomically: a
+    /// reader sees the old or the new zone). A failure is logged; DNS itself goes on.
+    fn export(&self, state: &ZoneState) {
+        if let Err(e) =
+            crate::store::write_atomic(&self.serial_file, state.serial.to_string().as_bytes())
+        {
+            tracing::warn!(
+                "recording the zone serial in {}: {e}",
+                self.serial_file.display()
+            );
+        }
+        let Some(path) = &self.zone_file else { return };
+        if let Err(e) = crate::store::write_atomic(path, self.text(state).as_bytes()) {
+            tracing::warn!("writing the zone file {}: {e}", path.display());
+        }
+    }
+
+    /// Starts answering on `addrs` (UDP and TCP on each).
+    pub async fn serve(&self, addrs: &[SocketAddr]) -> Result<Server<Catalog>, DnsError> {
+        {
+            let state = self.state.lock().await;
+            self.write_apex(state.serial).await;
+            self.export(&state);
+        }
+        let mut catalog = Catalog::new();
+        catalog.upsert(LowerName::new(&self.origin), vec![self.handler.clone()]);
+        let mut server = Server::new(catalog);
+        for addr in addrs {
+            let listen = |source| DnsError::Listen {
+                addr: *addr,
+                source,
+            };
+            let udp = crate::sockets::bind_any(*addr, libc::SOCK_DGRAM).map_err(listen)?;
+            server.register_socket(
+                tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(udp)).map_err(listen)?,
+            );
+            let tcp = crate::sockets::bind_any(*addr, libc::SOCK_STREAM).map_err(listen)?;
+            server.register_listener(
+                tokio::net::TcpListener::from_std(std::net::TcpListener::from(tcp))
+                    .map_err(listen)?,
+                TCP_TIMEOUT,
+                4096,
+            );
+        }
+        Ok(server)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_zone_file_follows_deploys_and_the_serial_rises() {
+        let dir = std::env::temp_dir().join(format!("faasd-zone-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("faas.zone");
+        let z = Zone::new(
+            "fd00:faa5:0:100::1".parse().unwrap(),
+            dir.join("serial"),
+            Some(file.clone()),
+        );
+        let s0 = z.serial().await;
+        z.set(
+            "hello",
+            DEFAULT_NAMESPACE,
+            "fd00:faa5:1::1".parse().unwrap(),
+        )
+        .await;
+        z.set("api", "dev", "fd00:faa5:1::2".parse().unwrap()).await;
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("hello IN AAAA fd00:faa5:1::1"), "{text}");
+        assert!(text.contains("hello.openfaas-fn IN AAAA fd00:faa5:1::1"));
+        assert!(text.contains("api.dev IN AAAA fd00:faa5:1::2"));
+        assert!(
+            !text.contains("\napi IN"),
+            "only the default namespace is short"
+        );
+        z.remove("hello", DEFAULT_NAMESPACE).await;
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("hello"), "{text}");
+        assert_eq!(z.serial().await, s0 + 3);
+        assert!(text.contains(&format!(" {} 3600", s0 + 3)));
+        // A new zone over the same state starts past the old serial.
+        let again = Zone::new(
+            "fd00:faa5:0:100::1".parse().unwrap(),
+            dir.join("serial"),
+            None,
+        );
+        assert!(again.serial().await > s0 + 3);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,166 @@
+//! The `.faas` zone answered by the daemon over real UDP and TCP, queried with `dig`.
+
+use std::process::Command;
+
+use crate::harness::{Daemon, Netns};
+
+/// `dig` inside the test namespace against the daemon's DNS address; `+short` answers.
+fn dig(ns: &Netns, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "dig", "@::1", "-p", "53", "+time=2", "+tries=2",
+        ])
+        .args(args)
+        .output()
+        .expect("dig runs (cargo xtask setup installs dnsutils)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The status of an answer (`NOERROR`, `NXDOMAIN`, `REFUSED`, …).
+fn status(ns: &Netns, args: &[&str]) -> String {
+    let mut a = vec!["+noall", "+comments"];
+    a.extend_from_slice(args);
+    let text = dig(ns, &a);
+    text.split("status: ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+        .to_owned()
+}
+
+fn short(ns: &Netns, args: &[&str]) -> String {
+    let mut a = vec!["+short"];
+    a.extend_from_slice(args);
+    dig(ns, &a).trim().to_owned()
+}
+
+fn serial(ns: &Netns) -> u64 {
+    short(ns, &["SOA", "faas"])
+        .split_whitespace()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .expect("an SOA with a serial")
+}
+
+macro_rules! require_dig {
+    () => {
+        $crate::require_privileges!();
+        if Command::new("dig").arg("-v").output().is_err() {
+            eprintln!("skipped: dig is missing (cargo xtask setup installs dnsutils)");
+            return;
+        }
+    };
+}
+
+#[test]
+fn functions_have_aaaa_records_over_udp_and_tcp_and_the_apex_is_complete() {
+    require_dig!();
+    let ns = Netns::new("dns-zone");
+    let d = Daemon::start_with(&ns, "dns = [\"[::1]:53\"]\n");
+    let hello = d.deploy_hello("hello", &[]);
+    d.cli_ok(&[
+        "deploy",
+        "api",
+        "-n",
+        "dev",
+        "--command",
+        &crate::harness::hello_bin(),
+    ]);
+    let api: faasd::daemon::FunctionStatus =
+        serde_json::from_str(&d.cli_ok(&["describe", "api", "-n", "dev", "--json"])).unwrap();
+    let api = api.address;
+    for transport in ["+notcp", "+tcp"] {
+        assert_eq!(
+            short(&ns, &[transport, "AAAA", "hello.faas"]),
+            hello.to_string()
+        );
+        assert_eq!(
+            short(&ns, &[transport, "AAAA", "hello.openfaas-fn.faas"]),
+            hello.to_string()
+        );
+        assert_eq!(
+            short(&ns, &[transport, "AAAA", "api.dev.faas"]),
+            api.to_string()
+        );
+        // Only the default namespace has the short name.
+        assert_eq!(status(&ns, &[transport, "AAAA", "api.faas"]), "NXDOMAIN");
+    }
+    assert_eq!(short(&ns, &["NS", "faas"]), "ns.faas.");
+    assert_eq!(short(&ns, &["AAAA", "ns.faas"]), "fd00:faa5:0:100::1");
+    let soa = short(&ns, &["SOA", "faas"]);
+    assert!(soa.starts_with("ns.faas. hostmaster.faas. "), "{soa}");
+    // A name that does not exist: NXDOMAIN, with the SOA in the authority section.
+    let nx = dig(&ns, &["AAAA", "nope.faas"]);
+    assert!(nx.contains("status: NXDOMAIN"), "{nx}");
+    assert!(nx.contains("AUTHORITY: 1") && nx.contains("SOA"), "{nx}");
+    // Outside the zone: REFUSED, over both transports.
+    assert_eq!(status(&ns, &["A", "example.com"]), "REFUSED");
+    assert_eq!(status(&ns, &["+tcp", "A", "example.com"]), "REFUSED");
+}
+
+#[test]
+fn records_follow_deploy_and_remove_and_are_rebuilt_after_a_restart() {
+    require_dig!();
+    let ns = Netns::new("dns-change");
+    let zone_file = ns.dir.join("faas.zone");
+    let mut d = Daemon::start_with(
+        &ns,
+        &format!("dns = [\"[::1]:53\"]\nzone-file = {zone_file:?}\n"),
+    );
+    assert_eq!(status(&ns, &["AAAA", "comes.faas"]), "NXDOMAIN");
+    let s0 = serial(&ns);
+    let addr = d.deploy_hello("comes", &[]);
+    assert_eq!(short(&ns, &["AAAA", "comes.faas"]), addr.to_string());
+    let s1 = serial(&ns);
+    assert!(s1 > s0, "serial {s0} → {s1}");
+    let text = std::fs::read_to_string(&zone_file).unwrap();
+    assert!(text.contains(&format!("comes IN AAAA {addr}")), "{text}");
+    d.kill9();
+    d.restart();
+    assert_eq!(short(&ns, &["AAAA", "comes.faas"]), addr.to_string());
+    assert!(serial(&ns) > s1, "the serial rises across restarts");
+    d.cli_ok(&["remove", "comes"]);
+    assert_eq!(status(&ns, &["AAAA", "comes.faas"]), "NXDOMAIN");
+    let text = std::fs::read_to_string(&zone_file).unwrap();
+    assert!(!text.contains("comes"), "{text}");
+}
+
+#[test]
+fn the_default_address_is_bound_before_it_exists_and_answers_once_it_does() {
+    require_dig!();
+    let ns = Netns::new("dns-freebind");
+    let d = Daemon::start(&ns);
+    let addr = d.deploy_hello("late", &[]);
+    // What wg-faas does when it comes up: the host address appears.
+    let ok = Command::new("ip")
+        .args([
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            "fd00:faa5:0:100::1/128",
+            "dev",
+            "lo",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "dig",
+            "@fd00:faa5:0:100::1",
+            "+short",
+            "AAAA",
+        ])
+        .arg("late.faas")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        addr.to_string()
+    );
+}
