@@ -147,7 +147,7 @@ impl Bench {
         std::fs::write(
             &config,
             format!(
-                "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = \"faasd-bench\"\nstop-timeout = \"2s\"\n{extra_config}",
+                "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = \"faasd-bench\"\nstop-timeout = \"2s\"\nwireguard = false\n{extra_config}",
                 self.dir.join("state"),
                 self.dir.join("rt"),
             ),

@@ -70,6 +70,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/system/scale-function/{name}", post(scale))
         .route("/system/namespaces", get(namespaces))
         .route(
+            "/system/peers",
+            get(list_peers).post(add_peer).delete(remove_peer),
+        )
+        .route(
             "/system/secrets",
             get(list_secrets)
                 .post(create_secret)
@@ -257,6 +261,38 @@ async fn remove_secret(
     let req: Req = json_body(&body)?;
     let ns = namespace(req.namespace.or(q.namespace))?;
     d.secrets().remove(&ns, &req.name)?;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PeerRequest {
+    name: String,
+    #[serde(default)]
+    public_key: Option<String>,
+}
+
+/// 201 with the peer and its wg-quick file (holding its private key when faasd made it).
+async fn add_peer(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let req: PeerRequest = json_body(&body)?;
+    let added = d
+        .wireguard()?
+        .add_peer(&req.name, req.public_key.as_deref())?;
+    Ok((StatusCode::CREATED, Json(added)))
+}
+
+async fn list_peers(State(d): State<Arc<Daemon>>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(d.wireguard()?.peer_status()?))
+}
+
+async fn remove_peer(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Req {
+        name: String,
+    }
+    let req: Req = json_body(&body)?;
+    d.wireguard()?.remove_peer(&req.name)?;
     Ok(StatusCode::OK)
 }
 

@@ -74,6 +74,15 @@ pub struct Config {
     pub dns_host: Ipv6Addr,
     /// Also write the zone here (RFC 1035 form, for CoreDNS), atomically on every change.
     pub zone_file: Option<PathBuf>,
+    /// Bring up the WireGuard interface peers reach the functions through.
+    pub wireguard: bool,
+    /// Its name.
+    pub wireguard_interface: String,
+    /// Its UDP port.
+    pub wireguard_port: u16,
+    /// `host:port` written into peers' configurations; found from the host's addresses
+    /// when unset.
+    pub wireguard_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -96,6 +105,10 @@ impl Default for Config {
             dns: vec![SocketAddr::from((faasd_common::plan::HOST_ADDRESS, 53))],
             dns_host: faasd_common::plan::HOST_ADDRESS,
             zone_file: None,
+            wireguard: true,
+            wireguard_interface: "wg-faas".into(),
+            wireguard_port: 51820,
+            wireguard_endpoint: None,
         }
     }
 }
@@ -143,6 +156,18 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "oci-runtime {:?}: use runc or crun",
                 self.oci_runtime
+            )));
+        }
+        let ifname_ok = !self.wireguard_interface.is_empty()
+            && self.wireguard_interface.len() < 16
+            && self
+                .wireguard_interface
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ifname_ok {
+            return Err(ConfigError::Invalid(format!(
+                "wireguard-interface {:?}: 1-15 characters of a-z, 0-9, '-', '_', '.'",
+                self.wireguard_interface
             )));
         }
         if self.backlog == 0 {

@@ -124,6 +124,10 @@ pub struct HostStatus {
     pub runtime: String,
     /// containerd, for image functions: where, and whether it answers.
     pub containerd: String,
+    /// The WireGuard interface: name, implementation, port, public key; or "off".
+    pub wireguard: String,
+    /// Where the `.faas` zone is served.
+    pub dns: Vec<String>,
     /// cgroup v2 root used, if any.
     pub cgroup_root: Option<PathBuf>,
 }
@@ -185,6 +189,7 @@ pub struct Daemon {
     containers: Arc<ContainerHost>,
     secrets: Secrets,
     zone: Option<Arc<crate::dns::Zone>>,
+    wireguard: Option<Arc<crate::wireguard::WireGuard>>,
     router: notify::Router,
     cgroup_root: Option<PathBuf>,
     functions: tokio::sync::Mutex<BTreeMap<String, Function>>,
@@ -230,6 +235,18 @@ impl From<ContainerdError> for DaemonError {
     }
 }
 
+impl From<crate::wireguard::WireGuardError> for DaemonError {
+    fn from(e: crate::wireguard::WireGuardError) -> Self {
+        use crate::wireguard::{WireGuardError as W, peers::PeerError as P};
+        match e {
+            W::Peer(P::Invalid(m)) | W::Invalid(m) => Self::Invalid(SpecError(m)),
+            W::Peer(P::NotFound(_)) => Self::NotFound(e.to_string()),
+            W::Peer(P::Exists(_)) => Self::Exists(e.to_string()),
+            e => Self::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<SecretError> for DaemonError {
     fn from(e: SecretError) -> Self {
         match e {
@@ -254,6 +271,7 @@ impl Daemon {
         dataplane: Dataplane,
         runtime: Arc<dyn Runtime>,
         router: notify::Router,
+        wireguard: Option<Arc<crate::wireguard::WireGuard>>,
     ) -> Result<Arc<Self>, DaemonError> {
         let cgroup_root = cgroup::root();
         if cgroup_root.is_none() {
@@ -277,6 +295,7 @@ impl Daemon {
         let daemon = Arc::new(Self {
             secrets: Secrets::new(&config.state_dir),
             zone,
+            wireguard,
             config,
             store,
             dataplane: Arc::new(Mutex::new(dataplane)),
@@ -550,6 +569,15 @@ impl Daemon {
     /// The secret store.
     pub fn secrets(&self) -> &Secrets {
         &self.secrets
+    }
+
+    /// The WireGuard interface, unless it is off.
+    pub fn wireguard(&self) -> Result<&crate::wireguard::WireGuard, DaemonError> {
+        self.wireguard.as_deref().ok_or_else(|| {
+            DaemonError::Invalid(SpecError(
+                "WireGuard is off on this host (--no-wireguard): there are no peers".into(),
+            ))
+        })
     }
 
     /// The `.faas` zone, unless DNS is off.
@@ -917,6 +945,22 @@ impl Daemon {
             functions: self.functions.lock().await.len(),
             function_prefix: self.config.function_prefix.to_string(),
             runtime: "process".into(),
+            wireguard: self.wireguard.as_ref().map_or_else(
+                || "off".into(),
+                |w| {
+                    format!(
+                        "{} ({}), port {}, public key {}",
+                        w.settings().interface,
+                        match w.backend() {
+                            crate::wireguard::Backend::Embedded => "embedded boringtun, userspace",
+                            crate::wireguard::Backend::Adopted => "adopted, userspace",
+                        },
+                        w.settings().port,
+                        w.public_key()
+                    )
+                },
+            ),
+            dns: self.config.dns.iter().map(|a| a.to_string()).collect(),
             containerd: match self.containers.client().await {
                 Ok(c) => format!("reachable at {}", c.socket().display()),
                 Err(e) => e.to_string(),

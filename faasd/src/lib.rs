@@ -32,3 +32,4 @@ pub mod secrets;
 pub mod sockets;
 pub mod spec;
 pub mod store;
+pub mod wireguard;

@@ -113,6 +113,9 @@ enum Command {
     /// Secrets, mounted into container functions at /var/openfaas/secrets/<name>.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// WireGuard peers: the clients that reach the functions over wg-faas.
+    #[command(subcommand)]
+    Peer(PeerCommand),
     /// Data plane and host status.
     Status {
         /// Print JSON.
@@ -141,6 +144,33 @@ enum ImageCommand {
         /// containerd's socket.
         #[arg(long, env = "FAASD_CONTAINERD", default_value = faasd::containerd::DEFAULT_SOCKET)]
         containerd: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PeerCommand {
+    /// Add a peer and print its wg-quick configuration. Without --public-key faasd makes
+    /// the peer's key pair and prints the private key in this answer only.
+    Add {
+        /// Peer name (a DNS label).
+        name: String,
+        /// The peer's public key (base64), if it has one.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List peers with their last handshake and traffic.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a peer.
+    Remove {
+        /// Peer name.
+        name: String,
     },
 }
 
@@ -221,6 +251,12 @@ struct DaemonArgs {
     /// Also write the zone to this file (for CoreDNS).
     #[arg(long)]
     zone_file: Option<PathBuf>,
+    /// Bring up no WireGuard interface (peers reach functions some other way).
+    #[arg(long)]
+    no_wireguard: bool,
+    /// `host:port` that peers' configurations name as the endpoint.
+    #[arg(long)]
+    wireguard_endpoint: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -334,6 +370,12 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     if let Some(z) = args.zone_file {
         config.zone_file = Some(z);
     }
+    if args.no_wireguard {
+        config.wireguard = false;
+    }
+    if let Some(e) = args.wireguard_endpoint {
+        config.wireguard_endpoint = Some(e);
+    }
     config.validate()?;
     let config = Arc::new(config);
 
@@ -367,6 +409,19 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         dataplane.status().pin_dir.display()
     );
     net::ensure_local_route(config.function_prefix).await?;
+    let wireguard = if config.wireguard {
+        let settings = faasd::wireguard::Settings {
+            interface: config.wireguard_interface.clone(),
+            port: config.wireguard_port,
+            endpoint: config.wireguard_endpoint.clone(),
+        };
+        let wg = faasd::wireguard::WireGuard::up(settings, &config.state_dir)
+            .await
+            .map_err(|e| format!("{e} (--no-wireguard runs without it)"))?;
+        Some(Arc::new(wg))
+    } else {
+        None
+    };
     let router = notify::Router::default();
     std::fs::create_dir_all(config.notify_dir())
         .map_err(|e| format!("creating {}: {e}", config.notify_dir().display()))?;
@@ -377,6 +432,7 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         dataplane,
         Arc::new(ProcessRuntime),
         router,
+        wireguard,
     )
     .await?;
 
@@ -702,6 +758,69 @@ async fn run_client(client: Client, cmd: Command) -> Result<()> {
                 .await?;
             println!("Removed secret {name}.{}", ns.namespace);
         }
+        Command::Peer(PeerCommand::Add {
+            name,
+            public_key,
+            json,
+        }) => {
+            let body = serde_json::json!({"name": name, "publicKey": public_key});
+            let out = client
+                .call(
+                    Method::POST,
+                    "/system/peers",
+                    Some(serde_json::to_vec(&body)?),
+                )
+                .await?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&out));
+                return Ok(());
+            }
+            let added: faasd::wireguard::AddedPeer = serde_json::from_slice(&out)?;
+            eprintln!(
+                "Added peer {} at {}. Its wg-quick configuration{}:\n",
+                added.peer.name,
+                added.peer.address,
+                if public_key.is_none() {
+                    " (with the private key faasd made for it; it is not stored, keep it)"
+                } else {
+                    ""
+                }
+            );
+            print!("{}", added.config);
+        }
+        Command::Peer(PeerCommand::List { json }) => {
+            let out = client.call(Method::GET, "/system/peers", None).await?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&out));
+                return Ok(());
+            }
+            let peers: Vec<faasd::wireguard::PeerStatus> = serde_json::from_slice(&out)?;
+            let mut rows =
+                vec![["NAME", "ADDRESS", "PUBLIC KEY", "HANDSHAKE", "RX", "TX"].map(String::from)];
+            for p in peers {
+                rows.push([
+                    p.peer.name.clone(),
+                    p.peer.address.to_string(),
+                    p.peer.public_key.clone(),
+                    p.last_handshake_secs_ago
+                        .map_or("never".into(), |s| format!("{s}s ago")),
+                    p.rx_bytes.to_string(),
+                    p.tx_bytes.to_string(),
+                ]);
+            }
+            print_table(&rows);
+        }
+        Command::Peer(PeerCommand::Remove { name }) => {
+            let body = serde_json::json!({"name": name});
+            client
+                .call(
+                    Method::DELETE,
+                    "/system/peers",
+                    Some(serde_json::to_vec(&body)?),
+                )
+                .await?;
+            println!("Removed peer {name}");
+        }
         Command::Status { json } => {
             let body = client.call(Method::GET, "/system/status", None).await?;
             if json {
@@ -734,6 +853,15 @@ async fn run_client(client: Client, cmd: Command) -> Result<()> {
                 ("prefix", s.function_prefix.clone()),
                 ("runtime", s.runtime.clone()),
                 ("containerd", s.containerd.clone()),
+                ("wireguard", s.wireguard.clone()),
+                (
+                    "dns",
+                    if s.dns.is_empty() {
+                        "off".into()
+                    } else {
+                        s.dns.join(", ")
+                    },
+                ),
                 (
                     "cgroup",
                     s.cgroup_root

@@ -65,3 +65,86 @@ pub async fn ensure_local_route(prefix: Ipv6Net) -> Result<(), NetError> {
     task.abort();
     result
 }
+
+/// Errors configuring an interface.
+#[derive(Debug, thiserror::Error)]
+pub enum InterfaceError {
+    /// The netlink socket could not be opened.
+    #[error("netlink: {0}")]
+    Connection(std::io::Error),
+    /// The kernel refused a step.
+    #[error("{what} on {interface}: {source}")]
+    Step {
+        /// The interface.
+        interface: String,
+        /// The step.
+        what: &'static str,
+        /// The kernel's answer.
+        source: rtnetlink::Error,
+    },
+}
+
+/// The index of interface `name`, if it exists.
+pub async fn link_index(name: &str) -> Result<Option<u32>, NetError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Connection)?;
+    let task = tokio::spawn(conn);
+    let found = handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await;
+    task.abort();
+    // A missing link is an error reply (ENODEV), not an empty answer.
+    Ok(found.ok().flatten().map(|l| l.header.index))
+}
+
+/// Gives interface `index` the address `addr/len`, brings it up, and routes `route`
+/// through it (each step replaces what is there, so it can run again).
+pub async fn configure_interface(
+    name: &str,
+    index: u32,
+    addr: std::net::Ipv6Addr,
+    len: u8,
+    route: Ipv6Net,
+) -> Result<(), InterfaceError> {
+    let err = |what| {
+        move |source| InterfaceError::Step {
+            interface: name.to_owned(),
+            what,
+            source,
+        }
+    };
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(InterfaceError::Connection)?;
+    let task = tokio::spawn(conn);
+    let result = async {
+        handle
+            .link()
+            .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(err("bringing the link up"))?;
+        handle
+            .address()
+            .add(index, addr.into(), len)
+            .replace()
+            .execute()
+            .await
+            .map_err(err("adding the address"))?;
+        let r = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(route.addr, route.len)
+            .output_interface(index)
+            .build();
+        handle
+            .route()
+            .add(r)
+            .replace()
+            .execute()
+            .await
+            .map_err(err("routing the platform prefix"))
+    }
+    .await;
+    task.abort();
+    result
+}

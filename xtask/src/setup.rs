@@ -43,6 +43,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "pushes the sample image to that registry in the tests",
     ),
     ("dnsutils", "dig: the DNS tests query faasd's zone with it"),
+    (
+        "wireguard-tools",
+        "wg: the WireGuard tests configure the client with it",
+    ),
+    (
+        "wireguard-go",
+        "the userspace WireGuard client of the tunnel tests",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -196,13 +196,20 @@ impl<'a> Daemon<'a> {
         Self::start_with(ns, "")
     }
 
-    /// Starts the daemon with extra TOML config lines.
+    /// Starts the daemon with extra TOML config lines. WireGuard is off unless they turn it
+    /// on: its control sockets live in one directory for every namespace, so parallel
+    /// tests would share the name `wg-faas`.
     pub fn start_with(ns: &'a Netns, extra_config: &str) -> Self {
         let config = ns.dir.join("config.toml");
+        let wireguard = if extra_config.contains("wireguard") {
+            ""
+        } else {
+            "wireguard = false\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = {:?}\nstop-timeout = \"2s\"\n{extra_config}",
+                "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = {:?}\nstop-timeout = \"2s\"\n{wireguard}{extra_config}",
                 ns.dir.join("state"),
                 ns.dir.join("run"),
                 ns.cgroup_parent,

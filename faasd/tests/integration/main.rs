@@ -10,3 +10,4 @@ mod containers;
 mod dataplane;
 mod dns;
 mod restart;
+mod wireguard;

@@ -1,0 +1,485 @@
+//! The `wg-faas` interface: how peers reach the functions and faasd's DNS.
+//!
+//! On start faasd loads (or makes, once) the host's key, brings the interface up with
+//! `fd00:faa5:0:100::1/64`, routes the platform prefix `fd00:faa5::/32` through it (the
+//! function prefix stays delivered locally: the `local` table is consulted first), turns
+//! IPv6 forwarding on, and configures the stored peers. An interface that already exists
+//! (made by the operator, say by a `wg-faas.service` running wireguard-go) is adopted and
+//! configured through its control socket; otherwise faasd runs WireGuard itself, embedded
+//! (boringtun, userspace). The kernel module is not used: this host has none to test it
+//! with, and an adopted kernel interface is refused with a clear message.
+
+pub mod peers;
+pub mod uapi;
+
+use std::{
+    io::Write,
+    net::Ipv6Addr,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use base64::Engine;
+use boringtun::x25519::{PublicKey, StaticSecret};
+use serde::{Deserialize, Serialize};
+
+use self::{
+    peers::{ClientConfig, Peer, PeerError, Peers},
+    uapi::UapiError,
+};
+use crate::config::Ipv6Net;
+
+/// The WireGuard network: hosts and peers.
+pub const NETWORK: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xfaa5, 0, 0x100, 0, 0, 0, 0);
+
+/// Errors of the WireGuard interface.
+#[derive(Debug, thiserror::Error)]
+pub enum WireGuardError {
+    /// The key file.
+    #[error("WireGuard key {path}: {source}")]
+    Key {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The embedded implementation could not create the interface.
+    #[error("creating {interface} (embedded boringtun): {reason}")]
+    Create {
+        /// The interface.
+        interface: String,
+        /// Why.
+        reason: String,
+    },
+    /// An existing interface without a control socket: a kernel interface.
+    #[error(
+        "{interface} exists but has no userspace control socket ({}): kernel WireGuard \
+         interfaces are not supported by this faasd; remove it, or run a userspace \
+         implementation (wireguard-go) under that name",
+        path.display()
+    )]
+    NotUserspace {
+        /// The interface.
+        interface: String,
+        /// Where faasd looked.
+        path: PathBuf,
+    },
+    /// Configuring the device.
+    #[error(transparent)]
+    Uapi(#[from] UapiError),
+    /// Configuring addresses and routes.
+    #[error(transparent)]
+    Net(#[from] crate::net::InterfaceError),
+    /// Looking up the link.
+    #[error(transparent)]
+    Link(#[from] crate::net::NetError),
+    /// The peer store.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Which implementation runs the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// boringtun inside faasd.
+    Embedded,
+    /// An interface that existed, configured through its control socket.
+    Adopted,
+}
+
+/// Settings of the interface.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Interface name.
+    pub interface: String,
+    /// UDP port.
+    pub port: u16,
+    /// `host:port` peers connect to; found from the host's addresses when unset.
+    pub endpoint: Option<String>,
+}
+
+/// A peer and its live counters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    /// The stored peer.
+    #[serde(flatten)]
+    pub peer: Peer,
+    /// Seconds since the last handshake, if there was one.
+    pub last_handshake_secs_ago: Option<u64>,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
+}
+
+/// The answer to adding a peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddedPeer {
+    /// The stored peer.
+    #[serde(flatten)]
+    pub peer: Peer,
+    /// The client's wg-quick file; holds its private key when faasd generated it (shown
+    /// in this answer only, never stored).
+    pub config: String,
+}
+
+/// The interface, up and configured.
+pub struct WireGuard {
+    settings: Settings,
+    backend: Backend,
+    uapi: PathBuf,
+    public_key: String,
+    peers: Peers,
+    /// Serialises peer changes (store and device must agree).
+    lock: Mutex<()>,
+    _device: Option<boringtun::device::DeviceHandle>,
+}
+
+impl std::fmt::Debug for WireGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireGuard")
+            .field("interface", &self.settings.interface)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 32 random bytes from the kernel.
+fn random_key() -> std::io::Result<[u8; 32]> {
+    let mut k = [0u8; 32];
+    // SAFETY: getrandom writes at most k.len() bytes into k.
+    let n = unsafe { libc::getrandom(k.as_mut_ptr().cast(), k.len(), 0) };
+    if n != 32 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(k)
+}
+
+/// A new key pair, (private, public), both base64.
+pub fn generate_keypair() -> std::io::Result<(String, String)> {
+    let secret = StaticSecret::from(random_key()?);
+    let public = PublicKey::from(&secret);
+    Ok((b64(secret.as_bytes()), b64(public.as_bytes())))
+}
+
+/// Decodes a base64 WireGuard key.
+pub fn decode_key(key: &str) -> Result<[u8; 32], WireGuardError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .ok()
+        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+        .ok_or_else(|| {
+            WireGuardError::Invalid(format!(
+                "{key:?} is not a WireGuard key (32 bytes, base64, as `wg genkey | wg pubkey` prints)"
+            ))
+        })
+}
+
+/// The host's private key: read, or made on first start (mode 0600, never printed).
+fn host_key(path: &Path) -> Result<StaticSecret, WireGuardError> {
+    let err = |source| WireGuardError::Key {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let k = decode_key(&text).map_err(|e| err(std::io::Error::other(e.to_string())))?;
+            Ok(StaticSecret::from(k))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(d) = path.parent() {
+                std::fs::create_dir_all(d).map_err(err)?;
+            }
+            let k = random_key().map_err(err)?;
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(err)?;
+            f.write_all(b64(&k).as_bytes()).map_err(err)?;
+            f.sync_all().map_err(err)?;
+            std::fs::rename(&tmp, path).map_err(err)?;
+            Ok(StaticSecret::from(k))
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// The first global address of this host, for peers' `Endpoint` when none is configured.
+fn guess_endpoint(port: u16) -> String {
+    let mut found: Option<std::net::IpAddr> = None;
+    // SAFETY: getifaddrs fills a list we free with freeifaddrs; we only read it.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) == 0 {
+            let mut cur = list;
+            while !cur.is_null() && found.is_none() {
+                let a = (*cur).ifa_addr;
+                if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
+                    let sin = &*(a as *const libc::sockaddr_in);
+                    let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                    if !ip.is_loopback() && !ip.is_link_local() {
+                        found = Some(ip.into());
+                    }
+                }
+                cur = (*cur).ifa_next;
+            }
+            libc::freeifaddrs(list);
+        }
+    }
+    match found {
+        Some(ip) => format!("{ip}:{port}"),
+        None => format!("<this host's address>:{port}"),
+    }
+}
+
+impl WireGuard {
+    /// Brings the interface up as described in the module documentation.
+    pub async fn up(settings: Settings, state_dir: &Path) -> Result<Self, WireGuardError> {
+        let secret = host_key(&state_dir.join("wireguard/private.key"))?;
+        let public_key = b64(PublicKey::from(&secret).as_bytes());
+        let name = settings.interface.clone();
+        let uapi = uapi::socket_path(&name);
+        let (backend, device) = match crate::net::link_index(&name).await? {
+            Some(_) if !uapi.exists() => {
+                return Err(WireGuardError::NotUserspace {
+                    interface: name,
+                    path: uapi,
+                });
+            }
+            Some(_) => (Backend::Adopted, None),
+            None => {
+                let config = boringtun::device::DeviceConfig {
+                    n_threads: 2,
+                    ..Default::default()
+                };
+                let handle = boringtun::device::DeviceHandle::new(&name, config).map_err(|e| {
+                    WireGuardError::Create {
+                        interface: name.clone(),
+                        reason: format!("{e:?}"),
+                    }
+                })?;
+                (Backend::Embedded, Some(handle))
+            }
+        };
+        uapi::set(
+            &uapi,
+            &[
+                format!("private_key={}", hex(secret.as_bytes())),
+                format!("listen_port={}", settings.port),
+            ],
+        )?;
+        let index = crate::net::link_index(&name)
+            .await?
+            .ok_or_else(|| WireGuardError::Create {
+                interface: name.clone(),
+                reason: "the interface vanished".into(),
+            })?;
+        let (platform, plen) = faasd_common::plan::PLATFORM_PREFIX;
+        crate::net::configure_interface(
+            &name,
+            index,
+            faasd_common::plan::HOST_ADDRESS,
+            64,
+            Ipv6Net {
+                addr: platform,
+                len: plen,
+            },
+        )
+        .await?;
+        // Peers reach each other through this host, too.
+        if let Err(e) = std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1") {
+            tracing::warn!("turning IPv6 forwarding on: {e}");
+        }
+        let wg = Self {
+            settings,
+            backend,
+            uapi,
+            public_key,
+            peers: Peers::new(state_dir),
+            lock: Mutex::new(()),
+            _device: device,
+        };
+        let stored = wg.peers.list()?;
+        for p in &stored {
+            wg.configure_peer(p)?;
+        }
+        tracing::info!(
+            "WireGuard {} up ({:?}), port {}, {} peer(s)",
+            wg.settings.interface,
+            wg.backend,
+            wg.settings.port,
+            stored.len()
+        );
+        Ok(wg)
+    }
+
+    fn configure_peer(&self, p: &Peer) -> Result<(), WireGuardError> {
+        let key = decode_key(&p.public_key)?;
+        uapi::set(
+            &self.uapi,
+            &[
+                format!("public_key={}", hex(&key)),
+                "replace_allowed_ips=true".into(),
+                format!("allowed_ip={}/128", p.address),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The host's public key, base64.
+    pub fn public_key(&self) -> &str {
+        &self.public_key
+    }
+
+    /// Which implementation runs the interface.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The interface's settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Adds a peer; generates its key pair when `public_key` is `None`.
+    pub fn add_peer(
+        &self,
+        name: &str,
+        public_key: Option<&str>,
+    ) -> Result<AddedPeer, WireGuardError> {
+        let _g = self.lock.lock().expect("peer lock");
+        let (private, public) = match public_key {
+            Some(k) => {
+                decode_key(k)?;
+                (None, k.trim().to_owned())
+            }
+            None => {
+                let (private, public) = generate_keypair()
+                    .map_err(|e| WireGuardError::Invalid(format!("generating a key pair: {e}")))?;
+                (Some(private), public)
+            }
+        };
+        let peer = self.peers.add(name, &public, NETWORK)?;
+        if let Err(e) = self.configure_peer(&peer) {
+            let _ = self.peers.remove(name);
+            return Err(e);
+        }
+        let endpoint = self
+            .settings
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| guess_endpoint(self.settings.port));
+        let config = ClientConfig {
+            private_key: private.as_deref(),
+            address: peer.address,
+            dns: faasd_common::plan::HOST_ADDRESS,
+            host_public_key: &self.public_key,
+            endpoint: &endpoint,
+        }
+        .render();
+        Ok(AddedPeer { peer, config })
+    }
+
+    /// Removes a peer from the store and the device.
+    pub fn remove_peer(&self, name: &str) -> Result<Peer, WireGuardError> {
+        let _g = self.lock.lock().expect("peer lock");
+        let peer = self.peers.remove(name)?;
+        let key = decode_key(&peer.public_key)?;
+        uapi::set(
+            &self.uapi,
+            &[format!("public_key={}", hex(&key)), "remove=true".into()],
+        )?;
+        Ok(peer)
+    }
+
+    /// Every peer with its last handshake and byte counts.
+    pub fn peer_status(&self) -> Result<Vec<PeerStatus>, WireGuardError> {
+        // (handshake seconds, nanoseconds, rx, tx) per public key (hex); a peer's lines
+        // follow its public_key line.
+        let mut live: std::collections::HashMap<String, [u64; 4]> = Default::default();
+        let mut current: Option<String> = None;
+        for (k, v) in uapi::get(&self.uapi)? {
+            if k == "public_key" {
+                live.insert(v.clone(), [0; 4]);
+                current = Some(v);
+                continue;
+            }
+            let slot = match k.as_str() {
+                "last_handshake_time_sec" => 0,
+                "last_handshake_time_nsec" => 1,
+                "rx_bytes" => 2,
+                "tx_bytes" => 3,
+                _ => continue,
+            };
+            if let Some(entry) = current.as_ref().and_then(|c| live.get_mut(c)) {
+                entry[slot] = v.parse().unwrap_or(0);
+            }
+        }
+        Ok(self
+            .peers
+            .list()?
+            .into_iter()
+            .map(|peer| {
+                let [sec, nsec, rx, tx] = decode_key(&peer.public_key)
+                    .ok()
+                    .and_then(|k| live.get(&hex(&k)).copied())
+                    .unwrap_or_default();
+                PeerStatus {
+                    peer,
+                    last_handshake_secs_ago: handshake_age(sec, nsec),
+                    rx_bytes: rx,
+                    tx_bytes: tx,
+                }
+            })
+            .collect())
+    }
+}
+
+/// Seconds since a handshake. The kernel and wireguard-go report the handshake's time
+/// since the epoch; boringtun reports the time elapsed since it. Zero means never.
+fn handshake_age(sec: u64, nsec: u64) -> Option<u64> {
+    if sec == 0 && nsec == 0 {
+        return None;
+    }
+    if sec > 1_000_000_000 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Some(now.saturating_sub(sec))
+    } else {
+        Some(sec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_round_trip_and_bad_keys_are_refused() {
+        let (private, public) = generate_keypair().unwrap();
+        let secret = StaticSecret::from(decode_key(&private).unwrap());
+        assert_eq!(b64(PublicKey::from(&secret).as_bytes()), public);
+        assert!(decode_key("not a key").is_err());
+        assert!(decode_key(&b64(&[0u8; 16])).is_err());
+    }
+}
