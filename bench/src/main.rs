@@ -147,7 +147,7 @@ impl Bench {
         std::fs::write(
             &config,
             format!(
-                "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = \"faasd-bench\"\nstop-timeout = \"2s\"\nwireguard = false\n{extra_config}",
+                "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = \"faasd-bench\"\nstop-timeout = \"2s\"\nwireguard = false\ndns = [\"[::1]:53\"]\n{extra_config}",
                 self.dir.join("state"),
                 self.dir.join("rt"),
             ),
@@ -486,6 +486,10 @@ fn main() -> Result<()> {
         Some(_) => Some(containers(&mut b, &faasd, &containerd_config, &args)?),
         None => None,
     };
+    println!("DNS: dnsperf against the .faas zone");
+    let dns = dns_qps(&b)?;
+    println!("sk_lookup program cost by bindings in the map");
+    let by_bindings = lookup_cost_by_bindings(&b, fn_addr)?;
     drop(b);
 
     // Report.
@@ -533,6 +537,11 @@ fn main() -> Result<()> {
         "blocks_of_100": ab.iter().map(Summary::to_json).collect::<Vec<_>>(),
         "goals": goals,
         "containers": containers,
+        "dns": dns,
+        "sk_lookup_ns_per_run_by_bindings": by_bindings
+            .iter()
+            .map(|(n, ns)| json!({"bindings": n, "ns_per_run": ns}))
+            .collect::<Vec<_>>(),
     });
     std::fs::write(
         out.join("results.json"),
@@ -629,12 +638,7 @@ const PROXIES: &[&str] = &["systemd-socket-proxyd", "socat", "haproxy"];
 
 /// (run count, average ns per run) of a BPF program, from bpftool.
 fn program_run_time(id: u64) -> Option<(u64, f64)> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "id", &id.to_string(), "--json"])
-        .output()
-        .ok()?;
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    let (ns, cnt) = (v["run_time_ns"].as_u64()?, v["run_cnt"].as_u64()?);
+    let (cnt, ns) = program_totals(id)?;
     (cnt > 0).then(|| (cnt, ns as f64 / cnt as f64))
 }
 
@@ -836,4 +840,123 @@ fn containers(b: &mut Bench, faasd: &Path, config: &str, args: &Args) -> Result<
         "forwarded_over_sockets_p50": ratio,
         "goals": {"container_cold_p50_ms": {"goal": 100.0, "measured": ms(runc.total.p50)}},
     }))
+}
+
+/// Queries per second the zone answers, from Debian's dnsperf (10 s, a mix of names that
+/// exist in both forms and one that does not), over UDP on the namespace's loopback.
+fn dns_qps(b: &Bench) -> Result<Value> {
+    let queries = b.dir.join("queries.txt");
+    std::fs::write(
+        &queries,
+        "hello.faas AAAA\nhello.openfaas-fn.faas AAAA\nnope.faas AAAA\nfaas SOA\n",
+    )?;
+    let out = match Command::new("dnsperf")
+        .args([
+            "-s", "::1", "-p", "53", "-l", "10", "-c", "4", "-T", "2", "-q", "256", "-d",
+        ])
+        .arg(&queries)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            println!("dnsperf not available ({e}); skipped");
+            return Ok(json!({"error": e.to_string()}));
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let qps = field("Queries per second:").context("dnsperf printed no rate")?;
+    let lost = field("Queries lost:").unwrap_or(0.0);
+    let latency = field("Average Latency (s):").unwrap_or(0.0);
+    println!(
+        "  {qps:.0} queries/s, {lost:.0} lost, average latency {:.0} µs",
+        latency * 1e6
+    );
+    Ok(json!({"queries_per_second": qps, "lost": lost, "average_latency_us": latency * 1e6}))
+}
+
+/// The sk_lookup program's own cost per run (BPF_STATS_RUN_TIME) with 1, 1,000 and
+/// 100,000 bindings in the map: the function's binding plus others in an unused part of the
+/// prefix, added and removed with one `bpftool batch` each, while 2,000 connections go to
+/// the function.
+fn lookup_cost_by_bindings(b: &Bench, fn_addr: SocketAddr) -> Result<Vec<(usize, f64)>> {
+    let map = b.pin_dir()?.join("BINDINGS");
+    let program_id = b.api("GET", "/system/status", "")?["dataplane"]["programId"]
+        .as_u64()
+        .context("program id")?;
+    let fake = |i: usize| {
+        let mut addr = [
+            0xfd, 0x00, 0xfa, 0xa5, 0x00, 0x01, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        addr[12..].copy_from_slice(&(i as u32).to_be_bytes());
+        let mut key: Vec<u8> = addr.to_vec();
+        key.extend_from_slice(&8080u16.to_ne_bytes());
+        key.extend_from_slice(&[6, 0]);
+        key.iter()
+            .map(|k| format!("{k:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let batch = |lines: String| -> Result<()> {
+        let file = b.dir.join("bindings.batch");
+        std::fs::write(&file, lines)?;
+        let out = Command::new("bpftool")
+            .arg("batch")
+            .arg("file")
+            .arg(&file)
+            .output()?;
+        if !out.status.success() {
+            bail!("bpftool batch: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let stats_flag = Path::new("/proc/sys/kernel/bpf_stats_enabled");
+    let stats_before = std::fs::read_to_string(stats_flag).unwrap_or_default();
+    std::fs::write(stats_flag, "1")?;
+    let mut results = Vec::new();
+    let mut present = 1;
+    for target in [1usize, 1_000, 100_000] {
+        let lines: String = (present..target)
+            .map(|i| {
+                format!(
+                    "map update pinned {} key hex {} value hex 00 00 00 00\n",
+                    map.display(),
+                    fake(i)
+                )
+            })
+            .collect();
+        if !lines.is_empty() {
+            batch(lines)?;
+        }
+        present = target;
+        let (runs0, ns0) = program_totals(program_id).context("bpftool prog show")?;
+        for _ in 0..2_000 {
+            request(fn_addr)?;
+        }
+        let (runs1, ns1) = program_totals(program_id).context("bpftool prog show")?;
+        let cost = (ns1 - ns0) as f64 / (runs1 - runs0).max(1) as f64;
+        println!("  {target:>7} bindings: {cost:.0} ns per run");
+        results.push((target, cost));
+    }
+    std::fs::write(stats_flag, stats_before.trim())?;
+    let lines: String = (1..present)
+        .map(|i| format!("map delete pinned {} key hex {}\n", map.display(), fake(i)))
+        .collect();
+    batch(lines)?;
+    Ok(results)
+}
+
+/// (run count, total run time in ns) of a BPF program, from bpftool.
+fn program_totals(id: u64) -> Option<(u64, u64)> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string(), "--json"])
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((v["run_cnt"].as_u64()?, v["run_time_ns"].as_u64()?))
 }

@@ -51,6 +51,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "wireguard-go",
         "the userspace WireGuard client of the tunnel tests",
     ),
+    ("dnsperf", "benchmark: DNS queries per second"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
