@@ -19,6 +19,14 @@ pub mod names {
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     /// The `sk_lookup` program.
     pub const SK_LOOKUP: &str = "faasd_sk_lookup";
+    /// Socket slot → 1 when the slot's function has a source policy.
+    pub const POLICY_SLOTS: &str = "POLICY_SLOTS";
+    /// [`PolicySource`](super::PolicySource) prefixes a slot allows (LPM trie).
+    pub const POLICY_ALLOW: &str = "POLICY_ALLOW";
+    /// [`PolicySource`](super::PolicySource) prefixes a slot denies (LPM trie).
+    pub const POLICY_DENY: &str = "POLICY_DENY";
+    /// Socket slot → per-CPU count of lookups refused by the policy.
+    pub const POLICY_DROPS: &str = "POLICY_DROPS";
 }
 
 /// How many (address, port, protocol) bindings, and so sockets, one host can hold.
@@ -85,6 +93,23 @@ pub struct SlotCounters {
     pub no_socket: u64,
 }
 
+/// Key data of the policy tries: a socket slot, then a client address. A prefix of
+/// `POLICY_SLOT_BITS + n` bits matches the slot exactly and the first `n` bits of the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicySource {
+    /// The socket slot.
+    pub slot: u32,
+    /// IPv6 address as four words in network byte order, like [`BindingKey::addr`].
+    pub addr: [u32; 4],
+}
+
+/// Bits of [`PolicySource::slot`] at the front of every policy prefix.
+pub const POLICY_SLOT_BITS: u32 = 32;
+
+/// How many allow (and, separately, deny) prefixes one host can hold.
+pub const MAX_POLICY_PREFIXES: u32 = 1 << 16;
+
 /// Host-wide counters of the `sk_lookup` program, indexes into `GLOBAL_STATS`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +146,8 @@ mod pod {
     unsafe impl aya::Pod for super::BindingKey {}
     // SAFETY: three u64 fields, no padding.
     unsafe impl aya::Pod for super::SlotCounters {}
+    // SAFETY: five u32 fields, no padding.
+    unsafe impl aya::Pod for super::PolicySource {}
 }
 
 #[cfg(test)]

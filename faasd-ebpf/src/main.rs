@@ -1,6 +1,8 @@
 //! faasd's `sk_lookup` program: steers a connection (or datagram) for a function's address,
-//! port and protocol into the listening socket faasd created for it. Anything that matches
-//! no binding passes through untouched, so the rest of the host behaves as before.
+//! port and protocol into the listening socket faasd created for it, unless the function's
+//! source policy refuses the client (systemd's IPAddressAllow/IPAddressDeny: an allowed
+//! prefix wins, then a denied one, and anything else is allowed). Anything that matches no
+//! binding passes through untouched, so the rest of the host behaves as before.
 #![no_std]
 #![no_main]
 
@@ -9,10 +11,13 @@ use core::ptr::read_volatile;
 use aya_ebpf::{
     bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
     macros::{map, sk_lookup},
-    maps::{HashMap, PerCpuArray, SockMap},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, SockMap, lpm_trie::Key},
     programs::SkLookupContext,
 };
-use faasd_common::{BindingKey, GlobalCounter, MAX_BINDINGS, SK_ASSIGN_NO_REUSEPORT, SlotCounters};
+use faasd_common::{
+    BindingKey, GlobalCounter, MAX_BINDINGS, MAX_POLICY_PREFIXES, POLICY_SLOT_BITS, PolicySource,
+    SK_ASSIGN_NO_REUSEPORT, SlotCounters,
+};
 
 const AF_INET6: u32 = 10;
 
@@ -27,6 +32,18 @@ static SLOT_STATS: PerCpuArray<SlotCounters> = PerCpuArray::pinned(MAX_BINDINGS,
 
 #[map(name = "GLOBAL_STATS")]
 static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(GlobalCounter::COUNT, 0);
+
+#[map(name = "POLICY_SLOTS")]
+static POLICY_SLOTS: Array<u32> = Array::pinned(MAX_BINDINGS, 0);
+
+#[map(name = "POLICY_ALLOW")]
+static POLICY_ALLOW: LpmTrie<PolicySource, u8> = LpmTrie::pinned(MAX_POLICY_PREFIXES, 0);
+
+#[map(name = "POLICY_DENY")]
+static POLICY_DENY: LpmTrie<PolicySource, u8> = LpmTrie::pinned(MAX_POLICY_PREFIXES, 0);
+
+#[map(name = "POLICY_DROPS")]
+static POLICY_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_BINDINGS, 0);
 
 #[sk_lookup]
 pub fn faasd_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -64,6 +81,13 @@ pub fn faasd_sk_lookup(ctx: SkLookupContext) -> u32 {
     };
     // SAFETY: the pointer comes from a successful lookup and the value is a plain u32.
     let slot = unsafe { *slot };
+    if POLICY_SLOTS.get(slot).is_some_and(|p| *p != 0) && !allowed(l, slot) {
+        if let Some(c) = POLICY_DROPS.get_ptr_mut(slot) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+            unsafe { *c += 1 };
+        }
+        return SK_DROP;
+    }
     let counters = SLOT_STATS.get_ptr_mut(slot);
     if let Some(c) = counters {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
@@ -87,6 +111,23 @@ pub fn faasd_sk_lookup(ctx: SkLookupContext) -> u32 {
             SK_DROP
         }
     }
+}
+
+/// Whether the slot's policy lets the client in: an allowed prefix wins, then a denied one
+/// refuses, and anything else is allowed.
+#[inline(always)]
+fn allowed(l: *mut aya_ebpf::bindings::bpf_sk_lookup, slot: u32) -> bool {
+    // SAFETY: as in the program: fields read one by one from the kernel's context.
+    let addr = unsafe {
+        [
+            read_volatile(&raw const (*l).remote_ip6[0]),
+            read_volatile(&raw const (*l).remote_ip6[1]),
+            read_volatile(&raw const (*l).remote_ip6[2]),
+            read_volatile(&raw const (*l).remote_ip6[3]),
+        ]
+    };
+    let key = Key::new(POLICY_SLOT_BITS + 128, PolicySource { slot, addr });
+    POLICY_ALLOW.get(&key).is_some() || POLICY_DENY.get(&key).is_none()
 }
 
 #[inline(always)]

@@ -108,6 +108,9 @@ pub struct PortCounters {
     pub steered: u64,
     /// Lookups that found no socket.
     pub no_socket: u64,
+    /// Lookups the function's source policy refused.
+    #[serde(default)]
+    pub policy_drops: u64,
 }
 
 /// `faasd status`.
@@ -472,10 +475,9 @@ impl Daemon {
                 };
                 let key = BindingKey::new(record.address, p.port, p.protocol.number());
                 bindings.push((key, slot));
-                self.dataplane
-                    .lock()
-                    .expect("dataplane lock")
-                    .bind(key, slot, sock)?;
+                let mut dp = self.dataplane.lock().expect("dataplane lock");
+                dp.bind(key, slot, sock)?;
+                dp.set_policy(slot, &settings.policy)?;
             }
             Ok(())
         })();
@@ -861,6 +863,7 @@ impl Daemon {
                     lookups,
                     steered,
                     no_socket,
+                    policy_drops: dp.policy_drops(*slot),
                 }
             })
             .collect();

@@ -2,7 +2,10 @@
 //! pins program link and maps under `<bpffs>/faasd/<netns inode>/`, and owns the maps.
 //!
 //! A restarted daemon finds the pinned link and maps and adopts them instead of loading
-//! anew, so steering never stops while the daemon is down.
+//! anew, so steering never stops while the daemon is down. The link's pin carries a
+//! fingerprint of the program: a daemon with another build of the program loads its own
+//! over the same pinned maps, attaches it, and only then detaches the old one, so an
+//! upgrade keeps every binding and never leaves a moment without steering.
 
 use std::{
     os::fd::{AsFd, AsRawFd},
@@ -12,16 +15,45 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, PerCpuArray, SockMap},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, SockMap, lpm_trie::Key},
     programs::{SkLookup, links::FdLink, links::PinnedLink},
 };
-use faasd_common::{BindingKey, GlobalCounter, SlotCounters, names};
+use faasd_common::{
+    BindingKey, GlobalCounter, POLICY_SLOT_BITS, PolicySource, SlotCounters, names,
+};
 
 /// The compiled kernel programs, built by `build.rs` from `faasd-ebpf`.
 static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faasd-sk-lookup"));
 
+/// Prefix of the link's pin; the program's fingerprint follows.
 const LINK_PIN: &str = "sk_lookup_link";
+
+/// The pin name of this build's link: FNV-1a of the program object.
+fn link_pin_name() -> String {
+    let hash = PROGRAM_OBJECT
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{LINK_PIN}-{hash:016x}")
+}
+
+/// A source policy: IPv6 prefixes (address, length) allowed and denied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Prefixes allowed; a match wins.
+    pub allow: Vec<(std::net::Ipv6Addr, u8)>,
+    /// Prefixes denied, unless allowed.
+    pub deny: Vec<(std::net::Ipv6Addr, u8)>,
+}
+
+impl Policy {
+    /// Whether there is anything to enforce.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+}
 
 /// Errors of the data plane.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +122,10 @@ pub struct Dataplane {
     sockets: SockMap<MapData>,
     slot_stats: PerCpuArray<MapData, SlotCounters>,
     global_stats: PerCpuArray<MapData, u64>,
+    policy_slots: Array<MapData, u32>,
+    policy_allow: LpmTrie<MapData, PolicySource, u8>,
+    policy_deny: LpmTrie<MapData, PolicySource, u8>,
+    policy_drops: PerCpuArray<MapData, u64>,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -127,7 +163,41 @@ impl Dataplane {
         check_bpffs(bpffs)?;
         let dir = pin_dir(bpffs)?;
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        let link_path = dir.join(LINK_PIN);
+        let link_path = dir.join(link_pin_name());
+        let older: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(io("list", &dir))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(LINK_PIN))
+                    && *p != link_path
+            })
+            .collect();
+        if !link_path.exists() && !older.is_empty() {
+            match Self::load(&dir, &link_path) {
+                Ok(mut dp) => {
+                    // The new program runs beside the old one until the old link goes.
+                    for o in &older {
+                        let _ = std::fs::remove_file(o);
+                    }
+                    tracing::info!(
+                        "replaced the pinned sk_lookup program with this build's; maps and \
+                         bindings kept"
+                    );
+                    dp.adopted = true;
+                    return Ok(dp);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "the pinned maps in {} do not fit this build ({e}); loading anew",
+                        dir.display()
+                    );
+                    remove_pins(&dir)?;
+                    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+                }
+            }
+        }
         if link_path.exists() {
             match Self::adopt(&dir, &link_path) {
                 Ok(dp) => return Ok(dp),
@@ -165,6 +235,14 @@ impl Dataplane {
                 .map_err(map_err(names::SLOT_STATS))?,
             global_stats: PerCpuArray::try_from(Map::PerCpuArray(pinned(names::GLOBAL_STATS)?))
                 .map_err(map_err(names::GLOBAL_STATS))?,
+            policy_slots: Array::try_from(Map::Array(pinned(names::POLICY_SLOTS)?))
+                .map_err(map_err(names::POLICY_SLOTS))?,
+            policy_allow: LpmTrie::try_from(Map::LpmTrie(pinned(names::POLICY_ALLOW)?))
+                .map_err(map_err(names::POLICY_ALLOW))?,
+            policy_deny: LpmTrie::try_from(Map::LpmTrie(pinned(names::POLICY_DENY)?))
+                .map_err(map_err(names::POLICY_DENY))?,
+            policy_drops: PerCpuArray::try_from(Map::PerCpuArray(pinned(names::POLICY_DROPS)?))
+                .map_err(map_err(names::POLICY_DROPS))?,
         })
     }
 
@@ -202,6 +280,14 @@ impl Dataplane {
                 .map_err(map_err(names::SLOT_STATS))?,
             global_stats: PerCpuArray::try_from(take(names::GLOBAL_STATS)?)
                 .map_err(map_err(names::GLOBAL_STATS))?,
+            policy_slots: Array::try_from(take(names::POLICY_SLOTS)?)
+                .map_err(map_err(names::POLICY_SLOTS))?,
+            policy_allow: LpmTrie::try_from(take(names::POLICY_ALLOW)?)
+                .map_err(map_err(names::POLICY_ALLOW))?,
+            policy_deny: LpmTrie::try_from(take(names::POLICY_DENY)?)
+                .map_err(map_err(names::POLICY_DENY))?,
+            policy_drops: PerCpuArray::try_from(take(names::POLICY_DROPS)?)
+                .map_err(map_err(names::POLICY_DROPS))?,
         })
     }
 
@@ -266,8 +352,82 @@ impl Dataplane {
         self.clear_slot(slot)
     }
 
-    /// Empties a socket slot (the binding, if any, is left alone).
+    /// Sets the source policy of a slot (replacing the one it had) and zeroes its drop
+    /// count. The flag that turns the check on goes last, after the prefixes are in.
+    pub fn set_policy(&mut self, slot: u32, policy: &Policy) -> Result<(), DataplaneError> {
+        self.clear_policy(slot)?;
+        let zero =
+            aya::maps::PerCpuValues::try_from(vec![0u64; nr_cpus()]).expect("one value per CPU");
+        self.policy_drops
+            .set(slot, zero, 0)
+            .map_err(map_err(names::POLICY_DROPS))?;
+        if policy.is_empty() {
+            return Ok(());
+        }
+        let key = |(addr, len): &(std::net::Ipv6Addr, u8)| {
+            let o = addr.octets();
+            let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            Key::new(
+                POLICY_SLOT_BITS + u32::from(*len),
+                PolicySource {
+                    slot,
+                    addr: [word(0), word(4), word(8), word(12)],
+                },
+            )
+        };
+        for p in &policy.allow {
+            self.policy_allow
+                .insert(&key(p), 1, 0)
+                .map_err(map_err(names::POLICY_ALLOW))?;
+        }
+        for p in &policy.deny {
+            self.policy_deny
+                .insert(&key(p), 1, 0)
+                .map_err(map_err(names::POLICY_DENY))?;
+        }
+        self.policy_slots
+            .set(slot, 1, 0)
+            .map_err(map_err(names::POLICY_SLOTS))
+    }
+
+    /// Removes a slot's policy: the flag first, then its prefixes.
+    fn clear_policy(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        self.policy_slots
+            .set(slot, 0, 0)
+            .map_err(map_err(names::POLICY_SLOTS))?;
+        for (trie, name) in [
+            (&mut self.policy_allow, names::POLICY_ALLOW),
+            (&mut self.policy_deny, names::POLICY_DENY),
+        ] {
+            let ours: Vec<Key<PolicySource>> = trie
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| {
+                    let data = k.data();
+                    data.slot == slot
+                })
+                .collect();
+            for k in ours {
+                match trie.remove(&k) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(name)(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lookups of a slot the policy refused, summed over CPUs.
+    pub fn policy_drops(&self, slot: u32) -> u64 {
+        self.policy_drops
+            .get(&slot, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Empties a socket slot and drops its policy (the binding, if any, is left alone).
     pub fn clear_slot(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        self.clear_policy(slot)?;
         match self.sockets.clear_index(&slot) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             // An empty slot answers EINVAL: its socket closed and the kernel removed it.

@@ -620,8 +620,8 @@ async fn run_client(client: Client, cmd: Command) -> Result<()> {
                 rows.push([
                     format!("Counters {}", c.name),
                     format!(
-                        "lookups {} steered {} no-socket {}",
-                        c.lookups, c.steered, c.no_socket
+                        "lookups {} steered {} no-socket {} policy-drops {}",
+                        c.lookups, c.steered, c.no_socket, c.policy_drops
                     ),
                 ]);
             }

@@ -15,13 +15,15 @@
 //! | `faasd.dev/user` | user the function runs as | daemon's `user` |
 //! | `faasd.dev/stop-timeout` | SIGTERM → SIGKILL grace | daemon's `stop-timeout` |
 //! | `faasd.dev/image-port` | images: forward to this port the image binds itself | 8080 unless the image takes sockets |
+//! | `faasd.dev/ip-address-allow` | client prefixes let in whatever the deny list says | none |
+//! | `faasd.dev/ip-address-deny` | client prefixes refused unless allowed (`any` for all) | none |
 //!
 //! Image functions also take the OpenFaaS fields `limits` (`memory` like `128Mi`, `cpu` like
 //! `500m`, enforced in the container's cgroup), `readOnlyRootFilesystem` and `secrets`
 //! (mounted read-only at `/var/openfaas/secrets/<name>`). `requests` is accepted and, on one
 //! host with nothing to schedule, ignored.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::Ipv6Addr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -156,6 +158,8 @@ pub struct Settings {
     pub cpu_millis: Option<u64>,
     /// The port an image binds itself, forwarded to instead of passing sockets.
     pub image_port: Option<u16>,
+    /// Which clients may connect (systemd's IPAddressAllow/IPAddressDeny).
+    pub policy: crate::dataplane::Policy,
 }
 
 /// A function as faasd stores it: the request, validated, with its identity split out.
@@ -442,7 +446,12 @@ impl Settings {
                 "faasd.dev/image-port forwards one tcp port: give faasd.dev/ports one tcp port",
             );
         }
+        let policy = crate::dataplane::Policy {
+            allow: parse_prefixes("faasd.dev/ip-address-allow", ann("ip-address-allow"))?,
+            deny: parse_prefixes("faasd.dev/ip-address-deny", ann("ip-address-deny"))?,
+        };
         Ok(Self {
+            policy,
             memory_limit,
             cpu_millis,
             image_port,
@@ -468,7 +477,48 @@ const KNOWN_ANNOTATIONS: &[&str] = &[
     "user",
     "stop-timeout",
     "image-port",
+    "ip-address-allow",
+    "ip-address-deny",
 ];
+
+/// A list of client prefixes, as systemd writes them: IPv6 addresses or prefixes, or `any`,
+/// `localhost`, `link-local`, `multicast`; separated by spaces or commas. Host bits are
+/// cleared. IPv4 is refused: function addresses are IPv6, so no IPv4 client reaches them.
+fn parse_prefixes(key: &str, v: Option<&str>) -> Result<Vec<(Ipv6Addr, u8)>, SpecError> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for item in v.split([' ', ',']).map(str::trim).filter(|i| !i.is_empty()) {
+        let (addr, len) = match item {
+            "any" => (Ipv6Addr::UNSPECIFIED, 0),
+            "localhost" => (Ipv6Addr::LOCALHOST, 128),
+            "link-local" => (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+            "multicast" => (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
+            _ => {
+                let (a, l) = item.split_once('/').unwrap_or((item, "128"));
+                if a.parse::<std::net::Ipv4Addr>().is_ok() {
+                    return bad(format!(
+                        "{key}: {item} is IPv4; functions are reached over IPv6 only"
+                    ));
+                }
+                let addr: Ipv6Addr = a
+                    .parse()
+                    .map_err(|_| SpecError(format!("{key}: {item:?} is not an IPv6 prefix")))?;
+                let len: u8 =
+                    l.parse().ok().filter(|l| *l <= 128).ok_or_else(|| {
+                        SpecError(format!("{key}: {item:?} has a bad prefix length"))
+                    })?;
+                (addr, len)
+            }
+        };
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(len))
+        };
+        out.push((Ipv6Addr::from(u128::from(addr) & mask), len));
+    }
+    Ok(out)
+}
 
 /// OpenFaaS `limits`/`requests`: `{"memory": "128Mi", "cpu": "500m"}` (Kubernetes
 /// quantities). Returns (bytes, thousandths of a CPU).
@@ -790,6 +840,22 @@ mod tests {
                 .0
                 .contains("image")
         );
+    }
+
+    #[test]
+    fn address_policies_parse_like_systemd_and_refuse_ipv4() {
+        let p = |v: &str| parse_prefixes("k", Some(v));
+        assert_eq!(p("any").unwrap(), vec![(Ipv6Addr::UNSPECIFIED, 0)]);
+        assert_eq!(
+            p("fd00:faa5:0:100::7/64, localhost").unwrap(),
+            vec![
+                ("fd00:faa5:0:100::".parse().unwrap(), 64),
+                (Ipv6Addr::LOCALHOST, 128)
+            ]
+        );
+        assert!(p("10.0.0.0/8").unwrap_err().0.contains("IPv4"));
+        assert!(p("fd00::/129").is_err());
+        assert!(p("nonsense").is_err());
     }
 
     #[test]

@@ -9,5 +9,6 @@ mod api;
 mod containers;
 mod dataplane;
 mod dns;
+mod policy;
 mod restart;
 mod wireguard;

@@ -282,3 +282,52 @@ fn a_function_whose_program_went_missing_is_restored_and_says_why() {
     );
     d.cli_ok(&["remove", "lost"]);
 }
+
+#[test]
+fn a_daemon_with_another_program_build_replaces_it_and_keeps_the_bindings() {
+    require_privileges!();
+    let ns = Netns::new("upgrade");
+    let mut d = Daemon::start(&ns);
+    let (addr, inst) = d.deploy_running("kept", &[]);
+    let before = d.cli_ok(&["status", "--json"]);
+    d.kill9();
+    // What an older faasd left: the same maps, its link pinned under its own build's name.
+    let pins = ns.pin_dir();
+    let link = std::fs::read_dir(&pins)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("sk_lookup_link-")
+        })
+        .expect("a pinned link");
+    let older = pins.join("sk_lookup_link-0000000000000000");
+    std::fs::rename(&link, &older).unwrap();
+    d.restart();
+    let links: Vec<String> = std::fs::read_dir(&pins)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sk_lookup_link"))
+        .collect();
+    assert_eq!(
+        links,
+        vec![link.file_name().unwrap().to_string_lossy().into_owned()]
+    );
+    let after: serde_json::Value = serde_json::from_str(&d.cli_ok(&["status", "--json"])).unwrap();
+    let before: serde_json::Value = serde_json::from_str(&before).unwrap();
+    assert_ne!(
+        after["dataplane"]["programId"], before["dataplane"]["programId"],
+        "a new program was loaded"
+    );
+    assert_eq!(after["dataplane"]["adopted"], true, "maps kept");
+    // The instance kept running and its binding still steers to it.
+    let s = d.describe("kept");
+    assert_eq!(s.state.instances[0].pid, inst.pid);
+    let (code, body) = ns.run(|| http_get(SocketAddr::from((addr, 8080)))).unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(instance_of(&body), inst.id);
+}
