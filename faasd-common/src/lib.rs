@@ -27,6 +27,14 @@ pub mod names {
     pub const POLICY_DENY: &str = "POLICY_DENY";
     /// Socket slot → per-CPU count of lookups refused by the policy.
     pub const POLICY_DROPS: &str = "POLICY_DROPS";
+    /// The function prefixes XDP guards (LPM trie of IPv6 addresses).
+    pub const XDP_PREFIXES: &str = "XDP_PREFIXES";
+    /// [`XdpCounter`](super::XdpCounter) index → per-CPU count.
+    pub const XDP_STATS: &str = "XDP_STATS";
+    /// The XDP program for devices without a link-layer header (WireGuard, TUN).
+    pub const XDP_L3: &str = "faasd_xdp_l3";
+    /// The XDP program for Ethernet devices.
+    pub const XDP_L2: &str = "faasd_xdp_l2";
 }
 
 /// How many (address, port, protocol) bindings, and so sockets, one host can hold.
@@ -92,6 +100,28 @@ pub struct SlotCounters {
     /// Lookups that matched a binding whose socket is missing or could not take the connection.
     pub no_socket: u64,
 }
+
+/// What the XDP program did with a packet, indexes into `XDP_STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpCounter {
+    /// Packets for a function address and port with a binding, from an allowed source.
+    Passed = 0,
+    /// Packets for a function-prefix address and port that no binding holds: dropped.
+    DroppedNoBinding = 1,
+    /// Packets from a source the function's policy denies: dropped.
+    DroppedPolicy = 2,
+    /// Packets not for the function prefix, or not TCP/UDP: left to the stack.
+    NotForFunctions = 3,
+}
+
+impl XdpCounter {
+    /// Number of entries in `XDP_STATS`.
+    pub const COUNT: u32 = 4;
+}
+
+/// How many function prefixes XDP can guard.
+pub const MAX_XDP_PREFIXES: u32 = 64;
 
 /// Key data of the policy tries: a socket slot, then a client address. A prefix of
 /// `POLICY_SLOT_BITS + n` bits matches the slot exactly and the first `n` bits of the address.

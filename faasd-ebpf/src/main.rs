@@ -9,14 +9,15 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
     bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
-    macros::{map, sk_lookup},
+    macros::{map, sk_lookup, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, SockMap, lpm_trie::Key},
-    programs::SkLookupContext,
+    programs::{SkLookupContext, XdpContext},
 };
 use faasd_common::{
-    BindingKey, GlobalCounter, MAX_BINDINGS, MAX_POLICY_PREFIXES, POLICY_SLOT_BITS, PolicySource,
-    SK_ASSIGN_NO_REUSEPORT, SlotCounters,
+    BindingKey, GlobalCounter, MAX_BINDINGS, MAX_POLICY_PREFIXES, MAX_XDP_PREFIXES,
+    POLICY_SLOT_BITS, PolicySource, SK_ASSIGN_NO_REUSEPORT, SlotCounters, XdpCounter, proto,
 };
 
 const AF_INET6: u32 = 10;
@@ -44,6 +45,12 @@ static POLICY_DENY: LpmTrie<PolicySource, u8> = LpmTrie::pinned(MAX_POLICY_PREFI
 
 #[map(name = "POLICY_DROPS")]
 static POLICY_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_BINDINGS, 0);
+
+#[map(name = "XDP_PREFIXES")]
+static XDP_PREFIXES: LpmTrie<[u32; 4], u8> = LpmTrie::pinned(MAX_XDP_PREFIXES, 0);
+
+#[map(name = "XDP_STATS")]
+static XDP_STATS: PerCpuArray<u64> = PerCpuArray::pinned(XdpCounter::COUNT, 0);
 
 #[sk_lookup]
 pub fn faasd_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -81,7 +88,7 @@ pub fn faasd_sk_lookup(ctx: SkLookupContext) -> u32 {
     };
     // SAFETY: the pointer comes from a successful lookup and the value is a plain u32.
     let slot = unsafe { *slot };
-    if POLICY_SLOTS.get(slot).is_some_and(|p| *p != 0) && !allowed(l, slot) {
+    if !allowed(l, slot) {
         if let Some(c) = POLICY_DROPS.get_ptr_mut(slot) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
             unsafe { *c += 1 };
@@ -113,8 +120,7 @@ pub fn faasd_sk_lookup(ctx: SkLookupContext) -> u32 {
     }
 }
 
-/// Whether the slot's policy lets the client in: an allowed prefix wins, then a denied one
-/// refuses, and anything else is allowed.
+/// Whether the slot's policy lets the client in.
 #[inline(always)]
 fn allowed(l: *mut aya_ebpf::bindings::bpf_sk_lookup, slot: u32) -> bool {
     // SAFETY: as in the program: fields read one by one from the kernel's context.
@@ -126,8 +132,96 @@ fn allowed(l: *mut aya_ebpf::bindings::bpf_sk_lookup, slot: u32) -> bool {
             read_volatile(&raw const (*l).remote_ip6[3]),
         ]
     };
+    source_allowed(slot, addr)
+}
+
+/// A slot's policy: an allowed prefix wins, then a denied one refuses, and anything else
+/// is allowed (systemd's IPAddressAllow/IPAddressDeny).
+#[inline(always)]
+fn source_allowed(slot: u32, addr: [u32; 4]) -> bool {
+    if !POLICY_SLOTS.get(slot).is_some_and(|p| *p != 0) {
+        return true;
+    }
     let key = Key::new(POLICY_SLOT_BITS + 128, PolicySource { slot, addr });
     POLICY_ALLOW.get(&key).is_some() || POLICY_DENY.get(&key).is_none()
+}
+
+/// XDP on devices without a link-layer header (WireGuard, TUN): the packet starts with
+/// the IP header.
+#[xdp]
+pub fn faasd_xdp_l3(ctx: XdpContext) -> u32 {
+    guard(&ctx, 0)
+}
+
+/// XDP on Ethernet devices: an IPv6 packet follows a 14-byte header with type 0x86dd.
+#[xdp]
+pub fn faasd_xdp_l2(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 14 > end {
+        return XDP_PASS;
+    }
+    // SAFETY: bounds checked above.
+    let ethertype = unsafe { u16::from_be(read_volatile((start + 12) as *const u16)) };
+    if ethertype != 0x86dd {
+        return XDP_PASS;
+    }
+    guard(&ctx, 14)
+}
+
+const IPV6_HEADER: usize = 40;
+
+/// Drops packets for the function prefix that no binding holds, and packets from sources
+/// the function's policy denies, before the stack sees them. Everything else passes.
+#[inline(always)]
+fn guard(ctx: &XdpContext, l3: usize) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let ip = start + l3;
+    // The transport ports sit in the first 4 bytes after the IPv6 header.
+    if ip + IPV6_HEADER + 4 > end {
+        return count_xdp(XdpCounter::NotForFunctions, XDP_PASS);
+    }
+    // SAFETY: the header and the ports are within the packet (checked above).
+    let (version, next, src, dst, dport) = unsafe {
+        let b = ip as *const u8;
+        let word = |off: usize| read_volatile(b.add(off) as *const u32);
+        (
+            read_volatile(b) >> 4,
+            read_volatile(b.add(6)),
+            [word(8), word(12), word(16), word(20)],
+            [word(24), word(28), word(32), word(36)],
+            u16::from_be(read_volatile(b.add(IPV6_HEADER + 2) as *const u16)),
+        )
+    };
+    if version != 6 || (next != proto::TCP && next != proto::UDP) {
+        return count_xdp(XdpCounter::NotForFunctions, XDP_PASS);
+    }
+    if XDP_PREFIXES.get(&Key::new(128, dst)).is_none() {
+        return count_xdp(XdpCounter::NotForFunctions, XDP_PASS);
+    }
+    let key = BindingKey {
+        addr: dst,
+        port: dport,
+        protocol: next,
+        pad: 0,
+    };
+    let Some(slot) = BINDINGS.get_ptr(&key) else {
+        return count_xdp(XdpCounter::DroppedNoBinding, XDP_DROP);
+    };
+    // SAFETY: the pointer comes from a successful lookup and the value is a plain u32.
+    let slot = unsafe { *slot };
+    if !source_allowed(slot, src) {
+        return count_xdp(XdpCounter::DroppedPolicy, XDP_DROP);
+    }
+    count_xdp(XdpCounter::Passed, XDP_PASS)
+}
+
+#[inline(always)]
+fn count_xdp(counter: XdpCounter, verdict: u32) -> u32 {
+    if let Some(c) = XDP_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *c += 1 };
+    }
+    verdict
 }
 
 #[inline(always)]

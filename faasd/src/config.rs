@@ -83,6 +83,8 @@ pub struct Config {
     /// `host:port` written into peers' configurations; found from the host's addresses
     /// when unset.
     pub wireguard_endpoint: Option<String>,
+    /// Interfaces besides the WireGuard one that get the XDP guard (an uplink, say).
+    pub xdp_interfaces: Vec<String>,
 }
 
 impl Default for Config {
@@ -109,6 +111,7 @@ impl Default for Config {
             wireguard_interface: "wg-faas".into(),
             wireguard_port: 51820,
             wireguard_endpoint: None,
+            xdp_interfaces: Vec::new(),
         }
     }
 }

@@ -16,10 +16,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, SockMap, lpm_trie::Key},
-    programs::{SkLookup, links::FdLink, links::PinnedLink},
+    programs::{SkLookup, Xdp, XdpMode, links::FdLink, links::PinnedLink},
 };
 use faasd_common::{
-    BindingKey, GlobalCounter, POLICY_SLOT_BITS, PolicySource, SlotCounters, names,
+    BindingKey, GlobalCounter, POLICY_SLOT_BITS, PolicySource, SlotCounters, XdpCounter, names,
 };
 
 /// The compiled kernel programs, built by `build.rs` from `faasd-ebpf`.
@@ -111,6 +111,18 @@ pub struct DataplaneStatus {
     pub misses: u64,
     /// IPv4 lookups (never steered: function addresses are IPv6).
     pub ipv4_passed: u64,
+    /// Interfaces the XDP guard is attached to.
+    #[serde(default)]
+    pub xdp_interfaces: Vec<String>,
+    /// XDP: packets for bound functions from allowed sources, passed.
+    #[serde(default)]
+    pub xdp_passed: u64,
+    /// XDP: packets for the function prefix that no binding holds, dropped.
+    #[serde(default)]
+    pub xdp_dropped_no_binding: u64,
+    /// XDP: packets from sources a function denies, dropped.
+    #[serde(default)]
+    pub xdp_dropped_policy: u64,
 }
 
 /// The loaded (or adopted) program and its maps.
@@ -126,6 +138,8 @@ pub struct Dataplane {
     policy_allow: LpmTrie<MapData, PolicySource, u8>,
     policy_deny: LpmTrie<MapData, PolicySource, u8>,
     policy_drops: PerCpuArray<MapData, u64>,
+    /// The XDP programs attached by this daemon (detached when dropped), and where.
+    xdp: Vec<(String, Ebpf)>,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -243,6 +257,7 @@ impl Dataplane {
                 .map_err(map_err(names::POLICY_DENY))?,
             policy_drops: PerCpuArray::try_from(Map::PerCpuArray(pinned(names::POLICY_DROPS)?))
                 .map_err(map_err(names::POLICY_DROPS))?,
+            xdp: Vec::new(),
         })
     }
 
@@ -288,6 +303,7 @@ impl Dataplane {
                 .map_err(map_err(names::POLICY_DENY))?,
             policy_drops: PerCpuArray::try_from(take(names::POLICY_DROPS)?)
                 .map_err(map_err(names::POLICY_DROPS))?,
+            xdp: Vec::new(),
         })
     }
 
@@ -417,6 +433,59 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches the XDP guard to `interface` (generic mode; the variant without a link-layer
+    /// header when `layer3`, as for WireGuard and TUN devices) and makes it guard `prefix`.
+    /// It stays attached while this daemon runs.
+    pub fn attach_xdp(
+        &mut self,
+        interface: &str,
+        layer3: bool,
+        prefix: crate::config::Ipv6Net,
+    ) -> Result<(), DataplaneError> {
+        let load_err =
+            |e: &dyn std::fmt::Display| DataplaneError::Load(format!("XDP on {interface}: {e}"));
+        // The same object again: its pinned maps are the ones the steering program uses.
+        let mut ebpf: Ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&self.pin_dir)
+            .load(PROGRAM_OBJECT)
+            .map_err(|e| load_err(&e))?;
+        let name = if layer3 { names::XDP_L3 } else { names::XDP_L2 };
+        let o = prefix.addr.octets();
+        let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+        let mut prefixes: LpmTrie<MapData, [u32; 4], u8> = LpmTrie::try_from(
+            ebpf.take_map(names::XDP_PREFIXES)
+                .ok_or_else(|| load_err(&"map XDP_PREFIXES missing"))?,
+        )
+        .map_err(map_err(names::XDP_PREFIXES))?;
+        prefixes
+            .insert(
+                &Key::new(u32::from(prefix.len), [word(0), word(4), word(8), word(12)]),
+                1,
+                0,
+            )
+            .map_err(map_err(names::XDP_PREFIXES))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or_else(|| load_err(&"program missing from the object"))?
+            .try_into()
+            .map_err(|e| load_err(&e))?;
+        prog.load().map_err(|e| load_err(&e))?;
+        prog.attach(interface, XdpMode::Skb)
+            .map_err(|e| load_err(&e))?;
+        tracing::info!("XDP guard ({name}) attached to {interface} for {prefix}");
+        self.xdp.push((interface.to_owned(), ebpf));
+        Ok(())
+    }
+
+    fn xdp_counter(&self, c: XdpCounter) -> u64 {
+        MapData::from_pin(self.pin_dir.join(names::XDP_STATS))
+            .ok()
+            .and_then(|m| PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(m)).ok())
+            .and_then(|a| a.get(&(c as u32), 0).ok())
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
     /// Lookups of a slot the policy refused, summed over CPUs.
     pub fn policy_drops(&self, slot: u32) -> u64 {
         self.policy_drops
@@ -471,6 +540,10 @@ impl Dataplane {
             max_bindings: faasd_common::MAX_BINDINGS,
             misses: self.global(GlobalCounter::Miss),
             ipv4_passed: self.global(GlobalCounter::Ipv4Passed),
+            xdp_interfaces: self.xdp.iter().map(|(i, _)| i.clone()).collect(),
+            xdp_passed: self.xdp_counter(XdpCounter::Passed),
+            xdp_dropped_no_binding: self.xdp_counter(XdpCounter::DroppedNoBinding),
+            xdp_dropped_policy: self.xdp_counter(XdpCounter::DroppedPolicy),
         }
     }
 }

@@ -398,7 +398,7 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         &format!("this network namespace's data plane ({})", pins.display()),
     )?;
     let store = Store::open(&config.state_dir)?;
-    let dataplane = Dataplane::open(&config.bpffs)?;
+    let mut dataplane = Dataplane::open(&config.bpffs)?;
     tracing::info!(
         "data plane {} ({})",
         if dataplane.adopted() {
@@ -422,6 +422,14 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     } else {
         None
     };
+    let guarded = wireguard
+        .iter()
+        .map(|w| w.settings().interface.clone())
+        .chain(config.xdp_interfaces.iter().cloned());
+    for interface in guarded {
+        let layer3 = net::is_layer3(&interface).await?;
+        dataplane.attach_xdp(&interface, layer3, config.function_prefix)?;
+    }
     let router = notify::Router::default();
     std::fs::create_dir_all(config.notify_dir())
         .map_err(|e| format!("creating {}: {e}", config.notify_dir().display()))?;
@@ -851,6 +859,20 @@ async fn run_client(client: Client, cmd: Command) -> Result<()> {
                 ),
                 ("functions", s.functions.to_string()),
                 ("prefix", s.function_prefix.clone()),
+                (
+                    "xdp",
+                    if d.xdp_interfaces.is_empty() {
+                        "not attached".into()
+                    } else {
+                        format!(
+                            "on {}: {} passed, {} dropped (no binding), {} dropped (policy)",
+                            d.xdp_interfaces.join(", "),
+                            d.xdp_passed,
+                            d.xdp_dropped_no_binding,
+                            d.xdp_dropped_policy
+                        )
+                    },
+                ),
                 ("runtime", s.runtime.clone()),
                 ("containerd", s.containerd.clone()),
                 ("wireguard", s.wireguard.clone()),

@@ -100,6 +100,23 @@ pub async fn link_index(name: &str) -> Result<Option<u32>, NetError> {
     Ok(found.ok().flatten().map(|l| l.header.index))
 }
 
+/// Whether interface `name` has no link-layer header (a TUN or WireGuard device).
+pub async fn is_layer3(name: &str) -> Result<bool, NetError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Connection)?;
+    let task = tokio::spawn(conn);
+    let found = handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await;
+    task.abort();
+    Ok(found.ok().flatten().is_some_and(|l| {
+        l.header.link_layer_type == rtnetlink::packet_route::link::LinkLayerType::None
+    }))
+}
+
 /// Gives interface `index` the address `addr/len`, brings it up, and routes `route`
 /// through it (each step replaces what is there, so it can run again).
 pub async fn configure_interface(

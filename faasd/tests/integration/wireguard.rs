@@ -237,6 +237,36 @@ fn a_peer_resolves_and_wakes_a_function_through_the_tunnel() {
     assert!(body.contains("remote=") || !body.is_empty());
     let s = d.describe("hello");
     assert_eq!(s.state.activations, 1, "the tunnel's connection woke it");
+    // XDP on the WireGuard interface: a packet for a function address nobody holds, and
+    // one from a source the function denies, are dropped before the stack sees them.
+    d.deploy_hello("guarded", &["-a", "faasd.dev/ip-address-deny=any"]);
+    let guarded = d.describe("guarded").address;
+    for target in [
+        "http://[fd00:faa5:1::ffff]:9/".to_owned(),
+        format!("http://[{guarded}]:8080/"),
+    ] {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client.name,
+                "curl",
+                "-sS",
+                "-m",
+                "2",
+                &target,
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{target} answered");
+    }
+    let status: serde_json::Value = serde_json::from_str(&d.cli_ok(&["status", "--json"])).unwrap();
+    let dp = &status["dataplane"];
+    assert_eq!(dp["xdpInterfaces"][0], host_if.as_str());
+    assert!(dp["xdpDroppedNoBinding"].as_u64().unwrap() >= 1, "{dp}");
+    assert!(dp["xdpDroppedPolicy"].as_u64().unwrap() >= 1, "{dp}");
+    assert!(dp["xdpPassed"].as_u64().unwrap() >= 1, "{dp}");
+    assert_eq!(d.describe("guarded").state.activations, 0);
     // The peer shows its handshake and traffic.
     let peers: Vec<faasd::wireguard::PeerStatus> =
         serde_json::from_str(&d.cli_ok(&["peer", "list", "--json"])).unwrap();
