@@ -92,6 +92,8 @@ fn monotonic_ns() -> u64 {
 /// The namespace, the daemon and the helper processes; all removed on drop.
 struct Bench {
     netns: String,
+    /// Namespaces besides `netns` (the XDP sender's).
+    extra_netns: Vec<String>,
     dir: PathBuf,
     daemon: Option<Child>,
     children: Vec<Child>,
@@ -111,6 +113,7 @@ impl Bench {
         let b = Self {
             dir: out.join("run"),
             netns,
+            extra_netns: Vec::new(),
             daemon: None,
             children: Vec::new(),
             socket: PathBuf::new(),
@@ -282,9 +285,9 @@ impl Drop for Bench {
                 .status();
             let _ = std::fs::remove_dir(root);
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
+        for ns in self.extra_netns.iter().chain(std::iter::once(&self.netns)) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
     }
 }
 
@@ -366,11 +369,13 @@ fn main() -> Result<()> {
     println!("machine: {machine}");
 
     let mut b = Bench::new(&out)?;
+    let sender = sender_namespace(&mut b)?;
     let containerd_config = args
         .containerd
         .as_ref()
         .map(|c| format!("containerd = {c:?}\n"))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        + &format!("xdp-interfaces = [\"{XDP_IF}\"]\n");
     b.start_daemon(&faasd, &containerd_config)?;
     let deployed = b.api(
         "POST",
@@ -490,6 +495,8 @@ fn main() -> Result<()> {
     let dns = dns_qps(&b)?;
     println!("sk_lookup program cost by bindings in the map");
     let by_bindings = lookup_cost_by_bindings(&b, fn_addr)?;
+    println!("XDP: a UDP flood to an unbound function address, 5 s");
+    let xdp = xdp_drop_rate(&b, &sender, 5)?;
     drop(b);
 
     // Report.
@@ -538,6 +545,7 @@ fn main() -> Result<()> {
         "goals": goals,
         "containers": containers,
         "dns": dns,
+        "xdp_unbound_flood": xdp,
         "sk_lookup_ns_per_run_by_bindings": by_bindings
             .iter()
             .map(|(n, ns)| json!({"bindings": n, "ns_per_run": ns}))
@@ -959,4 +967,106 @@ fn program_totals(id: u64) -> Option<(u64, u64)> {
         .ok()?;
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
     Some((v["run_cnt"].as_u64()?, v["run_time_ns"].as_u64()?))
+}
+
+/// Name of the veth end in the bench namespace that gets the XDP guard, and of the
+/// namespace on the other end, from which packets are sent.
+const XDP_IF: &str = "fbx0";
+
+/// A second namespace joined to the bench one by a veth pair (fd00:beef::2 → fd00:beef::1),
+/// routing the platform prefix through it: the sender of the XDP benchmark. Removed by
+/// `Bench`'s drop with the other namespaces.
+fn sender_namespace(b: &mut Bench) -> Result<String> {
+    let name = format!("{}-tx", b.netns);
+    let ip = |args: &[&str]| -> Result<()> {
+        let ok = Command::new("ip").args(args).status()?.success();
+        if !ok {
+            bail!("ip {args:?} failed");
+        }
+        Ok(())
+    };
+    ip(&["netns", "add", &name])?;
+    b.extra_netns.push(name.clone());
+    ip(&[
+        "link", "add", XDP_IF, "type", "veth", "peer", "name", "fbx1", "netns", &name,
+    ])?;
+    ip(&["addr", "add", "fd00:beef::1/64", "dev", XDP_IF, "nodad"])?;
+    ip(&["link", "set", XDP_IF, "up"])?;
+    ip(&[
+        "-n",
+        &name,
+        "addr",
+        "add",
+        "fd00:beef::2/64",
+        "dev",
+        "fbx1",
+        "nodad",
+    ])?;
+    ip(&["-n", &name, "link", "set", "fbx1", "up"])?;
+    ip(&["-n", &name, "link", "set", "lo", "up"])?;
+    ip(&[
+        "-n",
+        &name,
+        "-6",
+        "route",
+        "add",
+        "fd00:faa5::/32",
+        "via",
+        "fd00:beef::1",
+    ])?;
+    Ok(name)
+}
+
+/// Floods an unbound function address with small UDP datagrams from the sender namespace
+/// for `secs` seconds; returns what was sent and what XDP dropped, per second.
+fn xdp_drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
+    let dropped = |b: &Bench| -> Result<u64> {
+        Ok(
+            b.api("GET", "/system/status", "")?["dataplane"]["xdpDroppedNoBinding"]
+                .as_u64()
+                .unwrap_or(0),
+        )
+    };
+    let before = dropped(b)?;
+    let ns_path = format!("/run/netns/{sender}");
+    let started = Instant::now();
+    let sent = std::thread::spawn(move || -> Result<u64> {
+        let ns = std::fs::File::open(&ns_path)?;
+        // SAFETY: setns on this thread only, with a namespace fd we own.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        let s = std::net::UdpSocket::bind("[fd00:beef::2]:0")?;
+        let target: SocketAddr = "[fd00:faa5:1::fffe]:9".parse()?;
+        let payload = [0u8; 18];
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            for _ in 0..1024 {
+                if s.send_to(&payload, target).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the sender thread panicked"))??;
+    let elapsed = started.elapsed().as_secs_f64();
+    // The last packets may still be on their way through the veth.
+    std::thread::sleep(Duration::from_millis(200));
+    let dropped = dropped(b)? - before;
+    let (sent_rate, drop_rate) = (sent as f64 / elapsed, dropped as f64 / elapsed);
+    println!(
+        "  sent {sent_rate:.0} packets/s to an unbound function address; XDP dropped \
+         {drop_rate:.0}/s ({:.1}% of them)",
+        100.0 * dropped as f64 / sent.max(1) as f64
+    );
+    Ok(json!({
+        "seconds": elapsed,
+        "sent": sent,
+        "dropped_by_xdp": dropped,
+        "sent_per_second": sent_rate,
+        "dropped_per_second": drop_rate,
+    }))
 }
