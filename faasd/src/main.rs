@@ -337,7 +337,9 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 async fn run_daemon(args: DaemonArgs) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // The DNS server and WireGuard log every query and peer change at info.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,hickory_server=warn,boringtun=warn".into()),
         )
         .init();
     let mut config = Config::load(args.config.as_deref())?;

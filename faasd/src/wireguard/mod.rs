@@ -134,7 +134,7 @@ pub struct AddedPeer {
 pub struct WireGuard {
     settings: Settings,
     backend: Backend,
-    uapi: PathBuf,
+    control: std::sync::Arc<uapi::Control>,
     public_key: String,
     peers: Peers,
     /// Serialises peer changes (store and device must agree).
@@ -257,18 +257,25 @@ impl WireGuard {
         let secret = host_key(&state_dir.join("wireguard/private.key"))?;
         let public_key = b64(PublicKey::from(&secret).as_bytes());
         let name = settings.interface.clone();
-        let uapi = uapi::socket_path(&name);
-        let (backend, device) = match crate::net::link_index(&name).await? {
-            Some(_) if !uapi.exists() => {
+        let socket = uapi::socket_path(&name);
+        let (backend, device, control) = match crate::net::link_index(&name).await? {
+            Some(_) if !socket.exists() => {
                 return Err(WireGuardError::NotUserspace {
                     interface: name,
-                    path: uapi,
+                    path: socket,
                 });
             }
-            Some(_) => (Backend::Adopted, None),
+            Some(_) => (Backend::Adopted, None, uapi::Control::Socket(socket)),
             None => {
+                let (ours, theirs) =
+                    std::os::unix::net::UnixStream::pair().map_err(|e| WireGuardError::Create {
+                        interface: name.clone(),
+                        reason: format!("control socket pair: {e}"),
+                    })?;
                 let config = boringtun::device::DeviceConfig {
                     n_threads: 2,
+                    // The device owns this end from now on.
+                    uapi_fd: std::os::fd::IntoRawFd::into_raw_fd(theirs),
                     ..Default::default()
                 };
                 let handle = boringtun::device::DeviceHandle::new(&name, config).map_err(|e| {
@@ -277,16 +284,24 @@ impl WireGuard {
                         reason: format!("{e:?}"),
                     }
                 })?;
-                (Backend::Embedded, Some(handle))
+                let control = uapi::Control::Pair {
+                    stream: Mutex::new(ours),
+                    path: socket,
+                };
+                (Backend::Embedded, Some(handle), control)
             }
         };
-        uapi::set(
-            &uapi,
-            &[
-                format!("private_key={}", hex(secret.as_bytes())),
-                format!("listen_port={}", settings.port),
-            ],
-        )?;
+        let control = std::sync::Arc::new(control);
+        if let uapi::Control::Pair { path, .. } = &*control {
+            uapi::serve(path, control.clone()).map_err(|e| WireGuardError::Create {
+                interface: name.clone(),
+                reason: format!("serving {}: {e}", path.display()),
+            })?;
+        }
+        control.set(&[
+            format!("private_key={}", hex(secret.as_bytes())),
+            format!("listen_port={}", settings.port),
+        ])?;
         let index = crate::net::link_index(&name)
             .await?
             .ok_or_else(|| WireGuardError::Create {
@@ -312,7 +327,7 @@ impl WireGuard {
         let wg = Self {
             settings,
             backend,
-            uapi,
+            control,
             public_key,
             peers: Peers::new(state_dir),
             lock: Mutex::new(()),
@@ -334,14 +349,11 @@ impl WireGuard {
 
     fn configure_peer(&self, p: &Peer) -> Result<(), WireGuardError> {
         let key = decode_key(&p.public_key)?;
-        uapi::set(
-            &self.uapi,
-            &[
-                format!("public_key={}", hex(&key)),
-                "replace_allowed_ips=true".into(),
-                format!("allowed_ip={}/128", p.address),
-            ],
-        )?;
+        self.control.set(&[
+            format!("public_key={}", hex(&key)),
+            "replace_allowed_ips=true".into(),
+            format!("allowed_ip={}/128", p.address),
+        ])?;
         Ok(())
     }
 
@@ -404,10 +416,8 @@ impl WireGuard {
         let _g = self.lock.lock().expect("peer lock");
         let peer = self.peers.remove(name)?;
         let key = decode_key(&peer.public_key)?;
-        uapi::set(
-            &self.uapi,
-            &[format!("public_key={}", hex(&key)), "remove=true".into()],
-        )?;
+        self.control
+            .set(&[format!("public_key={}", hex(&key)), "remove=true".into()])?;
         Ok(peer)
     }
 
@@ -417,7 +427,7 @@ impl WireGuard {
         // follow its public_key line.
         let mut live: std::collections::HashMap<String, [u64; 4]> = Default::default();
         let mut current: Option<String> = None;
-        for (k, v) in uapi::get(&self.uapi)? {
+        for (k, v) in self.control.get()? {
             if k == "public_key" {
                 live.insert(v.clone(), [0; 4]);
                 current = Some(v);

@@ -1,12 +1,18 @@
-//! The cross-platform WireGuard configuration protocol ("UAPI") over the unix socket
-//! `/var/run/wireguard/<interface>.sock` that userspace implementations (boringtun,
-//! wireguard-go) serve: `set=1` and `get=1` requests of `key=value` lines, ended by an empty
-//! line, answered with `errno=N`.
+//! The cross-platform WireGuard configuration protocol ("UAPI"): `set=1` and `get=1`
+//! requests of `key=value` lines, ended by an empty line, answered with `errno=N` and an
+//! empty line. Userspace implementations (wireguard-go, boringtun) serve it on the unix
+//! socket `/var/run/wireguard/<interface>.sock`.
+//!
+//! faasd's embedded device is reached over a socket pair instead: boringtun, given a
+//! control descriptor, leaves the signals SIGINT and SIGTERM alone (with its own socket it
+//! takes them through a signalfd, racing faasd's shutdown for them). faasd then serves
+//! the usual socket itself and relays to the device, so `wg show` works as usual.
 
 use std::{
     io::{BufRead, BufReader, Write},
-    os::unix::net::UnixStream,
+    os::unix::net::{UnixListener, UnixStream},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -31,43 +37,124 @@ pub fn socket_path(interface: &str) -> PathBuf {
     Path::new("/var/run/wireguard").join(format!("{interface}.sock"))
 }
 
-fn exchange(path: &Path, request: &str) -> Result<Vec<(String, String)>, UapiError> {
-    let io = |source| UapiError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut s = UnixStream::connect(path).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(io)?;
-    s.write_all(request.as_bytes()).map_err(io)?;
-    let mut out = Vec::new();
-    for line in BufReader::new(s).lines() {
-        let line = line.map_err(io)?;
-        if line.is_empty() {
-            break;
+/// How faasd reaches a device's control protocol.
+#[derive(Debug)]
+pub enum Control {
+    /// A device serving its own socket (adopted).
+    Socket(PathBuf),
+    /// faasd's end of the embedded device's socket pair; one request at a time.
+    Pair {
+        /// The stream.
+        stream: Mutex<UnixStream>,
+        /// The socket path faasd serves for it, for error messages.
+        path: PathBuf,
+    },
+}
+
+/// Writes `request` and reads the answer up to its empty line; returns the answer.
+fn talk(stream: &UnixStream, request: &str) -> std::io::Result<String> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    (&*stream).write_all(request.as_bytes())?;
+    let mut answer = String::new();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::other(
+                "the device closed the control stream",
+            ));
         }
-        if let Some((k, v)) = line.split_once('=') {
-            out.push((k.to_owned(), v.to_owned()));
+        answer.push_str(&line);
+        if line == "\n" {
+            return Ok(answer);
         }
-    }
-    match out.iter().find(|(k, _)| k == "errno") {
-        Some((_, v)) if v != "0" => Err(UapiError::Refused(v.parse().unwrap_or(-1))),
-        _ => Ok(out),
     }
 }
 
-/// Applies `lines` (`key=value` each) with one `set` request.
-pub fn set(path: &Path, lines: &[String]) -> Result<(), UapiError> {
-    let mut req = String::from("set=1\n");
-    for l in lines {
-        req.push_str(l);
+impl Control {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Socket(p) | Self::Pair { path: p, .. } => p,
+        }
+    }
+
+    /// Sends one request; the raw answer.
+    fn exchange_raw(&self, request: &str) -> Result<String, UapiError> {
+        let io = |source| UapiError::Io {
+            path: self.path().to_owned(),
+            source,
+        };
+        match self {
+            Self::Socket(p) => talk(&UnixStream::connect(p).map_err(io)?, request).map_err(io),
+            Self::Pair { stream, .. } => {
+                let s = stream.lock().expect("control stream lock");
+                talk(&s, request).map_err(io)
+            }
+        }
+    }
+
+    fn exchange(&self, request: &str) -> Result<Vec<(String, String)>, UapiError> {
+        let answer = self.exchange_raw(request)?;
+        let out: Vec<(String, String)> = answer
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect();
+        match out.iter().find(|(k, _)| k == "errno") {
+            Some((_, v)) if v != "0" => Err(UapiError::Refused(v.parse().unwrap_or(-1))),
+            _ => Ok(out),
+        }
+    }
+
+    /// Applies `lines` (`key=value` each) with one `set` request.
+    pub fn set(&self, lines: &[String]) -> Result<(), UapiError> {
+        let mut req = String::from("set=1\n");
+        for l in lines {
+            req.push_str(l);
+            req.push('\n');
+        }
         req.push('\n');
+        self.exchange(&req).map(drop)
     }
-    req.push('\n');
-    exchange(path, &req).map(drop)
+
+    /// The device's state: `key=value` pairs in order (peers follow their `public_key`).
+    pub fn get(&self) -> Result<Vec<(String, String)>, UapiError> {
+        self.exchange("get=1\n\n")
+    }
 }
 
-/// The device's state: `key=value` pairs in order (peers follow their `public_key`).
-pub fn get(path: &Path) -> Result<Vec<(String, String)>, UapiError> {
-    exchange(path, "get=1\n\n")
+/// Serves the control socket at `path` for a device faasd reaches through `control`,
+/// relaying each request (a thread; it ends with the process).
+pub fn serve(path: &Path, control: Arc<Control>) -> std::io::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::thread::Builder::new()
+        .name("wg-control".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut request = String::new();
+                let mut reader = BufReader::new(&conn);
+                loop {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    request.push_str(&line);
+                    if line == "\n" {
+                        break;
+                    }
+                }
+                if request.is_empty() {
+                    continue;
+                }
+                let answer = control
+                    .exchange_raw(&request)
+                    .unwrap_or_else(|_| "errno=5\n\n".into());
+                let _ = (&conn).write_all(answer.as_bytes());
+            }
+        })?;
+    Ok(())
 }
