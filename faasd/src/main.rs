@@ -424,6 +424,7 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     } else {
         None
     };
+    let wireguard_at_exit = wireguard.clone();
     let guarded = wireguard
         .iter()
         .map(|w| w.settings().interface.clone())
@@ -483,6 +484,9 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     }
     tracing::info!("shutting down");
     daemon.shutdown().await;
+    if let Some(w) = &wireguard_at_exit {
+        w.close();
+    }
     let _ = std::fs::remove_file(&sock_path);
     Ok(())
 }

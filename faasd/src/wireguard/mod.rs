@@ -357,6 +357,14 @@ impl WireGuard {
         Ok(())
     }
 
+    /// Removes the control socket faasd served for its embedded device (at exit: the
+    /// device goes with the process).
+    pub fn close(&self) {
+        if let uapi::Control::Pair { path, .. } = &*self.control {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     /// The host's public key, base64.
     pub fn public_key(&self) -> &str {
         &self.public_key
