@@ -187,12 +187,16 @@ faasd is running with two sample functions:
     curl http://[{address}]:8080/
     curl http://[{oci_address}]:8080/
 
+  By name, through faasd's DNS on wg-faas:
+    dig +short AAAA hello.faas @fd00:faa5:0:100::1
+
   Look around:
     export FAASD_SOCKET={sock}
     target/release/faasd list
     target/release/faasd describe hello-oci
     target/release/faasd logs hello
     target/release/faasd status
+    target/release/faasd peer add laptop      # a wg-quick file for a WireGuard client
 
   Each stops again after 30 s without connections; the next call starts it again.
   Press Ctrl-C to stop faasd and its functions.",
