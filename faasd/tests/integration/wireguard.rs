@@ -336,3 +336,59 @@ fn peers_survive_a_restart_and_the_private_key_stays_private() {
     // SIGTERM stops faasd, WireGuard and all (the embedded device takes no signals).
     d.stop();
 }
+
+#[test]
+fn an_interface_the_operator_made_is_adopted_and_configured() {
+    crate::require_privileges!();
+    for tool in ["wireguard-go", "wg"] {
+        if !have(tool) {
+            eprintln!("skipped: {tool} is missing (cargo xtask setup installs it)");
+            return;
+        }
+    }
+    let ns = Netns::new("wg-adopt");
+    let (name, _) = names();
+    let name = format!("{name}a");
+    // What a wg-faas.service running wireguard-go leaves: the interface and its socket.
+    let _outside = Outside {
+        client: Some(
+            Command::new("ip")
+                .args(["netns", "exec", &ns.name, "wireguard-go", "-f", &name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ),
+        files: vec![faasd::wireguard::uapi::socket_path(&name)],
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !faasd::wireguard::uapi::socket_path(&name).exists() {
+        assert!(Instant::now() < deadline, "wireguard-go did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut d = Daemon::start_with(&ns, &format!("wireguard-interface = \"{name}\"\n"));
+    let status = d.cli_ok(&["status"]);
+    assert!(status.contains(&format!("{name} (adopted")), "{status}");
+    let (_, public) = faasd::wireguard::generate_keypair().unwrap();
+    d.cli_ok(&["peer", "add", "desk", "--public-key", &public]);
+    let show = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "wg", "show", &name])
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("listening port: 51820"), "{show}");
+    assert!(show.contains(&public), "{show}");
+    let addrs = Command::new("ip")
+        .args(["-n", &ns.name, "-6", "addr", "show", "dev", &name])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&addrs.stdout).contains("fd00:faa5:0:100::1/64"));
+    // faasd stops; the operator's interface stays theirs.
+    d.stop();
+    let still = Command::new("ip")
+        .args(["-n", &ns.name, "link", "show", &name])
+        .status()
+        .unwrap()
+        .success();
+    assert!(still, "faasd removed an interface it did not make");
+}
