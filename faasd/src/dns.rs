@@ -258,8 +258,13 @@ impl Zone {
         }
     }
 
-    /// Starts answering on `addrs` (UDP and TCP on each).
-    pub async fn serve(&self, addrs: &[SocketAddr]) -> Result<Server<Catalog>, DnsError> {
+    /// Starts answering on `addrs` (UDP and TCP on each) and on `inherited`, sockets
+    /// systemd passed (each served as what it is: datagram or stream).
+    pub async fn serve(
+        &self,
+        addrs: &[SocketAddr],
+        inherited: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<Server<Catalog>, DnsError> {
         {
             let state = self.state.lock().await;
             self.write_apex(state.serial).await;
@@ -268,6 +273,26 @@ impl Zone {
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&self.origin), vec![self.handler.clone()]);
         let mut server = Server::new(catalog);
+        for fd in inherited {
+            let addr = crate::sockets::local_addr(&fd)
+                .map(SocketAddr::V6)
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let listen = |source| DnsError::Listen { addr, source };
+            crate::sockets::set_nonblocking(&fd).map_err(listen)?;
+            if crate::sockets::is_stream(&fd).map_err(listen)? {
+                server.register_listener(
+                    tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd))
+                        .map_err(listen)?,
+                    TCP_TIMEOUT,
+                    4096,
+                );
+            } else {
+                server.register_socket(
+                    tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd))
+                        .map_err(listen)?,
+                );
+            }
+        }
         for addr in addrs {
             let listen = |source| DnsError::Listen {
                 addr: *addr,

@@ -32,4 +32,5 @@ pub mod secrets;
 pub mod sockets;
 pub mod spec;
 pub mod store;
+pub mod systemd;
 pub mod wireguard;

@@ -4,6 +4,7 @@ use std::{
     collections::BTreeMap,
     io::{IsTerminal, Read},
     net::SocketAddr,
+    os::fd::OwnedFd,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -305,10 +306,15 @@ fn key_value(s: &str) -> std::result::Result<(String, String), String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Before any thread exists: the protocol's variables are read and removed here.
+    let inherited = match cli.command {
+        Command::Daemon(_) => faasd::systemd::take_listen_fds(),
+        _ => Vec::new(),
+    };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Daemon(args) => run_daemon(args).await,
+            Command::Daemon(args) => run_daemon(args, inherited).await,
             Command::Image(ImageCommand::Import { file, containerd }) => {
                 import_image(&file, &containerd).await
             }
@@ -334,7 +340,7 @@ fn main() -> std::process::ExitCode {
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-async fn run_daemon(args: DaemonArgs) -> Result<()> {
+async fn run_daemon(args: DaemonArgs, inherited: Vec<(String, OwnedFd)>) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             // The DNS server and WireGuard log every query and peer change at info.
@@ -447,14 +453,33 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     )
     .await?;
 
-    // Served from here on; the daemon already holds the zone's records.
+    // Served from here on; the daemon already holds the zone's records. Sockets systemd
+    // passed as `dns` (faasd.socket) take the place of binding the configured addresses.
+    let dns_fds: Vec<_> = inherited
+        .into_iter()
+        .filter(|(name, _)| name == "dns")
+        .map(|(_, fd)| fd)
+        .collect();
+    let dns_addrs = if dns_fds.is_empty() {
+        config.dns.clone()
+    } else {
+        Vec::new()
+    };
     let _dns = match daemon.zone() {
-        Some(zone) => Some(zone.serve(&config.dns).await?),
+        Some(zone) => {
+            tracing::info!(
+                "DNS for .faas on {:?}{}",
+                dns_addrs,
+                if dns_fds.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and {} socket(s) from systemd", dns_fds.len())
+                }
+            );
+            Some(zone.serve(&dns_addrs, dns_fds).await?)
+        }
         None => None,
     };
-    if !config.dns.is_empty() {
-        tracing::info!("DNS for .faas on {:?}", config.dns);
-    }
     let app = api::router(daemon.clone());
     let sock_path = config.api_socket();
     let _ = std::fs::remove_file(&sock_path);

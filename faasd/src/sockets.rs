@@ -142,6 +142,23 @@ pub fn bind_any(addr: std::net::SocketAddr, ty: libc::c_int) -> io::Result<Owned
     Ok(sock)
 }
 
+/// Whether a socket is a stream (TCP) socket.
+pub fn is_stream(fd: &impl AsRawFd) -> io::Result<bool> {
+    let mut ty: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `ty`.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&raw mut ty).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(ty == libc::SOCK_STREAM)
+}
+
 /// Makes a socket non-blocking; only for sockets no function shares (accept mode).
 pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller owns.

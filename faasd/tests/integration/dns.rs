@@ -164,3 +164,66 @@ fn the_default_address_is_bound_before_it_exists_and_answers_once_it_does() {
         addr.to_string()
     );
 }
+
+/// Kills the process on drop (a daemon started outside the harness).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_dns_socket_passed_by_systemd_is_served_instead_of_binding() {
+    require_dig!();
+    if Command::new("systemd-socket-activate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: systemd-socket-activate is missing (Debian's systemd package)");
+        return;
+    }
+    let ns = Netns::new("dns-systemd");
+    let config = ns.dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = {:?}\nwireguard = false\n",
+            ns.dir.join("state"),
+            ns.dir.join("run"),
+            ns.cgroup_parent
+        ),
+    )
+    .unwrap();
+    // As faasd.socket does: the socket is systemd's, named `dns`; faasd starts with the
+    // first connection, which waits in the socket's queue meanwhile.
+    let _daemon = Killed(
+        ns.spawn(
+            Command::new("systemd-socket-activate")
+                .args(["-l", "[::1]:53", "--fdname=dns"])
+                .arg(crate::harness::faasd_bin())
+                .args(["daemon", "--config"])
+                .arg(&config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        ),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Command::new("ip")
+        .args(["netns", "exec", &ns.name, "ss", "-Htln", "sport = :53"])
+        .output()
+        .map(|o| o.stdout.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on :53"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let answer = short(&ns, &["+tcp", "+time=10", "AAAA", "ns.faas"]);
+    assert_eq!(answer, "fd00:faa5:0:100::1");
+}

@@ -100,6 +100,26 @@ impl Netns {
         })
     }
 
+    /// Spawns `cmd` inside the namespace. Unlike `ip netns exec`, which mounts a sysfs of
+    /// the namespace over /sys (and so hides /sys/fs/bpf), only the network namespace
+    /// changes.
+    pub fn spawn(&self, cmd: &mut Command) -> Child {
+        let ns = std::fs::File::open(self.path()).unwrap();
+        let fd = ns.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; the fd stays open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        drop(ns);
+        child
+    }
+
     /// The BPF pin directory the daemon uses in this namespace.
     pub fn pin_dir(&self) -> PathBuf {
         self.run(|| faasd::dataplane::pin_dir(Path::new("/sys/fs/bpf")).unwrap())
@@ -228,7 +248,6 @@ impl<'a> Daemon<'a> {
 
     fn spawn(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
-        let ns = std::fs::File::open(self.ns.path()).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -239,17 +258,7 @@ impl<'a> Daemon<'a> {
             .arg(&self.config)
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        let fd = ns.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; the fd stays open until spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        self.child = Some(cmd.spawn().unwrap());
+        self.child = Some(self.ns.spawn(&mut cmd));
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
