@@ -956,7 +956,8 @@ impl Daemon {
                         w.settings().interface,
                         match w.backend() {
                             crate::wireguard::Backend::Embedded => "embedded boringtun, userspace",
-                            crate::wireguard::Backend::Adopted => "adopted, userspace",
+                            crate::wireguard::Backend::Kernel => "kernel, made by faasd",
+                            crate::wireguard::Backend::Adopted => "adopted",
                         },
                         w.settings().port,
                         w.public_key()

@@ -165,3 +165,21 @@ pub async fn configure_interface(
     task.abort();
     result
 }
+
+/// Creates a kernel WireGuard interface; fails (EOPNOTSUPP) where the module is missing.
+pub async fn create_wireguard_link(name: &str) -> Result<(), InterfaceError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(InterfaceError::Connection)?;
+    let task = tokio::spawn(conn);
+    let r = handle
+        .link()
+        .add(rtnetlink::LinkWireguard::new(name).build())
+        .execute()
+        .await
+        .map_err(|source| InterfaceError::Step {
+            interface: name.to_owned(),
+            what: "creating a kernel WireGuard link",
+            source,
+        });
+    task.abort();
+    r
+}

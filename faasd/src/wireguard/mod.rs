@@ -3,12 +3,15 @@
 //! On start faasd loads (or makes, once) the host's key, brings the interface up with
 //! `fd00:faa5:0:100::1/64`, routes the platform prefix `fd00:faa5::/32` through it (the
 //! function prefix stays delivered locally: the `local` table is consulted first), turns
-//! IPv6 forwarding on, and configures the stored peers. An interface that already exists
-//! (made by the operator, say by a `wg-faas.service` running wireguard-go) is adopted and
-//! configured through its control socket; otherwise faasd runs WireGuard itself, embedded
-//! (boringtun, userspace). The kernel module is not used: this host has none to test it
-//! with, and an adopted kernel interface is refused with a clear message.
+//! IPv6 forwarding on, and configures the stored peers. Which implementation runs it:
+//! - an interface that already exists (made by the operator, say by a `wg-faas.service`
+//!   with wg-quick or wireguard-go) is adopted and configured with the `wg` tool;
+//! - otherwise faasd creates a kernel WireGuard interface (rtnetlink), also configured with
+//!   `wg`, and it outlives faasd like any kernel interface;
+//! - where the kernel has no WireGuard (the module is missing), faasd runs boringtun,
+//!   embedded, in userspace.
 
+pub mod control;
 pub mod peers;
 pub mod uapi;
 
@@ -25,6 +28,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use serde::{Deserialize, Serialize};
 
 use self::{
+    control::Control,
     peers::{ClientConfig, Peer, PeerError, Peers},
     uapi::UapiError,
 };
@@ -52,18 +56,13 @@ pub enum WireGuardError {
         /// Why.
         reason: String,
     },
-    /// An existing interface without a control socket: a kernel interface.
-    #[error(
-        "{interface} exists but has no userspace control socket ({}): kernel WireGuard \
-         interfaces are not supported by this faasd; remove it, or run a userspace \
-         implementation (wireguard-go) under that name",
-        path.display()
-    )]
-    NotUserspace {
-        /// The interface.
-        interface: String,
-        /// Where faasd looked.
-        path: PathBuf,
+    /// The `wg` tool failed.
+    #[error("{command}: {message}")]
+    Tool {
+        /// The command.
+        command: String,
+        /// What it said.
+        message: String,
     },
     /// Configuring the device.
     #[error(transparent)]
@@ -88,7 +87,9 @@ pub enum WireGuardError {
 pub enum Backend {
     /// boringtun inside faasd.
     Embedded,
-    /// An interface that existed, configured through its control socket.
+    /// A kernel interface faasd created.
+    Kernel,
+    /// An interface that existed (kernel or userspace).
     Adopted,
 }
 
@@ -134,7 +135,7 @@ pub struct AddedPeer {
 pub struct WireGuard {
     settings: Settings,
     backend: Backend,
-    control: std::sync::Arc<uapi::Control>,
+    control: Control,
     public_key: String,
     peers: Peers,
     /// Serialises peer changes (store and device must agree).
@@ -257,51 +258,27 @@ impl WireGuard {
         let secret = host_key(&state_dir.join("wireguard/private.key"))?;
         let public_key = b64(PublicKey::from(&secret).as_bytes());
         let name = settings.interface.clone();
-        let socket = uapi::socket_path(&name);
-        let (backend, device, control) = match crate::net::link_index(&name).await? {
-            Some(_) if !socket.exists() => {
-                return Err(WireGuardError::NotUserspace {
-                    interface: name,
-                    path: socket,
-                });
-            }
-            Some(_) => (Backend::Adopted, None, uapi::Control::Socket(socket)),
-            None => {
-                let (ours, theirs) =
-                    std::os::unix::net::UnixStream::pair().map_err(|e| WireGuardError::Create {
+        let (backend, device, control) = if crate::net::link_index(&name).await?.is_some() {
+            let control = Control::Tool {
+                interface: name.clone(),
+            };
+            (Backend::Adopted, None, control)
+        } else {
+            match crate::net::create_wireguard_link(&name).await {
+                Ok(()) => {
+                    let control = Control::Tool {
                         interface: name.clone(),
-                        reason: format!("control socket pair: {e}"),
-                    })?;
-                let config = boringtun::device::DeviceConfig {
-                    n_threads: 2,
-                    // The device owns this end from now on.
-                    uapi_fd: std::os::fd::IntoRawFd::into_raw_fd(theirs),
-                    ..Default::default()
-                };
-                let handle = boringtun::device::DeviceHandle::new(&name, config).map_err(|e| {
-                    WireGuardError::Create {
-                        interface: name.clone(),
-                        reason: format!("{e:?}"),
-                    }
-                })?;
-                let control = uapi::Control::Pair {
-                    stream: Mutex::new(ours),
-                    path: socket,
-                };
-                (Backend::Embedded, Some(handle), control)
+                    };
+                    (Backend::Kernel, None, control)
+                }
+                Err(e) => {
+                    tracing::info!("no kernel WireGuard ({e}): running boringtun in faasd");
+                    let (handle, device) = embedded(&name)?;
+                    (Backend::Embedded, Some(handle), Control::Embedded(device))
+                }
             }
         };
-        let control = std::sync::Arc::new(control);
-        if let uapi::Control::Pair { path, .. } = &*control {
-            uapi::serve(path, control.clone()).map_err(|e| WireGuardError::Create {
-                interface: name.clone(),
-                reason: format!("serving {}: {e}", path.display()),
-            })?;
-        }
-        control.set(&[
-            format!("private_key={}", hex(secret.as_bytes())),
-            format!("listen_port={}", settings.port),
-        ])?;
+        control.configure(secret.as_bytes(), settings.port)?;
         let index = crate::net::link_index(&name)
             .await?
             .ok_or_else(|| WireGuardError::Create {
@@ -348,20 +325,15 @@ impl WireGuard {
     }
 
     fn configure_peer(&self, p: &Peer) -> Result<(), WireGuardError> {
-        let key = decode_key(&p.public_key)?;
-        self.control.set(&[
-            format!("public_key={}", hex(&key)),
-            "replace_allowed_ips=true".into(),
-            format!("allowed_ip={}/128", p.address),
-        ])?;
-        Ok(())
+        self.control
+            .set_peer(&decode_key(&p.public_key)?, p.address)
     }
 
     /// Removes the control socket faasd served for its embedded device (at exit: the
     /// device goes with the process).
     pub fn close(&self) {
-        if let uapi::Control::Pair { path, .. } = &*self.control {
-            let _ = std::fs::remove_file(path);
+        if let Control::Embedded(device) = &self.control {
+            let _ = std::fs::remove_file(device.path());
         }
     }
 
@@ -423,69 +395,59 @@ impl WireGuard {
     pub fn remove_peer(&self, name: &str) -> Result<Peer, WireGuardError> {
         let _g = self.lock.lock().expect("peer lock");
         let peer = self.peers.remove(name)?;
-        let key = decode_key(&peer.public_key)?;
-        self.control
-            .set(&[format!("public_key={}", hex(&key)), "remove=true".into()])?;
+        self.control.remove_peer(&decode_key(&peer.public_key)?)?;
         Ok(peer)
     }
 
     /// Every peer with its last handshake and byte counts.
     pub fn peer_status(&self) -> Result<Vec<PeerStatus>, WireGuardError> {
-        // (handshake seconds, nanoseconds, rx, tx) per public key (hex); a peer's lines
-        // follow its public_key line.
-        let mut live: std::collections::HashMap<String, [u64; 4]> = Default::default();
-        let mut current: Option<String> = None;
-        for (k, v) in self.control.get()? {
-            if k == "public_key" {
-                live.insert(v.clone(), [0; 4]);
-                current = Some(v);
-                continue;
-            }
-            let slot = match k.as_str() {
-                "last_handshake_time_sec" => 0,
-                "last_handshake_time_nsec" => 1,
-                "rx_bytes" => 2,
-                "tx_bytes" => 3,
-                _ => continue,
-            };
-            if let Some(entry) = current.as_ref().and_then(|c| live.get_mut(c)) {
-                entry[slot] = v.parse().unwrap_or(0);
-            }
-        }
+        let live = self.control.live()?;
         Ok(self
             .peers
             .list()?
             .into_iter()
             .map(|peer| {
-                let [sec, nsec, rx, tx] = decode_key(&peer.public_key)
-                    .ok()
-                    .and_then(|k| live.get(&hex(&k)).copied())
-                    .unwrap_or_default();
+                let l = live.get(&peer.public_key).copied().unwrap_or_default();
                 PeerStatus {
                     peer,
-                    last_handshake_secs_ago: handshake_age(sec, nsec),
-                    rx_bytes: rx,
-                    tx_bytes: tx,
+                    last_handshake_secs_ago: l.handshake_secs_ago,
+                    rx_bytes: l.rx_bytes,
+                    tx_bytes: l.tx_bytes,
                 }
             })
             .collect())
     }
 }
 
-/// Seconds since a handshake. The kernel and wireguard-go report the handshake's time
-/// since the epoch; boringtun reports the time elapsed since it. Zero means never.
-fn handshake_age(sec: u64, nsec: u64) -> Option<u64> {
-    if sec == 0 && nsec == 0 {
-        return None;
-    }
-    if sec > 1_000_000_000 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        Some(now.saturating_sub(sec))
-    } else {
-        Some(sec)
-    }
+/// Starts boringtun on a new TUN device `name`, reached over a socket pair, and serves its
+/// control socket.
+fn embedded(
+    name: &str,
+) -> Result<
+    (
+        boringtun::device::DeviceHandle,
+        std::sync::Arc<uapi::Device>,
+    ),
+    WireGuardError,
+> {
+    let create = |reason: String| WireGuardError::Create {
+        interface: name.to_owned(),
+        reason,
+    };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| create(format!("control socket pair: {e}")))?;
+    let config = boringtun::device::DeviceConfig {
+        n_threads: 2,
+        // The device owns this end from now on.
+        uapi_fd: std::os::fd::IntoRawFd::into_raw_fd(theirs),
+        ..Default::default()
+    };
+    let handle =
+        boringtun::device::DeviceHandle::new(name, config).map_err(|e| create(format!("{e:?}")))?;
+    let device = std::sync::Arc::new(uapi::Device::new(ours, uapi::socket_path(name)));
+    uapi::serve(device.clone())
+        .map_err(|e| create(format!("serving {}: {e}", device.path().display())))?;
+    Ok((handle, device))
 }
 
 #[cfg(test)]

@@ -3,10 +3,10 @@
 //! empty line. Userspace implementations (wireguard-go, boringtun) serve it on the unix
 //! socket `/var/run/wireguard/<interface>.sock`.
 //!
-//! faasd's embedded device is reached over a socket pair instead: boringtun, given a
-//! control descriptor, leaves the signals SIGINT and SIGTERM alone (with its own socket it
-//! takes them through a signalfd, racing faasd's shutdown for them). faasd then serves
-//! the usual socket itself and relays to the device, so `wg show` works as usual.
+//! faasd's embedded device is reached over a socket pair: boringtun, given a control
+//! descriptor, leaves the signals SIGINT and SIGTERM alone (with its own socket it takes
+//! them through a signalfd, racing faasd's shutdown for them). faasd then serves the usual
+//! socket itself and relays to the device, so `wg show` works as usual.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -37,18 +37,12 @@ pub fn socket_path(interface: &str) -> PathBuf {
     Path::new("/var/run/wireguard").join(format!("{interface}.sock"))
 }
 
-/// How faasd reaches a device's control protocol.
+/// faasd's end of its embedded device's socket pair; one request at a time.
 #[derive(Debug)]
-pub enum Control {
-    /// A device serving its own socket (adopted).
-    Socket(PathBuf),
-    /// faasd's end of the embedded device's socket pair; one request at a time.
-    Pair {
-        /// The stream.
-        stream: Mutex<UnixStream>,
-        /// The socket path faasd serves for it, for error messages.
-        path: PathBuf,
-    },
+pub struct Device {
+    stream: Mutex<UnixStream>,
+    /// The socket path faasd serves for it.
+    path: PathBuf,
 }
 
 /// Writes `request` and reads the answer up to its empty line; returns the answer.
@@ -71,26 +65,27 @@ fn talk(stream: &UnixStream, request: &str) -> std::io::Result<String> {
     }
 }
 
-impl Control {
-    fn path(&self) -> &Path {
-        match self {
-            Self::Socket(p) | Self::Pair { path: p, .. } => p,
+impl Device {
+    /// faasd's end of the pair, and the path it will serve for the device.
+    pub fn new(stream: UnixStream, path: PathBuf) -> Self {
+        Self {
+            stream: Mutex::new(stream),
+            path,
         }
+    }
+
+    /// The socket path faasd serves for the device.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Sends one request; the raw answer.
     fn exchange_raw(&self, request: &str) -> Result<String, UapiError> {
-        let io = |source| UapiError::Io {
-            path: self.path().to_owned(),
+        let s = self.stream.lock().expect("control stream lock");
+        talk(&s, request).map_err(|source| UapiError::Io {
+            path: self.path.clone(),
             source,
-        };
-        match self {
-            Self::Socket(p) => talk(&UnixStream::connect(p).map_err(io)?, request).map_err(io),
-            Self::Pair { stream, .. } => {
-                let s = stream.lock().expect("control stream lock");
-                talk(&s, request).map_err(io)
-            }
-        }
+        })
     }
 
     fn exchange(&self, request: &str) -> Result<Vec<(String, String)>, UapiError> {
@@ -122,9 +117,11 @@ impl Control {
     }
 }
 
-/// Serves the control socket at `path` for a device faasd reaches through `control`,
-/// relaying each request (a thread; it ends with the process).
-pub fn serve(path: &Path, control: Arc<Control>) -> std::io::Result<()> {
+/// Serves the control socket at the device's path, relaying each request to it (a
+/// thread; it ends with the process), so `wg` works on the embedded device.
+pub fn serve(device: Arc<Device>) -> std::io::Result<()> {
+    let path = device.path().to_owned();
+    let path = path.as_path();
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
@@ -150,7 +147,7 @@ pub fn serve(path: &Path, control: Arc<Control>) -> std::io::Result<()> {
                 if request.is_empty() {
                     continue;
                 }
-                let answer = control
+                let answer = device
                     .exchange_raw(&request)
                     .unwrap_or_else(|_| "errno=5\n\n".into());
                 let _ = (&conn).write_all(answer.as_bytes());
