@@ -43,7 +43,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Volatile state: the API socket, the notify socket, running instances.
     pub runtime_dir: PathBuf,
-    /// Extra TCP addresses the API listens on (the unix socket is always served).
+    /// TCP addresses the API listens on, with basic auth on `/system` (the unix socket is
+    /// always served, without).
     pub api: Vec<SocketAddr>,
     /// This host's function prefix; each function gets one /128 from it.
     pub function_prefix: Ipv6Net,
@@ -93,7 +94,7 @@ impl Default for Config {
         Self {
             state_dir: "/var/lib/faasd".into(),
             runtime_dir: "/run/faasd".into(),
-            api: Vec::new(),
+            api: vec![SocketAddr::from((faasd_common::plan::HOST_ADDRESS, 8080))],
             function_prefix: Ipv6Net { addr, len },
             backlog: 4096,
             user: "nobody".into(),

@@ -488,16 +488,20 @@ async fn run_daemon(args: DaemonArgs, inherited: Vec<(String, OwnedFd)>) -> Resu
     std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o660))?;
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(async move { axum::serve(unix, app.into_make_service()).await });
-    for addr in &config.api {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("binding the API on {addr}: {e}"))?;
-        tracing::warn!(
-            "the API on {addr} has no authentication in this version: anyone who can reach \
-             it can deploy functions; listen only on addresses you trust"
-        );
-        let app = api::router(daemon.clone());
-        servers.spawn(async move { axum::serve(l, app.into_make_service()).await });
+    if !config.api.is_empty() {
+        let creds = faasd::auth::Credentials::load_or_create(&config.state_dir)?;
+        for addr in &config.api {
+            // FREEBIND: the default address lives on wg-faas, which may come up later.
+            let l = faasd::sockets::bind_any(*addr, libc::SOCK_STREAM)
+                .and_then(|fd| tokio::net::TcpListener::from_std(fd.into()))
+                .map_err(|e| format!("binding the API on {addr}: {e}"))?;
+            let app = api::router(daemon.clone()).layer(axum::middleware::from_fn_with_state(
+                creds.clone(),
+                faasd::auth::require,
+            ));
+            servers.spawn(async move { axum::serve(l, app.into_make_service()).await });
+            tracing::info!("API on {addr} (basic auth on /system)");
+        }
     }
     tracing::info!("faasd ready: API on {}", sock_path.display());
 

@@ -144,3 +144,69 @@ fn bad_input_gets_a_400_that_says_what_is_wrong() {
     let e = d.cli(&["scale", "ghost", "1"]).unwrap_err();
     assert!(e.contains("not found"), "{e}");
 }
+
+/// One request to the TCP API in the namespace; (status, headers and body).
+fn tcp_request(ns: &Netns, path: &str, auth: Option<&str>) -> (u16, String) {
+    ns.run(|| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("[::1]:8081").unwrap();
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, resp)
+    })
+}
+
+#[test]
+fn the_tcp_api_asks_for_basic_auth_on_system_routes_only() {
+    require_privileges!();
+    let ns = Netns::new("api-auth");
+    let d = Daemon::start_with(&ns, "api = [\"[::1]:8081\"]\n");
+    d.deploy_hello("open", &[]);
+    // No credentials, an empty bearer token (faas-cli before login), a wrong password.
+    for auth in [None, Some("Bearer "), Some("Basic YWRtaW46d3Jvbmc=")] {
+        let (code, resp) = tcp_request(&ns, "/system/functions", auth);
+        assert_eq!(code, 401, "{auth:?}: {resp}");
+        assert!(
+            resp.to_lowercase().contains("www-authenticate: basic"),
+            "{resp}"
+        );
+    }
+    let password = std::fs::read_to_string(ns.dir.join("state/auth/basic-auth-password")).unwrap();
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(ns.dir.join("state/auth/basic-auth-password"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode, 0o600);
+    use base64::Engine;
+    let good = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}"))
+    );
+    let (code, resp) = tcp_request(&ns, "/system/functions", Some(&good));
+    assert_eq!(code, 200, "{resp}");
+    assert!(resp.contains("\"open\""), "{resp}");
+    // Open routes: health and invocation.
+    assert_eq!(tcp_request(&ns, "/healthz", None).0, 200);
+    let (code, resp) = tcp_request(&ns, "/function/open", None);
+    assert_eq!(code, 200, "{resp}");
+    assert!(resp.contains("Hello from faasd!"));
+    // The unix socket asks for nothing: its permissions are the guard.
+    assert_eq!(d.api("GET", "/system/functions", "").0, 200);
+}

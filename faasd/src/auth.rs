@@ -1,0 +1,148 @@
+//! Basic auth for the API over TCP, as OpenFaaS does it: user `admin` and a password faasd
+//! generates on first start and keeps readable by root only
+//! (`<state>/auth/basic-auth-password`, the user beside it). Every `/system/*` route needs
+//! it; `/function/*`, `/async-function/*`, `/healthz` and `/metrics` stay open. The unix
+//! socket needs none: its permissions are the guard.
+
+use std::{
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use axum::{
+    extract::{Request, State},
+    http::{StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use base64::Engine;
+
+/// The user OpenFaaS names its administrator.
+pub const USER: &str = "admin";
+
+/// Errors reading or making the credentials.
+#[derive(Debug, thiserror::Error)]
+#[error("API credentials in {path}: {source}")]
+pub struct AuthError {
+    /// Where.
+    pub path: PathBuf,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// The expected `Authorization` header value.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    expected: String,
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl Credentials {
+    /// Reads the password, or makes one (24 characters from 144 random bits).
+    pub fn load_or_create(state_dir: &Path) -> Result<Self, AuthError> {
+        let dir = state_dir.join("auth");
+        let path = dir.join("basic-auth-password");
+        let err = |source| AuthError {
+            path: path.clone(),
+            source,
+        };
+        let password = match std::fs::read_to_string(&path) {
+            Ok(p) => p.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&dir).map_err(err)?;
+                let mut raw = [0u8; 18];
+                // SAFETY: getrandom writes at most raw.len() bytes into raw.
+                let n = unsafe { libc::getrandom(raw.as_mut_ptr().cast(), raw.len(), 0) };
+                if n != raw.len() as isize {
+                    return Err(err(std::io::Error::last_os_error()));
+                }
+                let p = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+                write_private(&dir.join("basic-auth-user"), USER).map_err(err)?;
+                write_private(&path, &p).map_err(err)?;
+                tracing::info!("generated the API password: {}", path.display());
+                p
+            }
+            Err(e) => return Err(err(e)),
+        };
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{password}"));
+        Ok(Self {
+            expected: format!("Basic {token}"),
+        })
+    }
+
+    /// Whether an `Authorization` header value carries the credentials (compared in
+    /// constant time).
+    pub fn accepts(&self, header: Option<&str>) -> bool {
+        let Some(h) = header.map(str::trim) else {
+            return false;
+        };
+        let (a, b) = (h.as_bytes(), self.expected.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// Whether a path is one of the routes that stay open.
+pub fn is_open(path: &str) -> bool {
+    !path.starts_with("/system")
+}
+
+/// The middleware: 401 with a Basic challenge for a protected route without the
+/// credentials (an empty `Bearer ` header from a client that never logged in included).
+pub async fn require(State(creds): State<Credentials>, req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if is_open(req.uri().path()) || creds.accepts(header) {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic realm=\"faasd\"")],
+        "authentication required: user admin, the password in <state-dir>/auth/basic-auth-password\n",
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_is_made_once_kept_private_and_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("faasd-auth-{}", std::process::id()));
+        let a = Credentials::load_or_create(&dir).unwrap();
+        let b = Credentials::load_or_create(&dir).unwrap();
+        assert_eq!(a.expected, b.expected);
+        let file = dir.join("auth/basic-auth-password");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let pw = std::fs::read_to_string(&file).unwrap();
+        let good = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("admin:{pw}"))
+        );
+        assert!(a.accepts(Some(&good)));
+        assert!(!a.accepts(Some("Bearer ")));
+        assert!(!a.accepts(None));
+        assert!(!a.accepts(Some("Basic YWRtaW46d3Jvbmc=")));
+        assert!(is_open("/function/x") && is_open("/healthz") && !is_open("/system/functions"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
