@@ -123,6 +123,43 @@ pub struct FunctionState {
     pub retry_in_ms: Option<u64>,
     /// Timing of the last activation from zero.
     pub last_activation: Option<ActivationTiming>,
+    /// Every activation's latency, first connection seen → instance ready.
+    #[serde(default)]
+    pub activation_seconds: Histogram,
+}
+
+/// Upper bounds (seconds) of the activation latency buckets: processes start in
+/// milliseconds, containers in tens of milliseconds.
+pub const ACTIVATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram over [`ACTIVATION_BUCKETS`] (counts per bucket, not cumulative).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Histogram {
+    /// Observations per bucket; one more than the bounds (the last is +Inf).
+    pub buckets: Vec<u64>,
+    /// Observations.
+    pub count: u64,
+    /// Their sum, in seconds.
+    pub sum_seconds: f64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&mut self, seconds: f64) {
+        if self.buckets.len() != ACTIVATION_BUCKETS.len() + 1 {
+            self.buckets = vec![0; ACTIVATION_BUCKETS.len() + 1];
+        }
+        let i = ACTIVATION_BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(ACTIVATION_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.count += 1;
+        self.sum_seconds += seconds;
+    }
 }
 
 /// Orders for the task.
@@ -258,6 +295,7 @@ pub fn spawn(mut a: Activation) -> std::io::Result<Handle> {
         last_error: None,
         retry_in_ms: None,
         last_activation: None,
+        activation_seconds: Histogram::default(),
     };
     let state = Arc::new(Mutex::new(snapshot.clone()));
     let adopted = std::mem::take(&mut a.adopted);
@@ -637,6 +675,9 @@ impl Task {
     fn mark_ready(&mut self) {
         if let Some(mut t) = self.activating.take() {
             t.ready_ns = monotonic_ns();
+            self.snapshot
+                .activation_seconds
+                .observe(t.ready_ns.saturating_sub(t.requested_ns) as f64 / 1e9);
             self.snapshot.last_activation = Some(t);
         }
     }

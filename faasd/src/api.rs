@@ -57,6 +57,7 @@ fn namespace(q: Option<String>) -> ApiResult<String> {
 /// The router over a running daemon.
 pub fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
+        .route("/metrics", get(metrics))
         .route(
             "/healthz",
             get(|| async { "OK\n" }).head(|| async { StatusCode::OK }),
@@ -85,6 +86,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/function/{target}", any(invoke_root))
         .route("/function/{target}/{*rest}", any(invoke_path))
         .with_state(daemon)
+}
+
+/// Prometheus text format.
+async fn metrics(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        d.metrics().await,
+    )
 }
 
 async fn info() -> impl IntoResponse {
@@ -354,13 +363,27 @@ async fn invoke_path(
 /// Proxies a call to the function through its own address: the same steering path any
 /// client takes, so it starts a stopped function too.
 async fn invoke(d: Arc<Daemon>, target: String, rest: String, req: Request) -> ApiResult<Response> {
+    let started = std::time::Instant::now();
     let (name, ns) = match target.split_once('.') {
         Some((n, ns)) => (n.to_owned(), Some(ns.to_owned())),
         None => (target, None),
     };
     validate_label("function name", &name)?;
     let ns = namespace(ns)?;
-    let (addr, port) = d.invocation_target(&ns, &name).await?;
+    let resp = call(&d, &ns, &name, rest, req).await?;
+    d.record_invocation(
+        &ns,
+        &name,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    )
+    .await;
+    Ok(resp)
+}
+
+/// One call through the function's address; a 502 that says why when it cannot be made.
+async fn call(d: &Daemon, ns: &str, name: &str, rest: String, req: Request) -> ApiResult<Response> {
+    let (addr, port) = d.invocation_target(ns, name).await?;
     let bad_gateway = |e: &dyn std::fmt::Display| {
         (
             StatusCode::BAD_GATEWAY,

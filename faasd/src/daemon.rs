@@ -143,6 +143,9 @@ struct Function {
     log: FunctionLog,
     cgroup: Option<PathBuf>,
     invocations: u64,
+    /// Calls through `/function/*` by HTTP status, and their durations.
+    invocation_codes: BTreeMap<u16, u64>,
+    invocation_seconds: crate::activation::Histogram,
 }
 
 /// Socket slots: indexes into the SOCKMAP, reused after removal. Every operation is
@@ -516,6 +519,8 @@ impl Daemon {
             log,
             cgroup,
             invocations: 0,
+            invocation_codes: BTreeMap::new(),
+            invocation_seconds: Default::default(),
         })
     }
 
@@ -927,6 +932,37 @@ impl Daemon {
             .ok_or_else(|| SpecError(format!("function {id} has no TCP port to invoke")))?;
         f.invocations += 1;
         Ok((f.record.address, port.port))
+    }
+
+    /// Records the outcome of a call through `/function/*`.
+    pub async fn record_invocation(&self, namespace: &str, name: &str, code: u16, seconds: f64) {
+        let mut functions = self.functions.lock().await;
+        if let Some(f) = functions.get_mut(&format!("{namespace}/{name}")) {
+            *f.invocation_codes.entry(code).or_default() += 1;
+            f.invocation_seconds.observe(seconds);
+        }
+    }
+
+    /// Everything `/metrics` shows, in Prometheus text format.
+    pub async fn metrics(&self) -> String {
+        let host = self.status().await;
+        let functions: Vec<crate::metrics::FunctionMetrics> = {
+            let functions = self.functions.lock().await;
+            functions
+                .values()
+                .map(|f| crate::metrics::FunctionMetrics {
+                    status: self.status_of(f),
+                    invocation_codes: f.invocation_codes.clone(),
+                    invocation_seconds: f.invocation_seconds.clone(),
+                })
+                .collect()
+        };
+        let peers = self
+            .wireguard
+            .as_ref()
+            .and_then(|w| w.peer_status().ok())
+            .unwrap_or_default();
+        crate::metrics::render(&host, &functions, &peers)
     }
 
     /// A function's log.

@@ -26,6 +26,7 @@ pub mod dns;
 pub mod forward;
 pub mod lock;
 pub mod logs;
+pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod runtime;

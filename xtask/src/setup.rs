@@ -52,6 +52,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "the userspace WireGuard client of the tunnel tests",
     ),
     ("dnsperf", "benchmark: DNS queries per second"),
+    ("prometheus", "promtool: the tests check /metrics with it"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,5 +1,7 @@
 //! The API and CLI: shapes, status codes, and clear errors for bad input.
 
+use std::process::Command;
+
 use crate::{
     harness::{Daemon, Netns},
     require_privileges,
@@ -209,4 +211,88 @@ fn the_tcp_api_asks_for_basic_auth_on_system_routes_only() {
     assert!(resp.contains("Hello from faasd!"));
     // The unix socket asks for nothing: its permissions are the guard.
     assert_eq!(d.api("GET", "/system/functions", "").0, 200);
+}
+
+#[test]
+fn metrics_parse_for_promtool_and_move_with_traffic() {
+    require_privileges!();
+    let ns = Netns::new("metrics");
+    let d = Daemon::start(&ns);
+    let addr = d.deploy_hello("counted", &[]);
+    let (code, _) = d.api("POST", "/function/counted", "hi");
+    assert_eq!(code, 200);
+    let (code, _) = ns
+        .run(|| crate::harness::http_get(std::net::SocketAddr::from((addr, 8080))))
+        .unwrap();
+    assert_eq!(code, 200);
+    let (code, text) = d.api("GET", "/metrics", "");
+    assert_eq!(code, 200);
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let labels = "function=\"counted\",namespace=\"openfaas-fn\"";
+    assert_eq!(
+        value(&format!("faasd_function_activations_total{{{labels}}}")),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "faasd_function_activation_seconds_count{{{labels}}}"
+        )),
+        1.0
+    );
+    assert!(
+        value(&format!(
+            "faasd_socket_lookups_total{{{labels},socket=\"http\""
+        )) >= 2.0
+    );
+    assert_eq!(
+        value(
+            "gateway_function_invocation_total{function_name=\"counted.openfaas-fn\",code=\"200\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("gateway_service_count{function_name=\"counted.openfaas-fn\"}"),
+        1.0
+    );
+    // The format itself, checked by Prometheus's own tool when it is there.
+    if Command::new("promtool").arg("--version").output().is_err() {
+        eprintln!("promtool missing (Debian's prometheus package): format not checked");
+        return;
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    // promtool parses everything, then lints names; the one name it objects to is
+    // OpenFaaS's own, kept for its dashboards.
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let unexpected: Vec<&str> = said
+        .lines()
+        .filter(|l| {
+            !l.trim().is_empty()
+                && *l
+                    != "gateway_service_count non-histogram and non-summary metrics should not have \"_count\" suffix"
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "promtool: {said}");
 }
