@@ -12,6 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{any, get, post},
 };
+use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
@@ -322,6 +323,21 @@ struct LogsQuery {
     namespace: Option<String>,
     tail: Option<i64>,
     instance: Option<String>,
+    /// Keep the answer open and send new lines as they come.
+    #[serde(default)]
+    follow: bool,
+    /// Only lines at or after this RFC 3339 time.
+    since: Option<String>,
+}
+
+/// How often a followed log is read for new lines.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+fn ndjson(lines: &[crate::logs::LogLine]) -> String {
+    lines
+        .iter()
+        .map(|l| serde_json::to_string(l).expect("log lines serialize") + "\n")
+        .collect()
 }
 
 async fn logs(
@@ -330,13 +346,42 @@ async fn logs(
 ) -> ApiResult<impl IntoResponse> {
     validate_label("function name", &q.name)?;
     let log = d.log(&namespace(q.namespace)?, &q.name).await?;
+    let since = match q.since.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            humantime::parse_rfc3339_weak(s)
+                .map_err(|e| SpecError(format!("since: {s:?} is not an RFC 3339 time ({e})")))?,
+        ),
+    };
+    let after_since = |l: &crate::logs::LogLine| {
+        since.is_none_or(|t| humantime::parse_rfc3339_weak(&l.timestamp).is_ok_and(|lt| lt >= t))
+    };
     // faas-cli sends tail=-1 for "all".
     let tail = q.tail.filter(|t| *t >= 0).map(|t| t as usize);
-    let body: String = log
-        .read(q.instance.as_deref(), tail)
-        .iter()
-        .map(|l| serde_json::to_string(l).expect("log lines serialize") + "\n")
-        .collect();
+    let follower = q.follow.then(|| log.follow(q.instance.clone()));
+    let mut lines = log.read(q.instance.as_deref(), None);
+    lines.retain(after_since);
+    if let Some(t) = tail {
+        lines.drain(..lines.len().saturating_sub(t));
+    }
+    let head = ndjson(&lines);
+    let body = match follower {
+        None => Body::from(head),
+        // Then whatever is appended, until the client goes or the function is removed.
+        Some(f) => Body::from_stream(
+            futures::stream::once(async move { Ok::<_, std::convert::Infallible>(head) }).chain(
+                futures::stream::unfold(f, |mut f| async move {
+                    loop {
+                        tokio::time::sleep(FOLLOW_POLL).await;
+                        let lines = f.poll()?;
+                        if !lines.is_empty() {
+                            return Some((Ok(ndjson(&lines)), f));
+                        }
+                    }
+                }),
+            ),
+        ),
+    };
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body))
 }
 

@@ -42,13 +42,33 @@ impl Client {
         Self { socket }
     }
 
-    /// Sends a request; returns the body of a 2xx answer, or the error the daemon gave.
-    pub async fn call(
+    /// Sends a GET and hands each piece of a 2xx answer's body to `each` as it arrives (a
+    /// followed log); returns when the daemon ends the answer.
+    pub async fn stream(&self, path: &str, mut each: impl FnMut(&[u8])) -> Result<(), ClientError> {
+        let resp = self.send(Method::GET, path, None).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await?.to_bytes();
+            return Err(ClientError::Status {
+                status,
+                message: String::from_utf8_lossy(&bytes).trim().to_owned(),
+            });
+        }
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                each(data);
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<Bytes, ClientError> {
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Connect {
@@ -65,7 +85,17 @@ impl Client {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .expect("request parts are valid");
-        let resp = sender.send_request(req).await?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// Sends a request; returns the body of a 2xx answer, or the error the daemon gave.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let resp = self.send(method, path, body).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if status.is_success() {

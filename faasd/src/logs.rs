@@ -37,6 +37,42 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// Reads the lines appended to a function's log since the last poll.
+#[derive(Debug)]
+pub struct Follower {
+    path: PathBuf,
+    offset: u64,
+    instance: Option<String>,
+}
+
+impl Follower {
+    /// New complete lines (a partly written one waits for the next poll); `None` once the
+    /// log is gone (the function was removed).
+    pub fn poll(&mut self) -> Option<Vec<LogLine>> {
+        let mut f = File::open(&self.path).ok()?;
+        let len = f.metadata().ok()?.len();
+        if len < self.offset {
+            // Rotated: the new file starts from the beginning.
+            self.offset = 0;
+        }
+        if len == self.offset {
+            return Some(Vec::new());
+        }
+        f.seek(SeekFrom::Start(self.offset)).ok()?;
+        let mut buf = Vec::new();
+        f.take(len - self.offset).read_to_end(&mut buf).ok()?;
+        let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        self.offset += complete as u64;
+        Some(
+            String::from_utf8_lossy(&buf[..complete])
+                .lines()
+                .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
+                .filter(|l| self.instance.as_ref().is_none_or(|i| *i == l.instance))
+                .collect(),
+        )
+    }
+}
+
 /// The log of one function.
 #[derive(Debug, Clone)]
 pub struct FunctionLog {
@@ -114,6 +150,15 @@ impl FunctionLog {
             lines.drain(..lines.len().saturating_sub(t));
         }
         lines
+    }
+
+    /// Where new lines will be read from by [`Follower::poll`]: the end of the log now.
+    pub fn follow(&self, instance: Option<String>) -> Follower {
+        Follower {
+            path: self.path.clone(),
+            offset: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
+            instance,
+        }
     }
 
     /// Deletes the log files.

@@ -107,6 +107,9 @@ enum Command {
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
+        /// Keep printing new lines as they come (Ctrl-C ends).
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Images in containerd, for functions deployed with --image.
     #[command(subcommand)]
@@ -726,19 +729,29 @@ async fn run_client(client: Client, cmd: Command) -> Result<()> {
             use std::io::Write;
             std::io::stdout().write_all(&out)?;
         }
-        Command::Logs { name, ns, tail } => {
+        Command::Logs {
+            name,
+            ns,
+            tail,
+            follow,
+        } => {
             let tail = tail.map(|t| format!("&tail={t}")).unwrap_or_default();
-            let body = client
-                .call(
-                    Method::GET,
-                    &format!("/system/logs?name={name}&{}{tail}", ns_query(&ns)),
-                    None,
-                )
-                .await?;
-            for line in String::from_utf8_lossy(&body).lines() {
-                let l: LogLine = serde_json::from_str(line)?;
-                println!("{} {} {}", l.timestamp, l.instance, l.text);
-            }
+            let path = format!(
+                "/system/logs?name={name}&{}{tail}&follow={follow}",
+                ns_query(&ns)
+            );
+            // Lines may arrive split across pieces of the answer: print whole ones.
+            let mut pending = Vec::new();
+            let mut print = |data: &[u8]| {
+                pending.extend_from_slice(data);
+                while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=i).collect();
+                    if let Ok(l) = serde_json::from_slice::<LogLine>(&line) {
+                        println!("{} {} {}", l.timestamp, l.instance, l.text);
+                    }
+                }
+            };
+            client.stream(&path, &mut print).await?;
         }
         Command::Image(_) => {
             unreachable!("handled without the daemon")

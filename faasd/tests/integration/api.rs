@@ -296,3 +296,47 @@ fn metrics_parse_for_promtool_and_move_with_traffic() {
         .collect();
     assert!(unexpected.is_empty(), "promtool: {said}");
 }
+
+#[test]
+fn logs_follow_streams_new_lines_and_since_filters() {
+    require_privileges!();
+    let ns = Netns::new("logs-follow");
+    let d = Daemon::start(&ns);
+    let addr = d.deploy_hello("chatty", &[]);
+    // Nothing has happened at this time or later.
+    let later = humantime::format_rfc3339(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+    );
+    let (code, body) = d.api(
+        "GET",
+        &format!("/system/logs?name=chatty&since={later}"),
+        "",
+    );
+    assert_eq!((code, body.trim()), (200, ""));
+    let (code, body) = d.api("GET", "/system/logs?name=chatty&since=yesterday", "");
+    assert_eq!(code, 400, "{body}");
+    // A followed answer stays open and carries what the function writes afterwards.
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    write!(
+        s,
+        "GET /system/logs?name=chatty&follow=true HTTP/1.1\r\nHost: faasd\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let (code, _) = ns
+        .run(|| crate::harness::http_get(std::net::SocketAddr::from((addr, 8080))))
+        .unwrap();
+    assert_eq!(code, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = String::new();
+    while !seen.contains("hello: instance") {
+        assert!(std::time::Instant::now() < deadline, "followed log: {seen}");
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = s.read(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    assert!(seen.contains("application/x-ndjson"), "{seen}");
+}
