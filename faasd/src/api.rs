@@ -367,19 +367,22 @@ async fn logs(
     let head = ndjson(&lines);
     let body = match follower {
         None => Body::from(head),
-        // Then whatever is appended, until the client goes or the function is removed.
+        // Then whatever is appended, until the client goes.
+        // An empty piece would read as the end of a chunked answer: the head goes only when
+        // there is one.
         Some(f) => Body::from_stream(
-            futures::stream::once(async move { Ok::<_, std::convert::Infallible>(head) }).chain(
-                futures::stream::unfold(f, |mut f| async move {
-                    loop {
-                        tokio::time::sleep(FOLLOW_POLL).await;
-                        let lines = f.poll()?;
-                        if !lines.is_empty() {
-                            return Some((Ok(ndjson(&lines)), f));
-                        }
+            futures::stream::iter(
+                (!head.is_empty()).then_some(Ok::<_, std::convert::Infallible>(head)),
+            )
+            .chain(futures::stream::unfold(f, |mut f| async move {
+                loop {
+                    tokio::time::sleep(FOLLOW_POLL).await;
+                    let lines = f.poll();
+                    if !lines.is_empty() {
+                        return Some((Ok(ndjson(&lines)), f));
                     }
-                }),
-            ),
+                }
+            })),
         ),
     };
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body))

@@ -45,7 +45,9 @@ impl Client {
     /// Sends a GET and hands each piece of a 2xx answer's body to `each` as it arrives (a
     /// followed log); returns when the daemon ends the answer.
     pub async fn stream(&self, path: &str, mut each: impl FnMut(&[u8])) -> Result<(), ClientError> {
-        let resp = self.send(Method::GET, path, None).await?;
+        // The request's sender lives as long as the answer is read: dropped, it lets the
+        // connection end the answer early.
+        let (_sender, resp) = self.send(Method::GET, path, None).await?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
@@ -68,7 +70,13 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+            hyper::Response<hyper::body::Incoming>,
+        ),
+        ClientError,
+    > {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Connect {
@@ -85,7 +93,8 @@ impl Client {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .expect("request parts are valid");
-        Ok(sender.send_request(req).await?)
+        let resp = sender.send_request(req).await?;
+        Ok((sender, resp))
     }
 
     /// Sends a request; returns the body of a 2xx answer, or the error the daemon gave.
@@ -95,7 +104,7 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, ClientError> {
-        let resp = self.send(method, path, body).await?;
+        let (_sender, resp) = self.send(method, path, body).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if status.is_success() {

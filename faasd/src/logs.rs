@@ -46,9 +46,13 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// New complete lines (a partly written one waits for the next poll); `None` once the
-    /// log is gone (the function was removed).
-    pub fn poll(&mut self) -> Option<Vec<LogLine>> {
+    /// New complete lines (a partly written one waits for the next poll); none while the
+    /// log does not exist (nothing written yet, or a moment of rotation).
+    pub fn poll(&mut self) -> Vec<LogLine> {
+        self.read_new().unwrap_or_default()
+    }
+
+    fn read_new(&mut self) -> Option<Vec<LogLine>> {
         let mut f = File::open(&self.path).ok()?;
         let len = f.metadata().ok()?.len();
         if len < self.offset {

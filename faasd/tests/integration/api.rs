@@ -339,4 +339,41 @@ fn logs_follow_streams_new_lines_and_since_filters() {
         }
     }
     assert!(seen.contains("application/x-ndjson"), "{seen}");
+
+    // `faasd logs -f` on a function that has written nothing yet (its log does not
+    // exist) waits for the first lines rather than ending.
+    let quiet = d.deploy_hello("quiet", &[]);
+    let mut cli = std::process::Command::new(crate::harness::faasd_bin())
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["logs", "-f", "quiet"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(cli.try_wait().unwrap().is_none(), "logs -f ended at once");
+    let (code, _) = ns
+        .run(|| crate::harness::http_get(std::net::SocketAddr::from((quiet, 8080))))
+        .unwrap();
+    assert_eq!(code, 200);
+    // Should the lines never come, this ends the wait (the read below sees the end).
+    let pid = cli.id() as i32;
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(15));
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let mut out = std::io::BufReader::new(cli.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut got = String::new();
+    while !got.contains("hello: instance") {
+        line.clear();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
+            break;
+        }
+        got.push_str(&line);
+    }
+    let _ = cli.kill();
+    let _ = cli.wait();
+    assert!(got.contains("hello: instance"), "logs -f printed: {got}");
 }
