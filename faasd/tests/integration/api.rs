@@ -225,8 +225,18 @@ fn metrics_parse_for_promtool_and_move_with_traffic() {
         .run(|| crate::harness::http_get(std::net::SocketAddr::from((addr, 8080))))
         .unwrap();
     assert_eq!(code, 200);
-    let (code, text) = d.api("GET", "/metrics", "");
-    assert_eq!(code, 200);
+    // The activation's latency is published just after the instance starts: wait for it.
+    let labels = "function=\"counted\",namespace=\"openfaas-fn\"";
+    let count_line = format!("faasd_function_activation_seconds_count{{{labels}}} 1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let text = loop {
+        let (code, text) = d.api("GET", "/metrics", "");
+        assert_eq!(code, 200);
+        if text.lines().any(|l| l == count_line) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let value = |series: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(series))
@@ -234,7 +244,6 @@ fn metrics_parse_for_promtool_and_move_with_traffic() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {series} in\n{text}"))
     };
-    let labels = "function=\"counted\",namespace=\"openfaas-fn\"";
     assert_eq!(
         value(&format!("faasd_function_activations_total{{{labels}}}")),
         1.0
