@@ -13,6 +13,7 @@ use axum::{
     routing::{any, get, post},
 };
 use futures::StreamExt;
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
@@ -86,6 +87,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/system/status", get(status))
         .route("/function/{target}", any(invoke_root))
         .route("/function/{target}/{*rest}", any(invoke_path))
+        .route("/async-function/{target}", any(invoke_async_root))
+        .route("/async-function/{target}/{*rest}", any(invoke_async_path))
         .with_state(daemon)
 }
 
@@ -398,6 +401,84 @@ async fn invoke_root(
     req: Request,
 ) -> ApiResult<Response> {
     invoke(d, target, String::new(), req).await
+}
+
+async fn invoke_async_root(
+    State(d): State<Arc<Daemon>>,
+    Path(target): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    invoke_async(d, target, String::new(), req).await
+}
+
+async fn invoke_async_path(
+    State(d): State<Arc<Daemon>>,
+    Path((target, rest)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    invoke_async(d, target, rest, req).await
+}
+
+/// Accepts a call with 202 and makes it in the background (see [`crate::asynccall`]).
+async fn invoke_async(
+    d: Arc<Daemon>,
+    target: String,
+    rest: String,
+    req: Request,
+) -> ApiResult<Response> {
+    let (name, ns) = match target.split_once('.') {
+        Some((n, ns)) => (n.to_owned(), Some(ns.to_owned())),
+        None => (target, None),
+    };
+    validate_label("function name", &name)?;
+    let ns = namespace(ns)?;
+    // Refuse now what would fail later: an unknown function is a 404 here.
+    d.get(&ns, &name).await?;
+    let callback = req
+        .headers()
+        .get("x-callback-url")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| SpecError(format!("reading the body: {e}")))?
+        .to_bytes();
+    let id = crate::asynccall::call_id();
+    let call_id = id.clone();
+    tokio::spawn(async move {
+        let _slot = crate::asynccall::slot().await;
+        let started = std::time::Instant::now();
+        let req = Request::from_parts(parts, Body::from(body));
+        let (status, body) = match call(&d, &ns, &name, rest, req).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                (status, body)
+            }
+            Err(e) => (502, Bytes::from(e.to_string())),
+        };
+        let outcome = crate::asynccall::Outcome {
+            status,
+            body,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        d.record_invocation(&ns, &name, status, outcome.seconds)
+            .await;
+        if let Some(url) = callback {
+            let function = format!("{name}.{ns}");
+            if let Err(e) = crate::asynccall::callback(&url, &call_id, &function, &outcome).await {
+                tracing::warn!("async call {call_id} to {function}: callback failed: {e}");
+            }
+        }
+    });
+    Ok((StatusCode::ACCEPTED, [("x-call-id", id)]).into_response())
 }
 
 async fn invoke_path(

@@ -16,6 +16,7 @@
 
 pub mod activation;
 pub mod api;
+pub mod asynccall;
 pub mod auth;
 pub mod client;
 pub mod config;

@@ -389,10 +389,21 @@ impl<'a> Daemon<'a> {
 
     /// Sends a raw HTTP request to the API socket; returns (status, body).
     pub fn api(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.api_with_headers(method, path, "", body)
+    }
+
+    /// As [`Daemon::api`], with extra header lines (each ending in CRLF).
+    pub fn api_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &str,
+    ) -> (u16, String) {
         let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: faasd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: faasd\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
