@@ -130,11 +130,11 @@ pub struct FunctionState {
 
 /// Upper bounds (seconds) of the activation latency buckets: processes start in
 /// milliseconds, containers in tens of milliseconds.
-pub const ACTIVATION_BUCKETS: &[f64] = &[
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A latency histogram over [`ACTIVATION_BUCKETS`] (counts per bucket, not cumulative).
+/// A latency histogram over [`LATENCY_BUCKETS`] (counts per bucket, not cumulative).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Histogram {
@@ -149,13 +149,13 @@ pub struct Histogram {
 impl Histogram {
     /// Records one observation.
     pub fn observe(&mut self, seconds: f64) {
-        if self.buckets.len() != ACTIVATION_BUCKETS.len() + 1 {
-            self.buckets = vec![0; ACTIVATION_BUCKETS.len() + 1];
+        if self.buckets.len() != LATENCY_BUCKETS.len() + 1 {
+            self.buckets = vec![0; LATENCY_BUCKETS.len() + 1];
         }
-        let i = ACTIVATION_BUCKETS
+        let i = LATENCY_BUCKETS
             .iter()
             .position(|b| seconds <= *b)
-            .unwrap_or(ACTIVATION_BUCKETS.len());
+            .unwrap_or(LATENCY_BUCKETS.len());
         self.buckets[i] += 1;
         self.count += 1;
         self.sum_seconds += seconds;
@@ -566,11 +566,10 @@ impl Task {
                 ));
             }
         }
-        let (output, out_w) =
-            Output::create(output_path(&self.a.config.runtime_dir, &self.a.spec, &id))
-                .map_err(|e| format!("creating the output file: {e}"))?;
-        let user = s.user.as_deref().unwrap_or(&self.a.config.user);
         let output_file = output_path(&self.a.config.runtime_dir, &self.a.spec, &id);
+        let (output, out_w) = Output::create(output_file.clone())
+            .map_err(|e| format!("creating the output file: {e}"))?;
+        let user = s.user.as_deref().unwrap_or(&self.a.config.user);
         let launch = Launch {
             instance: &id,
             output: &output_file,

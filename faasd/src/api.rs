@@ -445,7 +445,8 @@ async fn invoke_async(
         .await
         .map_err(|e| SpecError(format!("reading the body: {e}")))?
         .to_bytes();
-    let id = crate::asynccall::call_id();
+    let id = crate::asynccall::call_id()
+        .map_err(|e| DaemonError::Internal(format!("making a call id: {e}")))?;
     let call_id = id.clone();
     tokio::spawn(async move {
         let _slot = crate::asynccall::slot().await;

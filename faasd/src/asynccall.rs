@@ -16,11 +16,9 @@ pub const MAX_RUNNING: usize = 64;
 static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_RUNNING);
 
 /// A new call id: 16 random bytes, hex.
-pub fn call_id() -> String {
-    let mut b = [0u8; 16];
-    // SAFETY: getrandom writes at most b.len() bytes into b.
-    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    b.iter().map(|x| format!("{x:02x}")).collect()
+pub fn call_id() -> std::io::Result<String> {
+    let b = crate::store::random_bytes::<16>()?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// Waits for a free slot; the permit frees it when dropped.

@@ -4,11 +4,7 @@
 //! it; `/function/*`, `/async-function/*`, `/healthz` and `/metrics` stay open. The unix
 //! socket needs none: its permissions are the guard.
 
-use std::{
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use axum::{
     extract::{Request, State},
@@ -17,6 +13,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine;
+
+use crate::store::{random_bytes, write_private};
 
 /// The user OpenFaaS names its administrator.
 pub const USER: &str = "admin";
@@ -37,19 +35,6 @@ pub struct Credentials {
     expected: String,
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 impl Credentials {
     /// Reads the password, or makes one (24 characters from 144 random bits).
     pub fn load_or_create(state_dir: &Path) -> Result<Self, AuthError> {
@@ -63,15 +48,10 @@ impl Credentials {
             Ok(p) => p.trim().to_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(&dir).map_err(err)?;
-                let mut raw = [0u8; 18];
-                // SAFETY: getrandom writes at most raw.len() bytes into raw.
-                let n = unsafe { libc::getrandom(raw.as_mut_ptr().cast(), raw.len(), 0) };
-                if n != raw.len() as isize {
-                    return Err(err(std::io::Error::last_os_error()));
-                }
+                let raw = random_bytes::<18>().map_err(err)?;
                 let p = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-                write_private(&dir.join("basic-auth-user"), USER).map_err(err)?;
-                write_private(&path, &p).map_err(err)?;
+                write_private(&dir.join("basic-auth-user"), USER.as_bytes()).map_err(err)?;
+                write_private(&path, p.as_bytes()).map_err(err)?;
                 tracing::info!("generated the API password: {}", path.display());
                 p
             }

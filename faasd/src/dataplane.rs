@@ -138,6 +138,7 @@ pub struct Dataplane {
     policy_allow: LpmTrie<MapData, PolicySource, u8>,
     policy_deny: LpmTrie<MapData, PolicySource, u8>,
     policy_drops: PerCpuArray<MapData, u64>,
+    xdp_stats: PerCpuArray<MapData, u64>,
     /// The XDP programs attached by this daemon (detached when dropped), and where.
     xdp: Vec<(String, Ebpf)>,
 }
@@ -257,6 +258,8 @@ impl Dataplane {
                 .map_err(map_err(names::POLICY_DENY))?,
             policy_drops: PerCpuArray::try_from(Map::PerCpuArray(pinned(names::POLICY_DROPS)?))
                 .map_err(map_err(names::POLICY_DROPS))?,
+            xdp_stats: PerCpuArray::try_from(Map::PerCpuArray(pinned(names::XDP_STATS)?))
+                .map_err(map_err(names::XDP_STATS))?,
             xdp: Vec::new(),
         })
     }
@@ -303,6 +306,8 @@ impl Dataplane {
                 .map_err(map_err(names::POLICY_DENY))?,
             policy_drops: PerCpuArray::try_from(take(names::POLICY_DROPS)?)
                 .map_err(map_err(names::POLICY_DROPS))?,
+            xdp_stats: PerCpuArray::try_from(take(names::XDP_STATS)?)
+                .map_err(map_err(names::XDP_STATS))?,
             xdp: Vec::new(),
         })
     }
@@ -478,20 +483,12 @@ impl Dataplane {
     }
 
     fn xdp_counter(&self, c: XdpCounter) -> u64 {
-        MapData::from_pin(self.pin_dir.join(names::XDP_STATS))
-            .ok()
-            .and_then(|m| PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(m)).ok())
-            .and_then(|a| a.get(&(c as u32), 0).ok())
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
+        per_cpu_sum(&self.xdp_stats, c as u32)
     }
 
     /// Lookups of a slot the policy refused, summed over CPUs.
     pub fn policy_drops(&self, slot: u32) -> u64 {
-        self.policy_drops
-            .get(&slot, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
+        per_cpu_sum(&self.policy_drops, slot)
     }
 
     /// Empties a socket slot and drops its policy (the binding, if any, is left alone).
@@ -524,10 +521,7 @@ impl Dataplane {
     }
 
     fn global(&self, c: GlobalCounter) -> u64 {
-        self.global_stats
-            .get(&(c as u32), 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
+        per_cpu_sum(&self.global_stats, c as u32)
     }
 
     /// A summary for `faasd status`.
@@ -546,6 +540,11 @@ impl Dataplane {
             xdp_dropped_policy: self.xdp_counter(XdpCounter::DroppedPolicy),
         }
     }
+}
+
+/// An entry of a per-CPU counter array, summed over CPUs (0 if it cannot be read).
+fn per_cpu_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 
 fn nr_cpus() -> usize {

@@ -439,8 +439,10 @@ async fn run_daemon(args: DaemonArgs, inherited: Vec<(String, OwnedFd)>) -> Resu
         .map(|w| w.settings().interface.clone())
         .chain(config.xdp_interfaces.iter().cloned());
     for interface in guarded {
-        let layer3 = net::is_layer3(&interface).await?;
-        dataplane.attach_xdp(&interface, layer3, config.function_prefix)?;
+        let link = net::link(&interface)
+            .await?
+            .ok_or_else(|| format!("XDP: there is no interface {interface} (xdp-interfaces)"))?;
+        dataplane.attach_xdp(&interface, link.layer3, config.function_prefix)?;
     }
     let router = notify::Router::default();
     std::fs::create_dir_all(config.notify_dir())

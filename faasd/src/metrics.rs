@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, fmt::Write};
 
 use crate::{
-    activation::{ACTIVATION_BUCKETS, Histogram},
+    activation::{Histogram, LATENCY_BUCKETS},
     daemon::{FunctionStatus, HostStatus},
     wireguard::PeerStatus,
 };
@@ -64,7 +64,7 @@ impl Out {
 
     fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
         let mut cumulative = 0;
-        for (i, bound) in ACTIVATION_BUCKETS.iter().enumerate() {
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             cumulative += h.buckets.get(i).copied().unwrap_or(0);
             let le = bound.to_string();
             let mut l = labels.to_vec();

@@ -84,8 +84,17 @@ pub enum InterfaceError {
     },
 }
 
-/// The index of interface `name`, if it exists.
-pub async fn link_index(name: &str) -> Result<Option<u32>, NetError> {
+/// What faasd needs to know of an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Its index.
+    pub index: u32,
+    /// It has no link-layer header (a TUN or WireGuard device).
+    pub layer3: bool,
+}
+
+/// Interface `name`, if it exists.
+pub async fn link(name: &str) -> Result<Option<Link>, NetError> {
     let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Connection)?;
     let task = tokio::spawn(conn);
     let found = handle
@@ -97,23 +106,9 @@ pub async fn link_index(name: &str) -> Result<Option<u32>, NetError> {
         .await;
     task.abort();
     // A missing link is an error reply (ENODEV), not an empty answer.
-    Ok(found.ok().flatten().map(|l| l.header.index))
-}
-
-/// Whether interface `name` has no link-layer header (a TUN or WireGuard device).
-pub async fn is_layer3(name: &str) -> Result<bool, NetError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Connection)?;
-    let task = tokio::spawn(conn);
-    let found = handle
-        .link()
-        .get()
-        .match_name(name.to_owned())
-        .execute()
-        .try_next()
-        .await;
-    task.abort();
-    Ok(found.ok().flatten().is_some_and(|l| {
-        l.header.link_layer_type == rtnetlink::packet_route::link::LinkLayerType::None
+    Ok(found.ok().flatten().map(|l| Link {
+        index: l.header.index,
+        layer3: l.header.link_layer_type == rtnetlink::packet_route::link::LinkLayerType::None,
     }))
 }
 

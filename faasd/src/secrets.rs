@@ -4,7 +4,7 @@
 //! `describe`.
 
 use std::{
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
 };
 
@@ -85,21 +85,7 @@ impl Secrets {
             .mode(0o700)
             .create(dir)
             .map_err(io)?;
-        // Created 0600 before the value is written, so no other user ever reads it.
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        std::io::Write::write_all(&mut f, value).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)
+        crate::store::write_private(&path, value).map_err(io)
     }
 
     /// The file of an existing secret.

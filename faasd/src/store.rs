@@ -194,6 +194,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
+/// As [`write_atomic`], for secrets: the file is created mode 0600 before anything is
+/// written to it, so no other user ever reads the bytes.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// `N` random bytes from the kernel (keys, passwords, call ids).
+pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != N as isize {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

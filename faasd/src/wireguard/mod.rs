@@ -16,9 +16,7 @@ pub mod peers;
 pub mod uapi;
 
 use std::{
-    io::Write,
     net::Ipv6Addr,
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -160,20 +158,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// 32 random bytes from the kernel.
-fn random_key() -> std::io::Result<[u8; 32]> {
-    let mut k = [0u8; 32];
-    // SAFETY: getrandom writes at most k.len() bytes into k.
-    let n = unsafe { libc::getrandom(k.as_mut_ptr().cast(), k.len(), 0) };
-    if n != 32 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(k)
-}
-
 /// A new key pair, (private, public), both base64.
 pub fn generate_keypair() -> std::io::Result<(String, String)> {
-    let secret = StaticSecret::from(random_key()?);
+    let secret = StaticSecret::from(crate::store::random_bytes::<32>()?);
     let public = PublicKey::from(&secret);
     Ok((b64(secret.as_bytes()), b64(public.as_bytes())))
 }
@@ -206,18 +193,8 @@ fn host_key(path: &Path) -> Result<StaticSecret, WireGuardError> {
             if let Some(d) = path.parent() {
                 std::fs::create_dir_all(d).map_err(err)?;
             }
-            let k = random_key().map_err(err)?;
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(err)?;
-            f.write_all(b64(&k).as_bytes()).map_err(err)?;
-            f.sync_all().map_err(err)?;
-            std::fs::rename(&tmp, path).map_err(err)?;
+            let k = crate::store::random_bytes::<32>().map_err(err)?;
+            crate::store::write_private(path, b64(&k).as_bytes()).map_err(err)?;
             Ok(StaticSecret::from(k))
         }
         Err(e) => Err(err(e)),
@@ -258,7 +235,7 @@ impl WireGuard {
         let secret = host_key(&state_dir.join("wireguard/private.key"))?;
         let public_key = b64(PublicKey::from(&secret).as_bytes());
         let name = settings.interface.clone();
-        let (backend, device, control) = if crate::net::link_index(&name).await?.is_some() {
+        let (backend, device, control) = if crate::net::link(&name).await?.is_some() {
             let control = Control::Tool {
                 interface: name.clone(),
             };
@@ -279,12 +256,13 @@ impl WireGuard {
             }
         };
         control.configure(secret.as_bytes(), settings.port)?;
-        let index = crate::net::link_index(&name)
+        let index = crate::net::link(&name)
             .await?
             .ok_or_else(|| WireGuardError::Create {
                 interface: name.clone(),
                 reason: "the interface vanished".into(),
-            })?;
+            })?
+            .index;
         let (platform, plen) = faasd_common::plan::PLATFORM_PREFIX;
         crate::net::configure_interface(
             &name,

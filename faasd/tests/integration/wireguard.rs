@@ -28,6 +28,32 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Starts Debian's wireguard-go as interface `name` in `ns` and waits for its control
+/// socket.
+fn wireguard_go(ns: &Netns, name: &str) -> Child {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "wireguard-go", "-f", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !faasd::wireguard::uapi::socket_path(name).exists() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wireguard-go did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// The first of `tools` missing from PATH, if any (the test then skips, saying which).
+fn missing(tools: &[&'static str]) -> Option<&'static str> {
+    tools.iter().copied().find(|t| !have(t))
+}
+
 /// What the test started outside the namespaces: the client's wireguard-go, its control
 /// socket, the namespace's resolv.conf, and the host interface's control socket.
 struct Outside {
@@ -61,11 +87,9 @@ fn names() -> (String, String) {
 #[test]
 fn a_peer_resolves_and_wakes_a_function_through_the_tunnel() {
     crate::require_privileges!();
-    for tool in ["wireguard-go", "wg", "dig", "curl"] {
-        if !have(tool) {
-            eprintln!("skipped: {tool} is missing (cargo xtask setup installs it)");
-            return;
-        }
+    if let Some(tool) = missing(&["wireguard-go", "wg", "dig", "curl"]) {
+        eprintln!("skipped: {tool} is missing (cargo xtask setup installs it)");
+        return;
     }
     let host = Netns::new("wg-host");
     let client = Netns::new("wg-client");
@@ -140,26 +164,7 @@ fn a_peer_resolves_and_wakes_a_function_through_the_tunnel() {
     assert_eq!(address, "fd00:faa5:0:100::2/128");
 
     // The client: wireguard-go in the client namespace, set up the way wg-quick would.
-    outside.client = Some(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &client.name,
-                "wireguard-go",
-                "-f",
-                &client_if,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !faasd::wireguard::uapi::socket_path(&client_if).exists() {
-        assert!(Instant::now() < deadline, "wireguard-go did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    outside.client = Some(wireguard_go(&client, &client_if));
     // `wg setconf` takes the wg-quick file without wg-quick's own keys.
     let setconf: String = config
         .lines()
@@ -234,7 +239,6 @@ fn a_peer_resolves_and_wakes_a_function_through_the_tunnel() {
         String::from_utf8_lossy(&curl.stderr),
         d.log()
     );
-    assert!(body.contains("remote=") || !body.is_empty());
     let s = d.describe("hello");
     assert_eq!(s.state.activations, 1, "the tunnel's connection woke it");
     // XDP on the WireGuard interface: a packet for a function address nobody holds, and
@@ -340,32 +344,18 @@ fn peers_survive_a_restart_and_the_private_key_stays_private() {
 #[test]
 fn an_interface_the_operator_made_is_adopted_and_configured() {
     crate::require_privileges!();
-    for tool in ["wireguard-go", "wg"] {
-        if !have(tool) {
-            eprintln!("skipped: {tool} is missing (cargo xtask setup installs it)");
-            return;
-        }
+    if let Some(tool) = missing(&["wireguard-go", "wg"]) {
+        eprintln!("skipped: {tool} is missing (cargo xtask setup installs it)");
+        return;
     }
     let ns = Netns::new("wg-adopt");
     let (name, _) = names();
     let name = format!("{name}a");
     // What a wg-faas.service running wireguard-go leaves: the interface and its socket.
     let _outside = Outside {
-        client: Some(
-            Command::new("ip")
-                .args(["netns", "exec", &ns.name, "wireguard-go", "-f", &name])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        ),
+        client: Some(wireguard_go(&ns, &name)),
         files: vec![faasd::wireguard::uapi::socket_path(&name)],
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !faasd::wireguard::uapi::socket_path(&name).exists() {
-        assert!(Instant::now() < deadline, "wireguard-go did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let mut d = Daemon::start_with(&ns, &format!("wireguard-interface = \"{name}\"\n"));
     let status = d.cli_ok(&["status"]);
     assert!(status.contains(&format!("{name} (adopted")), "{status}");
