@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::{
     daemon::{Daemon, DaemonError},
-    spec::{DEFAULT_NAMESPACE, Deployment, SpecError, validate_label},
+    spec::{DEFAULT_NAMESPACE, Deployment, SpecError, not_null, validate_label},
 };
 
 impl IntoResponse for DaemonError {
@@ -56,6 +56,20 @@ fn namespace(q: Option<String>) -> ApiResult<String> {
     Ok(ns)
 }
 
+/// The namespace of a request that may name it in the query and in the body (faas-cli
+/// versions differ): the first given, each one checked.
+fn namespace_of(query: Option<String>, body: Option<String>) -> ApiResult<String> {
+    let given = |n: &Option<String>| n.as_ref().is_some_and(|n| !n.is_empty());
+    if given(&query) {
+        if given(&body) {
+            namespace(body)?;
+        }
+        namespace(query)
+    } else {
+        namespace(body)
+    }
+}
+
 /// The router over a running daemon.
 pub fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
@@ -87,8 +101,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/system/status", get(status))
         .route("/function/{target}", any(invoke_root))
         .route("/function/{target}/{*rest}", any(invoke_path))
-        .route("/async-function/{target}", any(invoke_async_root))
-        .route("/async-function/{target}/{*rest}", any(invoke_async_path))
+        .route("/async-function/{target}", post(invoke_async_root))
+        .route("/async-function/{target}/{*rest}", post(invoke_async_path))
         .with_state(daemon)
 }
 
@@ -127,14 +141,14 @@ async fn deploy(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<impl Int
 
 async fn update(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let status = d.deploy(json_body::<Deployment>(&body)?, true).await?;
-    Ok((StatusCode::ACCEPTED, Json(status)))
+    Ok((StatusCode::OK, Json(status)))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct DeleteRequest {
     function_name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     namespace: Option<String>,
 }
 
@@ -145,9 +159,9 @@ async fn remove(
 ) -> ApiResult<impl IntoResponse> {
     let req: DeleteRequest = json_body(&body)?;
     validate_label("function name", &req.function_name)?;
-    let ns = namespace(req.namespace.or(q.namespace))?;
+    let ns = namespace_of(q.namespace, req.namespace)?;
     d.remove(&ns, &req.function_name).await?;
-    Ok(StatusCode::ACCEPTED)
+    Ok(StatusCode::OK)
 }
 
 async fn describe(
@@ -162,10 +176,10 @@ async fn describe(
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ScaleRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     service_name: Option<String>,
     replicas: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     namespace: Option<String>,
 }
 
@@ -178,7 +192,6 @@ async fn scale(
     let req: ScaleRequest = json_body(&body)?;
     validate_label("function name", &name)?;
     if let Some(s) = &req.service_name
-        && !s.is_empty()
         && *s != name
     {
         return Err(SpecError(format!(
@@ -186,7 +199,7 @@ async fn scale(
         ))
         .into());
     }
-    let ns = namespace(q.namespace.or(req.namespace))?;
+    let ns = namespace_of(q.namespace, req.namespace)?;
     d.scale(&ns, &name, req.replicas).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -195,13 +208,13 @@ async fn scale(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SecretRequest {
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     namespace: Option<String>,
     /// Text value.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     value: Option<String>,
     /// Binary value, base64.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     raw_value: Option<String>,
 }
 
@@ -235,7 +248,7 @@ async fn list_secrets(
 
 async fn put_secret(d: &Daemon, q: NsQuery, body: &Bytes, update: bool) -> ApiResult<()> {
     let req: SecretRequest = json_body(body)?;
-    let ns = namespace(req.namespace.clone().or(q.namespace))?;
+    let ns = namespace_of(q.namespace, req.namespace.clone())?;
     d.secrets().put(&ns, &req.name, &req.value()?, update)?;
     Ok(())
 }
@@ -268,11 +281,11 @@ async fn remove_secret(
     #[serde(deny_unknown_fields)]
     struct Req {
         name: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "not_null")]
         namespace: Option<String>,
     }
     let req: Req = json_body(&body)?;
-    let ns = namespace(req.namespace.or(q.namespace))?;
+    let ns = namespace_of(q.namespace, req.namespace)?;
     d.secrets().remove(&ns, &req.name)?;
     Ok(StatusCode::OK)
 }
@@ -324,7 +337,9 @@ async fn namespaces(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
 struct LogsQuery {
     name: String,
     namespace: Option<String>,
-    tail: Option<i64>,
+    /// Lines from the end; negative (faas-cli's -1) for all. Any integer: a count beyond
+    /// the log is the whole log.
+    tail: Option<String>,
     instance: Option<String>,
     /// Keep the answer open and send new lines as they come.
     #[serde(default)]
@@ -359,8 +374,16 @@ async fn logs(
     let after_since = |l: &crate::logs::LogLine| {
         since.is_none_or(|t| humantime::parse_rfc3339_weak(&l.timestamp).is_ok_and(|lt| lt >= t))
     };
-    // faas-cli sends tail=-1 for "all".
-    let tail = q.tail.filter(|t| *t >= 0).map(|t| t as usize);
+    let tail = match q.tail.as_deref().filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) => match t.parse::<i128>() {
+            Ok(n) if n < 0 => None,
+            Ok(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            // Longer than any i128: still a count past the end of the log.
+            Err(_) if t.bytes().all(|b| b.is_ascii_digit()) => Some(usize::MAX),
+            Err(_) => return Err(SpecError(format!("tail: {t:?} is not a whole number")).into()),
+        },
+    };
     let follower = q.follow.then(|| log.follow(q.instance.clone()));
     let mut lines = log.read(q.instance.as_deref(), None);
     lines.retain(after_since);
@@ -544,11 +567,32 @@ async fn call(d: &Daemon, ns: &str, name: &str, rest: String, req: Request) -> A
         header::HOST,
         HeaderValue::from_str(&format!("[{addr}]:{port}")).expect("an address is a valid header"),
     );
-    match sender
-        .send_request(hyper::Request::from_parts(parts, body))
-        .await
-    {
-        Ok(resp) => Ok(resp.map(Body::new)),
-        Err(e) => Ok(bad_gateway(&e)),
+    let answer = sender.send_request(hyper::Request::from_parts(parts, body));
+    tokio::select! {
+        answer = answer => match answer {
+            Ok(resp) => Ok(resp.map(Body::new)),
+            Err(e) => Ok(bad_gateway(&e)),
+        },
+        why = crash_loop(d, ns, name) => Ok(bad_gateway(&why)),
     }
 }
+
+/// Resolves when the function is crash-looping, with why: a call to a function that cannot
+/// start would otherwise wait in its accept queue until the client gives up.
+async fn crash_loop(d: &Daemon, ns: &str, name: &str) -> String {
+    loop {
+        tokio::time::sleep(CRASH_POLL).await;
+        if let Ok(f) = d.get(ns, name).await
+            && f.state.phase == crate::activation::Phase::CrashLoop
+        {
+            return format!(
+                "it cannot start ({}); next attempt in {} ms",
+                f.state.last_error.unwrap_or_default(),
+                f.state.retry_in_ms.unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// How often a call in progress checks whether its function is crash-looping.
+const CRASH_POLL: std::time::Duration = std::time::Duration::from_millis(100);

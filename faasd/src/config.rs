@@ -59,6 +59,9 @@ pub struct Config {
     /// Stop running function instances when the daemon exits (the default leaves them
     /// serving, so a daemon restart does not interrupt them).
     pub stop_functions_on_exit: bool,
+    /// Allow functions without an image: host programs run as `user`. Off, every function
+    /// needs an image (an API caller then cannot start programs on the host).
+    pub process_functions: bool,
     /// Time a function gets between SIGTERM and SIGKILL, unless it sets its own.
     #[serde(with = "humantime_serde_compat")]
     pub stop_timeout: Duration,
@@ -101,6 +104,7 @@ impl Default for Config {
             bpffs: "/sys/fs/bpf".into(),
             cgroup_parent: "faasd".into(),
             stop_functions_on_exit: false,
+            process_functions: true,
             stop_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(30),
             containerd: crate::containerd::DEFAULT_SOCKET.into(),

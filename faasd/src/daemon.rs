@@ -41,11 +41,11 @@ pub enum DaemonError {
     /// The request is invalid (400).
     #[error(transparent)]
     Invalid(#[from] SpecError),
-    /// No such function (404).
-    #[error("function {0} not found")]
+    /// No such function, secret or peer (404).
+    #[error("{0}")]
     NotFound(String),
-    /// The function exists already (409).
-    #[error("function {0} already exists; update it with PUT")]
+    /// It exists already (409).
+    #[error("{0}")]
     Exists(String),
     /// A resource is exhausted: the bindings map or the address prefix (507).
     #[error("{0}")]
@@ -211,6 +211,16 @@ impl std::fmt::Debug for Function {
 }
 
 /// A full map is the operator's to resolve (507); any other map failure is the host's (500).
+impl DaemonError {
+    fn no_function(id: &str) -> Self {
+        Self::NotFound(format!("function {id} not found"))
+    }
+
+    fn function_exists(id: &str) -> Self {
+        Self::Exists(format!("function {id} already exists; update it with PUT"))
+    }
+}
+
 impl From<crate::dataplane::DataplaneError> for DaemonError {
     fn from(e: crate::dataplane::DataplaneError) -> Self {
         match e {
@@ -688,6 +698,15 @@ impl Daemon {
 
     /// Deploys a new function (`update == false`) or replaces one (`update == true`).
     pub async fn deploy(&self, d: Deployment, update: bool) -> Result<FunctionStatus, DaemonError> {
+        if !self.config.process_functions && d.image.as_deref().is_none_or(|i| i.trim().is_empty())
+        {
+            return Err(SpecError(
+                "image: required; this host runs container images only (process-functions = \
+                 false)"
+                    .into(),
+            )
+            .into());
+        }
         let (spec, settings) = FunctionSpec::from_deployment(d)?;
         let id = spec.id();
         let mut functions = self.functions.lock().await;
@@ -695,8 +714,8 @@ impl Daemon {
             .get(&id)
             .map(|f| (f.record.address, f.record.created_at));
         let (address, created_at) = match (existing, update) {
-            (Some(_), false) => return Err(DaemonError::Exists(id)),
-            (None, true) => return Err(DaemonError::NotFound(id)),
+            (Some(_), false) => return Err(DaemonError::function_exists(&id)),
+            (None, true) => return Err(DaemonError::no_function(&id)),
             (Some(e), true) => e,
             (None, false) => {
                 let addr = self.store.allocate_address(self.config.function_prefix)?;
@@ -807,7 +826,7 @@ impl Daemon {
         let mut functions = self.functions.lock().await;
         let f = functions
             .remove(&id)
-            .ok_or_else(|| DaemonError::NotFound(id.clone()))?;
+            .ok_or_else(|| DaemonError::no_function(&id))?;
         self.store.remove(namespace, name).map_err(internal)?;
         if let Some(z) = &self.zone {
             z.remove(name, namespace).await;
@@ -829,7 +848,7 @@ impl Daemon {
         let functions = self.functions.lock().await;
         let f = functions
             .get(&id)
-            .ok_or_else(|| DaemonError::NotFound(id.clone()))?;
+            .ok_or_else(|| DaemonError::no_function(&id))?;
         if replicas > f.settings.max_scale {
             return Err(SpecError(format!(
                 "replicas {replicas} exceeds com.openfaas.scale.max ({})",
@@ -909,7 +928,9 @@ impl Daemon {
     pub async fn get(&self, namespace: &str, name: &str) -> Result<FunctionStatus, DaemonError> {
         let id = format!("{namespace}/{name}");
         let functions = self.functions.lock().await;
-        let f = functions.get(&id).ok_or(DaemonError::NotFound(id))?;
+        let f = functions
+            .get(&id)
+            .ok_or_else(|| DaemonError::no_function(&id))?;
         Ok(self.status_of(f))
     }
 
@@ -923,7 +944,7 @@ impl Daemon {
         let mut functions = self.functions.lock().await;
         let f = functions
             .get_mut(&id)
-            .ok_or(DaemonError::NotFound(id.clone()))?;
+            .ok_or_else(|| DaemonError::no_function(&id))?;
         let port = f
             .settings
             .ports
@@ -971,7 +992,7 @@ impl Daemon {
         let functions = self.functions.lock().await;
         Ok(functions
             .get(&id)
-            .ok_or(DaemonError::NotFound(id))?
+            .ok_or_else(|| DaemonError::no_function(&id))?
             .log
             .clone())
     }

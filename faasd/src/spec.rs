@@ -52,24 +52,36 @@ pub struct Deployment {
     /// Function name (a DNS label).
     pub service: String,
     /// OCI image reference; a function with an image runs in a container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "not_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub image: Option<String>,
     /// Namespace (a DNS label), default `openfaas-fn`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "not_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub namespace: Option<String>,
     /// The command line of a process function; for an image, the command the activation
     /// shim runs instead of the image's own (or, for images that bind their own port, the
     /// `fprocess` of OpenFaaS's watchdog).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "not_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub env_process: Option<String>,
     /// Environment of the function.
     #[serde(default)]
     pub env_vars: BTreeMap<String, String>,
-    /// Labels (OpenFaaS scaling labels are read from here).
-    #[serde(default)]
+    /// Labels (OpenFaaS scaling labels are read from here); `null` reads as none.
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub labels: BTreeMap<String, String>,
-    /// Annotations (faasd's own settings are read from here).
-    #[serde(default)]
+    /// Annotations (faasd's own settings are read from here); `null` reads as none.
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub annotations: BTreeMap<String, String>,
     /// Secrets mounted into a container at `/var/openfaas/secrets/<name>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -84,11 +96,39 @@ pub struct Deployment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<serde_json::Value>,
     /// Read-only root filesystem; a container setting.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "not_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub read_only_root_filesystem: Option<bool>,
     /// Registry credentials; a container setting.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "not_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub registry_auth: Option<String>,
+    /// Docker Swarm's network; deprecated in the spec and ignored by every provider.
+    #[serde(default, deserialize_with = "not_null", skip_serializing)]
+    pub network: Option<String>,
+}
+
+/// An optional field that, when given, must hold a value: the spec marks these fields
+/// non-nullable, so `null` is refused rather than read as absent.
+pub(crate) fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// A map that may come as `null` (the spec marks labels and annotations nullable).
+fn null_is_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    Ok(Option::deserialize(d)?.unwrap_or_default())
 }
 
 /// Transport of a function socket.
@@ -185,6 +225,7 @@ impl FunctionSpec {
         let namespace = d
             .namespace
             .clone()
+            .filter(|n| !n.is_empty())
             .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
         validate_label("namespace", &namespace)?;
         d.namespace = Some(namespace.clone());

@@ -262,11 +262,13 @@ fn test(args: &[String]) -> Result {
     // it is stopped when `ctr` goes out of scope, pass or fail.
     let ctr = containerd::Containerd::private(&root().join("target/containerd"), "test")?;
     image::build_and_import(&root().join("target/debug/faasd"), &ctr.socket)?;
+    let schemathesis = setup::schemathesis()?;
     step("running every test (unit and privileged integration tests)");
     run(cargo()
         .arg("test")
         .args(&extra)
-        .env("FAASD_TEST_CONTAINERD", &ctr.socket))?;
+        .env("FAASD_TEST_CONTAINERD", &ctr.socket)
+        .env("FAASD_TEST_SCHEMATHESIS", &schemathesis))?;
     drop(ctr);
     if lint {
         step("cargo clippy -D warnings");

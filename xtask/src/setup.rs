@@ -53,7 +53,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("dnsperf", "benchmark: DNS queries per second"),
     ("prometheus", "promtool: the tests check /metrics with it"),
+    (
+        "python3-venv",
+        "the contract test's schemathesis is installed in a venv",
+    ),
 ];
+
+/// The schemathesis release the contract test is known to work with.
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The rustup toolchain name faasd's build script asks aya-build for.
@@ -82,6 +89,34 @@ pub fn ensure() -> Result {
     bpf_toolchain()?;
     bpffs()?;
     Ok(())
+}
+
+/// Installs schemathesis (PyPI) into a venv kept between runs; returns its `st`.
+pub fn schemathesis() -> Result<PathBuf> {
+    let venv = PathBuf::from(format!(
+        "/var/cache/faasd-xtask/schemathesis-{SCHEMATHESIS_VERSION}"
+    ));
+    let st = venv.join("bin/st");
+    let have = Command::new(&st)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(SCHEMATHESIS_VERSION));
+    if have {
+        println!("    ✓ schemathesis {SCHEMATHESIS_VERSION}");
+        return Ok(st);
+    }
+    step(&format!(
+        "installing schemathesis {SCHEMATHESIS_VERSION} (PyPI) into {}",
+        venv.display()
+    ));
+    let _ = std::fs::remove_dir_all(&venv);
+    crate::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    crate::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")),
+    )?;
+    Ok(st)
 }
 
 fn installed(pkg: &str) -> bool {

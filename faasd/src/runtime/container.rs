@@ -244,8 +244,8 @@ impl ContainerRuntime {
         let listener = match delivery {
             Delivery::Sockets => {
                 let path = dir.join("handoff.sock");
-                let l = std::os::unix::net::UnixListener::bind(&path)
-                    .map_err(io("binding the handoff socket"))?;
+                let l =
+                    bind_long(&dir, "handoff.sock").map_err(io("binding the handoff socket"))?;
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
                     .map_err(io("opening the handoff socket to the container's user"))?;
                 binds.push(Bind {
@@ -606,4 +606,15 @@ impl Runtime for ContainerRuntime {
             _ => None,
         }
     }
+}
+
+/// Binds a unix socket named `name` in `dir` however long the directory's path: a socket
+/// address holds 107 bytes, and an instance directory named after a 63-character function
+/// goes past that. The directory is reached through its descriptor in /proc instead.
+fn bind_long(dir: &Path, name: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
+    let dir = std::fs::File::open(dir)?;
+    std::os::unix::net::UnixListener::bind(format!(
+        "/proc/self/fd/{}/{name}",
+        std::os::fd::AsRawFd::as_raw_fd(&dir)
+    ))
 }

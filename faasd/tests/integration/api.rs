@@ -28,7 +28,7 @@ fn openfaas_routes_answer_as_faas_cli_expects() {
     assert_eq!(d.api("PUT", "/system/functions", &body).0, 404);
     assert_eq!(d.api("POST", "/system/functions", &body).0, 202);
     assert_eq!(d.api("POST", "/system/functions", &body).0, 409);
-    assert_eq!(d.api("PUT", "/system/functions", &body).0, 202);
+    assert_eq!(d.api("PUT", "/system/functions", &body).0, 200);
 
     let (code, list) = d.api("GET", "/system/functions", "");
     assert_eq!(code, 200);
@@ -71,7 +71,7 @@ fn openfaas_routes_answer_as_faas_cli_expects() {
             r#"{"functionName":"api-fn"}"#
         )
         .0,
-        202
+        200
     );
     assert_eq!(
         d.api(

@@ -7,6 +7,7 @@ mod harness;
 mod activation;
 mod api;
 mod containers;
+mod contract;
 mod dataplane;
 mod dns;
 mod policy;
