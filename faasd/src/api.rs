@@ -364,15 +364,17 @@ async fn logs(
 ) -> ApiResult<impl IntoResponse> {
     validate_label("function name", &q.name)?;
     let log = d.log(&namespace(q.namespace)?, &q.name).await?;
+    let rfc3339 =
+        |s: &str| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339);
     let since = match q.since.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(
-            humantime::parse_rfc3339_weak(s)
+            rfc3339(s)
                 .map_err(|e| SpecError(format!("since: {s:?} is not an RFC 3339 time ({e})")))?,
         ),
     };
     let after_since = |l: &crate::logs::LogLine| {
-        since.is_none_or(|t| humantime::parse_rfc3339_weak(&l.timestamp).is_ok_and(|lt| lt >= t))
+        since.is_none_or(|t| rfc3339(&l.timestamp).is_ok_and(|lt| lt >= t))
     };
     let tail = match q.tail.as_deref().filter(|t| !t.is_empty()) {
         None => None,
