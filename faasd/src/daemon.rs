@@ -934,6 +934,21 @@ impl Daemon {
         Ok(self.status_of(f))
     }
 
+    /// The namespaces in use: the default one and every one that holds a function or a
+    /// secret (a namespace comes into being with its first function or secret).
+    pub async fn namespaces(&self) -> Result<Vec<String>, DaemonError> {
+        let mut set: std::collections::BTreeSet<String> = self
+            .functions
+            .lock()
+            .await
+            .values()
+            .map(|f| f.record.spec.namespace.clone())
+            .collect();
+        set.extend(self.secrets.namespaces()?);
+        set.insert(crate::spec::DEFAULT_NAMESPACE.into());
+        Ok(set.into_iter().collect())
+    }
+
     /// Address and first TCP port of a function, counting an invocation.
     pub async fn invocation_target(
         &self,

@@ -100,19 +100,18 @@ impl Secrets {
 
     /// The names of a namespace's secrets, sorted.
     pub fn list(&self, namespace: &str) -> Result<Vec<String>, SecretError> {
-        let dir = self.dir.join(namespace);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(SecretError::Io { path: dir, source }),
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| validate_label("secret", n).is_ok())
-            .collect();
-        names.sort();
-        Ok(names)
+        labels_in(&self.dir.join(namespace))
+    }
+
+    /// The namespaces that hold at least one secret, sorted.
+    pub fn namespaces(&self) -> Result<Vec<String>, SecretError> {
+        let mut out = Vec::new();
+        for ns in labels_in(&self.dir)? {
+            if !self.list(&ns)?.is_empty() {
+                out.push(ns);
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes a secret.
@@ -120,6 +119,27 @@ impl Secrets {
         let path = self.file(namespace, name)?;
         std::fs::remove_file(&path).map_err(|source| SecretError::Io { path, source })
     }
+}
+
+/// The entries of `dir` named like DNS labels (none when it does not exist), sorted.
+fn labels_in(dir: &Path) -> Result<Vec<String>, SecretError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(SecretError::Io {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| validate_label("entry", n).is_ok())
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 #[cfg(test)]

@@ -203,6 +203,23 @@ pub fn hello_bin() -> String {
     hello.to_string_lossy().into_owned()
 }
 
+/// The faasd CLI with none of the caller's settings: an OPENFAAS_URL in the environment of
+/// whoever runs the tests must not send them to a real faasd.
+fn cli_command() -> Command {
+    let mut cmd = Command::new(faasd_bin());
+    for var in [
+        "OPENFAAS_URL",
+        "OPENFAAS_CONFIG",
+        "FAASD_USER",
+        "FAASD_PASSWORD",
+        "FAASD_SOCKET",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
 /// A faasd daemon running in a test namespace.
 pub struct Daemon<'a> {
     pub ns: &'a Netns,
@@ -312,11 +329,10 @@ impl<'a> Daemon<'a> {
 
     /// Runs the faasd CLI against this daemon; returns stdout, or stderr on failure.
     pub fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(faasd_bin())
+        let out = cli_command()
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
-            .stdin(Stdio::null())
             .output()
             .unwrap();
         if out.status.success() {
@@ -324,6 +340,22 @@ impl<'a> Daemon<'a> {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+
+    /// Runs the faasd CLI inside the test namespace (to reach a TCP API there) with extra
+    /// environment variables; returns whether it succeeded, stdout and stderr.
+    pub fn remote_cli(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+        let mut cmd = cli_command();
+        cmd.args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = self.ns.spawn(&mut cmd).wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn cli_ok(&self, args: &[&str]) -> String {
