@@ -126,6 +126,21 @@ pub struct FunctionState {
     /// Every activation's latency, first connection seen → instance ready.
     #[serde(default)]
     pub activation_seconds: Histogram,
+    /// The same activations split in their two phases.
+    #[serde(default)]
+    pub activation_phases: ActivationPhases,
+}
+
+/// An activation's phases, each a histogram.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivationPhases {
+    /// Connection seen → the function's program running: faasd and the runtime (for a
+    /// container: containerd creating and starting the task, the shim handing over).
+    pub runtime: Histogram,
+    /// Program running → ready (READY=1, or at once for functions that do not notify):
+    /// the function's own start.
+    pub init: Histogram,
 }
 
 /// Upper bounds (seconds) of the activation latency buckets: processes start in
@@ -189,6 +204,8 @@ pub struct Handle {
     pub tx: mpsc::UnboundedSender<Command>,
     /// Latest state.
     pub state: Arc<Mutex<FunctionState>>,
+    /// The function's sockets, in `settings.ports` order (for their queue statistics).
+    pub sockets: Arc<Vec<AsyncFd<OwnedFd>>>,
 }
 
 /// An instance from a previous daemon that is still serving; its sockets were recovered.
@@ -296,14 +313,16 @@ pub fn spawn(mut a: Activation) -> std::io::Result<Handle> {
         retry_in_ms: None,
         last_activation: None,
         activation_seconds: Histogram::default(),
+        activation_phases: ActivationPhases::default(),
     };
     let state = Arc::new(Mutex::new(snapshot.clone()));
     let adopted = std::mem::take(&mut a.adopted);
     let fingerprint = a.spec.fingerprint();
+    let sockets = Arc::new(sockets);
     let mut task = Task {
         target: a.settings.min_scale,
         a,
-        sockets: Arc::new(sockets),
+        sockets: sockets.clone(),
         instances: HashMap::new(),
         draining: None,
         crash_streak: 0,
@@ -323,7 +342,7 @@ pub fn spawn(mut a: Activation) -> std::io::Result<Handle> {
     }
     task.target = task.target.max(task.instances.len() as u32);
     tokio::spawn(task.run(cmd_rx, notice_rx, exit_rx));
-    Ok(Handle { tx, state })
+    Ok(Handle { tx, state, sockets })
 }
 
 /// Resolves when one of the sockets has a connection or datagram waiting.
@@ -674,9 +693,16 @@ impl Task {
     fn mark_ready(&mut self) {
         if let Some(mut t) = self.activating.take() {
             t.ready_ns = monotonic_ns();
-            self.snapshot
-                .activation_seconds
-                .observe(t.ready_ns.saturating_sub(t.requested_ns) as f64 / 1e9);
+            let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e9;
+            let s = &mut self.snapshot;
+            s.activation_seconds
+                .observe(seconds(t.requested_ns, t.ready_ns));
+            s.activation_phases
+                .runtime
+                .observe(seconds(t.requested_ns, t.running_ns));
+            s.activation_phases
+                .init
+                .observe(seconds(t.running_ns, t.ready_ns));
             self.snapshot.last_activation = Some(t);
         }
     }

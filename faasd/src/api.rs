@@ -104,7 +104,34 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/function/{target}/{*rest}", any(invoke_path))
         .route("/async-function/{target}", post(invoke_async_root))
         .route("/async-function/{target}/{*rest}", post(invoke_async_path))
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.clone(),
+            count_request,
+        ))
         .with_state(daemon)
+}
+
+/// Counts every answered request for `provider_http_requests_total`, by route template.
+async fn count_request(
+    State(d): State<Arc<Daemon>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("other", |p| p.as_str())
+        .to_owned();
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    d.http_stats().record(
+        resp.status().as_u16(),
+        method.as_str(),
+        &route,
+        started.elapsed().as_secs_f64(),
+    );
+    resp
 }
 
 /// Prometheus text format.

@@ -111,6 +111,15 @@ pub struct PortCounters {
     /// Lookups the function's source policy refused.
     #[serde(default)]
     pub policy_drops: u64,
+    /// What waits on the socket now, and what it dropped (from the kernel, not eBPF).
+    #[serde(default)]
+    pub queued: u64,
+    /// Its accept queue's limit (TCP).
+    #[serde(default)]
+    pub queue_limit: u64,
+    /// Connections (TCP) or datagrams (UDP) dropped because its queue was full.
+    #[serde(default)]
+    pub queue_drops: u64,
 }
 
 /// `faasd status`.
@@ -195,6 +204,7 @@ pub struct Daemon {
     containers: Arc<ContainerHost>,
     secrets: Secrets,
     zone: Option<Arc<crate::dns::Zone>>,
+    http: crate::metrics::HttpStats,
     wireguard: Option<Arc<crate::wireguard::WireGuard>>,
     router: notify::Router,
     cgroup_root: Option<PathBuf>,
@@ -311,6 +321,7 @@ impl Daemon {
         let daemon = Arc::new(Self {
             secrets: Secrets::new(&config.state_dir),
             zone,
+            http: Default::default(),
             wireguard,
             config,
             store,
@@ -875,12 +886,19 @@ impl Daemon {
             .ports
             .iter()
             .zip(&f.bindings)
-            .map(|(p, (_, slot))| {
+            .enumerate()
+            .map(|(i, (p, (_, slot)))| {
                 let SlotCounters {
                     lookups,
                     steered,
                     no_socket,
                 } = dp.slot_counters(*slot);
+                let queue = f
+                    .handle
+                    .sockets
+                    .get(i)
+                    .and_then(|s| crate::sockets::queue_stats(s.get_ref()).ok())
+                    .unwrap_or_default();
                 PortCounters {
                     name: p.name.clone(),
                     slot: *slot,
@@ -888,6 +906,9 @@ impl Daemon {
                     steered,
                     no_socket,
                     policy_drops: dp.policy_drops(*slot),
+                    queued: queue.queued,
+                    queue_limit: queue.limit,
+                    queue_drops: queue.drops,
                 }
             })
             .collect();
@@ -998,7 +1019,23 @@ impl Daemon {
             .as_ref()
             .and_then(|w| w.peer_status().ok())
             .unwrap_or_default();
-        crate::metrics::render(&host, &functions, &peers)
+        let dns = self
+            .zone
+            .as_ref()
+            .map(|z| z.query_counts())
+            .unwrap_or_default();
+        crate::metrics::render(&crate::metrics::Sources {
+            host: &host,
+            functions: &functions,
+            peers: &peers,
+            dns: &dns,
+            http: &self.http,
+        })
+    }
+
+    /// The API's request counters.
+    pub fn http_stats(&self) -> &crate::metrics::HttpStats {
+        &self.http
     }
 
     /// A function's log.

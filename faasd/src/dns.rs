@@ -11,6 +11,7 @@
 //! `wg-faas`, which may come up after faasd.
 
 use std::{
+    collections::BTreeMap,
     net::{Ipv6Addr, SocketAddr},
     path::PathBuf,
     sync::Arc,
@@ -19,10 +20,15 @@ use std::{
 
 use hickory_server::{
     Server,
-    proto::rr::{
-        LowerName, Name, RData, Record, RecordType, RrKey,
-        rdata::{AAAA, NS, SOA},
+    net::runtime::Time,
+    proto::{
+        op::ResponseCode,
+        rr::{
+            LowerName, Name, RData, Record, RecordType, RrKey,
+            rdata::{AAAA, NS, SOA},
+        },
     },
+    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
     store::in_memory::InMemoryZoneHandler,
     zone_handler::{AxfrPolicy, Catalog, ZoneType},
 };
@@ -60,6 +66,7 @@ pub enum DnsError {
 /// The zone and what keeps it current.
 pub struct Zone {
     handler: Arc<InMemoryZoneHandler>,
+    queries: Arc<QueryCounts>,
     origin: Name,
     host: Ipv6Addr,
     state: tokio::sync::Mutex<ZoneState>,
@@ -116,6 +123,7 @@ impl Zone {
         let serial = now.max(stored.wrapping_add(1));
         Self {
             handler: Arc::new(handler),
+            queries: Arc::default(),
             origin,
             host,
             state: tokio::sync::Mutex::new(ZoneState {
@@ -258,13 +266,18 @@ impl Zone {
         }
     }
 
+    /// Queries answered so far: (query type, response code) → count.
+    pub fn query_counts(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        self.queries.0.lock().expect("query counts lock").clone()
+    }
+
     /// Starts answering on `addrs` (UDP and TCP on each) and on `inherited`, sockets
     /// systemd passed (each served as what it is: datagram or stream).
     pub async fn serve(
         &self,
         addrs: &[SocketAddr],
         inherited: Vec<std::os::fd::OwnedFd>,
-    ) -> Result<Server<Catalog>, DnsError> {
+    ) -> Result<Server<Counted>, DnsError> {
         {
             let state = self.state.lock().await;
             self.write_apex(state.serial).await;
@@ -272,7 +285,10 @@ impl Zone {
         }
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&self.origin), vec![self.handler.clone()]);
-        let mut server = Server::new(catalog);
+        let mut server = Server::new(Counted {
+            catalog,
+            queries: self.queries.clone(),
+        });
         for fd in inherited {
             let addr = crate::sockets::local_addr(&fd)
                 .map(SocketAddr::V6)
@@ -311,6 +327,81 @@ impl Zone {
             );
         }
         Ok(server)
+    }
+}
+
+/// Answered queries by type and response code. Both labels come from fixed lists, so a
+/// client sending odd types cannot grow the series without bound.
+#[derive(Debug, Default)]
+struct QueryCounts(std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>);
+
+/// The catalog, counting what it answers.
+pub struct Counted {
+    catalog: Catalog,
+    queries: Arc<QueryCounts>,
+}
+
+impl std::fmt::Debug for Counted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counted").finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Counted {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        let kind = request
+            .queries
+            .queries()
+            .first()
+            .map_or("none", |q| query_type(q.query_type()));
+        let info = self
+            .catalog
+            .handle_request::<R, T>(request, response_handle)
+            .await;
+        *self
+            .queries
+            .0
+            .lock()
+            .expect("query counts lock")
+            .entry((kind, response_code(info.response_code)))
+            .or_default() += 1;
+        info
+    }
+}
+
+fn query_type(t: RecordType) -> &'static str {
+    match t {
+        RecordType::A => "A",
+        RecordType::AAAA => "AAAA",
+        RecordType::ANY => "ANY",
+        RecordType::CNAME => "CNAME",
+        RecordType::HTTPS => "HTTPS",
+        RecordType::MX => "MX",
+        RecordType::NS => "NS",
+        RecordType::PTR => "PTR",
+        RecordType::SOA => "SOA",
+        RecordType::SRV => "SRV",
+        RecordType::SVCB => "SVCB",
+        RecordType::TXT => "TXT",
+        RecordType::AXFR => "AXFR",
+        _ => "other",
+    }
+}
+
+fn response_code(c: ResponseCode) -> &'static str {
+    match c {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        _ => "other",
     }
 }
 

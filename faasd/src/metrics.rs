@@ -3,13 +3,53 @@
 //! OpenFaaS dashboards already use (`gateway_…`). Labels are bounded: one series per
 //! function, socket, peer or HTTP status, never per connection or client address.
 
-use std::{collections::BTreeMap, fmt::Write};
+use std::{collections::BTreeMap, fmt::Write, sync::Mutex};
 
 use crate::{
     activation::{Histogram, LATENCY_BUCKETS},
     daemon::{FunctionStatus, HostStatus},
     wireguard::PeerStatus,
 };
+
+/// The API's own requests, OpenFaaS's `provider_http_request…` series: by status, method
+/// and route template (`/system/function/{name}`), so their number is bounded.
+#[derive(Debug, Default)]
+pub struct HttpStats(Mutex<BTreeMap<(u16, &'static str, String), Histogram>>);
+
+impl HttpStats {
+    /// Records one answered request.
+    pub fn record(&self, code: u16, method: &str, route: &str, seconds: f64) {
+        const METHODS: &[&str] = &[
+            "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+        ];
+        let method = METHODS.iter().find(|m| **m == method).unwrap_or(&"other");
+        self.0
+            .lock()
+            .expect("http stats lock")
+            .entry((code, method, route.to_owned()))
+            .or_default()
+            .observe(seconds);
+    }
+
+    fn snapshot(&self) -> BTreeMap<(u16, &'static str, String), Histogram> {
+        self.0.lock().expect("http stats lock").clone()
+    }
+}
+
+/// Everything `/metrics` reports, gathered by the daemon.
+#[derive(Debug)]
+pub struct Sources<'a> {
+    /// Host and data plane.
+    pub host: &'a HostStatus,
+    /// Every function.
+    pub functions: &'a [FunctionMetrics],
+    /// WireGuard peers.
+    pub peers: &'a [PeerStatus],
+    /// DNS queries answered: (type, response code) → count.
+    pub dns: &'a BTreeMap<(&'static str, &'static str), u64>,
+    /// The API's requests.
+    pub http: &'a HttpStats,
+}
 
 /// What `/metrics` needs of one function.
 #[derive(Debug)]
@@ -80,12 +120,19 @@ impl Out {
 }
 
 /// Renders every series.
-pub fn render(host: &HostStatus, functions: &[FunctionMetrics], peers: &[PeerStatus]) -> String {
+pub fn render(src: &Sources<'_>) -> String {
+    let Sources {
+        host,
+        functions,
+        peers,
+        dns,
+        http,
+    } = *src;
     let mut o = Out(String::new());
     let d = &host.dataplane;
 
     // Per function socket, from the sk_lookup program's per-CPU counters.
-    let socket_series: [SocketSeries; 4] = [
+    let socket_series: [SocketSeries; 7] = [
         (
             "faasd_socket_lookups_total",
             "Connections and datagrams for the socket's address, port and protocol.",
@@ -106,9 +153,29 @@ pub fn render(host: &HostStatus, functions: &[FunctionMetrics], peers: &[PeerSta
             "Lookups the function's source policy refused.",
             |c| c.policy_drops,
         ),
+        (
+            "faasd_socket_queue_overflows_total",
+            "What the socket dropped because its queue was full: connections beyond the accept backlog (TCP), datagrams beyond the receive buffer (UDP).",
+            |c| c.queue_drops,
+        ),
+        (
+            "faasd_socket_queued",
+            "What waits on the socket now: connections in the accept queue (TCP), bytes in the receive queue (UDP).",
+            |c| c.queued,
+        ),
+        (
+            "faasd_socket_queue_limit",
+            "The accept queue's limit, the listen backlog (TCP).",
+            |c| c.queue_limit,
+        ),
     ];
     for (name, help, get) in socket_series {
-        o.family(name, "counter", help);
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        o.family(name, kind, help);
         for f in functions {
             let s = &f.status;
             for (c, p) in s.counters.iter().zip(&s.ports) {
@@ -211,6 +278,40 @@ pub fn render(host: &HostStatus, functions: &[FunctionMetrics], peers: &[PeerSta
         );
     }
 
+    o.family(
+        "faasd_function_activation_phase_seconds",
+        "histogram",
+        "Activation latency by phase: runtime (connection seen to the program running) and init (running to ready).",
+    );
+    for f in functions {
+        let s = &f.status;
+        let phases = &s.state.activation_phases;
+        for (phase, h) in [("runtime", &phases.runtime), ("init", &phases.init)] {
+            o.histogram(
+                "faasd_function_activation_phase_seconds",
+                &[
+                    ("function", &s.name),
+                    ("namespace", &s.namespace),
+                    ("phase", phase),
+                ],
+                h,
+            );
+        }
+    }
+
+    o.family(
+        "faasd_dns_queries_total",
+        "counter",
+        "Queries the .faas zone answered, by query type and response code.",
+    );
+    for ((kind, rcode), n) in dns {
+        o.sample(
+            "faasd_dns_queries_total",
+            &[("type", kind), ("rcode", rcode)],
+            n,
+        );
+    }
+
     // WireGuard peers.
     o.family(
         "faasd_wireguard_peer_handshake_age_seconds",
@@ -286,6 +387,35 @@ pub fn render(host: &HostStatus, functions: &[FunctionMetrics], peers: &[PeerSta
             "gateway_functions_seconds",
             &[("function_name", &n)],
             &f.invocation_seconds,
+        );
+    }
+
+    // The API's own requests, as OpenFaaS's providers export them.
+    let requests = http.snapshot();
+    o.family(
+        "provider_http_requests_total",
+        "counter",
+        "API requests by status code, method and route (OpenFaaS).",
+    );
+    for ((code, method, path), h) in &requests {
+        let code = code.to_string();
+        o.sample(
+            "provider_http_requests_total",
+            &[("code", &code), ("method", method), ("path", path)],
+            h.count,
+        );
+    }
+    o.family(
+        "provider_http_request_duration_seconds",
+        "histogram",
+        "API request durations by status code, method and route (OpenFaaS).",
+    );
+    for ((code, method, path), h) in &requests {
+        let code = code.to_string();
+        o.histogram(
+            "provider_http_request_duration_seconds",
+            &[("code", &code), ("method", method), ("path", path)],
+            h,
         );
     }
     o.0

@@ -178,6 +178,63 @@ pub fn pending(fd: &impl AsRawFd) -> bool {
     unsafe { libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLIN != 0 }
 }
 
+/// What waits on a function socket, as the kernel counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Connections in the accept queue (TCP); bytes in the receive queue (UDP).
+    pub queued: u64,
+    /// The accept queue's limit, the listen backlog (TCP; 0 for UDP).
+    pub limit: u64,
+    /// What the socket dropped because its queue was full: SYNs beyond the backlog (TCP),
+    /// datagrams beyond the receive buffer (UDP). Counted since the socket was made.
+    pub drops: u64,
+}
+
+/// The queue of a listening TCP or a UDP socket: TCP_INFO of a listener carries the
+/// accept queue's length and limit, SO_MEMINFO the socket's drop counter.
+pub fn queue_stats(fd: &impl AsRawFd) -> io::Result<QueueStats> {
+    // SO_MEMINFO fills one u32 per SK_MEMINFO_* index; DROPS is the last of them.
+    let mut meminfo = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+    let mut len = size_of_val(&meminfo) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the array.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            meminfo.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    let drops = u64::from(meminfo[libc::SK_MEMINFO_DROPS as usize]);
+    if !is_stream(fd)? {
+        return Ok(QueueStats {
+            queued: u64::from(meminfo[libc::SK_MEMINFO_RMEM_ALLOC as usize]),
+            limit: 0,
+            drops,
+        });
+    }
+    // SAFETY: tcp_info is plain old data; zeroed is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    })?;
+    // For a listener the kernel reports the accept queue in these two fields.
+    Ok(QueueStats {
+        queued: u64::from(info.tcpi_unacked),
+        limit: u64::from(info.tcpi_sacked),
+        drops,
+    })
+}
+
 /// The local address a socket is bound to, if it is an IPv6 socket.
 pub fn local_addr(fd: &impl AsRawFd) -> io::Result<SocketAddrV6> {
     // SAFETY: getsockname fills at most `len` bytes of our zeroed struct.

@@ -217,8 +217,20 @@ fn the_tcp_api_asks_for_basic_auth_on_system_routes_only() {
 fn metrics_parse_for_promtool_and_move_with_traffic() {
     require_privileges!();
     let ns = Netns::new("metrics");
-    let d = Daemon::start(&ns);
+    let d = Daemon::start_with(&ns, "dns = [\"[::1]:5353\"]\n");
     let addr = d.deploy_hello("counted", &[]);
+    // Two DNS answers: one name that exists, one that does not.
+    for name in ["counted.faas", "missing.faas"] {
+        let out = ns
+            .spawn(
+                Command::new("dig")
+                    .args(["@::1", "-p", "5353", "+short", "AAAA", name])
+                    .stdout(std::process::Stdio::piped()),
+            )
+            .wait_with_output()
+            .expect("dig runs");
+        assert!(out.status.success(), "dig {name}");
+    }
     let (code, _) = d.api("POST", "/function/counted", "hi");
     assert_eq!(code, 200);
     let (code, _) = ns
@@ -269,6 +281,41 @@ fn metrics_parse_for_promtool_and_move_with_traffic() {
         value("gateway_service_count{function_name=\"counted.openfaas-fn\"}"),
         1.0
     );
+    // The activation's phases add up to the whole.
+    let phase = |p: &str| {
+        value(&format!(
+            "faasd_function_activation_phase_seconds_sum{{{labels},phase=\"{p}\"}}"
+        ))
+    };
+    let whole = value(&format!(
+        "faasd_function_activation_seconds_sum{{{labels}}}"
+    ));
+    assert!(
+        (phase("runtime") + phase("init") - whole).abs() < 1e-6,
+        "runtime {} + init {} != {whole}",
+        phase("runtime"),
+        phase("init")
+    );
+    assert_eq!(
+        value("faasd_dns_queries_total{type=\"AAAA\",rcode=\"NOERROR\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("faasd_dns_queries_total{type=\"AAAA\",rcode=\"NXDOMAIN\"}"),
+        1.0
+    );
+    // The API's own requests, by route template: the deploy went through the socket.
+    assert!(
+        value(
+            "provider_http_requests_total{code=\"202\",method=\"POST\",path=\"/system/functions\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            "provider_http_requests_total{code=\"200\",method=\"POST\",path=\"/function/{target}\"}"
+        ),
+        1.0
+    );
     // The format itself, checked by Prometheus's own tool when it is there.
     if Command::new("promtool").arg("--version").output().is_err() {
         eprintln!("promtool missing (Debian's prometheus package): format not checked");
@@ -304,6 +351,53 @@ fn metrics_parse_for_promtool_and_move_with_traffic() {
         })
         .collect();
     assert!(unexpected.is_empty(), "promtool: {said}");
+}
+
+#[test]
+fn accept_queue_depth_and_overflows_are_reported() {
+    require_privileges!();
+    let ns = Netns::new("queue");
+    let d = Daemon::start_with(&ns, "backlog = 2\n");
+    // An instance that holds the socket and never accepts: connections pile up.
+    d.cli_ok(&[
+        "deploy",
+        "stuck",
+        "--command",
+        "/bin/sleep 60",
+        "-l",
+        "com.openfaas.scale.min=1",
+    ]);
+    d.wait_for("stuck", "its instance", |s| s.available_replicas == 1);
+    let addr = d.describe("stuck").address;
+    // More connections than the backlog holds: the extra SYNs are dropped.
+    let _pending: Vec<std::net::TcpStream> = ns.run(|| {
+        (0..8)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from((addr, 8080)),
+                    std::time::Duration::from_millis(200),
+                )
+                .ok()
+            })
+            .collect()
+    });
+    let (_, text) = d.api("GET", "/metrics", "");
+    let value = |series: &str| -> u64 {
+        let prefix =
+            format!("{series}{{function=\"stuck\",namespace=\"openfaas-fn\",socket=\"http\"");
+        text.lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    };
+    assert_eq!(value("faasd_socket_queue_limit"), 2);
+    assert!(value("faasd_socket_queued") >= 1, "{text}");
+    assert!(value("faasd_socket_queue_overflows_total") >= 1, "{text}");
+    // describe shows the same numbers.
+    let c = &d.describe("stuck").counters[0];
+    assert_eq!(c.queue_limit, 2);
+    assert!(c.queued >= 1 && c.queue_drops >= 1, "{c:?}");
 }
 
 #[test]
