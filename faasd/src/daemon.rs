@@ -867,6 +867,16 @@ impl Daemon {
             ))
             .into());
         }
+        // Zero is scale to zero, always allowed (the next connection starts the function
+        // again); between zero and the minimum is a mistake.
+        if replicas != 0 && replicas < f.settings.min_scale {
+            return Err(SpecError(format!(
+                "replicas {replicas} is below com.openfaas.scale.min ({}): scale to 0 to stop \
+                 it, or lower the label (faasd deploy --update) to run fewer",
+                f.settings.min_scale
+            ))
+            .into());
+        }
         if f.settings.accept.is_some() {
             return Err(SpecError(
                 "an accept-mode function runs one instance per connection; it cannot be scaled"

@@ -3,7 +3,7 @@
 //!
 //! | key (annotation unless noted) | meaning | default |
 //! |---|---|---|
-//! | `com.openfaas.scale.min` (label) | instances started at deploy and kept running | 0 |
+//! | `com.openfaas.scale.min` (label) | instances started at deploy and kept running; lower bound for `scale`, except 0 (scale to zero) | 0 |
 //! | `com.openfaas.scale.max` (label) | upper bound for `scale` | 20 |
 //! | `com.openfaas.scale.zero` (label) | stop the function when idle | false |
 //! | `com.openfaas.scale.zero-duration` (label) | idle time before stopping | 15m |

@@ -145,6 +145,27 @@ fn bad_input_gets_a_400_that_says_what_is_wrong() {
     );
     let e = d.cli(&["scale", "ghost", "1"]).unwrap_err();
     assert!(e.contains("not found"), "{e}");
+    // Scaling stays within com.openfaas.scale.min and .max; zero is always allowed.
+    d.deploy_hello(
+        "bounded",
+        &[
+            "-l",
+            "com.openfaas.scale.min=2",
+            "-l",
+            "com.openfaas.scale.max=3",
+        ],
+    );
+    for (replicas, expect) in [
+        ("1", "below com.openfaas.scale.min (2)"),
+        ("4", "exceeds com.openfaas.scale.max (3)"),
+    ] {
+        let e = d.cli(&["scale", "bounded", replicas]).unwrap_err();
+        assert!(e.contains(expect), "{replicas}: {e}");
+    }
+    d.cli_ok(&["scale", "bounded", "3"]);
+    d.wait_for("bounded", "three instances", |s| s.available_replicas == 3);
+    d.cli_ok(&["scale", "bounded", "0"]);
+    d.wait_for("bounded", "scale to zero", |s| s.replicas == 0);
 }
 
 /// One request to the TCP API in the namespace; (status, headers and body).

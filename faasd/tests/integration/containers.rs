@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::{Daemon, Netns, http_get, http_get_path, instance_of};
+use crate::harness::{Daemon, Netns, ctr, http_get, http_get_path, instance_of};
 
 /// The containerd the tests use, or `None` (the test then skips with a message).
 fn containerd() -> Option<PathBuf> {
@@ -31,26 +31,9 @@ macro_rules! require_containerd {
     };
 }
 
-/// `ctr` in faasd's containerd namespace.
-fn ctr(socket: &PathBuf, args: &[&str]) -> String {
-    let out = Command::new("ctr")
-        .arg("--address")
-        .arg(socket)
-        .args(["--namespace", "faasd"])
-        .args(args)
-        .output()
-        .expect("ctr runs");
-    assert!(
-        out.status.success(),
-        "ctr {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Containers, tasks, snapshots and leases in containerd that belong to function `name`
 /// (instance ids start with the function's name and the daemon's pid).
-fn leftovers(socket: &PathBuf, name: &str, daemon_pid: i32) -> Vec<String> {
+fn leftovers(socket: &Path, name: &str, daemon_pid: i32) -> Vec<String> {
     let prefix = format!("{name}-{daemon_pid}-");
     let mut found = Vec::new();
     for (what, args) in [

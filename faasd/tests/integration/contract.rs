@@ -10,7 +10,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use crate::harness::{Daemon, Netns};
+use crate::harness::{Daemon, Netns, ctr};
 
 /// The seed of the generated inputs: fixed, so a failure repeats; FAASD_CONTRACT_SEED
 /// explores others.
@@ -47,17 +47,15 @@ fn openfaas_spec_holds_for_generated_requests() {
     );
     // What the spec's examples name: an image (the sample image under that name) and a
     // secret.
-    let ctr = Command::new("ctr")
-        .arg("--address")
-        .arg(&containerd)
-        .args(["--namespace", "faasd", "images", "tag", "--force"])
-        .args(["localhost/hello:latest", EXAMPLE_IMAGE])
-        .output()
-        .expect("ctr runs");
-    assert!(
-        ctr.status.success(),
-        "ctr images tag: {}",
-        String::from_utf8_lossy(&ctr.stderr)
+    ctr(
+        Path::new(&containerd),
+        &[
+            "images",
+            "tag",
+            "--force",
+            "localhost/hello:latest",
+            EXAMPLE_IMAGE,
+        ],
     );
     d.cli_ok(&[
         "secret",
@@ -88,6 +86,7 @@ fn openfaas_spec_holds_for_generated_requests() {
         .spawn(&mut cmd)
         .wait_with_output()
         .expect("schemathesis runs");
+    let pid = d.pid();
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -100,6 +99,14 @@ fn openfaas_spec_holds_for_generated_requests() {
          {report}\ndaemon log:\n{}",
         d.log()
     );
+    // Stopping the daemon stopped what the run started in containerd (instance ids carry
+    // the daemon's pid).
+    let left = ctr(Path::new(&containerd), &["containers", "ls", "-q"]);
+    let mine: Vec<&str> = left
+        .lines()
+        .filter(|id| id.contains(&format!("-{pid}-")))
+        .collect();
+    assert!(mine.is_empty(), "containers left behind: {mine:?}");
     // A run that tested nothing would pass too: make sure it went through every operation
     // (the spec's 20, less /system/alert, plus the invocation methods openfaas.py declares).
     assert!(

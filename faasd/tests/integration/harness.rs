@@ -510,3 +510,20 @@ pub fn wait_gone(pid: i32, secs: u64, why: impl Fn() -> String) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `ctr` in faasd's containerd namespace.
+pub fn ctr(socket: &Path, args: &[&str]) -> String {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", "faasd"])
+        .args(args)
+        .output()
+        .expect("ctr runs");
+    assert!(
+        out.status.success(),
+        "ctr {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
