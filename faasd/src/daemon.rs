@@ -210,6 +210,7 @@ pub struct Daemon {
     cgroup_root: Option<PathBuf>,
     functions: tokio::sync::Mutex<BTreeMap<String, Function>>,
     slots: Arc<Mutex<Slots>>,
+    service: Arc<crate::systemd::Service>,
 }
 
 impl std::fmt::Debug for Function {
@@ -221,6 +222,11 @@ impl std::fmt::Debug for Function {
 }
 
 /// A full map is the operator's to resolve (507); any other map failure is the host's (500).
+/// The fd store name of a function socket.
+fn fd_name(spec: &FunctionSpec, p: &crate::spec::Port) -> String {
+    crate::systemd::function_fd_name(&spec.namespace, &spec.name, p.port, &p.protocol.to_string())
+}
+
 impl DaemonError {
     fn no_function(id: &str) -> Self {
         Self::NotFound(format!("function {id} not found"))
@@ -298,6 +304,7 @@ impl Daemon {
         runtime: Arc<dyn Runtime>,
         router: notify::Router,
         wireguard: Option<Arc<crate::wireguard::WireGuard>>,
+        service: Arc<crate::systemd::Service>,
     ) -> Result<Arc<Self>, DaemonError> {
         let cgroup_root = cgroup::root();
         if cgroup_root.is_none() {
@@ -332,6 +339,7 @@ impl Daemon {
             cgroup_root,
             functions: tokio::sync::Mutex::default(),
             slots: Arc::default(),
+            service,
         });
         daemon.restore(pinned).await?;
         Ok(daemon)
@@ -393,6 +401,16 @@ impl Daemon {
                 )
             }))
             .await;
+        }
+        // Stored sockets of functions that no longer exist.
+        let left = self
+            .service
+            .stored
+            .lock()
+            .expect("stored sockets lock")
+            .drain_names();
+        for name in left {
+            self.service.manager.remove_fds(&name);
         }
         // Bindings of functions that no longer exist.
         let mut dp = self.dataplane.lock().expect("dataplane lock");
@@ -465,16 +483,30 @@ impl Daemon {
         let (sockets, adopted) = match recovered {
             Some((socks, inst)) => (socks, vec![inst]),
             None => {
+                // A restarted daemon takes back what systemd's fd store kept: connections
+                // queued on those sockets while it was down are still there.
+                let mut stored = self.service.stored.lock().expect("stored sockets lock");
                 let socks = settings
                     .ports
                     .iter()
                     .map(|p| {
-                        sockets::create(record.address, p, self.config.backlog).map_err(|e| {
-                            internal(format!(
-                                "creating socket [{}]:{}/{}: {e}",
-                                record.address, p.port, p.protocol
-                            ))
-                        })
+                        let addr = std::net::SocketAddrV6::new(record.address, p.port, 0, 0);
+                        let kept = recover
+                            .then(|| stored.take(addr, p.protocol == crate::spec::Protocol::Tcp))
+                            .flatten();
+                        kept.map_or_else(
+                            || {
+                                sockets::create(record.address, p, self.config.backlog).map_err(
+                                    |e| {
+                                        internal(format!(
+                                            "creating socket [{}]:{}/{}: {e}",
+                                            record.address, p.port, p.protocol
+                                        ))
+                                    },
+                                )
+                            },
+                            Ok,
+                        )
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 (socks, Vec::new())
@@ -524,6 +556,13 @@ impl Daemon {
             adopted,
         })
         .map_err(internal)?;
+        // Kept in systemd's fd store (when there is one) for the next start.
+        for (p, sock) in settings.ports.iter().zip(handle.sockets.iter()) {
+            self.service.manager.store_fds(
+                &fd_name(&record.spec, p),
+                &[std::os::fd::AsFd::as_fd(sock.get_ref())],
+            );
+        }
         if let Some(ad) = &handle.state.lock().expect("state lock").instances.first() {
             tracing::info!(
                 "{}: adopted running instance {} (pid {})",
@@ -842,6 +881,9 @@ impl Daemon {
         if let Some(z) = &self.zone {
             z.remove(name, namespace).await;
         }
+        for p in &f.settings.ports {
+            self.service.manager.remove_fds(&fd_name(&f.record.spec, p));
+        }
         let log = f.log.clone();
         self.retire(f, true).await;
         log.remove();
@@ -1041,6 +1083,11 @@ impl Daemon {
             dns: &dns,
             http: &self.http,
         })
+    }
+
+    /// Resolves once the daemon's function table is free: it is not stuck.
+    pub async fn alive(&self) {
+        drop(self.functions.lock().await);
     }
 
     /// The API's request counters.

@@ -235,6 +235,16 @@ pub fn queue_stats(fd: &impl AsRawFd) -> io::Result<QueueStats> {
     })
 }
 
+/// The address family of a socket (`AF_UNIX`, `AF_INET6`, …).
+pub fn family(fd: &impl AsRawFd) -> io::Result<libc::c_int> {
+    // SAFETY: sockaddr_storage is plain old data; zeroed is a valid value.
+    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most `len` bytes into the storage.
+    cvt(unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut sa).cast(), &mut len) })?;
+    Ok(libc::c_int::from(sa.ss_family))
+}
+
 /// The local address a socket is bound to, if it is an IPv6 socket.
 pub fn local_addr(fd: &impl AsRawFd) -> io::Result<SocketAddrV6> {
     // SAFETY: getsockname fills at most `len` bytes of our zeroed struct.

@@ -10,12 +10,17 @@ use faasd::{
     lock, net, notify,
     runtime::process::ProcessRuntime,
     store::Store,
+    systemd::{Manager, Service, StoredSockets},
 };
 
 use crate::{DaemonArgs, Result};
 
 /// Runs the daemon until SIGINT or SIGTERM.
-pub async fn run(args: DaemonArgs, inherited: Vec<(String, OwnedFd)>) -> Result<()> {
+pub async fn run(
+    args: DaemonArgs,
+    inherited: Vec<(String, OwnedFd)>,
+    manager: Manager,
+) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             // The DNS server and WireGuard log every query and peer change at info.
@@ -61,6 +66,12 @@ pub async fn run(args: DaemonArgs, inherited: Vec<(String, OwnedFd)>) -> Result<
     }
     config.validate()?;
     let config = Arc::new(config);
+    let (stored, inherited) = StoredSockets::split(inherited);
+    let service = Arc::new(Service {
+        manager,
+        stored: std::sync::Mutex::new(stored),
+    });
+    let status = |s: &str| service.manager.notify(&format!("STATUS={s}"));
 
     std::fs::create_dir_all(&config.runtime_dir)
         .map_err(|e| format!("creating {}: {e}", config.runtime_dir.display()))?;
@@ -81,6 +92,7 @@ pub async fn run(args: DaemonArgs, inherited: Vec<(String, OwnedFd)>) -> Result<
         &format!("this network namespace's data plane ({})", pins.display()),
     )?;
     let store = Store::open(&config.state_dir)?;
+    status("loading the data plane");
     let mut dataplane = Dataplane::open(&config.bpffs)?;
     tracing::info!(
         "data plane {} ({})",
@@ -92,6 +104,9 @@ pub async fn run(args: DaemonArgs, inherited: Vec<(String, OwnedFd)>) -> Result<
         dataplane.status().pin_dir.display()
     );
     net::ensure_local_route(config.function_prefix).await?;
+    if config.wireguard {
+        status("bringing up WireGuard");
+    }
     let wireguard = if config.wireguard {
         let settings = faasd::wireguard::Settings {
             interface: config.wireguard_interface.clone(),
@@ -120,6 +135,7 @@ pub async fn run(args: DaemonArgs, inherited: Vec<(String, OwnedFd)>) -> Result<
     std::fs::create_dir_all(config.notify_dir())
         .map_err(|e| format!("creating {}: {e}", config.notify_dir().display()))?;
     notify::serve(&config.notify_socket(), router.clone())?;
+    status("restoring functions");
     let daemon = Daemon::start(
         config.clone(),
         store,
@@ -127,16 +143,13 @@ pub async fn run(args: DaemonArgs, inherited: Vec<(String, OwnedFd)>) -> Result<
         Arc::new(ProcessRuntime),
         router,
         wireguard,
+        service.clone(),
     )
     .await?;
 
     // Served from here on; the daemon already holds the zone's records. Sockets systemd
-    // passed as `dns` (faasd.socket) take the place of binding the configured addresses.
-    let dns_fds: Vec<_> = inherited
-        .into_iter()
-        .filter(|(name, _)| name == "dns")
-        .map(|(_, fd)| fd)
-        .collect();
+    // passed as `dns` and `api` (faasd.socket) take the place of binding them here.
+    let (dns_fds, api_fds) = by_name(inherited)?;
     let dns_addrs = if dns_fds.is_empty() {
         config.dns.clone()
     } else {
@@ -157,30 +170,57 @@ pub async fn run(args: DaemonArgs, inherited: Vec<(String, OwnedFd)>) -> Result<
         }
         None => None,
     };
-    let app = api::router(daemon.clone());
-    let sock_path = config.api_socket();
-    let _ = std::fs::remove_file(&sock_path);
-    let unix = tokio::net::UnixListener::bind(&sock_path)
-        .map_err(|e| format!("binding the API socket {}: {e}", sock_path.display()))?;
-    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o660))?;
     let mut servers = tokio::task::JoinSet::new();
-    servers.spawn(async move { axum::serve(unix, app.into_make_service()).await });
-    if !config.api.is_empty() {
+    // The unix socket: systemd's (faasd.socket, with its mode and group) or our own.
+    let sock_path = config.api_socket();
+    let own_socket = api_fds.unix.is_empty();
+    let mut unix = api_fds.unix;
+    if own_socket {
+        let _ = std::fs::remove_file(&sock_path);
+        let l = std::os::unix::net::UnixListener::bind(&sock_path)
+            .map_err(|e| format!("binding the API socket {}: {e}", sock_path.display()))?;
+        std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o660))?;
+        unix.push(l);
+    }
+    for l in unix {
+        l.set_nonblocking(true)?;
+        let l = tokio::net::UnixListener::from_std(l)?;
+        let app = api::router(daemon.clone());
+        servers.spawn(async move { axum::serve(l, app.into_make_service()).await });
+    }
+    // TCP: basic auth on /system/*.
+    let mut tcp = api_fds.tcp;
+    for addr in &config.api {
+        if tcp.iter().any(|l| l.local_addr().is_ok_and(|a| a == *addr)) {
+            continue;
+        }
+        // FREEBIND: the default address lives on wg-faas, which may come up later.
+        let l = faasd::sockets::bind_any(*addr, libc::SOCK_STREAM)
+            .map_err(|e| format!("binding the API on {addr}: {e}"))?;
+        tcp.push(l.into());
+    }
+    if !tcp.is_empty() {
         let creds = faasd::auth::Credentials::load_or_create(&config.state_dir)?;
-        for addr in &config.api {
-            // FREEBIND: the default address lives on wg-faas, which may come up later.
-            let l = faasd::sockets::bind_any(*addr, libc::SOCK_STREAM)
-                .and_then(|fd| tokio::net::TcpListener::from_std(fd.into()))
-                .map_err(|e| format!("binding the API on {addr}: {e}"))?;
+        for l in tcp {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tracing::info!("API on {:?} (basic auth on /system)", l.local_addr());
             let app = api::router(daemon.clone()).layer(axum::middleware::from_fn_with_state(
                 creds.clone(),
                 faasd::auth::require,
             ));
             servers.spawn(async move { axum::serve(l, app.into_make_service()).await });
-            tracing::info!("API on {addr} (basic auth on /system)");
         }
     }
+    let functions = daemon.list(None).await.len();
     tracing::info!("faasd ready: API on {}", sock_path.display());
+    service.manager.notify(&format!(
+        "READY=1\nSTATUS=serving {functions} function(s); API on {}",
+        sock_path.display()
+    ));
+    if let Some(every) = service.manager.watchdog() {
+        tokio::spawn(watchdog(daemon.clone(), service.clone(), every));
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -189,10 +229,68 @@ pub async fn run(args: DaemonArgs, inherited: Vec<(String, OwnedFd)>) -> Result<
         r = servers.join_next() => tracing::error!("API server ended: {r:?}"),
     }
     tracing::info!("shutting down");
+    service.manager.notify("STOPPING=1\nSTATUS=stopping");
     daemon.shutdown().await;
     if let Some(w) = &wireguard_at_exit {
         w.close();
     }
-    let _ = std::fs::remove_file(&sock_path);
+    if own_socket {
+        let _ = std::fs::remove_file(&sock_path);
+    }
     Ok(())
+}
+
+/// Listening sockets for the API that systemd passed as `api`.
+#[derive(Default)]
+struct ApiSockets {
+    unix: Vec<std::os::unix::net::UnixListener>,
+    tcp: Vec<std::net::TcpListener>,
+}
+
+/// Sorts what systemd passed: `dns` sockets, `api` sockets; anything else is named in an
+/// error (a unit passing a socket faasd would ignore is a mistake worth stopping for).
+fn by_name(passed: Vec<(String, OwnedFd)>) -> Result<(Vec<OwnedFd>, ApiSockets)> {
+    let mut dns = Vec::new();
+    let mut api = ApiSockets::default();
+    for (name, fd) in passed {
+        match name.as_str() {
+            "dns" => dns.push(fd),
+            "api" => {
+                let family = faasd::sockets::family(&fd)
+                    .map_err(|e| format!("socket `api` from systemd: {e}"))?;
+                match family {
+                    libc::AF_UNIX => api.unix.push(fd.into()),
+                    _ => api.tcp.push(fd.into()),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "systemd passed a socket named {other:?}; faasd takes `api` and `dns` \
+                     (FileDescriptorName= in faasd.socket)"
+                )
+                .into());
+            }
+        }
+    }
+    Ok((dns, api))
+}
+
+/// Tells systemd faasd is alive, as long as the daemon answers: a daemon stuck on its own
+/// state stops the pings and gets restarted.
+async fn watchdog(daemon: Arc<Daemon>, service: Arc<Service>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every / 2);
+    loop {
+        tick.tick().await;
+        if tokio::time::timeout(every / 2, daemon.alive())
+            .await
+            .is_ok()
+        {
+            service.manager.notify("WATCHDOG=1");
+        } else {
+            tracing::error!(
+                "the daemon did not answer within {:?}: no watchdog ping",
+                every / 2
+            );
+        }
+    }
 }

@@ -310,14 +310,17 @@ fn key_value(s: &str) -> std::result::Result<(String, String), String> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Before any thread exists: the protocol's variables are read and removed here.
-    let inherited = match cli.command {
-        Command::Daemon(_) => faasd::systemd::take_listen_fds(),
-        _ => Vec::new(),
+    let (inherited, manager) = match cli.command {
+        Command::Daemon(_) => (
+            faasd::systemd::take_listen_fds(),
+            faasd::systemd::Manager::from_env(),
+        ),
+        _ => Default::default(),
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Daemon(args) => daemon::run(args, inherited).await,
+            Command::Daemon(args) => daemon::run(args, inherited, manager).await,
             Command::Image(cmd) => commands::image(cmd).await,
             cmd => {
                 let client = match &cli.url {
