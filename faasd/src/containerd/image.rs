@@ -15,7 +15,7 @@ use containerd_client::{
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{Containerd, ContainerdError, SNAPSHOTTER};
+use super::{Containerd, ContainerdError, Held, SNAPSHOTTER};
 
 /// Image config label by which an image says its command takes sockets from LISTEN_FDS;
 /// faasd then passes its sockets instead of forwarding to a port the image binds.
@@ -495,6 +495,7 @@ impl Containerd {
         chain: &[String],
     ) -> Result<(), ContainerdError> {
         for (i, (layer, id)) in layers.iter().zip(chain).enumerate() {
+            self.hold(lease, Held::Snapshot(id)).await?;
             if self.snapshot_exists(id).await? {
                 continue;
             }

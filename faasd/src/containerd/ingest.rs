@@ -17,7 +17,7 @@ use containerd_client::{
 use futures::stream::BoxStream;
 
 use super::{
-    Containerd, ContainerdError, SNAPSHOTTER,
+    Containerd, ContainerdError, Held, SNAPSHOTTER,
     image::{Blob, Config, ImageRef, Manifest, chain_ids, host_architecture},
 };
 
@@ -158,6 +158,7 @@ impl Containerd {
         });
         // Layers first, referrers last: whatever is labelled exists when labelled.
         for u in &uploads {
+            self.hold(lease, Held::Content(&u.blob.digest)).await?;
             if !self.has_content(&u.blob.digest).await {
                 let chunks = source.open(&u.blob).await?;
                 self.write_blob(lease, &u.blob, chunks).await?;

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 
 use containerd_client::{
     services::v1::{
-        CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest,
-        containers_client::ContainersClient, content_client::ContentClient,
-        diff_client::DiffClient, images_client::ImagesClient, leases_client::LeasesClient,
-        snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient,
-        version_client::VersionClient,
+        AddResourceRequest, CreateRequest as CreateLeaseRequest,
+        DeleteRequest as DeleteLeaseRequest, Resource, containers_client::ContainersClient,
+        content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
+        leases_client::LeasesClient, snapshots::snapshots_client::SnapshotsClient,
+        tasks_client::TasksClient, version_client::VersionClient,
     },
     tonic::{self, Request, metadata::MetadataValue, transport::Channel},
 };
@@ -149,6 +149,25 @@ impl Containerd {
         }
     }
 
+    /// Puts an existing resource (`content` by digest, or a snapshot by name) under a
+    /// lease, so garbage collection cannot take it between our finding it and our using
+    /// it (say, the layers of an image another client just removed).
+    pub async fn hold(&self, lease: &str, resource: Held<'_>) -> Result<(), ContainerdError> {
+        let (id, kind) = match resource {
+            Held::Content(digest) => (digest.to_owned(), "content".to_owned()),
+            Held::Snapshot(name) => (name.to_owned(), format!("snapshots/{SNAPSHOTTER}")),
+        };
+        let req = AddResourceRequest {
+            id: lease.into(),
+            resource: Some(Resource { id, r#type: kind }),
+        };
+        self.leases()
+            .add_resource(self.request(req))
+            .await
+            .map(drop)
+            .map_err(ContainerdError::rpc("holding content under a lease"))
+    }
+
     /// Deletes a lease and, synchronously, what only it held. A missing lease is not an
     /// error.
     pub async fn delete_lease(&self, id: &str) -> Result<(), ContainerdError> {
@@ -197,4 +216,13 @@ impl Containerd {
     pub fn leases(&self) -> LeasesClient<Channel> {
         LeasesClient::new(self.channel.clone())
     }
+}
+
+/// A resource a lease can hold.
+#[derive(Debug, Clone, Copy)]
+pub enum Held<'a> {
+    /// A blob in the content store, by digest.
+    Content(&'a str),
+    /// A committed snapshot, by name (faasd names them by chain id).
+    Snapshot(&'a str),
 }
