@@ -13,4 +13,5 @@ mod dataplane;
 mod dns;
 mod policy;
 mod restart;
+mod units;
 mod wireguard;

@@ -84,7 +84,9 @@ async fn deploy_stack(client: &Client, a: &DeployArgs, json: bool) -> Result<()>
 /// Runs one command against the daemon; `json` prints the API's answers as they are.
 pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
     match cmd {
-        Command::Daemon(_) | Command::Image(_) => unreachable!("handled by main"),
+        Command::Daemon(_) | Command::Wireguard { .. } | Command::Image(_) => {
+            unreachable!("handled by main")
+        }
         Command::Deploy(a) if a.file.is_some() => deploy_stack(client, &a, json).await?,
         Command::Deploy(a) => {
             let mut limits = serde_json::Map::new();

@@ -15,12 +15,7 @@ use faasd::{
 
 use crate::{DaemonArgs, Result};
 
-/// Runs the daemon until SIGINT or SIGTERM.
-pub async fn run(
-    args: DaemonArgs,
-    inherited: Vec<(String, OwnedFd)>,
-    manager: Manager,
-) -> Result<()> {
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             // The DNS server and WireGuard log every query and peer change at info.
@@ -28,6 +23,52 @@ pub async fn run(
                 .unwrap_or_else(|_| "info,hickory_server=warn,boringtun=warn".into()),
         )
         .init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// `faasd wireguard`: the interface alone, kept up until SIGTERM (wg-faas.service).
+pub async fn wireguard(config: Option<&Path>, manager: Manager) -> Result<()> {
+    init_logging();
+    let config = Config::load(config)?;
+    config.validate()?;
+    let wg =
+        faasd::wireguard::WireGuard::up(wireguard_settings(&config), &config.state_dir).await?;
+    manager.notify(&format!(
+        "READY=1\nSTATUS={} up ({:?}), port {}",
+        config.wireguard_interface,
+        wg.backend(),
+        config.wireguard_port
+    ));
+    stop_signal().await?;
+    manager.notify("STOPPING=1");
+    wg.close();
+    Ok(())
+}
+
+fn wireguard_settings(config: &Config) -> faasd::wireguard::Settings {
+    faasd::wireguard::Settings {
+        interface: config.wireguard_interface.clone(),
+        port: config.wireguard_port,
+        endpoint: config.wireguard_endpoint.clone(),
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(
+    args: DaemonArgs,
+    inherited: Vec<(String, OwnedFd)>,
+    manager: Manager,
+) -> Result<()> {
+    init_logging();
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(d) = args.state_dir {
         config.state_dir = d;
@@ -108,12 +149,7 @@ pub async fn run(
         status("bringing up WireGuard");
     }
     let wireguard = if config.wireguard {
-        let settings = faasd::wireguard::Settings {
-            interface: config.wireguard_interface.clone(),
-            port: config.wireguard_port,
-            endpoint: config.wireguard_endpoint.clone(),
-        };
-        let wg = faasd::wireguard::WireGuard::up(settings, &config.state_dir)
+        let wg = faasd::wireguard::WireGuard::up(wireguard_settings(&config), &config.state_dir)
             .await
             .map_err(|e| format!("{e} (--no-wireguard runs without it)"))?;
         Some(Arc::new(wg))
@@ -222,10 +258,8 @@ pub async fn run(
         tokio::spawn(watchdog(daemon.clone(), service.clone(), every));
     }
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        r = stop_signal() => r?,
         r = servers.join_next() => tracing::error!("API server ended: {r:?}"),
     }
     tracing::info!("shutting down");

@@ -49,6 +49,14 @@ struct Cli {
 enum Command {
     /// Run the daemon.
     Daemon(DaemonArgs),
+    /// Bring up the WireGuard interface (`wireguard-interface`, its key, address, route and
+    /// peers from the daemon's config and state) and keep it up until stopped: what
+    /// wg-faas.service runs, so the tunnel outlives daemon restarts. The daemon adopts it.
+    Wireguard {
+        /// Config file (TOML); default /etc/faasd/config.toml when it exists.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Deploy a function (or update it with --update).
     Deploy(DeployArgs),
     /// List functions.
@@ -315,12 +323,14 @@ fn main() -> std::process::ExitCode {
             faasd::systemd::take_listen_fds(),
             faasd::systemd::Manager::from_env(),
         ),
+        Command::Wireguard { .. } => (Vec::new(), faasd::systemd::Manager::from_env()),
         _ => Default::default(),
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.command {
             Command::Daemon(args) => daemon::run(args, inherited, manager).await,
+            Command::Wireguard { config } => daemon::wireguard(config.as_deref(), manager).await,
             Command::Image(cmd) => commands::image(cmd).await,
             cmd => {
                 let client = match &cli.url {
