@@ -263,12 +263,14 @@ fn test(args: &[String]) -> Result {
     let ctr = containerd::Containerd::private(&root().join("target/containerd"), "test")?;
     image::build_and_import(&root().join("target/debug/faasd"), &ctr.socket)?;
     let schemathesis = setup::schemathesis()?;
+    let nspawn_root = setup::nspawn_root()?;
     step("running every test (unit and privileged integration tests)");
     run(cargo()
         .arg("test")
         .args(&extra)
         .env("FAASD_TEST_CONTAINERD", &ctr.socket)
-        .env("FAASD_TEST_SCHEMATHESIS", &schemathesis))?;
+        .env("FAASD_TEST_SCHEMATHESIS", &schemathesis)
+        .env("FAASD_TEST_NSPAWN_ROOT", &nspawn_root))?;
     drop(ctr);
     if lint {
         step("cargo clippy -D warnings");

@@ -57,7 +57,16 @@ const PACKAGES: &[(&str, &str)] = &[
         "python3-venv",
         "the contract test's schemathesis is installed in a venv",
     ),
+    (
+        "systemd-container",
+        "systemd-nspawn: the systemd test boots a Debian with faasd's units",
+    ),
+    ("debootstrap", "builds that Debian"),
 ];
+
+/// What the systemd test's Debian holds besides a minimal base: systemd to boot, curl to
+/// call functions, iproute2 for `ss`, wireguard-tools for faasd to configure wg-faas.
+const NSPAWN_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,curl,wireguard-tools";
 
 /// The schemathesis release the contract test is known to work with.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
@@ -117,6 +126,42 @@ pub fn schemathesis() -> Result<PathBuf> {
             .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")),
     )?;
     Ok(st)
+}
+
+/// A minimal Debian bookworm for the systemd test, built once with debootstrap and kept
+/// (the test boots it with a volatile overlay, so it stays as built). FAASD_DEBIAN_MIRROR
+/// overrides the mirror.
+pub fn nspawn_root() -> Result<PathBuf> {
+    let root = PathBuf::from("/var/cache/faasd-xtask/nspawn-bookworm");
+    let marker = root.join(".faasd-packages");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == NSPAWN_PACKAGES) {
+        println!(
+            "    ✓ Debian tree for the systemd test ({})",
+            root.display()
+        );
+        return Ok(root);
+    }
+    let mirror = std::env::var("FAASD_DEBIAN_MIRROR")
+        .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+    let building = root.with_extension("partial");
+    step(&format!(
+        "debootstrap: a minimal Debian for the systemd test into {} (about a minute, once)",
+        root.display()
+    ));
+    let _ = std::fs::remove_dir_all(&building);
+    crate::run(
+        Command::new("debootstrap")
+            .args(["--variant=minbase", &format!("--include={NSPAWN_PACKAGES}")])
+            .args(["bookworm"])
+            .arg(&building)
+            .arg(&mirror),
+    )?;
+    std::fs::write(building.join(".faasd-packages"), NSPAWN_PACKAGES)
+        .map_err(|e| format!("marking {}: {e}", building.display()))?;
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::rename(&building, &root)
+        .map_err(|e| format!("moving {} into place: {e}", building.display()))?;
+    Ok(root)
 }
 
 fn installed(pkg: &str) -> bool {
