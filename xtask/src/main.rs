@@ -7,6 +7,7 @@
 //! - `image` builds OCI archives of the sample functions and imports them into containerd.
 
 mod containerd;
+mod dist;
 mod image;
 mod setup;
 
@@ -16,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-const USAGE: &str = "usage: cargo xtask <setup|up|test|bench|image> [args]
+const USAGE: &str = "usage: cargo xtask <setup|up|test|bench|image|dist> [args]
 
   setup          install what is missing: apt packages, bpf-linker, the eBPF toolchain, bpffs
   up             setup, build, run faasd with the sample function (Ctrl-C stops it)
@@ -24,7 +25,9 @@ const USAGE: &str = "usage: cargo xtask <setup|up|test|bench|image> [args]
                  (--no-lint skips fmt and clippy; extra args go to cargo test)
   bench [ARGS]   setup, build release, run the benchmark harness (faasd-bench --help)
   image          build OCI archives of the sample functions (target/images) and import
-                 them into containerd (the system one, or a private one for the tests)";
+                 them into containerd (the system one, or a private one for the tests)
+  dist           build release; target/dist gets the .deb and a directory (and tarball)
+                 with install.sh for hosts without dpkg";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("image") => image_command(),
+        Some("dist") => dist::dist(),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -264,13 +268,21 @@ fn test(args: &[String]) -> Result {
     image::build_and_import(&root().join("target/debug/faasd"), &ctr.socket)?;
     let schemathesis = setup::schemathesis()?;
     let nspawn_root = setup::nspawn_root()?;
+    // The package the systemd test installs: the release one's contents around the debug
+    // binary, uncompressed.
+    let deb = dist::deb(
+        &root().join("target/debug/faasd"),
+        &root().join("target/dist-test"),
+        dist::Compression::Test,
+    )?;
     step("running every test (unit and privileged integration tests)");
     run(cargo()
         .arg("test")
         .args(&extra)
         .env("FAASD_TEST_CONTAINERD", &ctr.socket)
         .env("FAASD_TEST_SCHEMATHESIS", &schemathesis)
-        .env("FAASD_TEST_NSPAWN_ROOT", &nspawn_root))?;
+        .env("FAASD_TEST_NSPAWN_ROOT", &nspawn_root)
+        .env("FAASD_TEST_DEB", &deb))?;
     drop(ctr);
     if lint {
         step("cargo clippy -D warnings");

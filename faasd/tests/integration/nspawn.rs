@@ -6,7 +6,8 @@
 //! socket-activated API, restarts faasd with `systemctl restart` and kill -9 while a client
 //! calls a running function and one at zero (every call must succeed, and the idle
 //! function's socket must be the same one after: systemd's fd store kept it), hangs it with
-//! SIGSTOP for the watchdog to restart, and uninstalls.
+//! SIGSTOP for the watchdog to restart, and uninstalls; then installs the .deb, starts
+//! faasd from it and purges it.
 
 use std::{
     path::{Path, PathBuf},
@@ -41,6 +42,8 @@ fn systemd_starts_restarts_and_watches_faasd_from_its_units() {
     std::fs::create_dir_all(&out).unwrap();
     let _cleanup = Cleanup(out.clone());
 
+    // The package `cargo xtask test` built, installed and purged after install.sh's turn.
+    let deb = std::env::var_os("FAASD_TEST_DEB").map(PathBuf::from);
     let bind_ro = |from: &Path, to: &str| format!("--bind-ro={}:{to}", from.display());
     let mut cmd = Command::new("systemd-nspawn");
     cmd.arg("--directory")
@@ -80,6 +83,7 @@ fn systemd_starts_restarts_and_watches_faasd_from_its_units() {
             "/etc/systemd/system/faasd-e2e.service",
         ))
         .arg(format!("--bind={}:/e2e-out", out.display()))
+        .args(deb.iter().map(|d| bind_ro(d, "/e2e/faasd.deb")))
         // systemd in a container reads its arguments as a kernel command line.
         .arg("systemd.wants=faasd-e2e.service")
         .stdout(Stdio::null())
@@ -99,6 +103,14 @@ fn systemd_starts_restarts_and_watches_faasd_from_its_units() {
         log.trim_end().ends_with("PASS"),
         "the scenario did not pass (within {LIMIT:?}):\n{log}"
     );
+    if deb.is_some() {
+        assert!(
+            log.contains("== dpkg -i"),
+            "the package was not tried:\n{log}"
+        );
+    } else {
+        eprintln!("no FAASD_TEST_DEB: the package part was skipped");
+    }
 }
 
 /// Removes the output directory and the pins the container's faasd left on the host's

@@ -1,4 +1,5 @@
-//! The systemd units in `systemd/`, as systemd itself reads them.
+//! The systemd units in `systemd/`, as systemd itself reads them, and the scripts for other
+//! init systems and for the package.
 
 use std::{path::Path, process::Command};
 
@@ -75,5 +76,35 @@ fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(&src, &dest).unwrap();
         }
+    }
+}
+
+/// The scripts for other init systems and the packaging scripts parse as POSIX shell
+/// (`sh -n`, Debian's dash): OpenRC's `openrc-run` and runit's `run` files are shell.
+#[test]
+fn init_and_packaging_scripts_parse() {
+    let packaging = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+    let scripts = [
+        "install.sh",
+        "openrc/faasd",
+        "runit/faasd/run",
+        "runit/faasd/log/run",
+        "deb/postinst",
+        "deb/prerm",
+        "deb/postrm",
+    ];
+    for script in scripts {
+        let path = packaging.join(script);
+        let out = Command::new("sh").arg("-n").arg(&path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("#!"), "{script} has no interpreter line");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "{script} is not executable");
     }
 }

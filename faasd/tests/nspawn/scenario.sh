@@ -131,4 +131,19 @@ step "uninstall"
 /e2e/install.sh --uninstall || fail "install.sh --uninstall"
 [ ! -e /usr/bin/faasd ] || fail "the binary stayed"
 systemctl cat faasd.service >/dev/null 2>&1 && fail "the unit stayed"
+
+if [ -f /e2e/faasd.deb ]; then
+    step "dpkg -i, start, purge"
+    dpkg -i /e2e/faasd.deb || fail "dpkg -i"
+    [ "$(systemctl is-enabled faasd.service)" = disabled ] || fail "the package enabled faasd"
+    active && fail "the package started faasd"
+    [ -f /etc/faasd/config.toml ] || fail "no default config"
+    systemctl start faasd.service || fail "systemctl start faasd from the package"
+    faasd list | grep -q '^running ' || fail "the package's faasd does not see the functions"
+    dpkg --purge faasd || fail "dpkg --purge"
+    for f in /usr/bin/faasd /lib/systemd/system/faasd.service /etc/faasd /var/lib/faasd; do
+        [ ! -e "$f" ] || fail "$f stayed after purge"
+    done
+    active && fail "faasd still runs after purge"
+fi
 echo PASS
