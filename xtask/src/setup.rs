@@ -65,8 +65,9 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// What the systemd test's Debian holds besides a minimal base: systemd to boot, curl to
-/// call functions, iproute2 for `ss`, wireguard-tools for faasd to configure wg-faas.
-const NSPAWN_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,curl,wireguard-tools";
+/// call functions, iproute2 for `ss`, dnsutils for `dig`, wireguard-tools for faasd to
+/// configure wg-faas.
+const NSPAWN_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,curl,dnsutils,wireguard-tools";
 
 /// The schemathesis release the contract test is known to work with.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";

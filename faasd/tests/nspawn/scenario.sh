@@ -43,8 +43,8 @@ printf '[Service]\nWatchdogSec=3s\nTimeoutAbortSec=2s\n' \
     > /etc/systemd/system/faasd.service.d/test.conf
 systemctl daemon-reload
 
-step "systemctl enable --now: wg-faas first, then faasd"
-systemctl enable --now wg-faas.service faasd.service || fail "systemctl enable --now"
+step "systemctl enable --now faasd: wg-faas first, then faasd"
+systemctl enable --now faasd.service || fail "systemctl enable --now faasd"
 active || fail "faasd is $(systemctl is-active faasd.service)"
 [ "$(systemctl is-active wg-faas.service)" = active ] || fail "wg-faas is not active"
 wg_up=$(prop ActiveEnterTimestampMonotonic wg-faas.service)
@@ -56,6 +56,8 @@ faasd status | grep wireguard | grep -q adopted || fail "faasd did not adopt wg-
 faasd status | awk '$1 == "pins" { print $2 }' > /e2e-out/pins
 prop StatusText faasd.service | grep -q serving || fail "no STATUS= from faasd"
 [ "$(stat -c %a:%G /run/faasd/faasd.sock)" = 660:faasd ] || fail "the API socket's mode or group"
+# The .faas zone on faasd-dns.socket's port 53 (faasd binds none itself).
+ss -Hlnup 'sport = :53' | grep -q systemd || fail "port 53 is not systemd's socket"
 
 step "the socket-activated API starts faasd"
 systemctl stop faasd.service
@@ -70,6 +72,8 @@ for a in "$running" "$idle"; do
     curl -fsS --max-time 10 "http://[$a]:8080/" | grep -q 'Hello from faasd' ||
         fail "no answer from $a"
 done
+[ "$(dig +short AAAA running.faas @fd00:faa5:0:100::1)" = "$running" ] ||
+    fail "running.faas does not resolve through faasd-dns.socket"
 
 # restart_under_load NAME COMMAND...: a client keeps calling both functions while COMMAND
 # restarts faasd, with `idle` at zero when it starts; every call must succeed.
