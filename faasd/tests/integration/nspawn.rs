@@ -44,7 +44,11 @@ fn systemd_starts_restarts_and_watches_faasd_from_its_units() {
 
     // The package `cargo xtask test` built, installed and purged after install.sh's turn.
     let deb = std::env::var_os("FAASD_TEST_DEB").map(PathBuf::from);
-    let bind_ro = |from: &Path, to: &str| format!("--bind-ro={}:{to}", from.display());
+    // A missing source would stop nspawn before boot, which reads as "cannot boot here".
+    let bind_ro = |from: &Path, to: &str| {
+        assert!(from.exists(), "{} is missing", from.display());
+        format!("--bind-ro={}:{to}", from.display())
+    };
     let mut cmd = Command::new("systemd-nspawn");
     cmd.arg("--directory")
         .arg(&root)
