@@ -15,6 +15,7 @@ use std::{
     net::{Ipv6Addr, SocketAddr},
     path::PathBuf,
     sync::Arc,
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -268,7 +269,7 @@ impl Zone {
 
     /// Queries answered so far: (query type, response code) → count.
     pub fn query_counts(&self) -> BTreeMap<(&'static str, &'static str), u64> {
-        self.queries.0.lock().expect("query counts lock").clone()
+        self.queries.snapshot()
     }
 
     /// Starts answering on `addrs` (UDP and TCP on each) and on `inherited`, sockets
@@ -330,10 +331,51 @@ impl Zone {
     }
 }
 
-/// Answered queries by type and response code. Both labels come from fixed lists, so a
-/// client sending odd types cannot grow the series without bound.
-#[derive(Debug, Default)]
-struct QueryCounts(std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>);
+/// The query types and response codes counted by name; anything else is `other`. Fixed
+/// lists: a client sending odd types cannot grow the series without bound.
+const QUERY_TYPES: [&str; 14] = [
+    "A", "AAAA", "ANY", "AXFR", "CNAME", "HTTPS", "MX", "NS", "PTR", "SOA", "SRV", "SVCB", "TXT",
+    "other",
+];
+const RESPONSE_CODES: [&str; 7] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other",
+];
+
+/// Answered queries by type and response code: one atomic counter per pair, so counting
+/// adds no lock to the answer path.
+#[derive(Debug)]
+struct QueryCounts([[AtomicU64; RESPONSE_CODES.len()]; QUERY_TYPES.len()]);
+
+impl Default for QueryCounts {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| {
+            std::array::from_fn(|_| AtomicU64::new(0))
+        }))
+    }
+}
+
+impl QueryCounts {
+    fn count(&self, kind: &str, rcode: &str) {
+        let index =
+            |list: &[&str], v: &str| list.iter().position(|x| *x == v).unwrap_or(list.len() - 1);
+        self.0[index(&QUERY_TYPES, kind)][index(&RESPONSE_CODES, rcode)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The pairs seen at least once.
+    fn snapshot(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        let mut out = BTreeMap::new();
+        for (kind, row) in QUERY_TYPES.iter().zip(&self.0) {
+            for (rcode, n) in RESPONSE_CODES.iter().zip(row) {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    out.insert((*kind, *rcode), n);
+                }
+            }
+        }
+        out
+    }
+}
 
 /// The catalog, counting what it answers.
 pub struct Counted {
@@ -363,13 +405,7 @@ impl RequestHandler for Counted {
             .catalog
             .handle_request::<R, T>(request, response_handle)
             .await;
-        *self
-            .queries
-            .0
-            .lock()
-            .expect("query counts lock")
-            .entry((kind, response_code(info.response_code)))
-            .or_default() += 1;
+        self.queries.count(kind, response_code(info.response_code));
         info
     }
 }
@@ -408,6 +444,47 @@ fn response_code(c: ResponseCode) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_counted_name_has_a_counter() {
+        for t in [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::ANY,
+            RecordType::AXFR,
+            RecordType::CNAME,
+            RecordType::HTTPS,
+            RecordType::MX,
+            RecordType::NS,
+            RecordType::PTR,
+            RecordType::SOA,
+            RecordType::SRV,
+            RecordType::SVCB,
+            RecordType::TXT,
+            RecordType::CAA,
+        ] {
+            assert!(QUERY_TYPES.contains(&query_type(t)), "{t}");
+        }
+        for c in [
+            ResponseCode::NoError,
+            ResponseCode::FormErr,
+            ResponseCode::ServFail,
+            ResponseCode::NXDomain,
+            ResponseCode::NotImp,
+            ResponseCode::Refused,
+            ResponseCode::YXDomain,
+        ] {
+            assert!(RESPONSE_CODES.contains(&response_code(c)), "{c}");
+        }
+        let counts = QueryCounts::default();
+        counts.count("AAAA", "NOERROR");
+        counts.count("AAAA", "NOERROR");
+        counts.count("bogus", "NXDOMAIN");
+        let snap = counts.snapshot();
+        assert_eq!(snap[&("AAAA", "NOERROR")], 2);
+        assert_eq!(snap[&("other", "NXDOMAIN")], 1);
+        assert_eq!(snap.len(), 2);
+    }
 
     #[tokio::test]
     async fn the_zone_file_follows_deploys_and_the_serial_rises() {
