@@ -19,8 +19,9 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             // The DNS server and WireGuard log every query and peer change at info.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,hickory_server=warn,hickory_proto=warn,boringtun=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "info,hickory_server=warn,hickory_proto=warn,boringtun=warn".into()
+            }),
         )
         .init();
 }
