@@ -621,13 +621,13 @@ async fn call(d: &Daemon, ns: &str, name: &str, rest: String, req: Request) -> A
 async fn crash_loop(d: &Daemon, ns: &str, name: &str) -> String {
     loop {
         tokio::time::sleep(CRASH_POLL).await;
-        if let Ok(f) = d.get(ns, name).await
-            && f.state.phase == crate::activation::Phase::CrashLoop
+        if let Ok(s) = d.state(ns, name).await
+            && s.phase == crate::activation::Phase::CrashLoop
         {
             return format!(
                 "it cannot start ({}); next attempt in {} ms",
-                f.state.last_error.unwrap_or_default(),
-                f.state.retry_in_ms.unwrap_or_default()
+                s.last_error.unwrap_or_default(),
+                s.retry_in_ms.unwrap_or_default()
             );
         }
     }

@@ -997,6 +997,16 @@ impl Daemon {
             .collect()
     }
 
+    /// A function's runtime state alone (no counters), for callers that poll it.
+    pub async fn state(&self, namespace: &str, name: &str) -> Result<FunctionState, DaemonError> {
+        let id = format!("{namespace}/{name}");
+        let functions = self.functions.lock().await;
+        let f = functions
+            .get(&id)
+            .ok_or_else(|| DaemonError::no_function(&id))?;
+        Ok(f.handle.state.lock().expect("state lock").clone())
+    }
+
     /// One function.
     pub async fn get(&self, namespace: &str, name: &str) -> Result<FunctionStatus, DaemonError> {
         let id = format!("{namespace}/{name}");
