@@ -573,3 +573,19 @@ fn an_async_call_answers_202_and_posts_the_result_to_the_callback() {
     // An unknown function is refused at once.
     assert_eq!(d.api("POST", "/async-function/nobody", "x").0, 404);
 }
+
+#[test]
+fn a_call_to_a_function_that_cannot_start_gets_a_502_with_the_reason() {
+    require_privileges!();
+    let ns = Netns::new("crashcall");
+    let d = Daemon::start(&ns);
+    d.cli_ok(&["deploy", "broken", "--command", "/bin/false"]);
+    // The call waits while faasd retries, then gets the function's last error instead of
+    // hanging in the accept queue.
+    let (code, body) = d.api("POST", "/function/broken", "");
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        body.contains("cannot start") && body.contains("exited"),
+        "{body}"
+    );
+}
