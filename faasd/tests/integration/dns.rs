@@ -132,20 +132,7 @@ fn the_default_address_is_bound_before_it_exists_and_answers_once_it_does() {
     let d = Daemon::start(&ns);
     let addr = d.deploy_hello("late", &[]);
     // What wg-faas does when it comes up: the host address appears.
-    let ok = Command::new("ip")
-        .args([
-            "-n",
-            &ns.name,
-            "addr",
-            "add",
-            "fd00:faa5:0:100::1/128",
-            "dev",
-            "lo",
-        ])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    ns.add_loopback_address(faasd_common::plan::HOST_ADDRESS);
     let out = Command::new("ip")
         .args([
             "netns",

@@ -125,6 +125,19 @@ impl Netns {
         self.run(|| faasd::dataplane::pin_dir(Path::new("/sys/fs/bpf")).unwrap())
     }
 
+    /// Puts `addr` on the namespace's loopback (a client's or the host's address).
+    pub fn add_loopback_address(&self, addr: Ipv6Addr) {
+        run(Command::new("ip").args([
+            "-n",
+            &self.name,
+            "addr",
+            "add",
+            &format!("{addr}/128"),
+            "dev",
+            "lo",
+        ]));
+    }
+
     /// Adds the function prefix's local route (the daemon does this itself).
     pub fn add_local_route(&self, prefix: &str) {
         run(Command::new("ip").args([

@@ -5,7 +5,6 @@ use std::{
     io::{Read, Write},
     net::{Ipv6Addr, SocketAddr, TcpStream},
     os::fd::FromRawFd,
-    process::Command,
 };
 
 use crate::harness::{Daemon, Netns};
@@ -60,20 +59,7 @@ fn a_denied_source_is_refused_and_counted_and_an_allowed_one_gets_in() {
     let allowed: Ipv6Addr = "fd00:faa5:0:100::5".parse().unwrap();
     let denied: Ipv6Addr = "fd00:beef::5".parse().unwrap();
     for a in [allowed, denied] {
-        let ok = Command::new("ip")
-            .args([
-                "-n",
-                &ns.name,
-                "addr",
-                "add",
-                &format!("{a}/128"),
-                "dev",
-                "lo",
-            ])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        ns.add_loopback_address(a);
     }
     let d = Daemon::start(&ns);
     let addr = d.deploy_hello(
