@@ -134,12 +134,42 @@ async fn count_request(
     resp
 }
 
-/// Prometheus text format.
+/// Prometheus text format, streamed: a blocking thread renders the page into chunks that
+/// go out as they are written.
 async fn metrics(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
+    let page = d.metrics().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, ChunkSink(tx));
+        if let Err(e) =
+            crate::metrics::render(&page, &mut out).and_then(|()| std::io::Write::flush(&mut out))
+        {
+            tracing::debug!("/metrics: {e}");
+        }
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        d.metrics().await,
+        Body::from_stream(body),
     )
+}
+
+/// Sends what is written as body chunks; fails once the client has gone.
+struct ChunkSink(tokio::sync::mpsc::Sender<std::io::Result<Bytes>>);
+
+impl std::io::Write for ChunkSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 async fn info() -> impl IntoResponse {
@@ -622,7 +652,7 @@ async fn crash_loop(d: &Daemon, ns: &str, name: &str) -> String {
     loop {
         tokio::time::sleep(CRASH_POLL).await;
         if let Ok(s) = d.state(ns, name).await
-            && s.phase == crate::activation::Phase::CrashLoop
+            && s.phase == crate::status::Phase::CrashLoop
         {
             return format!(
                 "it cannot start ({}); next attempt in {} ms",

@@ -8,25 +8,28 @@
 //! Modules, one per concern: [`spec`] (what a function is, validated), [`store`] (durable
 //! state), [`dataplane`] (the kernel program and maps), [`sockets`], [`net`] (routes),
 //! [`runtime`] (starting instances: processes, or containers through [`containerd`]),
-//! [`activation`] (socket activation of one function), [`forward`] (connections to images
+//! [`supervisor`] (socket activation and the life of one function), [`status`] (what the
+//! API reports), [`forward`] (connections to images
 //! that bind their own port), [`notify`] (sd_notify), [`logs`], [`secrets`], [`dns`] (the
 //! `.faas` zone), [`daemon`] (all functions), [`lock`] (one daemon at a time), [`api`] and
 //! [`client`].
 #![deny(missing_docs)]
 
-pub mod activation;
 pub mod api;
 pub mod asynccall;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod containerd;
 pub mod daemon;
 pub mod dataplane;
 pub mod dns;
 pub mod forward;
+pub mod layout;
 pub mod lock;
 pub mod logs;
+pub mod mailbox;
 pub mod metrics;
 pub mod net;
 pub mod notify;
@@ -34,6 +37,8 @@ pub mod runtime;
 pub mod secrets;
 pub mod sockets;
 pub mod spec;
+pub mod status;
 pub mod store;
+pub mod supervisor;
 pub mod systemd;
 pub mod wireguard;

@@ -100,6 +100,11 @@ impl FunctionLog {
         }
     }
 
+    /// Closes the log file until the next line: a stopped function holds no descriptor.
+    pub fn close(&self) {
+        *self.file.lock().expect("log lock") = None;
+    }
+
     /// Appends one line.
     pub fn write(&self, instance: &str, text: &str) {
         let line = LogLine {

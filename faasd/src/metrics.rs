@@ -2,12 +2,20 @@
 //! counters per function socket, XDP, activation, instances, WireGuard peers) and the names
 //! OpenFaaS dashboards already use (`gateway_…`). Labels are bounded: one series per
 //! function, socket, peer or HTTP status, never per connection or client address.
+//!
+//! Per function there are only counters and gauges (twelve samples for a function with one
+//! socket); latency histograms are kept for the whole host, and per function only for the
+//! functions that ask (`faasd.dev/latency-histograms`). The text is written to a sink as it
+//! is rendered, so a host with 100,000 functions never holds its whole page in memory.
 
-use std::{collections::BTreeMap, fmt::Write, sync::Mutex};
+use std::{collections::BTreeMap, io::Write, sync::Mutex};
 
 use crate::{
-    activation::{Histogram, LATENCY_BUCKETS},
-    daemon::{FunctionStatus, HostStatus},
+    spec::Port,
+    status::{
+        ActivationHistograms, ActivationTiming, Histogram, HostStatus, LATENCY_BUCKETS,
+        PortCounters,
+    },
     wireguard::PeerStatus,
 };
 
@@ -31,108 +39,199 @@ impl HttpStats {
             .observe(seconds);
     }
 
-    fn snapshot(&self) -> BTreeMap<(u16, &'static str, String), Histogram> {
+    /// The counts so far.
+    pub fn snapshot(&self) -> BTreeMap<(u16, &'static str, String), Histogram> {
         self.0.lock().expect("http stats lock").clone()
     }
 }
 
-/// Everything `/metrics` reports, gathered by the daemon.
-#[derive(Debug)]
-pub struct Sources<'a> {
-    /// Host and data plane.
-    pub host: &'a HostStatus,
-    /// Every function.
-    pub functions: &'a [FunctionMetrics],
-    /// WireGuard peers.
-    pub peers: &'a [PeerStatus],
-    /// DNS queries answered: (type, response code) → count.
-    pub dns: &'a BTreeMap<(&'static str, &'static str), u64>,
-    /// The API's requests.
-    pub http: &'a HttpStats,
+/// The host-wide latency histograms: activations (and their phases) and calls through
+/// `/function/*`.
+#[derive(Debug, Default)]
+pub struct Latencies {
+    activation: Mutex<ActivationHistograms>,
+    invocation: Mutex<Histogram>,
 }
 
-/// What `/metrics` needs of one function.
+impl Latencies {
+    /// Records an activation from zero.
+    pub fn observe_activation(&self, t: &ActivationTiming) {
+        self.activation.lock().expect("latency lock").observe(t);
+    }
+
+    /// Records a call through `/function/*`.
+    pub fn observe_invocation(&self, seconds: f64) {
+        self.invocation
+            .lock()
+            .expect("latency lock")
+            .observe(seconds);
+    }
+}
+
+impl Latencies {
+    fn snapshot(&self) -> (ActivationHistograms, Histogram) {
+        (
+            self.activation.lock().expect("latency lock").clone(),
+            self.invocation.lock().expect("latency lock").clone(),
+        )
+    }
+}
+
+/// Everything one `/metrics` page reports, gathered by the daemon (owned, so that the
+/// rendering can run away from the async workers).
 #[derive(Debug)]
-pub struct FunctionMetrics {
-    /// Its status (counters included).
-    pub status: FunctionStatus,
+pub struct Page {
+    /// Host and data plane.
+    pub host: HostStatus,
+    /// Every function.
+    pub functions: Vec<FunctionRow>,
+    /// WireGuard peers.
+    pub peers: Vec<PeerStatus>,
+    /// DNS queries answered: (type, response code) → count.
+    pub dns: BTreeMap<(&'static str, &'static str), u64>,
+    /// The API's requests.
+    pub http: BTreeMap<(u16, &'static str, String), Histogram>,
+    /// Host-wide latencies: activations, and calls through `/function/*`.
+    pub latencies: (ActivationHistograms, Histogram),
+    /// Supervisor wake-ups so far.
+    pub wakeups: u64,
+}
+
+impl Page {
+    /// Gathers a page; the daemon provides what only it knows.
+    pub fn new(
+        host: HostStatus,
+        functions: Vec<FunctionRow>,
+        peers: Vec<PeerStatus>,
+        dns: BTreeMap<(&'static str, &'static str), u64>,
+        http: &HttpStats,
+        latencies: &Latencies,
+        wakeups: u64,
+    ) -> Self {
+        Self {
+            host,
+            functions,
+            peers,
+            dns,
+            http: http.snapshot(),
+            latencies: latencies.snapshot(),
+            wakeups,
+        }
+    }
+}
+
+/// What `/metrics` needs of one function: a compact row, not its whole status.
+#[derive(Debug, Clone)]
+pub struct FunctionRow {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Each socket with its counters.
+    pub sockets: Vec<(Port, PortCounters)>,
+    /// Starts from zero.
+    pub activations: u64,
+    /// Restarts after failures.
+    pub restarts: u64,
+    /// Watchdog kills.
+    pub watchdog_kills: u64,
+    /// Running instances.
+    pub instances: u32,
+    /// Ready instances.
+    pub ready: u32,
     /// Calls through `/function/*` by HTTP status.
-    pub invocation_codes: BTreeMap<u16, u64>,
-    /// Their durations.
-    pub invocation_seconds: Histogram,
+    pub invocation_codes: Vec<(u16, u64)>,
+    /// The function's own histograms (activation, calls), when it asks for them.
+    pub histograms: Option<Box<(ActivationHistograms, Histogram)>>,
 }
 
 /// A series of every function socket: name, help, and how to read it.
-type SocketSeries = (
-    &'static str,
-    &'static str,
-    fn(&crate::daemon::PortCounters) -> u64,
-);
+type SocketSeries = (&'static str, &'static str, fn(&PortCounters) -> u64);
 /// A series of every function: name, type, help, and how to read it.
 type FunctionSeries = (
     &'static str,
     &'static str,
     &'static str,
-    fn(&FunctionStatus) -> u64,
+    fn(&FunctionRow) -> u64,
 );
 
-/// A label value with `\`, `"` and newlines escaped.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
+/// Writes label values with `\`, `"` and newlines escaped.
+fn esc(out: &mut impl Write, v: &str) -> std::io::Result<()> {
+    if !v.contains(['\\', '"', '\n']) {
+        return out.write_all(v.as_bytes());
+    }
+    let escaped = v
+        .replace('\\', "\\\\")
         .replace('"', "\\\"")
-        .replace('\n', "\\n")
+        .replace('\n', "\\n");
+    out.write_all(escaped.as_bytes())
 }
 
-struct Out(String);
+struct Out<W: Write>(W);
 
-impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+impl<W: Write> Out<W> {
+    fn family(&mut self, name: &str, kind: &str, help: &str) -> std::io::Result<()> {
+        writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}")
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let l: Vec<String> = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", esc(v)))
-            .collect();
-        if l.is_empty() {
-            let _ = writeln!(self.0, "{name} {value}");
-        } else {
-            let _ = writeln!(self.0, "{name}{{{}}} {value}", l.join(","));
+    fn sample(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) -> std::io::Result<()> {
+        self.0.write_all(name.as_bytes())?;
+        for (i, (k, v)) in labels.iter().enumerate() {
+            self.0.write_all(if i == 0 { b"{" } else { b"," })?;
+            write!(self.0, "{k}=\"")?;
+            esc(&mut self.0, v)?;
+            self.0.write_all(b"\"")?;
         }
+        if !labels.is_empty() {
+            self.0.write_all(b"}")?;
+        }
+        writeln!(self.0, " {value}")
     }
 
-    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+    fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        h: &Histogram,
+    ) -> std::io::Result<()> {
+        let bucket = format!("{name}_bucket");
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             cumulative += h.buckets.get(i).copied().unwrap_or(0);
             let le = bound.to_string();
             let mut l = labels.to_vec();
             l.push(("le", &le));
-            self.sample(&format!("{name}_bucket"), &l, cumulative);
+            self.sample(&bucket, &l, cumulative)?;
         }
         let mut l = labels.to_vec();
         l.push(("le", "+Inf"));
-        self.sample(&format!("{name}_bucket"), &l, h.count);
-        self.sample(&format!("{name}_sum"), labels, h.sum_seconds);
-        self.sample(&format!("{name}_count"), labels, h.count);
+        self.sample(&bucket, &l, h.count)?;
+        self.sample(&format!("{name}_sum"), labels, h.sum_seconds)?;
+        self.sample(&format!("{name}_count"), labels, h.count)
     }
 }
 
-/// Renders every series.
-pub fn render(src: &Sources<'_>) -> String {
-    let Sources {
+/// Renders every series into `out`.
+pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
+    let Page {
         host,
         functions,
         peers,
         dns,
-        http,
-    } = *src;
-    let mut o = Out(String::new());
+        http: requests,
+        latencies: (activation, invocation),
+        wakeups,
+    } = page;
+    let mut o = Out(out);
     let d = &host.dataplane;
 
-    // Per function socket, from the sk_lookup program's per-CPU counters.
-    let socket_series: [SocketSeries; 7] = [
+    // Per function socket, from the sk_lookup program's per-CPU counters and the kernel.
+    let socket_series: [SocketSeries; 6] = [
         (
             "faasd_socket_lookups_total",
             "Connections and datagrams for the socket's address, port and protocol.",
@@ -163,11 +262,6 @@ pub fn render(src: &Sources<'_>) -> String {
             "What waits on the socket now: connections in the accept queue (TCP), bytes in the receive queue (UDP).",
             |c| c.queued,
         ),
-        (
-            "faasd_socket_queue_limit",
-            "The accept queue's limit, the listen backlog (TCP).",
-            |c| c.queue_limit,
-        ),
     ];
     for (name, help, get) in socket_series {
         let kind = if name.ends_with("_total") {
@@ -175,50 +269,73 @@ pub fn render(src: &Sources<'_>) -> String {
         } else {
             "gauge"
         };
-        o.family(name, kind, help);
+        o.family(name, kind, help)?;
         for f in functions {
-            let s = &f.status;
-            for (c, p) in s.counters.iter().zip(&s.ports) {
+            for (p, c) in &f.sockets {
                 let proto = p.protocol.to_string();
                 let port = p.port.to_string();
                 o.sample(
                     name,
                     &[
-                        ("function", &s.name),
-                        ("namespace", &s.namespace),
-                        ("socket", &c.name),
+                        ("function", &f.name),
+                        ("namespace", &f.namespace),
+                        ("socket", &p.name),
                         ("port", &port),
                         ("protocol", &proto),
                     ],
                     get(c),
-                );
+                )?;
             }
         }
     }
     o.family(
+        "faasd_socket_queue_limit",
+        "gauge",
+        "The accept queue's limit of every function's TCP sockets, the listen backlog.",
+    )?;
+    o.sample("faasd_socket_queue_limit", &[], host.backlog)?;
+    o.family(
         "faasd_sk_lookup_misses_total",
         "counter",
         "IPv6 lookups that matched no binding and fell through to the host's sockets.",
-    );
-    o.sample("faasd_sk_lookup_misses_total", &[], d.misses);
+    )?;
+    o.sample("faasd_sk_lookup_misses_total", &[], d.misses)?;
     o.family(
         "faasd_sk_lookup_ipv4_total",
         "counter",
         "IPv4 lookups, never steered (function addresses are IPv6).",
-    );
-    o.sample("faasd_sk_lookup_ipv4_total", &[], d.ipv4_passed);
+    )?;
+    o.sample("faasd_sk_lookup_ipv4_total", &[], d.ipv4_passed)?;
     o.family(
         "faasd_xdp_packets_total",
         "counter",
         "Packets the XDP guard saw for the function prefix, by what it did.",
-    );
+    )?;
     for (verdict, n) in [
         ("passed", d.xdp_passed),
         ("dropped_no_binding", d.xdp_dropped_no_binding),
         ("dropped_policy", d.xdp_dropped_policy),
     ] {
-        o.sample("faasd_xdp_packets_total", &[("verdict", verdict)], n);
+        o.sample("faasd_xdp_packets_total", &[("verdict", verdict)], n)?;
     }
+    o.family(
+        "faasd_open_files",
+        "gauge",
+        "Descriptors the daemon holds (every function socket is one).",
+    )?;
+    o.sample("faasd_open_files", &[], host.open_files.used)?;
+    o.family(
+        "faasd_open_files_limit",
+        "gauge",
+        "The daemon's limit of open descriptors (LimitNOFILE=): the most functions it can hold.",
+    )?;
+    o.sample("faasd_open_files_limit", &[], host.open_files.limit)?;
+    o.family(
+        "faasd_supervisor_wakeups_total",
+        "counter",
+        "Times a function supervisor woke up; a stopped function causes none.",
+    )?;
+    o.sample("faasd_supervisor_wakeups_total", &[], *wakeups)?;
 
     // Activation and instances.
     let per_function: [FunctionSeries; 5] = [
@@ -226,76 +343,69 @@ pub fn render(src: &Sources<'_>) -> String {
             "faasd_function_activations_total",
             "counter",
             "Starts from zero caused by a pending connection or datagram.",
-            |s| s.state.activations,
+            |f| f.activations,
         ),
         (
             "faasd_function_restarts_total",
             "counter",
             "Instances started again after one failed.",
-            |s| s.state.restarts,
+            |f| f.restarts,
         ),
         (
             "faasd_function_watchdog_kills_total",
             "counter",
             "Instances killed for missing WATCHDOG=1.",
-            |s| s.state.watchdog_kills,
+            |f| f.watchdog_kills,
         ),
         (
             "faasd_function_instances",
             "gauge",
             "Running instances.",
-            |s| s.replicas.into(),
+            |f| f.instances.into(),
         ),
         (
             "faasd_function_ready_instances",
             "gauge",
             "Running instances that are ready.",
-            |s| s.available_replicas.into(),
+            |f| f.ready.into(),
         ),
     ];
     for (name, kind, help, get) in per_function {
-        o.family(name, kind, help);
+        o.family(name, kind, help)?;
         for f in functions {
-            let s = &f.status;
             o.sample(
                 name,
-                &[("function", &s.name), ("namespace", &s.namespace)],
-                get(s),
-            );
+                &[("function", &f.name), ("namespace", &f.namespace)],
+                get(f),
+            )?;
         }
+    }
+    o.family(
+        "faasd_activation_seconds",
+        "histogram",
+        "Activation latency on this host: the first pending connection seen to the instance ready.",
+    )?;
+    o.histogram("faasd_activation_seconds", &[], &activation.total)?;
+    o.family(
+        "faasd_activation_phase_seconds",
+        "histogram",
+        "Activation latency on this host by phase: runtime (connection seen to the program running) and init (running to ready).",
+    )?;
+    for (phase, h) in [("runtime", &activation.runtime), ("init", &activation.init)] {
+        o.histogram("faasd_activation_phase_seconds", &[("phase", phase)], h)?;
     }
     o.family(
         "faasd_function_activation_seconds",
         "histogram",
-        "Activation latency: the first pending connection seen to the instance ready.",
-    );
+        "Activation latency of the functions that keep their own (faasd.dev/latency-histograms).",
+    )?;
     for f in functions {
-        let s = &f.status;
-        o.histogram(
-            "faasd_function_activation_seconds",
-            &[("function", &s.name), ("namespace", &s.namespace)],
-            &s.state.activation_seconds,
-        );
-    }
-
-    o.family(
-        "faasd_function_activation_phase_seconds",
-        "histogram",
-        "Activation latency by phase: runtime (connection seen to the program running) and init (running to ready).",
-    );
-    for f in functions {
-        let s = &f.status;
-        let phases = &s.state.activation_phases;
-        for (phase, h) in [("runtime", &phases.runtime), ("init", &phases.init)] {
+        if let Some(h) = &f.histograms {
             o.histogram(
-                "faasd_function_activation_phase_seconds",
-                &[
-                    ("function", &s.name),
-                    ("namespace", &s.namespace),
-                    ("phase", phase),
-                ],
-                h,
-            );
+                "faasd_function_activation_seconds",
+                &[("function", &f.name), ("namespace", &f.namespace)],
+                &h.0.total,
+            )?;
         }
     }
 
@@ -303,13 +413,13 @@ pub fn render(src: &Sources<'_>) -> String {
         "faasd_dns_queries_total",
         "counter",
         "Queries the .faas zone answered, by query type and response code.",
-    );
+    )?;
     for ((kind, rcode), n) in dns {
         o.sample(
             "faasd_dns_queries_total",
             &[("type", kind), ("rcode", rcode)],
             n,
-        );
+        )?;
     }
 
     // WireGuard peers.
@@ -317,14 +427,14 @@ pub fn render(src: &Sources<'_>) -> String {
         "faasd_wireguard_peer_handshake_age_seconds",
         "gauge",
         "Seconds since the peer's last handshake (absent before the first).",
-    );
+    )?;
     for p in peers {
         if let Some(age) = p.last_handshake_secs_ago {
             o.sample(
                 "faasd_wireguard_peer_handshake_age_seconds",
                 &[("peer", &p.peer.name)],
                 age,
-            );
+            )?;
         }
     }
     for (name, help, get) in [
@@ -339,84 +449,84 @@ pub fn render(src: &Sources<'_>) -> String {
             |p: &PeerStatus| p.tx_bytes,
         ),
     ] {
-        o.family(name, "counter", help);
+        o.family(name, "counter", help)?;
         for p in peers {
-            o.sample(name, &[("peer", &p.peer.name)], get(p));
+            o.sample(name, &[("peer", &p.peer.name)], get(p))?;
         }
     }
 
     // The names OpenFaaS's gateway exports; functions are `name.namespace` there.
-    let fname = |s: &FunctionStatus| format!("{}.{}", s.name, s.namespace);
+    let fname = |f: &FunctionRow| format!("{}.{}", f.name, f.namespace);
     o.family(
         "gateway_service_count",
         "gauge",
         "Ready instances of each function (OpenFaaS).",
-    );
+    )?;
     for f in functions {
-        let n = fname(&f.status);
         o.sample(
             "gateway_service_count",
-            &[("function_name", &n)],
-            f.status.available_replicas,
-        );
+            &[("function_name", &fname(f))],
+            f.ready,
+        )?;
     }
     o.family(
         "gateway_function_invocation_total",
         "counter",
         "Calls through /function/ by status code (OpenFaaS).",
-    );
+    )?;
     for f in functions {
-        let n = fname(&f.status);
+        let n = fname(f);
         for (code, count) in &f.invocation_codes {
             let code = code.to_string();
             o.sample(
                 "gateway_function_invocation_total",
                 &[("function_name", &n), ("code", &code)],
                 count,
-            );
+            )?;
         }
     }
     o.family(
         "gateway_functions_seconds",
         "histogram",
-        "Duration of calls through /function/ (OpenFaaS).",
-    );
+        "Duration of calls through /function/ (OpenFaaS): the whole host without a function_name, and the functions that keep their own (faasd.dev/latency-histograms).",
+    )?;
+    o.histogram("gateway_functions_seconds", &[], invocation)?;
     for f in functions {
-        let n = fname(&f.status);
-        o.histogram(
-            "gateway_functions_seconds",
-            &[("function_name", &n)],
-            &f.invocation_seconds,
-        );
+        if let Some(h) = &f.histograms {
+            o.histogram(
+                "gateway_functions_seconds",
+                &[("function_name", &fname(f))],
+                &h.1,
+            )?;
+        }
     }
 
     // The API's own requests, as OpenFaaS's providers export them.
-    let requests = http.snapshot();
     o.family(
         "provider_http_requests_total",
         "counter",
         "API requests by status code, method and route (OpenFaaS).",
-    );
-    for ((code, method, path), h) in &requests {
+    )?;
+    for ((code, method, path), h) in requests {
         let code = code.to_string();
         o.sample(
             "provider_http_requests_total",
             &[("code", &code), ("method", method), ("path", path)],
             h.count,
-        );
+        )?;
     }
     o.family(
         "provider_http_request_duration_seconds",
         "histogram",
         "API request durations by status code, method and route (OpenFaaS).",
-    );
-    for ((code, method, path), h) in &requests {
+    )?;
+    for ((code, method, path), h) in requests {
         let code = code.to_string();
         o.histogram(
             "provider_http_request_duration_seconds",
             &[("code", &code), ("method", method), ("path", path)],
             h,
-        );
+        )?;
     }
-    o.0
+    o.0.flush()
 }

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::io::unix::AsyncFd;
 
 /// What an instance said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +43,26 @@ pub fn parse(msg: &[u8]) -> Vec<Notice> {
         .collect()
 }
 
-/// Where the notices of one instance go: (sender pid, notice).
-pub type NoticeSender = mpsc::UnboundedSender<(i32, Notice)>;
+/// Where the notices of one instance go: called with (sender pid, notice).
+#[derive(Clone)]
+pub struct NoticeSender(std::sync::Arc<dyn Fn(i32, Notice) + Send + Sync>);
+
+impl NoticeSender {
+    /// A sender that calls `f` for every notice.
+    pub fn new(f: impl Fn(i32, Notice) + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+
+    fn send(&self, (pid, n): (i32, Notice)) {
+        (self.0)(pid, n);
+    }
+}
+
+impl std::fmt::Debug for NoticeSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NoticeSender")
+    }
+}
 
 /// How long notices from a pid nobody has registered yet are kept.
 const HOLD_FOR: Duration = Duration::from_secs(5);
@@ -75,7 +93,7 @@ impl Router {
         let expired = Instant::now() - HOLD_FOR;
         r.held.retain(|(at, p, n)| {
             if *p == pid && *at >= expired {
-                let _ = tx.send((pid, n.clone()));
+                tx.send((pid, n.clone()));
                 false
             } else {
                 *p != pid
@@ -92,7 +110,7 @@ impl Router {
     fn route(&self, pid: i32, n: Notice) {
         let mut r = self.inner.lock().expect("router lock");
         if let Some(tx) = r.routes.get(&pid) {
-            let _ = tx.send((pid, n));
+            tx.send((pid, n));
             return;
         }
         let now = Instant::now();
@@ -195,7 +213,14 @@ fn recv_with_pid(sock: &UnixDatagram) -> Option<(i32, Vec<u8>)> {
 
 #[cfg(test)]
 mod tests {
+    /// A sender into a channel (the tests' receiving end).
+    fn channel_sender(tx: mpsc::UnboundedSender<(i32, Notice)>) -> NoticeSender {
+        NoticeSender::new(move |pid, n| {
+            let _ = tx.send((pid, n));
+        })
+    }
     use super::*;
+    use tokio::sync::mpsc;
 
     #[test]
     fn parses_the_notices_faasd_acts_on() {
@@ -217,7 +242,7 @@ mod tests {
         router.route(42, Notice::Ready);
         router.route(43, Notice::Watchdog);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        router.register(42, tx);
+        router.register(42, channel_sender(tx));
         assert_eq!(rx.try_recv().ok(), Some((42, Notice::Ready)));
         assert!(rx.try_recv().is_err(), "only the registered pid's notices");
         router.route(42, Notice::Stopping);
@@ -232,7 +257,7 @@ mod tests {
         }
         assert_eq!(router.inner.lock().unwrap().held.len(), HOLD_MAX);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        router.register(0, tx);
+        router.register(0, channel_sender(tx));
         assert!(rx.try_recv().is_err(), "the oldest were dropped first");
     }
 
@@ -243,7 +268,7 @@ mod tests {
         let path = dir.join("notify.sock");
         let router = Router::default();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        router.register(std::process::id() as i32, tx);
+        router.register(std::process::id() as i32, channel_sender(tx));
         let task = serve(&path, router).unwrap();
         let client = UnixDatagram::unbound().unwrap();
         client.send_to(b"READY=1", &path).unwrap();

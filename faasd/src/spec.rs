@@ -17,6 +17,7 @@
 //! | `faasd.dev/image-port` | images: forward to this port the image binds itself | 8080 unless the image takes sockets |
 //! | `faasd.dev/ip-address-allow` | client prefixes let in whatever the deny list says | none |
 //! | `faasd.dev/ip-address-deny` | client prefixes refused unless allowed (`any` for all) | none |
+//! | `faasd.dev/latency-histograms` | `true`: this function's own activation and call latency histograms in `/metrics` (the host-wide ones are always there) | false |
 //!
 //! Image functions also take the OpenFaaS fields `limits` (`memory` like `128Mi`, `cpu` like
 //! `500m`, enforced in the container's cgroup), `readOnlyRootFilesystem` and `secrets`
@@ -200,6 +201,8 @@ pub struct Settings {
     pub image_port: Option<u16>,
     /// Which clients may connect (systemd's IPAddressAllow/IPAddressDeny).
     pub policy: crate::dataplane::Policy,
+    /// Keep this function's own latency histograms in `/metrics`.
+    pub latency_histograms: bool,
 }
 
 /// A function as faasd stores it: the request, validated, with its identity split out.
@@ -505,12 +508,17 @@ impl Settings {
             watchdog: parse_duration("faasd.dev/watchdog", ann("watchdog"))?,
             user,
             stop_timeout: parse_duration("faasd.dev/stop-timeout", ann("stop-timeout"))?,
+            latency_histograms: parse_bool(
+                "faasd.dev/latency-histograms",
+                ann("latency-histograms"),
+            )?,
         })
     }
 }
 
 const KNOWN_ANNOTATIONS: &[&str] = &[
     "ports",
+    "latency-histograms",
     "accept",
     "max-connections",
     "notify",

@@ -279,6 +279,7 @@ fn test(args: &[String]) -> Result {
     run(cargo()
         .arg("test")
         .args(&extra)
+        .env("FAASD_TEST_STRICT", "1")
         .env("FAASD_TEST_CONTAINERD", &ctr.socket)
         .env("FAASD_TEST_SCHEMATHESIS", &schemathesis)
         .env("FAASD_TEST_NSPAWN_ROOT", &nspawn_root)

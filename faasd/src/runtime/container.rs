@@ -227,7 +227,7 @@ impl ContainerRuntime {
         Ok(n)
     }
 
-    async fn start_async(&self, launch: &Launch<'_>) -> Result<Instance, StartError> {
+    async fn start_instance(&self, launch: &Launch) -> Result<Instance, StartError> {
         let config = self.prepare().await?.clone();
         let client = self.host.client().await?;
         let shim = self.host.shim_path()?.to_owned();
@@ -346,7 +346,7 @@ impl ContainerRuntime {
                 .await
                 .map_err(ContainerdError::rpc("creating the task"))?
                 .into_inner();
-            let created_ns = crate::activation::monotonic_ns();
+            let created_ns = crate::clock::monotonic_ns();
             client
                 .tasks()
                 .start(client.request(StartRequest {
@@ -357,7 +357,7 @@ impl ContainerRuntime {
                 .map_err(ContainerdError::rpc("starting the task"))?;
             let milestones = Milestones {
                 created_ns,
-                started_ns: crate::activation::monotonic_ns(),
+                started_ns: crate::clock::monotonic_ns(),
             };
             Ok::<_, ContainerdError>((task.pid, milestones))
         }
@@ -393,7 +393,7 @@ impl ContainerRuntime {
         &self,
         config: &ImageConfig,
         delivery: Delivery,
-        launch: &Launch<'_>,
+        launch: &Launch,
         binds: Vec<Bind>,
     ) -> ContainerSpec {
         // The image's environment, then faasd's (which wins, but for PATH: the image
@@ -508,7 +508,7 @@ async fn kill_and_wait(client: &Containerd, id: &str) {
 /// Waits for the shim to connect and sends it the sockets and their names.
 async fn hand_over(
     listener: std::os::unix::net::UnixListener,
-    launch: &Launch<'_>,
+    launch: &Launch,
 ) -> Result<(), StartError> {
     listener
         .set_nonblocking(true)
@@ -572,27 +572,23 @@ fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
     move |source| StartError::Runtime(RuntimeError::Io { op, source })
 }
 
+#[async_trait::async_trait]
 impl Runtime for ContainerRuntime {
-    fn start(&self, launch: &Launch<'_>) -> Result<Instance, RuntimeError> {
-        // The activation task calls this inside `block_in_place`.
-        tokio::runtime::Handle::current()
-            .block_on(self.start_async(launch))
-            .map_err(|e| match e {
-                StartError::Runtime(e) => e,
-                StartError::Containerd(e) => RuntimeError::Container(e.to_string()),
-            })
+    async fn start(&self, launch: Launch) -> Result<Instance, RuntimeError> {
+        self.start_instance(&launch).await.map_err(|e| match e {
+            StartError::Runtime(e) => e,
+            StartError::Containerd(e) => RuntimeError::Container(e.to_string()),
+        })
     }
 
-    fn reap(&self, instance: &Instance) -> String {
-        let status = tokio::runtime::Handle::current().block_on(async {
-            match self.host.client().await {
-                Ok(client) => self.delete_instance(&client, &instance.id).await,
-                Err(e) => {
-                    tracing::warn!("{}: cannot delete the container: {e}", instance.id);
-                    None
-                }
+    async fn reap(&self, instance: &Instance) -> String {
+        let status = match self.host.client().await {
+            Ok(client) => self.delete_instance(&client, &instance.id).await,
+            Err(e) => {
+                tracing::warn!("{}: cannot delete the container: {e}", instance.id);
+                None
             }
-        });
+        };
         match status {
             Some(s) if s > 128 => format!("killed by signal {}", s - 128),
             Some(s) => format!("exited with status {s}"),

@@ -6,7 +6,7 @@ use std::{
     ffi::CString,
     io,
     os::fd::{AsRawFd, OwnedFd, RawFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 pub mod cgroup;
@@ -45,13 +45,14 @@ pub enum RuntimeError {
     Container(String),
 }
 
-/// Everything needed to start one instance.
-#[derive(Debug)]
-pub struct Launch<'a> {
+/// Everything needed to start one instance. The descriptors are borrowed: whoever asks for
+/// the start keeps them open until it has finished.
+#[derive(Debug, Clone)]
+pub struct Launch {
     /// The instance's id (unique on the host; a container takes it as its id).
-    pub instance: &'a str,
+    pub instance: String,
     /// Program (absolute path) and arguments.
-    pub argv: &'a [String],
+    pub argv: Vec<String>,
     /// Environment, including the LISTEN_* variables (LISTEN_PID is the runtime's to set).
     pub env: Vec<(String, String)>,
     /// Sockets placed at fd 3, 4, ….
@@ -63,9 +64,9 @@ pub struct Launch<'a> {
     /// fd 2.
     pub stderr: RawFd,
     /// The file `stdout` and `stderr` write to, for runtimes that open it themselves.
-    pub output: &'a Path,
+    pub output: PathBuf,
     /// User to run as.
-    pub user: &'a str,
+    pub user: String,
     /// cgroup directory to place the instance in, if cgroups are available.
     pub cgroup: Option<PathBuf>,
 }
@@ -113,15 +114,16 @@ impl Instance {
     }
 }
 
-/// Starts function instances.
+/// Starts function instances. Both calls are async and never block a worker thread: a
+/// function's supervisor runs each start as a task of its own and goes on meanwhile.
+#[async_trait::async_trait]
 pub trait Runtime: Send + Sync + std::fmt::Debug {
-    /// Starts one instance; returns once the program has been exec'd. May block (the
-    /// activation task calls it inside `block_in_place`).
-    fn start(&self, launch: &Launch<'_>) -> Result<Instance, RuntimeError>;
+    /// Starts one instance; returns once the program has been exec'd.
+    async fn start(&self, launch: Launch) -> Result<Instance, RuntimeError>;
 
     /// Releases what the runtime holds for an instance whose pidfd reported its end, and
-    /// says how it ended. May block, as `start`.
-    fn reap(&self, instance: &Instance) -> String;
+    /// says how it ended.
+    async fn reap(&self, instance: &Instance) -> String;
 
     /// The port inside the instance's network namespace that faasd forwards connections
     /// to, for images that bind their own port instead of taking sockets.

@@ -95,8 +95,9 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
 }
 
+#[async_trait::async_trait]
 impl Runtime for ProcessRuntime {
-    fn reap(&self, instance: &Instance) -> String {
+    async fn reap(&self, instance: &Instance) -> String {
         let mut status = 0;
         // SAFETY: waitpid, non-blocking, on the instance's pid; an adopted instance is not
         // our child and yields no status.
@@ -108,114 +109,124 @@ impl Runtime for ProcessRuntime {
         }
     }
 
-    fn start(&self, launch: &Launch<'_>) -> Result<Instance, RuntimeError> {
-        use std::os::fd::AsRawFd;
-
-        let user = lookup_user(launch.user)?;
-        // Everything the child touches is prepared here: after clone it may not allocate.
-        let argv: Vec<CString> = launch
-            .argv
-            .iter()
-            .map(|a| cstring(a))
-            .collect::<Result<_, _>>()?;
-        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
-        let env: Vec<CString> = launch
-            .env
-            .iter()
-            .map(|(k, v)| cstring(&format!("{k}={v}")))
-            .chain(std::iter::once(cstring("LISTEN_PID=1")))
-            .collect::<Result<_, _>>()?;
-        let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-        env_ptrs.push(std::ptr::null());
-        // The child is created inside its cgroup (CLONE_INTO_CGROUP): joining it afterwards
-        // through cgroup.procs takes the cgroup rwsem for writing, which waits out an RCU
-        // grace period when the host has been idle, up to 15 ms here.
-        let cgroup = launch
-            .cgroup
-            .as_ref()
-            .map(|d| std::fs::File::open(d).map_err(io_err("opening the function's cgroup")))
-            .transpose()?;
-        let devnull = std::fs::File::open("/dev/null").map_err(io_err("open /dev/null"))?;
-        let stdio = [
-            launch.stdin.unwrap_or(devnull.as_raw_fd()),
-            launch.stdout,
-            launch.stderr,
-        ];
-        let (err_r, err_w) = pipe().map_err(io_err("pipe"))?;
-
-        let child = Child {
-            argv0: argv[0].as_ptr(),
-            argv: argv_ptrs.as_ptr(),
-            env: env_ptrs.as_ptr(),
-            stdio,
-            fds: &launch.fds,
-            user,
-            err: err_w.as_raw_fd(),
-        };
-
-        let mut pidfd: libc::c_int = -1;
-        let namespaces = libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWNET
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS;
-        let args = CloneArgs {
-            flags: (namespaces | libc::CLONE_PIDFD) as u64
-                | if cgroup.is_some() {
-                    CLONE_INTO_CGROUP
-                } else {
-                    0
-                },
-            pidfd: (&raw mut pidfd) as u64,
-            exit_signal: libc::SIGCHLD as u64,
-            cgroup: cgroup.as_ref().map_or(0, |c| c.as_raw_fd() as u64),
-            ..CloneArgs::default()
-        };
-        // SAFETY: clone3 without a stack behaves like fork; the kernel writes the pidfd
-        // through `args.pidfd`. The child only calls async-signal-safe functions.
-        let pid =
-            unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) };
-        if pid < 0 {
-            return Err(io_err("clone3")(io::Error::last_os_error()));
-        }
-        if pid == 0 {
-            // SAFETY: we are the freshly cloned child; `child` points into memory the parent
-            // prepared and the copy-on-write image keeps valid.
-            unsafe { child.run() }
-        }
-        let pid = pid as i32;
-        // SAFETY: the kernel handed us a new pidfd.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-        drop(err_w);
-        let mut report = [0u8; 8];
-        // EOF (0) means exec succeeded: the pipe is CLOEXEC.
-        let n = loop {
-            // SAFETY: reads at most 8 bytes into our 8-byte buffer.
-            let n = unsafe { libc::read(err_r.as_raw_fd(), report.as_mut_ptr().cast(), 8) };
-            if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                break n;
-            }
-        };
-        if n == 8 {
-            let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes")) as usize;
-            let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
-            let mut status = 0;
-            // SAFETY: reaps our own failed child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            return Err(RuntimeError::Child {
-                program: launch.argv[0].clone(),
-                step: STEPS.get(step).copied().unwrap_or("setup"),
-                source: io::Error::from_raw_os_error(errno),
-            });
-        }
-        Ok(Instance {
-            pid,
-            pidfd,
-            id: launch.instance.to_owned(),
-            milestones: super::Milestones::default(),
-        })
+    async fn start(&self, launch: Launch) -> Result<Instance, RuntimeError> {
+        // clone3 and the wait for exec take about 2 ms: a blocking thread's work.
+        tokio::task::spawn_blocking(move || start(&launch))
+            .await
+            .map_err(|e| RuntimeError::Io {
+                op: "waiting for the start",
+                source: io::Error::other(e),
+            })?
     }
+}
+
+/// Clones the instance into its namespaces and waits until it has exec'd.
+fn start(launch: &Launch) -> Result<Instance, RuntimeError> {
+    use std::os::fd::AsRawFd;
+
+    let user = lookup_user(&launch.user)?;
+    // Everything the child touches is prepared here: after clone it may not allocate.
+    let argv: Vec<CString> = launch
+        .argv
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<Result<_, _>>()?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let env: Vec<CString> = launch
+        .env
+        .iter()
+        .map(|(k, v)| cstring(&format!("{k}={v}")))
+        .chain(std::iter::once(cstring("LISTEN_PID=1")))
+        .collect::<Result<_, _>>()?;
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    // The child is created inside its cgroup (CLONE_INTO_CGROUP): joining it afterwards
+    // through cgroup.procs takes the cgroup rwsem for writing, which waits out an RCU
+    // grace period when the host has been idle, up to 15 ms here.
+    let cgroup = launch
+        .cgroup
+        .as_ref()
+        .map(|d| std::fs::File::open(d).map_err(io_err("opening the function's cgroup")))
+        .transpose()?;
+    let devnull = std::fs::File::open("/dev/null").map_err(io_err("open /dev/null"))?;
+    let stdio = [
+        launch.stdin.unwrap_or(devnull.as_raw_fd()),
+        launch.stdout,
+        launch.stderr,
+    ];
+    let (err_r, err_w) = pipe().map_err(io_err("pipe"))?;
+
+    let child = Child {
+        argv0: argv[0].as_ptr(),
+        argv: argv_ptrs.as_ptr(),
+        env: env_ptrs.as_ptr(),
+        stdio,
+        fds: &launch.fds,
+        user,
+        err: err_w.as_raw_fd(),
+    };
+
+    let mut pidfd: libc::c_int = -1;
+    let namespaces = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS;
+    let args = CloneArgs {
+        flags: (namespaces | libc::CLONE_PIDFD) as u64
+            | if cgroup.is_some() {
+                CLONE_INTO_CGROUP
+            } else {
+                0
+            },
+        pidfd: (&raw mut pidfd) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_ref().map_or(0, |c| c.as_raw_fd() as u64),
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without a stack behaves like fork; the kernel writes the pidfd
+    // through `args.pidfd`. The child only calls async-signal-safe functions.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) };
+    if pid < 0 {
+        return Err(io_err("clone3")(io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: we are the freshly cloned child; `child` points into memory the parent
+        // prepared and the copy-on-write image keeps valid.
+        unsafe { child.run() }
+    }
+    let pid = pid as i32;
+    // SAFETY: the kernel handed us a new pidfd.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    drop(err_w);
+    let mut report = [0u8; 8];
+    // EOF (0) means exec succeeded: the pipe is CLOEXEC.
+    let n = loop {
+        // SAFETY: reads at most 8 bytes into our 8-byte buffer.
+        let n = unsafe { libc::read(err_r.as_raw_fd(), report.as_mut_ptr().cast(), 8) };
+        if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break n;
+        }
+    };
+    if n == 8 {
+        let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes")) as usize;
+        let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
+        let mut status = 0;
+        // SAFETY: reaps our own failed child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        return Err(RuntimeError::Child {
+            program: launch.argv[0].clone(),
+            step: STEPS.get(step).copied().unwrap_or("setup"),
+            source: io::Error::from_raw_os_error(errno),
+        });
+    }
+    Ok(Instance {
+        pid,
+        pidfd,
+        id: launch.instance.clone(),
+        milestones: super::Milestones::default(),
+    })
 }
 
 /// What the child needs, as raw pointers into the parent's prepared memory.

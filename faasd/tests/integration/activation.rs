@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use faasd::activation::Phase;
+use faasd::status::Phase;
 
 use crate::{
     harness::{Daemon, Netns, http_get, instance_of},

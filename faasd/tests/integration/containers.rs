@@ -22,9 +22,9 @@ macro_rules! require_containerd {
     ($socket:ident) => {
         $crate::require_privileges!();
         let Some($socket) = containerd() else {
-            eprintln!(
-                "skipped: no containerd for the tests (cargo xtask test starts one and sets \
-                 FAASD_TEST_CONTAINERD)"
+            crate::harness::skip(
+                "no containerd for the tests (cargo xtask test starts one and sets \
+                 FAASD_TEST_CONTAINERD)",
             );
             return;
         };
@@ -509,8 +509,8 @@ impl LocalRegistry {
             .is_err()
             || Command::new("skopeo").arg("--version").output().is_err()
         {
-            eprintln!(
-                "skipped: docker-registry or skopeo missing (cargo xtask setup installs them)"
+            crate::harness::skip(
+                "docker-registry or skopeo missing (cargo xtask setup installs them)",
             );
             return None;
         }

@@ -23,14 +23,14 @@ const EXAMPLE_IMAGE: &str = "docker.io/functions/nodeinfo:latest";
 fn openfaas_spec_holds_for_generated_requests() {
     crate::require_privileges!();
     let Some(st) = std::env::var_os("FAASD_TEST_SCHEMATHESIS").map(PathBuf::from) else {
-        eprintln!(
-            "skipped: schemathesis is not installed (cargo xtask test installs it and sets \
-             FAASD_TEST_SCHEMATHESIS)"
+        crate::harness::skip(
+            "schemathesis is not installed (cargo xtask test installs it and sets \
+             FAASD_TEST_SCHEMATHESIS)",
         );
         return;
     };
     let Some(containerd) = std::env::var_os("FAASD_TEST_CONTAINERD") else {
-        eprintln!("skipped: no containerd for the tests (cargo xtask test starts one)");
+        crate::harness::skip("no containerd for the tests (cargo xtask test starts one)");
         return;
     };
     let contract = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/contract");

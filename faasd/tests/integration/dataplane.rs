@@ -51,8 +51,8 @@ fn steers_tcp_and_udp_to_sockets_bound_to_other_addresses() {
         let (n, _) = udp.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"datagram");
 
-        let tcp_c = dp.slot_counters(0);
-        let udp_c = dp.slot_counters(1);
+        let tcp_c = dp.counters().unwrap().slot(0);
+        let udp_c = dp.counters().unwrap().slot(1);
         assert_eq!((tcp_c.lookups, tcp_c.steered, tcp_c.no_socket), (1, 1, 0));
         assert_eq!((udp_c.lookups, udp_c.steered, udp_c.no_socket), (1, 1, 0));
     });
@@ -78,7 +78,7 @@ fn a_miss_falls_through_to_the_hosts_own_sockets() {
         let (conn, _) = plain.accept().unwrap();
         assert_eq!(conn.local_addr().unwrap(), plain.local_addr().unwrap());
         assert!(dp.status().misses > before, "the miss is counted");
-        assert_eq!(dp.slot_counters(0).lookups, 0);
+        assert_eq!(dp.counters().unwrap().slot(0).lookups, 0);
         // IPv4 is never steered, only counted.
         let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
         let _c4 = TcpStream::connect(v4.local_addr().unwrap()).unwrap();
@@ -102,7 +102,7 @@ fn a_binding_whose_socket_is_gone_refuses_and_counts() {
             TcpStream::connect_timeout(&SocketAddr::from((fn_addr, 8080)), Duration::from_secs(5))
                 .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
-        assert_eq!(dp.slot_counters(3).no_socket, 1);
+        assert_eq!(dp.counters().unwrap().slot(3).no_socket, 1);
     });
 }
 
@@ -136,7 +136,11 @@ fn pinned_state_keeps_steering_and_is_adopted_by_the_next_daemon() {
             "the same program, not a reload"
         );
         assert_eq!(dp.bindings(), vec![(key, 4)]);
-        assert_eq!(dp.slot_counters(4).steered, 1, "counters survive too");
+        assert_eq!(
+            dp.counters().unwrap().slot(4).steered,
+            1,
+            "counters survive too"
+        );
     });
 }
 
@@ -161,7 +165,7 @@ fn more_function_sockets_than_ephemeral_ports_fit() {
         let ephemeral = r.next().unwrap()..=r.next().unwrap();
         let n = ephemeral.end() - ephemeral.start() + 1 + 2_000;
         if !raise_nofile(u64::from(n) + 1_000) {
-            eprintln!("skipped: cannot raise RLIMIT_NOFILE to {n}");
+            crate::harness::skip(format_args!("cannot raise RLIMIT_NOFILE to {n}"));
             return;
         }
         let mut dp = Dataplane::open(Path::new("/sys/fs/bpf")).unwrap();
@@ -189,7 +193,7 @@ fn more_function_sockets_than_ephemeral_ports_fit() {
         let c = TcpStream::connect_timeout(&SocketAddr::from((last, 8080)), Duration::from_secs(5))
             .unwrap();
         assert_eq!(c.peer_addr().unwrap(), SocketAddr::from((last, 8080)));
-        assert_eq!(dp.slot_counters(n - 1).steered, 1);
+        assert_eq!(dp.counters().unwrap().slot(n - 1).steered, 1);
     });
 }
 

@@ -46,7 +46,7 @@ macro_rules! require_dig {
     () => {
         $crate::require_privileges!();
         if Command::new("dig").arg("-v").output().is_err() {
-            eprintln!("skipped: dig is missing (cargo xtask setup installs dnsutils)");
+            crate::harness::skip("dig is missing (cargo xtask setup installs dnsutils)");
             return;
         }
     };
@@ -66,7 +66,7 @@ fn functions_have_aaaa_records_over_udp_and_tcp_and_the_apex_is_complete() {
         "--command",
         &crate::harness::hello_bin(),
     ]);
-    let api: faasd::daemon::FunctionStatus =
+    let api: faasd::status::FunctionStatus =
         serde_json::from_str(&d.cli_ok(&["describe", "api", "-n", "dev", "--json"])).unwrap();
     let api = api.address;
     for transport in ["+notcp", "+tcp"] {
@@ -170,7 +170,7 @@ fn a_dns_socket_passed_by_systemd_is_served_instead_of_binding() {
         .output()
         .is_err()
     {
-        eprintln!("skipped: systemd-socket-activate is missing (Debian's systemd package)");
+        crate::harness::skip("systemd-socket-activate is missing (Debian's systemd package)");
         return;
     }
     let ns = Netns::new("dns-systemd");

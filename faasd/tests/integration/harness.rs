@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use faasd::{activation::InstanceInfo, daemon::FunctionStatus};
+use faasd::status::{FunctionStatus, InstanceInfo};
 
 /// Returns a reason to skip when the machine cannot run privileged tests.
 pub fn skip_reason() -> Option<String> {
@@ -29,12 +29,21 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// Reports why a test cannot run here. Under `FAASD_TEST_STRICT=1` (set by `cargo xtask
+/// test`) that is a failure: a skip must never pass for a run.
+pub fn skip(why: impl std::fmt::Display) {
+    if std::env::var_os("FAASD_TEST_STRICT").is_some_and(|v| v == "1") {
+        panic!("cannot run here (FAASD_TEST_STRICT=1): {why}");
+    }
+    eprintln!("skipped: {why}");
+}
+
 /// Skips the calling test (returns from it) with a message when privileges are missing.
 #[macro_export]
 macro_rules! require_privileges {
     () => {
         if let Some(why) = $crate::harness::skip_reason() {
-            eprintln!("skipped: {why}");
+            $crate::harness::skip(why);
             return;
         }
     };

@@ -22,9 +22,9 @@ const LIMIT: Duration = Duration::from_secs(300);
 fn systemd_starts_restarts_and_watches_faasd_from_its_units() {
     crate::require_privileges!();
     let Some(root) = std::env::var_os("FAASD_TEST_NSPAWN_ROOT").map(PathBuf::from) else {
-        eprintln!(
-            "skipped: no Debian tree to boot (cargo xtask test builds one and sets \
-             FAASD_TEST_NSPAWN_ROOT)"
+        crate::harness::skip(
+            "no Debian tree to boot (cargo xtask test builds one and sets \
+             FAASD_TEST_NSPAWN_ROOT)",
         );
         return;
     };
@@ -33,7 +33,7 @@ fn systemd_starts_restarts_and_watches_faasd_from_its_units() {
         .output()
         .is_err()
     {
-        eprintln!("skipped: systemd-nspawn is missing (Debian's systemd-container package)");
+        crate::harness::skip("systemd-nspawn is missing (Debian's systemd-container package)");
         return;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -104,11 +104,11 @@ fn systemd_starts_restarts_and_watches_faasd_from_its_units() {
     }
     let Ok(log) = std::fs::read_to_string(out.join("log")) else {
         // The scenario never started: the container did not boot on this machine.
-        eprintln!(
-            "skipped: systemd-nspawn could not boot {} here:\n{}",
+        crate::harness::skip(format_args!(
+            "systemd-nspawn could not boot {} here:\n{}",
             root.display(),
             std::fs::read_to_string(out.join("nspawn.err")).unwrap_or_default()
-        );
+        ));
         return;
     };
     assert!(
@@ -121,7 +121,7 @@ fn systemd_starts_restarts_and_watches_faasd_from_its_units() {
             "the package was not tried:\n{log}"
         );
     } else {
-        eprintln!("no FAASD_TEST_DEB: the package part was skipped");
+        crate::harness::skip("no FAASD_TEST_DEB: the package part of the test");
     }
 }
 

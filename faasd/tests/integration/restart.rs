@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use faasd::activation::Phase;
+use faasd::status::Phase;
 
 use crate::{
     harness::{Daemon, Netns, alive, http_get, instance_of, wait_gone},
@@ -167,7 +167,7 @@ fn kill_9_during_deploys_loses_no_acknowledged_function() {
     );
 
     d.restart();
-    let list: Vec<faasd::daemon::FunctionStatus> =
+    let list: Vec<faasd::status::FunctionStatus> =
         serde_json::from_str(&d.cli_ok(&["list", "--json"])).unwrap();
     let names: std::collections::BTreeSet<&str> = list.iter().map(|f| f.name.as_str()).collect();
     for n in &acknowledged {

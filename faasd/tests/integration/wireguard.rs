@@ -88,7 +88,9 @@ fn names() -> (String, String) {
 fn a_peer_resolves_and_wakes_a_function_through_the_tunnel() {
     crate::require_privileges!();
     if let Some(tool) = missing(&["wireguard-go", "wg", "dig", "curl"]) {
-        eprintln!("skipped: {tool} is missing (cargo xtask setup installs it)");
+        crate::harness::skip(format_args!(
+            "{tool} is missing (cargo xtask setup installs it)"
+        ));
         return;
     }
     let host = Netns::new("wg-host");
@@ -283,7 +285,7 @@ fn a_peer_resolves_and_wakes_a_function_through_the_tunnel() {
 fn peers_survive_a_restart_and_the_private_key_stays_private() {
     crate::require_privileges!();
     if !have("wg") {
-        eprintln!("skipped: wg is missing (cargo xtask setup installs wireguard-tools)");
+        crate::harness::skip("wg is missing (cargo xtask setup installs wireguard-tools)");
         return;
     }
     let ns = Netns::new("wg-peers");
@@ -345,7 +347,9 @@ fn peers_survive_a_restart_and_the_private_key_stays_private() {
 fn an_interface_the_operator_made_is_adopted_and_configured() {
     crate::require_privileges!();
     if let Some(tool) = missing(&["wireguard-go", "wg"]) {
-        eprintln!("skipped: {tool} is missing (cargo xtask setup installs it)");
+        crate::harness::skip(format_args!(
+            "{tool} is missing (cargo xtask setup installs it)"
+        ));
         return;
     }
     let ns = Netns::new("wg-adopt");

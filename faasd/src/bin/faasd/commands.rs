@@ -8,9 +8,9 @@ use std::{
 
 use faasd::{
     client::{Client, ClientError},
-    daemon::{FunctionStatus, HostStatus},
     logs::LogLine,
     spec::Deployment,
+    status::{FunctionStatus, HostStatus},
 };
 use hyper::{Method, StatusCode};
 

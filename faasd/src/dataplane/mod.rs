@@ -13,9 +13,16 @@ use std::{
     path::{Path, PathBuf},
 };
 
+mod counters;
+mod slots;
+
+use std::sync::Arc;
+
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, SockMap, lpm_trie::Key},
+    maps::{
+        Array, HashMap, IterableMap, LpmTrie, Map, MapData, PerCpuArray, SockMap, lpm_trie::Key,
+    },
     programs::{SkLookup, Xdp, XdpMode, links::FdLink, links::PinnedLink},
 };
 use faasd_common::{
@@ -141,6 +148,59 @@ pub struct Dataplane {
     xdp_stats: PerCpuArray<MapData, u64>,
     /// The XDP programs attached by this daemon (detached when dropped), and where.
     xdp: Vec<(String, Ebpf)>,
+    /// Which socket slots are in use.
+    slots: slots::Slots,
+}
+
+/// Lock-free readers of the per-slot counters, for supervisors, `list` and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Counters(Arc<(counters::PerCpuReader<3>, counters::PerCpuReader<1>)>);
+
+/// Every slot's counters read in one pass: what one `/metrics` page or `list` uses.
+#[derive(Debug, Default)]
+pub struct CounterSnapshot {
+    slots: Vec<[u64; 3]>,
+    drops: Vec<[u64; 1]>,
+}
+
+fn slot_counters([lookups, steered, no_socket]: [u64; 3]) -> SlotCounters {
+    SlotCounters {
+        lookups,
+        steered,
+        no_socket,
+    }
+}
+
+impl Counters {
+    /// The counters of one slot, read now.
+    pub fn slot(&self, slot: u32) -> SlotCounters {
+        slot_counters(self.0.0.get(slot))
+    }
+
+    /// Lookups of one slot its source policy refused, read now.
+    pub fn policy_drops(&self, slot: u32) -> u64 {
+        self.0.1.get(slot)[0]
+    }
+
+    /// Reads every slot below `n` in a few batch calls.
+    pub fn snapshot(&self, n: u32) -> CounterSnapshot {
+        CounterSnapshot {
+            slots: self.0.0.all(n),
+            drops: self.0.1.all(n),
+        }
+    }
+}
+
+impl CounterSnapshot {
+    /// A slot's counters (zeros for a slot the pass did not cover).
+    pub fn slot(&self, slot: u32) -> SlotCounters {
+        slot_counters(self.slots.get(slot as usize).copied().unwrap_or_default())
+    }
+
+    /// Lookups of a slot its source policy refused.
+    pub fn policy_drops(&self, slot: u32) -> u64 {
+        self.drops.get(slot as usize).map_or(0, |d| d[0])
+    }
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -261,6 +321,7 @@ impl Dataplane {
             xdp_stats: PerCpuArray::try_from(Map::PerCpuArray(pinned(names::XDP_STATS)?))
                 .map_err(map_err(names::XDP_STATS))?,
             xdp: Vec::new(),
+            slots: slots::Slots::default(),
         })
     }
 
@@ -309,6 +370,7 @@ impl Dataplane {
             xdp_stats: PerCpuArray::try_from(take(names::XDP_STATS)?)
                 .map_err(map_err(names::XDP_STATS))?,
             xdp: Vec::new(),
+            slots: slots::Slots::default(),
         })
     }
 
@@ -506,18 +568,37 @@ impl Dataplane {
         }
     }
 
-    /// Counters of one slot, summed over CPUs.
-    pub fn slot_counters(&self, slot: u32) -> SlotCounters {
-        self.slot_stats
-            .get(&slot, 0)
-            .map(|v| {
-                v.iter().fold(SlotCounters::default(), |a, c| SlotCounters {
-                    lookups: a.lookups + c.lookups,
-                    steered: a.steered + c.steered,
-                    no_socket: a.no_socket + c.no_socket,
-                })
-            })
-            .unwrap_or_default()
+    /// Readers of the per-slot counters that need no lock on the data plane.
+    pub fn counters(&self) -> Result<Counters, DataplaneError> {
+        let slots_pin = self.pin_dir.join(names::SLOT_STATS);
+        let slots = counters::PerCpuReader::new(self.slot_stats.map().fd(), nr_cpus())
+            .map_err(io("duplicating the descriptor of", &slots_pin))?;
+        let drops_pin = self.pin_dir.join(names::POLICY_DROPS);
+        let drops = counters::PerCpuReader::new(self.policy_drops.map().fd(), nr_cpus())
+            .map_err(io("duplicating the descriptor of", &drops_pin))?;
+        Ok(Counters(Arc::new((slots, drops))))
+    }
+
+    /// A free socket slot, if the map has one.
+    pub fn take_slot(&mut self) -> Result<u32, DataplaneError> {
+        self.slots.take().ok_or(DataplaneError::Full {
+            max: faasd_common::MAX_BINDINGS,
+        })
+    }
+
+    /// Marks a slot the pinned maps already use (a restart) as taken.
+    pub fn claim_slot(&mut self, slot: u32) {
+        self.slots.claim(slot);
+    }
+
+    /// Gives a slot back for reuse (after [`Dataplane::unbind`] or [`Dataplane::clear_slot`]).
+    pub fn release_slot(&mut self, slot: u32) {
+        self.slots.release(slot);
+    }
+
+    /// One past the highest slot in use: how far a counter pass reads.
+    pub fn slot_high_water(&self) -> u32 {
+        self.slots.high_water()
     }
 
     fn global(&self, c: GlobalCounter) -> u64 {
@@ -530,7 +611,7 @@ impl Dataplane {
             pin_dir: self.pin_dir.clone(),
             program_id: self.program_id,
             adopted: self.adopted,
-            bindings: self.bindings.keys().count(),
+            bindings: self.slots.used(),
             max_bindings: faasd_common::MAX_BINDINGS,
             misses: self.global(GlobalCounter::Miss),
             ipv4_passed: self.global(GlobalCounter::Ipv4Passed),

@@ -1,0 +1,227 @@
+//! Changing one function: deploy, update, remove, scale. Each holds that function's own
+//! operation lock for as long as it takes and the registry's lock only for a lookup or an
+//! insert, so a slow image pull for one function never delays another.
+
+use std::{collections::BTreeSet, sync::Arc, time::SystemTime};
+
+use faasd_common::BindingKey;
+
+use super::{Daemon, DaemonError, Entry, Function, error::internal, fd_name};
+use crate::{
+    spec::{Deployment, FunctionSpec, SpecError},
+    status::FunctionStatus,
+    store::FunctionRecord,
+    supervisor::Command,
+};
+
+impl Daemon {
+    /// Deploys a new function (`update == false`) or replaces one (`update == true`).
+    pub async fn deploy(&self, d: Deployment, update: bool) -> Result<FunctionStatus, DaemonError> {
+        if !self.config.process_functions && d.image.as_deref().is_none_or(|i| i.trim().is_empty())
+        {
+            return Err(SpecError(
+                "image: required; this host runs container images only (process-functions = \
+                 false)"
+                    .into(),
+            )
+            .into());
+        }
+        let (spec, settings) = FunctionSpec::from_deployment(d)?;
+        let id = spec.id();
+        // A new function takes its place in the registry at once (a second deploy of the
+        // same name sees it and gets 409), with its operation lock held until it is done.
+        let (entry, fresh) = if update {
+            (
+                self.entry(&id)
+                    .ok_or_else(|| DaemonError::no_function(&id))?,
+                false,
+            )
+        } else {
+            let mut registry = self.functions.write().expect("registry lock");
+            if registry.contains_key(&id) {
+                return Err(DaemonError::function_exists(&id));
+            }
+            let entry = Arc::new(Entry::default());
+            registry.insert(id.clone(), entry.clone());
+            (entry, true)
+        };
+        let _op = entry.op.lock().await;
+        let result = self.deploy_locked(&entry, spec, settings, fresh).await;
+        if result.is_err() && fresh {
+            let mut registry = self.functions.write().expect("registry lock");
+            if registry.get(&id).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                registry.remove(&id);
+            }
+        }
+        result
+    }
+
+    async fn deploy_locked(
+        &self,
+        entry: &Entry,
+        spec: FunctionSpec,
+        settings: crate::spec::Settings,
+        fresh: bool,
+    ) -> Result<FunctionStatus, DaemonError> {
+        let id = spec.id();
+        let old = entry.current();
+        if old.is_none() && !fresh {
+            // Removed while this update waited for the function's lock.
+            return Err(DaemonError::no_function(&id));
+        }
+        let (address, created_at) = match &old {
+            Some(f) => (f.record.address, f.record.created_at),
+            None => {
+                let addr = self.store.allocate_address(self.config.function_prefix)?;
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                (addr, now)
+            }
+        };
+        let (ns, name) = (spec.namespace.clone(), spec.name.clone());
+        let record = FunctionRecord {
+            spec,
+            address,
+            created_at,
+        };
+        self.store.put(&record).map_err(internal)?;
+        // The new version gets sockets of its own (SO_REUSEPORT lets them share the address
+        // with the old ones) and binding it flips each key in one map update: connections
+        // go to the new version from then on, none is refused.
+        let n = settings.ports.len();
+        let new = match self.activate(record, settings, vec![None; n], false).await {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                // Leave the host as it was: the previous version on disk and in the maps, or
+                // no trace of the new function.
+                match &old {
+                    Some(old) => {
+                        self.store.put(&old.record).map_err(internal)?;
+                        let mut dp = self.dataplane.lock().expect("dataplane lock");
+                        for (key, slot) in &old.bindings {
+                            dp.point(*key, *slot).map_err(internal)?;
+                        }
+                    }
+                    None => self.store.remove(&ns, &name).map_err(internal)?,
+                }
+                return Err(e);
+            }
+        };
+        let status = self.status_now(&new);
+        if let Some(z) = &self.zone {
+            z.set(&name, &ns, address).await;
+        }
+        *entry.current.write().expect("entry lock") = Some(new.clone());
+        if let Some(old) = old {
+            let taken_over: BTreeSet<BindingKey> = new.bindings.iter().map(|(k, _)| *k).collect();
+            self.drain(old, taken_over);
+        }
+        Ok(status)
+    }
+
+    /// Lets a replaced version serve what it had already queued, then stops it and frees its
+    /// slots. Bindings the new version took over stay with the new version.
+    fn drain(&self, old: Arc<Function>, taken_over: BTreeSet<BindingKey>) {
+        let dataplane = self.dataplane.clone();
+        let files = self.files.clone();
+        tokio::spawn(async move {
+            old.handle.ask(|done| Command::Drain { done }).await;
+            let mut dp = dataplane.lock().expect("dataplane lock");
+            for (key, slot) in &old.bindings {
+                let cleared = if taken_over.contains(key) {
+                    dp.clear_slot(*slot)
+                } else {
+                    dp.unbind(key, *slot)
+                };
+                if let Err(e) = cleared {
+                    tracing::warn!(
+                        "{}: freeing slot {slot} after the update: {e}",
+                        old.record.spec.id()
+                    );
+                }
+                dp.release_slot(*slot);
+            }
+            drop(dp);
+            files.release(old.bindings.len());
+            old.log
+                .write("faasd", "previous version drained and stopped");
+        });
+    }
+
+    /// Removes a function: instances stopped, sockets closed, bindings gone, state deleted.
+    pub async fn remove(&self, namespace: &str, name: &str) -> Result<(), DaemonError> {
+        let id = format!("{namespace}/{name}");
+        let entry = self
+            .entry(&id)
+            .ok_or_else(|| DaemonError::no_function(&id))?;
+        let _op = entry.op.lock().await;
+        let f = entry
+            .current
+            .write()
+            .expect("entry lock")
+            .take()
+            .ok_or_else(|| DaemonError::no_function(&id))?;
+        {
+            let mut registry = self.functions.write().expect("registry lock");
+            if registry.get(&id).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                registry.remove(&id);
+            }
+        }
+        if let Err(e) = self.store.remove(namespace, name) {
+            // Still on disk: put it back in the registry so that nothing disagrees.
+            *entry.current.write().expect("entry lock") = Some(f);
+            self.functions
+                .write()
+                .expect("registry lock")
+                .insert(id, entry.clone());
+            return Err(internal(e));
+        }
+        if let Some(z) = &self.zone {
+            z.remove(name, namespace).await;
+        }
+        for p in &f.settings.ports {
+            self.service.manager.remove_fds(&fd_name(&f.record.spec, p));
+        }
+        self.retire(&f, true).await;
+        f.log.remove();
+        Ok(())
+    }
+
+    /// Sets the number of running instances (0 = scale to zero; the sockets stay).
+    pub async fn scale(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: u32,
+    ) -> Result<(), DaemonError> {
+        let f = self.function(namespace, name)?;
+        if replicas > f.settings.max_scale {
+            return Err(SpecError(format!(
+                "replicas {replicas} exceeds com.openfaas.scale.max ({})",
+                f.settings.max_scale
+            ))
+            .into());
+        }
+        // Zero is scale to zero, always allowed (the next connection starts the function
+        // again); between zero and the minimum is a mistake.
+        if replicas != 0 && replicas < f.settings.min_scale {
+            return Err(SpecError(format!(
+                "replicas {replicas} is below com.openfaas.scale.min ({}): scale to 0 to stop \
+                 it, or lower the label (faasd deploy --update) to run fewer",
+                f.settings.min_scale
+            ))
+            .into());
+        }
+        if f.settings.accept.is_some() {
+            return Err(SpecError(
+                "an accept-mode function runs one instance per connection; it cannot be scaled"
+                    .into(),
+            )
+            .into());
+        }
+        f.handle
+            .send(Command::Scale(replicas))
+            .map_err(|_| internal(format!("function {namespace}/{name} is shutting down")))
+    }
+}

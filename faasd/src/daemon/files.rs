@@ -1,0 +1,77 @@
+//! Open files: every function socket is one, and the limit (`LimitNOFILE=`) is the most
+//! functions a daemon can hold. A deploy checks the headroom before it creates anything, so
+//! running out is a clear answer (507 with what to raise), never a half-made function.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::DaemonError;
+
+/// Descriptors kept free for everything that is not a function socket (API connections,
+/// state files, a container start's handoff).
+const RESERVE: u64 = 256;
+
+/// What the daemon's function sockets use against the limit.
+#[derive(Debug)]
+pub(super) struct Budget {
+    /// Descriptors open before any function was restored.
+    baseline: u64,
+    /// Function sockets held now.
+    sockets: AtomicU64,
+}
+
+/// Descriptors open now (counts `/proc/self/fd`: for status pages, not for every deploy).
+pub(super) fn open_now() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+}
+
+/// The soft RLIMIT_NOFILE.
+pub(super) fn limit() -> u64 {
+    // SAFETY: getrlimit writes into the struct we own.
+    let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return u64::MAX;
+    }
+    r.rlim_cur
+}
+
+impl Budget {
+    pub(super) fn measure() -> Self {
+        Self {
+            baseline: open_now(),
+            sockets: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes `n` sockets' worth of descriptors, or says why there is no room.
+    pub(super) fn take(&self, n: usize) -> Result<(), DaemonError> {
+        let n = n as u64;
+        let limit = limit();
+        let mut held = self.sockets.load(Ordering::Relaxed);
+        loop {
+            let used = self.baseline + held;
+            if used + n + RESERVE > limit {
+                return Err(DaemonError::Full(format!(
+                    "no room for {n} more socket(s): about {used} of this daemon's {limit} open \
+                     files are in use and {RESERVE} are kept free; raise the limit \
+                     (LimitNOFILE= in faasd.service, or ulimit -n) and restart faasd, or \
+                     remove functions"
+                )));
+            }
+            match self.sockets.compare_exchange_weak(
+                held,
+                held + n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(now) => held = now,
+            }
+        }
+    }
+
+    /// Gives back what [`Budget::take`] took.
+    pub(super) fn release(&self, n: usize) {
+        self.sockets.fetch_sub(n as u64, Ordering::Relaxed);
+    }
+}

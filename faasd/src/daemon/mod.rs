@@ -1,0 +1,532 @@
+//! The daemon's functions: the registry, and the operations on it (deploy, update, remove,
+//! scale, list) and recovery on start.
+//!
+//! Order of a deploy (DESIGN.md, flow 1): validate → store (durable first) → address →
+//! sockets → maps → supervisor. A restart rebuilds everything from the store, reuses the
+//! socket slots the pinned bindings map already holds, and takes back the sockets of
+//! instances still serving from the previous daemon (`pidfd_getfd`), so they keep running.
+//!
+//! Locking: the registry maps a function's id to its entry under a lock that is only ever
+//! held to look up, insert or remove an entry. Each entry has its own operation lock, which
+//! serialises deploys, updates and removals of that one function, however slow (an image
+//! pull, a container's preparation, a grace period); nothing else waits on it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv6Addr,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
+
+use faasd_common::{BindingKey, SlotCounters};
+
+use crate::{
+    config::Config,
+    dataplane::{CounterSnapshot, Counters, Dataplane},
+    logs::FunctionLog,
+    metrics::{FunctionRow, Latencies},
+    notify,
+    runtime::{Runtime, cgroup, container::ContainerHost},
+    secrets::Secrets,
+    spec::{FunctionSpec, Port, Settings, SpecError},
+    status::{FunctionState, FunctionStatus, Histogram, HostStatus, OpenFiles, PortCounters},
+    store::{FunctionRecord, Store},
+    supervisor::{self, Command},
+};
+
+mod deploy;
+mod error;
+mod files;
+mod restore;
+
+pub use error::DaemonError;
+
+/// One deployed version of a function.
+struct Function {
+    record: Arc<FunctionRecord>,
+    settings: Arc<Settings>,
+    bindings: Vec<(BindingKey, u32)>,
+    handle: supervisor::Handle,
+    log: FunctionLog,
+    cgroup: Option<PathBuf>,
+    invocations: AtomicU64,
+    /// Calls through `/function/*` by HTTP status.
+    invocation_codes: Mutex<BTreeMap<u16, u64>>,
+    /// Their durations, for a function that keeps its own histograms.
+    invocation_seconds: Option<Mutex<Histogram>>,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function")
+            .field("id", &self.record.spec.id())
+            .finish()
+    }
+}
+
+/// A function's place in the registry. `current` is empty while its first deploy runs.
+#[derive(Debug, Default)]
+struct Entry {
+    /// Held across one deploy, update or removal of this function.
+    op: tokio::sync::Mutex<()>,
+    current: RwLock<Option<Arc<Function>>>,
+}
+
+impl Entry {
+    fn current(&self) -> Option<Arc<Function>> {
+        self.current.read().expect("entry lock").clone()
+    }
+}
+
+/// The daemon's state.
+#[derive(Debug)]
+pub struct Daemon {
+    config: Arc<Config>,
+    store: Store,
+    /// The one owner of the maps and socket slots; held for map updates only.
+    dataplane: Arc<Mutex<Dataplane>>,
+    counters: Counters,
+    runtime: Arc<dyn Runtime>,
+    containers: Arc<ContainerHost>,
+    secrets: Secrets,
+    zone: Option<Arc<crate::dns::Zone>>,
+    http: crate::metrics::HttpStats,
+    latencies: Arc<Latencies>,
+    wireguard: Option<Arc<crate::wireguard::WireGuard>>,
+    router: notify::Router,
+    cgroup_root: Option<PathBuf>,
+    functions: RwLock<BTreeMap<String, Arc<Entry>>>,
+    files: Arc<files::Budget>,
+    service: Arc<crate::systemd::Service>,
+}
+
+/// The fd store name of a function socket.
+fn fd_name(spec: &FunctionSpec, p: &Port) -> String {
+    crate::systemd::function_fd_name(&spec.namespace, &spec.name, p.port, &p.protocol.to_string())
+}
+
+/// The lookups of one function's slots, for its supervisor's idle check.
+#[derive(Debug)]
+struct SlotLookups {
+    counters: Counters,
+    slots: Vec<u32>,
+}
+
+impl supervisor::Lookups for SlotLookups {
+    fn lookups(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| self.counters.slot(*s).lookups)
+            .sum()
+    }
+}
+
+impl Daemon {
+    /// Creates the daemon over an opened store and data plane and restores every stored
+    /// function.
+    pub async fn start(
+        config: Arc<Config>,
+        store: Store,
+        dataplane: Dataplane,
+        runtime: Arc<dyn Runtime>,
+        router: notify::Router,
+        wireguard: Option<Arc<crate::wireguard::WireGuard>>,
+        service: Arc<crate::systemd::Service>,
+    ) -> Result<Arc<Self>, DaemonError> {
+        let cgroup_root = cgroup::root();
+        if cgroup_root.is_none() {
+            tracing::warn!("no cgroup v2 hierarchy found: functions run without a cgroup");
+        }
+        let pinned = dataplane.bindings();
+        let counters = dataplane.counters()?;
+        let containers = Arc::new(ContainerHost::new(
+            config.containerd.clone(),
+            &config.runtime_dir,
+            config.notify_dir(),
+            &config.cgroup_parent,
+            &config.oci_runtime,
+        ));
+        let zone = (!config.dns.is_empty() || config.zone_file.is_some()).then(|| {
+            Arc::new(crate::dns::Zone::new(
+                config.dns_host,
+                config.state_dir.join("dns-serial"),
+                config.zone_file.clone(),
+            ))
+        });
+        let daemon = Arc::new(Self {
+            secrets: Secrets::new(&config.state_dir),
+            zone,
+            http: Default::default(),
+            latencies: Arc::default(),
+            wireguard,
+            config,
+            store,
+            dataplane: Arc::new(Mutex::new(dataplane)),
+            counters,
+            runtime,
+            containers,
+            router,
+            cgroup_root,
+            functions: RwLock::default(),
+            files: Arc::new(files::Budget::measure()),
+            service,
+        });
+        daemon.restore(pinned).await?;
+        Ok(daemon)
+    }
+
+    /// The entry of a function, if it is deployed (or being deployed).
+    fn entry(&self, id: &str) -> Option<Arc<Entry>> {
+        self.functions
+            .read()
+            .expect("registry lock")
+            .get(id)
+            .cloned()
+    }
+
+    /// The current version of a function.
+    fn function(&self, namespace: &str, name: &str) -> Result<Arc<Function>, DaemonError> {
+        let id = format!("{namespace}/{name}");
+        self.entry(&id)
+            .and_then(|e| e.current())
+            .ok_or_else(|| DaemonError::no_function(&id))
+    }
+
+    /// Every deployed function (their current versions), in id order.
+    fn all(&self) -> Vec<Arc<Function>> {
+        let entries: Vec<Arc<Entry>> = self
+            .functions
+            .read()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect();
+        entries.iter().filter_map(|e| e.current()).collect()
+    }
+
+    /// The secret store.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// The WireGuard interface, unless it is off.
+    pub fn wireguard(&self) -> Result<&crate::wireguard::WireGuard, DaemonError> {
+        self.wireguard.as_deref().ok_or_else(|| {
+            DaemonError::Invalid(SpecError(
+                "WireGuard is off on this host (--no-wireguard): there are no peers".into(),
+            ))
+        })
+    }
+
+    /// The `.faas` zone, unless DNS is off.
+    pub fn zone(&self) -> Option<&Arc<crate::dns::Zone>> {
+        self.zone.as_ref()
+    }
+
+    fn unbind(&self, bindings: &[(BindingKey, u32)]) {
+        let mut dp = self.dataplane.lock().expect("dataplane lock");
+        for (key, slot) in bindings {
+            if let Err(e) = dp.unbind(key, *slot) {
+                tracing::warn!("unbinding slot {slot}: {e}");
+            }
+            dp.release_slot(*slot);
+        }
+    }
+
+    fn instances_file(&self, spec: &FunctionSpec) -> PathBuf {
+        crate::layout::instances_file(&self.config.runtime_dir, spec)
+    }
+
+    fn port_counters(f: &Function, read: &dyn Fn(u32) -> (SlotCounters, u64)) -> Vec<PortCounters> {
+        f.settings
+            .ports
+            .iter()
+            .zip(&f.bindings)
+            .enumerate()
+            .map(|(i, (p, (_, slot)))| {
+                let (c, policy_drops) = read(*slot);
+                let queue = f
+                    .handle
+                    .sockets
+                    .get(i)
+                    .and_then(|s| crate::sockets::queue_stats(s.get_ref()).ok())
+                    .unwrap_or_default();
+                PortCounters {
+                    name: p.name.clone(),
+                    slot: *slot,
+                    lookups: c.lookups,
+                    steered: c.steered,
+                    no_socket: c.no_socket,
+                    policy_drops,
+                    queued: queue.queued,
+                    queue_limit: queue.limit,
+                    queue_drops: queue.drops,
+                }
+            })
+            .collect()
+    }
+
+    /// One pass over every slot's counters.
+    fn counter_snapshot(&self) -> CounterSnapshot {
+        let n = self
+            .dataplane
+            .lock()
+            .expect("dataplane lock")
+            .slot_high_water();
+        self.counters.snapshot(n)
+    }
+
+    fn status_of(f: &Function, read: &dyn Fn(u32) -> (SlotCounters, u64)) -> FunctionStatus {
+        let d = &f.record.spec.deployment;
+        let state = f.handle.state.lock().expect("state lock").clone();
+        FunctionStatus {
+            name: f.record.spec.name.clone(),
+            image: f.record.spec.image.clone().unwrap_or_default(),
+            namespace: f.record.spec.namespace.clone(),
+            env_process: d.env_process.clone().unwrap_or_default(),
+            env_vars: d.env_vars.clone(),
+            labels: d.labels.clone(),
+            annotations: d.annotations.clone(),
+            invocation_count: f.invocations.load(Ordering::Relaxed),
+            replicas: state.instances.len() as u32,
+            available_replicas: state.instances.iter().filter(|i| i.ready).count() as u32,
+            created_at: humantime::format_rfc3339_seconds(
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(f.record.created_at),
+            )
+            .to_string(),
+            address: f.record.address,
+            ports: f.settings.ports.clone(),
+            state,
+            counters: Self::port_counters(f, read),
+        }
+    }
+
+    /// A function's status, with its counters read now.
+    fn status_now(&self, f: &Function) -> FunctionStatus {
+        Self::status_of(f, &|s| {
+            (self.counters.slot(s), self.counters.policy_drops(s))
+        })
+    }
+
+    /// Functions of `namespace`, or all when `None`.
+    pub async fn list(&self, namespace: Option<&str>) -> Vec<FunctionStatus> {
+        let counters = self.counter_snapshot();
+        self.all()
+            .iter()
+            .filter(|f| namespace.is_none_or(|ns| f.record.spec.namespace == ns))
+            .map(|f| Self::status_of(f, &|s| (counters.slot(s), counters.policy_drops(s))))
+            .collect()
+    }
+
+    /// A function's runtime state alone (no counters), for callers that poll it.
+    pub async fn state(&self, namespace: &str, name: &str) -> Result<FunctionState, DaemonError> {
+        let f = self.function(namespace, name)?;
+        Ok(f.handle.state.lock().expect("state lock").clone())
+    }
+
+    /// One function.
+    pub async fn get(&self, namespace: &str, name: &str) -> Result<FunctionStatus, DaemonError> {
+        let f = self.function(namespace, name)?;
+        Ok(self.status_now(&f))
+    }
+
+    /// The namespaces in use: the default one and every one that holds a function or a
+    /// secret (a namespace comes into being with its first function or secret).
+    pub async fn namespaces(&self) -> Result<Vec<String>, DaemonError> {
+        let mut set: BTreeSet<String> = self
+            .all()
+            .iter()
+            .map(|f| f.record.spec.namespace.clone())
+            .collect();
+        set.extend(self.secrets.namespaces()?);
+        set.insert(crate::spec::DEFAULT_NAMESPACE.into());
+        Ok(set.into_iter().collect())
+    }
+
+    /// Address and first TCP port of a function, counting an invocation.
+    pub async fn invocation_target(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(Ipv6Addr, u16), DaemonError> {
+        let f = self.function(namespace, name)?;
+        let port = f
+            .settings
+            .ports
+            .iter()
+            .find(|p| p.protocol == crate::spec::Protocol::Tcp)
+            .ok_or_else(|| {
+                SpecError(format!(
+                    "function {namespace}/{name} has no TCP port to invoke"
+                ))
+            })?;
+        f.invocations.fetch_add(1, Ordering::Relaxed);
+        Ok((f.record.address, port.port))
+    }
+
+    /// Records the outcome of a call through `/function/*`.
+    pub async fn record_invocation(&self, namespace: &str, name: &str, code: u16, seconds: f64) {
+        self.latencies.observe_invocation(seconds);
+        if let Ok(f) = self.function(namespace, name) {
+            *f.invocation_codes
+                .lock()
+                .expect("invocation lock")
+                .entry(code)
+                .or_default() += 1;
+            if let Some(h) = &f.invocation_seconds {
+                h.lock().expect("invocation lock").observe(seconds);
+            }
+        }
+    }
+
+    /// Everything `/metrics` shows, gathered for [`crate::metrics::render`].
+    pub async fn metrics(&self) -> crate::metrics::Page {
+        let host = self.status().await;
+        let counters = self.counter_snapshot();
+        let functions: Vec<FunctionRow> = self
+            .all()
+            .iter()
+            .map(|f| {
+                let state = f.handle.state.lock().expect("state lock");
+                FunctionRow {
+                    name: f.record.spec.name.clone(),
+                    namespace: f.record.spec.namespace.clone(),
+                    sockets: f
+                        .settings
+                        .ports
+                        .iter()
+                        .cloned()
+                        .zip(Self::port_counters(f, &|s| {
+                            (counters.slot(s), counters.policy_drops(s))
+                        }))
+                        .collect(),
+                    activations: state.activations,
+                    restarts: state.restarts,
+                    watchdog_kills: state.watchdog_kills,
+                    instances: state.instances.len() as u32,
+                    ready: state.instances.iter().filter(|i| i.ready).count() as u32,
+                    invocation_codes: f
+                        .invocation_codes
+                        .lock()
+                        .expect("invocation lock")
+                        .iter()
+                        .map(|(c, n)| (*c, *n))
+                        .collect(),
+                    histograms: state.activation_seconds.clone().map(|a| {
+                        let calls = f
+                            .invocation_seconds
+                            .as_ref()
+                            .map(|h| h.lock().expect("invocation lock").clone())
+                            .unwrap_or_default();
+                        Box::new((a, calls))
+                    }),
+                }
+            })
+            .collect();
+        let peers = self
+            .wireguard
+            .as_ref()
+            .and_then(|w| w.peer_status().ok())
+            .unwrap_or_default();
+        let dns = self
+            .zone
+            .as_ref()
+            .map(|z| z.query_counts())
+            .unwrap_or_default();
+        crate::metrics::Page::new(
+            host,
+            functions,
+            peers,
+            dns,
+            &self.http,
+            &self.latencies,
+            supervisor::wakeups(),
+        )
+    }
+
+    /// Resolves once the daemon can take its registry's lock: it is not stuck.
+    pub async fn alive(&self) {
+        drop(self.functions.read().expect("registry lock"));
+    }
+
+    /// The API's request counters.
+    pub fn http_stats(&self) -> &crate::metrics::HttpStats {
+        &self.http
+    }
+
+    /// A function's log.
+    pub async fn log(&self, namespace: &str, name: &str) -> Result<FunctionLog, DaemonError> {
+        Ok(self.function(namespace, name)?.log.clone())
+    }
+
+    /// Host status.
+    pub async fn status(&self) -> HostStatus {
+        let dataplane = self.dataplane.lock().expect("dataplane lock").status();
+        HostStatus {
+            dataplane,
+            functions: self.all().len(),
+            function_prefix: self.config.function_prefix.to_string(),
+            runtime: "process".into(),
+            wireguard: self.wireguard.as_ref().map_or_else(
+                || "off".into(),
+                |w| {
+                    format!(
+                        "{} ({}), port {}, public key {}",
+                        w.settings().interface,
+                        match w.backend() {
+                            crate::wireguard::Backend::Embedded => "embedded boringtun, userspace",
+                            crate::wireguard::Backend::Kernel => "kernel, made by faasd",
+                            crate::wireguard::Backend::Adopted => "adopted",
+                        },
+                        w.settings().port,
+                        w.public_key()
+                    )
+                },
+            ),
+            dns: self.config.dns.iter().map(|a| a.to_string()).collect(),
+            containerd: match self.containers.client().await {
+                Ok(c) => format!("reachable at {}", c.socket().display()),
+                Err(e) => e.to_string(),
+            },
+            cgroup_root: self.cgroup_root.clone(),
+            open_files: OpenFiles {
+                used: files::open_now(),
+                limit: files::limit(),
+            },
+            backlog: self.config.backlog,
+        }
+    }
+
+    /// Ends every supervisor; stops instances if configured to.
+    pub async fn shutdown(&self) {
+        let stop = self.config.stop_functions_on_exit;
+        let entries = std::mem::take(&mut *self.functions.write().expect("registry lock"));
+        for (_, e) in entries {
+            let _op = e.op.lock().await;
+            if let Some(f) = e.current.write().expect("entry lock").take() {
+                self.retire(&f, stop).await;
+            }
+        }
+    }
+
+    async fn retire(&self, f: &Function, stop_instances: bool) {
+        f.handle
+            .ask(|done| Command::Shutdown {
+                stop_instances,
+                done,
+            })
+            .await;
+        if stop_instances {
+            self.unbind(&f.bindings);
+            self.files.release(f.bindings.len());
+            let _ = std::fs::remove_file(self.instances_file(&f.record.spec));
+            if let Some(cg) = &f.cgroup {
+                cgroup::remove(cg);
+            }
+        }
+    }
+}

@@ -1,0 +1,1037 @@
+//! The supervisor of one function: a task that owns the function's sockets and instances.
+//!
+//! While the function is stopped the task waits on its sockets and its mailbox and nothing
+//! else: no timer, no wake-up. The first pending connection (or datagram) starts an
+//! instance, which accepts that very connection from the kernel's queue. A start runs as a
+//! task of its own and reports back, so the supervisor keeps handling orders, notices and
+//! exits meanwhile. Every timer (stop grace, start timeout, watchdog, crash-loop backoff,
+//! idle check, output polling) is a deadline computed from the state, and the task sleeps
+//! until the earliest one only while one exists.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv6Addr, SocketAddrV6},
+    os::fd::{AsRawFd, OwnedFd},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::future::select_all;
+use tokio::{io::unix::AsyncFd, sync::oneshot};
+
+use crate::{
+    clock::monotonic_ns,
+    config::Config,
+    layout,
+    logs::{FunctionLog, Output},
+    mailbox::Mailbox,
+    metrics::Latencies,
+    notify::{self, Notice, NoticeSender},
+    runtime::{Instance, Launch, Runtime},
+    sockets,
+    spec::{FunctionSpec, Settings},
+    status::{ActivationTiming, FunctionState, InstanceInfo, Phase},
+};
+
+mod connections;
+#[cfg(test)]
+mod tests;
+
+/// An instance that ends sooner than this after starting counts towards a crash loop.
+const QUICK_EXIT: Duration = Duration::from_secs(10);
+/// Quick exits in a row tolerated before restarts are delayed.
+const CRASH_LOOP_AFTER: u32 = 3;
+/// Longest delay between restarts of a crash-looping function.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A draining version stops once its sockets have had nothing queued for this long, which
+/// also lets requests it already accepted finish.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+/// How often a draining version looks at its queues.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+/// How often running instances' output is copied into the function's log.
+const OUTPUT_POLL: Duration = Duration::from_millis(250);
+/// The longest gap between idle checks of a running function that may scale down.
+const IDLE_CHECK_MAX: Duration = Duration::from_secs(1);
+
+/// Instance ids are unique for the daemon's life, across versions of a function.
+static INSTANCE_SEQ: AtomicU64 = AtomicU64::new(0);
+/// Times any supervisor woke up: the proof that idle functions cost no CPU.
+static WAKEUPS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times supervisors have woken up since the daemon started.
+pub fn wakeups() -> u64 {
+    WAKEUPS.load(Ordering::Relaxed)
+}
+
+/// The steering counters of one function, read through the data plane's reader.
+pub trait Lookups: Send + Sync + std::fmt::Debug {
+    /// Lookups that matched the function's bindings so far (all its sockets).
+    fn lookups(&self) -> u64;
+}
+
+/// Orders for a supervisor.
+#[derive(Debug)]
+pub enum Command {
+    /// Run exactly this many instances now (0 = scale to zero; sockets stay).
+    Scale(u32),
+    /// A new version has taken over the bindings: serve what is already queued on these
+    /// sockets, then stop the instances and end. Answers when done.
+    Drain {
+        /// Signalled when the task has finished.
+        done: oneshot::Sender<()>,
+    },
+    /// End the task; stop instances first if asked. Answers when done.
+    Shutdown {
+        /// Stop running instances (function removed, or daemon told to).
+        stop_instances: bool,
+        /// Signalled when the task has finished.
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Everything a supervisor receives.
+#[derive(Debug)]
+enum Event {
+    Command(Command),
+    Exited(i32),
+    Notice(i32, Notice),
+    Started(Started),
+    Reaped(Box<Running>, String),
+}
+
+/// The outcome of a start that ran as its own task.
+#[derive(Debug)]
+struct Started {
+    id: String,
+    result: Result<Instance, String>,
+    output: Option<Output>,
+    running_ns: u64,
+}
+
+/// The daemon's handle on a supervisor.
+#[derive(Debug)]
+pub struct Handle {
+    mailbox: Arc<Mailbox<Event>>,
+    /// Latest state.
+    pub state: Arc<Mutex<FunctionState>>,
+    /// The function's sockets, in `settings.ports` order (for their queue statistics).
+    pub sockets: Arc<Vec<AsyncFd<OwnedFd>>>,
+}
+
+impl Handle {
+    /// Sends an order; gives it back when the supervisor has ended.
+    pub fn send(&self, c: Command) -> Result<(), Command> {
+        self.mailbox.post(Event::Command(c)).map_err(|e| match e {
+            Event::Command(c) => c,
+            _ => unreachable!("only commands are posted here"),
+        })
+    }
+
+    /// Sends an order that answers, and waits for the answer (at once if the supervisor
+    /// has already ended).
+    pub async fn ask(&self, make: impl FnOnce(oneshot::Sender<()>) -> Command) {
+        let (done, wait) = oneshot::channel();
+        if self.send(make(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// An instance from a previous daemon that is still serving; its sockets were recovered.
+#[derive(Debug)]
+pub struct Adopted {
+    /// The instance.
+    pub instance: Instance,
+    /// Its output file, if it could be reopened.
+    pub output: Option<Output>,
+}
+
+/// What a supervisor needs to run a function; shared with its start tasks.
+#[derive(Debug)]
+pub struct Context {
+    /// The function.
+    pub spec: Arc<FunctionSpec>,
+    /// Its settings.
+    pub settings: Arc<Settings>,
+    /// Its address.
+    pub address: Ipv6Addr,
+    /// Daemon configuration.
+    pub config: Arc<Config>,
+    /// The runtime starting instances.
+    pub runtime: Arc<dyn Runtime>,
+    /// The function's steering counters (for idle detection).
+    pub lookups: Box<dyn Lookups>,
+    /// Notify routing.
+    pub router: notify::Router,
+    /// Log sink.
+    pub log: FunctionLog,
+    /// cgroup of the function.
+    pub cgroup: Option<PathBuf>,
+    /// The host-wide latency histograms.
+    pub latencies: Arc<Latencies>,
+}
+
+#[derive(Debug)]
+struct Running {
+    instance: Instance,
+    started: Instant,
+    ready: bool,
+    status: Option<String>,
+    last_watchdog: Instant,
+    /// Asked to stop: SIGKILL is due at this moment.
+    stop_deadline: Option<Instant>,
+    /// SIGKILL has been sent; only its exit is awaited.
+    killed: bool,
+    /// Killed by faasd for a failure (watchdog, start timeout): restart it.
+    failed: bool,
+    output: Option<Output>,
+    /// Forwards connections to an image that binds its own port.
+    forwarder: Option<tokio::task::AbortHandle>,
+}
+
+/// How the task ends, once it has been told to.
+#[derive(Debug)]
+struct Ending {
+    done: Option<oneshot::Sender<()>>,
+    stop_instances: bool,
+}
+
+#[derive(Debug)]
+struct Supervisor {
+    ctx: Arc<Context>,
+    sockets: Arc<Vec<AsyncFd<OwnedFd>>>,
+    mailbox: Arc<Mailbox<Event>>,
+    instances: HashMap<i32, Running>,
+    /// Starts in flight.
+    starting: u32,
+    /// Ended instances whose runtime is still releasing them.
+    reaping: u32,
+    /// Instances that should be running (non-accept mode).
+    target: u32,
+    /// Set once a new version took over: (who to tell, since when nothing was queued).
+    draining: Option<(oneshot::Sender<()>, Option<Instant>)>,
+    ending: Option<Ending>,
+    crash_streak: u32,
+    backoff_until: Option<Instant>,
+    /// Next idle check, while the function may scale down.
+    idle_check: Option<Instant>,
+    last_lookups: u64,
+    last_activity: Instant,
+    next_output: Instant,
+    /// Set while an activation from zero awaits its first ready instance.
+    activating: Option<ActivationTiming>,
+    state: Arc<Mutex<FunctionState>>,
+    snapshot: FunctionState,
+    recorded_pids: Vec<i32>,
+    /// The spec's fingerprint, recorded beside each instance.
+    fingerprint: String,
+}
+
+/// Starts the supervisor of a function over its sockets (in `settings.ports` order); it
+/// runs until told to shut down or drain.
+pub fn spawn(
+    ctx: Context,
+    sockets: Vec<OwnedFd>,
+    adopted: Vec<Adopted>,
+) -> std::io::Result<Handle> {
+    if ctx.settings.accept.is_some() {
+        // In accept mode faasd alone accepts on the socket.
+        for s in &sockets {
+            sockets::set_nonblocking(s)?;
+        }
+    }
+    let sockets = Arc::new(
+        sockets
+            .into_iter()
+            // SAFETY: each OwnedFd is moved into its AsyncFd, which alone closes it.
+            .map(|fd| unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from))
+            .collect::<std::io::Result<Vec<_>>>()?,
+    );
+    let snapshot = FunctionState {
+        activation_seconds: ctx.settings.latency_histograms.then(Default::default),
+        ..Default::default()
+    };
+    let state = Arc::new(Mutex::new(snapshot.clone()));
+    let mailbox = Arc::new(Mailbox::new());
+    let ctx = Arc::new(ctx);
+    let mut s = Supervisor {
+        target: ctx.settings.min_scale,
+        fingerprint: ctx.spec.fingerprint(),
+        ctx,
+        sockets: sockets.clone(),
+        mailbox: mailbox.clone(),
+        instances: HashMap::new(),
+        starting: 0,
+        reaping: 0,
+        draining: None,
+        ending: None,
+        crash_streak: 0,
+        backoff_until: None,
+        idle_check: None,
+        last_lookups: 0,
+        last_activity: Instant::now(),
+        next_output: Instant::now(),
+        activating: None,
+        state: state.clone(),
+        snapshot,
+        recorded_pids: Vec::new(),
+    };
+    for ad in adopted {
+        s.track(ad.instance, true, ad.output);
+    }
+    s.target = s.target.max(s.instances.len() as u32);
+    tokio::spawn(s.run());
+    Ok(Handle {
+        mailbox,
+        state,
+        sockets,
+    })
+}
+
+/// Resolves when one of the sockets has a connection or datagram waiting.
+async fn pending(sockets: Arc<Vec<AsyncFd<OwnedFd>>>) {
+    loop {
+        let (ready, _, _) = select_all(sockets.iter().map(|s| Box::pin(s.readable()))).await;
+        let Ok(mut guard) = ready else { return };
+        if sockets::pending(guard.get_inner()) {
+            return;
+        }
+        // Readiness left over from before the last instance drained the queue. The guard
+        // only clears it if no new event arrived since it was taken, so nothing is missed.
+        guard.clear_ready();
+    }
+}
+
+impl Supervisor {
+    async fn run(mut self) {
+        self.reconcile();
+        self.publish();
+        let mailbox = self.mailbox.clone();
+        loop {
+            let deadline = self.next_deadline();
+            let watch = self.watching();
+            tokio::select! {
+                ev = mailbox.recv() => self.on_event(ev),
+                () = pending(self.sockets.clone()), if watch => self.on_pending(),
+                () = sleep_until(deadline), if deadline.is_some() => self.on_timer(Instant::now()),
+            }
+            WAKEUPS.fetch_add(1, Ordering::Relaxed);
+            if self.drained() {
+                let done = self.draining.take().map(|(done, _)| done);
+                self.end(done, true);
+            }
+            if self.finished() {
+                break;
+            }
+            self.publish();
+        }
+        self.mailbox.close();
+        for pid in self.instances.keys() {
+            self.ctx.router.forget(*pid);
+        }
+        self.ctx.log.close();
+        if let Some(done) = self.ending.and_then(|e| e.done) {
+            let _ = done.send(());
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Command(Command::Scale(n)) => {
+                self.target = n;
+                self.crash_streak = 0;
+                self.backoff_until = None;
+                self.reconcile();
+            }
+            Event::Command(Command::Drain { done }) => self.draining = Some((done, None)),
+            Event::Command(Command::Shutdown {
+                stop_instances,
+                done,
+            }) => self.end(Some(done), stop_instances),
+            Event::Exited(pid) => self.on_exit(pid),
+            Event::Notice(pid, n) => self.on_notice(pid, n),
+            Event::Started(s) => self.on_started(s),
+            Event::Reaped(r, how) => self.on_reaped(*r, &how),
+        }
+    }
+
+    /// Begins the end: the task finishes once no start is in flight and, when instances
+    /// are to stop, none runs any more.
+    fn end(&mut self, done: Option<oneshot::Sender<()>>, stop_instances: bool) {
+        if let Some(e) = &mut self.ending {
+            // A second order to end: answer it too (the first one's answer still comes).
+            e.stop_instances |= stop_instances;
+            if let Some(d) = done {
+                let _ = d.send(());
+            }
+        } else {
+            self.ending = Some(Ending {
+                done,
+                stop_instances,
+            });
+        }
+        if stop_instances {
+            self.target = 0;
+            let pids: Vec<i32> = self.instances.keys().copied().collect();
+            for pid in pids {
+                self.stop(pid);
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        let Some(e) = &self.ending else { return false };
+        self.starting == 0
+            && (!e.stop_instances || (self.instances.is_empty() && self.reaping == 0))
+    }
+
+    /// The earliest moment something is due, if anything is.
+    fn next_deadline(&self) -> Option<Instant> {
+        let settings = &self.ctx.settings;
+        let start_timeout = self.ctx.config.start_timeout;
+        let mut due: Option<Instant> = None;
+        let mut at = |t: Instant| due = Some(due.map_or(t, |d| d.min(t)));
+        for r in self.instances.values() {
+            match r.stop_deadline {
+                Some(d) if !r.killed => at(d),
+                Some(_) => {}
+                None if !r.ready => at(r.started + start_timeout),
+                None => {
+                    if let Some(w) = settings.watchdog {
+                        at(r.last_watchdog + w);
+                    }
+                }
+            }
+        }
+        if self.instances.values().any(|r| r.output.is_some()) {
+            at(self.next_output);
+        }
+        if let Some(t) = self.backoff_until {
+            at(t);
+        }
+        if let Some(t) = self.idle_check {
+            at(t);
+        }
+        if self.draining.is_some() {
+            at(Instant::now() + DRAIN_POLL);
+        }
+        due
+    }
+
+    fn on_timer(&mut self, now: Instant) {
+        if now >= self.next_output {
+            for r in self.instances.values_mut() {
+                if let Some(out) = r.output.as_mut() {
+                    out.drain(&self.ctx.log, &r.instance.id);
+                }
+            }
+            self.next_output = now + OUTPUT_POLL;
+        }
+        let watchdog = self.ctx.settings.watchdog;
+        let start_timeout = self.ctx.config.start_timeout;
+        let mut to_kill = Vec::new();
+        for (pid, r) in &mut self.instances {
+            if let Some(d) = r.stop_deadline {
+                if now >= d && !r.killed {
+                    r.killed = true;
+                    let _ = r.instance.signal(libc::SIGKILL);
+                }
+                continue;
+            }
+            if !r.ready && now >= r.started + start_timeout {
+                to_kill.push((
+                    *pid,
+                    format!(
+                        "instance {} sent no READY=1 within {start_timeout:?}",
+                        r.instance.id
+                    ),
+                    false,
+                ));
+            } else if let Some(w) = watchdog
+                && r.ready
+                && now >= r.last_watchdog + w
+            {
+                to_kill.push((
+                    *pid,
+                    format!("instance {} missed its watchdog ({w:?})", r.instance.id),
+                    true,
+                ));
+            }
+        }
+        for (pid, why, is_watchdog) in to_kill {
+            self.snapshot.watchdog_kills += u64::from(is_watchdog);
+            self.kill_failed(pid, why);
+        }
+        if self.backoff_until.is_some_and(|t| now >= t) {
+            self.reconcile();
+        }
+        if self.idle_check.is_some_and(|t| now >= t) {
+            self.check_idle(now);
+        }
+    }
+
+    /// Whether a draining version has had nothing queued for [`DRAIN_QUIET`].
+    fn drained(&mut self) -> bool {
+        let Some((_, quiet_since)) = self.draining.as_mut() else {
+            return false;
+        };
+        if self.sockets.iter().any(|s| sockets::pending(s.get_ref())) {
+            *quiet_since = None;
+            return false;
+        }
+        quiet_since.get_or_insert_with(Instant::now).elapsed() >= DRAIN_QUIET
+    }
+
+    /// Whether the sockets should be watched: nothing accepts on them (stopped function),
+    /// or, in accept mode, there is room for another instance.
+    fn watching(&self) -> bool {
+        if self.backoff_until.is_some() || self.ending.is_some() {
+            return false;
+        }
+        let busy = self.instances.len() as u32 + self.starting;
+        match self.ctx.settings.accept {
+            Some(max) => busy < max,
+            None => busy == 0,
+        }
+    }
+
+    fn on_pending(&mut self) {
+        if let Some(max) = self.ctx.settings.accept {
+            self.accept_connections(max);
+            return;
+        }
+        self.ctx
+            .log
+            .write("faasd", "connection pending: activating");
+        self.snapshot.activations += 1;
+        self.activating = Some(ActivationTiming {
+            requested_ns: monotonic_ns(),
+            ..Default::default()
+        });
+        self.target = self.target.max(1);
+        self.reconcile();
+    }
+
+    /// Accept=yes: one instance per connection, up to `max` at once; the rest wait in
+    /// the kernel's queue.
+    fn accept_connections(&mut self, max: u32) {
+        while self.instances.len() as u32 + self.starting < max {
+            match sockets::accept(self.sockets[0].get_ref()) {
+                Ok(Some(conn)) => self.start_instance(Some(conn)),
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(format!("accept: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Starts or stops instances until as many run (or are starting) as the target says.
+    fn reconcile(&mut self) {
+        if self.ctx.settings.accept.is_some() || self.ending.is_some() {
+            return;
+        }
+        if self.backoff_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.backoff_until = None;
+        let live = self
+            .instances
+            .values()
+            .filter(|r| r.stop_deadline.is_none())
+            .count() as u32;
+        for _ in live + self.starting..self.target {
+            self.start_instance(None);
+        }
+        if live > self.target {
+            let mut extra: Vec<i32> = self
+                .instances
+                .iter()
+                .filter(|(_, r)| r.stop_deadline.is_none())
+                .map(|(p, _)| *p)
+                .collect();
+            extra.sort_unstable();
+            for pid in extra.into_iter().take((live - self.target) as usize) {
+                self.stop(pid);
+            }
+        }
+        self.schedule_idle_check(Instant::now());
+    }
+
+    /// Keeps an idle check due while the function runs above its minimum and may scale
+    /// down; none otherwise.
+    fn schedule_idle_check(&mut self, now: Instant) {
+        let s = &self.ctx.settings;
+        let may_scale_down = self.draining.is_none()
+            && s.accept.is_none()
+            && self.target > s.min_scale
+            && s.scale_to_zero_after.is_some();
+        match (may_scale_down, self.idle_check) {
+            (false, _) => self.idle_check = None,
+            (true, Some(_)) => {}
+            (true, None) => {
+                self.last_activity = now;
+                self.last_lookups = self.ctx.lookups.lookups();
+                self.idle_check = Some(now + self.idle_step());
+            }
+        }
+    }
+
+    fn idle_step(&self) -> Duration {
+        let after = self.ctx.settings.scale_to_zero_after.unwrap_or_default();
+        (after / 4).clamp(Duration::from_millis(50), IDLE_CHECK_MAX)
+    }
+
+    fn fail(&mut self, msg: String) {
+        tracing::warn!("{}: {msg}", self.ctx.spec.id());
+        self.ctx.log.write("faasd", &msg);
+        self.snapshot.last_error = Some(msg);
+    }
+
+    fn schedule_backoff(&mut self) {
+        if self.crash_streak < CRASH_LOOP_AFTER {
+            return;
+        }
+        let exp = (self.crash_streak - CRASH_LOOP_AFTER).min(10);
+        let delay = (Duration::from_millis(250) * 2u32.pow(exp)).min(MAX_BACKOFF);
+        self.backoff_until = Some(Instant::now() + delay);
+        self.ctx.log.write(
+            "faasd",
+            &format!(
+                "crash loop: {} quick exits in a row, next start in {delay:?}",
+                self.crash_streak
+            ),
+        );
+    }
+
+    /// Starts one instance as a task of its own; it reports back with [`Event::Started`].
+    fn start_instance(&mut self, conn: Option<(OwnedFd, SocketAddrV6)>) {
+        let seq = INSTANCE_SEQ.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = format!("{}-{}-{seq}", self.ctx.spec.name, std::process::id());
+        let output_file = layout::output_path(&self.ctx.config.runtime_dir, &self.ctx.spec, &id);
+        let (output, out_w) = match Output::create(output_file.clone()) {
+            Ok(o) => o,
+            Err(e) => {
+                self.fail(format!("start failed: creating the output file: {e}"));
+                self.crash_streak += 1;
+                self.schedule_backoff();
+                return;
+            }
+        };
+        let launch = launch(
+            &self.ctx,
+            &self.sockets,
+            id.clone(),
+            output_file,
+            &conn,
+            &out_w,
+        );
+        self.starting += 1;
+        self.snapshot.starts += 1;
+        let ctx = self.ctx.clone();
+        let mailbox = self.mailbox.clone();
+        // The start task holds the sockets, the connection and the output's write end
+        // until the runtime has passed them on.
+        let sockets = self.sockets.clone();
+        tokio::spawn(async move {
+            let result = ctx.runtime.start(launch).await.map_err(|e| e.to_string());
+            let running_ns = monotonic_ns();
+            drop((sockets, conn, out_w));
+            let started = Started {
+                id,
+                result,
+                output: Some(output),
+                running_ns,
+            };
+            if let Err(Event::Started(s)) = mailbox.post(Event::Started(started)) {
+                // The supervisor is gone (it waits for its starts, so only a daemon that
+                // is exiting gets here): stop what was started rather than leak it.
+                if let Ok(i) = s.result {
+                    let _ = i.signal(libc::SIGKILL);
+                }
+            }
+        });
+    }
+
+    fn on_started(&mut self, s: Started) {
+        self.starting -= 1;
+        let instance = match s.result {
+            Ok(i) => i,
+            Err(e) => {
+                self.fail(format!("start failed: {e}"));
+                self.crash_streak += 1;
+                self.schedule_backoff();
+                self.reconcile();
+                return;
+            }
+        };
+        let pid = instance.pid;
+        if let Some(t) = self.activating.as_mut()
+            && t.running_ns == 0
+        {
+            t.task_created_ns = instance.milestones.created_ns;
+            t.task_started_ns = instance.milestones.started_ns;
+            t.running_ns = s.running_ns;
+        }
+        let forward = self.ctx.runtime.forward_port();
+        let ready = !self.ctx.settings.notify && forward.is_none();
+        self.track(instance, ready, s.output);
+        if let Some(port) = forward
+            && let Err(e) = self.forward(pid, port)
+        {
+            self.kill_failed(pid, format!("instance {}: {e}", s.id));
+        }
+        if self.ending.as_ref().is_some_and(|e| e.stop_instances) {
+            self.stop(pid);
+        }
+    }
+
+    /// For an image that binds its own port: forward the function's connections to it
+    /// once it accepts there, which is when the instance counts as ready.
+    fn forward(&mut self, pid: i32, port: u16) -> Result<(), String> {
+        // faasd alone accepts on the sockets of such a function.
+        for s in self.sockets.iter() {
+            sockets::set_nonblocking(s.get_ref()).map_err(|e| format!("forwarding: {e}"))?;
+        }
+        let connector = crate::forward::Connector::new(pid)
+            .map_err(|e| format!("entering the instance's network namespace: {e}"))?;
+        let mailbox = self.mailbox.clone();
+        let deadline = Instant::now() + self.ctx.config.start_timeout;
+        let task = tokio::spawn(crate::forward::serve(
+            self.sockets.clone(),
+            connector,
+            port,
+            deadline,
+            move || {
+                let _ = mailbox.post(Event::Notice(pid, Notice::Ready));
+            },
+        ));
+        if let Some(r) = self.instances.get_mut(&pid) {
+            r.forwarder = Some(task.abort_handle());
+        }
+        Ok(())
+    }
+
+    /// Takes an instance under management: exit watch, notify routing, bookkeeping.
+    fn track(&mut self, instance: Instance, ready: bool, output: Option<Output>) {
+        let pid = instance.pid;
+        let mailbox = self.mailbox.clone();
+        self.ctx.router.register(
+            pid,
+            NoticeSender::new(move |pid, n| {
+                let _ = mailbox.post(Event::Notice(pid, n));
+            }),
+        );
+        if let Ok(fd) = instance.pidfd.try_clone() {
+            let mailbox = self.mailbox.clone();
+            tokio::spawn(async move {
+                // SAFETY: the duplicated pidfd is moved into the AsyncFd, which alone closes it.
+                if let Ok(afd) = unsafe { AsyncFd::register(fd) } {
+                    let _ = afd.readable().await;
+                }
+                let _ = mailbox.post(Event::Exited(pid));
+            });
+        }
+        let now = Instant::now();
+        self.instances.insert(
+            pid,
+            Running {
+                instance,
+                started: now,
+                ready,
+                status: None,
+                last_watchdog: now,
+                stop_deadline: None,
+                killed: false,
+                failed: false,
+                output,
+                forwarder: None,
+            },
+        );
+        if ready {
+            self.mark_ready();
+        }
+    }
+
+    fn mark_ready(&mut self) {
+        if let Some(mut t) = self.activating.take() {
+            t.ready_ns = monotonic_ns();
+            self.ctx.latencies.observe_activation(&t);
+            if let Some(h) = self.snapshot.activation_seconds.as_mut() {
+                h.observe(&t);
+            }
+            self.snapshot.last_activation = Some(t);
+        }
+    }
+
+    fn on_notice(&mut self, pid: i32, n: Notice) {
+        let Some(r) = self.instances.get_mut(&pid) else {
+            return;
+        };
+        match n {
+            Notice::Ready => {
+                let first = !r.ready;
+                r.ready = true;
+                r.last_watchdog = Instant::now();
+                if first {
+                    self.mark_ready();
+                }
+            }
+            Notice::Watchdog => r.last_watchdog = Instant::now(),
+            Notice::Status(s) => r.status = Some(s),
+            Notice::Stopping => {}
+        }
+    }
+
+    fn stop(&mut self, pid: i32) {
+        let grace = self
+            .ctx
+            .settings
+            .stop_timeout
+            .unwrap_or(self.ctx.config.stop_timeout);
+        if let Some(r) = self.instances.get_mut(&pid)
+            && r.stop_deadline.is_none()
+        {
+            r.stop_deadline = Some(Instant::now() + grace);
+            let _ = r.instance.signal(libc::SIGTERM);
+        }
+    }
+
+    fn kill_failed(&mut self, pid: i32, why: String) {
+        if let Some(r) = self.instances.get_mut(&pid) {
+            r.failed = true;
+            r.stop_deadline = Some(Instant::now());
+            r.killed = true;
+            let _ = r.instance.signal(libc::SIGKILL);
+        }
+        self.fail(why);
+    }
+
+    /// An instance ended: its runtime releases it (a container's task and container are
+    /// deleted, some milliseconds) in a task of its own, which reports back.
+    fn on_exit(&mut self, pid: i32) {
+        let Some(mut r) = self.instances.remove(&pid) else {
+            return;
+        };
+        self.ctx.router.forget(pid);
+        if let Some(f) = r.forwarder.take() {
+            f.abort();
+        }
+        self.reaping += 1;
+        let ctx = self.ctx.clone();
+        let mailbox = self.mailbox.clone();
+        tokio::spawn(async move {
+            let how = ctx.runtime.reap(&r.instance).await;
+            let _ = mailbox.post(Event::Reaped(Box::new(r), how));
+        });
+    }
+
+    fn on_reaped(&mut self, mut r: Running, how: &str) {
+        self.reaping -= 1;
+        let id = r.instance.id.clone();
+        if let Some(out) = r.output.take() {
+            out.finish(&self.ctx.log, &id);
+        }
+        self.ctx.log.write("faasd", &format!("instance {id} {how}"));
+        if self.ctx.settings.accept.is_some() || self.ending.is_some() {
+            return;
+        }
+        let requested = r.stop_deadline.is_some() && !r.failed;
+        if requested {
+            self.schedule_idle_check(Instant::now());
+            return;
+        }
+        // Unexpected end, or killed for a failure.
+        if !r.failed {
+            self.snapshot.last_error = Some(format!("instance {id} {how}"));
+        }
+        if r.started.elapsed() < QUICK_EXIT {
+            self.crash_streak += 1;
+        } else {
+            self.crash_streak = 0;
+        }
+        if !r.failed {
+            // A function that ended by itself runs again on the next connection; only
+            // min-scale instances come back at once.
+            let live = self.instances.len() as u32;
+            self.target = self.ctx.settings.min_scale.max(live).min(self.target);
+        }
+        if self.target as usize > self.instances.len() + self.starting as usize {
+            self.snapshot.restarts += 1;
+        }
+        self.schedule_backoff();
+        self.reconcile();
+    }
+
+    /// Scale to zero (or to the minimum) after `zero-duration` without a new connection,
+    /// with nothing queued and no connection still open.
+    fn check_idle(&mut self, now: Instant) {
+        let Some(after) = self.ctx.settings.scale_to_zero_after else {
+            self.idle_check = None;
+            return;
+        };
+        self.idle_check = Some(now + self.idle_step());
+        let lookups = self.ctx.lookups.lookups();
+        if lookups != self.last_lookups {
+            self.last_lookups = lookups;
+            self.last_activity = now;
+            return;
+        }
+        if now - self.last_activity < after {
+            return;
+        }
+        if self.sockets.iter().any(|s| sockets::pending(s.get_ref()))
+            || connections::open(self.ctx.address, &self.ctx.settings.ports)
+        {
+            self.last_activity = now;
+            return;
+        }
+        let min = self.ctx.settings.min_scale;
+        self.ctx
+            .log
+            .write("faasd", &format!("idle for {after:?}: scaling to {min}"));
+        self.target = min;
+        self.idle_check = None;
+        self.reconcile();
+    }
+
+    /// Writes the running instances' pids and ids (runtime dir: gone after a reboot, when
+    /// no instance can have survived anyway).
+    fn record_instances(&self) {
+        let path = layout::instances_file(&self.ctx.config.runtime_dir, &self.ctx.spec);
+        let text: String = self
+            .snapshot
+            .instances
+            .iter()
+            .map(|i| format!("{} {} {}\n", i.pid, i.id, self.fingerprint))
+            .collect();
+        if let Some(d) = path.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        if let Err(e) = std::fs::write(&path, text) {
+            tracing::warn!("recording instances in {}: {e}", path.display());
+        }
+    }
+
+    fn publish(&mut self) {
+        let s = &mut self.snapshot;
+        s.instances = self
+            .instances
+            .iter()
+            .map(|(pid, r)| InstanceInfo {
+                id: r.instance.id.clone(),
+                pid: *pid,
+                ready: r.ready,
+                status: r.status.clone(),
+            })
+            .collect();
+        s.instances.sort_by_key(|i| i.pid);
+        let pids: Vec<i32> = s.instances.iter().map(|i| i.pid).collect();
+        // A draining version's instances are not the function's any more: the new
+        // version owns the record.
+        if pids != self.recorded_pids && self.draining.is_none() {
+            self.recorded_pids = pids;
+            self.record_instances();
+        }
+        let s = &mut self.snapshot;
+        s.retry_in_ms = self
+            .backoff_until
+            .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64);
+        s.phase = if s.retry_in_ms.is_some() {
+            Phase::CrashLoop
+        } else if s.instances.is_empty() && self.starting == 0 {
+            Phase::Stopped
+        } else if !s.instances.is_empty() && s.instances.iter().all(|i| i.ready) {
+            Phase::Running
+        } else {
+            Phase::Starting
+        };
+        if s.phase == Phase::Stopped {
+            // A stopped function holds no file but its sockets.
+            self.ctx.log.close();
+        }
+        let mut shared = self.state.lock().expect("state lock");
+        if *shared != self.snapshot {
+            *shared = self.snapshot.clone();
+        }
+    }
+}
+
+/// Sleeps until `deadline` (never, when there is none: the caller does not poll it then).
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the runtime needs to start one instance: the systemd protocol's environment
+/// (LISTEN_FDS, LISTEN_FDNAMES, NOTIFY_SOCKET, WATCHDOG_USEC), the descriptors to pass
+/// and where its output goes.
+fn launch(
+    ctx: &Context,
+    sockets: &[AsyncFd<OwnedFd>],
+    id: String,
+    output: PathBuf,
+    conn: &Option<(OwnedFd, SocketAddrV6)>,
+    out_w: &std::fs::File,
+) -> Launch {
+    let s = &ctx.settings;
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOME".into(), "/".into()),
+        ("FAASD_INSTANCE".into(), id.clone()),
+        ("FAASD_FUNCTION".into(), ctx.spec.name.clone()),
+        ("FAASD_ADDRESS".into(), ctx.address.to_string()),
+        (
+            "NOTIFY_SOCKET".into(),
+            ctx.config.notify_socket().to_string_lossy().into(),
+        ),
+    ];
+    env.extend(
+        ctx.spec
+            .deployment
+            .env_vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    if let Some(w) = s.watchdog {
+        env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
+    }
+    let fds: Vec<i32> = match conn {
+        Some((c, peer)) => {
+            env.push(("LISTEN_FDS".into(), "1".into()));
+            env.push(("LISTEN_FDNAMES".into(), "connection".into()));
+            env.push(("REMOTE_ADDR".into(), peer.ip().to_string()));
+            env.push(("REMOTE_PORT".into(), peer.port().to_string()));
+            vec![c.as_raw_fd()]
+        }
+        None => {
+            let names: Vec<&str> = s.ports.iter().map(|p| p.name.as_str()).collect();
+            env.push(("LISTEN_FDS".into(), sockets.len().to_string()));
+            env.push(("LISTEN_FDNAMES".into(), names.join(":")));
+            sockets.iter().map(|s| s.get_ref().as_raw_fd()).collect()
+        }
+    };
+    let conn_fd = conn.as_ref().map(|(c, _)| c.as_raw_fd());
+    Launch {
+        instance: id,
+        output,
+        argv: ctx.spec.argv.clone(),
+        env,
+        fds,
+        stdin: conn_fd,
+        stdout: conn_fd.unwrap_or(out_w.as_raw_fd()),
+        stderr: out_w.as_raw_fd(),
+        user: s.user.clone().unwrap_or_else(|| ctx.config.user.clone()),
+        cgroup: ctx.cgroup.clone(),
+    }
+}
