@@ -16,6 +16,7 @@
 //! Prints a table, writes `results.json` and `latency.svg` to `--out`.
 
 mod plot;
+mod scale;
 mod stats;
 
 use std::{
@@ -359,7 +360,54 @@ fn machine() -> Value {
     json!({"cpu": cpu, "cores": cores, "memory": mem, "kernel": kernel, "os": os, "faasd_commit": commit})
 }
 
+/// `faasd-bench scale [--sizes N,N,…] [--out DIR] [--faasd BIN] [--hello BIN]`: only the
+/// scale section.
+fn scale_main() -> Result<()> {
+    let mut sizes = vec![1_000, 5_000, 19_000];
+    let (mut faasd, mut hello, mut out) = (
+        PathBuf::from("target/release/faasd"),
+        PathBuf::from("target/release/hello"),
+        PathBuf::from("target/bench"),
+    );
+    let mut it = std::env::args().skip(2);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--sizes" => {
+                sizes = val()?
+                    .split(',')
+                    .map(|n| n.trim().parse())
+                    .collect::<Result<_, _>>()?
+            }
+            "--faasd" => faasd = val()?.into(),
+            "--hello" => hello = val()?.into(),
+            "--out" => out = val()?.into(),
+            f => bail!(
+                "unknown flag {f}: faasd-bench scale [--sizes 1000,5000,19000] [--out DIR] [--faasd BIN] [--hello BIN]"
+            ),
+        }
+    }
+    std::fs::create_dir_all(&out)?;
+    let out = std::fs::canonicalize(&out)?;
+    let faasd = std::fs::canonicalize(&faasd).context("--faasd")?;
+    let hello = std::fs::canonicalize(&hello).context("--hello")?;
+    let machine = machine();
+    println!("machine: {machine}");
+    let mut b = Bench::new(&out)?;
+    let rows = scale::run(&mut b, &faasd, &hello, &sizes)?;
+    let results = json!({"machine": machine, "scale": rows});
+    std::fs::write(
+        out.join("scale.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    println!("\nresults: {}", out.join("scale.json").display());
+    Ok(())
+}
+
 fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("scale") {
+        return scale_main();
+    }
     let args = parse_args()?;
     std::fs::create_dir_all(&args.out)?;
     let out = std::fs::canonicalize(&args.out)?;
@@ -456,9 +504,7 @@ fn main() -> Result<()> {
     println!("warm: {} rounds over {} paths", args.warm, paths.len());
     // The program's own cost, as cloudflare/tubular measures it: BPF_STATS_RUN_TIME.
     let program_id = b.api("GET", "/system/status", "")?["dataplane"]["programId"].as_u64();
-    let stats_flag = Path::new("/proc/sys/kernel/bpf_stats_enabled");
-    let stats_before = std::fs::read_to_string(stats_flag).unwrap_or_default();
-    std::fs::write(stats_flag, "1").context("enabling BPF run-time stats")?;
+    let stats = BpfStats::enable()?;
     let mut samples: Vec<Vec<u64>> = vec![Vec::new(); paths.len()];
     for round in 0..args.warm + 200 {
         // Start each round at a different path so no path always follows the same one.
@@ -473,7 +519,7 @@ fn main() -> Result<()> {
         }
     }
     let program_cost = program_id.and_then(program_run_time);
-    std::fs::write(stats_flag, stats_before.trim())?;
+    drop(stats);
     let [steered, unsteered, direct_blocks] = steering_ab(&b, fn_addr, direct, args.warm)?;
     let warm: Vec<Summary> = paths
         .iter()
@@ -923,9 +969,7 @@ fn lookup_cost_by_bindings(b: &Bench, fn_addr: SocketAddr) -> Result<Vec<(usize,
         }
         Ok(())
     };
-    let stats_flag = Path::new("/proc/sys/kernel/bpf_stats_enabled");
-    let stats_before = std::fs::read_to_string(stats_flag).unwrap_or_default();
-    std::fs::write(stats_flag, "1")?;
+    let stats = BpfStats::enable()?;
     let mut results = Vec::new();
     let mut present = 1;
     for target in [1usize, 1_000, 100_000] {
@@ -951,12 +995,32 @@ fn lookup_cost_by_bindings(b: &Bench, fn_addr: SocketAddr) -> Result<Vec<(usize,
         println!("  {target:>7} bindings: {cost:.0} ns per run");
         results.push((target, cost));
     }
-    std::fs::write(stats_flag, stats_before.trim())?;
+    drop(stats);
     let lines: String = (1..present)
         .map(|i| format!("map delete pinned {} key hex {}\n", map.display(), fake(i)))
         .collect();
     batch(lines)?;
     Ok(results)
+}
+
+/// `kernel.bpf_stats_enabled` turned on while this lives, and put back as it was when it
+/// goes, however the bench ends.
+struct BpfStats(String);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
+        std::fs::write(BPF_STATS, "1").context("enabling BPF run-time stats")?;
+        Ok(Self(before.trim().to_owned()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, &self.0);
+    }
 }
 
 /// (run count, total run time in ns) of a BPF program, from bpftool.
@@ -965,8 +1029,14 @@ fn program_totals(id: u64) -> Option<(u64, u64)> {
         .args(["prog", "show", "id", &id.to_string(), "--json"])
         .output()
         .ok()?;
+    if !out.status.success() {
+        return None;
+    }
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some((v["run_cnt"].as_u64()?, v["run_time_ns"].as_u64()?))
+    // bpftool leaves both fields out for a program that has not run since statistics
+    // were turned on: that is zero runs, not an error.
+    let field = |k: &str| v[k].as_u64().unwrap_or(0);
+    Some((field("run_cnt"), field("run_time_ns")))
 }
 
 /// Name of the veth end in the bench namespace that gets the XDP guard, and of the

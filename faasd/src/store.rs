@@ -57,6 +57,9 @@ pub struct FunctionRecord {
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// Serialises the address counter's read-increment-write: deploys of different
+    /// functions run concurrently, and no address may be handed out twice.
+    counter: std::sync::Mutex<()>,
 }
 
 const COUNTER_FILE: &str = "next-address";
@@ -76,6 +79,7 @@ impl Store {
         fs::create_dir_all(&functions).map_err(io("create", &functions))?;
         let store = Self {
             dir: dir.to_owned(),
+            counter: std::sync::Mutex::new(()),
         };
         for ns in read_dir(&functions)? {
             for f in read_dir(&ns)? {
@@ -122,6 +126,7 @@ impl Store {
         prefix: Ipv6Net,
         in_use: impl Iterator<Item = Ipv6Addr>,
     ) -> Result<(), StoreError> {
+        let _counter = self.counter.lock().expect("address counter lock");
         let host_mask = u128::MAX >> prefix.len;
         let above_used = in_use
             .filter(|a| prefix.contains(*a))
@@ -140,6 +145,7 @@ impl Store {
     /// Allocates the next address of `prefix`. Addresses are never handed out twice: the
     /// counter only grows, and it is durable before the address is returned.
     pub fn allocate_address(&self, prefix: Ipv6Net) -> Result<Ipv6Addr, StoreError> {
+        let _counter = self.counter.lock().expect("address counter lock");
         let n = self.counter()?;
         let addr = prefix.nth(n).ok_or(StoreError::PrefixExhausted(prefix))?;
         write_atomic(
@@ -277,6 +283,28 @@ mod tests {
         s.raise_counter_above(p, [b].into_iter()).unwrap();
         let c = s.allocate_address(p).unwrap();
         assert_eq!(c, "fd00:faa5:1::3".parse::<Ipv6Addr>().unwrap());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn concurrent_allocations_never_share_an_address() {
+        let d = tempdir("concurrent");
+        let s = Store::open(&d).unwrap();
+        let p: Ipv6Net = "fd00:faa5:1::/48".parse().unwrap();
+        let all: Vec<Ipv6Addr> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    sc.spawn(|| {
+                        (0..50)
+                            .map(|_| s.allocate_address(p).unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let unique: std::collections::BTreeSet<_> = all.iter().collect();
+        assert_eq!(unique.len(), 400);
         fs::remove_dir_all(&d).unwrap();
     }
 

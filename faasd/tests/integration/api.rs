@@ -239,7 +239,11 @@ fn metrics_parse_for_promtool_and_move_with_traffic() {
     require_privileges!();
     let ns = Netns::new("metrics");
     let d = Daemon::start_with(&ns, "dns = [\"[::1]:5353\"]\n");
-    let addr = d.deploy_hello("counted", &[]);
+    let addr = d.deploy_hello(
+        "counted",
+        &["--annotation", "faasd.dev/latency-histograms=true"],
+    );
+    d.deploy_hello("plain", &[]);
     // Two DNS answers: one name that exists, one that does not.
     for name in ["counted.faas", "missing.faas"] {
         let out = ns
@@ -302,21 +306,34 @@ fn metrics_parse_for_promtool_and_move_with_traffic() {
         value("gateway_service_count{function_name=\"counted.openfaas-fn\"}"),
         1.0
     );
-    // The activation's phases add up to the whole.
+    // The activation's phases add up to the whole (the host's only activation).
     let phase = |p: &str| {
         value(&format!(
-            "faasd_function_activation_phase_seconds_sum{{{labels},phase=\"{p}\"}}"
+            "faasd_activation_phase_seconds_sum{{phase=\"{p}\"}}"
         ))
     };
-    let whole = value(&format!(
-        "faasd_function_activation_seconds_sum{{{labels}}}"
-    ));
+    let whole = value("faasd_activation_seconds_sum ");
     assert!(
         (phase("runtime") + phase("init") - whole).abs() < 1e-6,
         "runtime {} + init {} != {whole}",
         phase("runtime"),
         phase("init")
     );
+    // The host-wide histograms count every activation, whether or not a function keeps
+    // its own.
+    assert_eq!(value("faasd_activation_seconds_count "), 1.0);
+    assert!(value("faasd_activation_phase_seconds_count{phase=\"runtime\"}") >= 1.0);
+    // A function that keeps no histograms costs twelve samples: six per socket, five of
+    // its own, and OpenFaaS's service count (no invocation has a code yet).
+    let plain = text
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && (l.contains("function=\"plain\"")
+                    || l.contains("function_name=\"plain.openfaas-fn\""))
+        })
+        .count();
+    assert_eq!(plain, 12, "{text}");
     assert_eq!(
         value("faasd_dns_queries_total{type=\"AAAA\",rcode=\"NOERROR\"}"),
         1.0
@@ -412,7 +429,11 @@ fn accept_queue_depth_and_overflows_are_reported() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
     };
-    assert_eq!(value("faasd_socket_queue_limit"), 2);
+    let limit = text
+        .lines()
+        .find_map(|l| l.strip_prefix("faasd_socket_queue_limit "))
+        .unwrap_or_else(|| panic!("no faasd_socket_queue_limit in\n{text}"));
+    assert_eq!(limit, "2");
     assert!(value("faasd_socket_queued") >= 1, "{text}");
     assert!(value("faasd_socket_queue_overflows_total") >= 1, "{text}");
     // describe shows the same numbers.
@@ -588,4 +609,40 @@ fn a_call_to_a_function_that_cannot_start_gets_a_502_with_the_reason() {
         body.contains("cannot start") && body.contains("exited"),
         "{body}"
     );
+}
+
+/// 2,000 deployed, stopped functions cause no supervisor wake-up at all: their cost while
+/// idle is memory, not CPU.
+#[test]
+fn idle_functions_cause_no_wakeups() {
+    crate::require_privileges!();
+    let ns = Netns::new("wakeups");
+    let d = Daemon::start(&ns);
+    let hello = crate::harness::hello_bin();
+    for i in 0..2_000 {
+        let body = serde_json::json!({
+            "service": format!("idle-{i}"),
+            "envProcess": hello,
+            "labels": {"com.openfaas.scale.zero": "true"},
+        });
+        let (code, text) = d.api("POST", "/system/functions", &body.to_string());
+        assert!((200..300).contains(&code), "deploy {i}: {code} {text}");
+    }
+    let wakeups = || {
+        let (_, text) = d.api("GET", "/metrics", "");
+        text.lines()
+            .find_map(|l| l.strip_prefix("faasd_supervisor_wakeups_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no faasd_supervisor_wakeups_total in /metrics"))
+    };
+    let before = wakeups();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(wakeups(), before, "idle supervisors woke up");
+    // And one of them still wakes on its first connection.
+    let addr = d.describe("idle-1999").address;
+    let (code, _) = ns
+        .run(|| crate::harness::http_get(std::net::SocketAddr::from((addr, 8080))))
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(wakeups() > before);
 }

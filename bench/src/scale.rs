@@ -1,0 +1,217 @@
+//! `faasd-bench scale`: what each deployed, idle function costs, at several function
+//! counts, so that the cost per function can be seen to stay flat. Every size gets a fresh
+//! daemon and state directory.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::Bench;
+
+/// One size's figures.
+struct Row {
+    n: usize,
+    deploy_per_s: f64,
+    deploy8_per_s: f64,
+    rss_per_fn_kib: f64,
+    idle_cpu_pct: f64,
+    metrics_samples: usize,
+    metrics_bytes: usize,
+    metrics_ms: f64,
+    list_ms: f64,
+    restart_ms: f64,
+}
+
+/// Raises this process's open-file limit to its hard limit; the daemon inherits it.
+fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        r.rlim_cur
+    }
+}
+
+fn proc_field(pid: u32, key: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("{key} in /proc/{pid}/status"))
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+fn deploy_body(hello: &Path, i: usize) -> String {
+    json!({
+        "service": format!("s{i}"),
+        "envProcess": hello.to_string_lossy(),
+        "labels": {"com.openfaas.scale.zero": "true"},
+    })
+    .to_string()
+}
+
+/// Deploys `from..to` with `clients` threads; the rate in deploys per second.
+fn deploy(b: &Bench, hello: &Path, from: usize, to: usize, clients: usize) -> Result<f64> {
+    let t = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                s.spawn(move || -> Result<()> {
+                    for i in (from + c..to).step_by(clients) {
+                        b.api("POST", "/system/functions", &deploy_body(hello, i))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("deploy thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok((to - from) as f64 / t.elapsed().as_secs_f64())
+}
+
+fn raw_get(b: &Bench, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&b.socket)?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    Ok(resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
+fn measure(b: &mut Bench, faasd: &Path, hello: &Path, n: usize) -> Result<Row> {
+    let _ = std::fs::remove_dir_all(b.dir.join("state"));
+    b.start_daemon(faasd, "")?;
+    let pid = b.daemon.as_ref().context("daemon")?.id();
+    let rss0 = proc_field(pid, "VmRSS:")?;
+    // Half one client at a time, half with eight.
+    let half = n / 2;
+    let deploy_per_s = deploy(b, hello, 0, half, 1)?;
+    let deploy8_per_s = deploy(b, hello, half, n, 8)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let rss = proc_field(pid, "VmRSS:")?;
+    let ticks0 = cpu_ticks(pid)?;
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let idle_cpu_pct = (cpu_ticks(pid)? - ticks0) as f64 / hz / t.elapsed().as_secs_f64() * 100.0;
+    let t = Instant::now();
+    let text = raw_get(b, "/metrics")?;
+    let metrics_ms = t.elapsed().as_secs_f64() * 1e3;
+    let metrics_samples = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("function"))
+        .count();
+    let t = Instant::now();
+    let list = b.api("GET", "/system/functions", "")?;
+    let list_ms = t.elapsed().as_secs_f64() * 1e3;
+    if list.as_array().map(Vec::len) != Some(n) {
+        bail!(
+            "list shows {:?} functions, not {n}",
+            list.as_array().map(Vec::len)
+        );
+    }
+    // Restart: kill -9, start again, healthy when the API lists every function.
+    let t = Instant::now();
+    if let Some(mut d) = b.daemon.take() {
+        let _ = d.kill();
+        let _ = d.wait();
+    }
+    b.start_daemon(faasd, "")?;
+    loop {
+        if let Ok(Value::Array(l)) = b.api("GET", "/system/functions", "")
+            && l.len() == n
+        {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            bail!("the restarted daemon did not list {n} functions within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let restart_ms = t.elapsed().as_secs_f64() * 1e3;
+    Ok(Row {
+        n,
+        deploy_per_s,
+        deploy8_per_s,
+        rss_per_fn_kib: rss.saturating_sub(rss0) as f64 / n as f64,
+        idle_cpu_pct,
+        metrics_samples,
+        metrics_bytes: text.len(),
+        metrics_ms,
+        list_ms,
+        restart_ms,
+    })
+}
+
+/// Runs the scale section at each size; prints a table and returns it as JSON.
+pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, sizes: &[usize]) -> Result<Value> {
+    let limit = raise_nofile();
+    println!("scale: open-file limit {limit}; sizes {sizes:?}");
+    let mut rows = Vec::new();
+    for &n in sizes {
+        if n as u64 + 500 > limit {
+            bail!("{n} functions need {n} sockets; the open-file limit here is {limit}");
+        }
+        println!("  {n} functions …");
+        rows.push(measure(b, faasd, hello, n)?);
+    }
+    println!(
+        "\n| functions | deploy/s (1 client) | deploy/s (8 clients) | RSS per function | idle CPU | /metrics samples per function | /metrics size | /metrics time | list time | restart until listed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} KiB | {:.2} % | {:.1} | {:.1} MB | {:.0} ms | {:.0} ms | {:.0} ms |",
+            r.n,
+            r.deploy_per_s,
+            r.deploy8_per_s,
+            r.rss_per_fn_kib,
+            r.idle_cpu_pct,
+            r.metrics_samples as f64 / r.n as f64,
+            r.metrics_bytes as f64 / 1e6,
+            r.metrics_ms,
+            r.list_ms,
+            r.restart_ms
+        );
+    }
+    Ok(Value::Array(
+        rows.iter()
+            .map(|r| {
+                json!({
+                    "functions": r.n,
+                    "deploy_per_s_1_client": r.deploy_per_s,
+                    "deploy_per_s_8_clients": r.deploy8_per_s,
+                    "rss_per_function_kib": r.rss_per_fn_kib,
+                    "idle_cpu_percent_of_one_core": r.idle_cpu_pct,
+                    "metrics_samples_per_function": r.metrics_samples as f64 / r.n as f64,
+                    "metrics_bytes": r.metrics_bytes,
+                    "metrics_ms": r.metrics_ms,
+                    "list_ms": r.list_ms,
+                    "restart_until_listed_ms": r.restart_ms,
+                })
+            })
+            .collect(),
+    ))
+}
