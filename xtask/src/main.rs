@@ -23,7 +23,8 @@ const USAGE: &str = "usage: cargo xtask <setup|up|test|bench|image|dist> [args]
   up             setup, build, run faasd with the sample function (Ctrl-C stops it)
   test           setup, then every test: unit, privileged integration, fmt, clippy
                  (--no-lint skips fmt and clippy; extra args go to cargo test)
-  bench [ARGS]   setup, build release, run the benchmark harness (faasd-bench --help)
+  bench [ARGS]   setup, build release, run the benchmark harness (faasd-bench --help);
+                 `bench scale [--sizes 1000,5000,19000]` runs only the cost-per-function section
   image          build OCI archives of the sample functions (target/images) and import
                  them into containerd (the system one, or a private one for the tests)
   dist           build release; target/dist gets the .deb and a directory (and tarball)
@@ -307,6 +308,19 @@ fn bench(args: &[String]) -> Result {
         "faasd-bench",
     ]))?;
     let root = root();
+    if args.first().is_some_and(|a| a == "scale") {
+        // The scale section alone: process functions only, no containerd needed.
+        step("running the scale benchmark");
+        return run(Command::new(root.join("target/release/faasd-bench"))
+            .arg("scale")
+            .arg("--faasd")
+            .arg(root.join("target/release/faasd"))
+            .arg("--hello")
+            .arg(root.join("target/release/hello"))
+            .arg("--out")
+            .arg(root.join("target/bench"))
+            .args(&args[1..]));
+    }
     let ctr =
         containerd::Containerd::system_or_private(&root.join("target/bench/containerd"), "bench")?;
     image::build_and_import(&root.join("target/release/faasd"), &ctr.socket)?;

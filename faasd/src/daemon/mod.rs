@@ -507,7 +507,8 @@ impl Daemon {
         let entries = std::mem::take(&mut *self.functions.write().expect("registry lock"));
         for (_, e) in entries {
             let _op = e.op.lock().await;
-            if let Some(f) = e.current.write().expect("entry lock").take() {
+            let current = e.current.write().expect("entry lock").take();
+            if let Some(f) = current {
                 self.retire(&f, stop).await;
             }
         }

@@ -400,6 +400,8 @@ impl Dataplane {
         self.sockets
             .set(slot, socket, 0)
             .map_err(map_err(names::SOCKETS))?;
+        // Whoever chose the slot, it is in use now.
+        self.slots.claim(slot);
         // Counters of a reused slot start from zero.
         let zero = aya::maps::PerCpuValues::try_from(vec![SlotCounters::default(); nr_cpus()])
             .expect("one value per CPU");
