@@ -1,5 +1,5 @@
 //! The HTTP API: the OpenFaaS gateway routes faas-cli uses (see
-//! `../shared/notes/openfaas-api.md`) and faasd's own `/system/status`. Served on the unix
+//! `docs/openfaas-api.md`) and faasd's own `/system/status`. Served on the unix
 //! socket (whose permissions are the access control) and on any `--api` TCP address.
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Installs what a fresh Debian/Ubuntu machine lacks, idempotently: each step checks
-//! first and says what it found. See ../shared/notes/toolchain.md in the design notes for
+//! first and says what it found. See docs/toolchain.md for
 //! why each piece is needed.
 
 use std::{path::PathBuf, process::Command};

@@ -1,8 +1,8 @@
 """faasd's deviations from the published OpenFaaS gateway contract, in one place.
 
-The contract test (faasd/tests/integration/contract.rs) runs schemathesis against
-../shared/openfaas/spec.openapi.yml and a running faasd. Before schemathesis reads the
-spec, `before_load_schema` below applies each deviation faasd makes on purpose; every
+The contract test (faasd/tests/integration/contract.rs) runs schemathesis against the
+published spec vendored beside this file (spec.openapi.yml) and a running faasd. Before
+schemathesis reads the spec, `before_load_schema` below applies each deviation faasd makes on purpose; every
 other difference between the spec and the daemon is a failure. The one deviation a schema
 cannot express (a scale request's `serviceName` must match its path) is in
 schemathesis.toml beside this file. Each function here is one
