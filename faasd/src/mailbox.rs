@@ -9,10 +9,16 @@ use tokio::sync::Notify;
 /// Messages for one receiving task. Posting never blocks; after [`Mailbox::close`] it fails
 /// and hands the message back, and whatever was queued is dropped (so a waiting reply
 /// channel inside a message sees its sender go).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Mailbox<T> {
     queue: Mutex<Option<VecDeque<T>>>,
     wake: Notify,
+}
+
+impl<T> Default for Mailbox<T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<T> Mailbox<T> {

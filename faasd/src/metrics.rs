@@ -59,21 +59,19 @@ impl Latencies {
         self.activation.lock().expect("latency lock").observe(t);
     }
 
+    fn snapshot(&self) -> (ActivationHistograms, Histogram) {
+        (
+            self.activation.lock().expect("latency lock").clone(),
+            self.invocation.lock().expect("latency lock").clone(),
+        )
+    }
+
     /// Records a call through `/function/*`.
     pub fn observe_invocation(&self, seconds: f64) {
         self.invocation
             .lock()
             .expect("latency lock")
             .observe(seconds);
-    }
-}
-
-impl Latencies {
-    fn snapshot(&self) -> (ActivationHistograms, Histogram) {
-        (
-            self.activation.lock().expect("latency lock").clone(),
-            self.invocation.lock().expect("latency lock").clone(),
-        )
     }
 }
 

@@ -308,33 +308,29 @@ fn bench(args: &[String]) -> Result {
         "faasd-bench",
     ]))?;
     let root = root();
-    if args.first().is_some_and(|a| a == "scale") {
-        // The scale section alone: process functions only, no containerd needed.
-        step("running the scale benchmark");
-        return run(Command::new(root.join("target/release/faasd-bench"))
-            .arg("scale")
+    // The harness with the binaries it measures; `mode` goes first (the scale section is
+    // chosen by its first argument).
+    let harness = |mode: &[&std::ffi::OsStr]| {
+        let mut c = Command::new(root.join("target/release/faasd-bench"));
+        c.args(mode)
             .arg("--faasd")
             .arg(root.join("target/release/faasd"))
             .arg("--hello")
             .arg(root.join("target/release/hello"))
             .arg("--out")
-            .arg(root.join("target/bench"))
-            .args(&args[1..]));
+            .arg(root.join("target/bench"));
+        c
+    };
+    if args.first().is_some_and(|a| a == "scale") {
+        // The scale section alone: process functions only, no containerd needed.
+        step("running the scale benchmark");
+        return run(harness(&["scale".as_ref()]).args(&args[1..]));
     }
     let ctr =
         containerd::Containerd::system_or_private(&root.join("target/bench/containerd"), "bench")?;
     image::build_and_import(&root.join("target/release/faasd"), &ctr.socket)?;
     step("running the benchmarks");
-    run(Command::new(root.join("target/release/faasd-bench"))
-        .arg("--containerd")
-        .arg(&ctr.socket)
-        .arg("--faasd")
-        .arg(root.join("target/release/faasd"))
-        .arg("--hello")
-        .arg(root.join("target/release/hello"))
-        .arg("--out")
-        .arg(root.join("target/bench"))
-        .args(args))
+    run(harness(&["--containerd".as_ref(), ctr.socket.as_os_str()]).args(args))
 }
 
 /// `cargo xtask image`: into the system containerd if one runs; otherwise only the archives

@@ -43,8 +43,9 @@ impl Budget {
         }
     }
 
-    /// Takes `n` sockets' worth of descriptors, or says why there is no room.
-    pub(super) fn take(&self, n: usize) -> Result<(), DaemonError> {
+    /// Reserves `n` sockets' worth of descriptors, or says why there is no room. The
+    /// reservation is given back when dropped, unless [`Reservation::keep`] was called.
+    pub(super) fn reserve(&self, n: usize) -> Result<Reservation<'_>, DaemonError> {
         let n = n as u64;
         let limit = limit();
         let mut held = self.sockets.load(Ordering::Relaxed);
@@ -64,14 +65,43 @@ impl Budget {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    return Ok(Reservation {
+                        budget: self,
+                        n: n as usize,
+                        kept: false,
+                    });
+                }
                 Err(now) => held = now,
             }
         }
     }
 
-    /// Gives back what [`Budget::take`] took.
+    /// Gives back what a kept reservation held (the function's sockets are closed).
     pub(super) fn release(&self, n: usize) {
         self.sockets.fetch_sub(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Descriptors reserved for one function's sockets.
+#[derive(Debug)]
+pub(super) struct Reservation<'a> {
+    budget: &'a Budget,
+    n: usize,
+    kept: bool,
+}
+
+impl Reservation<'_> {
+    /// The function now holds the descriptors; [`Budget::release`] gives them back.
+    pub(super) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.budget.release(self.n);
+        }
     }
 }

@@ -136,22 +136,8 @@ impl Daemon {
         keep_slots: Vec<Option<u32>>,
         recover: bool,
     ) -> Result<Function, DaemonError> {
-        let n = settings.ports.len();
-        self.files.take(n)?;
-        let made = self.make(record, settings, keep_slots, recover).await;
-        if made.is_err() {
-            self.files.release(n);
-        }
-        made
-    }
-
-    async fn make(
-        &self,
-        record: FunctionRecord,
-        settings: Settings,
-        keep_slots: Vec<Option<u32>>,
-        recover: bool,
-    ) -> Result<Function, DaemonError> {
+        // Given back if anything below fails; kept by the function otherwise.
+        let files = self.files.reserve(settings.ports.len())?;
         let spec = &record.spec;
         let log = FunctionLog::new(&self.config.state_dir, &spec.namespace, &spec.name);
         let cgroup = match &self.cgroup_root {
@@ -285,6 +271,7 @@ impl Daemon {
                 ad.pid
             );
         }
+        files.keep();
         Ok(Function {
             invocation_seconds: settings.latency_histograms.then(Mutex::default),
             record,

@@ -35,6 +35,15 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// bpf(2) with `attr` as its attribute union.
+///
+/// # Safety
+/// Every pointer in `attr` must be valid for what the command reads or writes through it.
+unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> libc::c_long {
+    // SAFETY: the caller vouches for the pointers inside `attr`; the size is its own.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<A>()) }
+}
+
 /// A read-only view of a per-CPU array whose values are `W` u64 counters, summed over CPUs.
 #[derive(Debug)]
 pub struct PerCpuReader<const W: usize> {
@@ -64,23 +73,15 @@ impl<const W: usize> PerCpuReader<W> {
     /// The counters of one index (zeros if it cannot be read).
     pub fn get(&self, index: u32) -> [u64; W] {
         let mut values = vec![0u64; W * self.cpus];
-        let attr = ElemAttr {
+        let mut attr = ElemAttr {
             map_fd: self.fd.as_raw_fd() as u32,
             key: (&raw const index) as u64,
             value: values.as_mut_ptr() as u64,
             ..Default::default()
         };
-        // SAFETY: bpf(BPF_MAP_LOOKUP_ELEM) reads the key and writes one value per possible
-        // CPU into `values`, which holds exactly that many.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_ELEM,
-                &raw const attr,
-                size_of::<ElemAttr>(),
-            )
-        };
-        if r < 0 {
+        // SAFETY: BPF_MAP_LOOKUP_ELEM reads the key and writes one value per possible CPU
+        // into `values`, which holds exactly that many.
+        if unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } < 0 {
             return [0; W];
         }
         self.sum(&values)
@@ -105,15 +106,8 @@ impl<const W: usize> PerCpuReader<W> {
                 ..Default::default()
             };
             // SAFETY: the kernel writes at most `count` keys and values into buffers sized
-            // for BATCH entries, and the batch token into `token`.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &raw mut attr,
-                    size_of::<BatchAttr>(),
-                )
-            };
+            // for BATCH entries, the batch token into `token` and the count read into `attr`.
+            let r = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
             let end = r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT);
             if r < 0 && !end {
                 // Batch lookups unsupported: one call per index instead.

@@ -108,7 +108,7 @@ enum Event {
 struct Started {
     id: String,
     result: Result<Instance, String>,
-    output: Option<Output>,
+    output: Output,
     running_ns: u64,
 }
 
@@ -609,6 +609,17 @@ impl Supervisor {
         );
     }
 
+    /// A start that failed counts towards a crash loop. In accept mode the failed start's
+    /// connection is closed and the next one gets its own try: the backoff is for kept
+    /// instances only.
+    fn start_failed(&mut self, why: String) {
+        self.fail(format!("start failed: {why}"));
+        if self.ctx.settings.accept.is_none() {
+            self.crash_streak += 1;
+            self.schedule_backoff();
+        }
+    }
+
     /// Starts one instance as a task of its own; it reports back with [`Event::Started`].
     fn start_instance(&mut self, conn: Option<(OwnedFd, SocketAddrV6)>) {
         let seq = INSTANCE_SEQ.fetch_add(1, Ordering::Relaxed) + 1;
@@ -617,9 +628,7 @@ impl Supervisor {
         let (output, out_w) = match Output::create(output_file.clone()) {
             Ok(o) => o,
             Err(e) => {
-                self.fail(format!("start failed: creating the output file: {e}"));
-                self.crash_streak += 1;
-                self.schedule_backoff();
+                self.start_failed(format!("creating the output file: {e}"));
                 return;
             }
         };
@@ -645,7 +654,7 @@ impl Supervisor {
             let started = Started {
                 id,
                 result,
-                output: Some(output),
+                output,
                 running_ns,
             };
             if let Err(Event::Started(s)) = mailbox.post(Event::Started(started)) {
@@ -663,9 +672,7 @@ impl Supervisor {
         let instance = match s.result {
             Ok(i) => i,
             Err(e) => {
-                self.fail(format!("start failed: {e}"));
-                self.crash_streak += 1;
-                self.schedule_backoff();
+                self.start_failed(e);
                 self.reconcile();
                 return;
             }
@@ -680,7 +687,7 @@ impl Supervisor {
         }
         let forward = self.ctx.runtime.forward_port();
         let ready = !self.ctx.settings.notify && forward.is_none();
-        self.track(instance, ready, s.output);
+        self.track(instance, ready, Some(s.output));
         if let Some(port) = forward
             && let Err(e) = self.forward(pid, port)
         {
