@@ -174,7 +174,8 @@ impl Daemon {
             self.functions
                 .write()
                 .expect("registry lock")
-                .insert(id, entry.clone());
+                .entry(id)
+                .or_insert_with(|| entry.clone());
             return Err(internal(e));
         }
         if let Some(z) = &self.zone {

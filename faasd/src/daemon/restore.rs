@@ -74,13 +74,25 @@ impl Daemon {
                 .iter()
                 .map(|p| pinned.remove(&BindingKey::new(rec.address, p.port, p.protocol.number())))
                 .collect();
+            let kept: Vec<(BindingKey, u32)> = settings
+                .ports
+                .iter()
+                .zip(&keep)
+                .filter_map(|(p, s)| {
+                    s.map(|s| (BindingKey::new(rec.address, p.port, p.protocol.number()), s))
+                })
+                .collect();
             {
                 let mut dp = self.dataplane.lock().expect("dataplane lock");
-                keep.iter().flatten().for_each(|s| dp.claim_slot(*s));
+                kept.iter().for_each(|(_, s)| dp.claim_slot(*s));
             }
             match self.activate(rec, settings, keep, true).await {
                 Ok(f) => functions.push(f),
-                Err(e) => tracing::error!("restoring function {id}: {e}"),
+                Err(e) => {
+                    tracing::error!("restoring function {id}: {e}");
+                    // Not restored: its pinned bindings and slots are stale now.
+                    self.unbind(&kept);
+                }
             }
         }
         if let Some(z) = &self.zone {
@@ -235,9 +247,8 @@ impl Daemon {
         let settings = Arc::new(settings);
         let handle = supervisor::spawn(
             supervisor::Context {
-                spec: Arc::new(record.spec.clone()),
+                record: record.clone(),
                 settings: settings.clone(),
-                address: record.address,
                 config: self.config.clone(),
                 runtime,
                 lookups: Box::new(SlotLookups {
@@ -367,29 +378,32 @@ impl Daemon {
             milestones: Default::default(),
         };
         let mut socks = Vec::new();
+        let mut unusable = None;
         for (i, p) in settings.ports.iter().enumerate() {
+            let n = 3 + i as i32;
             // SAFETY: pidfd_getfd duplicates the target's fd into us; checked and owned.
-            let fd = unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_getfd,
-                    instance.pidfd.as_raw_fd(),
-                    3 + i as i32,
-                    0,
-                )
-            };
+            let fd =
+                unsafe { libc::syscall(libc::SYS_pidfd_getfd, instance.pidfd.as_raw_fd(), n, 0) };
             if fd < 0 {
+                unusable = Some(format!("its fd {n}: {}", std::io::Error::last_os_error()));
                 break;
             }
             // SAFETY: fresh descriptor.
             let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
             match sockets::local_addr(&fd) {
                 Ok(a) if *a.ip() == rec.address && a.port() == p.port => socks.push(fd),
-                _ => break,
+                other => {
+                    unusable = Some(format!(
+                        "its fd {n} is {other:?}, not the socket [{}]:{}",
+                        rec.address, p.port
+                    ));
+                    break;
+                }
             }
         }
-        if socks.len() != settings.ports.len() {
+        if let Some(why) = unusable {
             tracing::warn!(
-                "{}: pid {pid} is not a usable instance any more; stopping it",
+                "{}: pid {pid} is not a usable instance any more ({why}); stopping it",
                 rec.spec.id()
             );
             let _ = instance.signal(libc::SIGKILL);

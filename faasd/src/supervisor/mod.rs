@@ -10,7 +10,7 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv6Addr, SocketAddrV6},
+    net::SocketAddrV6,
     os::fd::{AsRawFd, OwnedFd},
     path::PathBuf,
     sync::{
@@ -33,8 +33,9 @@ use crate::{
     notify::{self, Notice, NoticeSender},
     runtime::{Instance, Launch, Runtime},
     sockets,
-    spec::{FunctionSpec, Settings},
+    spec::Settings,
     status::{ActivationTiming, FunctionState, InstanceInfo, Phase},
+    store::FunctionRecord,
 };
 
 mod connections;
@@ -153,12 +154,10 @@ pub struct Adopted {
 /// What a supervisor needs to run a function; shared with its start tasks.
 #[derive(Debug)]
 pub struct Context {
-    /// The function.
-    pub spec: Arc<FunctionSpec>,
+    /// The function as stored (spec and address), shared with the daemon.
+    pub record: Arc<FunctionRecord>,
     /// Its settings.
     pub settings: Arc<Settings>,
-    /// Its address.
-    pub address: Ipv6Addr,
     /// Daemon configuration.
     pub config: Arc<Config>,
     /// The runtime starting instances.
@@ -260,7 +259,7 @@ pub fn spawn(
     let ctx = Arc::new(ctx);
     let mut s = Supervisor {
         target: ctx.settings.min_scale,
-        fingerprint: ctx.spec.fingerprint(),
+        fingerprint: ctx.record.spec.fingerprint(),
         ctx,
         sockets: sockets.clone(),
         mailbox: mailbox.clone(),
@@ -588,7 +587,7 @@ impl Supervisor {
     }
 
     fn fail(&mut self, msg: String) {
-        tracing::warn!("{}: {msg}", self.ctx.spec.id());
+        tracing::warn!("{}: {msg}", self.ctx.record.spec.id());
         self.ctx.log.write("faasd", &msg);
         self.snapshot.last_error = Some(msg);
     }
@@ -623,8 +622,9 @@ impl Supervisor {
     /// Starts one instance as a task of its own; it reports back with [`Event::Started`].
     fn start_instance(&mut self, conn: Option<(OwnedFd, SocketAddrV6)>) {
         let seq = INSTANCE_SEQ.fetch_add(1, Ordering::Relaxed) + 1;
-        let id = format!("{}-{}-{seq}", self.ctx.spec.name, std::process::id());
-        let output_file = layout::output_path(&self.ctx.config.runtime_dir, &self.ctx.spec, &id);
+        let id = format!("{}-{}-{seq}", self.ctx.record.spec.name, std::process::id());
+        let output_file =
+            layout::output_path(&self.ctx.config.runtime_dir, &self.ctx.record.spec, &id);
         let (output, out_w) = match Output::create(output_file.clone()) {
             Ok(o) => o,
             Err(e) => {
@@ -893,7 +893,7 @@ impl Supervisor {
             return;
         }
         if self.sockets.iter().any(|s| sockets::pending(s.get_ref()))
-            || connections::open(self.ctx.address, &self.ctx.settings.ports)
+            || connections::open(self.ctx.record.address, &self.ctx.settings.ports)
         {
             self.last_activity = now;
             return;
@@ -910,7 +910,7 @@ impl Supervisor {
     /// Writes the running instances' pids and ids (runtime dir: gone after a reboot, when
     /// no instance can have survived anyway).
     fn record_instances(&self) {
-        let path = layout::instances_file(&self.ctx.config.runtime_dir, &self.ctx.spec);
+        let path = layout::instances_file(&self.ctx.config.runtime_dir, &self.ctx.record.spec);
         let text: String = self
             .snapshot
             .instances
@@ -996,15 +996,16 @@ fn launch(
         ),
         ("HOME".into(), "/".into()),
         ("FAASD_INSTANCE".into(), id.clone()),
-        ("FAASD_FUNCTION".into(), ctx.spec.name.clone()),
-        ("FAASD_ADDRESS".into(), ctx.address.to_string()),
+        ("FAASD_FUNCTION".into(), ctx.record.spec.name.clone()),
+        ("FAASD_ADDRESS".into(), ctx.record.address.to_string()),
         (
             "NOTIFY_SOCKET".into(),
             ctx.config.notify_socket().to_string_lossy().into(),
         ),
     ];
     env.extend(
-        ctx.spec
+        ctx.record
+            .spec
             .deployment
             .env_vars
             .iter()
@@ -1032,7 +1033,7 @@ fn launch(
     Launch {
         instance: id,
         output,
-        argv: ctx.spec.argv.clone(),
+        argv: ctx.record.spec.argv.clone(),
         env,
         fds,
         stdin: conn_fd,

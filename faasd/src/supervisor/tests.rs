@@ -110,9 +110,12 @@ fn fixture(tag: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> 
     let lookups = Arc::new(AtomicU64::new(0));
     let ctx = Context {
         log: FunctionLog::new(&config.state_dir, &spec.namespace, &spec.name),
-        spec: Arc::new(spec),
+        record: Arc::new(FunctionRecord {
+            spec,
+            address: std::net::Ipv6Addr::LOCALHOST,
+            created_at: 0,
+        }),
         settings: Arc::new(settings),
-        address: Ipv6Addr::LOCALHOST,
         config: Arc::new(config),
         runtime: runtime.clone(),
         lookups: Box::new(FakeLookups(lookups.clone())),
