@@ -17,7 +17,7 @@ static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_R
 
 /// A new call id: 16 random bytes, hex.
 pub fn call_id() -> std::io::Result<String> {
-    let b = crate::store::random_bytes::<16>()?;
+    let b = crate::random::bytes::<16>()?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 

@@ -14,7 +14,7 @@ use axum::{
 };
 use base64::Engine;
 
-use crate::store::{random_bytes, write_private};
+use crate::{durable::write_private, random};
 
 /// The user OpenFaaS names its administrator.
 pub const USER: &str = "admin";
@@ -48,7 +48,7 @@ impl Credentials {
             Ok(p) => p.trim().to_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(&dir).map_err(err)?;
-                let raw = random_bytes::<18>().map_err(err)?;
+                let raw = random::bytes::<18>().map_err(err)?;
                 let p = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
                 write_private(&dir.join("basic-auth-user"), USER.as_bytes()).map_err(err)?;
                 write_private(&path, p.as_bytes()).map_err(err)?;

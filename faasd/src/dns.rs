@@ -5,7 +5,8 @@
 //! exist gets NXDOMAIN with the SOA; a name outside the zone gets REFUSED. Records change in
 //! memory the moment a function is deployed or removed, the SOA serial goes up with every
 //! change, and the zone is rebuilt from the function records when the daemon starts. The
-//! serial is kept in the state directory, so it also goes up across restarts.
+//! state directory keeps a ceiling the serial has not reached yet, raised a block at a time,
+//! so the serial also goes up across restarts without a disk write per change.
 //!
 //! The listening sockets are bound with IPV6_FREEBIND: the zone's default address lives on
 //! `wg-faas`, which may come up after faasd.
@@ -84,11 +85,16 @@ impl std::fmt::Debug for Zone {
     }
 }
 
+/// How far ahead of the serial its stored ceiling is raised at a time.
+const SERIAL_BLOCK: u32 = 4096;
+
 #[derive(Debug, Default)]
 struct ZoneState {
     serial: u32,
-    /// (namespace, name) → address, for the zone file.
-    functions: std::collections::BTreeMap<(String, String), Ipv6Addr>,
+    /// The stored ceiling: no serial served reaches it, so a restarted zone starts there.
+    ceiling: u32,
+    /// (namespace, name) → address, kept only to write the zone file.
+    functions: Option<BTreeMap<(String, String), Ipv6Addr>>,
 }
 
 fn name(s: &str) -> Name {
@@ -105,15 +111,15 @@ fn names_of(function: &str, namespace: &str) -> Vec<Name> {
 }
 
 impl Zone {
-    /// An empty zone whose name server (`ns.faas`) is `host`. Its serial is kept in
-    /// `serial_file`; `zone_file`, when given, is rewritten atomically on every change
+    /// An empty zone whose name server (`ns.faas`) is `host`. Its serial's ceiling is kept
+    /// in `serial_file`; `zone_file`, when given, is rewritten atomically on every change
     /// (CoreDNS's `file` plugin reads it).
     pub fn new(host: Ipv6Addr, serial_file: PathBuf, zone_file: Option<PathBuf>) -> Self {
         let origin = name(ORIGIN);
         let handler =
             InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
-        // Past the last serial this host served (restores bump it further), and never
-        // below the Unix time, the usual choice for a zone without a history.
+        // At the ceiling of the serials this host served (restores bump it further), and
+        // never below the Unix time, the usual choice for a zone without a history.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32);
@@ -121,7 +127,7 @@ impl Zone {
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
             .unwrap_or(0);
-        let serial = now.max(stored.wrapping_add(1));
+        let serial = now.max(stored);
         Self {
             handler: Arc::new(handler),
             queries: Arc::default(),
@@ -129,7 +135,8 @@ impl Zone {
             host,
             state: tokio::sync::Mutex::new(ZoneState {
                 serial,
-                functions: Default::default(),
+                ceiling: serial,
+                functions: zone_file.is_some().then(BTreeMap::new),
             }),
             zone_file,
             serial_file,
@@ -195,9 +202,9 @@ impl Zone {
         state.serial = state.serial.wrapping_add(1);
         let serial = state.serial;
         for (function, namespace, addr) in functions {
-            state
-                .functions
-                .insert((namespace.to_owned(), function.to_owned()), addr);
+            if let Some(f) = &mut state.functions {
+                f.insert((namespace.to_owned(), function.to_owned()), addr);
+            }
             self.remove_records(function, namespace).await;
             for n in names_of(function, namespace) {
                 self.handler
@@ -206,7 +213,7 @@ impl Zone {
             }
         }
         self.write_apex(serial).await;
-        self.export(&state);
+        self.export(&mut state);
     }
 
     /// Removes a function's records.
@@ -214,12 +221,12 @@ impl Zone {
         let mut state = self.state.lock().await;
         state.serial = state.serial.wrapping_add(1);
         let serial = state.serial;
-        state
-            .functions
-            .remove(&(namespace.to_owned(), function.to_owned()));
+        if let Some(f) = &mut state.functions {
+            f.remove(&(namespace.to_owned(), function.to_owned()));
+        }
         self.remove_records(function, namespace).await;
         self.write_apex(serial).await;
-        self.export(&state);
+        self.export(&mut state);
     }
 
     async fn remove_records(&self, function: &str, namespace: &str) {
@@ -241,7 +248,7 @@ impl Zone {
              @ IN NS ns.{ORIGIN}\nns IN AAAA {}\n",
             state.serial, self.host
         );
-        for ((namespace, function), addr) in &state.functions {
+        for ((namespace, function), addr) in state.functions.iter().flatten() {
             t.push_str(&format!("{function}.{namespace} IN AAAA {addr}\n"));
             if namespace == DEFAULT_NAMESPACE {
                 t.push_str(&format!("{function} IN AAAA {addr}\n"));
@@ -250,19 +257,22 @@ impl Zone {
         t
     }
 
-    /// Records the serial and rewrites the zone file, if one is configured (atomically: a
-    /// reader sees the old or the new zone). A failure is logged; DNS itself goes on.
-    fn export(&self, state: &ZoneState) {
-        if let Err(e) =
-            crate::store::write_atomic(&self.serial_file, state.serial.to_string().as_bytes())
-        {
-            tracing::warn!(
-                "recording the zone serial in {}: {e}",
-                self.serial_file.display()
-            );
+    /// Raises the serial's stored ceiling once the serial reaches it, and rewrites the zone
+    /// file, if one is configured (atomically: a reader sees the old or the new zone). A
+    /// failure is logged; DNS itself goes on.
+    fn export(&self, state: &mut ZoneState) {
+        if state.serial >= state.ceiling {
+            let ceiling = state.serial.saturating_add(SERIAL_BLOCK);
+            match crate::durable::write_atomic(&self.serial_file, ceiling.to_string().as_bytes()) {
+                Ok(()) => state.ceiling = ceiling,
+                Err(e) => tracing::warn!(
+                    "recording the zone serial's ceiling in {}: {e}",
+                    self.serial_file.display()
+                ),
+            }
         }
         let Some(path) = &self.zone_file else { return };
-        if let Err(e) = crate::store::write_atomic(path, self.text(state).as_bytes()) {
+        if let Err(e) = crate::durable::write_atomic(path, self.text(state).as_bytes()) {
             tracing::warn!("writing the zone file {}: {e}", path.display());
         }
     }
@@ -280,9 +290,9 @@ impl Zone {
         inherited: Vec<std::os::fd::OwnedFd>,
     ) -> Result<Server<Counted>, DnsError> {
         {
-            let state = self.state.lock().await;
+            let mut state = self.state.lock().await;
             self.write_apex(state.serial).await;
-            self.export(&state);
+            self.export(&mut state);
         }
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&self.origin), vec![self.handler.clone()]);

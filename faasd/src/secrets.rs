@@ -85,7 +85,7 @@ impl Secrets {
             .mode(0o700)
             .create(dir)
             .map_err(io)?;
-        crate::store::write_private(&path, value).map_err(io)
+        crate::durable::write_private(&path, value).map_err(io)
     }
 
     /// The file of an existing secret.

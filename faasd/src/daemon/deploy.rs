@@ -80,12 +80,12 @@ impl Daemon {
             }
         };
         let (ns, name) = (spec.namespace.clone(), spec.name.clone());
-        let record = FunctionRecord {
+        let record = Arc::new(FunctionRecord {
             spec,
             address,
             created_at,
-        };
-        self.store.put(&record).map_err(internal)?;
+        });
+        self.store.put(record.clone()).durable().await?;
         // The new version gets sockets of its own (SO_REUSEPORT lets them share the address
         // with the old ones) and binding it flips each key in one map update: connections
         // go to the new version from then on, none is refused.
@@ -97,13 +97,13 @@ impl Daemon {
                 // no trace of the new function.
                 match &old {
                     Some(old) => {
-                        self.store.put(&old.record).map_err(internal)?;
+                        self.store.put(old.record.clone()).durable().await?;
                         let mut dp = self.dataplane.lock().expect("dataplane lock");
                         for (key, slot) in &old.bindings {
                             dp.point(*key, *slot).map_err(internal)?;
                         }
                     }
-                    None => self.store.remove(&ns, &name).map_err(internal)?,
+                    None => self.store.remove(&ns, &name).durable().await?,
                 }
                 return Err(e);
             }
@@ -168,7 +168,7 @@ impl Daemon {
                 registry.remove(&id);
             }
         }
-        if let Err(e) = self.store.remove(namespace, name) {
+        if let Err(e) = self.store.remove(namespace, name).durable().await {
             // Still on disk: put it back in the registry so that nothing disagrees.
             *entry.current.write().expect("entry lock") = Some(f);
             self.functions
@@ -176,7 +176,7 @@ impl Daemon {
                 .expect("registry lock")
                 .entry(id)
                 .or_insert_with(|| entry.clone());
-            return Err(internal(e));
+            return Err(e.into());
         }
         if let Some(z) = &self.zone {
             z.remove(name, namespace).await;

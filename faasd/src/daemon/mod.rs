@@ -126,11 +126,11 @@ impl supervisor::Lookups for SlotLookups {
 }
 
 impl Daemon {
-    /// Creates the daemon over an opened store and data plane and restores every stored
-    /// function.
+    /// Creates the daemon over an opened store and data plane and restores every function
+    /// the store held.
     pub async fn start(
         config: Arc<Config>,
-        store: Store,
+        store: crate::store::Opened,
         dataplane: Dataplane,
         runtime: Arc<dyn Runtime>,
         router: notify::Router,
@@ -157,6 +157,7 @@ impl Daemon {
                 config.zone_file.clone(),
             ))
         });
+        let crate::store::Opened { store, records } = store;
         let daemon = Arc::new(Self {
             secrets: Secrets::new(&config.state_dir),
             zone,
@@ -175,7 +176,7 @@ impl Daemon {
             files: Arc::new(files::Budget::measure()),
             service,
         });
-        daemon.restore(pinned).await?;
+        daemon.restore(records, pinned).await?;
         Ok(daemon)
     }
 

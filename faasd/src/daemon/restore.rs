@@ -38,14 +38,18 @@ fn socket_error(record: &FunctionRecord, p: &Port, e: std::io::Error) -> DaemonE
 }
 
 impl Daemon {
-    pub(super) async fn restore(&self, pinned: Vec<(BindingKey, u32)>) -> Result<(), DaemonError> {
-        let records = self.store.load().map_err(internal)?;
+    pub(super) async fn restore(
+        &self,
+        records: Vec<Arc<FunctionRecord>>,
+        pinned: Vec<(BindingKey, u32)>,
+    ) -> Result<(), DaemonError> {
         self.store
             .raise_counter_above(
                 self.config.function_prefix,
                 records.iter().map(|r| r.address),
             )
-            .map_err(internal)?;
+            .durable()
+            .await?;
         let mut pinned: BTreeMap<BindingKey, u32> = pinned.into_iter().collect();
         let mut functions: Vec<Function> = Vec::with_capacity(records.len());
         for rec in records {
@@ -57,12 +61,8 @@ impl Daemon {
                 Err(e) => {
                     tracing::error!(
                         "stored function {id} has settings this faasd rejects ({e}); not \
-                         restored. Fix or move its record: {}",
-                        self.config
-                            .state_dir
-                            .join("functions")
-                            .join(&rec.spec.namespace)
-                            .display()
+                         restored. Its record is kept: deploy {id} again with settings this \
+                         version accepts to replace it"
                     );
                     continue;
                 }
@@ -143,7 +143,7 @@ impl Daemon {
     /// maps, and starts the function's supervisor.
     pub(super) async fn activate(
         &self,
-        record: FunctionRecord,
+        record: Arc<FunctionRecord>,
         settings: Settings,
         keep_slots: Vec<Option<u32>>,
         recover: bool,
@@ -243,7 +243,6 @@ impl Daemon {
             self.unbind(&bindings);
             return Err(e);
         }
-        let record = Arc::new(record);
         let settings = Arc::new(settings);
         let handle = supervisor::spawn(
             supervisor::Context {

@@ -160,7 +160,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A new key pair, (private, public), both base64.
 pub fn generate_keypair() -> std::io::Result<(String, String)> {
-    let secret = StaticSecret::from(crate::store::random_bytes::<32>()?);
+    let secret = StaticSecret::from(crate::random::bytes::<32>()?);
     let public = PublicKey::from(&secret);
     Ok((b64(secret.as_bytes()), b64(public.as_bytes())))
 }
@@ -193,8 +193,8 @@ fn host_key(path: &Path) -> Result<StaticSecret, WireGuardError> {
             if let Some(d) = path.parent() {
                 std::fs::create_dir_all(d).map_err(err)?;
             }
-            let k = crate::store::random_bytes::<32>().map_err(err)?;
-            crate::store::write_private(path, b64(&k).as_bytes()).map_err(err)?;
+            let k = crate::random::bytes::<32>().map_err(err)?;
+            crate::durable::write_private(path, b64(&k).as_bytes()).map_err(err)?;
             Ok(StaticSecret::from(k))
         }
         Err(e) => Err(err(e)),

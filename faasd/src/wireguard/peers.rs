@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::write_atomic;
+use crate::durable::write_atomic;
 
 /// A peer as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,8 +115,7 @@ impl Peers {
         if n >= 1 << 64 {
             return Err(PeerError::Invalid("the peer network is exhausted".into()));
         }
-        write_atomic(&counter, (n + 1).to_string().as_bytes())
-            .map_err(|e| PeerError::Invalid(e.to_string()))?;
+        write_atomic(&counter, (n + 1).to_string().as_bytes()).map_err(self.io())?;
         let peer = Peer {
             name: name.into(),
             public_key: public_key.into(),
@@ -126,7 +125,7 @@ impl Peers {
                 .map_or(0, |d| d.as_secs()),
         };
         let json = serde_json::to_vec_pretty(&peer).expect("peers serialize");
-        write_atomic(&path, &json).map_err(|e| PeerError::Invalid(e.to_string()))?;
+        write_atomic(&path, &json).map_err(self.io())?;
         Ok(peer)
     }
 
