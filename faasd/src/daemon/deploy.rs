@@ -85,25 +85,40 @@ impl Daemon {
             address,
             created_at,
         });
-        self.store.put(record.clone()).durable().await?;
+        // The record goes to disk while the sockets are made: the flush and the activation
+        // overlap, and nothing is acknowledged before both are done.
+        let commit = self.store.put(record.clone());
         // The new version gets sockets of its own (SO_REUSEPORT lets them share the address
         // with the old ones) and binding it flips each key in one map update: connections
         // go to the new version from then on, none is refused.
         let n = settings.ports.len();
-        let new = match self.activate(record, settings, vec![None; n], false).await {
-            Ok(f) => Arc::new(f),
+        let activated = self.activate(record, settings, vec![None; n], false).await;
+        let error = match (activated, commit.durable().await) {
+            (Ok(f), Ok(())) => Ok(Arc::new(f)),
+            (Ok(f), Err(e)) => {
+                // Serving, but not on disk: a restart would not know it. Undo it.
+                self.discard(&f, old.is_none()).await;
+                Err(e.into())
+            }
+            (Err(e), _) => Err(e),
+        };
+        let new = match error {
+            Ok(new) => new,
             Err(e) => {
-                // Leave the host as it was: the previous version on disk and in the maps, or
+                // Leave the host as it was: the previous version in the maps and on disk, or
                 // no trace of the new function.
-                match &old {
-                    Some(old) => {
-                        self.store.put(old.record.clone()).durable().await?;
-                        let mut dp = self.dataplane.lock().expect("dataplane lock");
-                        for (key, slot) in &old.bindings {
-                            dp.point(*key, *slot).map_err(internal)?;
-                        }
+                if let Some(old) = &old {
+                    let mut dp = self.dataplane.lock().expect("dataplane lock");
+                    for (key, slot) in &old.bindings {
+                        dp.point(*key, *slot)?;
                     }
-                    None => self.store.remove(&ns, &name).durable().await?,
+                }
+                let undo = match &old {
+                    Some(old) => self.store.put(old.record.clone()),
+                    None => self.store.remove(&ns, &name),
+                };
+                if let Err(undo) = undo.durable().await {
+                    tracing::error!("{id}: taking back the failed deploy's record: {undo}");
                 }
                 return Err(e);
             }
@@ -118,6 +133,22 @@ impl Daemon {
             self.drain(old, taken_over);
         }
         Ok(status)
+    }
+
+    /// Stops a version that never took over and frees what it holds; its cgroup too when
+    /// no other version uses it.
+    async fn discard(&self, f: &Function, remove_cgroup: bool) {
+        f.handle
+            .ask(|done| Command::Shutdown {
+                stop_instances: true,
+                done,
+            })
+            .await;
+        self.unbind(&f.bindings);
+        self.files.release(f.bindings.len());
+        if remove_cgroup && let Some(cg) = &f.cgroup {
+            crate::runtime::cgroup::remove(cg);
+        }
     }
 
     /// Lets a replaced version serve what it had already queued, then stops it and frees its

@@ -630,8 +630,10 @@ fn per_cpu_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
     map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 
+/// The number of possible CPUs, read from sysfs once: every per-CPU map update needs it.
 fn nr_cpus() -> usize {
-    aya::util::nr_cpus().unwrap_or(1)
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| aya::util::nr_cpus().unwrap_or(1))
 }
 
 fn check_bpffs(bpffs: &Path) -> Result<(), DataplaneError> {
