@@ -177,7 +177,7 @@ impl Bench {
                     self.dir.join("daemon.log").display()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
     }

@@ -14,10 +14,12 @@ pub fn output_path(runtime_dir: &Path, spec: &FunctionSpec, instance: &str) -> P
         .join(instance)
 }
 
+/// The instances files of one namespace's functions.
+pub fn instances_dir(runtime_dir: &Path, namespace: &str) -> PathBuf {
+    runtime_dir.join("instances").join(namespace)
+}
+
 /// Where the pids of a function's running instances are kept, for a restarted daemon.
 pub fn instances_file(runtime_dir: &Path, spec: &FunctionSpec) -> PathBuf {
-    runtime_dir
-        .join("instances")
-        .join(&spec.namespace)
-        .join(&spec.name)
+    instances_dir(runtime_dir, &spec.namespace).join(&spec.name)
 }

@@ -190,9 +190,9 @@ pub struct QueueStats {
     pub drops: u64,
 }
 
-/// The queue of a listening TCP or a UDP socket: TCP_INFO of a listener carries the
-/// accept queue's length and limit, SO_MEMINFO the socket's drop counter.
-pub fn queue_stats(fd: &impl AsRawFd) -> io::Result<QueueStats> {
+/// The queue of a listening TCP (`stream`) or a UDP socket: TCP_INFO of a listener carries
+/// the accept queue's length and limit, SO_MEMINFO the socket's drop counter.
+pub fn queue_stats(fd: &impl AsRawFd, stream: bool) -> io::Result<QueueStats> {
     // SO_MEMINFO fills one u32 per SK_MEMINFO_* index; DROPS is the last of them.
     let mut meminfo = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
     let mut len = size_of_val(&meminfo) as libc::socklen_t;
@@ -207,7 +207,7 @@ pub fn queue_stats(fd: &impl AsRawFd) -> io::Result<QueueStats> {
         )
     })?;
     let drops = u64::from(meminfo[libc::SK_MEMINFO_DROPS as usize]);
-    if !is_stream(fd)? {
+    if !stream {
         return Ok(QueueStats {
             queued: u64::from(meminfo[libc::SK_MEMINFO_RMEM_ALLOC as usize]),
             limit: 0,

@@ -6,9 +6,16 @@ use std::{collections::BTreeSet, sync::Arc, time::SystemTime};
 
 use faasd_common::BindingKey;
 
-use super::{Daemon, DaemonError, Entry, Function, error::internal, fd_name};
+use super::{
+    Daemon, DaemonError, Entry, Function,
+    activate::{Listeners, SlotChoice, socket_error},
+    error::internal,
+    fd_name,
+};
 use crate::{
-    spec::{Deployment, FunctionSpec, SpecError},
+    runtime::Runtime,
+    sockets,
+    spec::{Deployment, FunctionSpec, Settings, SpecError},
     status::FunctionStatus,
     store::FunctionRecord,
     supervisor::Command,
@@ -60,7 +67,7 @@ impl Daemon {
         &self,
         entry: &Entry,
         spec: FunctionSpec,
-        settings: crate::spec::Settings,
+        settings: Settings,
         fresh: bool,
     ) -> Result<FunctionStatus, DaemonError> {
         let id = spec.id();
@@ -91,8 +98,7 @@ impl Daemon {
         // The new version gets sockets of its own (SO_REUSEPORT lets them share the address
         // with the old ones) and binding it flips each key in one map update: connections
         // go to the new version from then on, none is refused.
-        let n = settings.ports.len();
-        let activated = self.activate(record, settings, vec![None; n], false).await;
+        let activated = self.activate(record, settings).await;
         let error = match (activated, commit.durable().await) {
             (Ok(f), Ok(())) => Ok(Arc::new(f)),
             (Ok(f), Err(e)) => {
@@ -133,6 +139,39 @@ impl Daemon {
             self.drain(old, taken_over);
         }
         Ok(status)
+    }
+
+    /// Makes a new version's sockets, binds them in slots of their own and starts its
+    /// supervisor. A container's image is prepared first: a deploy whose image is missing
+    /// or unusable fails here, before anything serves.
+    async fn activate(
+        &self,
+        record: Arc<FunctionRecord>,
+        settings: Settings,
+    ) -> Result<Function, DaemonError> {
+        let parts = self.parts(&record.spec, &settings, false)?;
+        let runtime: Arc<dyn Runtime> = match &record.spec.image {
+            None => self.runtime.clone(),
+            Some(image) => {
+                let rt = self.container_runtime(&record.spec, image, &settings)?;
+                rt.prepare().await?;
+                Arc::new(rt)
+            }
+        };
+        let sockets = settings
+            .ports
+            .iter()
+            .map(|p| {
+                sockets::create(record.address, p, self.config.backlog)
+                    .map_err(|e| socket_error(&record, p, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let listeners = Listeners {
+            slots: vec![SlotChoice::New; sockets.len()],
+            sockets,
+            adopted: Vec::new(),
+        };
+        self.supervise(record, settings, parts, runtime, listeners)
     }
 
     /// Stops a version that never took over and frees what it holds; its cgroup too when

@@ -15,6 +15,8 @@ const RESERVE: u64 = 256;
 pub(super) struct Budget {
     /// Descriptors open before any function was restored.
     baseline: u64,
+    /// The soft limit when the daemon started (raising it takes a restart).
+    limit: u64,
     /// Function sockets held now.
     sockets: AtomicU64,
 }
@@ -39,6 +41,7 @@ impl Budget {
     pub(super) fn measure() -> Self {
         Self {
             baseline: open_now(),
+            limit: limit(),
             sockets: AtomicU64::new(0),
         }
     }
@@ -47,7 +50,7 @@ impl Budget {
     /// reservation is given back when dropped, unless [`Reservation::keep`] was called.
     pub(super) fn reserve(&self, n: usize) -> Result<Reservation<'_>, DaemonError> {
         let n = n as u64;
-        let limit = limit();
+        let limit = self.limit;
         let mut held = self.sockets.load(Ordering::Relaxed);
         loop {
             let used = self.baseline + held;

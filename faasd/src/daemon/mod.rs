@@ -38,6 +38,7 @@ use crate::{
     supervisor::{self, Command},
 };
 
+mod activate;
 mod deploy;
 mod error;
 mod files;
@@ -198,6 +199,11 @@ impl Daemon {
     }
 
     /// Every deployed function (their current versions), in id order.
+    /// How many functions are deployed.
+    pub fn function_count(&self) -> usize {
+        self.functions.read().expect("registry lock").len()
+    }
+
     fn all(&self) -> Vec<Arc<Function>> {
         let entries: Vec<Arc<Entry>> = self
             .functions
@@ -254,7 +260,10 @@ impl Daemon {
                     .handle
                     .sockets
                     .get(i)
-                    .and_then(|s| crate::sockets::queue_stats(s.get_ref()).ok())
+                    .and_then(|s| {
+                        let stream = p.protocol == crate::spec::Protocol::Tcp;
+                        crate::sockets::queue_stats(s.get_ref(), stream).ok()
+                    })
                     .unwrap_or_default();
                 PortCounters {
                     name: p.name.clone(),

@@ -1,45 +1,112 @@
-//! Bringing functions up: restoring every stored one when the daemon starts (taking back
-//! the sockets of instances that kept serving), and installing one version of a function:
-//! its sockets, bindings and supervisor.
+//! Restoring every stored function when the daemon starts: taking back the sockets of
+//! instances that kept serving and those systemd's fd store kept, stopping what an earlier
+//! daemon left behind, and binding each function's sockets in the slots they had.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, HashSet},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    sync::{Arc, Mutex, RwLock, atomic::AtomicU64},
+    path::Path,
+    sync::{Arc, RwLock},
 };
 
 use faasd_common::BindingKey;
 
-use super::{Daemon, DaemonError, Entry, Function, SlotLookups, error::internal, fd_name};
+use super::{
+    Daemon, DaemonError, Entry, Function,
+    activate::{Listeners, SlotChoice, socket_error},
+    error::internal,
+};
 use crate::{
-    containerd::image::ImageRef,
-    logs::FunctionLog,
-    runtime::{Instance, Runtime, cgroup, container::ContainerRuntime},
-    secrets::SecretError,
+    runtime::{Instance, Runtime, cgroup},
     sockets,
-    spec::{FunctionSpec, Port, Settings, SpecError},
+    spec::{FunctionSpec, Settings},
     store::FunctionRecord,
-    supervisor::{self, Adopted},
+    supervisor::Adopted,
 };
 
-/// A socket that cannot be made: out of descriptors is the operator's to fix (507), the
-/// rest is the host's (500).
-fn socket_error(record: &FunctionRecord, p: &Port, e: std::io::Error) -> DaemonError {
-    let what = format!(
-        "creating socket [{}]:{}/{}",
-        record.address, p.port, p.protocol
-    );
-    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-        return DaemonError::Full(format!(
-            "{what}: {e}; raise the open-file limit (LimitNOFILE= in faasd.service, or ulimit -n)"
-        ));
+/// One function to restore, with the slots its bindings keep.
+struct Job {
+    record: Arc<FunctionRecord>,
+    settings: Settings,
+    keep: Vec<Option<u32>>,
+}
+
+/// What an earlier daemon left in one namespace, looked up once for all its functions.
+#[derive(Debug, Default)]
+struct NamespaceLeftovers {
+    /// Function cgroups that exist.
+    cgroups: HashSet<String>,
+    /// Whether any process runs in the namespace's cgroups.
+    populated: bool,
+    /// Functions with an instances file (instances that may still run).
+    instance_files: HashSet<String>,
+}
+
+/// What an earlier daemon left, by namespace: a restore then touches only the cgroups and
+/// files that exist, instead of trying each function's.
+#[derive(Debug, Default)]
+struct Leftovers(HashMap<String, NamespaceLeftovers>);
+
+fn names_in(dir: &Path) -> HashSet<String> {
+    std::fs::read_dir(dir).map_or_else(
+        |_| HashSet::new(),
+        |d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        },
+    )
+}
+
+impl Leftovers {
+    fn find<'a>(daemon: &Daemon, jobs: impl Iterator<Item = &'a Job>) -> Self {
+        let mut left = Self::default();
+        for job in jobs {
+            let ns = &job.record.spec.namespace;
+            if left.0.contains_key(ns) {
+                continue;
+            }
+            let cgroup_dir = daemon
+                .cgroup_root
+                .as_ref()
+                .map(|root| root.join(&daemon.config.cgroup_parent).join(ns));
+            let found = NamespaceLeftovers {
+                cgroups: cgroup_dir.as_deref().map(names_in).unwrap_or_default(),
+                populated: cgroup_dir.as_deref().is_some_and(cgroup::populated),
+                instance_files: names_in(&crate::layout::instances_dir(
+                    &daemon.config.runtime_dir,
+                    ns,
+                )),
+            };
+            left.0.insert(ns.clone(), found);
+        }
+        left
     }
-    internal(format!("{what}: {e}"))
+
+    fn namespace(&self, spec: &FunctionSpec) -> Option<&NamespaceLeftovers> {
+        self.0.get(&spec.namespace)
+    }
+
+    fn has_cgroup(&self, spec: &FunctionSpec) -> bool {
+        self.namespace(spec)
+            .is_some_and(|n| n.cgroups.contains(&spec.name))
+    }
+
+    fn may_have_processes(&self, spec: &FunctionSpec) -> bool {
+        self.namespace(spec).is_none_or(|n| n.populated)
+    }
+
+    fn has_instances_file(&self, spec: &FunctionSpec) -> bool {
+        self.namespace(spec)
+            .is_none_or(|n| n.instance_files.contains(&spec.name))
+    }
 }
 
 impl Daemon {
+    /// Brings back every stored function. Slots still pinned for a function's bindings are
+    /// claimed for it first, so that the activations, spread over one task per core, never
+    /// hand one out to another function.
     pub(super) async fn restore(
-        &self,
+        self: &Arc<Self>,
         records: Vec<Arc<FunctionRecord>>,
         pinned: Vec<(BindingKey, u32)>,
     ) -> Result<(), DaemonError> {
@@ -50,60 +117,89 @@ impl Daemon {
             )
             .durable()
             .await?;
+        // Names answer from the start; those of functions that fail to come back are taken
+        // out again below. The zone fills on its own task, beside the activations.
+        let zone_fill = self.zone.clone().map(|z| {
+            let records = records.clone();
+            tokio::spawn(async move {
+                let names: Vec<(&str, &str, std::net::Ipv6Addr)> = records
+                    .iter()
+                    .map(|r| (r.spec.name.as_str(), r.spec.namespace.as_str(), r.address))
+                    .collect();
+                z.set_all(names).await
+            })
+        });
         let mut pinned: BTreeMap<BindingKey, u32> = pinned.into_iter().collect();
-        let mut functions: Vec<Function> = Vec::with_capacity(records.len());
-        for rec in records {
-            let id = rec.spec.id();
-            // Settings only: a program that went missing shows as a failed start in
-            // `describe`, rather than the function vanishing from the API.
-            let settings = match Settings::parse(&rec.spec.deployment) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(
-                        "stored function {id} has settings this faasd rejects ({e}); not \
-                         restored. Its record is kept: deploy {id} again with settings this \
-                         version accepts to replace it"
-                    );
-                    continue;
-                }
-            };
-            // Keep the slots the data plane already uses for this function's bindings, so
-            // steering to instances that kept serving does not change.
-            let keep: Vec<Option<u32>> = settings
-                .ports
-                .iter()
-                .map(|p| pinned.remove(&BindingKey::new(rec.address, p.port, p.protocol.number())))
-                .collect();
-            let kept: Vec<(BindingKey, u32)> = settings
-                .ports
-                .iter()
-                .zip(&keep)
-                .filter_map(|(p, s)| {
-                    s.map(|s| (BindingKey::new(rec.address, p.port, p.protocol.number()), s))
-                })
-                .collect();
-            {
-                let mut dp = self.dataplane.lock().expect("dataplane lock");
-                kept.iter().for_each(|(_, s)| dp.claim_slot(*s));
-            }
-            match self.activate(rec, settings, keep, true).await {
-                Ok(f) => functions.push(f),
-                Err(e) => {
-                    tracing::error!("restoring function {id}: {e}");
-                    // Not restored: its pinned bindings and slots are stale now.
-                    self.unbind(&kept);
-                }
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut jobs: Vec<Vec<Job>> = (0..workers).map(|_| Vec::new()).collect();
+        {
+            let mut dp = self.dataplane.lock().expect("dataplane lock");
+            for (i, rec) in records.into_iter().enumerate() {
+                // Settings only: a program that went missing shows as a failed start in
+                // `describe`, rather than the function vanishing from the API.
+                let settings = match Settings::parse(&rec.spec.deployment) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let id = rec.spec.id();
+                        tracing::error!(
+                            "stored function {id} has settings this faasd rejects ({e}); not \
+                             restored. Its record is kept: deploy {id} again with settings this \
+                             version accepts to replace it"
+                        );
+                        continue;
+                    }
+                };
+                // Keep the slots the data plane already uses for this function's bindings, so
+                // steering to instances that kept serving does not change.
+                let keep: Vec<Option<u32>> = settings
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        pinned.remove(&BindingKey::new(rec.address, p.port, p.protocol.number()))
+                    })
+                    .collect();
+                keep.iter().flatten().for_each(|s| dp.claim_slot(*s));
+                jobs[i % workers].push(Job {
+                    record: rec,
+                    settings,
+                    keep,
+                });
             }
         }
+        let left = Arc::new(Leftovers::find(self, jobs.iter().flatten()));
+        let tasks: Vec<_> = jobs
+            .into_iter()
+            .map(|jobs| {
+                let daemon = self.clone();
+                let left = left.clone();
+                tokio::spawn(async move {
+                    let mut restored = Vec::with_capacity(jobs.len());
+                    let mut failed = Vec::new();
+                    for job in jobs {
+                        let record = job.record.clone();
+                        match daemon.restore_one(job, &left).await {
+                            Some(f) => restored.push(f),
+                            None => failed.push(record),
+                        }
+                    }
+                    (restored, failed)
+                })
+            })
+            .collect();
+        let mut functions: Vec<Function> = Vec::new();
+        let mut failed = Vec::new();
+        for t in tasks {
+            let (restored, lost) = t.await.map_err(internal)?;
+            functions.extend(restored);
+            failed.extend(lost);
+        }
+        if let Some(fill) = zone_fill {
+            fill.await.map_err(internal)?;
+        }
         if let Some(z) = &self.zone {
-            z.set_all(functions.iter().map(|f| {
-                (
-                    f.record.spec.name.as_str(),
-                    f.record.spec.namespace.as_str(),
-                    f.record.address,
-                )
-            }))
-            .await;
+            for r in failed {
+                z.remove(&r.spec.name, &r.spec.namespace).await;
+            }
         }
         // Stored sockets of functions that no longer exist.
         let left = self
@@ -139,34 +235,40 @@ impl Daemon {
         Ok(())
     }
 
-    /// Creates sockets (or takes them back from a surviving instance), binds them in the
-    /// maps, and starts the function's supervisor.
-    pub(super) async fn activate(
-        &self,
-        record: Arc<FunctionRecord>,
-        settings: Settings,
-        keep_slots: Vec<Option<u32>>,
-        recover: bool,
-    ) -> Result<Function, DaemonError> {
-        // Given back if anything below fails; kept by the function otherwise.
-        let files = self.files.reserve(settings.ports.len())?;
+    async fn restore_one(&self, job: Job, left: &Leftovers) -> Option<Function> {
+        let id = job.record.spec.id();
+        let kept: Vec<(BindingKey, u32)> = job
+            .settings
+            .ports
+            .iter()
+            .zip(&job.keep)
+            .filter_map(|(p, s)| {
+                s.map(|s| {
+                    let key = BindingKey::new(job.record.address, p.port, p.protocol.number());
+                    (key, s)
+                })
+            })
+            .collect();
+        match self.bring_back(job, left).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!("restoring function {id}: {e}");
+                // Not restored: its pinned bindings and slots are stale now.
+                self.unbind(&kept);
+                None
+            }
+        }
+    }
+
+    async fn bring_back(&self, job: Job, left: &Leftovers) -> Result<Function, DaemonError> {
+        let Job {
+            record,
+            settings,
+            keep,
+        } = job;
         let spec = &record.spec;
-        let log = FunctionLog::new(&self.config.state_dir, &spec.namespace, &spec.name);
-        let cgroup = match &self.cgroup_root {
-            Some(root) => Some(
-                cgroup::for_function(
-                    root,
-                    &self.config.cgroup_parent,
-                    &spec.namespace,
-                    &spec.name,
-                )
-                .map_err(internal)?,
-            ),
-            None => None,
-        };
-        // Only a restarted daemon takes instances back; during an update the running
-        // instance is the old version's.
-        let recovered = if recover {
+        let parts = self.parts(spec, &settings, left.has_cgroup(spec))?;
+        let recovered = if left.has_instances_file(spec) {
             self.recover_instance(&record, &settings)
         } else {
             None
@@ -174,9 +276,9 @@ impl Daemon {
         // Anything else in the function's cgroup was left by an earlier daemon (say, a
         // version that was still draining when it died): nobody manages it any more.
         // Accept-mode instances are left to finish their connections.
-        if recover
-            && settings.accept.is_none()
-            && let Some(cg) = &cgroup
+        if settings.accept.is_none()
+            && left.may_have_processes(spec)
+            && let Some(cg) = &parts.cgroup
         {
             let keep = recovered.as_ref().map(|(_, a)| a.instance.pid);
             let n = cgroup::kill_strays(cg, keep);
@@ -187,161 +289,62 @@ impl Daemon {
                 );
             }
         }
-        let runtime = match &spec.image {
+        let runtime: Arc<dyn Runtime> = match &spec.image {
             None => self.runtime.clone(),
             Some(image) => {
+                // One bad image never keeps the others down: the function shows the failure
+                // when it starts.
+                let rt = self.container_runtime(spec, image, &settings)?;
+                if let Err(e) = rt.prepare().await {
+                    tracing::warn!("{}: {e}", spec.id());
+                }
                 let keep: Vec<String> = recovered
                     .iter()
                     .map(|(_, a)| a.instance.id.clone())
                     .collect();
-                self.container_runtime(spec, image, &settings, recover, &keep)
-                    .await?
+                match rt.remove_strays(&keep).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        "{}: deleted {n} container(s) left by an earlier daemon",
+                        spec.id()
+                    ),
+                    Err(e) => {
+                        tracing::warn!("{}: looking for leftover containers: {e}", spec.id())
+                    }
+                }
+                Arc::new(rt)
             }
         };
         let (sockets, adopted) = match recovered {
             Some((socks, inst)) => (socks, vec![inst]),
             None => {
-                // A restarted daemon takes back what systemd's fd store kept: connections
-                // queued on those sockets while it was down are still there.
+                // What systemd's fd store kept: connections queued on those sockets while
+                // no daemon ran are still there.
                 let mut stored = self.service.stored.lock().expect("stored sockets lock");
                 let socks = settings
                     .ports
                     .iter()
                     .map(|p| {
                         let addr = std::net::SocketAddrV6::new(record.address, p.port, 0, 0);
-                        let kept = recover
-                            .then(|| stored.take(addr, p.protocol == crate::spec::Protocol::Tcp))
-                            .flatten();
-                        kept.map_or_else(
-                            || {
-                                sockets::create(record.address, p, self.config.backlog)
-                                    .map_err(|e| socket_error(&record, p, e))
-                            },
-                            Ok,
-                        )
+                        match stored.take(addr, p.protocol == crate::spec::Protocol::Tcp) {
+                            Some(s) => Ok(s),
+                            None => sockets::create(record.address, p, self.config.backlog)
+                                .map_err(|e| socket_error(&record, p, e)),
+                        }
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 (socks, Vec::new())
             }
         };
-        let mut bindings = Vec::new();
-        let result = (|| {
-            for ((p, sock), keep) in settings.ports.iter().zip(&sockets).zip(keep_slots) {
-                let mut dp = self.dataplane.lock().expect("dataplane lock");
-                let slot = match keep {
-                    Some(s) => s,
-                    None => dp.take_slot()?,
-                };
-                let key = BindingKey::new(record.address, p.port, p.protocol.number());
-                bindings.push((key, slot));
-                dp.bind(key, slot, sock)?;
-                dp.set_policy(slot, &settings.policy)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            self.unbind(&bindings);
-            return Err(e);
-        }
-        let settings = Arc::new(settings);
-        let handle = supervisor::spawn(
-            supervisor::Context {
-                record: record.clone(),
-                settings: settings.clone(),
-                config: self.config.clone(),
-                runtime,
-                lookups: Box::new(SlotLookups {
-                    counters: self.counters.clone(),
-                    slots: bindings.iter().map(|(_, s)| *s).collect(),
-                }),
-                router: self.router.clone(),
-                log: log.clone(),
-                cgroup: cgroup.clone(),
-                latencies: self.latencies.clone(),
-            },
+        let listeners = Listeners {
             sockets,
+            slots: keep
+                .iter()
+                .map(|k| k.map_or(SlotChoice::New, SlotChoice::Kept))
+                .collect(),
             adopted,
-        )
-        .map_err(|e| {
-            self.unbind(&bindings);
-            internal(format!("watching the sockets: {e}"))
-        })?;
-        // Kept in systemd's fd store (when there is one) for the next start.
-        for (p, sock) in settings.ports.iter().zip(handle.sockets.iter()) {
-            self.service.manager.store_fds(
-                &fd_name(&record.spec, p),
-                &[std::os::fd::AsFd::as_fd(sock.get_ref())],
-            );
-        }
-        if let Some(ad) = &handle.state.lock().expect("state lock").instances.first() {
-            tracing::info!(
-                "{}: adopted running instance {} (pid {})",
-                record.spec.id(),
-                ad.id,
-                ad.pid
-            );
-        }
-        files.keep();
-        Ok(Function {
-            invocation_seconds: settings.latency_histograms.then(Mutex::default),
-            record,
-            settings,
-            bindings,
-            handle,
-            log,
-            cgroup,
-            invocations: AtomicU64::new(0),
-            invocation_codes: Mutex::default(),
-        })
-    }
-
-    /// The runtime of a container function. A deploy fails at once when containerd is
-    /// unreachable, the image is missing or a secret does not exist; a restore goes on
-    /// (the function shows the failure when it starts) so one bad image never keeps the
-    /// others down. A restore also deletes containers an earlier daemon left behind.
-    async fn container_runtime(
-        &self,
-        spec: &FunctionSpec,
-        image: &str,
-        settings: &Settings,
-        restoring: bool,
-        keep: &[String],
-    ) -> Result<Arc<dyn Runtime>, DaemonError> {
-        let image = ImageRef::parse(image).map_err(|e| SpecError(format!("image: {e}")))?;
-        let secrets = spec
-            .deployment
-            .secrets
-            .iter()
-            .map(|s| {
-                self.secrets
-                    .file(&spec.namespace, s)
-                    .map(|f| (s.clone(), f))
-                    .map_err(|e| match e {
-                        SecretError::NotFound(_) => DaemonError::Invalid(SpecError(format!(
-                            "{e} in namespace {}; create it first (faasd secret create {s})",
-                            spec.namespace
-                        ))),
-                        e => e.into(),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let rt = ContainerRuntime::new(self.containers.clone(), spec, image, settings, secrets);
-        if !restoring {
-            rt.prepare().await?;
-            return Ok(Arc::new(rt));
-        }
-        if let Err(e) = rt.prepare().await {
-            tracing::warn!("{}: {e}", spec.id());
-        }
-        match rt.remove_strays(keep).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                "{}: deleted {n} container(s) left by an earlier daemon",
-                spec.id()
-            ),
-            Err(e) => tracing::warn!("{}: looking for leftover containers: {e}", spec.id()),
-        }
-        Ok(Arc::new(rt))
+        };
+        self.supervise(record, settings, parts, runtime, listeners)
     }
 
     /// Finds an instance of this function left running by a previous daemon and takes

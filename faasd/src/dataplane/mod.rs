@@ -150,6 +150,9 @@ pub struct Dataplane {
     xdp: Vec<(String, Ebpf)>,
     /// Which socket slots are in use.
     slots: slots::Slots,
+    /// The slots that have prefixes in the policy tries (and only they may have their
+    /// flag set): a slot without a policy is bound and freed without touching the tries.
+    with_policy: std::collections::BTreeSet<u32>,
 }
 
 /// Lock-free readers of the per-slot counters, for supervisors, `list` and `/metrics`.
@@ -322,7 +325,18 @@ impl Dataplane {
                 .map_err(map_err(names::XDP_STATS))?,
             xdp: Vec::new(),
             slots: slots::Slots::default(),
-        })
+            with_policy: Default::default(),
+        }
+        .with_policies_found())
+    }
+
+    /// Notes which slots of adopted maps have policy prefixes.
+    fn with_policies_found(mut self) -> Self {
+        for trie in [&self.policy_allow, &self.policy_deny] {
+            let slots = trie.keys().filter_map(Result::ok).map(|k| k.data().slot);
+            self.with_policy.extend(slots);
+        }
+        self
     }
 
     fn load(dir: &Path, link_path: &Path) -> Result<Self, DataplaneError> {
@@ -371,6 +385,7 @@ impl Dataplane {
                 .map_err(map_err(names::XDP_STATS))?,
             xdp: Vec::new(),
             slots: slots::Slots::default(),
+            with_policy: Default::default(),
         })
     }
 
@@ -420,6 +435,24 @@ impl Dataplane {
         })
     }
 
+    /// Puts `socket` back in a slot whose binding survived a restart (the key still points
+    /// at it); its counters go on counting.
+    pub fn reattach(
+        &mut self,
+        slot: u32,
+        socket: &impl AsRawFd,
+        policy: &Policy,
+    ) -> Result<(), DataplaneError> {
+        self.sockets
+            .set(slot, socket, 0)
+            .map_err(map_err(names::SOCKETS))?;
+        self.slots.claim(slot);
+        if policy.is_empty() && !self.with_policy.contains(&slot) {
+            return Ok(());
+        }
+        self.set_policy(slot, policy)
+    }
+
     /// Points `key` at `slot`, whose socket is already in place (one atomic map update:
     /// how a new version takes over, or an old one is put back).
     pub fn point(&mut self, key: BindingKey, slot: u32) -> Result<(), DataplaneError> {
@@ -449,6 +482,7 @@ impl Dataplane {
         if policy.is_empty() {
             return Ok(());
         }
+        self.with_policy.insert(slot);
         let key = |(addr, len): &(std::net::Ipv6Addr, u8)| {
             let o = addr.octets();
             let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
@@ -477,6 +511,9 @@ impl Dataplane {
 
     /// Removes a slot's policy: the flag first, then its prefixes.
     fn clear_policy(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        if !self.with_policy.contains(&slot) {
+            return Ok(());
+        }
         self.policy_slots
             .set(slot, 0, 0)
             .map_err(map_err(names::POLICY_SLOTS))?;
@@ -499,6 +536,7 @@ impl Dataplane {
                 }
             }
         }
+        self.with_policy.remove(&slot);
         Ok(())
     }
 

@@ -12,6 +12,11 @@ pub fn root() -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
+/// The cgroup of a function.
+pub fn path(root: &Path, parent: &str, namespace: &str, name: &str) -> PathBuf {
+    root.join(parent).join(namespace).join(name)
+}
+
 /// Creates (if needed) and returns the cgroup of a function.
 pub fn for_function(
     root: &Path,
@@ -19,9 +24,21 @@ pub fn for_function(
     namespace: &str,
     name: &str,
 ) -> std::io::Result<PathBuf> {
-    let dir = root.join(parent).join(namespace).join(name);
-    std::fs::create_dir_all(&dir)?;
+    let dir = path(root, parent, namespace, name);
+    // One mkdir when the parents exist, as they do for every function but a namespace's
+    // first.
+    match std::fs::create_dir(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(&dir)?,
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
     Ok(dir)
+}
+
+/// Whether any process runs in the cgroup or below it (true when that cannot be read).
+pub fn populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .map_or(true, |events| !events.lines().any(|l| l == "populated 0"))
 }
 
 /// Kills every process in the cgroup that is not in the pid namespace of `keep` (an

@@ -249,7 +249,7 @@ pub async fn run(
             servers.spawn(async move { axum::serve(l, app.into_make_service()).await });
         }
     }
-    let functions = daemon.list(None).await.len();
+    let functions = daemon.function_count();
     tracing::info!("faasd ready: API on {}", sock_path.display());
     service.manager.notify(&format!(
         "READY=1\nSTATUS=serving {functions} function(s); API on {}",
