@@ -363,7 +363,7 @@ fn machine() -> Value {
 /// `faasd-bench scale [--sizes N,N,…] [--out DIR] [--faasd BIN] [--hello BIN]`: only the
 /// scale section.
 fn scale_main() -> Result<()> {
-    let mut sizes = vec![1_000, 5_000, 19_000];
+    let mut sizes = scale::SIZES.to_vec();
     let (mut faasd, mut hello, mut out) = (
         PathBuf::from("target/release/faasd"),
         PathBuf::from("target/release/hello"),
@@ -394,7 +394,7 @@ fn scale_main() -> Result<()> {
     let machine = machine();
     println!("machine: {machine}");
     let mut b = Bench::new(&out)?;
-    let rows = scale::run(&mut b, &faasd, &hello, &sizes)?;
+    let rows = scale::run(&mut b, &faasd, &hello, &sizes, &out)?;
     let results = json!({"machine": machine, "scale": rows});
     std::fs::write(
         out.join("scale.json"),
@@ -543,6 +543,8 @@ fn main() -> Result<()> {
     let by_bindings = lookup_cost_by_bindings(&b, fn_addr)?;
     println!("XDP: a UDP flood to an unbound function address, 5 s");
     let xdp = xdp_drop_rate(&b, &sender, 5)?;
+    println!("scale: cost per function at {:?} functions", scale::SIZES);
+    let scale = scale::run(&mut b, &faasd, &hello, &scale::SIZES, &out)?;
     drop(b);
 
     // Report.
@@ -592,6 +594,7 @@ fn main() -> Result<()> {
         "containers": containers,
         "dns": dns,
         "xdp_unbound_flood": xdp,
+        "scale": scale,
         "sk_lookup_ns_per_run_by_bindings": by_bindings
             .iter()
             .map(|(n, ns)| json!({"bindings": n, "ns_per_run": ns}))

@@ -1,4 +1,5 @@
-//! A small SVG plot: one cumulative distribution curve per path, on a log time axis.
+//! Small SVG plots: cumulative distributions on a log time axis, and costs against the
+//! number of functions.
 
 use std::fmt::Write;
 
@@ -93,6 +94,60 @@ pub fn cdf_svg(title: &str, series: &[(&str, &[u64])]) -> String {
             W - RIGHT + 32.0,
             W - RIGHT + 38.0,
             ly + 4.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Renders one cost against the number of functions (linear axes from zero) as an SVG
+/// document: a straight, flat line is what "cost per function stays flat" looks like.
+pub fn cost_svg(title: &str, unit: &str, points: &[(f64, f64)]) -> String {
+    let max_x = points.iter().map(|p| p.0).fold(1.0, f64::max);
+    let max_y = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.15;
+    let plot_w = W - LEFT - 40.0;
+    let x = |v: f64| LEFT + v / max_x * plot_w;
+    let y = |v: f64| H - BOTTOM - v / max_y * (H - TOP - BOTTOM);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="{LEFT}" y="22" font-size="15">{title}</text>"#
+    );
+    for k in 0..=4 {
+        let (vx, vy) = (max_x * f64::from(k) / 4.0, max_y * f64::from(k) / 4.0);
+        let _ = write!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{vy:.3} {unit}</text><text x="{:.1}" y="{}" text-anchor="middle">{vx:.0}</text>"##,
+            y(vy),
+            LEFT + plot_w,
+            y(vy),
+            LEFT - 6.0,
+            y(vy) + 4.0,
+            x(vx),
+            H - BOTTOM + 18.0,
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="{:.1}" y="{}" text-anchor="middle">functions deployed</text>"#,
+        LEFT + plot_w / 2.0,
+        H - 12.0
+    );
+    let line: Vec<String> = points
+        .iter()
+        .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
+        .collect();
+    let _ = write!(
+        svg,
+        r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#,
+        COLORS[0],
+        line.join(" ")
+    );
+    for (px, py) in points {
+        let _ = write!(
+            svg,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{}"/>"#,
+            x(*px),
+            y(*py),
+            COLORS[0]
         );
     }
     svg.push_str("</svg>\n");

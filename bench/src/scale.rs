@@ -1,6 +1,7 @@
 //! `faasd-bench scale`: what each deployed, idle function costs, at several function
-//! counts, so that the cost per function can be seen to stay flat. Every size gets a fresh
-//! daemon and state directory.
+//! counts, so that the cost per function can be seen to stay flat, and the cold start of
+//! one function among them against among one. Every size gets a fresh daemon and state
+//! directory; each cost is also plotted against the count (`scale-*.svg`).
 
 use std::{
     path::Path,
@@ -24,6 +25,32 @@ struct Row {
     metrics_ms: f64,
     list_ms: f64,
     restart_ms: f64,
+    cold_ms: f64,
+}
+
+/// The function counts measured by default.
+pub const SIZES: [usize; 3] = [1_000, 5_000, 19_000];
+
+/// Cold starts timed per size; their median is the figure.
+const COLD_RUNS: usize = 30;
+
+/// The median cold start (stopped → first byte) of function `s{i}`, in milliseconds.
+fn cold_p50_ms(b: &Bench, i: usize) -> Result<f64> {
+    let name = format!("s{i}");
+    let d = b.describe(&name)?;
+    let addr: std::net::SocketAddr =
+        format!("[{}]:8080", d["address"].as_str().context("address")?).parse()?;
+    let runs = super::cold_runs(b, &name, addr, COLD_RUNS, Duration::from_millis(50), false)?;
+    for p in &runs.phases {}
+    Ok(runs.total.p50 as f64 / 1e6)
+}
+
+/// The same cold start with one function deployed: the baseline of the figure.
+fn cold_among_one(b: &mut Bench, faasd: &Path, hello: &Path) -> Result<f64> {
+    let _ = std::fs::remove_dir_all(b.dir.join("state"));
+    b.start_daemon(faasd, "")?;
+    b.api("POST", "/system/functions", &deploy_body(hello, 0))?;
+    cold_p50_ms(b, 0)
 }
 
 /// Raises this process's open-file limit to its hard limit; the daemon inherits it.
@@ -132,6 +159,9 @@ fn measure(b: &mut Bench, faasd: &Path, hello: &Path, n: usize) -> Result<Row> {
             list.as_array().map(Vec::len)
         );
     }
+    // One function among n, woken from zero (it stays running afterwards: the restart
+    // below then also takes back a live instance).
+    let cold_ms = cold_p50_ms(b, n / 2)?;
     // Restart: kill -9, start again; healthy once the API answers with every function
     // restored (each bound in the maps and supervised: the API starts after the restore).
     let t = Instant::now();
@@ -170,13 +200,22 @@ fn measure(b: &mut Bench, faasd: &Path, hello: &Path, n: usize) -> Result<Row> {
         metrics_ms,
         list_ms,
         restart_ms,
+        cold_ms,
     })
 }
 
 /// Runs the scale section at each size; prints a table and returns it as JSON.
-pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, sizes: &[usize]) -> Result<Value> {
+pub fn run(
+    b: &mut Bench,
+    faasd: &Path,
+    hello: &Path,
+    sizes: &[usize],
+    out: &Path,
+) -> Result<Value> {
     let limit = raise_nofile();
     println!("scale: open-file limit {limit}; sizes {sizes:?}");
+    let cold_one_ms = cold_among_one(b, faasd, hello)?;
+    println!("  cold start among 1 function: {cold_one_ms:.2} ms (p50 of {COLD_RUNS})");
     let mut rows = Vec::new();
     for &n in sizes {
         if n as u64 + 500 > limit {
@@ -186,12 +225,12 @@ pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, sizes: &[usize]) -> Result
         rows.push(measure(b, faasd, hello, n)?);
     }
     println!(
-        "\n| functions | deploy/s (1 client) | deploy/s (8 clients) | RSS per function | idle CPU | /metrics samples per function | /metrics size | /metrics time | list time | restart until healthy |"
+        "\n| functions | deploy/s (1 client) | deploy/s (8 clients) | RSS per function | idle CPU | /metrics samples per function | /metrics size | /metrics time | list time | restart until healthy | cold start p50 (among 1: {cold_one_ms:.2} ms) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} KiB | {:.2} % | {:.1} | {:.1} MB | {:.0} ms | {:.0} ms | {:.0} ms |",
+            "| {} | {:.0} | {:.0} | {:.2} KiB | {:.2} % | {:.1} | {:.1} MB | {:.0} ms | {:.0} ms | {:.0} ms | {:.2} ms ({:+.0} %) |",
             r.n,
             r.deploy_per_s,
             r.deploy8_per_s,
@@ -201,9 +240,43 @@ pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, sizes: &[usize]) -> Result
             r.metrics_bytes as f64 / 1e6,
             r.metrics_ms,
             r.list_ms,
-            r.restart_ms
+            r.restart_ms,
+            r.cold_ms,
+            (r.cold_ms / cold_one_ms - 1.0) * 100.0
         );
     }
+    let costs: [(&str, &str, &str, fn(&Row) -> f64); 7] = [
+        ("rss", "Daemon RSS per function", "KiB", |r| {
+            r.rss_per_fn_kib
+        }),
+        ("idle-cpu", "CPU while every function idles", "%", |r| {
+            r.idle_cpu_pct
+        }),
+        ("deploy", "Time per deploy, one client", "ms", |r| {
+            1e3 / r.deploy_per_s
+        }),
+        ("metrics", "/metrics time per function", "µs", |r| {
+            r.metrics_ms * 1e3 / r.n as f64
+        }),
+        ("list", "list time per function", "µs", |r| {
+            r.list_ms * 1e3 / r.n as f64
+        }),
+        (
+            "restart",
+            "Restart until healthy, per function",
+            "µs",
+            |r| r.restart_ms * 1e3 / r.n as f64,
+        ),
+        ("cold", "Cold start of one function", "ms", |r| r.cold_ms),
+    ];
+    for (key, title, unit, cost) in costs {
+        let points: Vec<(f64, f64)> = rows.iter().map(|r| (r.n as f64, cost(r))).collect();
+        std::fs::write(
+            out.join(format!("scale-{key}.svg")),
+            crate::plot::cost_svg(title, unit, &points),
+        )?;
+    }
+    println!("plots: {}/scale-*.svg", out.display());
     Ok(Value::Array(
         rows.iter()
             .map(|r| {
@@ -218,6 +291,8 @@ pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, sizes: &[usize]) -> Result
                     "metrics_ms": r.metrics_ms,
                     "list_ms": r.list_ms,
                     "restart_until_healthy_ms": r.restart_ms,
+                    "cold_p50_ms": r.cold_ms,
+                    "cold_p50_ms_among_1": cold_one_ms,
                 })
             })
             .collect(),

@@ -134,6 +134,8 @@ pub async fn run(
         &format!("this network namespace's data plane ({})", pins.display()),
     )?;
     let store = Store::open(&config.state_dir)?;
+    let process_runtime =
+        Arc::new(ProcessRuntime::new().map_err(|e| format!("starting the process spawner: {e}"))?);
     status("loading the data plane");
     let mut dataplane = Dataplane::open(&config.bpffs)?;
     tracing::info!(
@@ -177,7 +179,7 @@ pub async fn run(
         config.clone(),
         store,
         dataplane,
-        Arc::new(ProcessRuntime),
+        process_runtime,
         router,
         wireguard,
         service.clone(),

@@ -316,6 +316,12 @@ fn key_value(s: &str) -> std::result::Result<(String, String), String> {
 }
 
 fn main() -> std::process::ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == faasd::runtime::spawner::ARG)
+    {
+        faasd::runtime::spawner::serve();
+    }
     let cli = Cli::parse();
     // Before any thread exists: the protocol's variables are read and removed here.
     let (inherited, manager) = match cli.command {

@@ -1,0 +1,469 @@
+//! The spawner: a small helper process that clones every process instance.
+//!
+//! A clone copies the caller's page tables and descriptor table, and the exec that follows
+//! closes every inherited descriptor: from a daemon holding one socket per function that
+//! is O(functions) work on every cold start (2.2 ms among one function, 6.8 ms among
+//! 4,000 here). The spawner is this executable re-run at the daemon's start, with little
+//! memory and three descriptors, so a clone costs the same among any number of functions.
+//! It clones with `CLONE_PARENT`: the instance is the daemon's child, which reaps it and
+//! gets its exit status as before.
+//!
+//! One request per datagram over a private socket pair: the launch as JSON, with the
+//! descriptors it needs attached; the answer carries the pid, and the instance's pidfd and
+//! the read end of its exec-error pipe (EOF once it has exec'd).
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::net::UnixDatagram,
+    },
+    sync::Mutex,
+};
+
+use sendfd::{RecvWithFd, SendWithFd};
+use serde::{Deserialize, Serialize};
+
+/// Where the spawner finds its end of the socket pair.
+const SOCKET_FD: RawFd = 3;
+/// The hidden argument that makes `faasd` the spawner.
+pub const ARG: &str = "__spawner";
+/// Descriptors a request may carry: stdio, the cgroup, and up to `MAX_PORTS` sockets.
+const MAX_FDS: usize = 4 + crate::spec::MAX_PORTS;
+
+/// One instance to clone. Descriptors travel beside it in this order: stdin, stdout,
+/// stderr, the cgroup directory (when `cgroup`), then the sockets (placed at fd 3, 4, …).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Request {
+    pub argv: Vec<String>,
+    /// `KEY=value` entries.
+    pub env: Vec<String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup: bool,
+}
+
+/// The spawner's answer: a pid (with the pidfd and the error pipe attached), or what failed.
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Started { pid: i32 },
+    Failed { op: String, errno: i32 },
+}
+
+/// A clone the spawner made.
+pub(super) struct Cloned {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    /// Reads EOF once the instance has exec'd, or 8 bytes (step, errno) if it failed.
+    pub errors: OwnedFd,
+}
+
+/// The daemon's side: the running spawner and the socket to it.
+#[derive(Debug)]
+pub struct Spawner {
+    link: Mutex<Link>,
+}
+
+#[derive(Debug)]
+struct Link {
+    socket: UnixDatagram,
+    child: std::process::Child,
+}
+
+impl Link {
+    fn start() -> io::Result<Self> {
+        use std::os::unix::process::CommandExt;
+        let (ours, theirs) = UnixDatagram::pair()?;
+        let theirs_fd = theirs.as_raw_fd();
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg(ARG)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(theirs_fd, SOCKET_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        drop(theirs);
+        Ok(Self {
+            socket: ours,
+            child,
+        })
+    }
+
+    fn ask(&self, req: &[u8], fds: &[RawFd]) -> io::Result<Cloned> {
+        self.socket.send_with_fd(req, fds)?;
+        let mut buf = [0u8; 512];
+        let mut got = [-1; 2];
+        let (n, nfds) = self.socket.recv_with_fd(&mut buf, &mut got)?;
+        // SAFETY: descriptors the kernel just installed for us; each is owned once.
+        let owned: Vec<OwnedFd> = got[..nfds]
+            .iter()
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
+            .collect();
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the spawner has exited",
+            ));
+        }
+        match serde_json::from_slice::<Reply>(&buf[..n]).map_err(io::Error::other)? {
+            Reply::Started { pid } => {
+                let mut fds = owned.into_iter();
+                match (fds.next(), fds.next()) {
+                    (Some(pidfd), Some(errors)) => Ok(Cloned { pid, pidfd, errors }),
+                    _ => Err(io::Error::other("the spawner's answer lacks descriptors")),
+                }
+            }
+            Reply::Failed { op, errno } => Err(io::Error::new(
+                io::Error::from_raw_os_error(errno).kind(),
+                format!("{op}: {}", io::Error::from_raw_os_error(errno)),
+            )),
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Spawner {
+    /// Starts the spawner. Call it early: the spawner is a fresh exec, so what it costs does
+    /// not depend on when, but a failure is best reported before anything else is set up.
+    pub fn start() -> io::Result<Self> {
+        Ok(Self {
+            link: Mutex::new(Link::start()?),
+        })
+    }
+
+    /// Has the spawner clone `req` with `fds`; a spawner that died is started again once.
+    pub(super) fn clone_instance(&self, req: &Request, fds: &[RawFd]) -> io::Result<Cloned> {
+        let bytes = serde_json::to_vec(req).map_err(io::Error::other)?;
+        let mut link = self.link.lock().expect("spawner lock");
+        match link.ask(&bytes, fds) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                tracing::warn!("the spawner is gone ({e}); starting it again");
+                *link = Link::start()?;
+                link.ask(&bytes, fds)
+            }
+            other => other,
+        }
+    }
+}
+
+/// The spawner's main loop (`faasd __spawner`): serves requests until the daemon's end of
+/// the socket closes. Never returns.
+pub fn serve() -> ! {
+    // SAFETY: prctl and close_range on our own process; the socket fd is ours from here.
+    let socket = unsafe {
+        // Gone with the daemon, even if it is killed with -9.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::syscall(libc::SYS_close_range, (SOCKET_FD + 1) as u32, u32::MAX, 0);
+        UnixDatagram::from_raw_fd(SOCKET_FD)
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let mut fds = [-1; MAX_FDS];
+        let (n, nfds) = match socket.recv_with_fd(&mut buf, &mut fds) {
+            Ok((0, _)) | Err(_) => std::process::exit(0),
+            Ok(got) => got,
+        };
+        // SAFETY: descriptors the kernel just installed for us; each is owned once.
+        let fds: Vec<OwnedFd> = fds[..nfds]
+            .iter()
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
+            .collect();
+        let reply = match serde_json::from_slice::<Request>(&buf[..n]) {
+            Ok(req) => clone(&req, &fds),
+            Err(e) => Err(("parsing the request", io::Error::other(e))),
+        };
+        let sent = match reply {
+            Ok(c) => {
+                let msg = serde_json::to_vec(&Reply::Started { pid: c.pid }).expect("serializes");
+                socket.send_with_fd(&msg, &[c.pidfd.as_raw_fd(), c.errors.as_raw_fd()])
+            }
+            Err((op, e)) => {
+                let msg = serde_json::to_vec(&Reply::Failed {
+                    op: op.into(),
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
+                })
+                .expect("serializes");
+                socket.send_with_fd(&msg, &[])
+            }
+        };
+        if sent.is_err() {
+            std::process::exit(0);
+        }
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut p = [0; 2];
+    // SAFETY: pipe2 writes two fds into p.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are fresh descriptors.
+    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
+}
+
+fn cstrings(v: &[String]) -> io::Result<Vec<CString>> {
+    v.iter()
+        .map(|s| CString::new(s.as_str()).map_err(io::Error::other))
+        .collect()
+}
+
+/// Clones one instance into fresh mount, pid, network, ipc and uts namespaces and its
+/// cgroup; the child sets itself up and execs.
+fn clone(req: &Request, fds: &[OwnedFd]) -> Result<Cloned, (&'static str, io::Error)> {
+    let fixed = 3 + usize::from(req.cgroup);
+    if fds.len() < fixed || req.argv.is_empty() {
+        return Err((
+            "reading the request",
+            io::Error::from_raw_os_error(libc::EINVAL),
+        ));
+    }
+    // Everything the child touches is prepared here: after clone it may not allocate.
+    let argv = cstrings(&req.argv).map_err(|e| ("argv", e))?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let env = cstrings(&req.env).map_err(|e| ("env", e))?;
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    let sockets: Vec<RawFd> = fds[fixed..].iter().map(AsRawFd::as_raw_fd).collect();
+    let (err_r, err_w) = pipe().map_err(|e| ("pipe", e))?;
+    let child = Child {
+        argv0: argv[0].as_ptr(),
+        argv: argv_ptrs.as_ptr(),
+        env: env_ptrs.as_ptr(),
+        stdio: [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()],
+        fds: &sockets,
+        uid: req.uid,
+        gid: req.gid,
+        err: err_w.as_raw_fd(),
+    };
+    let mut pidfd: libc::c_int = -1;
+    let namespaces = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS;
+    let args = CloneArgs {
+        // CLONE_PARENT: the daemon, not the spawner, is the instance's parent.
+        flags: (namespaces | libc::CLONE_PIDFD | libc::CLONE_PARENT) as u64
+            | if req.cgroup { CLONE_INTO_CGROUP } else { 0 },
+        pidfd: (&raw mut pidfd) as u64,
+        // Ignored with CLONE_PARENT: the instance signals the daemon as the spawner would.
+        exit_signal: 0,
+        // The child is created inside its cgroup (CLONE_INTO_CGROUP): joining it afterwards
+        // through cgroup.procs takes the cgroup rwsem for writing, which waits out an RCU
+        // grace period when the host has been idle, up to 15 ms here.
+        cgroup: if req.cgroup {
+            fds[3].as_raw_fd() as u64
+        } else {
+            0
+        },
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without a stack behaves like fork; the kernel writes the pidfd
+    // through `args.pidfd`. The child only calls async-signal-safe functions (and this
+    // process has one thread).
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) };
+    if pid < 0 {
+        return Err(("clone3", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: we are the freshly cloned child; `child` points into memory prepared
+        // before the clone, which the copy-on-write image keeps valid.
+        unsafe { child.run() }
+    }
+    drop(err_w);
+    Ok(Cloned {
+        pid: pid as i32,
+        // SAFETY: the kernel handed us a new pidfd.
+        pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        errors: err_r,
+    })
+}
+
+/// `struct clone_args` of clone3(2), version 2 (with `cgroup`); libc defines it only for musl.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Create the child directly in the cgroup named by `clone_args.cgroup` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// What the child needs, as raw pointers into the parent's prepared memory.
+struct Child<'a> {
+    argv0: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    env: *const *const libc::c_char,
+    stdio: [RawFd; 3],
+    fds: &'a [RawFd],
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    err: RawFd,
+}
+
+impl Child<'_> {
+    /// Runs in the child between clone and exec: async-signal-safe calls only.
+    unsafe fn run(&self) -> ! {
+        // SAFETY: raw syscalls on memory the parent prepared before clone; nothing here
+        // allocates or takes a lock another thread could hold (so no glibc function that
+        // does, such as setuid, malloc or printf).
+        unsafe {
+            let fail = |step: u32| -> ! {
+                let errno = *libc::__errno_location();
+                let mut msg = [0u8; 8];
+                msg[..4].copy_from_slice(&step.to_ne_bytes());
+                msg[4..].copy_from_slice(&errno.to_ne_bytes());
+                libc::write(self.err, msg.as_ptr().cast(), 8);
+                libc::_exit(127)
+            };
+            if libc::setsid() < 0 {
+                fail(0);
+            }
+            if libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) < 0
+            {
+                fail(1);
+            }
+            if libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) < 0
+            {
+                fail(2);
+            }
+            if !loopback_up() {
+                fail(3);
+            }
+            // Move every source fd above the target range first, so no dup2 clobbers a
+            // source that is still to be placed.
+            let n = self.fds.len() as libc::c_int;
+            let high = 3 + n;
+            let mut tmp_stdio = [0; 3];
+            for (i, fd) in self.stdio.iter().enumerate() {
+                tmp_stdio[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, high);
+                if tmp_stdio[i] < 0 {
+                    fail(4);
+                }
+            }
+            let mut tmp = [0 as RawFd; crate::spec::MAX_PORTS];
+            if self.fds.len() > tmp.len() {
+                *libc::__errno_location() = libc::EMFILE;
+                fail(4);
+            }
+            for (i, fd) in self.fds.iter().enumerate() {
+                tmp[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, high);
+                if tmp[i] < 0 {
+                    fail(4);
+                }
+            }
+            for (i, fd) in tmp_stdio.iter().enumerate() {
+                if libc::dup2(*fd, i as libc::c_int) < 0 {
+                    fail(4);
+                }
+            }
+            for (i, fd) in tmp[..self.fds.len()].iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as libc::c_int) < 0 {
+                    fail(4);
+                }
+            }
+            // Everything above the passed sockets closes at exec (the error pipe included,
+            // which is exactly when the parent should see EOF).
+            if libc::syscall(
+                libc::SYS_close_range,
+                high as u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) < 0
+            {
+                fail(4);
+            }
+            // Raw syscalls, not glibc's wrappers: in a multi-threaded process those broadcast
+            // the change to every thread under a glibc lock, which another thread of the
+            // parent may have held at the moment of the clone, and the child would wait on
+            // it forever. The raw calls change this thread, the child's only one.
+            let (uid, gid) = (self.uid as libc::c_long, self.gid as libc::c_long);
+            if libc::syscall(
+                libc::SYS_setgroups,
+                0 as libc::c_long,
+                std::ptr::null::<libc::gid_t>(),
+            ) < 0
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+            {
+                fail(5);
+            }
+            // Undo what the daemon changed for itself: ignored SIGPIPE and blocked signals
+            // would otherwise be inherited across exec.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::execve(self.argv0, self.argv, self.env);
+            fail(6)
+        }
+    }
+}
+
+/// `ip link set lo up` with an ioctl (no allocation, no netlink).
+unsafe fn loopback_up() -> bool {
+    // SAFETY: plain syscalls on a zeroed ifreq we own.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return false;
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        ifr.ifr_name[0] = b'l' as libc::c_char;
+        ifr.ifr_name[1] = b'o' as libc::c_char;
+        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            libc::close(s);
+            return false;
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        let ok = libc::ioctl(s, libc::SIOCSIFFLAGS, &mut ifr) >= 0;
+        libc::close(s);
+        ok
+    }
+}
