@@ -28,6 +28,9 @@ struct Row {
     cold_ms: f64,
 }
 
+/// A cost to plot: file key, title, unit, and how to read it from a row.
+type Cost = (&'static str, &'static str, &'static str, fn(&Row) -> f64);
+
 /// The function counts measured by default.
 pub const SIZES: [usize; 3] = [1_000, 5_000, 19_000];
 
@@ -41,7 +44,6 @@ fn cold_p50_ms(b: &Bench, i: usize) -> Result<f64> {
     let addr: std::net::SocketAddr =
         format!("[{}]:8080", d["address"].as_str().context("address")?).parse()?;
     let runs = super::cold_runs(b, &name, addr, COLD_RUNS, Duration::from_millis(50), false)?;
-    for p in &runs.phases {}
     Ok(runs.total.p50 as f64 / 1e6)
 }
 
@@ -245,7 +247,7 @@ pub fn run(
             (r.cold_ms / cold_one_ms - 1.0) * 100.0
         );
     }
-    let costs: [(&str, &str, &str, fn(&Row) -> f64); 7] = [
+    let costs: [Cost; 7] = [
         ("rss", "Daemon RSS per function", "KiB", |r| {
             r.rss_per_fn_kib
         }),
