@@ -6,6 +6,8 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
+use super::sys::bpf;
+
 /// bpf(2) commands used here.
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -33,15 +35,6 @@ struct BatchAttr {
     map_fd: u32,
     elem_flags: u64,
     flags: u64,
-}
-
-/// bpf(2) with `attr` as its attribute union.
-///
-/// # Safety
-/// Every pointer in `attr` must be valid for what the command reads or writes through it.
-unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> libc::c_long {
-    // SAFETY: the caller vouches for the pointers inside `attr`; the size is its own.
-    unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<A>()) }
 }
 
 /// A read-only view of a per-CPU array whose values are `W` u64 counters, summed over CPUs.

@@ -14,7 +14,9 @@ use std::{
 };
 
 mod counters;
+mod pins;
 mod slots;
+mod sys;
 
 use std::sync::Arc;
 
@@ -240,6 +242,13 @@ impl Dataplane {
     pub fn open(bpffs: &Path) -> Result<Self, DataplaneError> {
         check_bpffs(bpffs)?;
         let dir = pin_dir(bpffs)?;
+        for gone in pins::stale(&bpffs.join("faasd")) {
+            tracing::info!(
+                "removing {}: its network namespace no longer exists",
+                gone.display()
+            );
+            std::fs::remove_dir_all(&gone).map_err(io("remove", &gone))?;
+        }
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let link_path = dir.join(link_pin_name());
         let older: Vec<PathBuf> = std::fs::read_dir(&dir)

@@ -220,3 +220,35 @@ fn daemons_in_two_namespaces_do_not_share_pins() {
     });
     assert_ne!(ida, idb);
 }
+
+#[test]
+fn pins_of_a_deleted_namespace_are_removed_by_the_next_daemon() {
+    require_privileges!();
+    let gone = Netns::new("gone");
+    let pins = gone.pin_dir();
+    gone.run(|| drop(Dataplane::open(Path::new("/sys/fs/bpf")).unwrap()));
+    assert!(
+        pins.is_dir(),
+        "the data plane stays pinned after its daemon"
+    );
+    // The namespace is deleted under its pins, as `ip netns del` under a running daemon
+    // would; the kernel detaches its program once the namespace is torn down.
+    let deleted = std::process::Command::new("ip")
+        .args(["netns", "del", &gone.name])
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    let other = Netns::new("other");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pins.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} is still there 10 s after its namespace was deleted",
+            pins.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        other.run(|| drop(Dataplane::open(Path::new("/sys/fs/bpf")).unwrap()));
+    }
+    // A live namespace's pins are kept.
+    assert!(other.pin_dir().is_dir());
+}

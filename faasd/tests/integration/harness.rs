@@ -158,8 +158,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let pins = self.pin_dir();
-        let _ = faasd::dataplane::remove_pins(&pins);
+        // A test may have deleted the namespace itself (and the daemon its pins).
+        if self.path().exists() {
+            let _ = faasd::dataplane::remove_pins(&self.pin_dir());
+        }
         if let Some(root) = faasd::runtime::cgroup::root() {
             kill_cgroup_tree(&root.join(&self.cgroup_parent));
             // The shared parent goes with the last test that used it.
