@@ -31,6 +31,7 @@ impl IntoResponse for DaemonError {
             DaemonError::Exists(_) => StatusCode::CONFLICT,
             DaemonError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             DaemonError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DaemonError::Upstream(_) => StatusCode::BAD_GATEWAY,
         };
         (code, format!("{self}\n")).into_response()
     }

@@ -348,16 +348,22 @@ impl Containerd {
         let target = match self.image_target(name).await? {
             Some(t) => t,
             None => {
-                self.pull(image).await.map_err(|e| match e {
-                    ContainerdError::Image { reason, .. } => image_error(
-                        name,
+                self.pull(image).await.map_err(|e| {
+                    let explain = |reason: String| {
                         format!(
                             "not in containerd's namespace {:?}, and pulling it failed: \
                              {reason}. Import it with `faasd image import FILE.tar`",
                             super::NAMESPACE
-                        ),
-                    ),
-                    e => e,
+                        )
+                    };
+                    match e {
+                        ContainerdError::Image { reason, .. } => image_error(name, explain(reason)),
+                        ContainerdError::Registry { reason, .. } => ContainerdError::Registry {
+                            image: name.to_owned(),
+                            reason: explain(reason),
+                        },
+                        e => e,
+                    }
                 })?;
                 self.image_target(name)
                     .await?

@@ -60,6 +60,14 @@ pub enum ContainerdError {
         /// What is wrong.
         reason: String,
     },
+    /// The image's registry cannot be reached, or fails (5xx): not the caller's mistake.
+    #[error("image {image}: {reason}")]
+    Registry {
+        /// The reference.
+        image: String,
+        /// What failed.
+        reason: String,
+    },
     /// A local file (an archive being imported).
     #[error("{what}: {source}")]
     Io {

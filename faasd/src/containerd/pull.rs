@@ -235,10 +235,10 @@ impl Registry {
             let resp = match get(&self.tls, &uri, &headers).await {
                 Ok(r) => r,
                 Err(e) => {
-                    return Err(error(
-                        &self.image,
-                        format!("cannot reach the registry {}: {e}", self.host),
-                    ));
+                    return Err(ContainerdError::Registry {
+                        image: self.image.to_string(),
+                        reason: format!("cannot reach the registry {}: {e}", self.host),
+                    });
                 }
             };
             match resp.status() {
@@ -325,13 +325,17 @@ impl Registry {
         } else {
             ""
         };
-        error(
-            &self.image,
-            format!(
-                "the registry {} answered {status} for {what}{hint}",
-                self.host
-            ),
-        )
+        let reason = format!(
+            "the registry {} answered {status} for {what}{hint}",
+            self.host
+        );
+        if status.is_server_error() {
+            return ContainerdError::Registry {
+                image: self.image.to_string(),
+                reason,
+            };
+        }
+        error(&self.image, reason)
     }
 
     /// The manifest or index `reference` names, as the top descriptor.

@@ -21,6 +21,9 @@ pub enum DaemonError {
     /// A service faasd needs is down: containerd (503).
     #[error("{0}")]
     Unavailable(String),
+    /// A server faasd relies on failed or cannot be reached: an image registry (502).
+    #[error("{0}")]
+    Upstream(String),
     /// Something on the host failed (500).
     #[error("{0}")]
     Internal(String),
@@ -55,11 +58,13 @@ impl From<crate::store::StoreError> for DaemonError {
     }
 }
 
-/// An unreachable containerd is a 503, a missing or unusable image the caller's 400.
+/// An unreachable containerd is a 503, a failing registry a 502, a missing or unusable
+/// image the caller's 400.
 impl From<ContainerdError> for DaemonError {
     fn from(e: ContainerdError) -> Self {
         match e {
             ContainerdError::Unreachable { .. } => Self::Unavailable(e.to_string()),
+            ContainerdError::Registry { .. } => Self::Upstream(e.to_string()),
             ContainerdError::Image { .. } => Self::Invalid(SpecError(e.to_string())),
             e => Self::Internal(e.to_string()),
         }

@@ -594,6 +594,19 @@ fn an_image_missing_from_containerd_is_pulled_from_its_registry() {
         e.contains("cannot reach the registry 127.0.0.1:5999") && e.contains("faasd image import"),
         "{e}"
     );
+    // The registry's failure is a bad gateway (502), a missing tag the caller's (400).
+    let (code, body) = d.api(
+        "POST",
+        "/system/functions",
+        r#"{"service":"ctr-pull","image":"127.0.0.1:5999/hello:pulled"}"#,
+    );
+    assert_eq!(code, 502, "{body}");
+    let (code, body) = d.api(
+        "POST",
+        "/system/functions",
+        r#"{"service":"ctr-pull","image":"127.0.0.1:5000/hello:no-such-tag"}"#,
+    );
+    assert_eq!(code, 400, "{body}");
     let e = d
         .cli(&[
             "deploy",
@@ -619,4 +632,79 @@ fn an_image_missing_from_containerd_is_pulled_from_its_registry() {
     let addr = http(d.describe("ctr-pull").address);
     let (code, body) = ns.run(|| http_get(addr)).unwrap();
     assert_eq!(code, 200, "{body}\n{}", d.log());
+}
+
+/// A pull that hangs holds no lock anything else needs: while a deploy waits on a registry
+/// that accepts the connection and never answers, another function's invocation,
+/// `/metrics`, `list` and the systemd watchdog ping all go on.
+#[test]
+fn a_hanging_pull_blocks_nothing_else() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-hang");
+    // The registry: a listener nobody accepts on. The kernel completes the handshake and
+    // queues the request; no answer ever comes.
+    let registry = ns.run(|| std::net::TcpListener::bind("127.0.0.1:5998").unwrap());
+    let notify_path = ns.dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let d = Daemon::start_with_env(
+        &ns,
+        &format!("containerd = {socket:?}\n"),
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            // A ping every 250 ms.
+            ("WATCHDOG_USEC", "500000"),
+        ],
+    );
+    d.deploy_running("awake", &[]);
+    let pull = std::thread::scope(|s| {
+        let deploy = s.spawn(|| d.cli(&["deploy", "ctr-hang", "--image", "127.0.0.1:5998/hang:1"]));
+        // The deploy is connected and waiting once the registry has it queued.
+        std::thread::sleep(Duration::from_millis(500));
+        let checks = Instant::now();
+        assert!(
+            !deploy.is_finished(),
+            "the deploy returned at once: {:?}",
+            deploy.join()
+        );
+        let (code, body) = d.api("GET", "/function/awake", "");
+        assert_eq!(code, 200, "invocation: {body}");
+        let (code, body) = d.api("GET", "/metrics", "");
+        assert_eq!(code, 200);
+        assert!(body.contains("faasd_function_instances"), "{body}");
+        let (code, body) = d.api("GET", "/system/functions", "");
+        assert_eq!(code, 200);
+        assert!(body.contains("\"awake\""), "{body}");
+        // Pings keep coming: drop what is queued from before, then see two new ones.
+        let mut buf = [0u8; 256];
+        notify.set_nonblocking(true).unwrap();
+        while notify.recv(&mut buf).is_ok() {}
+        notify.set_nonblocking(false).unwrap();
+        let mut pings = 0;
+        while pings < 2 {
+            let n = notify
+                .recv(&mut buf)
+                .expect("no WATCHDOG=1 within 2 s while a pull hangs");
+            if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+                pings += 1;
+            }
+        }
+        assert!(checks.elapsed() < Duration::from_secs(10));
+        assert!(
+            !deploy.is_finished(),
+            "the deploy should still wait on the registry: {:?}",
+            deploy.join()
+        );
+        // Killing the daemon ends the deploy's wait.
+        // SAFETY: kill on the daemon's pid, our child.
+        unsafe { libc::kill(d.pid(), libc::SIGKILL) };
+        deploy.join().unwrap()
+    });
+    assert!(
+        pull.is_err(),
+        "a deploy from a registry that never answers failed: {pull:?}"
+    );
+    drop(registry);
 }

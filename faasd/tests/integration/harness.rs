@@ -250,6 +250,7 @@ pub struct Daemon<'a> {
     child: Option<Child>,
     pub socket: PathBuf,
     config: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl<'a> Daemon<'a> {
@@ -261,6 +262,11 @@ impl<'a> Daemon<'a> {
     /// on: its control sockets live in one directory for every namespace, so parallel
     /// tests would share the name `wg-faas`.
     pub fn start_with(ns: &'a Netns, extra_config: &str) -> Self {
+        Self::start_with_env(ns, extra_config, &[])
+    }
+
+    /// As [`Daemon::start_with`], with extra environment variables for the daemon.
+    pub fn start_with_env(ns: &'a Netns, extra_config: &str, env: &[(&str, &str)]) -> Self {
         let config = ns.dir.join("config.toml");
         let wireguard = if extra_config.contains("wireguard") {
             ""
@@ -282,6 +288,10 @@ impl<'a> Daemon<'a> {
             child: None,
             socket: ns.dir.join("run/faasd.sock"),
             config,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         d.spawn();
         d
@@ -297,6 +307,7 @@ impl<'a> Daemon<'a> {
         let mut cmd = Command::new(faasd_bin());
         cmd.args(["daemon", "--config"])
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.child = Some(self.ns.spawn(&mut cmd));
