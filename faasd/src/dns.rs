@@ -26,7 +26,7 @@ use hickory_server::{
     proto::{
         op::ResponseCode,
         rr::{
-            LowerName, Name, RData, Record, RecordType, RrKey,
+            LowerName, Name, RData, Record, RecordSet, RecordType, RrKey,
             rdata::{AAAA, NS, SOA},
         },
     },
@@ -201,15 +201,19 @@ impl Zone {
         let mut state = self.state.lock().await;
         state.serial = state.serial.wrapping_add(1);
         let serial = state.serial;
-        for (function, namespace, addr) in functions {
-            if let Some(f) = &mut state.functions {
-                f.insert((namespace.to_owned(), function.to_owned()), addr);
-            }
-            self.remove_records(function, namespace).await;
-            for n in names_of(function, namespace) {
-                self.handler
-                    .upsert(Record::from_rdata(n, TTL, RData::AAAA(AAAA(addr))), serial)
-                    .await;
+        {
+            // Each name's record set is made whole and put in place: the handler's upsert
+            // would copy an empty set and grow its record list to four, for one record.
+            let mut records = self.handler.records_mut().await;
+            for (function, namespace, addr) in functions {
+                if let Some(f) = &mut state.functions {
+                    f.insert((namespace.to_owned(), function.to_owned()), addr);
+                }
+                for n in names_of(function, namespace) {
+                    let key = RrKey::new(LowerName::new(&n), RecordType::AAAA);
+                    let record = Record::from_rdata(n, TTL, RData::AAAA(AAAA(addr)));
+                    records.insert(key, Arc::new(RecordSet::from(record)));
+                }
             }
         }
         self.write_apex(serial).await;
