@@ -91,8 +91,17 @@ pub struct Page {
     pub http: BTreeMap<(u16, &'static str, String), Histogram>,
     /// Host-wide latencies: activations, and calls through `/function/*`.
     pub latencies: (ActivationHistograms, Histogram),
-    /// Supervisor wake-ups so far.
+    /// What the supervisors did.
+    pub supervisors: Supervisors,
+}
+
+/// The supervisors' counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Supervisors {
+    /// Wake-ups so far.
     pub wakeups: u64,
+    /// Functions parked now (stopped, with no task of their own).
+    pub parked: u64,
 }
 
 impl Page {
@@ -104,7 +113,7 @@ impl Page {
         dns: BTreeMap<(&'static str, &'static str), u64>,
         http: &HttpStats,
         latencies: &Latencies,
-        wakeups: u64,
+        supervisors: Supervisors,
     ) -> Self {
         Self {
             host,
@@ -113,7 +122,7 @@ impl Page {
             dns,
             http: http.snapshot(),
             latencies: latencies.snapshot(),
-            wakeups,
+            supervisors,
         }
     }
 }
@@ -223,7 +232,7 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
         dns,
         http: requests,
         latencies: (activation, invocation),
-        wakeups,
+        supervisors,
     } = page;
     let mut o = Out(out);
     let d = &host.dataplane;
@@ -333,7 +342,13 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
         "counter",
         "Times a function supervisor woke up; a stopped function causes none.",
     )?;
-    o.sample("faasd_supervisor_wakeups_total", &[], *wakeups)?;
+    o.sample("faasd_supervisor_wakeups_total", &[], supervisors.wakeups)?;
+    o.family(
+        "faasd_functions_parked",
+        "gauge",
+        "Stopped functions waiting in the parking lot, with no task of their own.",
+    )?;
+    o.sample("faasd_functions_parked", &[], supervisors.parked)?;
 
     // Activation and instances.
     let per_function: [FunctionSeries; 5] = [

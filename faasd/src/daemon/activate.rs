@@ -184,6 +184,7 @@ impl Daemon {
                 log: log.clone(),
                 cgroup: cgroup.clone(),
                 latencies: self.latencies.clone(),
+                lot: self.lot.clone(),
             },
             sockets,
             adopted,

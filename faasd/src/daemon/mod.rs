@@ -97,6 +97,8 @@ pub struct Daemon {
     zone: Option<Arc<crate::dns::Zone>>,
     http: crate::metrics::HttpStats,
     latencies: Arc<Latencies>,
+    /// Where stopped functions wait without a task.
+    lot: Arc<supervisor::Lot>,
     wireguard: Option<Arc<crate::wireguard::WireGuard>>,
     router: notify::Router,
     cgroup_root: Option<PathBuf>,
@@ -159,7 +161,10 @@ impl Daemon {
             ))
         });
         let crate::store::Opened { store, records } = store;
+        let lot =
+            supervisor::Lot::new().map_err(|e| error::internal(format!("parking lot: {e}")))?;
         let daemon = Arc::new(Self {
+            lot,
             secrets: Secrets::new(&config.state_dir),
             zone,
             http: Default::default(),
@@ -454,7 +459,10 @@ impl Daemon {
             dns,
             &self.http,
             &self.latencies,
-            supervisor::wakeups(),
+            crate::metrics::Supervisors {
+                wakeups: supervisor::wakeups(),
+                parked: supervisor::parked(),
+            },
         )
     }
 

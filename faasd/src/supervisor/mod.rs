@@ -6,7 +6,8 @@
 //! task of its own and reports back, so the supervisor keeps handling orders, notices and
 //! exits meanwhile. Every timer (stop grace, start timeout, watchdog, crash-loop backoff,
 //! idle check, output polling) is a deadline computed from the state, and the task sleeps
-//! until the earliest one only while one exists.
+//! until the earliest one only while one exists. With nothing due at all, the supervisor
+//! parks and its task ends (see `park`).
 
 use std::{
     collections::HashMap,
@@ -39,8 +40,11 @@ use crate::{
 };
 
 mod connections;
+mod park;
 #[cfg(test)]
 mod tests;
+
+pub use park::{Lot, parked};
 
 /// An instance that ends sooner than this after starting counts towards a crash loop.
 const QUICK_EXIT: Duration = Duration::from_secs(10);
@@ -132,6 +136,11 @@ impl Handle {
         })
     }
 
+    /// Whether the supervisor is parked (stopped, with no task of its own).
+    pub fn parked(&self) -> bool {
+        self.mailbox.is_parked()
+    }
+
     /// Sends an order that answers, and waits for the answer (at once if the supervisor
     /// has already ended).
     pub async fn ask(&self, make: impl FnOnce(oneshot::Sender<()>) -> Command) {
@@ -172,6 +181,8 @@ pub struct Context {
     pub cgroup: Option<PathBuf>,
     /// The host-wide latency histograms.
     pub latencies: Arc<Latencies>,
+    /// Where the function waits while it is parked.
+    pub lot: Arc<Lot>,
 }
 
 #[derive(Debug)]
@@ -283,7 +294,7 @@ pub fn spawn(
         s.track(ad.instance, true, ad.output);
     }
     s.target = s.target.max(s.instances.len() as u32);
-    tokio::spawn(s.run());
+    tokio::spawn(s.run(false));
     Ok(Handle {
         mailbox,
         state,
@@ -306,11 +317,22 @@ async fn pending(sockets: Arc<Vec<AsyncFd<OwnedFd>>>) {
 }
 
 impl Supervisor {
-    async fn run(mut self) {
+    /// The supervisor's loop. `resumed`: woken from parking, so something is waiting
+    /// (a connection or a message), and it must be taken before parking again.
+    async fn run(mut self, resumed: bool) {
         self.reconcile();
         self.publish();
         let mailbox = self.mailbox.clone();
+        let mut may_park = !resumed;
         loop {
+            if may_park && self.parkable() {
+                match self.park() {
+                    // Resumed on a new task by the next connection or message.
+                    Ok(()) => return,
+                    Err(me) => self = *me,
+                }
+            }
+            may_park = true;
             let deadline = self.next_deadline();
             let watch = self.watching();
             tokio::select! {

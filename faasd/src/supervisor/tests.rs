@@ -122,6 +122,7 @@ fn fixture(tag: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> 
         router: notify::Router::default(),
         cgroup: None,
         latencies: Arc::default(),
+        lot: Lot::new().unwrap(),
     };
     let sock: OwnedFd = listener.try_clone().unwrap().into();
     let handle = spawn(ctx, vec![sock], Vec::new()).unwrap();
@@ -167,9 +168,11 @@ async fn a_stopped_function_sleeps_until_a_connection_starts_it() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(f.state().phase, Phase::Stopped);
     assert!(f.runtime.launches.lock().unwrap().is_empty());
+    assert!(f.handle.parked(), "a stopped function keeps no task");
     let _conn = std::net::TcpStream::connect(f.client.local_addr().unwrap()).unwrap();
     let s = f.wait_for("activated", |s| s.phase == Phase::Running).await;
     assert_eq!((s.activations, s.starts, s.instances.len()), (1, 1, 1));
+    assert!(!f.handle.parked(), "a running function has its task back");
     let launch = f.runtime.launches.lock().unwrap()[0].clone();
     let env: std::collections::BTreeMap<_, _> = launch.env.into_iter().collect();
     assert_eq!(env["LISTEN_FDS"], "1");

@@ -628,16 +628,19 @@ fn idle_functions_cause_no_wakeups() {
         let (code, text) = d.api("POST", "/system/functions", &body.to_string());
         assert!((200..300).contains(&code), "deploy {i}: {code} {text}");
     }
-    let wakeups = || {
+    let metric = |name: &str| {
         let (_, text) = d.api("GET", "/metrics", "");
         text.lines()
-            .find_map(|l| l.strip_prefix("faasd_supervisor_wakeups_total "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no faasd_supervisor_wakeups_total in /metrics"))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
     };
+    let wakeups = || metric("faasd_supervisor_wakeups_total");
     let before = wakeups();
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(wakeups(), before, "idle supervisors woke up");
+    // Each waits in the parking lot, with no task of its own.
+    assert_eq!(metric("faasd_functions_parked"), 2_000);
     // And one of them still wakes on its first connection.
     let addr = d.describe("idle-1999").address;
     let (code, _) = ns
@@ -645,4 +648,5 @@ fn idle_functions_cause_no_wakeups() {
         .unwrap();
     assert_eq!(code, 200);
     assert!(wakeups() > before);
+    assert_eq!(metric("faasd_functions_parked"), 1_999);
 }
