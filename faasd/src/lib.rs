@@ -40,6 +40,7 @@ pub mod secrets;
 pub mod sockets;
 pub mod spec;
 pub mod status;
+pub mod strings;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;

@@ -24,7 +24,9 @@
 //! (mounted read-only at `/var/openfaas/secrets/<name>`). `requests` is accepted and, on one
 //! host with nothing to schedule, ignored.
 
-use std::{collections::BTreeMap, net::Ipv6Addr, path::PathBuf, time::Duration};
+use std::{net::Ipv6Addr, path::PathBuf, time::Duration};
+
+use crate::strings::StringMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -77,13 +79,13 @@ pub struct Deployment {
     pub env_process: Option<String>,
     /// Environment of the function.
     #[serde(default)]
-    pub env_vars: BTreeMap<String, String>,
+    pub env_vars: StringMap,
     /// Labels (OpenFaaS scaling labels are read from here); `null` reads as none.
     #[serde(default, deserialize_with = "null_is_empty")]
-    pub labels: BTreeMap<String, String>,
+    pub labels: StringMap,
     /// Annotations (faasd's own settings are read from here); `null` reads as none.
     #[serde(default, deserialize_with = "null_is_empty")]
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: StringMap,
     /// Secrets mounted into a container at `/var/openfaas/secrets/<name>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
@@ -128,7 +130,7 @@ where
 /// A map that may come as `null` (the spec marks labels and annotations nullable).
 fn null_is_empty<'de, D: serde::Deserializer<'de>>(
     d: D,
-) -> Result<BTreeMap<String, String>, D::Error> {
+) -> Result<StringMap, D::Error> {
     Ok(Option::deserialize(d)?.unwrap_or_default())
 }
 
