@@ -128,9 +128,7 @@ where
 }
 
 /// A map that may come as `null` (the spec marks labels and annotations nullable).
-fn null_is_empty<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<StringMap, D::Error> {
+fn null_is_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StringMap, D::Error> {
     Ok(Option::deserialize(d)?.unwrap_or_default())
 }
 
