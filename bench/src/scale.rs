@@ -35,7 +35,7 @@ type Cost = (&'static str, &'static str, &'static str, fn(&Row) -> f64);
 pub const SIZES: [usize; 3] = [1_000, 5_000, 19_000];
 
 /// Cold starts timed per size; their median is the figure.
-const COLD_RUNS: usize = 30;
+const COLD_RUNS: usize = 100;
 
 /// The median cold start (stopped → first byte) of function `s{i}`, in milliseconds.
 fn cold_p50_ms(b: &Bench, i: usize) -> Result<f64> {

@@ -294,7 +294,17 @@ pub fn spawn(
         s.track(ad.instance, true, ad.output);
     }
     s.target = s.target.max(s.instances.len() as u32);
-    tokio::spawn(s.run(false));
+    // A stopped function is parked straight away: deploying or restoring it spawns no
+    // task at all.
+    s.reconcile();
+    s.publish();
+    if s.parkable() {
+        if let Err(me) = s.park() {
+            tokio::spawn(me.run(false));
+        }
+    } else {
+        tokio::spawn(s.run(false));
+    }
     Ok(Handle {
         mailbox,
         state,
