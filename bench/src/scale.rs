@@ -1,6 +1,6 @@
 //! `faasd-bench scale`: what each deployed, idle function costs, at several function
 //! counts, so that the cost per function can be seen to stay flat, and the cold start of
-//! one function among them against among one. Every size gets a fresh daemon and state
+//! one function and the DNS query rate among them against among one. Every size gets a fresh daemon and state
 //! directory; each cost is also plotted against the count (`scale-*.svg`).
 
 use std::{
@@ -26,6 +26,16 @@ struct Row {
     list_ms: f64,
     restart_ms: f64,
     cold_ms: f64,
+    dns_qps: f64,
+}
+
+/// DNS queries per second with `n` functions deployed: names spread over all of them.
+fn dns_qps(b: &Bench, n: usize) -> Result<f64> {
+    let names: Vec<String> = (0..8).map(|k| format!("s{}", k * n / 8)).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    super::dns_qps(b, &names)?["queries_per_second"]
+        .as_f64()
+        .context("dnsperf did not run (cargo xtask setup installs it)")
 }
 
 /// A cost to plot: file key, title, unit, and how to read it from a row.
@@ -47,12 +57,12 @@ fn cold_p50_ms(b: &Bench, i: usize) -> Result<f64> {
     Ok(runs.total.p50 as f64 / 1e6)
 }
 
-/// The same cold start with one function deployed: the baseline of the figure.
-fn cold_among_one(b: &mut Bench, faasd: &Path, hello: &Path) -> Result<f64> {
+/// The same cold start and DNS rate with one function deployed: the baselines.
+fn among_one(b: &mut Bench, faasd: &Path, hello: &Path) -> Result<(f64, f64)> {
     let _ = std::fs::remove_dir_all(b.dir.join("state"));
     b.start_daemon(faasd, "")?;
     b.api("POST", "/system/functions", &deploy_body(hello, 0))?;
-    cold_p50_ms(b, 0)
+    Ok((cold_p50_ms(b, 0)?, dns_qps(b, 1)?))
 }
 
 /// Raises this process's open-file limit to its hard limit; the daemon inherits it.
@@ -161,6 +171,7 @@ fn measure(b: &mut Bench, faasd: &Path, hello: &Path, n: usize) -> Result<Row> {
             list.as_array().map(Vec::len)
         );
     }
+    let dns_qps = dns_qps(b, n)?;
     // One function among n, woken from zero (it stays running afterwards: the restart
     // below then also takes back a live instance).
     let cold_ms = cold_p50_ms(b, n / 2)?;
@@ -203,6 +214,7 @@ fn measure(b: &mut Bench, faasd: &Path, hello: &Path, n: usize) -> Result<Row> {
         list_ms,
         restart_ms,
         cold_ms,
+        dns_qps,
     })
 }
 
@@ -216,8 +228,10 @@ pub fn run(
 ) -> Result<Value> {
     let limit = raise_nofile();
     println!("scale: open-file limit {limit}; sizes {sizes:?}");
-    let cold_one_ms = cold_among_one(b, faasd, hello)?;
-    println!("  cold start among 1 function: {cold_one_ms:.2} ms (p50 of {COLD_RUNS})");
+    let (cold_one_ms, dns_one) = among_one(b, faasd, hello)?;
+    println!(
+        "  among 1 function: cold start {cold_one_ms:.2} ms (p50 of {COLD_RUNS}), DNS {dns_one:.0} queries/s"
+    );
     let mut rows = Vec::new();
     for &n in sizes {
         if n as u64 + 500 > limit {
@@ -227,12 +241,12 @@ pub fn run(
         rows.push(measure(b, faasd, hello, n)?);
     }
     println!(
-        "\n| functions | deploy/s (1 client) | deploy/s (8 clients) | RSS per function | idle CPU | /metrics samples per function | /metrics size | /metrics time | list time | restart until healthy | cold start p50 (among 1: {cold_one_ms:.2} ms) |"
+        "\n| functions | deploy/s (1 client) | deploy/s (8 clients) | RSS per function | idle CPU | /metrics samples per function | /metrics size | /metrics time | list time | restart until healthy | cold start p50 (among 1: {cold_one_ms:.2} ms) | DNS queries/s (among 1: {dns_one:.0}) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} KiB | {:.2} % | {:.1} | {:.1} MB | {:.0} ms | {:.0} ms | {:.0} ms | {:.2} ms ({:+.0} %) |",
+            "| {} | {:.0} | {:.0} | {:.2} KiB | {:.2} % | {:.1} | {:.1} MB | {:.0} ms | {:.0} ms | {:.0} ms | {:.2} ms ({:+.0} %) | {:.0} ({:+.0} %) |",
             r.n,
             r.deploy_per_s,
             r.deploy8_per_s,
@@ -244,10 +258,12 @@ pub fn run(
             r.list_ms,
             r.restart_ms,
             r.cold_ms,
-            (r.cold_ms / cold_one_ms - 1.0) * 100.0
+            (r.cold_ms / cold_one_ms - 1.0) * 100.0,
+            r.dns_qps,
+            (r.dns_qps / dns_one - 1.0) * 100.0
         );
     }
-    let costs: [Cost; 7] = [
+    let costs: [Cost; 8] = [
         ("rss", "Daemon RSS per function", "KiB", |r| {
             r.rss_per_fn_kib
         }),
@@ -270,6 +286,7 @@ pub fn run(
             |r| r.restart_ms * 1e3 / r.n as f64,
         ),
         ("cold", "Cold start of one function", "ms", |r| r.cold_ms),
+        ("dns", "DNS queries per second", "q/s", |r| r.dns_qps),
     ];
     for (key, title, unit, cost) in costs {
         let points: Vec<(f64, f64)> = rows.iter().map(|r| (r.n as f64, cost(r))).collect();
@@ -295,6 +312,8 @@ pub fn run(
                     "restart_until_healthy_ms": r.restart_ms,
                     "cold_p50_ms": r.cold_ms,
                     "cold_p50_ms_among_1": cold_one_ms,
+                    "dns_queries_per_second": r.dns_qps,
+                    "dns_queries_per_second_among_1": dns_one,
                 })
             })
             .collect(),

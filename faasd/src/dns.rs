@@ -24,7 +24,7 @@ use hickory_server::{
     Server,
     net::runtime::Time,
     proto::{
-        op::ResponseCode,
+        op::{Edns, Metadata, OpCode, ResponseCode},
         rr::{
             LowerName, Name, RData, Record, RecordSet, RecordType, RrKey,
             rdata::{AAAA, NS, SOA},
@@ -32,7 +32,7 @@ use hickory_server::{
     },
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
     store::in_memory::InMemoryZoneHandler,
-    zone_handler::{AxfrPolicy, Catalog, ZoneType},
+    zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneType},
 };
 
 use crate::spec::DEFAULT_NAMESPACE;
@@ -303,6 +303,9 @@ impl Zone {
         let mut server = Server::new(Counted {
             catalog,
             queries: self.queries.clone(),
+            handler: self.handler.clone(),
+            origin: LowerName::new(&self.origin),
+            ns: LowerName::new(&self.ns_name()),
         });
         for fd in inherited {
             let addr = crate::sockets::local_addr(&fd)
@@ -420,10 +423,78 @@ impl QueryCounts {
     }
 }
 
-/// The catalog, counting what it answers.
+/// The catalog, counting what it answers, and answering the negatives itself.
+///
+/// The in-memory zone handler looks for a name that does not exist (or a type a name does
+/// not have) with a scan over every record: 650 NXDOMAIN answers a second at 19,000
+/// functions, against 60,000 positive ones. Those answers are made here from two ordered
+/// lookups instead; every name and type that exists goes to the catalog.
 pub struct Counted {
     catalog: Catalog,
     queries: Arc<QueryCounts>,
+    handler: Arc<InMemoryZoneHandler>,
+    origin: LowerName,
+    ns: LowerName,
+}
+
+impl Counted {
+    /// The answer code for a query this handler answers itself: NXDOMAIN for a name that
+    /// does not exist, NOERROR with no records (NODATA) for a name without that type or an
+    /// empty non-terminal (a namespace's `<ns>.faas`). `None`: the catalog answers.
+    async fn negative(&self, name: &LowerName, kind: RecordType) -> Option<ResponseCode> {
+        if !self.origin.zone_of(name) || *name == self.origin || *name == self.ns {
+            return None;
+        }
+        let records = self.handler.records().await;
+        let key = RrKey::new(name.clone(), RecordType::AAAA);
+        if records.contains_key(&key) {
+            // Function names hold only AAAA records.
+            return (!matches!(kind, RecordType::AAAA | RecordType::ANY))
+                .then_some(ResponseCode::NoError);
+        }
+        // Keys are in canonical order, so a name's descendants come right after it.
+        let below = records
+            .range(RrKey::new(name.clone(), RecordType::Unknown(u16::MAX))..)
+            .next()
+            .is_some_and(|(k, _)| k.name != *name && name.zone_of(&k.name));
+        Some(if below {
+            ResponseCode::NoError
+        } else {
+            ResponseCode::NXDomain
+        })
+    }
+
+    /// Sends an authoritative answer with no records and the SOA, as the catalog would.
+    async fn send_negative<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        code: ResponseCode,
+        mut response_handle: R,
+    ) -> Option<ResponseInfo> {
+        let soa = self
+            .handler
+            .records()
+            .await
+            .get(&RrKey::new(self.origin.clone(), RecordType::SOA))
+            .cloned()?;
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = true;
+        metadata.response_code = code;
+        let edns = request.edns.as_ref().map(|e| {
+            let mut ours = Edns::new();
+            ours.set_max_payload(e.max_payload().max(512))
+                .set_version(0);
+            ours
+        });
+        let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
+            metadata,
+            std::iter::empty(),
+            std::iter::empty(),
+            soa.records_without_rrsigs(),
+            std::iter::empty(),
+        );
+        response_handle.send_response(response).await.ok()
+    }
 }
 
 impl std::fmt::Debug for Counted {
@@ -439,7 +510,19 @@ impl RequestHandler for Counted {
         request: &Request,
         response_handle: R,
     ) -> ResponseInfo {
-        let kind = request.queries.queries().first().map(|q| q.query_type());
+        let query = request.queries.queries().first();
+        let kind = query.map(|q| q.query_type());
+        if let Some(q) = query
+            && request.metadata.op_code == OpCode::Query
+            && request.queries.queries().len() == 1
+            && let Some(code) = self.negative(q.name(), q.query_type()).await
+            && let Some(info) = self
+                .send_negative(request, code, response_handle.clone())
+                .await
+        {
+            self.queries.count(kind, info.response_code);
+            return info;
+        }
         let info = self
             .catalog
             .handle_request::<R, T>(request, response_handle)

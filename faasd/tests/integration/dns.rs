@@ -93,6 +93,18 @@ fn functions_have_aaaa_records_over_udp_and_tcp_and_the_apex_is_complete() {
     let nx = dig(&ns, &["AAAA", "nope.faas"]);
     assert!(nx.contains("status: NXDOMAIN"), "{nx}");
     assert!(nx.contains("AUTHORITY: 1") && nx.contains("SOA"), "{nx}");
+    assert!(nx.contains("flags: qr aa"), "authoritative: {nx}");
+    // A name without the asked type: NOERROR with no answer and the SOA (NODATA).
+    let nodata = dig(&ns, &["A", "hello.faas"]);
+    assert!(nodata.contains("status: NOERROR"), "{nodata}");
+    assert!(
+        nodata.contains("ANSWER: 0") && nodata.contains("AUTHORITY: 1"),
+        "{nodata}"
+    );
+    // A namespace's name exists as the parent of its functions' names.
+    assert_eq!(status(&ns, &["AAAA", "dev.faas"]), "NOERROR");
+    assert_eq!(status(&ns, &["AAAA", "nope.dev.faas"]), "NXDOMAIN");
+    assert_eq!(status(&ns, &["AAAA", "x.hello.faas"]), "NXDOMAIN");
     // Outside the zone: REFUSED, over both transports.
     assert_eq!(status(&ns, &["A", "example.com"]), "REFUSED");
     assert_eq!(status(&ns, &["+tcp", "A", "example.com"]), "REFUSED");
