@@ -210,6 +210,12 @@ pub async fn run(
         None => None,
     };
     let mut servers = tokio::task::JoinSet::new();
+    // The servers answer only once READY=1 is sent: a request queued on systemd's socket
+    // (it started faasd) must not be answered while systemd still sees faasd activating.
+    let (ready_tx, ready) = tokio::sync::watch::channel(false);
+    let after_ready = move |mut ready: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = ready.wait_for(|r| *r).await;
+    };
     // The unix socket: systemd's (faasd.socket, with its mode and group) or our own.
     let sock_path = config.api_socket();
     let own_socket = api_fds.unix.is_empty();
@@ -225,7 +231,11 @@ pub async fn run(
         l.set_nonblocking(true)?;
         let l = tokio::net::UnixListener::from_std(l)?;
         let app = api::router(daemon.clone());
-        servers.spawn(async move { axum::serve(l, app.into_make_service()).await });
+        let go = after_ready(ready.clone());
+        servers.spawn(async move {
+            go.await;
+            axum::serve(l, app.into_make_service()).await
+        });
     }
     // TCP: basic auth on /system/*.
     let mut tcp = api_fds.tcp;
@@ -248,7 +258,11 @@ pub async fn run(
                 creds.clone(),
                 faasd::auth::require,
             ));
-            servers.spawn(async move { axum::serve(l, app.into_make_service()).await });
+            let go = after_ready(ready.clone());
+            servers.spawn(async move {
+                go.await;
+                axum::serve(l, app.into_make_service()).await
+            });
         }
     }
     let functions = daemon.function_count();
@@ -257,6 +271,7 @@ pub async fn run(
         "READY=1\nSTATUS=serving {functions} function(s); API on {}",
         sock_path.display()
     ));
+    let _ = ready_tx.send(true);
     if let Some(every) = service.manager.watchdog() {
         tokio::spawn(watchdog(daemon.clone(), service.clone(), every));
     }
