@@ -6,13 +6,10 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use super::sys::bpf;
+use super::sys::{BATCH, BPF_MAP_LOOKUP_BATCH, BatchAttr, bpf};
 
 /// bpf(2) commands used here.
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-/// Slots read per batch call.
-const BATCH: u32 = 4096;
 
 #[repr(C)]
 #[derive(Default)]
@@ -21,19 +18,6 @@ struct ElemAttr {
     _pad: u32,
     key: u64,
     value: u64,
-    flags: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
     flags: u64,
 }
 

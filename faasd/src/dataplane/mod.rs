@@ -405,7 +405,9 @@ impl Dataplane {
 
     /// The bindings found in the map (after adoption: the previous daemon's).
     pub fn bindings(&self) -> Vec<(BindingKey, u32)> {
-        self.bindings.iter().filter_map(Result::ok).collect()
+        use std::os::fd::AsFd;
+        sys::hash_entries(self.bindings.map().fd().as_fd())
+            .unwrap_or_else(|| self.bindings.iter().filter_map(Result::ok).collect())
     }
 
     /// Steers `key` to `socket` through `slot`. The socket is in place before the binding

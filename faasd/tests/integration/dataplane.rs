@@ -166,7 +166,8 @@ fn more_function_sockets_than_ephemeral_ports_fit() {
         let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
         let mut r = range.split_whitespace().map(|p| p.parse::<u32>().unwrap());
         let ephemeral = r.next().unwrap()..=r.next().unwrap();
-        let n = ephemeral.end() - ephemeral.start() + 1 + 2_000;
+        // More than one batch of the bindings read below (4,096).
+        let n = ephemeral.end() - ephemeral.start() + 1 + 4_000;
         if !raise_nofile(u64::from(n) + 1_000) {
             crate::harness::skip(format_args!("cannot raise RLIMIT_NOFILE to {n}"));
             return;
@@ -192,6 +193,13 @@ fn more_function_sockets_than_ephemeral_ports_fit() {
             socks.push(s);
         }
         assert_eq!(dp.status().bindings, n as usize);
+        // Read back in batches, as a restarted daemon reads them: every binding, once.
+        let read: std::collections::BTreeMap<BindingKey, u32> = dp.bindings().into_iter().collect();
+        assert_eq!(read.len(), n as usize);
+        assert!((0..n).all(|i| {
+            let key = BindingKey::new(prefix.nth(u128::from(i) + 1).unwrap(), 8080, proto::TCP);
+            read.get(&key) == Some(&i)
+        }));
         let last = prefix.nth(u128::from(n)).unwrap();
         let c = TcpStream::connect_timeout(&SocketAddr::from((last, 8080)), Duration::from_secs(5))
             .unwrap();
