@@ -237,8 +237,6 @@ struct Supervisor {
     state: Arc<Mutex<FunctionState>>,
     snapshot: FunctionState,
     recorded_pids: Vec<i32>,
-    /// The spec's fingerprint, recorded beside each instance.
-    fingerprint: String,
 }
 
 /// Starts the supervisor of a function over its sockets (in `settings.ports` order); it
@@ -270,7 +268,6 @@ pub fn spawn(
     let ctx = Arc::new(ctx);
     let mut s = Supervisor {
         target: ctx.settings.min_scale,
-        fingerprint: ctx.record.spec.fingerprint(),
         ctx,
         sockets: sockets.clone(),
         mailbox: mailbox.clone(),
@@ -943,11 +940,13 @@ impl Supervisor {
     /// no instance can have survived anyway).
     fn record_instances(&self) {
         let path = layout::instances_file(&self.ctx.config.runtime_dir, &self.ctx.record.spec);
+        // Computed here rather than kept: a stopped function has nothing to record.
+        let fingerprint = self.ctx.record.spec.fingerprint();
         let text: String = self
             .snapshot
             .instances
             .iter()
-            .map(|i| format!("{} {} {}\n", i.pid, i.id, self.fingerprint))
+            .map(|i| format!("{} {} {fingerprint}\n", i.pid, i.id))
             .collect();
         if let Some(d) = path.parent() {
             let _ = std::fs::create_dir_all(d);
