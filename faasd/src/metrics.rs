@@ -174,6 +174,52 @@ fn esc(out: &mut impl Write, v: &str) -> std::io::Result<()> {
     out.write_all(escaped.as_bytes())
 }
 
+/// A sample's value as the text format writes it.
+trait SampleValue {
+    fn write_to(&self, out: &mut impl Write) -> std::io::Result<()>;
+}
+
+impl SampleValue for u64 {
+    fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let mut buf = [0u8; 20];
+        let mut at = buf.len();
+        let mut n = *self;
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.write_all(&buf[at..])
+    }
+}
+
+impl SampleValue for u32 {
+    fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
+        u64::from(*self).write_to(out)
+    }
+}
+
+impl SampleValue for usize {
+    fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
+        (*self as u64).write_to(out)
+    }
+}
+
+impl<T: SampleValue> SampleValue for &T {
+    fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
+        (**self).write_to(out)
+    }
+}
+
+impl SampleValue for f64 {
+    fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
+        write!(out, "{self}")
+    }
+}
+
 struct Out<W: Write>(W);
 
 impl<W: Write> Out<W> {
@@ -181,23 +227,28 @@ impl<W: Write> Out<W> {
         writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}")
     }
 
+    /// One sample line. Written piece by piece, without the formatting machinery: a page
+    /// at 19,000 functions has 228,000 of them.
     fn sample(
         &mut self,
         name: &str,
         labels: &[(&str, &str)],
-        value: impl std::fmt::Display,
+        value: impl SampleValue,
     ) -> std::io::Result<()> {
         self.0.write_all(name.as_bytes())?;
         for (i, (k, v)) in labels.iter().enumerate() {
             self.0.write_all(if i == 0 { b"{" } else { b"," })?;
-            write!(self.0, "{k}=\"")?;
+            self.0.write_all(k.as_bytes())?;
+            self.0.write_all(b"=\"")?;
             esc(&mut self.0, v)?;
             self.0.write_all(b"\"")?;
         }
         if !labels.is_empty() {
             self.0.write_all(b"}")?;
         }
-        writeln!(self.0, " {value}")
+        self.0.write_all(b" ")?;
+        value.write_to(&mut self.0)?;
+        self.0.write_all(b"\n")
     }
 
     fn histogram(
@@ -542,4 +593,31 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
         )?;
     }
     o.0.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Out, SampleValue};
+
+    #[test]
+    fn samples_are_written_as_the_text_format_has_them() {
+        let mut digits = Vec::new();
+        for n in [0u64, 7, 10, 4_096, u64::MAX] {
+            n.write_to(&mut digits).unwrap();
+            digits.push(b' ');
+        }
+        assert_eq!(
+            String::from_utf8(digits).unwrap(),
+            "0 7 10 4096 18446744073709551615 "
+        );
+        let mut o = Out(Vec::new());
+        o.sample("a_total", &[], 3u64).unwrap();
+        o.sample("b", &[("function_name", "f.ns"), ("code", "200")], 0.25f64)
+            .unwrap();
+        o.sample("c", &[("v", "say \"hi\"\n")], &5u32).unwrap();
+        assert_eq!(
+            String::from_utf8(o.0).unwrap(),
+            "a_total 3\nb{function_name=\"f.ns\",code=\"200\"} 0.25\nc{v=\"say \\\"hi\\\"\\n\"} 5\n"
+        );
+    }
 }
