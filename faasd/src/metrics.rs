@@ -614,7 +614,7 @@ mod tests {
         o.sample("a_total", &[], 3u64).unwrap();
         o.sample("b", &[("function_name", "f.ns"), ("code", "200")], 0.25f64)
             .unwrap();
-        o.sample("c", &[("v", "say \"hi\"\n")], &5u32).unwrap();
+        o.sample("c", &[("v", "say \"hi\"\n")], 5u32).unwrap();
         assert_eq!(
             String::from_utf8(o.0).unwrap(),
             "a_total 3\nb{function_name=\"f.ns\",code=\"200\"} 0.25\nc{v=\"say \\\"hi\\\"\\n\"} 5\n"
