@@ -77,75 +77,78 @@ impl Follower {
     }
 }
 
-/// The log of one function.
+/// The log of one function; clones share it (the daemon's and the supervisor's).
 #[derive(Debug, Clone)]
-pub struct FunctionLog {
+pub struct FunctionLog(Arc<LogInner>);
+
+#[derive(Debug)]
+struct LogInner {
     path: PathBuf,
     name: String,
     namespace: String,
-    file: Arc<Mutex<Option<std::fs::File>>>,
+    file: Mutex<Option<std::fs::File>>,
 }
 
 impl FunctionLog {
     /// The log of `namespace/name` under `state_dir`.
     pub fn new(state_dir: &Path, namespace: &str, name: &str) -> Self {
-        Self {
+        Self(Arc::new(LogInner {
             path: state_dir
                 .join("logs")
                 .join(namespace)
                 .join(format!("{name}.log")),
             name: name.into(),
             namespace: namespace.into(),
-            file: Arc::default(),
-        }
+            file: Mutex::default(),
+        }))
     }
 
     /// Closes the log file until the next line: a stopped function holds no descriptor.
     pub fn close(&self) {
-        *self.file.lock().expect("log lock") = None;
+        *self.0.file.lock().expect("log lock") = None;
     }
 
     /// Appends one line.
     pub fn write(&self, instance: &str, text: &str) {
         let line = LogLine {
-            name: self.name.clone(),
-            namespace: self.namespace.clone(),
+            name: self.0.name.clone(),
+            namespace: self.0.namespace.clone(),
             instance: instance.into(),
             timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             text: text.into(),
         };
         let mut bytes = serde_json::to_vec(&line).expect("log lines serialize");
         bytes.push(b'\n');
-        let mut guard = self.file.lock().expect("log lock");
+        let mut guard = self.0.file.lock().expect("log lock");
         if guard
             .as_ref()
             .and_then(|f| f.metadata().ok())
             .is_some_and(|m| m.len() >= ROTATE_AT)
         {
             *guard = None;
-            let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));
+            let _ = std::fs::rename(&self.0.path, self.0.path.with_extension("log.1"));
         }
         if guard.is_none() {
-            if let Some(d) = self.path.parent() {
+            if let Some(d) = self.0.path.parent() {
                 let _ = std::fs::create_dir_all(d);
             }
             *guard = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(&self.path)
+                .open(&self.0.path)
                 .ok();
         }
         if let Some(f) = guard.as_mut()
             && let Err(e) = f.write_all(&bytes)
         {
-            tracing::warn!("writing log {}: {e}", self.path.display());
+            tracing::warn!("writing log {}: {e}", self.0.path.display());
         }
     }
 
     /// The last `tail` lines (all when `None`) of one instance (all when `None`), oldest
     /// first.
     pub fn read(&self, instance: Option<&str>, tail: Option<usize>) -> Vec<LogLine> {
-        let mut lines: Vec<LogLine> = [self.path.with_extension("log.1"), self.path.clone()]
+        let mut lines: Vec<LogLine> = [self.0.path.with_extension("log.1"), self.0.path.clone()]
             .iter()
             .filter_map(|p| std::fs::read_to_string(p).ok())
             .flat_map(|s| {
@@ -164,17 +167,17 @@ impl FunctionLog {
     /// Where new lines will be read from by [`Follower::poll`]: the end of the log now.
     pub fn follow(&self, instance: Option<String>) -> Follower {
         Follower {
-            path: self.path.clone(),
-            offset: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
+            path: self.0.path.clone(),
+            offset: std::fs::metadata(&self.0.path).map_or(0, |m| m.len()),
             instance,
         }
     }
 
     /// Deletes the log files.
     pub fn remove(&self) {
-        *self.file.lock().expect("log lock") = None;
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_file(self.path.with_extension("log.1"));
+        *self.0.file.lock().expect("log lock") = None;
+        let _ = std::fs::remove_file(&self.0.path);
+        let _ = std::fs::remove_file(self.0.path.with_extension("log.1"));
     }
 }
 
