@@ -441,11 +441,17 @@ pub struct Counted {
 enum Answer {
     /// The function name's AAAA record set.
     Found(Arc<RecordSet>),
-    /// No record: NXDOMAIN, or NOERROR (NODATA) for a name that exists.
-    Empty(ResponseCode),
+    /// No record: NXDOMAIN, or NOERROR (NODATA) for a name that exists; with the SOA.
+    Empty(ResponseCode, Arc<RecordSet>),
 }
 
 impl Counted {
+    fn soa_of(&self, records: &BTreeMap<RrKey, Arc<RecordSet>>) -> Option<Arc<RecordSet>> {
+        records
+            .get(&RrKey::new(self.origin.clone(), RecordType::SOA))
+            .cloned()
+    }
+
     /// The answer to a query for a function's name: its AAAA records; NXDOMAIN for a name
     /// that does not exist; NOERROR with no records (NODATA) for a name without that type
     /// or an empty non-terminal (a namespace's `<ns>.faas`). `None` for the apex, `ns.faas`
@@ -459,7 +465,7 @@ impl Counted {
             // Function names hold only AAAA records.
             return Some(match kind {
                 RecordType::AAAA | RecordType::ANY => Answer::Found(set.clone()),
-                _ => Answer::Empty(ResponseCode::NoError),
+                _ => Answer::Empty(ResponseCode::NoError, self.soa_of(&records)?),
             });
         }
         // Keys are in canonical order, so a name's descendants come right after it.
@@ -467,11 +473,12 @@ impl Counted {
             .range(RrKey::new(name.clone(), RecordType::Unknown(u16::MAX))..)
             .next()
             .is_some_and(|(k, _)| k.name != *name && name.zone_of(&k.name));
-        Some(Answer::Empty(if below {
+        let code = if below {
             ResponseCode::NoError
         } else {
             ResponseCode::NXDomain
-        }))
+        };
+        Some(Answer::Empty(code, self.soa_of(&records)?))
     }
 
     /// Sends an authoritative answer: the records found, or none and the SOA, as the
@@ -486,14 +493,8 @@ impl Counted {
         metadata.authoritative = true;
         let (found, soa) = match answer {
             Answer::Found(set) => (Some(set), None),
-            Answer::Empty(code) => {
+            Answer::Empty(code, soa) => {
                 metadata.response_code = code;
-                let soa = self
-                    .handler
-                    .records()
-                    .await
-                    .get(&RrKey::new(self.origin.clone(), RecordType::SOA))
-                    .cloned()?;
                 (None, Some(soa))
             }
         };

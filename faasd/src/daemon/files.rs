@@ -80,6 +80,11 @@ impl Budget {
         }
     }
 
+    /// The limit deploys are checked against (read at start).
+    pub(super) fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// Gives back what a kept reservation held (the function's sockets are closed).
     pub(super) fn release(&self, n: usize) {
         self.sockets.fetch_sub(n as u64, Ordering::Relaxed);

@@ -513,7 +513,7 @@ impl Daemon {
             cgroup_root: self.cgroup_root.clone(),
             open_files: OpenFiles {
                 used: files::open_now(),
-                limit: files::limit(),
+                limit: self.files.limit(),
             },
             backlog: self.config.backlog,
         }

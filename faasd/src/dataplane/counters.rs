@@ -6,7 +6,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use super::sys::{BATCH, BPF_MAP_LOOKUP_BATCH, BatchAttr, bpf};
+use super::sys::{BATCH, Cursor, bpf, lookup_batch};
 
 /// bpf(2) commands used here.
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
@@ -69,39 +69,33 @@ impl<const W: usize> PerCpuReader<W> {
         let mut out = Vec::with_capacity(n as usize);
         let mut keys = vec![0u32; BATCH as usize];
         let mut values = vec![0u64; BATCH as usize * W * self.cpus];
-        let mut token = 0u32;
-        let mut first = true;
+        let mut cursor = Cursor::default();
         while (out.len() as u32) < n {
             let want = BATCH.min(n - out.len() as u32);
-            let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { (&raw const token) as u64 },
-                out_batch: (&raw mut token) as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: want,
-                map_fd: self.fd.as_raw_fd() as u32,
-                ..Default::default()
+            // SAFETY: both buffers hold BATCH entries of this map's key and value sizes.
+            let batch = unsafe {
+                lookup_batch(
+                    self.fd.as_raw_fd(),
+                    &mut cursor,
+                    keys.as_mut_ptr().cast(),
+                    values.as_mut_ptr().cast(),
+                    want,
+                )
             };
-            // SAFETY: the kernel writes at most `count` keys and values into buffers sized
-            // for BATCH entries, the batch token into `token` and the count read into `attr`.
-            let r = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
-            let end = r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT);
-            if r < 0 && !end {
+            let Some((got, done)) = batch else {
                 // Batch lookups unsupported: one call per index instead.
                 while (out.len() as u32) < n {
                     out.push(self.get(out.len() as u32));
                 }
                 break;
-            }
-            let got = attr.count as usize;
+            };
             let stride = W * self.cpus;
             for i in 0..got {
                 out.push(self.sum(&values[i * stride..(i + 1) * stride]));
             }
-            if end || got == 0 {
+            if done {
                 break;
             }
-            first = false;
         }
         out.resize(n as usize, [0; W]);
         out

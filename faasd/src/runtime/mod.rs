@@ -39,7 +39,10 @@ pub enum RuntimeError {
         source: io::Error,
     },
     /// An argument or environment string holds a NUL byte.
-    #[error("argument or environment contains a NUL byte")]
+    #[error(
+        "the command line or an environment variable contains a NUL byte; remove it from \
+         envProcess or envVars"
+    )]
     Nul,
     /// containerd refused or failed a step.
     #[error("{0}")]

@@ -129,9 +129,9 @@ fn start(spawner: &Spawner, launch: &Launch) -> Result<Instance, RuntimeError> {
         gid: user.gid,
         cgroup: cgroup.is_some(),
     };
-    // Caught here, with the argument named, rather than as an opaque spawner error.
-    for a in req.argv.iter().chain(&req.env) {
-        cstring(a)?;
+    // Caught here, as the runtime's own error, rather than as the spawner's.
+    if req.argv.iter().chain(&req.env).any(|a| a.contains('\0')) {
+        return Err(RuntimeError::Nul);
     }
     let cloned = spawner
         .clone_instance(&req, &fds)

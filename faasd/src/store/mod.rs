@@ -128,6 +128,7 @@ impl Commit {
     }
 
     /// As [`Commit::durable`], from a thread that is not running async code.
+    #[cfg(test)]
     pub fn wait(self) -> Result<(), StoreError> {
         self.0.blocking_recv().unwrap_or(Err(StoreError::Closed))
     }

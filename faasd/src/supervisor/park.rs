@@ -189,9 +189,10 @@ impl Supervisor {
         }
         PARKED.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = lot.enter(key, &sockets, &mailbox) {
+            let id = in_bed.as_ref().map(|s| s.ctx.record.spec.id());
             tracing::warn!(
                 "{}: cannot park ({e}); its task stays",
-                sockets_owner(&in_bed)
+                id.unwrap_or_default()
             );
             PARKED.fetch_sub(1, Ordering::Relaxed);
             // Take the resume back unrun; nothing else can run it while the bed is held
@@ -201,9 +202,4 @@ impl Supervisor {
         }
         Ok(())
     }
-}
-
-fn sockets_owner(bed: &Option<Box<Supervisor>>) -> String {
-    bed.as_ref()
-        .map_or_else(String::new, |s| s.ctx.record.spec.id())
 }
