@@ -17,10 +17,9 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
-use crate::{
-    daemon::{Daemon, DaemonError},
-    spec::{DEFAULT_NAMESPACE, Deployment, SpecError, not_null, validate_label},
-};
+use faasd_core::spec::{DEFAULT_NAMESPACE, Deployment, SpecError, not_null, validate_label};
+
+use crate::daemon::{Daemon, DaemonError};
 
 impl IntoResponse for DaemonError {
     fn into_response(self) -> Response {

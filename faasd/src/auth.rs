@@ -14,7 +14,9 @@ use axum::{
 };
 use base64::Engine;
 
-use crate::{durable::write_private, random};
+use faasd_core::durable::write_private;
+
+use crate::random;
 
 /// The user OpenFaaS names its administrator.
 pub const USER: &str = "admin";

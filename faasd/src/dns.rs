@@ -35,7 +35,7 @@ use hickory_server::{
     zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneType},
 };
 
-use crate::spec::DEFAULT_NAMESPACE;
+use faasd_core::spec::DEFAULT_NAMESPACE;
 
 /// The zone's origin.
 pub const ORIGIN: &str = "faas.";
@@ -267,7 +267,10 @@ impl Zone {
     fn export(&self, state: &mut ZoneState) {
         if state.serial >= state.ceiling {
             let ceiling = state.serial.saturating_add(SERIAL_BLOCK);
-            match crate::durable::write_atomic(&self.serial_file, ceiling.to_string().as_bytes()) {
+            match faasd_core::durable::write_atomic(
+                &self.serial_file,
+                ceiling.to_string().as_bytes(),
+            ) {
                 Ok(()) => state.ceiling = ceiling,
                 Err(e) => tracing::warn!(
                     "recording the zone serial's ceiling in {}: {e}",
@@ -276,7 +279,7 @@ impl Zone {
             }
         }
         let Some(path) = &self.zone_file else { return };
-        if let Err(e) = crate::durable::write_atomic(path, self.text(state).as_bytes()) {
+        if let Err(e) = faasd_core::durable::write_atomic(path, self.text(state).as_bytes()) {
             tracing::warn!("writing the zone file {}: {e}", path.display());
         }
     }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::spec::FunctionSpec;
+use faasd_core::spec::FunctionSpec;
 
 /// Where an instance's stdout and stderr go (see [`crate::logs::Output`]).
 pub fn output_path(runtime_dir: &Path, spec: &FunctionSpec, instance: &str) -> PathBuf {

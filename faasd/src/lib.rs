@@ -5,9 +5,11 @@
 //! function's address straight into those sockets, and a stopped function is started by
 //! its first connection and handed the sockets with the systemd protocol.
 //!
-//! Modules, one per concern: [`spec`] (what a function is, validated), [`store`] (durable
-//! state), [`dataplane`] (the kernel program and maps), [`sockets`], [`net`] (routes),
-//! [`runtime`] (starting instances: processes, or containers through [`containerd`]),
+//! What a function is, the host's configuration and the durable store live in
+//! `faasd-core`; the kernel programs and their maps in `faasd-dataplane`; the containerd
+//! and registry client in `faasd-containerd`. The modules here, one per concern:
+//! [`sockets`], [`net`] (routes), [`runtime`] (starting instances: processes, or
+//! containers through containerd),
 //! [`supervisor`] (socket activation and the life of one function), [`status`] (what the
 //! API reports), [`forward`] (connections to images
 //! that bind their own port), [`notify`] (sd_notify), [`logs`], [`secrets`], [`dns`] (the
@@ -20,12 +22,8 @@ pub mod asynccall;
 pub mod auth;
 pub mod client;
 pub mod clock;
-pub mod config;
-pub mod containerd;
 pub mod daemon;
-pub mod dataplane;
 pub mod dns;
-pub mod durable;
 pub mod forward;
 pub mod layout;
 pub mod lock;
@@ -38,10 +36,7 @@ pub mod random;
 pub mod runtime;
 pub mod secrets;
 pub mod sockets;
-pub mod spec;
 pub mod status;
-pub mod store;
-pub mod strings;
 pub mod supervisor;
 pub mod systemd;
 pub mod wireguard;

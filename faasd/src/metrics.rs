@@ -10,8 +10,9 @@
 
 use std::{collections::BTreeMap, io::Write, sync::Mutex};
 
+use faasd_core::spec::Port;
+
 use crate::{
-    spec::Port,
     status::{
         ActivationHistograms, ActivationTiming, Histogram, HostStatus, LATENCY_BUCKETS,
         PortCounters,

@@ -7,7 +7,7 @@ use rtnetlink::{
     packet_route::route::{RouteScope, RouteType},
 };
 
-use crate::config::Ipv6Net;
+use faasd_core::config::Ipv6Net;
 
 /// Errors of network setup.
 #[derive(Debug, thiserror::Error)]

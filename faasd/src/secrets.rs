@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::spec::validate_label;
+use faasd_core::spec::validate_label;
 
 /// Largest secret (Kubernetes' limit).
 pub const MAX_SECRET: usize = 1 << 20;
@@ -50,7 +50,7 @@ impl Secrets {
     }
 
     fn path(&self, namespace: &str, name: &str) -> Result<PathBuf, SecretError> {
-        let invalid = |e: crate::spec::SpecError| SecretError::Invalid(e.0);
+        let invalid = |e: faasd_core::spec::SpecError| SecretError::Invalid(e.0);
         validate_label("namespace", namespace).map_err(invalid)?;
         validate_label("secret name", name).map_err(invalid)?;
         Ok(self.dir.join(namespace).join(name))
@@ -85,7 +85,7 @@ impl Secrets {
             .mode(0o700)
             .create(dir)
             .map_err(io)?;
-        crate::durable::write_private(&path, value).map_err(io)
+        faasd_core::durable::write_private(&path, value).map_err(io)
     }
 
     /// The file of an existing secret.

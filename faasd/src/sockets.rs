@@ -16,7 +16,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
-use crate::spec::{Port, Protocol};
+use faasd_core::spec::{Port, Protocol};
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {

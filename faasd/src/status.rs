@@ -6,7 +6,8 @@ use std::{collections::BTreeMap, net::Ipv6Addr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{dataplane::DataplaneStatus, spec::Port};
+use faasd_core::spec::Port;
+use faasd_dataplane::DataplaneStatus;
 
 /// Upper bounds (seconds) of the latency buckets: processes start in milliseconds,
 /// containers in tens of milliseconds.

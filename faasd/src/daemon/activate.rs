@@ -10,16 +10,19 @@ use std::{
 
 use faasd_common::BindingKey;
 
+use faasd_core::{
+    image_ref::ImageRef,
+    spec::{FunctionSpec, Port, Settings, SpecError},
+    store::FunctionRecord,
+};
+
 use super::{
     Daemon, DaemonError, Function, SlotLookups, error::internal, fd_name, files::Reservation,
 };
 use crate::{
-    containerd::image::ImageRef,
     logs::FunctionLog,
     runtime::{cgroup, container::ContainerRuntime},
     secrets::SecretError,
-    spec::{FunctionSpec, Port, Settings, SpecError},
-    store::FunctionRecord,
     supervisor::{self, Adopted},
 };
 

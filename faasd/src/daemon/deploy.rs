@@ -6,20 +6,18 @@ use std::{collections::BTreeSet, sync::Arc, time::SystemTime};
 
 use faasd_common::BindingKey;
 
+use faasd_core::{
+    spec::{Deployment, FunctionSpec, Settings, SpecError},
+    store::FunctionRecord,
+};
+
 use super::{
     Daemon, DaemonError, Entry, Function,
     activate::{Listeners, SlotChoice, socket_error},
     error::internal,
     fd_name,
 };
-use crate::{
-    runtime::Runtime,
-    sockets,
-    spec::{Deployment, FunctionSpec, Settings, SpecError},
-    status::FunctionStatus,
-    store::FunctionRecord,
-    supervisor::Command,
-};
+use crate::{runtime::Runtime, sockets, status::FunctionStatus, supervisor::Command};
 
 impl Daemon {
     /// Deploys a new function (`update == false`) or replaces one (`update == true`).

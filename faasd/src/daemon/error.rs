@@ -1,7 +1,10 @@
 //! The daemon's errors. Each says what failed and what to do; the HTTP status each kind
 //! maps to is decided in the API layer alone.
 
-use crate::{containerd::ContainerdError, secrets::SecretError, spec::SpecError};
+use faasd_containerd::ContainerdError;
+use faasd_core::spec::SpecError;
+
+use crate::secrets::SecretError;
 
 /// Errors of daemon operations, each mapping to an HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -39,20 +42,20 @@ impl DaemonError {
     }
 }
 
-impl From<crate::dataplane::DataplaneError> for DaemonError {
-    fn from(e: crate::dataplane::DataplaneError) -> Self {
+impl From<faasd_dataplane::DataplaneError> for DaemonError {
+    fn from(e: faasd_dataplane::DataplaneError) -> Self {
         match e {
-            crate::dataplane::DataplaneError::Full { .. } => Self::Full(e.to_string()),
+            faasd_dataplane::DataplaneError::Full { .. } => Self::Full(e.to_string()),
             e => Self::Internal(e.to_string()),
         }
     }
 }
 
 /// An exhausted prefix is the operator's to resolve (507); a failing disk is the host's (500).
-impl From<crate::store::StoreError> for DaemonError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<faasd_core::store::StoreError> for DaemonError {
+    fn from(e: faasd_core::store::StoreError) -> Self {
         match e {
-            crate::store::StoreError::PrefixExhausted(_) => Self::Full(e.to_string()),
+            faasd_core::store::StoreError::PrefixExhausted(_) => Self::Full(e.to_string()),
             e => Self::Internal(e.to_string()),
         }
     }

@@ -24,17 +24,20 @@ use std::{
 
 use faasd_common::{BindingKey, SlotCounters};
 
-use crate::{
+use faasd_core::{
     config::Config,
-    dataplane::{CounterSnapshot, Counters, Dataplane},
+    spec::{FunctionSpec, Port, Settings, SpecError},
+    store::{FunctionRecord, Store},
+};
+use faasd_dataplane::{CounterSnapshot, Counters, Dataplane};
+
+use crate::{
     logs::FunctionLog,
     metrics::{FunctionRow, Latencies},
     notify,
     runtime::{Runtime, cgroup, container::ContainerHost},
     secrets::Secrets,
-    spec::{FunctionSpec, Port, Settings, SpecError},
     status::{FunctionState, FunctionStatus, Histogram, HostStatus, OpenFiles, PortCounters},
-    store::{FunctionRecord, Store},
     supervisor::{self, Command},
 };
 
@@ -133,7 +136,7 @@ impl Daemon {
     /// the store held.
     pub async fn start(
         config: Arc<Config>,
-        store: crate::store::Opened,
+        store: faasd_core::store::Opened,
         dataplane: Dataplane,
         runtime: Arc<dyn Runtime>,
         router: notify::Router,
@@ -160,7 +163,7 @@ impl Daemon {
                 config.zone_file.clone(),
             ))
         });
-        let crate::store::Opened { store, records } = store;
+        let faasd_core::store::Opened { store, records } = store;
         let lot =
             supervisor::Lot::new().map_err(|e| error::internal(format!("parking lot: {e}")))?;
         let daemon = Arc::new(Self {
@@ -266,7 +269,7 @@ impl Daemon {
                     .sockets
                     .get(i)
                     .and_then(|s| {
-                        let stream = p.protocol == crate::spec::Protocol::Tcp;
+                        let stream = p.protocol == faasd_core::spec::Protocol::Tcp;
                         crate::sockets::queue_stats(s.get_ref(), stream).ok()
                     })
                     .unwrap_or_default();
@@ -358,7 +361,7 @@ impl Daemon {
             .map(|f| f.record.spec.namespace.clone())
             .collect();
         set.extend(self.secrets.namespaces()?);
-        set.insert(crate::spec::DEFAULT_NAMESPACE.into());
+        set.insert(faasd_core::spec::DEFAULT_NAMESPACE.into());
         Ok(set.into_iter().collect())
     }
 
@@ -373,7 +376,7 @@ impl Daemon {
             .settings
             .ports
             .iter()
-            .find(|p| p.protocol == crate::spec::Protocol::Tcp)
+            .find(|p| p.protocol == faasd_core::spec::Protocol::Tcp)
             .ok_or_else(|| {
                 SpecError(format!(
                     "function {namespace}/{name} has no TCP port to invoke"

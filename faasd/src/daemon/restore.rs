@@ -11,6 +11,11 @@ use std::{
 
 use faasd_common::BindingKey;
 
+use faasd_core::{
+    spec::{FunctionSpec, Settings},
+    store::FunctionRecord,
+};
+
 use super::{
     Daemon, DaemonError, Entry, Function,
     activate::{Listeners, SlotChoice, socket_error},
@@ -19,8 +24,6 @@ use super::{
 use crate::{
     runtime::{Instance, Runtime, cgroup},
     sockets,
-    spec::{FunctionSpec, Settings},
-    store::FunctionRecord,
     supervisor::Adopted,
 };
 
@@ -326,7 +329,7 @@ impl Daemon {
                     .iter()
                     .map(|p| {
                         let addr = std::net::SocketAddrV6::new(record.address, p.port, 0, 0);
-                        match stored.take(addr, p.protocol == crate::spec::Protocol::Tcp) {
+                        match stored.take(addr, p.protocol == faasd_core::spec::Protocol::Tcp) {
                             Some(s) => Ok(s),
                             None => sockets::create(record.address, p, self.config.backlog)
                                 .map_err(|e| socket_error(&record, p, e)),

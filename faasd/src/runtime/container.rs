@@ -2,7 +2,7 @@
 //! created and started through containerd's API with runc (or crun).
 //!
 //! An instance's life: a lease named after the instance holds its snapshot; the container
-//! gets the spec from [`crate::containerd::oci`]; the task writes stdout and stderr to the
+//! gets the spec from [`faasd_containerd::oci`]; the task writes stdout and stderr to the
 //! instance's output file (`file://` I/O of the runc shim). With socket passing, the
 //! container's entrypoint is the activation shim: faasd listens on a unix socket in the
 //! instance's directory, bind-mounted at [`handoff::RUN_DIR`], and sends the function's
@@ -33,15 +33,14 @@ use faasd_common::handoff;
 use prost::Message;
 use sendfd::SendWithFd;
 
-use super::{Instance, Launch, Milestones, Runtime, RuntimeError};
-use crate::{
-    containerd::{
-        Containerd, ContainerdError, SNAPSHOTTER,
-        image::{ImageConfig, ImageRef},
-        oci::{Bind, ContainerSpec},
-    },
-    spec::FunctionSpec,
+use faasd_containerd::{
+    Containerd, ContainerdError, SNAPSHOTTER,
+    image::ImageConfig,
+    oci::{Bind, ContainerSpec},
 };
+use faasd_core::{image_ref::ImageRef, spec::FunctionSpec};
+
+use super::{Instance, Launch, Milestones, Runtime, RuntimeError};
 
 /// Label on every container faasd creates: the function it belongs to (`namespace/name`).
 pub const FUNCTION_LABEL: &str = "dev.faasd.function";
@@ -162,7 +161,7 @@ impl ContainerRuntime {
         host: Arc<ContainerHost>,
         spec: &FunctionSpec,
         image: ImageRef,
-        settings: &crate::spec::Settings,
+        settings: &faasd_core::spec::Settings,
         secrets: Vec<(String, PathBuf)>,
     ) -> Self {
         let d = &spec.deployment;

@@ -30,7 +30,7 @@ const SOCKET_FD: RawFd = 3;
 /// The hidden argument that makes `faasd` the spawner.
 pub const ARG: &str = "__spawner";
 /// Descriptors a request may carry: stdio, the cgroup, and up to `MAX_PORTS` sockets.
-const MAX_FDS: usize = 4 + crate::spec::MAX_PORTS;
+const MAX_FDS: usize = 4 + faasd_core::spec::MAX_PORTS;
 
 /// One instance to clone. Descriptors travel beside it in this order: stdin, stdout,
 /// stderr, the cgroup directory (when `cgroup`), then the sockets (placed at fd 3, 4, …).
@@ -386,7 +386,7 @@ impl Child<'_> {
                     fail(4);
                 }
             }
-            let mut tmp = [0 as RawFd; crate::spec::MAX_PORTS];
+            let mut tmp = [0 as RawFd; faasd_core::spec::MAX_PORTS];
             if self.fds.len() > tmp.len() {
                 *libc::__errno_location() = libc::EMFILE;
                 fail(4);

@@ -2,7 +2,7 @@
 
 use std::net::Ipv6Addr;
 
-use crate::spec::Port;
+use faasd_core::spec::Port;
 
 /// Whether a TCP connection to one of the function's ports is still open (accepted
 /// sockets live in this namespace, so `/proc/net/tcp6` sees them).
@@ -14,7 +14,7 @@ pub(super) fn open(addr: Ipv6Addr, ports: &[Port]) -> bool {
     let hex_addr: String = key.addr.iter().map(|w| format!("{w:08X}")).collect();
     let locals: Vec<String> = ports
         .iter()
-        .filter(|p| p.protocol == crate::spec::Protocol::Tcp)
+        .filter(|p| p.protocol == faasd_core::spec::Protocol::Tcp)
         .map(|p| format!("{hex_addr}:{:04X}", p.port))
         .collect();
     table.lines().skip(1).any(|l| {
@@ -40,7 +40,7 @@ mod tests {
         let ports = [Port {
             name: "t".into(),
             port,
-            protocol: crate::spec::Protocol::Tcp,
+            protocol: faasd_core::spec::Protocol::Tcp,
         }];
         assert!(!open(Ipv6Addr::LOCALHOST, &ports));
         let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();

@@ -24,9 +24,10 @@ use std::{
 use futures::future::select_all;
 use tokio::{io::unix::AsyncFd, sync::oneshot};
 
+use faasd_core::{config::Config, spec::Settings, store::FunctionRecord};
+
 use crate::{
     clock::monotonic_ns,
-    config::Config,
     layout,
     logs::{FunctionLog, Output},
     mailbox::Mailbox,
@@ -34,9 +35,7 @@ use crate::{
     notify::{self, Notice, NoticeSender},
     runtime::{Instance, Launch, Runtime},
     sockets,
-    spec::Settings,
     status::{ActivationTiming, FunctionState, InstanceInfo, Phase},
-    store::FunctionRecord,
 };
 
 mod connections;

@@ -11,11 +11,10 @@ use std::{
     time::Duration,
 };
 
+use faasd_core::spec::{Deployment, FunctionSpec};
+
 use super::*;
-use crate::{
-    runtime::{Milestones, RuntimeError},
-    spec::{Deployment, FunctionSpec},
-};
+use crate::runtime::{Milestones, RuntimeError};
 
 /// Starts `sleep` for every instance, or fails when told to; records each launch.
 #[derive(Debug, Default)]

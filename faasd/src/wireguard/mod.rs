@@ -30,7 +30,7 @@ use self::{
     peers::{ClientConfig, Peer, PeerError, Peers},
     uapi::UapiError,
 };
-use crate::config::Ipv6Net;
+use faasd_core::config::Ipv6Net;
 
 /// The WireGuard network: hosts and peers.
 pub const NETWORK: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xfaa5, 0, 0x100, 0, 0, 0, 0);
@@ -194,7 +194,7 @@ fn host_key(path: &Path) -> Result<StaticSecret, WireGuardError> {
                 std::fs::create_dir_all(d).map_err(err)?;
             }
             let k = crate::random::bytes::<32>().map_err(err)?;
-            crate::durable::write_private(path, b64(&k).as_bytes()).map_err(err)?;
+            faasd_core::durable::write_private(path, b64(&k).as_bytes()).map_err(err)?;
             Ok(StaticSecret::from(k))
         }
         Err(e) => Err(err(e)),

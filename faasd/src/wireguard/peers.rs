@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::durable::write_atomic;
+use faasd_core::durable::write_atomic;
 
 /// A peer as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +96,7 @@ impl Peers {
     /// Stores a new peer with the next address of `network` (a /64); the counter is made
     /// durable before the address is handed out.
     pub fn add(&self, name: &str, public_key: &str, network: Ipv6Addr) -> Result<Peer, PeerError> {
-        crate::spec::validate_label("peer name", name).map_err(|e| PeerError::Invalid(e.0))?;
+        faasd_core::spec::validate_label("peer name", name).map_err(|e| PeerError::Invalid(e.0))?;
         std::fs::create_dir_all(&self.dir).map_err(self.io())?;
         let path = self.dir.join(format!("{name}.json"));
         if path.exists() {
@@ -131,7 +131,7 @@ impl Peers {
 
     /// Deletes a peer; returns it.
     pub fn remove(&self, name: &str) -> Result<Peer, PeerError> {
-        crate::spec::validate_label("peer name", name).map_err(|e| PeerError::Invalid(e.0))?;
+        faasd_core::spec::validate_label("peer name", name).map_err(|e| PeerError::Invalid(e.0))?;
         let peer = self
             .list()?
             .into_iter()

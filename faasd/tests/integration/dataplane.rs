@@ -7,8 +7,8 @@ use std::{
     time::Duration,
 };
 
-use faasd::dataplane::Dataplane;
 use faasd_common::{BindingKey, proto};
+use faasd_dataplane::Dataplane;
 
 use crate::{harness::Netns, require_privileges};
 
@@ -173,12 +173,12 @@ fn more_function_sockets_than_ephemeral_ports_fit() {
             return;
         }
         let mut dp = Dataplane::open(Path::new("/sys/fs/bpf")).unwrap();
-        let port = faasd::spec::Port {
+        let port = faasd_core::spec::Port {
             name: "http".into(),
             port: 8080,
-            protocol: faasd::spec::Protocol::Tcp,
+            protocol: faasd_core::spec::Protocol::Tcp,
         };
-        let prefix: faasd::config::Ipv6Net = PREFIX.parse().unwrap();
+        let prefix: faasd_core::config::Ipv6Net = PREFIX.parse().unwrap();
         let mut socks = Vec::with_capacity(n as usize);
         for i in 0..n {
             let a = prefix.nth(u128::from(i) + 1).unwrap();

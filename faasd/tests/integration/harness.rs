@@ -131,7 +131,7 @@ impl Netns {
 
     /// The BPF pin directory the daemon uses in this namespace.
     pub fn pin_dir(&self) -> PathBuf {
-        self.run(|| faasd::dataplane::pin_dir(Path::new("/sys/fs/bpf")).unwrap())
+        self.run(|| faasd_dataplane::pin_dir(Path::new("/sys/fs/bpf")).unwrap())
     }
 
     /// Puts `addr` on the namespace's loopback (a client's or the host's address).
@@ -160,7 +160,7 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // A test may have deleted the namespace itself (and the daemon its pins).
         if self.path().exists() {
-            let _ = faasd::dataplane::remove_pins(&self.pin_dir());
+            let _ = faasd_dataplane::remove_pins(&self.pin_dir());
         }
         if let Some(root) = faasd::runtime::cgroup::root() {
             kill_cgroup_tree(&root.join(&self.cgroup_parent));

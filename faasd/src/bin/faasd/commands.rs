@@ -9,9 +9,9 @@ use std::{
 use faasd::{
     client::{Client, ClientError},
     logs::LogLine,
-    spec::Deployment,
     status::{FunctionStatus, HostStatus},
 };
+use faasd_core::spec::Deployment;
 use hyper::{Method, StatusCode};
 
 use crate::{
@@ -24,9 +24,9 @@ pub async fn image(cmd: ImageCommand) -> Result<()> {
     match cmd {
         ImageCommand::Import { file, containerd } => import_image(&file, &containerd).await,
         ImageCommand::Pull { image, containerd } => {
-            let image = faasd::containerd::image::ImageRef::parse(&image)
+            let image = faasd_core::image_ref::ImageRef::parse(&image)
                 .map_err(|e| format!("{image}: {e}"))?;
-            let client = faasd::containerd::Containerd::connect(&containerd).await?;
+            let client = faasd_containerd::Containerd::connect(&containerd).await?;
             client.pull(&image).await?;
             println!("Pulled {image}");
             Ok(())
@@ -35,7 +35,7 @@ pub async fn image(cmd: ImageCommand) -> Result<()> {
 }
 
 async fn import_image(file: &Path, socket: &Path) -> Result<()> {
-    let client = faasd::containerd::Containerd::connect(socket).await?;
+    let client = faasd_containerd::Containerd::connect(socket).await?;
     for name in client.import(file).await? {
         println!("Imported {name}");
     }

@@ -4,14 +4,13 @@ use std::{os::fd::OwnedFd, os::unix::fs::PermissionsExt, path::Path, sync::Arc};
 
 use faasd::{
     api,
-    config::Config,
     daemon::Daemon,
-    dataplane::{self, Dataplane},
     lock, net, notify,
     runtime::process::ProcessRuntime,
-    store::Store,
     systemd::{Manager, Service, StoredSockets},
 };
+use faasd_core::{config::Config, store::Store};
+use faasd_dataplane::Dataplane;
 
 use crate::{DaemonArgs, Result};
 
@@ -123,7 +122,7 @@ pub async fn run(
         &config.state_dir.join("lock"),
         &format!("the state directory {}", config.state_dir.display()),
     )?;
-    let pins = dataplane::pin_dir(&config.bpffs)?;
+    let pins = faasd_dataplane::pin_dir(&config.bpffs)?;
     let netns = pins
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

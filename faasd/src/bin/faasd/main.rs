@@ -10,7 +10,8 @@ mod stack;
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
-use faasd::{client::Client, config::Ipv6Net, spec::DEFAULT_NAMESPACE};
+use faasd::client::Client;
+use faasd_core::{config::Ipv6Net, spec::DEFAULT_NAMESPACE};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -137,7 +138,7 @@ enum ImageCommand {
         /// Image reference, e.g. ghcr.io/openfaas/figlet:latest.
         image: String,
         /// containerd's socket.
-        #[arg(long, env = "FAASD_CONTAINERD", default_value = faasd::containerd::DEFAULT_SOCKET)]
+        #[arg(long, env = "FAASD_CONTAINERD", default_value = faasd_core::config::DEFAULT_CONTAINERD_SOCKET)]
         containerd: PathBuf,
     },
     /// Import an OCI image layout archive (oci-archive, e.g. from `cargo xtask image`,
@@ -147,7 +148,7 @@ enum ImageCommand {
         /// The archive.
         file: PathBuf,
         /// containerd's socket.
-        #[arg(long, env = "FAASD_CONTAINERD", default_value = faasd::containerd::DEFAULT_SOCKET)]
+        #[arg(long, env = "FAASD_CONTAINERD", default_value = faasd_core::config::DEFAULT_CONTAINERD_SOCKET)]
         containerd: PathBuf,
     },
 }

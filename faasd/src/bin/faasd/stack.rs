@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use faasd::spec::Deployment;
+use faasd_core::spec::Deployment;
 use serde::Deserialize;
 
 /// Errors reading a stack file.

@@ -16,9 +16,11 @@ use containerd_client::{
 };
 use futures::stream::BoxStream;
 
+use faasd_core::image_ref::ImageRef;
+
 use super::{
     Containerd, ContainerdError, Held, SNAPSHOTTER,
-    image::{Blob, Config, ImageRef, Manifest, chain_ids, host_architecture},
+    image::{Blob, Config, Manifest, chain_ids, host_architecture},
 };
 
 /// Bytes per write message.

@@ -6,6 +6,7 @@
 //! fingerprint of the program: a daemon with another build of the program loads its own
 //! over the same pinned maps, attaches it, and only then detaches the old one, so an
 //! upgrade keeps every binding and never leaves a moment without steering.
+#![deny(missing_docs)]
 
 use std::{
     os::fd::{AsFd, AsRawFd},
@@ -30,6 +31,7 @@ use aya::{
 use faasd_common::{
     BindingKey, GlobalCounter, POLICY_SLOT_BITS, PolicySource, SlotCounters, XdpCounter, names,
 };
+use faasd_core::spec::Policy;
 
 /// The compiled kernel programs, built by `build.rs` from `faasd-ebpf`.
 static PROGRAM_OBJECT: &[u8] =
@@ -46,22 +48,6 @@ fn link_pin_name() -> String {
             (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
         });
     format!("{LINK_PIN}-{hash:016x}")
-}
-
-/// A source policy: IPv6 prefixes (address, length) allowed and denied.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Policy {
-    /// Prefixes allowed; a match wins.
-    pub allow: Vec<(std::net::Ipv6Addr, u8)>,
-    /// Prefixes denied, unless allowed.
-    pub deny: Vec<(std::net::Ipv6Addr, u8)>,
-}
-
-impl Policy {
-    /// Whether there is anything to enforce.
-    pub fn is_empty(&self) -> bool {
-        self.allow.is_empty() && self.deny.is_empty()
-    }
 }
 
 /// Errors of the data plane.
@@ -558,7 +544,7 @@ impl Dataplane {
         &mut self,
         interface: &str,
         layer3: bool,
-        prefix: crate::config::Ipv6Net,
+        prefix: faasd_core::config::Ipv6Net,
     ) -> Result<(), DataplaneError> {
         let load_err =
             |e: &dyn std::fmt::Display| DataplaneError::Load(format!("XDP on {interface}: {e}"));

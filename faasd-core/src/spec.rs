@@ -30,7 +30,7 @@ use crate::strings::StringMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::containerd::image::ImageRef;
+use crate::image_ref::ImageRef;
 
 /// The namespace functions land in when none is given (OpenFaaS's default).
 pub const DEFAULT_NAMESPACE: &str = "openfaas-fn";
@@ -119,7 +119,7 @@ pub struct Deployment {
 
 /// An optional field that, when given, must hold a value: the spec marks these fields
 /// non-nullable, so `null` is refused rather than read as absent.
-pub(crate) fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -172,6 +172,22 @@ pub struct Port {
     pub protocol: Protocol,
 }
 
+/// A function's client policy (`faasd.dev/ip-address-allow`/`-deny`): IPv6 prefixes (address, length) allowed and denied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Prefixes allowed; a match wins.
+    pub allow: Vec<(Ipv6Addr, u8)>,
+    /// Prefixes denied, unless allowed.
+    pub deny: Vec<(Ipv6Addr, u8)>,
+}
+
+impl Policy {
+    /// Whether there is anything to enforce.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+}
+
 /// Settings derived from labels and annotations, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -200,7 +216,7 @@ pub struct Settings {
     /// The port an image binds itself, forwarded to instead of passing sockets.
     pub image_port: Option<u16>,
     /// Which clients may connect (systemd's IPAddressAllow/IPAddressDeny).
-    pub policy: crate::dataplane::Policy,
+    pub policy: Policy,
     /// Keep this function's own latency histograms in `/metrics`.
     pub latency_histograms: bool,
 }
@@ -490,7 +506,7 @@ impl Settings {
                 "faasd.dev/image-port forwards one tcp port: give faasd.dev/ports one tcp port",
             );
         }
-        let policy = crate::dataplane::Policy {
+        let policy = Policy {
             allow: parse_prefixes("faasd.dev/ip-address-allow", ann("ip-address-allow"))?,
             deny: parse_prefixes("faasd.dev/ip-address-deny", ann("ip-address-deny"))?,
         };

@@ -11,6 +11,9 @@ use serde::Deserialize;
 /// Where the config file is read from when `--config` is not given (if it exists).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/faasd/config.toml";
 
+/// containerd's own default socket.
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+
 /// Errors reading the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -107,7 +110,7 @@ impl Default for Config {
             process_functions: true,
             stop_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(30),
-            containerd: crate::containerd::DEFAULT_SOCKET.into(),
+            containerd: DEFAULT_CONTAINERD_SOCKET.into(),
             oci_runtime: "runc".into(),
             dns: vec![SocketAddr::from((faasd_common::plan::HOST_ADDRESS, 53))],
             dns_host: faasd_common::plan::HOST_ADDRESS,

@@ -11,9 +11,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use faasd_core::image_ref::ImageRef;
+
 use super::{
     Containerd, ContainerdError,
-    image::{Blob, ImageRef, Manifest},
+    image::{Blob, Manifest},
     ingest::{CHUNK, Chunks, Source},
 };
 

@@ -16,9 +16,11 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 
+use faasd_core::image_ref::ImageRef;
+
 use super::{
     Containerd, ContainerdError,
-    image::{Blob, ImageRef},
+    image::Blob,
     ingest::{Chunks, Source, is_index},
 };
 

@@ -2,6 +2,11 @@
 //! faasd's own containerd namespace, and what is created in bulk (an import, a container's
 //! snapshot) held by a lease until it is referenced, so containerd's garbage collector
 //! cannot take it half-way.
+//!
+//! [`image`] reads image configs from containerd's content store, [`pull`] fetches images
+//! from OCI registries, [`import`] loads OCI archives, and [`oci`] writes the runtime spec
+//! each container gets.
+#![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
 
@@ -26,8 +31,6 @@ pub mod pull;
 pub const NAMESPACE: &str = "faasd";
 /// The snapshotter faasd unpacks images with (works on ext4, xfs and tmpfs).
 pub const SNAPSHOTTER: &str = "overlayfs";
-/// Where a system containerd listens.
-pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
 
 /// Errors talking to containerd.
 #[derive(Debug, thiserror::Error)]
