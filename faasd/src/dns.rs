@@ -1,7 +1,9 @@
 //! The `.faas` zone, served by faasd itself (hickory-server) over UDP and TCP.
 //!
 //! `<fn>.faas` (default namespace) and `<fn>.<namespace>.faas` are AAAA records of the
-//! function's address; `ns.faas` is the host. The apex has SOA and NS; a name that does not
+//! function's address; `ns.faas` is the host. Functions' names are kept in one ordered map
+//! of `<fn>.<namespace>` to the address (some 80 bytes a function) and their answers made
+//! when asked; the apex records live in hickory's in-memory zone. The apex has SOA and NS; a name that does not
 //! exist gets NXDOMAIN with the SOA; a name outside the zone gets REFUSED. Records change in
 //! memory the moment a function is deployed or removed, the SOA serial goes up with every
 //! change, and the zone is rebuilt from the function records when the daemon starts. The
@@ -15,8 +17,8 @@ use std::{
     collections::BTreeMap,
     net::{Ipv6Addr, SocketAddr},
     path::PathBuf,
-    sync::Arc,
     sync::atomic::{AtomicU64, Ordering},
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -68,6 +70,7 @@ pub enum DnsError {
 /// The zone and what keeps it current.
 pub struct Zone {
     handler: Arc<InMemoryZoneHandler>,
+    functions: Arc<RwLock<Functions>>,
     queries: Arc<QueryCounts>,
     origin: Name,
     host: Ipv6Addr,
@@ -93,21 +96,69 @@ struct ZoneState {
     serial: u32,
     /// The stored ceiling: no serial served reaches it, so a restarted zone starts there.
     ceiling: u32,
-    /// (namespace, name) → address, kept only to write the zone file.
-    functions: Option<BTreeMap<(String, String), Ipv6Addr>>,
+}
+
+/// The functions' names: `<fn>.<namespace>` → address, and how many functions each
+/// namespace holds (`<namespace>.faas` exists while it holds one).
+#[derive(Debug, Default)]
+struct Functions {
+    addresses: BTreeMap<Box<str>, Ipv6Addr>,
+    namespaces: BTreeMap<Box<str>, usize>,
+}
+
+/// What a name below the apex is.
+#[derive(Debug, PartialEq, Eq)]
+enum Lookup {
+    /// A function's name.
+    Function(Ipv6Addr),
+    /// A namespace's name, which has functions below it but no records (NODATA).
+    Namespace,
+    /// Nothing (NXDOMAIN).
+    Missing,
+}
+
+impl Functions {
+    fn insert(&mut self, function: &str, namespace: &str, addr: Ipv6Addr) {
+        let key = format!("{function}.{namespace}").into_boxed_str();
+        if self.addresses.insert(key, addr).is_none() {
+            *self.namespaces.entry(namespace.into()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, function: &str, namespace: &str) {
+        if self
+            .addresses
+            .remove(format!("{function}.{namespace}").as_str())
+            .is_some()
+            && let Some(n) = self.namespaces.get_mut(namespace)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.namespaces.remove(namespace);
+            }
+        }
+    }
+
+    /// `relative` is a lowercase name below the apex, without the origin: `<fn>` (the
+    /// default namespace), `<fn>.<namespace>`, or a namespace.
+    fn lookup(&self, relative: &str) -> Lookup {
+        let found = match relative.split_once('.') {
+            None => self
+                .addresses
+                .get(format!("{relative}.{DEFAULT_NAMESPACE}").as_str()),
+            Some((_, namespace)) if !namespace.contains('.') => self.addresses.get(relative),
+            Some(_) => None,
+        };
+        match found {
+            Some(addr) => Lookup::Function(*addr),
+            None if self.namespaces.contains_key(relative) => Lookup::Namespace,
+            None => Lookup::Missing,
+        }
+    }
 }
 
 fn name(s: &str) -> Name {
     Name::from_ascii(s).expect("faasd's names are valid DNS names")
-}
-
-/// The names a function answers to.
-fn names_of(function: &str, namespace: &str) -> Vec<Name> {
-    let mut v = vec![name(&format!("{function}.{namespace}.{ORIGIN}"))];
-    if namespace == DEFAULT_NAMESPACE {
-        v.push(name(&format!("{function}.{ORIGIN}")));
-    }
-    v
 }
 
 impl Zone {
@@ -130,13 +181,13 @@ impl Zone {
         let serial = now.max(stored);
         Self {
             handler: Arc::new(handler),
+            functions: Arc::default(),
             queries: Arc::default(),
             origin,
             host,
             state: tokio::sync::Mutex::new(ZoneState {
                 serial,
                 ceiling: serial,
-                functions: zone_file.is_some().then(BTreeMap::new),
             }),
             zone_file,
             serial_file,
@@ -202,18 +253,9 @@ impl Zone {
         state.serial = state.serial.wrapping_add(1);
         let serial = state.serial;
         {
-            // Each name's record set is made whole and put in place: the handler's upsert
-            // would copy an empty set and grow its record list to four, for one record.
-            let mut records = self.handler.records_mut().await;
+            let mut names = self.functions.write().expect("zone lock");
             for (function, namespace, addr) in functions {
-                if let Some(f) = &mut state.functions {
-                    f.insert((namespace.to_owned(), function.to_owned()), addr);
-                }
-                for n in names_of(function, namespace) {
-                    let key = RrKey::new(LowerName::new(&n), RecordType::AAAA);
-                    let record = Record::from_rdata(n, TTL, RData::AAAA(AAAA(addr)));
-                    records.insert(key, Arc::new(RecordSet::from(record)));
-                }
+                names.insert(function, namespace, addr);
             }
         }
         self.write_apex(serial).await;
@@ -225,19 +267,12 @@ impl Zone {
         let mut state = self.state.lock().await;
         state.serial = state.serial.wrapping_add(1);
         let serial = state.serial;
-        if let Some(f) = &mut state.functions {
-            f.remove(&(namespace.to_owned(), function.to_owned()));
-        }
-        self.remove_records(function, namespace).await;
+        self.functions
+            .write()
+            .expect("zone lock")
+            .remove(function, namespace);
         self.write_apex(serial).await;
         self.export(&mut state);
-    }
-
-    async fn remove_records(&self, function: &str, namespace: &str) {
-        let mut records = self.handler.records_mut().await;
-        for n in names_of(function, namespace) {
-            records.remove(&RrKey::new(LowerName::new(&n), RecordType::AAAA));
-        }
     }
 
     /// The current SOA serial.
@@ -252,9 +287,12 @@ impl Zone {
              @ IN NS ns.{ORIGIN}\nns IN AAAA {}\n",
             state.serial, self.host
         );
-        for ((namespace, function), addr) in state.functions.iter().flatten() {
-            t.push_str(&format!("{function}.{namespace} IN AAAA {addr}\n"));
-            if namespace == DEFAULT_NAMESPACE {
+        for (name, addr) in &self.functions.read().expect("zone lock").addresses {
+            t.push_str(&format!("{name} IN AAAA {addr}\n"));
+            if let Some(function) = name
+                .strip_suffix(DEFAULT_NAMESPACE)
+                .and_then(|f| f.strip_suffix('.'))
+            {
                 t.push_str(&format!("{function} IN AAAA {addr}\n"));
             }
         }
@@ -307,6 +345,7 @@ impl Zone {
             catalog,
             queries: self.queries.clone(),
             handler: self.handler.clone(),
+            functions: self.functions.clone(),
             origin: LowerName::new(&self.origin),
             ns: LowerName::new(&self.ns_name()),
         });
@@ -428,22 +467,23 @@ impl QueryCounts {
 
 /// The catalog, counting what it answers; queries for functions' names are answered here.
 ///
-/// The in-memory zone handler looks for a name that does not exist (or a type a name does
-/// not have) with a scan over every record: 650 NXDOMAIN answers a second at 19,000
-/// functions, against 60,000 positive ones. A function name's answer is made here from one
-/// or two ordered lookups instead; the apex, `ns.faas` and other zones go to the catalog.
+/// Names below the apex are answered here, from the functions' map (the in-memory zone
+/// handler would also look for a missing name with a scan over every record: 650 NXDOMAIN
+/// answers a second at 19,000 functions); the apex, `ns.faas` and other zones go to the
+/// catalog.
 pub struct Counted {
     catalog: Catalog,
     queries: Arc<QueryCounts>,
     handler: Arc<InMemoryZoneHandler>,
+    functions: Arc<RwLock<Functions>>,
     origin: LowerName,
     ns: LowerName,
 }
 
 /// An answer this handler makes itself.
 enum Answer {
-    /// The function name's AAAA record set.
-    Found(Arc<RecordSet>),
+    /// The function name's AAAA record.
+    Found(Record),
     /// No record: NXDOMAIN, or NOERROR (NODATA) for a name that exists; with the SOA.
     Empty(ResponseCode, Arc<RecordSet>),
 }
@@ -463,24 +503,21 @@ impl Counted {
         if !self.origin.zone_of(name) || *name == self.origin || *name == self.ns {
             return None;
         }
-        let records = self.handler.records().await;
-        if let Some(set) = records.get(&RrKey::new(name.clone(), RecordType::AAAA)) {
+        let full = name.to_string();
+        let relative = full
+            .strip_suffix(ORIGIN)
+            .and_then(|r| r.strip_suffix('.'))?;
+        let found = self.functions.read().expect("zone lock").lookup(relative);
+        let code = match found {
             // Function names hold only AAAA records.
-            return Some(match kind {
-                RecordType::AAAA | RecordType::ANY => Answer::Found(set.clone()),
-                _ => Answer::Empty(ResponseCode::NoError, self.soa_of(&records)?),
-            });
-        }
-        // Keys are in canonical order, so a name's descendants come right after it.
-        let below = records
-            .range(RrKey::new(name.clone(), RecordType::Unknown(u16::MAX))..)
-            .next()
-            .is_some_and(|(k, _)| k.name != *name && name.zone_of(&k.name));
-        let code = if below {
-            ResponseCode::NoError
-        } else {
-            ResponseCode::NXDomain
+            Lookup::Function(addr) if matches!(kind, RecordType::AAAA | RecordType::ANY) => {
+                let record = Record::from_rdata(name.into(), TTL, RData::AAAA(AAAA(addr)));
+                return Some(Answer::Found(record));
+            }
+            Lookup::Function(_) | Lookup::Namespace => ResponseCode::NoError,
+            Lookup::Missing => ResponseCode::NXDomain,
         };
+        let records = self.handler.records().await;
         Some(Answer::Empty(code, self.soa_of(&records)?))
     }
 
@@ -495,7 +532,7 @@ impl Counted {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
         let (found, soa) = match answer {
-            Answer::Found(set) => (Some(set), None),
+            Answer::Found(record) => (Some(record), None),
             Answer::Empty(code, soa) => {
                 metadata.response_code = code;
                 (None, Some(soa))
@@ -509,7 +546,7 @@ impl Counted {
         });
         let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
             metadata,
-            found.iter().flat_map(|s| s.records_without_rrsigs()),
+            found.iter(),
             std::iter::empty(),
             soa.iter().flat_map(|s| s.records_without_rrsigs()),
             std::iter::empty(),
@@ -567,6 +604,28 @@ mod tests {
         assert_eq!(snap[&("other", "NXDOMAIN")], 1);
         assert_eq!(snap[&("other", "other")], 1);
         assert_eq!(snap.len(), 3);
+    }
+
+    #[test]
+    fn names_below_the_apex_are_functions_namespaces_or_missing() {
+        let mut f = Functions::default();
+        let a: Ipv6Addr = "fd00:faa5:1::1".parse().unwrap();
+        let b: Ipv6Addr = "fd00:faa5:1::2".parse().unwrap();
+        f.insert("hello", DEFAULT_NAMESPACE, a);
+        f.insert("api", "dev", b);
+        f.insert("web", "dev", b);
+        assert_eq!(f.lookup("hello"), Lookup::Function(a));
+        assert_eq!(f.lookup("hello.openfaas-fn"), Lookup::Function(a));
+        assert_eq!(f.lookup("api.dev"), Lookup::Function(b));
+        assert_eq!(f.lookup("api"), Lookup::Missing, "only the default namespace is short");
+        assert_eq!(f.lookup("dev"), Lookup::Namespace);
+        assert_eq!(f.lookup("openfaas-fn"), Lookup::Namespace);
+        assert_eq!(f.lookup("x.api.dev"), Lookup::Missing);
+        f.remove("api", "dev");
+        assert_eq!(f.lookup("api.dev"), Lookup::Missing);
+        assert_eq!(f.lookup("dev"), Lookup::Namespace, "web is still there");
+        f.remove("web", "dev");
+        assert_eq!(f.lookup("dev"), Lookup::Missing);
     }
 
     #[tokio::test]
