@@ -617,7 +617,11 @@ mod tests {
         assert_eq!(f.lookup("hello"), Lookup::Function(a));
         assert_eq!(f.lookup("hello.openfaas-fn"), Lookup::Function(a));
         assert_eq!(f.lookup("api.dev"), Lookup::Function(b));
-        assert_eq!(f.lookup("api"), Lookup::Missing, "only the default namespace is short");
+        assert_eq!(
+            f.lookup("api"),
+            Lookup::Missing,
+            "only the default namespace is short"
+        );
         assert_eq!(f.lookup("dev"), Lookup::Namespace);
         assert_eq!(f.lookup("openfaas-fn"), Lookup::Namespace);
         assert_eq!(f.lookup("x.api.dev"), Lookup::Missing);

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{io::unix::AsyncFd, net::TcpStream, sync::oneshot};
+use tokio::{net::TcpStream, sync::oneshot};
 
 use crate::sockets;
 
@@ -86,7 +86,7 @@ impl Connector {
 /// Waits until the instance accepts on `port` (or `deadline` passes), calls `ready`, then
 /// forwards every connection queued on the function's first socket until aborted.
 pub async fn serve(
-    sockets: Arc<Vec<AsyncFd<OwnedFd>>>,
+    sockets: Arc<sockets::Watched>,
     connector: Connector,
     port: u16,
     deadline: Instant,
@@ -104,7 +104,7 @@ pub async fn serve(
     ready();
     let connector = Arc::new(connector);
     let mut spare = Some(first);
-    let listener = &sockets[0];
+    let listener = sockets.first();
     loop {
         let Ok(mut guard) = listener.readable().await else {
             return;

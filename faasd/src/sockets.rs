@@ -14,9 +14,11 @@ use std::{
     io,
     net::{Ipv6Addr, SocketAddrV6},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::Arc,
 };
 
 use faasd_core::spec::{Port, Protocol};
+use tokio::io::unix::AsyncFd;
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -299,4 +301,39 @@ pub fn accept(fd: &impl AsRawFd) -> io::Result<Option<(OwnedFd, SocketAddrV6)>> 
             0,
         ),
     )))
+}
+
+/// A function's sockets registered with tokio's reactor. The descriptors stay owned by
+/// the shared list, which this holds until every registration is gone.
+#[derive(Debug)]
+pub struct Watched {
+    // Declared first: the registrations are dropped before the descriptors can close.
+    fds: Vec<AsyncFd<RawFd>>,
+    _sockets: Arc<[OwnedFd]>,
+}
+
+impl Watched {
+    /// Registers every socket of `sockets`.
+    pub fn new(sockets: &Arc<[OwnedFd]>) -> io::Result<Self> {
+        let fds = sockets
+            .iter()
+            // SAFETY: the descriptors stay open while `_sockets` holds them, which is for
+            // as long as these registrations exist (they are dropped first).
+            .map(|s| unsafe { AsyncFd::register(s.as_raw_fd()) }.map_err(io::Error::from))
+            .collect::<io::Result<_>>()?;
+        Ok(Self {
+            fds,
+            _sockets: sockets.clone(),
+        })
+    }
+
+    /// The registrations, in the sockets' order.
+    pub fn fds(&self) -> &[AsyncFd<RawFd>] {
+        &self.fds
+    }
+
+    /// The first socket (the one forwarding accepts on).
+    pub fn first(&self) -> &AsyncFd<RawFd> {
+        &self.fds[0]
+    }
 }

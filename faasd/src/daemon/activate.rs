@@ -198,10 +198,9 @@ impl Daemon {
         })?;
         // Kept in systemd's fd store (when there is one) for the next start.
         for (p, sock) in settings.ports.iter().zip(handle.sockets.iter()) {
-            self.service.manager.store_fds(
-                &fd_name(&record.spec, p),
-                &[std::os::fd::AsFd::as_fd(sock.get_ref())],
-            );
+            self.service
+                .manager
+                .store_fds(&fd_name(&record.spec, p), &[std::os::fd::AsFd::as_fd(sock)]);
         }
         if let Some(ad) = &handle.state.lock().expect("state lock").instances.first() {
             tracing::info!(

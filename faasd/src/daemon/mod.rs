@@ -270,7 +270,7 @@ impl Daemon {
                     .get(i)
                     .and_then(|s| {
                         let stream = p.protocol == faasd_core::spec::Protocol::Tcp;
-                        crate::sockets::queue_stats(s.get_ref(), stream).ok()
+                        crate::sockets::queue_stats(s, stream).ok()
                     })
                     .unwrap_or_default();
                 PortCounters {

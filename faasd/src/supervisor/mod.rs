@@ -123,7 +123,7 @@ pub struct Handle {
     /// Latest state.
     pub state: Arc<Mutex<FunctionState>>,
     /// The function's sockets, in `settings.ports` order (for their queue statistics).
-    pub sockets: Arc<Vec<AsyncFd<OwnedFd>>>,
+    pub sockets: Arc<[OwnedFd]>,
 }
 
 impl Handle {
@@ -212,7 +212,10 @@ struct Ending {
 #[derive(Debug)]
 struct Supervisor {
     ctx: Arc<Context>,
-    sockets: Arc<Vec<AsyncFd<OwnedFd>>>,
+    sockets: Arc<[OwnedFd]>,
+    /// The sockets registered with tokio's reactor, made when first waited on; a parked
+    /// function has none (the lot watches its sockets).
+    watched: Option<Arc<sockets::Watched>>,
     mailbox: Arc<Mailbox<Event>>,
     instances: HashMap<i32, Running>,
     /// Starts in flight.
@@ -251,41 +254,24 @@ pub fn spawn(
             sockets::set_nonblocking(s)?;
         }
     }
-    let sockets = Arc::new(
-        sockets
-            .into_iter()
-            // SAFETY: each OwnedFd is moved into its AsyncFd, which alone closes it.
-            .map(|fd| unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from))
-            .collect::<std::io::Result<Vec<_>>>()?,
-    );
+    let sockets: Arc<[OwnedFd]> = sockets.into();
     let snapshot = FunctionState {
         activation_seconds: ctx.settings.latency_histograms.then(Default::default),
         ..Default::default()
     };
-    let state = Arc::new(Mutex::new(snapshot.clone()));
+    let state = Arc::new(Mutex::new(snapshot));
     let mailbox = Arc::new(Mailbox::new());
     let ctx = Arc::new(ctx);
-    let mut s = Supervisor {
+    let mut s = Supervisor::from_parked(park::Parked {
         target: ctx.settings.min_scale,
         ctx,
         sockets: sockets.clone(),
         mailbox: mailbox.clone(),
-        instances: HashMap::new(),
-        starting: 0,
-        reaping: 0,
-        draining: None,
-        ending: None,
+        state: state.clone(),
         crash_streak: 0,
-        backoff_until: None,
-        idle_check: None,
         last_lookups: 0,
         last_activity: Instant::now(),
-        next_output: Instant::now(),
-        activating: None,
-        state: state.clone(),
-        snapshot,
-        recorded_pids: Vec::new(),
-    };
+    });
     for ad in adopted {
         s.track(ad.instance, true, ad.output);
     }
@@ -308,10 +294,14 @@ pub fn spawn(
     })
 }
 
-/// Resolves when one of the sockets has a connection or datagram waiting.
-async fn pending(sockets: Arc<Vec<AsyncFd<OwnedFd>>>) {
+/// Resolves when one of the sockets has a connection or datagram waiting (never without
+/// sockets to watch).
+async fn pending(sockets: Option<Arc<sockets::Watched>>) {
+    let Some(sockets) = sockets else {
+        return std::future::pending().await;
+    };
     loop {
-        let (ready, _, _) = select_all(sockets.iter().map(|s| Box::pin(s.readable()))).await;
+        let (ready, _, _) = select_all(sockets.fds().iter().map(|s| Box::pin(s.readable()))).await;
         let Ok(mut guard) = ready else { return };
         if sockets::pending(guard.get_inner()) {
             return;
@@ -323,6 +313,49 @@ async fn pending(sockets: Arc<Vec<AsyncFd<OwnedFd>>>) {
 }
 
 impl Supervisor {
+    /// A supervisor with no instance and nothing in flight, over what a parked one kept
+    /// (or what a new one starts with).
+    fn from_parked(p: park::Parked) -> Self {
+        let snapshot = p.state.lock().expect("state lock").clone();
+        Self {
+            ctx: p.ctx,
+            sockets: p.sockets,
+            watched: None,
+            mailbox: p.mailbox,
+            instances: HashMap::new(),
+            starting: 0,
+            reaping: 0,
+            target: p.target,
+            draining: None,
+            ending: None,
+            crash_streak: p.crash_streak,
+            backoff_until: None,
+            idle_check: None,
+            last_lookups: p.last_lookups,
+            last_activity: p.last_activity,
+            next_output: Instant::now(),
+            activating: None,
+            state: p.state,
+            snapshot,
+            recorded_pids: Vec::new(),
+        }
+    }
+
+    /// What parking keeps; everything else is empty or unset while parkable, and the
+    /// snapshot was just published into `state`.
+    fn into_parked(self) -> park::Parked {
+        park::Parked {
+            ctx: self.ctx,
+            sockets: self.sockets,
+            mailbox: self.mailbox,
+            state: self.state,
+            target: self.target,
+            crash_streak: self.crash_streak,
+            last_lookups: self.last_lookups,
+            last_activity: self.last_activity,
+        }
+    }
+
     /// The supervisor's loop. `resumed`: woken from parking, so something is waiting
     /// (a connection or a message), and it must be taken before parking again.
     async fn run(mut self, resumed: bool) {
@@ -340,10 +373,15 @@ impl Supervisor {
             }
             may_park = true;
             let deadline = self.next_deadline();
-            let watch = self.watching();
+            let watched = if self.watching() {
+                self.watched()
+            } else {
+                None
+            };
+            let watch = watched.is_some();
             tokio::select! {
                 ev = mailbox.recv() => self.on_event(ev),
-                () = pending(self.sockets.clone()), if watch => self.on_pending(),
+                () = pending(watched), if watch => self.on_pending(),
                 () = sleep_until(deadline), if deadline.is_some() => self.on_timer(Instant::now()),
             }
             WAKEUPS.fetch_add(1, Ordering::Relaxed);
@@ -506,7 +544,7 @@ impl Supervisor {
         let Some((_, quiet_since)) = self.draining.as_mut() else {
             return false;
         };
-        if self.sockets.iter().any(|s| sockets::pending(s.get_ref())) {
+        if self.sockets.iter().any(sockets::pending) {
             *quiet_since = None;
             return false;
         }
@@ -524,6 +562,21 @@ impl Supervisor {
             Some(max) => busy < max,
             None => busy == 0,
         }
+    }
+
+    /// The sockets' registration with the reactor, made on first use. When it cannot be
+    /// made (the kernel's epoll limits), the function is retried a second later.
+    fn watched(&mut self) -> Option<Arc<sockets::Watched>> {
+        if self.watched.is_none() {
+            match sockets::Watched::new(&self.sockets) {
+                Ok(w) => self.watched = Some(Arc::new(w)),
+                Err(e) => {
+                    self.fail(format!("watching the sockets: {e}"));
+                    self.backoff_until = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+        self.watched.clone()
     }
 
     fn on_pending(&mut self) {
@@ -547,7 +600,7 @@ impl Supervisor {
     /// the kernel's queue.
     fn accept_connections(&mut self, max: u32) {
         while self.instances.len() as u32 + self.starting < max {
-            match sockets::accept(self.sockets[0].get_ref()) {
+            match sockets::accept(&self.sockets[0]) {
                 Ok(Some(conn)) => self.start_instance(Some(conn)),
                 Ok(None) => break,
                 Err(e) => {
@@ -731,14 +784,17 @@ impl Supervisor {
     fn forward(&mut self, pid: i32, port: u16) -> Result<(), String> {
         // faasd alone accepts on the sockets of such a function.
         for s in self.sockets.iter() {
-            sockets::set_nonblocking(s.get_ref()).map_err(|e| format!("forwarding: {e}"))?;
+            sockets::set_nonblocking(s).map_err(|e| format!("forwarding: {e}"))?;
         }
+        let watched = self
+            .watched()
+            .ok_or_else(|| "forwarding: the sockets cannot be watched".to_string())?;
         let connector = crate::forward::Connector::new(pid)
             .map_err(|e| format!("entering the instance's network namespace: {e}"))?;
         let mailbox = self.mailbox.clone();
         let deadline = Instant::now() + self.ctx.config.start_timeout;
         let task = tokio::spawn(crate::forward::serve(
-            self.sockets.clone(),
+            watched,
             connector,
             port,
             deadline,
@@ -920,7 +976,7 @@ impl Supervisor {
         if now - self.last_activity < after {
             return;
         }
-        if self.sockets.iter().any(|s| sockets::pending(s.get_ref()))
+        if self.sockets.iter().any(sockets::pending)
             || connections::open(self.ctx.record.address, &self.ctx.settings.ports)
         {
             self.last_activity = now;
@@ -1012,7 +1068,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// and where its output goes.
 fn launch(
     ctx: &Context,
-    sockets: &[AsyncFd<OwnedFd>],
+    sockets: &[OwnedFd],
     id: String,
     output: PathBuf,
     conn: &Option<(OwnedFd, SocketAddrV6)>,
@@ -1056,7 +1112,7 @@ fn launch(
             let names: Vec<&str> = s.ports.iter().map(|p| p.name.as_str()).collect();
             env.push(("LISTEN_FDS".into(), sockets.len().to_string()));
             env.push(("LISTEN_FDNAMES".into(), names.join(":")));
-            sockets.iter().map(|s| s.get_ref().as_raw_fd()).collect()
+            sockets.iter().map(|s| s.as_raw_fd()).collect()
         }
     };
     let conn_fd = conn.as_ref().map(|(c, _)| c.as_raw_fd());

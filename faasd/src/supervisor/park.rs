@@ -1,7 +1,8 @@
 //! Parking: a stopped function keeps no task.
 //!
 //! A supervisor with nothing to do (no instance, no start or stop in flight, no timer due)
-//! parks: its state goes into a box held by its mailbox, and its task ends. Its sockets
+//! parks: the little it must remember goes into a box held by its mailbox, and its task
+//! ends, taking its registration with tokio's reactor along. Its sockets
 //! join the daemon's one parking lot, an epoll set watched by one task. The first pending
 //! connection or datagram, or any message, resumes it on a new task, which finds the
 //! connection queued and starts an instance as before. An idle function then costs its
@@ -15,12 +16,27 @@ use std::{
         Arc, Mutex, Weak,
         atomic::{AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use tokio::io::unix::AsyncFd;
 
-use super::{Event, Supervisor};
-use crate::mailbox::Mailbox;
+use super::{Context, Event, Supervisor};
+use crate::{mailbox::Mailbox, status::FunctionState};
+
+/// What a parked supervisor keeps: the rest of its state is empty or unset whenever it
+/// may park (see [`Supervisor::parkable`]), and is made again when it resumes.
+#[derive(Debug)]
+pub(super) struct Parked {
+    pub(super) ctx: Arc<Context>,
+    pub(super) sockets: Arc<[OwnedFd]>,
+    pub(super) mailbox: Arc<Mailbox<Event>>,
+    pub(super) state: Arc<Mutex<FunctionState>>,
+    pub(super) target: u32,
+    pub(super) crash_streak: u32,
+    pub(super) last_lookups: u64,
+    pub(super) last_activity: Instant,
+}
 
 /// Functions parked now, across lots (a gauge for `/metrics`).
 static PARKED: AtomicU64 = AtomicU64::new(0);
@@ -110,7 +126,7 @@ impl Lot {
     fn enter(
         &self,
         key: u64,
-        sockets: &[AsyncFd<OwnedFd>],
+        sockets: &[OwnedFd],
         mailbox: &Arc<Mailbox<Event>>,
     ) -> io::Result<()> {
         self.parked
@@ -132,7 +148,7 @@ impl Lot {
     }
 
     /// Takes a function's sockets out again.
-    fn leave(&self, key: u64, sockets: &[AsyncFd<OwnedFd>]) {
+    fn leave(&self, key: u64, sockets: &[OwnedFd]) {
         self.parked.lock().expect("lot lock").remove(&key);
         for s in sockets {
             let _ = epoll_ctl(
@@ -169,23 +185,27 @@ impl Supervisor {
         let sockets = self.sockets.clone();
         let runtime = tokio::runtime::Handle::current();
         let key = lot.next.fetch_add(1, Ordering::Relaxed);
-        let bed: Arc<Mutex<Option<Box<Self>>>> = Arc::default();
+        let bed: Arc<Mutex<Option<Box<Parked>>>> = Arc::default();
         let mut in_bed = bed.lock().expect("bed lock");
-        *in_bed = Some(Box::new(self));
+        *in_bed = Some(Box::new(self.into_parked()));
+        let woken = |in_bed: &mut Option<Box<Parked>>| {
+            Box::new(Supervisor::from_parked(
+                *in_bed.take().expect("the supervisor is in its bed"),
+            ))
+        };
         let resume = {
             let (bed, lot) = (bed.clone(), lot.clone());
             Box::new(move || {
                 let parked = bed.lock().expect("bed lock").take();
-                if let Some(s) = parked {
-                    lot.leave(key, &s.sockets);
+                if let Some(p) = parked {
+                    lot.leave(key, &p.sockets);
                     PARKED.fetch_sub(1, Ordering::Relaxed);
-                    let s = *s;
-                    runtime.spawn(s.run(true));
+                    runtime.spawn(Supervisor::from_parked(*p).run(true));
                 }
             })
         };
         if mailbox.park(resume).is_err() {
-            return Err(in_bed.take().expect("the supervisor is in its bed"));
+            return Err(woken(&mut in_bed));
         }
         PARKED.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = lot.enter(key, &sockets, &mailbox) {
@@ -198,7 +218,7 @@ impl Supervisor {
             // Take the resume back unrun; nothing else can run it while the bed is held
             // and it is still parked.
             drop(mailbox.take_park());
-            return Err(in_bed.take().expect("the supervisor is in its bed"));
+            return Err(woken(&mut in_bed));
         }
         Ok(())
     }
