@@ -483,7 +483,7 @@ pub struct Counted {
 /// An answer this handler makes itself.
 enum Answer {
     /// The function name's AAAA record.
-    Found(Record),
+    Found(Box<Record>),
     /// No record: NXDOMAIN, or NOERROR (NODATA) for a name that exists; with the SOA.
     Empty(ResponseCode, Arc<RecordSet>),
 }
@@ -512,7 +512,7 @@ impl Counted {
             // Function names hold only AAAA records.
             Lookup::Function(addr) if matches!(kind, RecordType::AAAA | RecordType::ANY) => {
                 let record = Record::from_rdata(name.into(), TTL, RData::AAAA(AAAA(addr)));
-                return Some(Answer::Found(record));
+                return Some(Answer::Found(Box::new(record)));
             }
             Lookup::Function(_) | Lookup::Namespace => ResponseCode::NoError,
             Lookup::Missing => ResponseCode::NXDomain,
@@ -546,7 +546,7 @@ impl Counted {
         });
         let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
             metadata,
-            found.iter(),
+            found.iter().map(|r| &**r),
             std::iter::empty(),
             soa.iter().flat_map(|s| s.records_without_rrsigs()),
             std::iter::empty(),
