@@ -175,6 +175,59 @@ fn esc(out: &mut impl Write, v: &str) -> std::io::Result<()> {
     out.write_all(escaped.as_bytes())
 }
 
+/// Writes `k="v",…` with the values escaped.
+fn write_labels(out: &mut impl Write, labels: &[(&str, &str)]) -> std::io::Result<()> {
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        out.write_all(k.as_bytes())?;
+        out.write_all(b"=\"")?;
+        esc(out, v)?;
+        out.write_all(b"\"")?;
+    }
+    Ok(())
+}
+
+/// Labels rendered once, for a function's many samples.
+fn label_text(labels: &[(&str, &str)]) -> String {
+    let mut t = Vec::new();
+    write_labels(&mut t, labels).expect("writing to a Vec cannot fail");
+    String::from_utf8(t).expect("labels are UTF-8, and so is their escaped form")
+}
+
+/// A function's labels, rendered once per page: its own series', each socket's, and the
+/// OpenFaaS `function_name` (`name.namespace`).
+struct RowLabels {
+    function: String,
+    sockets: Vec<String>,
+    gateway: String,
+}
+
+impl RowLabels {
+    fn new(f: &FunctionRow) -> Self {
+        let function = label_text(&[("function", &f.name), ("namespace", &f.namespace)]);
+        let sockets = f
+            .sockets
+            .iter()
+            .map(|(p, _)| {
+                let socket = label_text(&[
+                    ("socket", &p.name),
+                    ("port", &p.port.to_string()),
+                    ("protocol", &p.protocol.to_string()),
+                ]);
+                format!("{function},{socket}")
+            })
+            .collect();
+        let gateway = label_text(&[("function_name", &format!("{}.{}", f.name, f.namespace))]);
+        Self {
+            function,
+            sockets,
+            gateway,
+        }
+    }
+}
+
 /// A sample's value as the text format writes it.
 trait SampleValue {
     fn write_to(&self, out: &mut impl Write) -> std::io::Result<()>;
@@ -237,17 +290,27 @@ impl<W: Write> Out<W> {
         value: impl SampleValue,
     ) -> std::io::Result<()> {
         self.0.write_all(name.as_bytes())?;
-        for (i, (k, v)) in labels.iter().enumerate() {
-            self.0.write_all(if i == 0 { b"{" } else { b"," })?;
-            self.0.write_all(k.as_bytes())?;
-            self.0.write_all(b"=\"")?;
-            esc(&mut self.0, v)?;
-            self.0.write_all(b"\"")?;
-        }
         if !labels.is_empty() {
+            self.0.write_all(b"{")?;
+            write_labels(&mut self.0, labels)?;
             self.0.write_all(b"}")?;
         }
         self.0.write_all(b" ")?;
+        value.write_to(&mut self.0)?;
+        self.0.write_all(b"\n")
+    }
+
+    /// One sample line with labels already rendered by [`label_text`].
+    fn sample_with(
+        &mut self,
+        name: &str,
+        labels: &str,
+        value: impl SampleValue,
+    ) -> std::io::Result<()> {
+        self.0.write_all(name.as_bytes())?;
+        self.0.write_all(b"{")?;
+        self.0.write_all(labels.as_bytes())?;
+        self.0.write_all(b"} ")?;
         value.write_to(&mut self.0)?;
         self.0.write_all(b"\n")
     }
@@ -288,6 +351,7 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
     } = page;
     let mut o = Out(out);
     let d = &host.dataplane;
+    let labels: Vec<RowLabels> = functions.iter().map(RowLabels::new).collect();
 
     // Per function socket, from the sk_lookup program's per-CPU counters and the kernel.
     let socket_series: [SocketSeries; 6] = [
@@ -329,21 +393,9 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
             "gauge"
         };
         o.family(name, kind, help)?;
-        for f in functions {
-            for (p, c) in &f.sockets {
-                let proto = p.protocol.to_string();
-                let port = p.port.to_string();
-                o.sample(
-                    name,
-                    &[
-                        ("function", &f.name),
-                        ("namespace", &f.namespace),
-                        ("socket", &p.name),
-                        ("port", &port),
-                        ("protocol", &proto),
-                    ],
-                    get(c),
-                )?;
+        for (f, l) in functions.iter().zip(&labels) {
+            for ((_, c), socket) in f.sockets.iter().zip(&l.sockets) {
+                o.sample_with(name, socket, get(c))?;
             }
         }
     }
@@ -437,12 +489,8 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
     ];
     for (name, kind, help, get) in per_function {
         o.family(name, kind, help)?;
-        for f in functions {
-            o.sample(
-                name,
-                &[("function", &f.name), ("namespace", &f.namespace)],
-                get(f),
-            )?;
+        for (f, l) in functions.iter().zip(&labels) {
+            o.sample_with(name, &l.function, get(f))?;
         }
     }
     o.family(
@@ -521,31 +569,24 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
     }
 
     // The names OpenFaaS's gateway exports; functions are `name.namespace` there.
-    let fname = |f: &FunctionRow| format!("{}.{}", f.name, f.namespace);
     o.family(
         "gateway_service_count",
         "gauge",
         "Ready instances of each function (OpenFaaS).",
     )?;
-    for f in functions {
-        o.sample(
-            "gateway_service_count",
-            &[("function_name", &fname(f))],
-            f.ready,
-        )?;
+    for (f, l) in functions.iter().zip(&labels) {
+        o.sample_with("gateway_service_count", &l.gateway, f.ready)?;
     }
     o.family(
         "gateway_function_invocation_total",
         "counter",
         "Calls through /function/ by status code (OpenFaaS).",
     )?;
-    for f in functions {
-        let n = fname(f);
+    for (f, l) in functions.iter().zip(&labels) {
         for (code, count) in &f.invocation_codes {
-            let code = code.to_string();
-            o.sample(
+            o.sample_with(
                 "gateway_function_invocation_total",
-                &[("function_name", &n), ("code", &code)],
+                &format!("{},code=\"{code}\"", l.gateway),
                 count,
             )?;
         }
@@ -558,9 +599,10 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
     o.histogram("gateway_functions_seconds", &[], invocation)?;
     for f in functions {
         if let Some(h) = &f.histograms {
+            let name = format!("{}.{}", f.name, f.namespace);
             o.histogram(
                 "gateway_functions_seconds",
-                &[("function_name", &fname(f))],
+                &[("function_name", &name)],
                 &h.1,
             )?;
         }
@@ -598,7 +640,7 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Out, SampleValue};
+    use super::{Out, SampleValue, label_text};
 
     #[test]
     fn samples_are_written_as_the_text_format_has_them() {
@@ -616,9 +658,12 @@ mod tests {
         o.sample("b", &[("function_name", "f.ns"), ("code", "200")], 0.25f64)
             .unwrap();
         o.sample("c", &[("v", "say \"hi\"\n")], 5u32).unwrap();
+        let labels = label_text(&[("function", "f"), ("v", "a\\b")]);
+        o.sample_with("d", &labels, 1u64).unwrap();
         assert_eq!(
             String::from_utf8(o.0).unwrap(),
-            "a_total 3\nb{function_name=\"f.ns\",code=\"200\"} 0.25\nc{v=\"say \\\"hi\\\"\\n\"} 5\n"
+            "a_total 3\nb{function_name=\"f.ns\",code=\"200\"} 0.25\nc{v=\"say \\\"hi\\\"\\n\"} 5\n\
+             d{function=\"f\",v=\"a\\\\b\"} 1\n"
         );
     }
 }

@@ -21,9 +21,14 @@ pub(super) struct Budget {
     sockets: AtomicU64,
 }
 
-/// Descriptors open now (counts `/proc/self/fd`: for status pages, not for every deploy).
+/// Descriptors open now: for status pages, not for every deploy. Since Linux 6.2 the size
+/// of `/proc/self/fd` is that number; on older kernels (size 0) its entries are counted,
+/// which at 20,000 descriptors costs a scrape some 10 ms.
 pub(super) fn open_now() -> u64 {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+    match std::fs::metadata("/proc/self/fd") {
+        Ok(m) if m.len() > 0 => m.len(),
+        _ => std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),
+    }
 }
 
 /// The soft RLIMIT_NOFILE.
