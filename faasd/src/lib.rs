@@ -8,7 +8,7 @@
 //! What a function is, the host's configuration and the durable store live in
 //! `faasd-core`; the kernel programs and their maps in `faasd-dataplane`; the containerd
 //! and registry client in `faasd-containerd`. The modules here, one per concern:
-//! [`sockets`], [`net`] (routes), [`runtime`] (starting instances: processes, or
+//! [`sockets`], [`sockdiag`] (every socket's queue in one dump), [`net`] (routes), [`runtime`] (starting instances: processes, or
 //! containers through containerd),
 //! [`supervisor`] (socket activation and the life of one function), [`status`] (what the
 //! API reports), [`forward`] (connections to images
@@ -35,6 +35,7 @@ pub mod notify;
 pub mod random;
 pub mod runtime;
 pub mod secrets;
+pub mod sockdiag;
 pub mod sockets;
 pub mod status;
 pub mod supervisor;

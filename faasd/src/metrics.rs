@@ -10,7 +10,7 @@
 
 use std::{collections::BTreeMap, io::Write, sync::Mutex};
 
-use faasd_core::spec::Port;
+use faasd_core::spec::{Port, Protocol};
 
 use crate::{
     status::{
@@ -196,35 +196,38 @@ fn label_text(labels: &[(&str, &str)]) -> String {
     String::from_utf8(t).expect("labels are UTF-8, and so is their escaped form")
 }
 
-/// A function's labels, rendered once per page: its own series', each socket's, and the
-/// OpenFaaS `function_name` (`name.namespace`).
+/// A function's labels, rendered once per page: its own series' and the OpenFaaS
+/// `function_name` (`name.namespace`).
 struct RowLabels {
     function: String,
-    sockets: Vec<String>,
     gateway: String,
 }
 
 impl RowLabels {
     fn new(f: &FunctionRow) -> Self {
-        let function = label_text(&[("function", &f.name), ("namespace", &f.namespace)]);
-        let sockets = f
-            .sockets
-            .iter()
-            .map(|(p, _)| {
-                let socket = label_text(&[
+        Self {
+            function: label_text(&[("function", &f.name), ("namespace", &f.namespace)]),
+            gateway: label_text(&[("function_name", &format!("{}.{}", f.name, f.namespace))]),
+        }
+    }
+}
+
+/// The socket labels (`socket`, `port`, `protocol`), rendered once for all the functions
+/// that share them (most have the one default socket).
+#[derive(Default)]
+struct SocketLabels(std::collections::HashMap<(String, u16, Protocol), String>);
+
+impl SocketLabels {
+    fn of(&mut self, p: &Port) -> &str {
+        self.0
+            .entry((p.name.clone(), p.port, p.protocol))
+            .or_insert_with(|| {
+                label_text(&[
                     ("socket", &p.name),
                     ("port", &p.port.to_string()),
                     ("protocol", &p.protocol.to_string()),
-                ]);
-                format!("{function},{socket}")
+                ])
             })
-            .collect();
-        let gateway = label_text(&[("function_name", &format!("{}.{}", f.name, f.namespace))]);
-        Self {
-            function,
-            sockets,
-            gateway,
-        }
     }
 }
 
@@ -300,16 +303,18 @@ impl<W: Write> Out<W> {
         self.0.write_all(b"\n")
     }
 
-    /// One sample line with labels already rendered by [`label_text`].
+    /// One sample line with labels already rendered by [`label_text`], in parts.
     fn sample_with(
         &mut self,
         name: &str,
-        labels: &str,
+        labels: &[&str],
         value: impl SampleValue,
     ) -> std::io::Result<()> {
         self.0.write_all(name.as_bytes())?;
-        self.0.write_all(b"{")?;
-        self.0.write_all(labels.as_bytes())?;
+        for (i, part) in labels.iter().enumerate() {
+            self.0.write_all(if i == 0 { b"{" } else { b"," })?;
+            self.0.write_all(part.as_bytes())?;
+        }
         self.0.write_all(b"} ")?;
         value.write_to(&mut self.0)?;
         self.0.write_all(b"\n")
@@ -352,6 +357,7 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
     let mut o = Out(out);
     let d = &host.dataplane;
     let labels: Vec<RowLabels> = functions.iter().map(RowLabels::new).collect();
+    let mut socket_labels = SocketLabels::default();
 
     // Per function socket, from the sk_lookup program's per-CPU counters and the kernel.
     let socket_series: [SocketSeries; 6] = [
@@ -394,8 +400,8 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
         };
         o.family(name, kind, help)?;
         for (f, l) in functions.iter().zip(&labels) {
-            for ((_, c), socket) in f.sockets.iter().zip(&l.sockets) {
-                o.sample_with(name, socket, get(c))?;
+            for (p, c) in &f.sockets {
+                o.sample_with(name, &[&l.function, socket_labels.of(p)], get(c))?;
             }
         }
     }
@@ -490,7 +496,7 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
     for (name, kind, help, get) in per_function {
         o.family(name, kind, help)?;
         for (f, l) in functions.iter().zip(&labels) {
-            o.sample_with(name, &l.function, get(f))?;
+            o.sample_with(name, &[&l.function], get(f))?;
         }
     }
     o.family(
@@ -575,7 +581,7 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
         "Ready instances of each function (OpenFaaS).",
     )?;
     for (f, l) in functions.iter().zip(&labels) {
-        o.sample_with("gateway_service_count", &l.gateway, f.ready)?;
+        o.sample_with("gateway_service_count", &[&l.gateway], f.ready)?;
     }
     o.family(
         "gateway_function_invocation_total",
@@ -586,7 +592,7 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
         for (code, count) in &f.invocation_codes {
             o.sample_with(
                 "gateway_function_invocation_total",
-                &format!("{},code=\"{code}\"", l.gateway),
+                &[&l.gateway, &format!("code=\"{code}\"")],
                 count,
             )?;
         }
@@ -659,11 +665,12 @@ mod tests {
             .unwrap();
         o.sample("c", &[("v", "say \"hi\"\n")], 5u32).unwrap();
         let labels = label_text(&[("function", "f"), ("v", "a\\b")]);
-        o.sample_with("d", &labels, 1u64).unwrap();
+        o.sample_with("d", &[&labels, "code=\"200\""], 1u64)
+            .unwrap();
         assert_eq!(
             String::from_utf8(o.0).unwrap(),
             "a_total 3\nb{function_name=\"f.ns\",code=\"200\"} 0.25\nc{v=\"say \\\"hi\\\"\\n\"} 5\n\
-             d{function=\"f\",v=\"a\\\\b\"} 1\n"
+             d{function=\"f\",v=\"a\\\\b\",code=\"200\"} 1\n"
         );
     }
 }

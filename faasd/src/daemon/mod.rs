@@ -110,6 +110,14 @@ pub struct Daemon {
     service: Arc<crate::systemd::Service>,
 }
 
+/// Every socket's queue in one dump, for pages that show many functions; without one
+/// (no `inet_diag` in the kernel), each socket is asked.
+fn queue_dump() -> Option<crate::sockdiag::Queues> {
+    crate::sockdiag::dump()
+        .inspect_err(|e| tracing::debug!("sock_diag dump: {e}; asking each socket"))
+        .ok()
+}
+
 /// The fd store name of a function socket.
 fn fd_name(spec: &FunctionSpec, p: &Port) -> String {
     crate::systemd::function_fd_name(&spec.namespace, &spec.name, p.port, &p.protocol.to_string())
@@ -256,7 +264,13 @@ impl Daemon {
         crate::layout::instances_file(&self.config.runtime_dir, spec)
     }
 
-    fn port_counters(f: &Function, read: &dyn Fn(u32) -> (SlotCounters, u64)) -> Vec<PortCounters> {
+    /// A function's counters per socket. Its queues come from `queues` (one dump for the
+    /// whole namespace, when many functions are read) or else from each socket.
+    fn port_counters(
+        f: &Function,
+        read: &dyn Fn(u32) -> (SlotCounters, u64),
+        queues: Option<&crate::sockdiag::Queues>,
+    ) -> Vec<PortCounters> {
         f.settings
             .ports
             .iter()
@@ -264,13 +278,11 @@ impl Daemon {
             .enumerate()
             .map(|(i, (p, (_, slot)))| {
                 let (c, policy_drops) = read(*slot);
-                let queue = f
-                    .handle
-                    .sockets
-                    .get(i)
-                    .and_then(|s| {
+                let queue = queues
+                    .and_then(|q| q.get(f.record.address, p.port, p.protocol))
+                    .or_else(|| {
                         let stream = p.protocol == faasd_core::spec::Protocol::Tcp;
-                        crate::sockets::queue_stats(s, stream).ok()
+                        crate::sockets::queue_stats(f.handle.sockets.get(i)?, stream).ok()
                     })
                     .unwrap_or_default();
                 PortCounters {
@@ -298,7 +310,11 @@ impl Daemon {
         self.counters.snapshot(n)
     }
 
-    fn status_of(f: &Function, read: &dyn Fn(u32) -> (SlotCounters, u64)) -> FunctionStatus {
+    fn status_of(
+        f: &Function,
+        read: &dyn Fn(u32) -> (SlotCounters, u64),
+        queues: Option<&crate::sockdiag::Queues>,
+    ) -> FunctionStatus {
         let d = &f.record.spec.deployment;
         let state = f.handle.state.lock().expect("state lock").clone();
         FunctionStatus {
@@ -319,24 +335,33 @@ impl Daemon {
             address: f.record.address,
             ports: f.settings.ports.clone(),
             state,
-            counters: Self::port_counters(f, read),
+            counters: Self::port_counters(f, read, queues),
         }
     }
 
     /// A function's status, with its counters read now.
     fn status_now(&self, f: &Function) -> FunctionStatus {
-        Self::status_of(f, &|s| {
-            (self.counters.slot(s), self.counters.policy_drops(s))
-        })
+        Self::status_of(
+            f,
+            &|s| (self.counters.slot(s), self.counters.policy_drops(s)),
+            None,
+        )
     }
 
     /// Functions of `namespace`, or all when `None`.
     pub async fn list(&self, namespace: Option<&str>) -> Vec<FunctionStatus> {
         let counters = self.counter_snapshot();
+        let queues = queue_dump();
         self.all()
             .iter()
             .filter(|f| namespace.is_none_or(|ns| f.record.spec.namespace == ns))
-            .map(|f| Self::status_of(f, &|s| (counters.slot(s), counters.policy_drops(s))))
+            .map(|f| {
+                Self::status_of(
+                    f,
+                    &|s| (counters.slot(s), counters.policy_drops(s)),
+                    queues.as_ref(),
+                )
+            })
             .collect()
     }
 
@@ -405,6 +430,7 @@ impl Daemon {
     pub async fn metrics(&self) -> crate::metrics::Page {
         let host = self.status().await;
         let counters = self.counter_snapshot();
+        let queues = queue_dump();
         let functions: Vec<FunctionRow> = self
             .all()
             .iter()
@@ -418,9 +444,11 @@ impl Daemon {
                         .ports
                         .iter()
                         .cloned()
-                        .zip(Self::port_counters(f, &|s| {
-                            (counters.slot(s), counters.policy_drops(s))
-                        }))
+                        .zip(Self::port_counters(
+                            f,
+                            &|s| (counters.slot(s), counters.policy_drops(s)),
+                            queues.as_ref(),
+                        ))
                         .collect(),
                     activations: state.activations,
                     restarts: state.restarts,
