@@ -66,34 +66,23 @@ pub(super) fn socket_error(record: &FunctionRecord, p: &Port, e: std::io::Error)
 
 impl Daemon {
     /// Reserves the descriptors of the function's sockets (given back when the parts are
-    /// dropped, kept once the function is supervised) and makes its log and cgroup.
-    /// `cgroup_exists` skips the mkdir a restore knows to be done.
+    /// dropped, kept once the function is supervised) and makes its log; names its cgroup,
+    /// which the runtime makes when an instance starts.
     pub(super) fn parts(
         &self,
         spec: &FunctionSpec,
         settings: &Settings,
-        cgroup_exists: bool,
     ) -> Result<Parts<'_>, DaemonError> {
         let files = self.files.reserve(settings.ports.len())?;
         let log = FunctionLog::new(&self.config.state_dir, &spec.namespace, &spec.name);
-        let cgroup = match &self.cgroup_root {
-            Some(root) if cgroup_exists => Some(cgroup::path(
+        let cgroup = self.cgroup_root.as_ref().map(|root| {
+            cgroup::path(
                 root,
                 &self.config.cgroup_parent,
                 &spec.namespace,
                 &spec.name,
-            )),
-            Some(root) => Some(
-                cgroup::for_function(
-                    root,
-                    &self.config.cgroup_parent,
-                    &spec.namespace,
-                    &spec.name,
-                )
-                .map_err(internal)?,
-            ),
-            None => None,
-        };
+            )
+        });
         Ok(Parts { files, log, cgroup })
     }
 

@@ -147,7 +147,7 @@ impl Daemon {
         record: Arc<FunctionRecord>,
         settings: Settings,
     ) -> Result<Function, DaemonError> {
-        let parts = self.parts(&record.spec, &settings, false)?;
+        let parts = self.parts(&record.spec, &settings)?;
         let runtime: Arc<dyn Runtime> = match &record.spec.image {
             None => self.runtime.clone(),
             Some(image) => {

@@ -270,7 +270,7 @@ impl Daemon {
             keep,
         } = job;
         let spec = &record.spec;
-        let parts = self.parts(spec, &settings, left.has_cgroup(spec))?;
+        let parts = self.parts(spec, &settings)?;
         let recovered = if left.has_instances_file(spec) {
             self.recover_instance(&record, &settings)
         } else {
@@ -279,17 +279,23 @@ impl Daemon {
         // Anything else in the function's cgroup was left by an earlier daemon (say, a
         // version that was still draining when it died): nobody manages it any more.
         // Accept-mode instances are left to finish their connections.
-        if settings.accept.is_none()
-            && left.may_have_processes(spec)
-            && let Some(cg) = &parts.cgroup
+        if let Some(cg) = &parts.cgroup
+            && left.has_cgroup(spec)
         {
-            let keep = recovered.as_ref().map(|(_, a)| a.instance.pid);
-            let n = cgroup::kill_strays(cg, keep);
-            if n > 0 {
-                tracing::warn!(
-                    "{}: stopped {n} stray process(es) left by an earlier daemon",
-                    spec.id()
-                );
+            if settings.accept.is_none() && left.may_have_processes(spec) {
+                let keep = recovered.as_ref().map(|(_, a)| a.instance.pid);
+                let n = cgroup::kill_strays(cg, keep);
+                if n > 0 {
+                    tracing::warn!(
+                        "{}: stopped {n} stray process(es) left by an earlier daemon",
+                        spec.id()
+                    );
+                }
+            }
+            // A stopped function keeps no cgroup (one whose strays are still dying goes
+            // when its next instance ends).
+            if recovered.is_none() {
+                cgroup::remove_empty(cg);
             }
         }
         let runtime: Arc<dyn Runtime> = match &spec.image {

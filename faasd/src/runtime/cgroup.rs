@@ -17,22 +17,22 @@ pub fn path(root: &Path, parent: &str, namespace: &str, name: &str) -> PathBuf {
     root.join(parent).join(namespace).join(name)
 }
 
-/// Creates (if needed) and returns the cgroup of a function.
-pub fn for_function(
-    root: &Path,
-    parent: &str,
-    namespace: &str,
-    name: &str,
-) -> std::io::Result<PathBuf> {
-    let dir = path(root, parent, namespace, name);
+/// Creates a function's cgroup if it is not there. It is made when an instance starts and
+/// removed once none runs (see [`remove_empty`]), so a stopped function holds none.
+pub fn create(dir: &Path) -> std::io::Result<()> {
     // One mkdir when the parents exist, as they do for every function but a namespace's
     // first.
-    match std::fs::create_dir(&dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(&dir)?,
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir),
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
     }
-    Ok(dir)
+}
+
+/// Removes a function's cgroup if nothing runs in it (the kernel refuses otherwise, and
+/// that is left for the next time).
+pub fn remove_empty(dir: &Path) {
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Whether any process runs in the cgroup or below it (true when that cannot be read).

@@ -108,7 +108,10 @@ fn start(spawner: &Spawner, launch: &Launch) -> Result<Instance, RuntimeError> {
     let cgroup = launch
         .cgroup
         .as_ref()
-        .map(|d| std::fs::File::open(d).map_err(io_err("opening the function's cgroup")))
+        .map(|d| {
+            super::cgroup::create(d).map_err(io_err("creating the function's cgroup"))?;
+            std::fs::File::open(d).map_err(io_err("opening the function's cgroup"))
+        })
         .transpose()?;
     let mut fds = vec![
         launch.stdin.unwrap_or(devnull.as_raw_fd()),

@@ -929,6 +929,17 @@ impl Supervisor {
             out.finish(&self.ctx.log, &id);
         }
         self.ctx.log.write("faasd", &format!("instance {id} {how}"));
+        // A stopped function keeps no cgroup. A version being replaced leaves it to the
+        // new one, which starts its instances there.
+        if self.instances.is_empty()
+            && self.starting == 0
+            && self.reaping == 0
+            && self.draining.is_none()
+            && self.ending.is_none()
+            && let Some(cg) = &self.ctx.cgroup
+        {
+            crate::runtime::cgroup::remove_empty(cg);
+        }
         if self.ctx.settings.accept.is_some() || self.ending.is_some() {
             return;
         }

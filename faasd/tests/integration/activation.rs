@@ -34,6 +34,11 @@ fn first_connection_starts_a_stopped_function_and_idle_stops_it_again() {
         (Phase::Stopped, 0),
         "deployed functions wait for a connection"
     );
+    let cgroup = faasd::runtime::cgroup::root()
+        .expect("cgroup v2")
+        .join(&ns.cgroup_parent)
+        .join("openfaas-fn/hello");
+    assert!(!cgroup.exists(), "a stopped function has no cgroup");
 
     let target = SocketAddr::from((addr, 8080));
     let (code, body) = ns.run(|| http_get(target)).unwrap();
@@ -51,6 +56,11 @@ fn first_connection_starts_a_stopped_function_and_idle_stops_it_again() {
     d.wait_for("hello", "idle scale to zero", |s| {
         s.state.phase == Phase::Stopped && s.replicas == 0
     });
+    assert!(
+        !cgroup.exists(),
+        "the cgroup goes with the last instance: {}",
+        cgroup.display()
+    );
     let (code, body) = ns.run(|| http_get(target)).unwrap();
     assert_eq!(code, 200);
     assert_ne!(
