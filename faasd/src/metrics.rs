@@ -8,9 +8,16 @@
 //! functions that ask (`faasd.dev/latency-histograms`). The text is written to a sink as it
 //! is rendered, so a host with 100,000 functions never holds its whole page in memory.
 
-use std::{collections::BTreeMap, io::Write, sync::Mutex};
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    sync::{Arc, Mutex},
+};
 
-use faasd_core::spec::{Port, Protocol};
+use faasd_core::{
+    spec::{Port, Protocol, Settings},
+    store::FunctionRecord,
+};
 
 use crate::{
     status::{
@@ -131,12 +138,12 @@ impl Page {
 /// What `/metrics` needs of one function: a compact row, not its whole status.
 #[derive(Debug, Clone)]
 pub struct FunctionRow {
-    /// Name.
-    pub name: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Each socket with its counters.
-    pub sockets: Vec<(Port, PortCounters)>,
+    /// The function as stored (its name and namespace).
+    pub record: Arc<FunctionRecord>,
+    /// Its settings (its sockets).
+    pub settings: Arc<Settings>,
+    /// Each socket's counters, in `settings.ports` order.
+    pub sockets: Vec<PortCounters>,
     /// Starts from zero.
     pub activations: u64,
     /// Restarts after failures.
@@ -151,6 +158,21 @@ pub struct FunctionRow {
     pub invocation_codes: Vec<(u16, u64)>,
     /// The function's own histograms (activation, calls), when it asks for them.
     pub histograms: Option<Box<(ActivationHistograms, Histogram)>>,
+}
+
+impl FunctionRow {
+    fn name(&self) -> &str {
+        &self.record.spec.name
+    }
+
+    fn namespace(&self) -> &str {
+        &self.record.spec.namespace
+    }
+
+    /// OpenFaaS's name of a function: `name.namespace`.
+    fn gateway_name(&self) -> String {
+        format!("{}.{}", self.name(), self.namespace())
+    }
 }
 
 /// A series of every function socket: name, help, and how to read it.
@@ -206,8 +228,8 @@ struct RowLabels {
 impl RowLabels {
     fn new(f: &FunctionRow) -> Self {
         Self {
-            function: label_text(&[("function", &f.name), ("namespace", &f.namespace)]),
-            gateway: label_text(&[("function_name", &format!("{}.{}", f.name, f.namespace))]),
+            function: label_text(&[("function", f.name()), ("namespace", f.namespace())]),
+            gateway: label_text(&[("function_name", &f.gateway_name())]),
         }
     }
 }
@@ -400,7 +422,7 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
         };
         o.family(name, kind, help)?;
         for (f, l) in functions.iter().zip(&labels) {
-            for (p, c) in &f.sockets {
+            for (p, c) in f.settings.ports.iter().zip(&f.sockets) {
                 o.sample_with(name, &[&l.function, socket_labels.of(p)], get(c))?;
             }
         }
@@ -522,7 +544,7 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
         if let Some(h) = &f.histograms {
             o.histogram(
                 "faasd_function_activation_seconds",
-                &[("function", &f.name), ("namespace", &f.namespace)],
+                &[("function", f.name()), ("namespace", f.namespace())],
                 &h.0.total,
             )?;
         }
@@ -605,7 +627,7 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
     o.histogram("gateway_functions_seconds", &[], invocation)?;
     for f in functions {
         if let Some(h) = &f.histograms {
-            let name = format!("{}.{}", f.name, f.namespace);
+            let name = f.gateway_name();
             o.histogram(
                 "gateway_functions_seconds",
                 &[("function_name", &name)],

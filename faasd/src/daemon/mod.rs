@@ -437,19 +437,13 @@ impl Daemon {
             .map(|f| {
                 let state = f.handle.state.lock().expect("state lock");
                 FunctionRow {
-                    name: f.record.spec.name.clone(),
-                    namespace: f.record.spec.namespace.clone(),
-                    sockets: f
-                        .settings
-                        .ports
-                        .iter()
-                        .cloned()
-                        .zip(Self::port_counters(
-                            f,
-                            &|s| (counters.slot(s), counters.policy_drops(s)),
-                            queues.as_ref(),
-                        ))
-                        .collect(),
+                    record: f.record.clone(),
+                    settings: f.settings.clone(),
+                    sockets: Self::port_counters(
+                        f,
+                        &|s| (counters.slot(s), counters.policy_drops(s)),
+                        queues.as_ref(),
+                    ),
                     activations: state.activations,
                     restarts: state.restarts,
                     watchdog_kills: state.watchdog_kills,
