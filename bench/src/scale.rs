@@ -170,7 +170,10 @@ fn measure(b: &mut Bench, faasd: &Path, hello: &Path, n: usize) -> Result<Row> {
     let metrics_ms = scrapes[METRICS_SCRAPES / 2];
     let metrics_samples = text
         .lines()
-        .filter(|l| !l.starts_with('#') && l.contains("function"))
+        // Samples of one function: those with its label (host-wide ones are not per function).
+        .filter(|l| {
+            !l.starts_with('#') && (l.contains("function=\"") || l.contains("function_name=\""))
+        })
         .count();
     let t = Instant::now();
     let list = b.api("GET", "/system/functions", "")?;

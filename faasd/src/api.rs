@@ -140,7 +140,10 @@ async fn metrics(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
     let page = d.metrics().await;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
-        let mut out = std::io::BufWriter::with_capacity(64 << 10, ChunkSink(tx));
+        let mut out = ChunkSink {
+            tx,
+            chunk: Vec::with_capacity(CHUNK),
+        };
         if let Err(e) =
             crate::metrics::render(&page, &mut out).and_then(|()| std::io::Write::flush(&mut out))
         {
@@ -156,19 +159,33 @@ async fn metrics(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
     )
 }
 
-/// Sends what is written as body chunks; fails once the client has gone.
-struct ChunkSink(tokio::sync::mpsc::Sender<std::io::Result<Bytes>>);
+/// Size of the body chunks `/metrics` is sent in.
+const CHUNK: usize = 64 << 10;
+
+/// Sends what is written as body chunks, each handed over whole (not copied); fails once
+/// the client has gone.
+struct ChunkSink {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    chunk: Vec<u8>,
+}
 
 impl std::io::Write for ChunkSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        self.chunk.extend_from_slice(buf);
+        if self.chunk.len() >= CHUNK {
+            self.flush()?;
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
     }
 }
 

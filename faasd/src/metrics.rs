@@ -218,18 +218,21 @@ fn label_text(labels: &[(&str, &str)]) -> String {
     String::from_utf8(t).expect("labels are UTF-8, and so is their escaped form")
 }
 
-/// A function's labels, rendered once per page: its own series' and the OpenFaaS
-/// `function_name` (`name.namespace`).
+/// A function's labels, rendered once per page: its own series', the OpenFaaS
+/// `function_name` (`name.namespace`), and where its sockets' labels are in
+/// [`SocketLabels`].
 struct RowLabels {
     function: String,
     gateway: String,
+    sockets: Vec<usize>,
 }
 
 impl RowLabels {
-    fn new(f: &FunctionRow) -> Self {
+    fn new<'a>(f: &'a FunctionRow, sockets: &mut SocketLabels<'a>) -> Self {
         Self {
             function: label_text(&[("function", f.name()), ("namespace", f.namespace())]),
             gateway: label_text(&[("function_name", &f.gateway_name())]),
+            sockets: f.settings.ports.iter().map(|p| sockets.index(p)).collect(),
         }
     }
 }
@@ -237,18 +240,23 @@ impl RowLabels {
 /// The socket labels (`socket`, `port`, `protocol`), rendered once for all the functions
 /// that share them (most have the one default socket).
 #[derive(Default)]
-struct SocketLabels(std::collections::HashMap<(String, u16, Protocol), String>);
+struct SocketLabels<'a> {
+    index: std::collections::HashMap<(&'a str, u16, Protocol), usize>,
+    text: Vec<String>,
+}
 
-impl SocketLabels {
-    fn of(&mut self, p: &Port) -> &str {
-        self.0
-            .entry((p.name.clone(), p.port, p.protocol))
+impl<'a> SocketLabels<'a> {
+    fn index(&mut self, p: &'a Port) -> usize {
+        *self
+            .index
+            .entry((&p.name, p.port, p.protocol))
             .or_insert_with(|| {
-                label_text(&[
+                self.text.push(label_text(&[
                     ("socket", &p.name),
                     ("port", &p.port.to_string()),
                     ("protocol", &p.protocol.to_string()),
-                ])
+                ]));
+                self.text.len() - 1
             })
     }
 }
@@ -378,8 +386,11 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
     } = page;
     let mut o = Out(out);
     let d = &host.dataplane;
-    let labels: Vec<RowLabels> = functions.iter().map(RowLabels::new).collect();
     let mut socket_labels = SocketLabels::default();
+    let labels: Vec<RowLabels> = functions
+        .iter()
+        .map(|f| RowLabels::new(f, &mut socket_labels))
+        .collect();
 
     // Per function socket, from the sk_lookup program's per-CPU counters and the kernel.
     let socket_series: [SocketSeries; 6] = [
@@ -422,8 +433,8 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
         };
         o.family(name, kind, help)?;
         for (f, l) in functions.iter().zip(&labels) {
-            for (p, c) in f.settings.ports.iter().zip(&f.sockets) {
-                o.sample_with(name, &[&l.function, socket_labels.of(p)], get(c))?;
+            for (c, s) in f.sockets.iter().zip(&l.sockets) {
+                o.sample_with(name, &[&l.function, &socket_labels.text[*s]], get(c))?;
             }
         }
     }
