@@ -213,7 +213,9 @@ fn write_labels(out: &mut impl Write, labels: &[(&str, &str)]) -> std::io::Resul
 
 /// Labels rendered once, for a function's many samples.
 fn label_text(labels: &[(&str, &str)]) -> String {
-    let mut t = Vec::new();
+    // Sized for the text without escapes: one allocation for nearly every label set.
+    let size = labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    let mut t = Vec::with_capacity(size);
     write_labels(&mut t, labels).expect("writing to a Vec cannot fail");
     String::from_utf8(t).expect("labels are UTF-8, and so is their escaped form")
 }
@@ -231,7 +233,15 @@ impl RowLabels {
     fn new<'a>(f: &'a FunctionRow, sockets: &mut SocketLabels<'a>) -> Self {
         Self {
             function: label_text(&[("function", f.name()), ("namespace", f.namespace())]),
-            gateway: label_text(&[("function_name", &f.gateway_name())]),
+            gateway: {
+                let mut t = Vec::with_capacity(f.name().len() + f.namespace().len() + 17);
+                t.extend_from_slice(b"function_name=\"");
+                for part in [f.name(), ".", f.namespace()] {
+                    esc(&mut t, part).expect("writing to a Vec cannot fail");
+                }
+                t.push(b'"');
+                String::from_utf8(t).expect("labels are UTF-8, and so is their escaped form")
+            },
             sockets: f.settings.ports.iter().map(|p| sockets.index(p)).collect(),
         }
     }
