@@ -27,6 +27,10 @@ struct Row {
     restart_ms: f64,
     cold_ms: f64,
     dns_qps: f64,
+    /// The same two, measured among one function right before this size: the machine
+    /// drifts by more than the 10 % they are compared at over the minutes a section takes.
+    cold_one_ms: f64,
+    dns_one: f64,
 }
 
 /// DNS queries per second with `n` functions deployed: names spread over all of them.
@@ -142,6 +146,10 @@ fn raw_get(b: &Bench, path: &str) -> Result<String> {
 }
 
 fn measure(b: &mut Bench, faasd: &Path, hello: &Path, n: usize) -> Result<Row> {
+    let (cold_one_ms, dns_one) = among_one(b, faasd, hello)?;
+    println!(
+        "    among 1 function: cold start {cold_one_ms:.2} ms (p50 of {COLD_RUNS}), DNS {dns_one:.0} queries/s"
+    );
     let _ = std::fs::remove_dir_all(b.dir.join("state"));
     b.start_daemon(faasd, "")?;
     let pid = b.daemon.as_ref().context("daemon")?.id();
@@ -228,6 +236,8 @@ fn measure(b: &mut Bench, faasd: &Path, hello: &Path, n: usize) -> Result<Row> {
         restart_ms,
         cold_ms,
         dns_qps,
+        cold_one_ms,
+        dns_one,
     })
 }
 
@@ -241,10 +251,6 @@ pub fn run(
 ) -> Result<Value> {
     let limit = raise_nofile();
     println!("scale: open-file limit {limit}; sizes {sizes:?}");
-    let (cold_one_ms, dns_one) = among_one(b, faasd, hello)?;
-    println!(
-        "  among 1 function: cold start {cold_one_ms:.2} ms (p50 of {COLD_RUNS}), DNS {dns_one:.0} queries/s"
-    );
     let mut rows = Vec::new();
     for &n in sizes {
         if n as u64 + 500 > limit {
@@ -254,12 +260,12 @@ pub fn run(
         rows.push(measure(b, faasd, hello, n)?);
     }
     println!(
-        "\n| functions | deploy/s (1 client) | deploy/s (8 clients) | RSS per function | idle CPU | /metrics samples per function | /metrics size | /metrics time (p50 of {METRICS_SCRAPES}) | list time | restart until healthy | cold start p50 (among 1: {cold_one_ms:.2} ms) | DNS queries/s (among 1: {dns_one:.0}) |"
+        "\n| functions | deploy/s (1 client) | deploy/s (8 clients) | RSS per function | idle CPU | /metrics samples per function | /metrics size | /metrics time (p50 of {METRICS_SCRAPES}) | list time | restart until healthy | cold start p50 (among 1) | DNS queries/s (among 1) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} KiB | {:.2} % | {:.1} | {:.1} MB | {:.0} ms | {:.0} ms | {:.0} ms | {:.2} ms ({:+.0} %) | {:.0} ({:+.0} %) |",
+            "| {} | {:.0} | {:.0} | {:.2} KiB | {:.2} % | {:.1} | {:.1} MB | {:.0} ms | {:.0} ms | {:.0} ms | {:.2} ms ({:.2} ms, {:+.0} %) | {:.0} ({:.0}, {:+.0} %) |",
             r.n,
             r.deploy_per_s,
             r.deploy8_per_s,
@@ -271,9 +277,11 @@ pub fn run(
             r.list_ms,
             r.restart_ms,
             r.cold_ms,
-            (r.cold_ms / cold_one_ms - 1.0) * 100.0,
+            r.cold_one_ms,
+            (r.cold_ms / r.cold_one_ms - 1.0) * 100.0,
             r.dns_qps,
-            (r.dns_qps / dns_one - 1.0) * 100.0
+            r.dns_one,
+            (r.dns_qps / r.dns_one - 1.0) * 100.0
         );
     }
     let costs: [Cost; 8] = [
@@ -309,10 +317,7 @@ pub fn run(
         )?;
     }
     println!("plots: {}/scale-*.svg", out.display());
-    let goals = rows
-        .last()
-        .map(|r| goals(r, cold_one_ms, dns_one))
-        .unwrap_or_default();
+    let goals = rows.last().map(goals).unwrap_or_default();
     Ok(json!({"sizes": Value::Array(
         rows.iter()
             .map(|r| {
@@ -328,9 +333,9 @@ pub fn run(
                     "list_ms": r.list_ms,
                     "restart_until_healthy_ms": r.restart_ms,
                     "cold_p50_ms": r.cold_ms,
-                    "cold_p50_ms_among_1": cold_one_ms,
+                    "cold_p50_ms_among_1": r.cold_one_ms,
                     "dns_queries_per_second": r.dns_qps,
-                    "dns_queries_per_second_among_1": dns_one,
+                    "dns_queries_per_second_among_1": r.dns_one,
                 })
             })
             .collect(),
@@ -339,7 +344,7 @@ pub fn run(
 
 /// The control plane's promises, checked at the largest size: (key, measured, bound,
 /// whether the bound is a floor).
-fn goals(r: &Row, cold_one_ms: f64, dns_one: f64) -> serde_json::Map<String, Value> {
+fn goals(r: &Row) -> serde_json::Map<String, Value> {
     let checks = [
         ("deploy_per_s_1_client", r.deploy_per_s, 2_000.0, true),
         ("deploy_per_s_8_clients", r.deploy8_per_s, 5_000.0, true),
@@ -356,11 +361,16 @@ fn goals(r: &Row, cold_one_ms: f64, dns_one: f64) -> serde_json::Map<String, Val
         // The same as among one function, within 10 %.
         (
             "cold_among_n_off_among_1",
-            (r.cold_ms / cold_one_ms - 1.0).abs(),
+            (r.cold_ms / r.cold_one_ms - 1.0).abs(),
             0.10,
             false,
         ),
-        ("dns_among_n_over_among_1", r.dns_qps / dns_one, 0.90, true),
+        (
+            "dns_among_n_over_among_1",
+            r.dns_qps / r.dns_one,
+            0.90,
+            true,
+        ),
     ];
     println!("\ngoals at {} functions:", r.n);
     checks
