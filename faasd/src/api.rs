@@ -19,18 +19,18 @@ use serde::Deserialize;
 
 use faasd_core::spec::{DEFAULT_NAMESPACE, Deployment, SpecError, not_null, validate_label};
 
-use crate::daemon::{Daemon, DaemonError};
+use crate::daemon::{Daemon, DaemonError, ErrorKind};
 
 impl IntoResponse for DaemonError {
     fn into_response(self) -> Response {
-        let code = match &self {
-            DaemonError::Invalid(_) => StatusCode::BAD_REQUEST,
-            DaemonError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
-            DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
-            DaemonError::Exists(_) => StatusCode::CONFLICT,
-            DaemonError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            DaemonError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            DaemonError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        let code = match self.kind() {
+            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ErrorKind::Full => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Exists => StatusCode::CONFLICT,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
         };
         (code, format!("{self}\n")).into_response()
     }
@@ -408,9 +408,7 @@ async fn namespace_info(
 ) -> ApiResult<impl IntoResponse> {
     validate_label("namespace", &ns)?;
     if !d.namespaces().await?.contains(&ns) {
-        return Err(DaemonError::NotFound(format!(
-            "namespace {ns} not found: it holds no function or secret"
-        )));
+        return Err(DaemonError::NoNamespace(ns));
     }
     Ok(Json(
         serde_json::json!({"name": ns, "labels": {}, "annotations": {}}),
@@ -554,8 +552,10 @@ async fn invoke_async(
         .await
         .map_err(|e| SpecError(format!("reading the body: {e}")))?
         .to_bytes();
-    let id = crate::asynccall::call_id()
-        .map_err(|e| DaemonError::Internal(format!("making a call id: {e}")))?;
+    let id = crate::asynccall::call_id().map_err(|source| DaemonError::Host {
+        what: "making a call id",
+        source,
+    })?;
     let call_id = id.clone();
     tokio::spawn(async move {
         let _slot = crate::asynccall::slot().await;

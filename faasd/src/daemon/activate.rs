@@ -16,9 +16,7 @@ use faasd_core::{
     store::FunctionRecord,
 };
 
-use super::{
-    Daemon, DaemonError, Function, SlotLookups, error::internal, fd_name, files::Reservation,
-};
+use super::{Daemon, DaemonError, Function, SlotLookups, fd_name, files::Reservation};
 use crate::{
     logs::FunctionLog,
     runtime::{cgroup, container::ContainerRuntime},
@@ -49,19 +47,17 @@ pub(super) struct Listeners {
     pub adopted: Vec<Adopted>,
 }
 
-/// A socket that cannot be made: out of descriptors is the operator's to fix (507), the
-/// rest is the host's (500).
-pub(super) fn socket_error(record: &FunctionRecord, p: &Port, e: std::io::Error) -> DaemonError {
-    let what = format!(
-        "creating socket [{}]:{}/{}",
-        record.address, p.port, p.protocol
-    );
-    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-        return DaemonError::Full(format!(
-            "{what}: {e}; raise the open-file limit (LimitNOFILE= in faasd.service, or ulimit -n)"
-        ));
+/// A socket that cannot be made (out of descriptors is the operator's to fix, the rest
+/// the host's: see [`DaemonError::kind`]).
+pub(super) fn socket_error(
+    record: &FunctionRecord,
+    p: &Port,
+    source: std::io::Error,
+) -> DaemonError {
+    DaemonError::Socket {
+        socket: format!("[{}]:{}/{}", record.address, p.port, p.protocol),
+        source,
     }
-    internal(format!("{what}: {e}"))
 }
 
 impl Daemon {
@@ -104,10 +100,11 @@ impl Daemon {
                     .file(&spec.namespace, s)
                     .map(|f| (s.clone(), f))
                     .map_err(|e| match e {
-                        SecretError::NotFound(_) => DaemonError::Invalid(SpecError(format!(
-                            "{e} in namespace {}; create it first (faasd secret create {s})",
-                            spec.namespace
-                        ))),
+                        SecretError::NotFound(_) => DaemonError::MissingSecret {
+                            namespace: spec.namespace.clone(),
+                            secret: s.clone(),
+                            source: e,
+                        },
                         e => e.into(),
                     })
             })
@@ -183,7 +180,10 @@ impl Daemon {
         )
         .map_err(|e| {
             self.unbind(&bindings);
-            internal(format!("watching the sockets: {e}"))
+            DaemonError::Host {
+                what: "watching the sockets",
+                source: e,
+            }
         })?;
         // Kept in systemd's fd store (when there is one) for the next start.
         for (p, sock) in settings.ports.iter().zip(handle.sockets.iter()) {

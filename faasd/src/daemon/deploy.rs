@@ -14,7 +14,6 @@ use faasd_core::{
 use super::{
     Daemon, DaemonError, Entry, Function,
     activate::{Listeners, SlotChoice, socket_error},
-    error::internal,
     fd_name,
 };
 use crate::{runtime::Runtime, sockets, status::FunctionStatus, supervisor::Command};
@@ -38,13 +37,13 @@ impl Daemon {
         let (entry, fresh) = if update {
             (
                 self.entry(&id)
-                    .ok_or_else(|| DaemonError::no_function(&id))?,
+                    .ok_or_else(|| DaemonError::NoFunction(id.clone()))?,
                 false,
             )
         } else {
             let mut registry = self.functions.write().expect("registry lock");
             if registry.contains_key(&id) {
-                return Err(DaemonError::function_exists(&id));
+                return Err(DaemonError::FunctionExists(id.clone()));
             }
             let entry = Arc::new(Entry::default());
             registry.insert(id.clone(), entry.clone());
@@ -72,7 +71,7 @@ impl Daemon {
         let old = entry.current();
         if old.is_none() && !fresh {
             // Removed while this update waited for the function's lock.
-            return Err(DaemonError::no_function(&id));
+            return Err(DaemonError::NoFunction(id.clone()));
         }
         let (address, created_at) = match &old {
             Some(f) => (f.record.address, f.record.created_at),
@@ -222,14 +221,14 @@ impl Daemon {
         let id = format!("{namespace}/{name}");
         let entry = self
             .entry(&id)
-            .ok_or_else(|| DaemonError::no_function(&id))?;
+            .ok_or_else(|| DaemonError::NoFunction(id.clone()))?;
         let _op = entry.op.lock().await;
         let f = entry
             .current
             .write()
             .expect("entry lock")
             .take()
-            .ok_or_else(|| DaemonError::no_function(&id))?;
+            .ok_or_else(|| DaemonError::NoFunction(id.clone()))?;
         {
             let mut registry = self.functions.write().expect("registry lock");
             if registry.get(&id).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
@@ -291,6 +290,6 @@ impl Daemon {
         }
         f.handle
             .send(Command::Scale(replicas))
-            .map_err(|_| internal(format!("function {namespace}/{name} is shutting down")))
+            .map_err(|_| DaemonError::ShuttingDown(format!("{namespace}/{name}")))
     }
 }

@@ -1,102 +1,156 @@
-//! The daemon's errors. Each says what failed and what to do; the HTTP status each kind
-//! maps to is decided in the API layer alone.
+//! The daemon's errors: what failed, with the typed error of the part that failed, and
+//! what to do. [`DaemonError::kind`] sorts them for callers; the HTTP status each kind maps
+//! to is decided in the API layer alone.
 
 use faasd_containerd::ContainerdError;
-use faasd_core::spec::SpecError;
+use faasd_core::{spec::SpecError, store::StoreError};
+use faasd_dataplane::DataplaneError;
 
-use crate::secrets::SecretError;
+use crate::{secrets::SecretError, wireguard::WireGuardError};
 
-/// Errors of daemon operations, each mapping to an HTTP status.
+/// Errors of daemon operations.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// The request is invalid (400).
+    /// The request is invalid.
     #[error(transparent)]
     Invalid(#[from] SpecError),
-    /// No such function, secret or peer (404).
-    #[error("{0}")]
-    NotFound(String),
-    /// It exists already (409).
-    #[error("{0}")]
-    Exists(String),
-    /// A resource is exhausted: the bindings map or the address prefix (507).
-    #[error("{0}")]
-    Full(String),
-    /// A service faasd needs is down: containerd (503).
-    #[error("{0}")]
-    Unavailable(String),
-    /// A server faasd relies on failed or cannot be reached: an image registry (502).
-    #[error("{0}")]
-    Upstream(String),
-    /// Something on the host failed (500).
-    #[error("{0}")]
-    Internal(String),
+    /// No function of that id.
+    #[error("function {0} not found")]
+    NoFunction(String),
+    /// No namespace of that name.
+    #[error("namespace {0} not found: it holds no function or secret")]
+    NoNamespace(String),
+    /// A function of that id exists already.
+    #[error("function {0} already exists; update it with PUT")]
+    FunctionExists(String),
+    /// A secret the function mounts does not exist.
+    #[error("{source} in namespace {namespace}; create it first (faasd secret create {secret})")]
+    MissingSecret {
+        /// The function's namespace.
+        namespace: String,
+        /// The secret.
+        secret: String,
+        /// The secrets store's answer.
+        source: SecretError,
+    },
+    /// WireGuard is off, so there are no peers to manage.
+    #[error("WireGuard is off on this host (--no-wireguard): there are no peers")]
+    NoWireGuard,
+    /// The daemon's open-file budget has no room for the function's sockets.
+    #[error(
+        "no room for {wanted} more socket(s): about {used} of this daemon's {limit} open files \
+         are in use and {reserve} are kept free; raise the limit (LimitNOFILE= in \
+         faasd.service, or ulimit -n) and restart faasd, or remove functions"
+    )]
+    NoFiles {
+        /// Sockets asked for.
+        wanted: u64,
+        /// Descriptors in use.
+        used: u64,
+        /// The soft limit.
+        limit: u64,
+        /// Descriptors kept free for everything else.
+        reserve: u64,
+    },
+    /// A function socket could not be made.
+    #[error("creating socket {socket}: {source}{}", if no_files(source) {
+        "; raise the open-file limit (LimitNOFILE= in faasd.service, or ulimit -n)"
+    } else {
+        ""
+    })]
+    Socket {
+        /// `[address]:port/protocol`.
+        socket: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Something on the host failed: what was being done, and why.
+    #[error("{what}: {source}")]
+    Host {
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The function's supervisor ended while it was asked something (the daemon is
+    /// shutting down, or the function is being removed).
+    #[error("function {0} is shutting down")]
+    ShuttingDown(String),
+    /// A task of the daemon's failed.
+    #[error("a daemon task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data plane.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// containerd or an image registry.
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    /// WireGuard and its peers.
+    #[error(transparent)]
+    WireGuard(#[from] WireGuardError),
+    /// Secrets.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+/// What an error means for whoever asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is wrong; the caller can fix it.
+    Invalid,
+    /// What it names does not exist.
+    NotFound,
+    /// It exists already.
+    Exists,
+    /// A resource is exhausted: the bindings map, the address prefix, open files.
+    Full,
+    /// A service faasd needs is down: containerd.
+    Unavailable,
+    /// A server faasd relies on failed or cannot be reached: an image registry.
+    Upstream,
+    /// Something on the host failed.
+    Internal,
+}
+
+fn no_files(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 impl DaemonError {
-    pub(super) fn no_function(id: &str) -> Self {
-        Self::NotFound(format!("function {id} not found"))
-    }
-
-    pub(super) fn function_exists(id: &str) -> Self {
-        Self::Exists(format!("function {id} already exists; update it with PUT"))
-    }
-}
-
-impl From<faasd_dataplane::DataplaneError> for DaemonError {
-    fn from(e: faasd_dataplane::DataplaneError) -> Self {
-        match e {
-            faasd_dataplane::DataplaneError::Full { .. } => Self::Full(e.to_string()),
-            e => Self::Internal(e.to_string()),
+    /// Sorts the error by what the caller can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        use crate::wireguard::peers::PeerError as P;
+        use ErrorKind as K;
+        match self {
+            Self::Invalid(_) | Self::MissingSecret { .. } | Self::NoWireGuard => K::Invalid,
+            Self::NoFunction(_) | Self::NoNamespace(_) => K::NotFound,
+            Self::FunctionExists(_) => K::Exists,
+            Self::NoFiles { .. } => K::Full,
+            Self::Socket { source, .. } if no_files(source) => K::Full,
+            Self::Socket { .. } | Self::Host { .. } | Self::ShuttingDown(_) | Self::Task(_) => {
+                K::Internal
+            }
+            Self::Store(StoreError::PrefixExhausted(_)) => K::Full,
+            Self::Store(_) => K::Internal,
+            Self::Dataplane(DataplaneError::Full { .. }) => K::Full,
+            Self::Dataplane(_) => K::Internal,
+            Self::Containerd(ContainerdError::Unreachable { .. }) => K::Unavailable,
+            Self::Containerd(ContainerdError::Registry { .. }) => K::Upstream,
+            Self::Containerd(ContainerdError::Image { .. }) => K::Invalid,
+            Self::Containerd(_) => K::Internal,
+            Self::WireGuard(WireGuardError::Peer(P::Invalid(_)) | WireGuardError::Invalid(_)) => {
+                K::Invalid
+            }
+            Self::WireGuard(WireGuardError::Peer(P::NotFound(_))) => K::NotFound,
+            Self::WireGuard(WireGuardError::Peer(P::Exists(_))) => K::Exists,
+            Self::WireGuard(_) => K::Internal,
+            Self::Secret(SecretError::Invalid(_)) => K::Invalid,
+            Self::Secret(SecretError::NotFound(_)) => K::NotFound,
+            Self::Secret(SecretError::Exists(_)) => K::Exists,
+            Self::Secret(SecretError::Io { .. }) => K::Internal,
         }
     }
-}
-
-/// An exhausted prefix is the operator's to resolve (507); a failing disk is the host's (500).
-impl From<faasd_core::store::StoreError> for DaemonError {
-    fn from(e: faasd_core::store::StoreError) -> Self {
-        match e {
-            faasd_core::store::StoreError::PrefixExhausted(_) => Self::Full(e.to_string()),
-            e => Self::Internal(e.to_string()),
-        }
-    }
-}
-
-/// An unreachable containerd is a 503, a failing registry a 502, a missing or unusable
-/// image the caller's 400.
-impl From<ContainerdError> for DaemonError {
-    fn from(e: ContainerdError) -> Self {
-        match e {
-            ContainerdError::Unreachable { .. } => Self::Unavailable(e.to_string()),
-            ContainerdError::Registry { .. } => Self::Upstream(e.to_string()),
-            ContainerdError::Image { .. } => Self::Invalid(SpecError(e.to_string())),
-            e => Self::Internal(e.to_string()),
-        }
-    }
-}
-
-impl From<crate::wireguard::WireGuardError> for DaemonError {
-    fn from(e: crate::wireguard::WireGuardError) -> Self {
-        use crate::wireguard::{WireGuardError as W, peers::PeerError as P};
-        match e {
-            W::Peer(P::Invalid(m)) | W::Invalid(m) => Self::Invalid(SpecError(m)),
-            W::Peer(P::NotFound(_)) => Self::NotFound(e.to_string()),
-            W::Peer(P::Exists(_)) => Self::Exists(e.to_string()),
-            e => Self::Internal(e.to_string()),
-        }
-    }
-}
-
-impl From<SecretError> for DaemonError {
-    fn from(e: SecretError) -> Self {
-        match e {
-            SecretError::Invalid(m) => Self::Invalid(SpecError(m)),
-            SecretError::NotFound(_) => Self::NotFound(e.to_string()),
-            SecretError::Exists(_) => Self::Exists(e.to_string()),
-            SecretError::Io { .. } => Self::Internal(e.to_string()),
-        }
-    }
-}
-
-pub(super) fn internal(e: impl std::fmt::Display) -> DaemonError {
-    DaemonError::Internal(e.to_string())
 }

@@ -60,12 +60,12 @@ impl Budget {
         loop {
             let used = self.baseline + held;
             if used + n + RESERVE > limit {
-                return Err(DaemonError::Full(format!(
-                    "no room for {n} more socket(s): about {used} of this daemon's {limit} open \
-                     files are in use and {RESERVE} are kept free; raise the limit \
-                     (LimitNOFILE= in faasd.service, or ulimit -n) and restart faasd, or \
-                     remove functions"
-                )));
+                return Err(DaemonError::NoFiles {
+                    wanted: n,
+                    used,
+                    limit,
+                    reserve: RESERVE,
+                });
             }
             match self.sockets.compare_exchange_weak(
                 held,

@@ -47,7 +47,7 @@ mod error;
 mod files;
 mod restore;
 
-pub use error::DaemonError;
+pub use error::{DaemonError, ErrorKind};
 
 /// One deployed version of a function.
 struct Function {
@@ -172,8 +172,10 @@ impl Daemon {
             ))
         });
         let faasd_core::store::Opened { store, records } = store;
-        let lot =
-            supervisor::Lot::new().map_err(|e| error::internal(format!("parking lot: {e}")))?;
+        let lot = supervisor::Lot::new().map_err(|source| DaemonError::Host {
+            what: "making the parking lot",
+            source,
+        })?;
         let daemon = Arc::new(Self {
             lot,
             secrets: Secrets::new(&config.state_dir),
@@ -211,7 +213,7 @@ impl Daemon {
         let id = format!("{namespace}/{name}");
         self.entry(&id)
             .and_then(|e| e.current())
-            .ok_or_else(|| DaemonError::no_function(&id))
+            .ok_or_else(|| DaemonError::NoFunction(id.clone()))
     }
 
     /// Every deployed function (their current versions), in id order.
@@ -238,11 +240,9 @@ impl Daemon {
 
     /// The WireGuard interface, unless it is off.
     pub fn wireguard(&self) -> Result<&crate::wireguard::WireGuard, DaemonError> {
-        self.wireguard.as_deref().ok_or_else(|| {
-            DaemonError::Invalid(SpecError(
-                "WireGuard is off on this host (--no-wireguard): there are no peers".into(),
-            ))
-        })
+        self.wireguard
+            .as_deref()
+            .ok_or_else(|| DaemonError::NoWireGuard)
     }
 
     /// The `.faas` zone, unless DNS is off.

@@ -19,7 +19,6 @@ use faasd_core::{
 use super::{
     Daemon, DaemonError, Entry, Function,
     activate::{Listeners, SlotChoice, socket_error},
-    error::internal,
 };
 use crate::{
     runtime::{Instance, Runtime, cgroup},
@@ -192,12 +191,12 @@ impl Daemon {
         let mut functions: Vec<Function> = Vec::new();
         let mut failed = Vec::new();
         for t in tasks {
-            let (restored, lost) = t.await.map_err(internal)?;
+            let (restored, lost) = t.await?;
             functions.extend(restored);
             failed.extend(lost);
         }
         if let Some(fill) = zone_fill {
-            fill.await.map_err(internal)?;
+            fill.await?;
         }
         if let Some(z) = &self.zone {
             for r in failed {
@@ -222,7 +221,7 @@ impl Daemon {
                 key.ipv6(),
                 key.port
             );
-            dp.unbind(&key, slot).map_err(internal)?;
+            dp.unbind(&key, slot)?;
         }
         drop(dp);
         tracing::info!("restored {} functions", functions.len());
