@@ -9,6 +9,9 @@ use aya_build::{Package, Toolchain};
 const BPF_TOOLCHAIN: &str = "faasd-bpf";
 
 fn main() -> anyhow::Result<()> {
+    if std::env::var_os("CARGO_FEATURE_EBPF").is_none() {
+        return Ok(());
+    }
     println!("cargo:rerun-if-changed=../faasd-common/src");
     build_ebpf()
 }

@@ -34,8 +34,13 @@ use faasd_common::{
 use faasd_core::spec::Policy;
 
 /// The compiled kernel programs, built by `build.rs` from `faasd-ebpf`.
+#[cfg(feature = "ebpf")]
 static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faasd-sk-lookup"));
+/// Built without the `ebpf` feature (for unit tests of the crates above without the eBPF
+/// toolchain): there is nothing to load, and [`Dataplane::open`] says so.
+#[cfg(not(feature = "ebpf"))]
+static PROGRAM_OBJECT: &[u8] = &[];
 
 /// Prefix of the link's pin; the program's fingerprint follows.
 const LINK_PIN: &str = "sk_lookup_link";
@@ -59,6 +64,12 @@ pub enum DataplaneError {
          (cargo xtask setup does this)"
     )]
     NoBpffs(PathBuf),
+    /// This build has no kernel programs (the `ebpf` feature was off).
+    #[error(
+        "this faasd was built without its kernel programs (--no-default-features); build it \
+         with the default features (cargo xtask setup installs the eBPF toolchain)"
+    )]
+    NoPrograms,
     /// Pin directory handling failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -226,6 +237,9 @@ pub fn pin_dir(bpffs: &Path) -> Result<PathBuf, DataplaneError> {
 impl Dataplane {
     /// Adopts the pinned program of this network namespace, or loads, attaches and pins it.
     pub fn open(bpffs: &Path) -> Result<Self, DataplaneError> {
+        if PROGRAM_OBJECT.is_empty() {
+            return Err(DataplaneError::NoPrograms);
+        }
         check_bpffs(bpffs)?;
         let dir = pin_dir(bpffs)?;
         for gone in pins::stale(&bpffs.join("faasd")) {

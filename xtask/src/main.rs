@@ -260,7 +260,8 @@ fn test(args: &[String]) -> Result {
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     }
     // Without --workspace cargo works on the default members: everything but the eBPF
-    // crate, which builds only for the bpf target (faasd's build script builds it).
+    // crate, which builds only for the bpf target (faasd-dataplane's build script builds
+    // it).
     step("building the workspace (the integration tests need the sample function)");
     run(cargo().args(["build", "--all-targets"]))?;
     // The container tests run against a private containerd holding the sample images;
@@ -286,6 +287,9 @@ fn test(args: &[String]) -> Result {
         .env("FAASD_TEST_NSPAWN_ROOT", &nspawn_root)
         .env("FAASD_TEST_DEB", &deb))?;
     drop(ctr);
+    // The daemon's unit tests must keep building without the eBPF toolchain.
+    step("unit tests of faasd without the kernel programs (--no-default-features)");
+    run(cargo().args(["test", "-p", "faasd", "--lib", "--no-default-features"]))?;
     if lint {
         step("cargo clippy -D warnings");
         run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
