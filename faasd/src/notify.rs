@@ -82,7 +82,17 @@ pub struct Router {
 #[derive(Debug, Default)]
 struct Routes {
     routes: HashMap<i32, NoticeSender>,
-    held: VecDeque<(Instant, i32, Notice)>,
+    held: VecDeque<Held>,
+}
+
+/// A notice from a pid nobody has registered yet.
+#[derive(Debug)]
+struct Held {
+    at: Instant,
+    sender: i32,
+    /// Its parent, grandparent, … (0 past the last), any of which may register instead.
+    ancestors: [i32; ANCESTRY],
+    notice: Notice,
 }
 
 impl Router {
@@ -91,13 +101,14 @@ impl Router {
     pub fn register(&self, pid: i32, tx: NoticeSender) {
         let mut r = self.inner.lock().expect("router lock");
         let expired = Instant::now() - HOLD_FOR;
-        r.held.retain(|(at, p, n)| {
-            if *p == pid && *at >= expired {
-                tx.send((pid, n.clone()));
-                false
-            } else {
-                *p != pid
+        r.held.retain(|h| {
+            if h.sender != pid && (pid <= 1 || !h.ancestors.contains(&pid)) {
+                return true;
             }
+            if h.at >= expired {
+                tx.send((pid, h.notice.clone()));
+            }
+            false
         });
         r.routes.insert(pid, tx);
     }
@@ -113,17 +124,53 @@ impl Router {
             tx.send((pid, n));
             return;
         }
-        let now = Instant::now();
-        while r
-            .held
-            .front()
-            .is_some_and(|(at, _, _)| now - *at > HOLD_FOR)
-            || r.held.len() >= HOLD_MAX
+        // An instance's pid is its init's; the function itself (or a process it started)
+        // is below it.
+        let mut above = [0; ANCESTRY];
+        for (slot, a) in above.iter_mut().zip(ancestors(pid)) {
+            *slot = a;
+        }
+        if let Some((instance, tx)) = above
+            .iter()
+            .take_while(|a| **a != 0)
+            .find_map(|a| Some((*a, r.routes.get(a)?)))
         {
+            tx.send((instance, n));
+            return;
+        }
+        let now = Instant::now();
+        while r.held.front().is_some_and(|h| now - h.at > HOLD_FOR) || r.held.len() >= HOLD_MAX {
             r.held.pop_front();
         }
-        r.held.push_back((now, pid, n));
+        r.held.push_back(Held {
+            at: now,
+            sender: pid,
+            ancestors: above,
+            notice: n,
+        });
     }
+}
+
+/// How far up a notice's sender is looked for a registered instance: the function is its
+/// init's child, and what the function starts is below that.
+const ANCESTRY: usize = 3;
+
+/// The parent, grandparent, … of `pid` (from `/proc`), as far as [`ANCESTRY`].
+fn ancestors(pid: i32) -> impl Iterator<Item = i32> {
+    std::iter::successors(Some(pid), |p| parent(*p))
+        .skip(1)
+        .take(ANCESTRY)
+}
+
+fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields resume after the last ')'.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+        .filter(|p| *p > 1)
 }
 
 /// Binds the notify socket at `path` (replacing a stale one) and serves it forever.
@@ -247,6 +294,29 @@ mod tests {
         assert!(rx.try_recv().is_err(), "only the registered pid's notices");
         router.route(42, Notice::Stopping);
         assert_eq!(rx.try_recv().ok(), Some((42, Notice::Stopping)));
+    }
+
+    #[test]
+    fn a_child_of_a_registered_pid_is_routed_to_it_before_and_after_registration() {
+        // This test process stands for an instance's init, a child of it for the function.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let (me, function) = (std::process::id() as i32, child.id() as i32);
+        let router = Router::default();
+        router.route(function, Notice::Ready);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        router.register(me, channel_sender(tx));
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some((me, Notice::Ready)),
+            "held, then handed over"
+        );
+        router.route(function, Notice::Watchdog);
+        assert_eq!(rx.try_recv().ok(), Some((me, Notice::Watchdog)));
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

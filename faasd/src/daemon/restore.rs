@@ -387,13 +387,23 @@ impl Daemon {
             id: id.to_owned(),
             milestones: Default::default(),
         };
+        // The instance's pid is its init's, which holds no descriptor: the sockets are the
+        // function's, its child.
+        let function = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse::<i32>().ok())
+            // SAFETY: pidfd_open on a pid; the result is checked and owned.
+            .map(|child| unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) })
+            .filter(|fd| *fd >= 0)
+            // SAFETY: fresh descriptor.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd as i32) });
         let mut socks = Vec::new();
-        let mut unusable = None;
+        let mut unusable = function.is_none().then(|| "it has no function".to_owned());
         for (i, p) in settings.ports.iter().enumerate() {
+            let Some(function) = &function else { break };
             let n = 3 + i as i32;
             // SAFETY: pidfd_getfd duplicates the target's fd into us; checked and owned.
-            let fd =
-                unsafe { libc::syscall(libc::SYS_pidfd_getfd, instance.pidfd.as_raw_fd(), n, 0) };
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, function.as_raw_fd(), n, 0) };
             if fd < 0 {
                 unusable = Some(format!("its fd {n}: {}", std::io::Error::last_os_error()));
                 break;

@@ -2,11 +2,12 @@
 //! namespaces and the function's cgroup, then `execve`. The clone is made by the spawner
 //! (see [`super::spawner`]), so its cost does not grow with the daemon's functions.
 //!
-//! The instance is pid 1 of its pid namespace (so LISTEN_PID=1), its network namespace holds
-//! only `lo` (its sockets live in the host's namespace, so it needs nothing else), it sees
-//! its own `/proc`, runs with no new privileges as an unprivileged user, in its function's
-//! cgroup. As pid 1 it receives SIGTERM only if it installs a handler; otherwise the stop
-//! grace period ends with SIGKILL, as for a container without an init.
+//! The instance's pid 1 is faasd's own small init (see [`super::spawner`]), and the function
+//! its child, pid 2 (so LISTEN_PID=2): as under systemd, SIGTERM stops a program that
+//! installs no handler, where pid 1 would ignore it until the grace period ends in SIGKILL.
+//! Its network namespace holds only `lo` (its sockets live in the host's namespace, so it
+//! needs nothing else), it sees its own `/proc`, runs with no new privileges as an
+//! unprivileged user, in its function's cgroup.
 
 use std::{io, os::fd::AsRawFd, sync::Arc};
 
@@ -39,6 +40,7 @@ const STEPS: &[&str] = &[
     "placing file descriptors",
     "dropping privileges",
     "execve",
+    "forking the function from its init",
 ];
 
 struct User {
@@ -126,7 +128,7 @@ fn start(spawner: &Spawner, launch: &Launch) -> Result<Instance, RuntimeError> {
             .env
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
-            .chain(std::iter::once("LISTEN_PID=1".into()))
+            .chain(std::iter::once("LISTEN_PID=2".into()))
             .collect(),
         uid: user.uid,
         gid: user.gid,

@@ -10,7 +10,7 @@ use std::{
 use faasd::status::Phase;
 
 use crate::{
-    harness::{Daemon, Netns, http_get, instance_of},
+    harness::{Daemon, Netns, http_get, instance_of, wait_gone},
     require_privileges,
 };
 
@@ -362,5 +362,47 @@ fn an_update_refuses_no_connection() {
     assert!(
         d.cli_ok(&["logs", "upd"])
             .contains("previous version drained and stopped")
+    );
+}
+
+/// A program that installs no SIGTERM handler stops on SIGTERM at once: faasd's own init is
+/// pid 1 of the instance's pid namespace (where SIGTERM would be ignored) and forwards it to
+/// the function, its child.
+#[test]
+fn a_function_without_a_sigterm_handler_stops_at_once() {
+    require_privileges!();
+    let ns = Netns::new("sigterm");
+    let d = Daemon::start(&ns);
+    d.cli_ok(&[
+        "deploy",
+        "sleeper",
+        "--command",
+        "/bin/sleep 600",
+        "-l",
+        "com.openfaas.scale.min=1",
+        "-a",
+        "faasd.dev/stop-timeout=60s",
+    ]);
+    let s = d.wait_for("sleeper", "its instance", |s| s.replicas == 1);
+    let init = s.state.instances[0].pid;
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+    let function: i32 = children.trim().parse().expect("one child: the function");
+    let comm = std::fs::read_to_string(format!("/proc/{function}/comm")).unwrap();
+    assert_eq!(comm.trim(), "sleep", "the function runs below its init");
+    let status = std::fs::read_to_string(format!("/proc/{function}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t2")),
+        "the function is pid 2 of its namespace: {status}"
+    );
+
+    d.cli_ok(&["scale", "sleeper", "0"]);
+    // Far inside the 60 s grace period: without the init, SIGKILL would end it at 60 s.
+    wait_gone(init, 10, || d.log());
+    let log = d.cli_ok(&["logs", "sleeper"]);
+    assert!(
+        log.contains("exited with status 143"),
+        "ended by SIGTERM (128 + 15), not SIGKILL: {log}"
     );
 }
