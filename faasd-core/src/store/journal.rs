@@ -16,6 +16,7 @@ use std::{
     collections::HashMap,
     fs::{self, File, OpenOptions},
     io::Write,
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::{Arc, mpsc},
 };
@@ -158,7 +159,7 @@ pub(super) fn write_snapshot(path: &Path, state: &State) -> Result<(), StoreErro
     for id in ids {
         frame(&mut out, &Change::Put(state.records[id].clone()));
     }
-    crate::durable::write_atomic(path, &out).map_err(io("write", path))
+    crate::durable::write_private(path, &out).map_err(io("write", path))
 }
 
 /// A change waiting for the committer, and whom to tell once it is durable.
@@ -189,6 +190,7 @@ impl Committer {
         let f = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .map_err(io("open", path))?;
         if f.metadata().map_err(io("stat", path))?.len() != valid_len {

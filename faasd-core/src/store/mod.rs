@@ -18,6 +18,8 @@ use std::{
     thread::JoinHandle,
 };
 
+use std::os::unix::fs::PermissionsExt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{config::Ipv6Net, spec::FunctionSpec};
@@ -138,6 +140,10 @@ impl Store {
     /// Opens (creating) the store in `dir` and returns it with every stored function.
     pub fn open(dir: &Path) -> Result<Opened, StoreError> {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        // Records hold functions' environments, and logs and secrets live here too: the
+        // owner's alone, as systemd's StateDirectoryMode=0700 makes it.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("restrict", dir))?;
         let snapshot_path = dir.join(SNAPSHOT_FILE);
         let journal_path = dir.join(JOURNAL_FILE);
         legacy::migrate(dir, &snapshot_path)?;

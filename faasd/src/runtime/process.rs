@@ -9,7 +9,12 @@
 //! needs nothing else), it sees its own `/proc`, runs with no new privileges as an
 //! unprivileged user, in its function's cgroup.
 
-use std::{io, os::fd::AsRawFd, sync::Arc};
+use std::{
+    io,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use super::{
     Instance, Launch, Runtime, RuntimeError, cstring,
@@ -20,13 +25,21 @@ use super::{
 #[derive(Debug)]
 pub struct ProcessRuntime {
     spawner: Arc<Spawner>,
+    hidden: Vec<PathBuf>,
 }
 
+/// Out of every instance's reach, as with systemd's `ProtectHome=yes`; the daemon adds its
+/// state directory (records, logs, secrets).
+pub const HIDDEN: [&str; 2] = ["/home", "/root"];
+
 impl ProcessRuntime {
-    /// Starts the runtime and its spawner.
-    pub fn new() -> io::Result<Self> {
+    /// Starts the runtime and its spawner. `hidden`: directories instances may not see
+    /// (empty and inaccessible in their mount namespace), except one holding the
+    /// instance's own program.
+    pub fn new(hidden: Vec<PathBuf>) -> io::Result<Self> {
         Ok(Self {
             spawner: Arc::new(Spawner::start()?),
+            hidden,
         })
     }
 }
@@ -41,6 +54,7 @@ const STEPS: &[&str] = &[
     "dropping privileges",
     "execve",
     "forking the function from its init",
+    "hiding /home, /root and the state directory",
 ];
 
 struct User {
@@ -94,7 +108,8 @@ impl Runtime for ProcessRuntime {
     async fn start(&self, launch: Launch) -> Result<Instance, RuntimeError> {
         // The clone and the wait for exec take about 2 ms: a blocking thread's work.
         let spawner = self.spawner.clone();
-        tokio::task::spawn_blocking(move || start(&spawner, &launch))
+        let hidden = self.hidden.clone();
+        tokio::task::spawn_blocking(move || start(&spawner, &hidden, &launch))
             .await
             .map_err(|e| RuntimeError::Io {
                 op: "waiting for the start",
@@ -104,7 +119,7 @@ impl Runtime for ProcessRuntime {
 }
 
 /// Has the spawner clone the instance into its namespaces and waits until it has exec'd.
-fn start(spawner: &Spawner, launch: &Launch) -> Result<Instance, RuntimeError> {
+fn start(spawner: &Spawner, hidden: &[PathBuf], launch: &Launch) -> Result<Instance, RuntimeError> {
     let user = lookup_user(&launch.user)?;
     let devnull = std::fs::File::open("/dev/null").map_err(io_err("open /dev/null"))?;
     let cgroup = launch
@@ -133,6 +148,18 @@ fn start(spawner: &Spawner, launch: &Launch) -> Result<Instance, RuntimeError> {
         uid: user.uid,
         gid: user.gid,
         cgroup: cgroup.is_some(),
+        // A program that lives below one of them (a developer's build under /root) keeps
+        // that one visible: it could not be executed otherwise.
+        hide: hidden
+            .iter()
+            .filter(|d| {
+                !launch
+                    .argv
+                    .first()
+                    .is_some_and(|p| Path::new(p).starts_with(d))
+            })
+            .map(|d| d.to_string_lossy().into_owned())
+            .collect(),
     };
     // Caught here, as the runtime's own error, rather than as the spawner's.
     if req.argv.iter().chain(&req.env).any(|a| a.contains('\0')) {

@@ -42,6 +42,9 @@ pub(super) struct Request {
     pub uid: u32,
     pub gid: u32,
     pub cgroup: bool,
+    /// Directories made empty and inaccessible in the instance's mount namespace (those
+    /// that do not exist are skipped).
+    pub hide: Vec<String>,
 }
 
 /// The spawner's answer: a pid (with the pidfd and the error pipe attached), or what failed.
@@ -246,6 +249,8 @@ fn clone(req: &Request, fds: &[OwnedFd]) -> Result<Cloned, (&'static str, io::Er
     let env = cstrings(&req.env).map_err(|e| ("env", e))?;
     let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
+    let hide = cstrings(&req.hide).map_err(|e| ("hide", e))?;
+    let hide_ptrs: Vec<*const libc::c_char> = hide.iter().map(|h| h.as_ptr()).collect();
     let sockets: Vec<RawFd> = fds[fixed..].iter().map(AsRawFd::as_raw_fd).collect();
     let (err_r, err_w) = pipe().map_err(|e| ("pipe", e))?;
     let child = Child {
@@ -254,6 +259,7 @@ fn clone(req: &Request, fds: &[OwnedFd]) -> Result<Cloned, (&'static str, io::Er
         env: env_ptrs.as_ptr(),
         stdio: [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()],
         fds: &sockets,
+        hide: &hide_ptrs,
         uid: req.uid,
         gid: req.gid,
         err: err_w.as_raw_fd(),
@@ -329,6 +335,7 @@ struct Child<'a> {
     env: *const *const libc::c_char,
     stdio: [RawFd; 3],
     fds: &'a [RawFd],
+    hide: &'a [*const libc::c_char],
     uid: libc::uid_t,
     gid: libc::gid_t,
     err: RawFd,
@@ -371,6 +378,21 @@ impl Child<'_> {
             ) < 0
             {
                 fail(2);
+            }
+            // As systemd's ProtectHome= and InaccessiblePaths=: an empty, read-only
+            // directory nobody may enter over each.
+            for dir in self.hide {
+                if libc::mount(
+                    c"tmpfs".as_ptr(),
+                    *dir,
+                    c"tmpfs".as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"mode=000,size=4k".as_ptr().cast(),
+                ) < 0
+                    && !matches!(*libc::__errno_location(), libc::ENOENT | libc::ENOTDIR)
+                {
+                    fail(8);
+                }
             }
             if !loopback_up() {
                 fail(3);

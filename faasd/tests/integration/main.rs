@@ -14,5 +14,6 @@ mod dns;
 mod nspawn;
 mod policy;
 mod restart;
+mod sandbox;
 mod units;
 mod wireguard;

@@ -133,8 +133,17 @@ pub async fn run(
         &format!("this network namespace's data plane ({})", pins.display()),
     )?;
     let store = Store::open(&config.state_dir)?;
-    let process_runtime =
-        Arc::new(ProcessRuntime::new().map_err(|e| format!("starting the process spawner: {e}"))?);
+    let process_runtime = {
+        let hidden = faasd::runtime::process::HIDDEN
+            .iter()
+            .map(std::path::PathBuf::from)
+            .chain([config.state_dir.clone()])
+            .collect();
+        Arc::new(
+            ProcessRuntime::new(hidden)
+                .map_err(|e| format!("starting the process spawner: {e}"))?,
+        )
+    };
     status("loading the data plane");
     let mut dataplane = Dataplane::open(&config.bpffs)?;
     tracing::info!(

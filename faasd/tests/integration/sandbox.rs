@@ -1,0 +1,75 @@
+//! The process sandbox: what an instance may not see or read.
+
+use std::{os::unix::fs::PermissionsExt, path::Path};
+
+use crate::{
+    harness::{Daemon, Netns},
+    require_privileges,
+};
+
+/// `/home`, `/root` and faasd's state directory are empty and inaccessible inside a process
+/// instance, even one running as root (so that the mounts alone can be what hides them),
+/// and the state directory and records are the owner's alone on the host.
+#[test]
+fn a_process_function_sees_neither_home_nor_root_nor_the_state_directory() {
+    require_privileges!();
+    let ns = Netns::new("sandbox");
+    let d = Daemon::start(&ns);
+    let state = ns.dir.join("state");
+    let looked_at = [
+        "/root".to_owned(),
+        "/home".to_owned(),
+        state.display().to_string(),
+    ];
+    let script = format!(
+        "for p in {}; do echo looked: $p: $(ls -A $p 2>&1); done; exec /bin/sleep 600",
+        looked_at.join(" ")
+    );
+    d.cli_ok(&[
+        "deploy",
+        "peek",
+        "--command",
+        &format!("/bin/sh -c '{script}'"),
+        "-l",
+        "com.openfaas.scale.min=1",
+        "-a",
+        "faasd.dev/user=root",
+    ]);
+    d.wait_for("peek", "its instance", |s| s.replicas == 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let log = loop {
+        let log = d.cli_ok(&["logs", "peek"]);
+        if log.matches("looked: ").count() == looked_at.len() {
+            break log;
+        }
+        assert!(std::time::Instant::now() < deadline, "no listing in: {log}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    for p in &looked_at {
+        let seen = log
+            .lines()
+            .find_map(|l| {
+                l.split_once(&format!("looked: {p}:"))
+                    .map(|(_, rest)| rest.trim())
+            })
+            .unwrap_or_else(|| panic!("no listing of {p} in: {log}"));
+        assert!(
+            seen.is_empty() || seen.contains("Permission denied"),
+            "{p} is visible inside: {seen:?}"
+        );
+    }
+    // What was hidden is there on the host.
+    for p in ["/root", state.to_str().unwrap()] {
+        assert!(
+            std::fs::read_dir(p).unwrap().next().is_some(),
+            "{p} is not empty on the host"
+        );
+    }
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "the state directory is the owner's");
+    assert_eq!(
+        mode(&state.join("functions.journal")),
+        0o600,
+        "so are the records"
+    );
+}
