@@ -26,6 +26,7 @@ use super::{
 pub struct ProcessRuntime {
     spawner: Arc<Spawner>,
     hidden: Vec<PathBuf>,
+    private_tmp: bool,
 }
 
 /// Out of every instance's reach, as with systemd's `ProtectHome=yes`; the daemon adds its
@@ -35,11 +36,12 @@ pub const HIDDEN: [&str; 2] = ["/home", "/root"];
 impl ProcessRuntime {
     /// Starts the runtime and its spawner. `hidden`: directories instances may not see
     /// (empty and inaccessible in their mount namespace), except one holding the
-    /// instance's own program.
-    pub fn new(hidden: Vec<PathBuf>) -> io::Result<Self> {
+    /// instance's own program. `private_tmp`: each instance gets a `/tmp` of its own.
+    pub fn new(hidden: Vec<PathBuf>, private_tmp: bool) -> io::Result<Self> {
         Ok(Self {
             spawner: Arc::new(Spawner::start()?),
             hidden,
+            private_tmp,
         })
     }
 }
@@ -55,6 +57,7 @@ const STEPS: &[&str] = &[
     "execve",
     "forking the function from its init",
     "hiding /home, /root and the state directory",
+    "mounting a private /tmp",
 ];
 
 struct User {
@@ -108,8 +111,8 @@ impl Runtime for ProcessRuntime {
     async fn start(&self, launch: Launch) -> Result<Instance, RuntimeError> {
         // The clone and the wait for exec take about 2 ms: a blocking thread's work.
         let spawner = self.spawner.clone();
-        let hidden = self.hidden.clone();
-        tokio::task::spawn_blocking(move || start(&spawner, &hidden, &launch))
+        let (hidden, private_tmp) = (self.hidden.clone(), self.private_tmp);
+        tokio::task::spawn_blocking(move || start(&spawner, &hidden, private_tmp, &launch))
             .await
             .map_err(|e| RuntimeError::Io {
                 op: "waiting for the start",
@@ -119,7 +122,12 @@ impl Runtime for ProcessRuntime {
 }
 
 /// Has the spawner clone the instance into its namespaces and waits until it has exec'd.
-fn start(spawner: &Spawner, hidden: &[PathBuf], launch: &Launch) -> Result<Instance, RuntimeError> {
+fn start(
+    spawner: &Spawner,
+    hidden: &[PathBuf],
+    private_tmp: bool,
+    launch: &Launch,
+) -> Result<Instance, RuntimeError> {
     let user = lookup_user(&launch.user)?;
     let devnull = std::fs::File::open("/dev/null").map_err(io_err("open /dev/null"))?;
     let cgroup = launch
@@ -160,6 +168,7 @@ fn start(spawner: &Spawner, hidden: &[PathBuf], launch: &Launch) -> Result<Insta
             })
             .map(|d| d.to_string_lossy().into_owned())
             .collect(),
+        private_tmp,
     };
     // Caught here, as the runtime's own error, rather than as the spawner's.
     if req.argv.iter().chain(&req.env).any(|a| a.contains('\0')) {

@@ -45,6 +45,8 @@ pub(super) struct Request {
     /// Directories made empty and inaccessible in the instance's mount namespace (those
     /// that do not exist are skipped).
     pub hide: Vec<String>,
+    /// A fresh tmpfs on `/tmp`, the instance's own.
+    pub private_tmp: bool,
 }
 
 /// The spawner's answer: a pid (with the pidfd and the error pipe attached), or what failed.
@@ -260,6 +262,7 @@ fn clone(req: &Request, fds: &[OwnedFd]) -> Result<Cloned, (&'static str, io::Er
         stdio: [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()],
         fds: &sockets,
         hide: &hide_ptrs,
+        private_tmp: req.private_tmp,
         uid: req.uid,
         gid: req.gid,
         err: err_w.as_raw_fd(),
@@ -336,6 +339,7 @@ struct Child<'a> {
     stdio: [RawFd; 3],
     fds: &'a [RawFd],
     hide: &'a [*const libc::c_char],
+    private_tmp: bool,
     uid: libc::uid_t,
     gid: libc::gid_t,
     err: RawFd,
@@ -393,6 +397,18 @@ impl Child<'_> {
                 {
                     fail(8);
                 }
+            }
+            // As systemd's PrivateTmp=: what one instance leaves there, no other sees.
+            if self.private_tmp
+                && libc::mount(
+                    c"tmpfs".as_ptr(),
+                    c"/tmp".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    c"mode=1777".as_ptr().cast(),
+                ) < 0
+            {
+                fail(9);
             }
             if !loopback_up() {
                 fail(3);

@@ -78,7 +78,9 @@ impl Netns {
         let name: String = name.chars().take(40).collect();
         run(Command::new("ip").args(["netns", "add", &name]));
         run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
-        let dir = std::env::temp_dir().join(&name);
+        // Not under /tmp: process instances get a private one, and the daemon's runtime
+        // directory (the notify socket) must stay in their reach.
+        let dir = Path::new(TEST_ROOT).join(&name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let cgroup_parent = format!("faasd-test/{name}");
@@ -184,8 +186,13 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The shared parent goes with the last test that used it.
+        let _ = std::fs::remove_dir(TEST_ROOT);
     }
 }
+
+/// Where the namespaces' files live (a tmpfs on these hosts, root's only).
+const TEST_ROOT: &str = "/run/faasd-test";
 
 fn kill_cgroup_tree(dir: &Path) {
     if !dir.exists() {

@@ -73,3 +73,56 @@ fn a_process_function_sees_neither_home_nor_root_nor_the_state_directory() {
         "so are the records"
     );
 }
+
+/// Each process instance has a `/tmp` of its own: what one leaves there, neither another
+/// function nor the host sees.
+#[test]
+fn each_process_instance_has_a_private_tmp() {
+    require_privileges!();
+    let ns = Netns::new("privtmp");
+    let d = Daemon::start(&ns);
+    let mark = format!("faasd-mark-{}", std::process::id());
+    let deploy = |name: &str, script: &str| {
+        d.cli_ok(&[
+            "deploy",
+            name,
+            "--command",
+            &format!("/bin/sh -c '{script}; exec /bin/sleep 600'"),
+            "-l",
+            "com.openfaas.scale.min=1",
+        ]);
+    };
+    deploy(
+        "writer",
+        &format!("echo x > /tmp/{mark} && echo tmp: $(ls -A /tmp)"),
+    );
+    deploy("reader", "echo tmp: $(ls -A /tmp)");
+    let listing = |name: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let log = d.cli_ok(&["logs", name]);
+            if let Some(l) = log.lines().find_map(|l| l.split_once("tmp:")) {
+                return l.1.trim().to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} listed nothing: {log}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    assert_eq!(
+        listing("writer"),
+        mark,
+        "the writer's /tmp holds its file alone"
+    );
+    assert_eq!(listing("reader"), "", "another function's /tmp is empty");
+    assert!(
+        !Path::new("/tmp").join(&mark).exists(),
+        "nothing reached the host's /tmp"
+    );
+    assert!(
+        std::fs::read_dir("/tmp").unwrap().next().is_some(),
+        "the host's /tmp is not empty, so an empty listing means a private one"
+    );
+}

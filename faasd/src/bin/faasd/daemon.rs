@@ -139,8 +139,18 @@ pub async fn run(
             .map(std::path::PathBuf::from)
             .chain([config.state_dir.clone()])
             .collect();
+        // Instances reach the notify socket by its path, which a private /tmp would hide.
+        let private_tmp = !config.notify_socket().starts_with("/tmp");
+        if !private_tmp {
+            tracing::warn!(
+                "runtime-dir {} is under /tmp, where the instances' notify socket is: process \
+                 instances share the host's /tmp. Move runtime-dir out of /tmp (the default is \
+                 /run/faasd) to give each a private one",
+                config.runtime_dir.display()
+            );
+        }
         Arc::new(
-            ProcessRuntime::new(hidden)
+            ProcessRuntime::new(hidden, private_tmp)
                 .map_err(|e| format!("starting the process spawner: {e}"))?,
         )
     };
