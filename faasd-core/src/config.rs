@@ -11,6 +11,10 @@ use serde::Deserialize;
 /// Where the config file is read from when `--config` is not given (if it exists).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/faasd/config.toml";
 
+/// The `user` that gives each function a uid (and gid) of its own, as systemd's
+/// `DynamicUser=` does.
+pub const DYNAMIC_USER: &str = "dynamic";
+
 /// containerd's own default socket.
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 
@@ -53,8 +57,12 @@ pub struct Config {
     pub function_prefix: Ipv6Net,
     /// Listen backlog of every function TCP socket.
     pub backlog: u32,
-    /// User functions run as unless a function names another.
+    /// User process functions run as unless a function names another: [`DYNAMIC_USER`]
+    /// (each function a uid of its own, see [`Config::dynamic_uid`]), or a user's name.
     pub user: String,
+    /// The first uid of the dynamic users: a function's uid is this plus its address's
+    /// number in the prefix, which is never reused.
+    pub dynamic_uid_base: u32,
     /// cgroup (under the unified hierarchy) that holds the functions' cgroups.
     pub cgroup_parent: String,
     /// Root of the BPF filesystem; pins go under `<bpffs>/faasd/<netns inode>/`.
@@ -103,7 +111,8 @@ impl Default for Config {
             api: vec![SocketAddr::from((faasd_common::plan::HOST_ADDRESS, 8080))],
             function_prefix: Ipv6Net { addr, len },
             backlog: 4096,
-            user: "nobody".into(),
+            user: DYNAMIC_USER.into(),
+            dynamic_uid_base: 1_000_000_000,
             bpffs: "/sys/fs/bpf".into(),
             cgroup_parent: "faasd".into(),
             stop_functions_on_exit: false,
@@ -125,6 +134,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The uid (and gid) of the function at `address` when it runs as a dynamic user:
+    /// stable for the function's life, and another function's never (addresses are never
+    /// reused), up to 2³² − `dynamic-uid-base` functions.
+    pub fn dynamic_uid(&self, address: Ipv6Addr) -> u32 {
+        let number = u128::from(address).wrapping_sub(u128::from(self.function_prefix.addr));
+        self.dynamic_uid_base.wrapping_add(number as u32)
+    }
+
     /// Reads `path`, or the default file if `path` is `None` and it exists, else defaults.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let (path, required) = match path {
@@ -281,6 +298,15 @@ mod humantime_serde_compat {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dynamic_uids_are_one_per_address_from_the_base() {
+        let c = super::Config::default();
+        let first = c.function_prefix.addr;
+        let next = std::net::Ipv6Addr::from(u128::from(first) + 1);
+        assert_eq!(c.dynamic_uid(first), c.dynamic_uid_base);
+        assert_eq!(c.dynamic_uid(next), c.dynamic_uid_base + 1);
+    }
+
     use super::*;
 
     #[test]

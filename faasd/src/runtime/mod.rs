@@ -69,10 +69,19 @@ pub struct Launch {
     pub stderr: RawFd,
     /// The file `stdout` and `stderr` write to, for runtimes that open it themselves.
     pub output: PathBuf,
-    /// User to run as.
-    pub user: String,
+    /// Who the instance runs as.
+    pub user: RunAs,
     /// cgroup directory to place the instance in, if cgroups are available.
     pub cgroup: Option<PathBuf>,
+}
+
+/// Who an instance runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunAs {
+    /// A user of the host's, by name.
+    User(String),
+    /// A uid (and the gid of the same number) of the function's own.
+    Dynamic(u32),
 }
 
 /// A started instance.

@@ -128,7 +128,13 @@ fn start(
     private_tmp: bool,
     launch: &Launch,
 ) -> Result<Instance, RuntimeError> {
-    let user = lookup_user(&launch.user)?;
+    let user = match &launch.user {
+        super::RunAs::User(name) => lookup_user(name)?,
+        super::RunAs::Dynamic(uid) => User {
+            uid: *uid,
+            gid: *uid,
+        },
+    };
     let devnull = std::fs::File::open("/dev/null").map_err(io_err("open /dev/null"))?;
     let cgroup = launch
         .cgroup

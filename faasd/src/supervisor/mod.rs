@@ -24,7 +24,11 @@ use std::{
 use futures::future::select_all;
 use tokio::{io::unix::AsyncFd, sync::oneshot};
 
-use faasd_core::{config::Config, spec::Settings, store::FunctionRecord};
+use faasd_core::{
+    config::{Config, DYNAMIC_USER},
+    spec::Settings,
+    store::FunctionRecord,
+};
 
 use crate::{
     clock::monotonic_ns,
@@ -33,7 +37,7 @@ use crate::{
     mailbox::Mailbox,
     metrics::Latencies,
     notify::{self, Notice, NoticeSender},
-    runtime::{Instance, Launch, Runtime},
+    runtime::{Instance, Launch, RunAs, Runtime},
     sockets,
     status::{ActivationTiming, FunctionState, InstanceInfo, Phase},
 };
@@ -1136,7 +1140,13 @@ fn launch(
         stdin: conn_fd,
         stdout: conn_fd.unwrap_or(out_w.as_raw_fd()),
         stderr: out_w.as_raw_fd(),
-        user: s.user.clone().unwrap_or_else(|| ctx.config.user.clone()),
+        user: match &s.user {
+            Some(u) => RunAs::User(u.clone()),
+            None if ctx.config.user == DYNAMIC_USER => {
+                RunAs::Dynamic(ctx.config.dynamic_uid(ctx.record.address))
+            }
+            None => RunAs::User(ctx.config.user.clone()),
+        },
         cgroup: ctx.cgroup.clone(),
     }
 }

@@ -51,7 +51,7 @@ fn first_connection_starts_a_stopped_function_and_idle_stops_it_again() {
         s.counters[0].steered, 1,
         "the connection went through sk_lookup"
     );
-    assert_isolated(&ns, s.state.instances[0].pid, "hello");
+    assert_isolated(&ns, s.state.instances[0].pid, "hello", addr);
 
     d.wait_for("hello", "idle scale to zero", |s| {
         s.state.phase == Phase::Stopped && s.replicas == 0
@@ -277,15 +277,20 @@ fn a_notify_function_is_ready_only_after_ready_1() {
     );
 }
 
-/// The instance runs as nobody, in its function's cgroup, in namespaces of its own.
-fn assert_isolated(ns: &Netns, pid: i32, name: &str) {
+/// The instance runs as the function's own user, in its function's cgroup, in namespaces
+/// of its own.
+fn assert_isolated(ns: &Netns, pid: i32, name: &str, address: std::net::Ipv6Addr) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
-    assert_eq!(
-        uid.split_whitespace().next(),
-        Some("65534"),
-        "runs as nobody: {uid}"
-    );
+    let own = faasd_core::config::Config::default()
+        .dynamic_uid(address)
+        .to_string();
+    for field in ["Uid:", "Gid:"] {
+        let ids = status.lines().find_map(|l| l.strip_prefix(field)).unwrap();
+        assert!(
+            ids.split_whitespace().all(|id| id == own),
+            "{field} the function's own {own}: {ids}"
+        );
+    }
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let expected = format!("0::/{}/openfaas-fn/{name}", ns.cgroup_parent);
     assert!(

@@ -126,3 +126,33 @@ fn each_process_instance_has_a_private_tmp() {
         "the host's /tmp is not empty, so an empty listing means a private one"
     );
 }
+
+/// Two functions run as two users of their own (as systemd's `DynamicUser=`), so neither can
+/// signal the other or read what the other writes.
+#[test]
+fn two_functions_run_as_two_users_of_their_own() {
+    require_privileges!();
+    let ns = Netns::new("dynuser");
+    let d = Daemon::start(&ns);
+    let uid_of = |name: &str| {
+        let addr = d.deploy_hello(name, &["-l", "com.openfaas.scale.min=1"]);
+        let s = d.wait_for(name, "its instance", |s| s.replicas == 1);
+        let pid = s.state.instances[0].pid;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        (addr, uid)
+    };
+    let (a_addr, a) = uid_of("first");
+    let (b_addr, b) = uid_of("second");
+    assert_ne!(a, b, "each function has a user of its own");
+    let config = faasd_core::config::Config::default();
+    assert_eq!(
+        (a, b),
+        (config.dynamic_uid(a_addr), config.dynamic_uid(b_addr)),
+        "the uid follows from the function's address, so it stays across restarts"
+    );
+}
