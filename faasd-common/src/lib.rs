@@ -7,6 +7,9 @@
 
 use core::net::Ipv6Addr;
 
+#[cfg(feature = "init")]
+pub mod init;
+
 /// Names of the BPF maps and program, shared so user space finds what the object defines.
 pub mod names {
     /// (address, port, protocol) → socket slot.

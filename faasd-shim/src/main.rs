@@ -2,9 +2,10 @@
 //!
 //! `shim -- COMMAND [ARGS...]`: connects to the handoff socket faasd mounted into the
 //! container, receives the function's sockets and their names in one SCM_RIGHTS message,
-//! places them at fd 3, 4, …, sets LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (its own pid,
-//! which COMMAND keeps across exec), and execs COMMAND. faasd sets NOTIFY_SOCKET and the
-//! rest of the environment in the container's spec.
+//! places them at fd 3, 4, …, sets LISTEN_FDS and LISTEN_FDNAMES, and forks COMMAND (with
+//! LISTEN_PID, its own pid, 2): the shim stays as the container's pid 1, faasd's init
+//! (`faasd_common::init`), so that SIGTERM stops a program that installs no handler. faasd
+//! sets NOTIFY_SOCKET and the rest of the environment in the container's spec.
 //!
 //! It is built as a static binary, so it runs in an image that has nothing else: no shell,
 //! no libc, no /etc.
@@ -39,6 +40,21 @@ fn main() {
     unsafe {
         std::env::set_var("LISTEN_FDS", fds.len().to_string());
         std::env::set_var("LISTEN_FDNAMES", names);
+    }
+    // SAFETY: single-threaded, so fork is safe; signals are blocked across it so that none
+    // sent to the container meanwhile is lost, and the child restores its mask.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut before: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut before);
+        match libc::fork() {
+            -1 => fail(&format!("fork: {}", std::io::Error::last_os_error())),
+            0 => {
+                libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+            }
+            function => faasd_common::init::run(function, &all),
+        }
         std::env::set_var("LISTEN_PID", std::process::id().to_string());
     }
     let err = exec(command);

@@ -387,15 +387,12 @@ impl Daemon {
             id: id.to_owned(),
             milestones: Default::default(),
         };
-        // A process instance's pid is faasd's init's, which holds no descriptor: the
-        // sockets are the function's, its child. A container's pid 1 is the function.
-        let holder = if rec.spec.image.is_some() {
-            Some(pid)
-        } else {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .ok()
-                .and_then(|c| c.split_whitespace().next()?.parse::<i32>().ok())
-        };
+        // The instance's pid is faasd's init's (in a process instance, and in a container
+        // started through the shim), which holds no descriptor: the sockets are the
+        // function's, its child.
+        let holder = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse::<i32>().ok());
         let function = holder
             // SAFETY: pidfd_open on a pid; the result is checked and owned.
             .map(|child| unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) })

@@ -487,8 +487,8 @@ impl Child<'_> {
             {
                 fail(5);
             }
-            // This process stays as the namespace's pid 1 (see `init`); the function is its
-            // child, pid 2. Signals are blocked first, so that none sent meanwhile is lost.
+            // This process stays as the namespace's pid 1 (faasd_common::init); the function
+            // is its child, pid 2. Signals are blocked first, so that none sent meanwhile is lost.
             let mut all: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&mut all);
             libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
@@ -504,7 +504,9 @@ impl Child<'_> {
                 fail(7);
             }
             if function > 0 {
-                init(function as libc::pid_t, self.err, &all);
+                // It holds no descriptor: the error pipe closes when the function execs.
+                libc::close(self.err);
+                faasd_common::init::run(function as libc::pid_t, &all);
             }
             // Undo what the daemon changed for itself: ignored SIGPIPE and blocked signals
             // would otherwise be inherited across exec.
@@ -514,48 +516,6 @@ impl Child<'_> {
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             libc::execve(self.argv0, self.argv, self.env);
             fail(6)
-        }
-    }
-}
-
-/// faasd's init, pid 1 of the instance's pid namespace, as systemd would be: it forwards
-/// every signal to the function (which, unlike pid 1, gets the default actions: SIGTERM
-/// stops a program that installs no handler), reaps whatever is orphaned to it, and exits
-/// with the function's status (128 + the signal when a signal ended it). It holds no
-/// descriptor, so the error pipe closes when the function execs.
-///
-/// # Safety
-/// Only in the cloned child, with `all` blocked; async-signal-safe calls only.
-unsafe fn init(function: libc::pid_t, err: RawFd, all: &libc::sigset_t) -> ! {
-    // SAFETY: plain syscalls on values we own.
-    unsafe {
-        libc::close(err);
-        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
-        loop {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            let sig = libc::sigwaitinfo(all, &mut info);
-            if sig < 0 {
-                continue;
-            }
-            if sig != libc::SIGCHLD {
-                libc::kill(function, sig);
-                continue;
-            }
-            loop {
-                let mut status = 0;
-                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
-                if pid <= 0 {
-                    break;
-                }
-                if pid == function {
-                    let code = if libc::WIFSIGNALED(status) {
-                        128 + libc::WTERMSIG(status)
-                    } else {
-                        libc::WEXITSTATUS(status)
-                    };
-                    libc::_exit(code);
-                }
-            }
         }
     }
 }

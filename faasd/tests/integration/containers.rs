@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::{Daemon, Netns, ctr, http_get, http_get_path, instance_of};
+use crate::harness::{Daemon, Netns, ctr, http_get, http_get_path, instance_of, wait_gone};
 
 /// The containerd the tests use, or `None` (the test then skips with a message).
 fn containerd() -> Option<PathBuf> {
@@ -707,4 +707,45 @@ fn a_hanging_pull_blocks_nothing_else() {
         "a deploy from a registry that never answers failed: {pull:?}"
     );
     drop(registry);
+}
+
+/// A container whose program installs no SIGTERM handler stops on SIGTERM at once: the
+/// shim stays as the container's pid 1, faasd's init, and forwards it.
+#[test]
+fn a_container_without_a_sigterm_handler_stops_at_once() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-sigterm");
+    let _c = Cleanup {
+        socket: &socket,
+        names: &["ctr-sigterm"],
+    };
+    let d = start(&ns, &socket);
+    d.cli_ok(&[
+        "deploy",
+        "ctr-sigterm",
+        "--image",
+        "localhost/hello:latest",
+        "-e",
+        "HELLO_SIGTERM=default",
+        "-l",
+        "com.openfaas.scale.min=1",
+        "-a",
+        "faasd.dev/stop-timeout=60s",
+    ]);
+    let s = d.wait_for("ctr-sigterm", "its container", |s| {
+        s.available_replicas == 1
+    });
+    let init = s.state.instances[0].pid;
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+    let function: i32 = children.trim().parse().expect("one child: the function");
+    let comm = std::fs::read_to_string(format!("/proc/{function}/comm")).unwrap();
+    assert_eq!(comm.trim(), "hello", "the function runs below the shim");
+    d.cli_ok(&["scale", "ctr-sigterm", "0"]);
+    // Far inside the 60 s grace period: as pid 1 the program would ignore SIGTERM.
+    wait_gone(init, 15, || d.log());
+    let log = d.cli_ok(&["logs", "ctr-sigterm"]);
+    assert!(
+        log.contains("signal 15") && !log.contains("signal 9"),
+        "ended by SIGTERM, not SIGKILL: {log}"
+    );
 }
