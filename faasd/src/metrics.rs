@@ -233,15 +233,7 @@ impl RowLabels {
     fn new<'a>(f: &'a FunctionRow, sockets: &mut SocketLabels<'a>) -> Self {
         Self {
             function: label_text(&[("function", f.name()), ("namespace", f.namespace())]),
-            gateway: {
-                let mut t = Vec::with_capacity(f.name().len() + f.namespace().len() + 17);
-                t.extend_from_slice(b"function_name=\"");
-                for part in [f.name(), ".", f.namespace()] {
-                    esc(&mut t, part).expect("writing to a Vec cannot fail");
-                }
-                t.push(b'"');
-                String::from_utf8(t).expect("labels are UTF-8, and so is their escaped form")
-            },
+            gateway: label_text(&[("function_name", &f.gateway_name())]),
             sockets: f.settings.ports.iter().map(|p| sockets.index(p)).collect(),
         }
     }

@@ -82,6 +82,9 @@ pub struct Router {
 #[derive(Debug, Default)]
 struct Routes {
     routes: HashMap<i32, NoticeSender>,
+    /// A function's pid → its instance's (its init's): found once in `/proc`, then kept
+    /// for as long as the instance is routed (the function lives exactly as long).
+    functions: HashMap<i32, i32>,
     held: VecDeque<Held>,
 }
 
@@ -115,27 +118,38 @@ impl Router {
 
     /// Stops routing for `pid`.
     pub fn forget(&self, pid: i32) {
-        self.inner.lock().expect("router lock").routes.remove(&pid);
+        let mut r = self.inner.lock().expect("router lock");
+        r.routes.remove(&pid);
+        r.functions.retain(|_, instance| *instance != pid);
     }
 
     fn route(&self, pid: i32, n: Notice) {
-        let mut r = self.inner.lock().expect("router lock");
-        if let Some(tx) = r.routes.get(&pid) {
-            tx.send((pid, n));
-            return;
+        {
+            let r = self.inner.lock().expect("router lock");
+            let instance = r.functions.get(&pid).copied().unwrap_or(pid);
+            if let Some(tx) = r.routes.get(&instance) {
+                tx.send((instance, n));
+                return;
+            }
         }
         // An instance's pid is its init's; the function itself (or a process it started)
-        // is below it.
+        // is below it. `/proc` is read without the lock.
         let mut above = [0; ANCESTRY];
         for (slot, a) in above.iter_mut().zip(ancestors(pid)) {
             *slot = a;
         }
-        if let Some((instance, tx)) = above
+        let mut r = self.inner.lock().expect("router lock");
+        if let Some((i, instance)) = above
             .iter()
             .take_while(|a| **a != 0)
-            .find_map(|a| Some((*a, r.routes.get(a)?)))
+            .enumerate()
+            .find(|(_, a)| r.routes.contains_key(a))
         {
-            tx.send((instance, n));
+            let instance = *instance;
+            if i == 0 {
+                r.functions.insert(pid, instance);
+            }
+            r.routes[&instance].send((instance, n));
             return;
         }
         let now = Instant::now();
@@ -315,6 +329,18 @@ mod tests {
         );
         router.route(function, Notice::Watchdog);
         assert_eq!(rx.try_recv().ok(), Some((me, Notice::Watchdog)));
+        assert_eq!(
+            router.inner.lock().unwrap().functions.get(&function),
+            Some(&me),
+            "the child is known now: no more /proc reads for it"
+        );
+        router.forget(me);
+        assert!(
+            router.inner.lock().unwrap().functions.is_empty(),
+            "forgotten with it"
+        );
+        router.route(function, Notice::Ready);
+        assert!(rx.try_recv().is_err(), "nothing routed after forget");
         let _ = child.kill();
         let _ = child.wait();
     }
