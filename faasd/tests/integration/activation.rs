@@ -10,7 +10,7 @@ use std::{
 use faasd::status::Phase;
 
 use crate::{
-    harness::{Daemon, Netns, http_get, instance_of, wait_gone},
+    harness::{Daemon, Netns, function_below, http_get, instance_of, wait_gone},
     require_privileges,
 };
 
@@ -390,8 +390,7 @@ fn a_function_without_a_sigterm_handler_stops_at_once() {
     ]);
     let s = d.wait_for("sleeper", "its instance", |s| s.replicas == 1);
     let init = s.state.instances[0].pid;
-    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
-    let function: i32 = children.trim().parse().expect("one child: the function");
+    let function = function_below(init);
     let comm = std::fs::read_to_string(format!("/proc/{function}/comm")).unwrap();
     assert_eq!(comm.trim(), "sleep", "the function runs below its init");
     let status = std::fs::read_to_string(format!("/proc/{function}/status")).unwrap();

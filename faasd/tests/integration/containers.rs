@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::{Daemon, Netns, ctr, http_get, http_get_path, instance_of, wait_gone};
+use crate::harness::{
+    Daemon, Netns, ctr, function_below, http_get, http_get_path, instance_of, wait_gone,
+};
 
 /// The containerd the tests use, or `None` (the test then skips with a message).
 fn containerd() -> Option<PathBuf> {
@@ -736,8 +738,7 @@ fn a_container_without_a_sigterm_handler_stops_at_once() {
         s.available_replicas == 1
     });
     let init = s.state.instances[0].pid;
-    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
-    let function: i32 = children.trim().parse().expect("one child: the function");
+    let function = function_below(init);
     let comm = std::fs::read_to_string(format!("/proc/{function}/comm")).unwrap();
     assert_eq!(comm.trim(), "hello", "the function runs below the shim");
     d.cli_ok(&["scale", "ctr-sigterm", "0"]);

@@ -438,6 +438,22 @@ impl<'a> Daemon<'a> {
         self.cli_ok(&args);
     }
 
+    /// Polls the function's logs until `pred` holds (or panics after 15 s with them).
+    pub fn wait_for_log(&self, name: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let log = self.cli_ok(&["logs", name]);
+            if pred(&log) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: waited in vain for {what} in its logs:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Polls `describe` until `pred` holds (or panics after 15 s with the last state).
     pub fn wait_for(
         &self,
@@ -563,6 +579,15 @@ pub fn alive(pid: i32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
         .unwrap_or(false)
+}
+
+/// The one child of an instance's init (faasd's pid 1 of the instance): the function.
+pub fn function_below(init: i32) -> i32 {
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+    children
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("pid {init} has not one child, the function: {children:?}"))
 }
 
 /// Waits up to `secs` seconds for `pid` to be gone; panics with `why` otherwise.

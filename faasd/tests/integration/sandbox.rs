@@ -36,15 +36,9 @@ fn a_process_function_sees_neither_home_nor_root_nor_the_state_directory() {
         "faasd.dev/user=root",
     ]);
     d.wait_for("peek", "its instance", |s| s.replicas == 1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let log = loop {
-        let log = d.cli_ok(&["logs", "peek"]);
-        if log.matches("looked: ").count() == looked_at.len() {
-            break log;
-        }
-        assert!(std::time::Instant::now() < deadline, "no listing in: {log}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let log = d.wait_for_log("peek", "its listings", |log| {
+        log.matches("looked: ").count() == looked_at.len()
+    });
     for p in &looked_at {
         let seen = log
             .lines()
@@ -98,18 +92,9 @@ fn each_process_instance_has_a_private_tmp() {
     );
     deploy("reader", "echo tmp: $(ls -A /tmp)");
     let listing = |name: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        loop {
-            let log = d.cli_ok(&["logs", name]);
-            if let Some(l) = log.lines().find_map(|l| l.split_once("tmp:")) {
-                return l.1.trim().to_owned();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} listed nothing: {log}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let log = d.wait_for_log(name, "its listing of /tmp", |log| log.contains("tmp:"));
+        let (_, rest) = log.lines().find_map(|l| l.split_once("tmp:")).unwrap();
+        rest.trim().to_owned()
     };
     assert_eq!(
         listing("writer"),
