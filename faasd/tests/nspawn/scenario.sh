@@ -29,6 +29,7 @@ address() { faasd --json describe "$1" | grep -o '"address":"[^"]*"' | cut -d'"'
 # The inode of the listening socket on [ADDRESS]:8080: the same socket across a restart
 # means it came back from systemd's fd store.
 socket_inode() { ss -Hltne "src [$1]:8080" | grep -o 'ino:[0-9]*' | head -1; }
+instance_pid() { faasd --json describe "$1" | grep -o '"pid":[0-9]*' | head -1 | cut -d: -f2; }
 stopped() { faasd --json describe "$1" | grep -q '"phase":"stopped"'; }
 active() { [ "$(systemctl is-active faasd.service)" = active ]; }
 
@@ -99,15 +100,20 @@ restart_under_load() {
     ) &
     local client=$!
     sleep 0.5
-    local restarts inode
+    local restarts inode pid
     restarts=$(prop NRestarts faasd.service)
     inode=$(socket_inode "$idle")
+    pid=$(instance_pid running)
+    [ -n "$pid" ] || fail "no instance of running"
     [ -n "$inode" ] || fail "no listening socket for idle"
     "$@" || fail "$what: $*"
     sleep 2
     wait_for 30 "faasd active again" active
     [ "$(socket_inode "$idle")" = "$inode" ] ||
         fail "$what: idle's socket is a new one ($inode before, $(socket_inode "$idle") after)"
+    # The instance that served through the restart is adopted, not replaced.
+    [ "$(instance_pid running)" = "$pid" ] ||
+        fail "$what: running's instance $pid was not adopted (now: $(instance_pid running))"
     touch /tmp/stop
     wait "$client"
     local served failed
