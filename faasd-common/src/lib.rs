@@ -38,6 +38,24 @@ pub mod names {
     pub const XDP_L3: &str = "faasd_xdp_l3";
     /// The XDP program for Ethernet devices.
     pub const XDP_L2: &str = "faasd_xdp_l2";
+    /// Function cgroup id → [`EgressRule`](super::EgressRule).
+    pub const EGRESS_RULES: &str = "EGRESS_RULES";
+    /// [`PolicySource`](super::PolicySource) destination prefixes a rule allows (LPM trie).
+    pub const EGRESS_ALLOW: &str = "EGRESS_ALLOW";
+    /// [`PolicySource`](super::PolicySource) destination prefixes a rule denies (LPM trie).
+    pub const EGRESS_DENY: &str = "EGRESS_DENY";
+    /// [`egress_refused_key`](super::egress_refused_key) → per-CPU count of refusals.
+    pub const EGRESS_REFUSED: &str = "EGRESS_REFUSED";
+    /// Index 0: the cgroup level of function cgroups.
+    pub const EGRESS_CONFIG: &str = "EGRESS_CONFIG";
+    /// The egress programs, one per hook: TCP/UDP `connect` and unconnected UDP `sendmsg`,
+    /// for IPv4 and IPv6 sockets.
+    pub const EGRESS_PROGRAMS: [&str; 4] = [
+        "faasd_egress_connect4",
+        "faasd_egress_connect6",
+        "faasd_egress_sendmsg4",
+        "faasd_egress_sendmsg6",
+    ];
 }
 
 /// How many (address, port, protocol) bindings, and so sockets, one host can hold.
@@ -159,6 +177,67 @@ impl GlobalCounter {
     pub const COUNT: u32 = 2;
 }
 
+/// What a function may connect to, by the cgroup its instances run in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressRule {
+    /// An [`EgressMode`] value.
+    pub mode: u32,
+    /// The rule's key in the prefix tries (the `slot` of [`PolicySource`]).
+    pub id: u32,
+    /// [`EGRESS_HAS_ALLOW`] and [`EGRESS_HAS_DENY`].
+    pub lists: u32,
+    /// Explicit padding.
+    pub pad: u32,
+}
+
+/// Key of `EGRESS_REFUSED`: a rule's id and an [`EgressReason`].
+pub fn egress_refused_key(id: u32, reason: u32) -> u64 {
+    (u64::from(id) << 2) | u64::from(reason)
+}
+
+/// [`EgressRule::lists`]: the rule has allowed prefixes.
+pub const EGRESS_HAS_ALLOW: u32 = 1;
+/// [`EgressRule::lists`]: the rule has denied prefixes.
+pub const EGRESS_HAS_DENY: u32 = 2;
+/// How many egress rules (running functions) and how many prefixes of each list a host holds.
+pub const MAX_EGRESS_RULES: u32 = 1 << 16;
+
+/// Where a function may connect to (`faasd.dev/egress`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EgressMode {
+    /// Anywhere (the prefix lists still apply).
+    All = 0,
+    /// Only inside the platform prefix `fd00:faa5::/32`: other functions, faasd's DNS.
+    Faas = 1,
+    /// Nowhere but its own loopback.
+    None = 2,
+}
+
+/// Why a connection was refused, indexes into [`EgressRule::refused`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EgressReason {
+    /// The mode is `none`.
+    None = 0,
+    /// The mode is `faas` and the destination is outside the platform.
+    Faas = 1,
+    /// The destination is in the deny list and not in the allow list.
+    Denied = 2,
+}
+
+impl EgressReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 3;
+    /// Every reason, in index order, with its label in `/metrics`.
+    pub const ALL: [(EgressReason, &'static str); 3] = [
+        (EgressReason::None, "none"),
+        (EgressReason::Faas, "faas"),
+        (EgressReason::Denied, "denied"),
+    ];
+}
+
 /// The address plan of `fd00:faa5::/32` (see DESIGN.md, "Addressing").
 pub mod plan {
     use core::net::Ipv6Addr;
@@ -181,6 +260,8 @@ mod pod {
     unsafe impl aya::Pod for super::SlotCounters {}
     // SAFETY: five u32 fields, no padding.
     unsafe impl aya::Pod for super::PolicySource {}
+    // SAFETY: four u32 fields, no padding.
+    unsafe impl aya::Pod for super::EgressRule {}
 }
 
 #[cfg(test)]

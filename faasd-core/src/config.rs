@@ -1,12 +1,14 @@
 //! Daemon configuration: embedded defaults, overridden by a TOML file, overridden by flags.
 
 use std::{
-    net::{Ipv6Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use serde::Deserialize;
+
+use crate::spec::EgressMode;
 
 /// Where the config file is read from when `--config` is not given (if it exists).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/faasd/config.toml";
@@ -100,6 +102,19 @@ pub struct Config {
     pub wireguard_endpoint: Option<String>,
     /// Interfaces besides the WireGuard one that get the XDP guard (an uplink, say).
     pub xdp_interfaces: Vec<String>,
+    /// Where functions may connect unless they say (`faasd.dev/egress`): `all`, `faas`
+    /// or `none`.
+    pub egress: EgressMode,
+    /// IPv4 addresses of running instances, one each, masqueraded on the way out.
+    pub egress_ipv4: Ipv4Net,
+    /// IPv6 addresses of running instances: inside `function-prefix`, so other functions
+    /// answer them directly; masqueraded when they leave the platform.
+    pub egress_ipv6: Ipv6Net,
+    /// Network namespaces kept prepared for instances that call out, so a start does not
+    /// wait for one to be made.
+    pub egress_pool: u32,
+    /// The resolvers faasd's DNS forwards names outside `faas.` to.
+    pub resolv_conf: PathBuf,
 }
 
 impl Default for Config {
@@ -129,6 +144,17 @@ impl Default for Config {
             wireguard_port: 51820,
             wireguard_endpoint: None,
             xdp_interfaces: Vec::new(),
+            egress: EgressMode::All,
+            egress_ipv4: Ipv4Net {
+                addr: Ipv4Addr::new(10, 250, 0, 0),
+                len: 16,
+            },
+            egress_ipv6: Ipv6Net {
+                addr: Ipv6Addr::new(0xfd00, 0xfaa5, 1, 0xffff, 0, 0, 0, 0),
+                len: 64,
+            },
+            egress_pool: 4,
+            resolv_conf: "/etc/resolv.conf".into(),
         }
     }
 }
@@ -200,6 +226,22 @@ impl Config {
         }
         if self.backlog == 0 {
             return Err(ConfigError::Invalid("backlog must be at least 1".into()));
+        }
+        if !self.function_prefix.contains(self.egress_ipv6.addr)
+            || self.egress_ipv6.len < self.function_prefix.len
+            || self.egress_ipv6.len > 112
+        {
+            return Err(ConfigError::Invalid(format!(
+                "egress-ipv6 {} must be a /{}../112 inside function-prefix {}, such as its \
+                 last /64",
+                self.egress_ipv6, self.function_prefix.len, self.function_prefix
+            )));
+        }
+        if !(8..=30).contains(&self.egress_ipv4.len) {
+            return Err(ConfigError::Invalid(format!(
+                "egress-ipv4 {} must be between /8 and /30",
+                self.egress_ipv4
+            )));
         }
         Ok(())
     }
@@ -277,6 +319,60 @@ impl std::fmt::Display for Ipv6Net {
 }
 
 impl<'de> Deserialize<'de> for Ipv6Net {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An IPv4 prefix such as `10.250.0.0/16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Net {
+    /// The network address (host bits zero).
+    pub addr: Ipv4Addr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+impl Ipv4Net {
+    /// The `n`th address of the prefix, or `None` if it does not fit in the host bits.
+    pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
+        let host_bits = 32 - u32::from(self.len);
+        if host_bits < 32 && n >> host_bits != 0 {
+            return None;
+        }
+        Some(Ipv4Addr::from(u32::from(self.addr) | n))
+    }
+}
+
+impl std::str::FromStr for Ipv4Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s}: expected ADDRESS/LENGTH"))?;
+        let addr: Ipv4Addr = a.parse().map_err(|e| format!("{s}: {e}"))?;
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("{s}: bad prefix length"))?;
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+        if u32::from(addr) & !mask != 0 {
+            return Err(format!("{s}: host bits must be zero"));
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl std::fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv4Net {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?
             .parse()

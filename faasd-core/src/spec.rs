@@ -17,6 +17,9 @@
 //! | `faasd.dev/image-port` | images: forward to this port the image binds itself | 8080 unless the image takes sockets |
 //! | `faasd.dev/ip-address-allow` | client prefixes let in whatever the deny list says | none |
 //! | `faasd.dev/ip-address-deny` | client prefixes refused unless allowed (`any` for all) | none |
+//! | `faasd.dev/egress` | where the function may connect: `all`, `faas` (other functions and faasd's DNS only) or `none` | daemon's `egress` |
+//! | `faasd.dev/egress-allow` | destination prefixes (IPv6 or IPv4) reachable whatever the deny list says | none |
+//! | `faasd.dev/egress-deny` | destination prefixes refused unless allowed (`any` for all) | none |
 //! | `faasd.dev/latency-histograms` | `true`: this function's own activation and call latency histograms in `/metrics` (the host-wide ones are always there) | false |
 //!
 //! Image functions also take the OpenFaaS fields `limits` (`memory` like `128Mi`, `cpu` like
@@ -188,6 +191,42 @@ impl Policy {
     }
 }
 
+/// Where a function may connect (`faasd.dev/egress`, `-allow`, `-deny`). IPv4 prefixes are
+/// held as IPv4-mapped IPv6 (`::ffff:0:0/96` and below).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Egress {
+    /// The mode, when the function names one (the daemon's default otherwise).
+    pub mode: Option<EgressMode>,
+    /// Destinations allowed; a match wins.
+    pub allow: Vec<(Ipv6Addr, u8)>,
+    /// Destinations denied, unless allowed.
+    pub deny: Vec<(Ipv6Addr, u8)>,
+}
+
+/// `faasd.dev/egress`, and the daemon's `egress` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressMode {
+    /// Anywhere: other functions, the host, the outside world.
+    All,
+    /// Only other functions (and faasd's DNS): the platform prefix `fd00:faa5::/32`.
+    Faas,
+    /// Nowhere: only its own loopback.
+    None,
+}
+
+impl EgressMode {
+    /// Parses `all`, `faas` or `none`.
+    pub fn parse(key: &str, v: &str) -> Result<Self, SpecError> {
+        match v.trim() {
+            "all" => Ok(Self::All),
+            "faas" => Ok(Self::Faas),
+            "none" => Ok(Self::None),
+            other => bad(format!("{key}: {other:?} is not one of all, faas, none")),
+        }
+    }
+}
+
 /// Settings derived from labels and annotations, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -217,6 +256,8 @@ pub struct Settings {
     pub image_port: Option<u16>,
     /// Which clients may connect (systemd's IPAddressAllow/IPAddressDeny).
     pub policy: Policy,
+    /// Where the function may connect.
+    pub egress: Egress,
     /// Keep this function's own latency histograms in `/metrics`.
     pub latency_histograms: bool,
 }
@@ -507,11 +548,19 @@ impl Settings {
             );
         }
         let policy = Policy {
-            allow: parse_prefixes("faasd.dev/ip-address-allow", ann("ip-address-allow"))?,
-            deny: parse_prefixes("faasd.dev/ip-address-deny", ann("ip-address-deny"))?,
+            allow: parse_prefixes("faasd.dev/ip-address-allow", ann("ip-address-allow"), false)?,
+            deny: parse_prefixes("faasd.dev/ip-address-deny", ann("ip-address-deny"), false)?,
+        };
+        let egress = Egress {
+            mode: ann("egress")
+                .map(|v| EgressMode::parse("faasd.dev/egress", v))
+                .transpose()?,
+            allow: parse_prefixes("faasd.dev/egress-allow", ann("egress-allow"), true)?,
+            deny: parse_prefixes("faasd.dev/egress-deny", ann("egress-deny"), true)?,
         };
         Ok(Self {
             policy,
+            egress,
             memory_limit,
             cpu_millis,
             image_port,
@@ -544,12 +593,20 @@ const KNOWN_ANNOTATIONS: &[&str] = &[
     "image-port",
     "ip-address-allow",
     "ip-address-deny",
+    "egress",
+    "egress-allow",
+    "egress-deny",
 ];
 
-/// A list of client prefixes, as systemd writes them: IPv6 addresses or prefixes, or `any`,
-/// `localhost`, `link-local`, `multicast`; separated by spaces or commas. Host bits are
-/// cleared. IPv4 is refused: function addresses are IPv6, so no IPv4 client reaches them.
-fn parse_prefixes(key: &str, v: Option<&str>) -> Result<Vec<(Ipv6Addr, u8)>, SpecError> {
+/// A list of prefixes, as systemd writes them: addresses or prefixes, or `any`, `localhost`,
+/// `link-local`, `multicast`; separated by spaces or commas. Host bits are cleared. IPv4
+/// (held as IPv4-mapped IPv6) only where `ipv4`: no IPv4 client reaches a function, but a
+/// function may call IPv4 destinations.
+fn parse_prefixes(
+    key: &str,
+    v: Option<&str>,
+    ipv4: bool,
+) -> Result<Vec<(Ipv6Addr, u8)>, SpecError> {
     let Some(v) = v else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for item in v.split([' ', ',']).map(str::trim).filter(|i| !i.is_empty()) {
@@ -559,12 +616,24 @@ fn parse_prefixes(key: &str, v: Option<&str>) -> Result<Vec<(Ipv6Addr, u8)>, Spe
             "link-local" => (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
             "multicast" => (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
             _ => {
-                let (a, l) = item.split_once('/').unwrap_or((item, "128"));
-                if a.parse::<std::net::Ipv4Addr>().is_ok() {
-                    return bad(format!(
-                        "{key}: {item} is IPv4; functions are reached over IPv6 only"
-                    ));
+                let (a, l) = item.split_once('/').unwrap_or((item, ""));
+                if let Ok(v4) = a.parse::<std::net::Ipv4Addr>() {
+                    if !ipv4 {
+                        return bad(format!(
+                            "{key}: {item} is IPv4; functions are reached over IPv6 only"
+                        ));
+                    }
+                    let len: u8 = if l.is_empty() { Some(32) } else { l.parse().ok() }
+                        .filter(|l| *l <= 32)
+                        .ok_or_else(|| {
+                            SpecError(format!("{key}: {item:?} has a bad prefix length"))
+                        })?;
+                    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+                    let masked = std::net::Ipv4Addr::from(u32::from(v4) & mask);
+                    out.push((masked.to_ipv6_mapped(), 96 + len));
+                    continue;
                 }
+                let l = if l.is_empty() { "128" } else { l };
                 let addr: Ipv6Addr = a
                     .parse()
                     .map_err(|_| SpecError(format!("{key}: {item:?} is not an IPv6 prefix")))?;
@@ -909,7 +978,7 @@ mod tests {
 
     #[test]
     fn address_policies_parse_like_systemd_and_refuse_ipv4() {
-        let p = |v: &str| parse_prefixes("k", Some(v));
+        let p = |v: &str| parse_prefixes("k", Some(v), false);
         assert_eq!(p("any").unwrap(), vec![(Ipv6Addr::UNSPECIFIED, 0)]);
         assert_eq!(
             p("fd00:faa5:0:100::7/64, localhost").unwrap(),
@@ -921,6 +990,31 @@ mod tests {
         assert!(p("10.0.0.0/8").unwrap_err().0.contains("IPv4"));
         assert!(p("fd00::/129").is_err());
         assert!(p("nonsense").is_err());
+    }
+
+    #[test]
+    fn egress_takes_a_mode_and_ipv4_prefixes_as_mapped_ipv6() {
+        let p = |v: &str| parse_prefixes("k", Some(v), true);
+        assert_eq!(
+            p("10.1.2.3/8 192.0.2.7").unwrap(),
+            vec![
+                ("::ffff:10.0.0.0".parse().unwrap(), 104),
+                ("::ffff:192.0.2.7".parse().unwrap(), 128)
+            ]
+        );
+        assert!(p("10.0.0.0/33").is_err());
+        let mut d = deployment("f");
+        d.annotations
+            .insert("faasd.dev/egress".into(), "faas".into());
+        d.annotations
+            .insert("faasd.dev/egress-deny".into(), "any".into());
+        let (_, s) = FunctionSpec::from_deployment(d.clone()).unwrap();
+        assert_eq!(s.egress.mode, Some(EgressMode::Faas));
+        assert_eq!(s.egress.deny, vec![(Ipv6Addr::UNSPECIFIED, 0)]);
+        d.annotations
+            .insert("faasd.dev/egress".into(), "some".into());
+        let e = FunctionSpec::from_deployment(d).unwrap_err().0;
+        assert!(e.contains("all, faas, none"), "{e}");
     }
 
     #[test]

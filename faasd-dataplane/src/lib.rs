@@ -15,6 +15,7 @@ use std::{
 };
 
 mod counters;
+mod egress;
 mod pins;
 mod slots;
 mod sys;
@@ -45,14 +46,20 @@ static PROGRAM_OBJECT: &[u8] = &[];
 /// Prefix of the link's pin; the program's fingerprint follows.
 const LINK_PIN: &str = "sk_lookup_link";
 
-/// The pin name of this build's link: FNV-1a of the program object.
-fn link_pin_name() -> String {
-    let hash = PROGRAM_OBJECT
+pub use egress::{Egress, EgressPolicy, Refused};
+
+/// This build's programs: FNV-1a of the object, carried by the names of the link pins.
+fn program_fingerprint() -> u64 {
+    PROGRAM_OBJECT
         .iter()
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-    format!("{LINK_PIN}-{hash:016x}")
+        })
+}
+
+/// The pin name of this build's link.
+fn link_pin_name() -> String {
+    format!("{LINK_PIN}-{:016x}", program_fingerprint())
 }
 
 /// Errors of the data plane.
@@ -654,6 +661,12 @@ impl Dataplane {
 
     fn global(&self, c: GlobalCounter) -> u64 {
         per_cpu_sum(&self.global_stats, c as u32)
+    }
+
+    /// Attaches the egress programs to `cgroup`, their maps pinned beside the steering
+    /// program's; see [`Egress::attach`].
+    pub fn egress(&self, cgroup: &Path, level: u32) -> Result<Egress, DataplaneError> {
+        Egress::attach(&self.pin_dir, cgroup, level)
     }
 
     /// A summary for `faasd status`.

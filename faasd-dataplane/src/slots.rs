@@ -4,20 +4,37 @@
 use std::collections::BTreeSet;
 
 /// The slots in use and free.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Slots {
     /// Slots below this have been handed out at some point.
     next: u32,
     /// Slots below `next` that are free again.
     free: BTreeSet<u32>,
+    /// How many there may be.
+    limit: u32,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Self::with_limit(faasd_common::MAX_BINDINGS)
+    }
 }
 
 impl Slots {
+    /// At most `limit` slots, numbered from 0.
+    pub(super) fn with_limit(limit: u32) -> Self {
+        Self {
+            next: 0,
+            free: BTreeSet::new(),
+            limit,
+        }
+    }
+
     pub(super) fn take(&mut self) -> Option<u32> {
         if let Some(s) = self.free.pop_first() {
             return Some(s);
         }
-        (self.next < faasd_common::MAX_BINDINGS).then(|| {
+        (self.next < self.limit).then(|| {
             self.next += 1;
             self.next - 1
         })

@@ -3,6 +3,10 @@
 //! source policy refuses the client (systemd's IPAddressAllow/IPAddressDeny: an allowed
 //! prefix wins, then a denied one, and anything else is allowed). Anything that matches no
 //! binding passes through untouched, so the rest of the host behaves as before.
+//!
+//! Beside it, the XDP guard (below) and the egress programs: on the cgroup that holds the
+//! functions' cgroups, they decide each `connect` and unconnected UDP send of a function by
+//! its rule (`faasd.dev/egress` and its prefix lists), and count what they refuse.
 #![no_std]
 #![no_main]
 
@@ -11,13 +15,16 @@ use core::ptr::read_volatile;
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
-    macros::{map, sk_lookup, xdp},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, SockMap, lpm_trie::Key},
-    programs::{SkLookupContext, XdpContext},
+    helpers::bpf_get_current_ancestor_cgroup_id,
+    macros::{cgroup_sock_addr, map, sk_lookup, xdp},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, SockMap, lpm_trie::Key},
+    programs::{SkLookupContext, SockAddrContext, XdpContext},
 };
 use faasd_common::{
-    BindingKey, GlobalCounter, MAX_BINDINGS, MAX_POLICY_PREFIXES, MAX_XDP_PREFIXES,
-    POLICY_SLOT_BITS, PolicySource, SK_ASSIGN_NO_REUSEPORT, SlotCounters, XdpCounter, proto,
+    BindingKey, EGRESS_HAS_ALLOW, EGRESS_HAS_DENY, EgressMode, EgressReason, EgressRule,
+    GlobalCounter, MAX_BINDINGS, MAX_EGRESS_RULES, MAX_POLICY_PREFIXES, MAX_XDP_PREFIXES,
+    POLICY_SLOT_BITS, PolicySource, SK_ASSIGN_NO_REUSEPORT, SlotCounters, XdpCounter,
+    egress_refused_key, proto,
 };
 
 const AF_INET6: u32 = 10;
@@ -51,6 +58,21 @@ static XDP_PREFIXES: LpmTrie<[u32; 4], u8> = LpmTrie::pinned(MAX_XDP_PREFIXES, 0
 
 #[map(name = "XDP_STATS")]
 static XDP_STATS: PerCpuArray<u64> = PerCpuArray::pinned(XdpCounter::COUNT, 0);
+
+#[map(name = "EGRESS_RULES")]
+static EGRESS_RULES: HashMap<u64, EgressRule> = HashMap::pinned(MAX_EGRESS_RULES, 0);
+
+#[map(name = "EGRESS_ALLOW")]
+static EGRESS_ALLOW: LpmTrie<PolicySource, u8> = LpmTrie::pinned(MAX_EGRESS_RULES, 0);
+
+#[map(name = "EGRESS_DENY")]
+static EGRESS_DENY: LpmTrie<PolicySource, u8> = LpmTrie::pinned(MAX_EGRESS_RULES, 0);
+
+#[map(name = "EGRESS_REFUSED")]
+static EGRESS_REFUSED: PerCpuHashMap<u64, u64> = PerCpuHashMap::pinned(MAX_EGRESS_RULES, 0);
+
+#[map(name = "EGRESS_CONFIG")]
+static EGRESS_CONFIG: Array<u32> = Array::pinned(1, 0);
 
 #[sk_lookup]
 pub fn faasd_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -230,6 +252,110 @@ fn count_global(counter: GlobalCounter) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
         unsafe { *c += 1 };
     }
+}
+
+/// Verdicts of cgroup socket-address programs.
+const ALLOW: i32 = 1;
+/// The call fails with EPERM.
+const REFUSE: i32 = 0;
+
+#[cgroup_sock_addr(connect4)]
+pub fn faasd_egress_connect4(ctx: SockAddrContext) -> i32 {
+    egress(destination4(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn faasd_egress_sendmsg4(ctx: SockAddrContext) -> i32 {
+    egress(destination4(&ctx))
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn faasd_egress_connect6(ctx: SockAddrContext) -> i32 {
+    egress(destination6(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn faasd_egress_sendmsg6(ctx: SockAddrContext) -> i32 {
+    egress(destination6(&ctx))
+}
+
+/// An IPv4 destination as its IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), the form the
+/// prefix lists hold IPv4 in.
+#[inline(always)]
+fn destination4(ctx: &SockAddrContext) -> [u32; 4] {
+    // SAFETY: the kernel passes a valid bpf_sock_addr; the field is read on its own.
+    let v4 = unsafe { read_volatile(&raw const (*ctx.sock_addr).user_ip4) };
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), v4]
+}
+
+#[inline(always)]
+fn destination6(ctx: &SockAddrContext) -> [u32; 4] {
+    let a = ctx.sock_addr;
+    // SAFETY: as above; the verifier wants each word loaded at its own constant offset.
+    unsafe {
+        [
+            read_volatile(&raw const (*a).user_ip6[0]),
+            read_volatile(&raw const (*a).user_ip6[1]),
+            read_volatile(&raw const (*a).user_ip6[2]),
+            read_volatile(&raw const (*a).user_ip6[3]),
+        ]
+    }
+}
+
+/// The decision for a destination of the calling task's function: its own loopback is
+/// always allowed; then the mode; then an allowed prefix wins, a denied one refuses, and
+/// anything else passes (systemd's IPAddressAllow/IPAddressDeny).
+#[inline(always)]
+fn egress(addr: [u32; 4]) -> i32 {
+    let Some(level) = EGRESS_CONFIG.get(0).copied().filter(|l| *l > 0) else {
+        return ALLOW;
+    };
+    // SAFETY: a helper without memory arguments.
+    let cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+    // SAFETY: the value is plain data, copied out at once.
+    let Some(rule) = (unsafe { EGRESS_RULES.get(&cgroup) }).copied() else {
+        return ALLOW;
+    };
+    if loopback(addr) {
+        return ALLOW;
+    }
+    let EgressRule { mode, id, lists, .. } = rule;
+    let refused = if mode == EgressMode::None as u32 {
+        Some(EgressReason::None)
+    } else if mode == EgressMode::Faas as u32
+        && addr[0] != u32::from_ne_bytes([0xfd, 0x00, 0xfa, 0xa5])
+    {
+        Some(EgressReason::Faas)
+    } else {
+        let key = Key::new(POLICY_SLOT_BITS + 128, PolicySource { slot: id, addr });
+        let allowed = lists & EGRESS_HAS_ALLOW != 0 && EGRESS_ALLOW.get(&key).is_some();
+        let denied = lists & EGRESS_HAS_DENY != 0 && EGRESS_DENY.get(&key).is_some();
+        (!allowed && denied).then_some(EgressReason::Denied)
+    };
+    match refused {
+        None => ALLOW,
+        Some(reason) => {
+            let key = egress_refused_key(id, reason as u32);
+            match EGRESS_REFUSED.get_ptr_mut(&key) {
+                // SAFETY: this CPU's value; nothing else writes it while the program runs.
+                Some(c) => unsafe { *c += 1 },
+                None => {
+                    let _ = EGRESS_REFUSED.insert(&key, &1, 0);
+                }
+            }
+            REFUSE
+        }
+    }
+}
+
+/// `127.0.0.0/8` (as IPv4-mapped), `::1` and the unspecified addresses, which all stay
+/// inside the instance's own network namespace.
+#[inline(always)]
+fn loopback(a: [u32; 4]) -> bool {
+    let mapped = a[0] == 0 && a[1] == 0 && a[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    let v4_first = a[3].to_ne_bytes()[0];
+    (mapped && (v4_first == 127 || a[3] == 0))
+        || (a[0] == 0 && a[1] == 0 && a[2] == 0 && (a[3] == 0 || a[3] == u32::from_ne_bytes([0, 0, 0, 1])))
 }
 
 #[cfg(not(test))]

@@ -16,7 +16,7 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv6Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     sync::{Arc, RwLock},
     time::Duration,
@@ -56,6 +56,14 @@ pub enum DnsError {
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
+    },
+    /// The resolvers to forward to could not be read.
+    #[error("the resolvers in {path}: {source}")]
+    Upstreams {
+        /// The resolv.conf.
+        path: PathBuf,
+        /// Why.
+        source: hickory_resolver::net::NetError,
     },
     /// The zone file could not be written.
     #[error("zone file {path}: {source}")]
@@ -328,11 +336,14 @@ impl Zone {
     }
 
     /// Starts answering on `addrs` (UDP and TCP on each) and on `inherited`, sockets
-    /// systemd passed (each served as what it is: datagram or stream).
+    /// systemd passed (each served as what it is: datagram or stream). Names outside the
+    /// zone are forwarded to the resolvers `resolv_conf` names (leaving out faasd's own
+    /// addresses, which would loop), through hickory's resolver.
     pub async fn serve(
         &self,
         addrs: &[SocketAddr],
         inherited: Vec<std::os::fd::OwnedFd>,
+        resolv_conf: &Path,
     ) -> Result<Server<Counted>, DnsError> {
         {
             let mut state = self.state.lock().await;
@@ -341,6 +352,24 @@ impl Zone {
         }
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&self.origin), vec![self.handler.clone()]);
+        let own: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .chain(
+                inherited
+                    .iter()
+                    .filter_map(|fd| crate::sockets::local_addr(fd).ok())
+                    .map(SocketAddr::V6),
+            )
+            .collect();
+        match forwarder(resolv_conf, &own) {
+            Ok(Some(f)) => catalog.upsert(LowerName::new(&Name::root()), vec![Arc::new(f)]),
+            Ok(None) => tracing::warn!(
+                "{} names no resolver besides faasd: names outside faas. are refused",
+                resolv_conf.display()
+            ),
+            Err(e) => tracing::warn!("{e}: names outside faas. are refused"),
+        }
         let mut server = Server::new(Counted {
             catalog,
             queries: self.queries.clone(),
@@ -387,6 +416,44 @@ impl Zone {
             );
         }
         Ok(server)
+    }
+}
+
+/// The zone handler that forwards to the resolvers of `resolv_conf`, but for those at
+/// `own` (faasd itself); `None` when no other is named.
+fn forwarder(
+    resolv_conf: &Path,
+    own: &[SocketAddr],
+) -> Result<Option<hickory_server::store::forwarder::ForwardZoneHandler>, DnsError> {
+    use hickory_server::store::forwarder::{ForwardConfig, ForwardZoneHandler};
+    let upstreams = |source| DnsError::Upstreams {
+        path: resolv_conf.to_owned(),
+        source,
+    };
+    let text = std::fs::read(resolv_conf)
+        .map_err(|e| upstreams(hickory_resolver::net::NetError::from(e)))?;
+    let (config, options) =
+        hickory_resolver::system_conf::parse_resolv_conf(text).map_err(upstreams)?;
+    let name_servers: Vec<_> = config
+        .name_servers()
+        .iter()
+        .filter(|n| !own.iter().any(|a| a.ip() == n.ip))
+        .cloned()
+        .collect();
+    if name_servers.is_empty() {
+        return Ok(None);
+    }
+    let built = ForwardZoneHandler::builder_tokio(ForwardConfig {
+        name_servers,
+        options: Some(options),
+    })
+    .build();
+    match built {
+        Ok(f) => Ok(Some(f)),
+        // The builder reports only a message; nothing above depends on its kind.
+        Err(msg) => Err(upstreams(hickory_resolver::net::NetError::from(
+            std::io::Error::other(msg),
+        ))),
     }
 }
 

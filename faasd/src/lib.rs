@@ -8,7 +8,8 @@
 //! What a function is, the host's configuration and the durable store live in
 //! `faasd-core`; the kernel programs and their maps in `faasd-dataplane`; the containerd
 //! and registry client in `faasd-containerd`. The modules here, one per concern:
-//! [`sockets`], [`sockdiag`] (every socket's queue in one dump), [`net`] (routes), [`runtime`] (starting instances: processes, or
+//! [`sockets`], [`sockdiag`] (every socket's queue in one dump), [`net`] (routes),
+//! [`egress`] (calls out: instance namespaces, NAT, the egress policy), [`runtime`] (starting instances: processes, or
 //! containers through containerd),
 //! [`supervisor`] (socket activation and the life of one function), [`status`] (what the
 //! API reports), [`forward`] (connections to images
@@ -24,6 +25,7 @@ pub mod client;
 pub mod clock;
 pub mod daemon;
 pub mod dns;
+pub mod egress;
 pub mod forward;
 pub mod layout;
 pub mod lock;

@@ -174,6 +174,7 @@ impl Daemon {
                 cgroup: cgroup.clone(),
                 latencies: self.latencies.clone(),
                 lot: self.lot.clone(),
+                egress: self.egress.clone(),
             },
             sockets,
             adopted,

@@ -253,6 +253,12 @@ impl Daemon {
         }
         self.retire(&f, true).await;
         f.log.remove();
+        if let Some(e) = &self.egress {
+            if let Some(cg) = &f.cgroup {
+                e.forget(cg);
+            }
+            e.remove_files(&f.record.spec);
+        }
         Ok(())
     }
 

@@ -108,6 +108,8 @@ pub struct Daemon {
     functions: RwLock<BTreeMap<String, Arc<Entry>>>,
     files: Arc<files::Budget>,
     service: Arc<crate::systemd::Service>,
+    /// Calls out, where the host offers them.
+    egress: Option<Arc<crate::egress::Egress>>,
 }
 
 /// Every socket's queue in one dump, for pages that show many functions; without one
@@ -139,6 +141,31 @@ impl supervisor::Lookups for SlotLookups {
     }
 }
 
+/// Calls out for process functions, or `None` (said in the log) where this host cannot
+/// offer them: functions then run with only `lo`, as containers do.
+fn egress(
+    config: &Config,
+    dataplane: &Dataplane,
+    root: &std::path::Path,
+) -> Option<Arc<crate::egress::Egress>> {
+    let parent = root.join(&config.cgroup_parent);
+    let level = u32::try_from(config.cgroup_parent.split('/').count() + 2).ok()?;
+    let started = std::fs::create_dir_all(&parent)
+        .map_err(|e| e.to_string())
+        .and_then(|()| dataplane.egress(&parent, level).map_err(|e| e.to_string()))
+        .and_then(|maps| {
+            crate::egress::Egress::start(config, maps, config.dns.first().copied())
+                .map_err(|e| e.to_string())
+        });
+    match started {
+        Ok(e) => Some(Arc::new(e)),
+        Err(e) => {
+            tracing::error!("functions cannot call out: {e}");
+            None
+        }
+    }
+}
+
 impl Daemon {
     /// Creates the daemon over an opened store and data plane and restores every function
     /// the store held.
@@ -157,6 +184,9 @@ impl Daemon {
         }
         let pinned = dataplane.bindings();
         let counters = dataplane.counters()?;
+        let egress = cgroup_root
+            .as_ref()
+            .and_then(|root| egress(&config, &dataplane, root));
         let containers = Arc::new(ContainerHost::new(
             config.containerd.clone(),
             &config.runtime_dir,
@@ -194,6 +224,7 @@ impl Daemon {
             functions: RwLock::default(),
             files: Arc::new(files::Budget::measure()),
             service,
+            egress,
         });
         daemon.restore(records, pinned).await?;
         Ok(daemon)
@@ -570,6 +601,9 @@ impl Daemon {
             let _ = std::fs::remove_file(self.instances_file(&f.record.spec));
             if let Some(cg) = &f.cgroup {
                 cgroup::remove(cg);
+                if let Some(e) = &self.egress {
+                    e.release(cg);
+                }
             }
         }
     }

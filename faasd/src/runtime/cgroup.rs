@@ -30,9 +30,12 @@ pub fn create(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Removes a function's cgroup if nothing runs in it (the kernel refuses otherwise, and
-/// that is left for the next time).
-pub fn remove_empty(dir: &Path) {
-    let _ = std::fs::remove_dir(dir);
+/// that is left for the next time); says whether it is gone.
+pub fn remove_empty(dir: &Path) -> bool {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
 }
 
 /// Whether any process runs in the cgroup or below it (true when that cannot be read).

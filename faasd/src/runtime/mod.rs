@@ -73,6 +73,11 @@ pub struct Launch {
     pub user: RunAs,
     /// cgroup directory to place the instance in, if cgroups are available.
     pub cgroup: Option<PathBuf>,
+    /// The network namespace to join (one that can call out); a new one with only `lo`
+    /// when `None`.
+    pub netns: Option<RawFd>,
+    /// Files bound read-only over the host's in the instance (source, target).
+    pub binds: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Who an instance runs as.

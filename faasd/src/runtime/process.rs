@@ -5,8 +5,9 @@
 //! The instance's pid 1 is faasd's own small init (see [`super::spawner`]), and the function
 //! its child, pid 2 (so LISTEN_PID=2): as under systemd, SIGTERM stops a program that
 //! installs no handler, where pid 1 would ignore it until the grace period ends in SIGKILL.
-//! Its network namespace holds only `lo` (its sockets live in the host's namespace, so it
-//! needs nothing else), it sees its own `/proc`, runs with no new privileges as an
+//! Its network namespace is one the daemon prepared for calls out (see [`crate::egress`]),
+//! or holds only `lo` (`faasd.dev/egress=none`: its sockets live in the host's namespace,
+//! so it needs nothing else to serve); it sees its own `/proc`, runs with no new privileges as an
 //! unprivileged user, in its function's cgroup.
 
 use std::{
@@ -58,6 +59,8 @@ const STEPS: &[&str] = &[
     "forking the function from its init",
     "hiding /home, /root and the state directory",
     "mounting a private /tmp",
+    "binding resolv.conf and hosts",
+    "joining the instance's network namespace",
 ];
 
 struct User {
@@ -150,6 +153,7 @@ fn start(
         launch.stderr,
     ];
     fds.extend(cgroup.as_ref().map(AsRawFd::as_raw_fd));
+    fds.extend(launch.netns);
     fds.extend(&launch.fds);
     let req = Request {
         argv: launch.argv.clone(),
@@ -175,6 +179,17 @@ fn start(
             .map(|d| d.to_string_lossy().into_owned())
             .collect(),
         private_tmp,
+        netns: launch.netns.is_some(),
+        binds: launch
+            .binds
+            .iter()
+            .map(|(s, t)| {
+                (
+                    s.to_string_lossy().into_owned(),
+                    t.to_string_lossy().into_owned(),
+                )
+            })
+            .collect(),
     };
     // Caught here, as the runtime's own error, rather than as the spawner's.
     if req.argv.iter().chain(&req.env).any(|a| a.contains('\0')) {

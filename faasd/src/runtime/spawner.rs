@@ -29,11 +29,13 @@ use serde::{Deserialize, Serialize};
 const SOCKET_FD: RawFd = 3;
 /// The hidden argument that makes `faasd` the spawner.
 pub const ARG: &str = "__spawner";
-/// Descriptors a request may carry: stdio, the cgroup, and up to `MAX_PORTS` sockets.
-const MAX_FDS: usize = 4 + faasd_core::spec::MAX_PORTS;
+/// Descriptors a request may carry: stdio, the cgroup, the network namespace, and up to
+/// `MAX_PORTS` sockets.
+const MAX_FDS: usize = 5 + faasd_core::spec::MAX_PORTS;
 
 /// One instance to clone. Descriptors travel beside it in this order: stdin, stdout,
-/// stderr, the cgroup directory (when `cgroup`), then the sockets (placed at fd 3, 4, …).
+/// stderr, the cgroup directory (when `cgroup`), the network namespace (when `netns`),
+/// then the sockets (placed at fd 3, 4, …).
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Request {
     pub argv: Vec<String>,
@@ -47,6 +49,10 @@ pub(super) struct Request {
     pub hide: Vec<String>,
     /// A fresh tmpfs on `/tmp`, the instance's own.
     pub private_tmp: bool,
+    /// Join this network namespace instead of a new one with only `lo`.
+    pub netns: bool,
+    /// Files bound read-only over others (source, target); a missing target is skipped.
+    pub binds: Vec<(String, String)>,
 }
 
 /// The spawner's answer: a pid (with the pidfd and the error pipe attached), or what failed.
@@ -237,7 +243,7 @@ fn cstrings(v: &[String]) -> io::Result<Vec<CString>> {
 /// Clones one instance into fresh mount, pid, network, ipc and uts namespaces and its
 /// cgroup; the child sets itself up and execs.
 fn clone(req: &Request, fds: &[OwnedFd]) -> Result<Cloned, (&'static str, io::Error)> {
-    let fixed = 3 + usize::from(req.cgroup);
+    let fixed = 3 + usize::from(req.cgroup) + usize::from(req.netns);
     if fds.len() < fixed || req.argv.is_empty() {
         return Err((
             "reading the request",
@@ -253,6 +259,15 @@ fn clone(req: &Request, fds: &[OwnedFd]) -> Result<Cloned, (&'static str, io::Er
     env_ptrs.push(std::ptr::null());
     let hide = cstrings(&req.hide).map_err(|e| ("hide", e))?;
     let hide_ptrs: Vec<*const libc::c_char> = hide.iter().map(|h| h.as_ptr()).collect();
+    let bind_sources = cstrings(&req.binds.iter().map(|b| b.0.clone()).collect::<Vec<_>>())
+        .map_err(|e| ("binds", e))?;
+    let bind_targets = cstrings(&req.binds.iter().map(|b| b.1.clone()).collect::<Vec<_>>())
+        .map_err(|e| ("binds", e))?;
+    let binds: Vec<(*const libc::c_char, *const libc::c_char)> = bind_sources
+        .iter()
+        .zip(&bind_targets)
+        .map(|(s, t)| (s.as_ptr(), t.as_ptr()))
+        .collect();
     let sockets: Vec<RawFd> = fds[fixed..].iter().map(AsRawFd::as_raw_fd).collect();
     let (err_r, err_w) = pipe().map_err(|e| ("pipe", e))?;
     let child = Child {
@@ -262,6 +277,10 @@ fn clone(req: &Request, fds: &[OwnedFd]) -> Result<Cloned, (&'static str, io::Er
         stdio: [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()],
         fds: &sockets,
         hide: &hide_ptrs,
+        binds: &binds,
+        netns: req
+            .netns
+            .then(|| fds[3 + usize::from(req.cgroup)].as_raw_fd()),
         private_tmp: req.private_tmp,
         uid: req.uid,
         gid: req.gid,
@@ -270,7 +289,7 @@ fn clone(req: &Request, fds: &[OwnedFd]) -> Result<Cloned, (&'static str, io::Er
     let mut pidfd: libc::c_int = -1;
     let namespaces = libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNET
+        | if req.netns { 0 } else { libc::CLONE_NEWNET }
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS;
     let args = CloneArgs {
@@ -339,6 +358,8 @@ struct Child<'a> {
     stdio: [RawFd; 3],
     fds: &'a [RawFd],
     hide: &'a [*const libc::c_char],
+    binds: &'a [(*const libc::c_char, *const libc::c_char)],
+    netns: Option<RawFd>,
     private_tmp: bool,
     uid: libc::uid_t,
     gid: libc::gid_t,
@@ -425,7 +446,38 @@ impl Child<'_> {
             {
                 fail(9);
             }
-            if !loopback_up() {
+            // Read-only binds over the host's files (resolv.conf, hosts).
+            for (source, target) in self.binds {
+                if libc::mount(
+                    *source,
+                    *target,
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) < 0
+                {
+                    if matches!(*libc::__errno_location(), libc::ENOENT | libc::ENOTDIR) {
+                        continue;
+                    }
+                    fail(10);
+                }
+                if libc::mount(
+                    std::ptr::null(),
+                    *target,
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ) < 0
+                {
+                    fail(10);
+                }
+            }
+            // A prepared namespace (it may call out) has lo up already; a new one has not.
+            if let Some(ns) = self.netns {
+                if libc::setns(ns, libc::CLONE_NEWNET) < 0 {
+                    fail(11);
+                }
+            } else if !loopback_up() {
                 fail(3);
             }
             // Move every source fd above the target range first, so no dup2 clobbers a

@@ -186,6 +186,8 @@ pub struct Context {
     pub latencies: Arc<Latencies>,
     /// Where the function waits while it is parked.
     pub lot: Arc<Lot>,
+    /// Calls out, for process functions (none where the host cannot offer them).
+    pub egress: Option<Arc<crate::egress::Egress>>,
 }
 
 #[derive(Debug)]
@@ -717,7 +719,7 @@ impl Supervisor {
                 return;
             }
         };
-        let launch = launch(
+        let mut launch = launch(
             &self.ctx,
             &self.sockets,
             id.clone(),
@@ -733,7 +735,33 @@ impl Supervisor {
         // until the runtime has passed them on.
         let sockets = self.sockets.clone();
         tokio::spawn(async move {
-            let result = ctx.runtime.start(launch).await.map_err(|e| e.to_string());
+            // A process instance's network: a prepared namespace, its rule, its names.
+            let network = match &ctx.egress {
+                Some(e) if ctx.record.spec.image.is_none() => Some(
+                    e.admit(
+                        &ctx.record.spec,
+                        ctx.record.address,
+                        &ctx.settings,
+                        ctx.cgroup.as_deref(),
+                    )
+                    .await,
+                ),
+                _ => None,
+            }
+            .transpose();
+            let result = match network {
+                Ok(network) => {
+                    if let Some(n) = &network {
+                        launch.netns = n.netns.as_ref().map(|p| p.fd.as_raw_fd());
+                        launch.binds = n.binds.clone();
+                    }
+                    // The instance holds the namespace from here; ours closes after.
+                    let r = ctx.runtime.start(launch).await.map_err(|e| e.to_string());
+                    drop(network);
+                    r
+                }
+                Err(e) => Err(format!("preparing its network: {e}")),
+            };
             let running_ns = monotonic_ns();
             drop((sockets, conn, out_w));
             let started = Started {
@@ -941,8 +969,10 @@ impl Supervisor {
             && self.draining.is_none()
             && self.ending.is_none()
             && let Some(cg) = &self.ctx.cgroup
+            && crate::runtime::cgroup::remove_empty(cg)
+            && let Some(egress) = &self.ctx.egress
         {
-            crate::runtime::cgroup::remove_empty(cg);
+            egress.release(cg);
         }
         if self.ctx.settings.accept.is_some() || self.ending.is_some() {
             return;
@@ -1148,5 +1178,7 @@ fn launch(
             None => RunAs::User(ctx.config.user.clone()),
         },
         cgroup: ctx.cgroup.clone(),
+        netns: None,
+        binds: Vec::new(),
     }
 }

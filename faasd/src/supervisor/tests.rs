@@ -122,6 +122,7 @@ fn fixture(tag: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> 
         cgroup: None,
         latencies: Arc::default(),
         lot: Lot::new().unwrap(),
+        egress: None,
     };
     let sock: OwnedFd = listener.try_clone().unwrap().into();
     let handle = spawn(ctx, vec![sock], Vec::new()).unwrap();

@@ -223,7 +223,7 @@ pub async fn run(
                     format!(" and {} socket(s) from systemd", dns_fds.len())
                 }
             );
-            Some(zone.serve(&dns_addrs, dns_fds).await?)
+            Some(zone.serve(&dns_addrs, dns_fds, &config.resolv_conf).await?)
         }
         None => None,
     };

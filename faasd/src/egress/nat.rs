@@ -1,0 +1,71 @@
+//! The host's part of calls out, made once at start: forwarding on, and one nftables table
+//! of faasd's own (`inet faasd_egress`, replaced whole each time) that masquerades what
+//! instances send out of the platform and lets nothing new in towards them.
+
+use std::io::Write;
+
+use faasd_core::config::Config;
+
+use super::{EgressError, netns::HOST_LINK_PREFIX};
+
+/// The table's name.
+pub const TABLE: &str = "faasd_egress";
+
+/// The ruleset: instance IPv4 is masqueraded whenever it leaves the host; instance IPv6
+/// only when it leaves the platform prefix (other functions see the instance's own
+/// address). Forwarding towards an instance is allowed only for replies: ingress reaches
+/// functions only through the sockets faasd passes.
+pub fn ruleset(config: &Config) -> String {
+    let (platform, len) = faasd_common::plan::PLATFORM_PREFIX;
+    format!(
+        "table inet {TABLE}\n\
+         delete table inet {TABLE}\n\
+         table inet {TABLE} {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\toifname \"{HOST_LINK_PREFIX}*\" return\n\
+         \t\tip saddr {v4} masquerade\n\
+         \t\tip6 saddr {v6} ip6 daddr != {platform}/{len} masquerade\n\
+         \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\toifname \"{HOST_LINK_PREFIX}*\" ct state established,related accept\n\
+         \t\toifname \"{HOST_LINK_PREFIX}*\" drop\n\
+         \t}}\n\
+         }}\n",
+        v4 = config.egress_ipv4,
+        v6 = config.egress_ipv6,
+    )
+}
+
+/// Turns forwarding on and installs the table.
+pub fn install(config: &Config) -> Result<(), EgressError> {
+    for path in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
+        std::fs::write(path, "1").map_err(|source| EgressError::Sysctl { path, source })?;
+    }
+    let mut nft = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(EgressError::Nat)?;
+    nft.stdin
+        .take()
+        .expect("piped")
+        .write_all(ruleset(config).as_bytes())
+        .map_err(EgressError::Nat)?;
+    let out = nft.wait_with_output().map_err(EgressError::Nat)?;
+    if !out.status.success() {
+        return Err(EgressError::NatRefused(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,361 @@
+//! Network namespaces for instances that call out, made ahead by a thread of their own.
+//!
+//! Each holds `lo` and `eth0`, the inside end of a veth link whose host end is
+//! `fxs<n>`: IPv4 `egress-ipv4[n]/32` and IPv6 `egress-ipv6[n]/128`, default routes through
+//! `169.254.0.1` and `fe80::1`, which every host end answers for. The host routes the two
+//! addresses to `fxs<n>`. Nothing needs removing afterwards: the namespace ends with the
+//! last process in it, and the kernel takes the link and its routes with it. The link's
+//! name is the lock on `n`: a name still in use (an instance of a previous daemon) makes
+//! the next `n` be tried.
+
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd, OwnedFd},
+};
+
+use futures::TryStreamExt;
+use rtnetlink::{
+    Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+    packet_route::{
+        address::{AddressAttribute, AddressFlags},
+        link::{InfoData, InfoKind, InfoVeth},
+        route::RouteScope,
+    },
+};
+use tokio::sync::{mpsc, oneshot};
+
+use faasd_core::config::Config;
+
+/// The gateway address every host end holds (IPv4 link-local, never routed).
+const GATEWAY4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
+/// The gateway address every host end holds (IPv6 link-local).
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// Prefix of the host ends' names.
+pub const HOST_LINK_PREFIX: &str = "fxs";
+/// Table `local`: the function prefix is routed there to `lo`, so the instances' /128s go
+/// there too to win over it.
+const TABLE_LOCAL: u32 = 255;
+
+/// Errors preparing a namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The step.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The kernel refused a netlink request.
+    #[error("{what}: {source}")]
+    Netlink {
+        /// The step.
+        what: &'static str,
+        /// Why.
+        source: rtnetlink::Error,
+    },
+    /// Every address of `egress-ipv4`/`egress-ipv6` is in use.
+    #[error("no free instance address left in egress-ipv4/egress-ipv6; widen them")]
+    Exhausted,
+    /// The thread that makes them is gone.
+    #[error("the network namespace pool has stopped")]
+    Stopped,
+}
+
+/// A prepared namespace. Joined by an instance, it lives as long as the instance.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The namespace (an nsfs descriptor for `setns`).
+    pub fd: OwnedFd,
+    /// Its number: the host end is `fxs<n>`.
+    pub n: u32,
+    /// Its IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// Its IPv6 address.
+    pub ipv6: Ipv6Addr,
+}
+
+/// The daemon's side of the pool.
+#[derive(Debug)]
+pub struct Pool {
+    asks: mpsc::UnboundedSender<oneshot::Sender<Result<Prepared, NetnsError>>>,
+}
+
+impl Pool {
+    /// Starts the thread that keeps `egress-pool` namespaces prepared.
+    pub fn start(config: &Config) -> Result<Self, NetnsError> {
+        let host = std::fs::File::open("/proc/thread-self/ns/net").map_err(|source| {
+            NetnsError::Io {
+                what: "opening this network namespace",
+                source,
+            }
+        })?;
+        let (asks, rx) = mpsc::unbounded_channel();
+        let maker = Maker {
+            host: OwnedFd::from(host),
+            config: config.clone(),
+            next: 1,
+        };
+        let size = config.egress_pool as usize;
+        std::thread::Builder::new()
+            .name("faasd-netns".into())
+            .spawn(move || maker.run(rx, size))
+            .map_err(|source| NetnsError::Io {
+                what: "starting the namespace thread",
+                source,
+            })?;
+        Ok(Self { asks })
+    }
+
+    /// A prepared namespace: at once from the pool, or made now if it is empty.
+    pub async fn take(&self) -> Result<Prepared, NetnsError> {
+        let (tx, rx) = oneshot::channel();
+        self.asks.send(tx).map_err(|_| NetnsError::Stopped)?;
+        rx.await.map_err(|_| NetnsError::Stopped)?
+    }
+}
+
+struct Maker {
+    host: OwnedFd,
+    config: Config,
+    next: u32,
+}
+
+impl Maker {
+    fn run(
+        mut self,
+        mut asks: mpsc::UnboundedReceiver<oneshot::Sender<Result<Prepared, NetnsError>>>,
+        size: usize,
+    ) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("the network namespace pool cannot start: {e}");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let Ok((conn, host, _)) = rtnetlink::new_connection() else {
+                tracing::error!("the network namespace pool has no netlink socket");
+                return;
+            };
+            tokio::spawn(conn);
+            let mut ready: VecDeque<Prepared> = VecDeque::new();
+            loop {
+                // Refill between requests, one at a time, so a request never waits for
+                // more than the namespace being made.
+                let ask = if ready.len() < size {
+                    match asks.try_recv() {
+                        Ok(a) => Some(a),
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            match self.make(&host).await {
+                                Ok(p) => ready.push_back(p),
+                                Err(e) => {
+                                    tracing::warn!("preparing a network namespace: {e}");
+                                    // Wait for a request rather than retry in a loop.
+                                    match asks.recv().await {
+                                        Some(a) => {
+                                            let _ = a.send(self.make(&host).await);
+                                        }
+                                        None => return,
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    }
+                } else {
+                    asks.recv().await
+                };
+                let Some(ask) = ask else { return };
+                let p = match ready.pop_front() {
+                    Some(p) => Ok(p),
+                    None => self.make(&host).await,
+                };
+                let _ = ask.send(p);
+            }
+        });
+    }
+
+    /// The next free number and its addresses.
+    async fn make(&mut self, host: &Handle) -> Result<Prepared, NetnsError> {
+        let limit = 1u32
+            .checked_shl(32 - u32::from(self.config.egress_ipv4.len))
+            .unwrap_or(u32::MAX)
+            .saturating_sub(2);
+        for _ in 0..limit.min(4096) {
+            let n = self.next;
+            self.next = if self.next >= limit { 1 } else { self.next + 1 };
+            let Some((ipv4, ipv6)) = super::addresses(&self.config, n) else {
+                continue;
+            };
+            match self.prepare(host, n, ipv4, ipv6).await {
+                Err(NetnsError::Netlink { source, .. }) if exists(&source) => continue,
+                other => return other,
+            }
+        }
+        Err(NetnsError::Exhausted)
+    }
+
+    async fn prepare(
+        &self,
+        host: &Handle,
+        n: u32,
+        ipv4: Ipv4Addr,
+        ipv6: Ipv6Addr,
+    ) -> Result<Prepared, NetnsError> {
+        let (fd, inside) = self.new_namespace()?;
+        let link = format!("{HOST_LINK_PREFIX}{n}");
+        let nl = |what| move |source| NetnsError::Netlink { what, source };
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name("eth0".to_owned())
+            .setns_by_fd(fd.as_raw_fd())
+            .build();
+        host.link()
+            .add(
+                LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+                    .name(link.clone())
+                    .up()
+                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl("creating the veth link"))?;
+        let outer = index(host, &link).await?;
+        let inner = index(&inside, "eth0").await?;
+        let lo = index(&inside, "lo").await?;
+        for (h, i) in [(&inside, lo), (&inside, inner)] {
+            h.link()
+                .set(LinkUnspec::new_with_index(i).up().build())
+                .execute()
+                .await
+                .map_err(nl("bringing a link up"))?;
+        }
+        let add = |h: &Handle, index: u32, a: IpAddr, len: u8| {
+            let mut req = h.address().add(index, a, len);
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            req.replace().execute()
+        };
+        add(&inside, inner, ipv4.into(), 32)
+            .await
+            .map_err(nl("the instance's IPv4 address"))?;
+        add(&inside, inner, ipv6.into(), 128)
+            .await
+            .map_err(nl("the instance's IPv6 address"))?;
+        add(host, outer, GATEWAY4.into(), 32)
+            .await
+            .map_err(nl("the gateway's IPv4 address"))?;
+        add(host, outer, GATEWAY6.into(), 64)
+            .await
+            .map_err(nl("the gateway's IPv6 address"))?;
+        let routes = inside.route();
+        routes
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .output_interface(inner)
+                    .gateway(GATEWAY4)
+                    .onlink()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl("the instance's IPv4 default route"))?;
+        routes
+            .add(
+                RouteMessageBuilder::<Ipv6Addr>::new()
+                    .output_interface(inner)
+                    .gateway(GATEWAY6)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl("the instance's IPv6 default route"))?;
+        host.route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(ipv4, 32)
+                    .output_interface(outer)
+                    .scope(RouteScope::Link)
+                    .build(),
+            )
+            .replace()
+            .execute()
+            .await
+            .map_err(nl("the host's route to the instance (IPv4)"))?;
+        host.route()
+            .add(
+                RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(ipv6, 128)
+                    .output_interface(outer)
+                    .table_id(TABLE_LOCAL)
+                    .build(),
+            )
+            .replace()
+            .execute()
+            .await
+            .map_err(nl("the host's route to the instance (IPv6)"))?;
+        Ok(Prepared { fd, n, ipv4, ipv6 })
+    }
+
+    /// A new network namespace, and a netlink handle inside it. The thread enters the
+    /// namespace only for as long as it takes to open the handle's socket there.
+    fn new_namespace(&self) -> Result<(OwnedFd, Handle), NetnsError> {
+        let io = |what| move |source| NetnsError::Io { what, source };
+        // SAFETY: unshare and setns change this thread only (it is ours alone).
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
+            return Err(io("unshare(CLONE_NEWNET)")(std::io::Error::last_os_error()));
+        }
+        let inside = (|| {
+            let fd = std::fs::File::open("/proc/thread-self/ns/net")
+                .map_err(io("opening the new namespace"))?;
+            // Addresses are unique by construction: no duplicate detection to wait for.
+            std::fs::write("/proc/sys/net/ipv6/conf/default/accept_dad", "0")
+                .map_err(io("turning off duplicate address detection"))?;
+            let (conn, handle, _) =
+                rtnetlink::new_connection().map_err(io("a netlink socket in the namespace"))?;
+            tokio::spawn(conn);
+            Ok((OwnedFd::from(fd), handle))
+        })();
+        // SAFETY: back to the daemon's namespace, through the descriptor opened at start.
+        if unsafe { libc::setns(self.host.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+            let e = std::io::Error::last_os_error();
+            // A thread stuck in another namespace would make every later link there.
+            tracing::error!("returning to the host's network namespace: {e}");
+            std::process::abort();
+        }
+        inside
+    }
+}
+
+async fn index(h: &Handle, name: &str) -> Result<u32, NetnsError> {
+    h.link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .map_err(|source| NetnsError::Netlink {
+            what: "looking up a link",
+            source,
+        })?
+        .map(|l| l.header.index)
+        .ok_or(NetnsError::Io {
+            what: "looking up a link",
+            source: std::io::Error::from_raw_os_error(libc::ENODEV),
+        })
+}
+
+/// Whether netlink answered EEXIST (the link name is taken).
+fn exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.code.is_some_and(|c| c.get() == -libc::EEXIST))
+}
