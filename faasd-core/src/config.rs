@@ -358,7 +358,11 @@ impl std::str::FromStr for Ipv4Net {
             .ok()
             .filter(|l| *l <= 32)
             .ok_or_else(|| format!("{s}: bad prefix length"))?;
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+        let mask = if len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(len))
+        };
         if u32::from(addr) & !mask != 0 {
             return Err(format!("{s}: host bits must be zero"));
         }

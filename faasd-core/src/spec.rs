@@ -623,12 +623,18 @@ fn parse_prefixes(
                             "{key}: {item} is IPv4; functions are reached over IPv6 only"
                         ));
                     }
-                    let len: u8 = if l.is_empty() { Some(32) } else { l.parse().ok() }
-                        .filter(|l| *l <= 32)
-                        .ok_or_else(|| {
-                            SpecError(format!("{key}: {item:?} has a bad prefix length"))
-                        })?;
-                    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+                    let len: u8 = if l.is_empty() {
+                        Some(32)
+                    } else {
+                        l.parse().ok()
+                    }
+                    .filter(|l| *l <= 32)
+                    .ok_or_else(|| SpecError(format!("{key}: {item:?} has a bad prefix length")))?;
+                    let mask = if len == 0 {
+                        0
+                    } else {
+                        u32::MAX << (32 - u32::from(len))
+                    };
                     let masked = std::net::Ipv4Addr::from(u32::from(v4) & mask);
                     out.push((masked.to_ipv6_mapped(), 96 + len));
                     continue;

@@ -79,10 +79,12 @@ impl Egress {
                     .ok_or_else(|| load_err(&format!("{name} missing from the object")))?
                     .try_into()
                     .map_err(|e| load_err(&e))?;
-                prog.load().map_err(|e| load_err(&e))?;
+                prog.load().map_err(|e| load_err(&DisplayChain(&e)))?;
+                // A link: the kernel lets several links share a cgroup whatever the mode
+                // (and refuses the multi flag on one).
                 let id = prog
-                    .attach(dir.as_fd(), CgroupAttachMode::AllowMultiple)
-                    .map_err(|e| load_err(&e))?;
+                    .attach(dir.as_fd(), CgroupAttachMode::Single)
+                    .map_err(|e| load_err(&DisplayChain(&e)))?;
                 let link: FdLink = prog
                     .take_link(id)
                     .map_err(|e| load_err(&e))?
@@ -95,9 +97,8 @@ impl Egress {
                 let _ = std::fs::remove_file(old);
             }
         }
-        let pinned = |name: &'static str| {
-            MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))
-        };
+        let pinned =
+            |name: &'static str| MapData::from_pin(pin_dir.join(name)).map_err(map_err(name));
         let mut config: Array<MapData, u32> =
             Array::try_from(Map::Array(pinned(names::EGRESS_CONFIG)?))
                 .map_err(map_err(names::EGRESS_CONFIG))?;
@@ -137,8 +138,18 @@ impl Egress {
         })?;
         let mut lists = 0;
         for (trie, prefixes, flag, name) in [
-            (&mut self.allow, &policy.allow, EGRESS_HAS_ALLOW, names::EGRESS_ALLOW),
-            (&mut self.deny, &policy.deny, EGRESS_HAS_DENY, names::EGRESS_DENY),
+            (
+                &mut self.allow,
+                &policy.allow,
+                EGRESS_HAS_ALLOW,
+                names::EGRESS_ALLOW,
+            ),
+            (
+                &mut self.deny,
+                &policy.deny,
+                EGRESS_HAS_DENY,
+                names::EGRESS_DENY,
+            ),
         ] {
             for p in prefixes {
                 trie.insert(&key(id, p), 1, 0).map_err(map_err(name))?;
@@ -183,7 +194,9 @@ impl Egress {
             }
         }
         for (reason, _) in EgressReason::ALL {
-            let _ = self.refused.remove(&egress_refused_key(rule.id, reason as u32));
+            let _ = self
+                .refused
+                .remove(&egress_refused_key(rule.id, reason as u32));
         }
         self.ids.release(rule.id);
         Ok(refused)
@@ -215,6 +228,21 @@ impl std::fmt::Debug for Egress {
         f.debug_struct("Egress")
             .field("rules", &self.ids.used())
             .finish_non_exhaustive()
+    }
+}
+
+/// An error with its sources, for aya's errors whose message leaves out the errno.
+struct DisplayChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
     }
 }
 

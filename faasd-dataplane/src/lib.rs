@@ -88,7 +88,7 @@ pub enum DataplaneError {
         source: std::io::Error,
     },
     /// Loading or attaching the program failed.
-    #[error("loading the sk_lookup program: {0}")]
+    #[error("loading the kernel programs: {0}")]
     Load(String),
     /// A map operation failed.
     #[error("BPF map {map}: {source}")]

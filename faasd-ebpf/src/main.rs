@@ -319,7 +319,9 @@ fn egress(addr: [u32; 4]) -> i32 {
     if loopback(addr) {
         return ALLOW;
     }
-    let EgressRule { mode, id, lists, .. } = rule;
+    let EgressRule {
+        mode, id, lists, ..
+    } = rule;
     let refused = if mode == EgressMode::None as u32 {
         Some(EgressReason::None)
     } else if mode == EgressMode::Faas as u32
@@ -355,7 +357,10 @@ fn loopback(a: [u32; 4]) -> bool {
     let mapped = a[0] == 0 && a[1] == 0 && a[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
     let v4_first = a[3].to_ne_bytes()[0];
     (mapped && (v4_first == 127 || a[3] == 0))
-        || (a[0] == 0 && a[1] == 0 && a[2] == 0 && (a[3] == 0 || a[3] == u32::from_ne_bytes([0, 0, 0, 1])))
+        || (a[0] == 0
+            && a[1] == 0
+            && a[2] == 0
+            && (a[3] == 0 || a[3] == u32::from_ne_bytes([0, 0, 0, 1])))
 }
 
 #[cfg(not(test))]

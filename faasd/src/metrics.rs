@@ -101,6 +101,21 @@ pub struct Page {
     pub latencies: (ActivationHistograms, Histogram),
     /// What the supervisors did.
     pub supervisors: Supervisors,
+    /// Calls out refused: (namespace, function, reason) → count, only where not zero.
+    pub egress_refused: Vec<EgressRefused>,
+}
+
+/// Calls out the egress policy refused for one function and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressRefused {
+    /// The function's namespace.
+    pub namespace: String,
+    /// The function.
+    pub function: String,
+    /// `none`, `faas` or `denied`.
+    pub reason: &'static str,
+    /// How many connections and datagrams.
+    pub count: u64,
 }
 
 /// The supervisors' counters.
@@ -122,6 +137,7 @@ impl Page {
         http: &HttpStats,
         latencies: &Latencies,
         supervisors: Supervisors,
+        egress_refused: Vec<EgressRefused>,
     ) -> Self {
         Self {
             host,
@@ -131,6 +147,7 @@ impl Page {
             http: http.snapshot(),
             latencies: latencies.snapshot(),
             supervisors,
+            egress_refused,
         }
     }
 }
@@ -385,6 +402,7 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
         http: requests,
         latencies: (activation, invocation),
         supervisors,
+        egress_refused,
     } = page;
     let mut o = Out(out);
     let d = &host.dataplane;
@@ -573,6 +591,24 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
             "faasd_dns_queries_total",
             &[("type", kind), ("rcode", rcode)],
             n,
+        )?;
+    }
+
+    o.family(
+        "faasd_egress_refused_total",
+        "counter",
+        "Connections and datagrams a function's egress policy refused, by reason (none, \
+         faas: outside the platform, denied: a denied prefix); only functions that had any.",
+    )?;
+    for r in egress_refused {
+        o.sample(
+            "faasd_egress_refused_total",
+            &[
+                ("function", &r.function),
+                ("namespace", &r.namespace),
+                ("reason", r.reason),
+            ],
+            r.count,
         )?;
     }
 

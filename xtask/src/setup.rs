@@ -43,6 +43,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "pushes the sample image to that registry in the tests",
     ),
     ("dnsutils", "dig: the DNS tests query faasd's zone with it"),
+    ("nsd", "the calls-out tests' authoritative DNS server"),
+    (
+        "nftables",
+        "nft: faasd masquerades what functions send out of the host with it",
+    ),
     (
         "wireguard-tools",
         "wg: the WireGuard tests configure the client with it",
@@ -66,8 +71,9 @@ const PACKAGES: &[(&str, &str)] = &[
 
 /// What the systemd test's Debian holds besides a minimal base: systemd to boot, curl to
 /// call functions, iproute2 for `ss`, dnsutils for `dig`, wireguard-tools for faasd to
-/// configure wg-faas.
-const NSPAWN_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,curl,dnsutils,wireguard-tools";
+/// configure wg-faas, nftables for its NAT rules.
+const NSPAWN_PACKAGES: &str =
+    "systemd,systemd-sysv,dbus,iproute2,curl,dnsutils,wireguard-tools,nftables";
 
 /// The schemathesis release the contract test is known to work with.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";

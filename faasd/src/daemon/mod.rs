@@ -519,7 +519,36 @@ impl Daemon {
                 wakeups: supervisor::wakeups(),
                 parked: supervisor::parked(),
             },
+            self.egress_refused(),
         )
+    }
+
+    /// Calls out refused, by function (its cgroup's last two components) and reason.
+    fn egress_refused(&self) -> Vec<crate::metrics::EgressRefused> {
+        let Some(e) = &self.egress else {
+            return Vec::new();
+        };
+        let name = |p: &std::path::Path, up: usize| {
+            p.iter()
+                .rev()
+                .nth(up)
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let mut out: Vec<_> = e
+            .refused()
+            .into_iter()
+            .map(|(cgroup, reason, count)| crate::metrics::EgressRefused {
+                namespace: name(&cgroup, 1),
+                function: name(&cgroup, 0),
+                reason,
+                count,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.namespace, &a.function, a.reason).cmp(&(&b.namespace, &b.function, b.reason))
+        });
+        out
     }
 
     /// Resolves once the daemon can take its registry's lock: it is not stuck.

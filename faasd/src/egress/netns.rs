@@ -86,12 +86,11 @@ pub struct Pool {
 impl Pool {
     /// Starts the thread that keeps `egress-pool` namespaces prepared.
     pub fn start(config: &Config) -> Result<Self, NetnsError> {
-        let host = std::fs::File::open("/proc/thread-self/ns/net").map_err(|source| {
-            NetnsError::Io {
+        let host =
+            std::fs::File::open("/proc/thread-self/ns/net").map_err(|source| NetnsError::Io {
                 what: "opening this network namespace",
                 source,
-            }
-        })?;
+            })?;
         let (asks, rx) = mpsc::unbounded_channel();
         let maker = Maker {
             host: OwnedFd::from(host),

@@ -51,7 +51,7 @@ macro_rules! require_privileges {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn run(cmd: &mut Command) {
+pub fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),

@@ -11,6 +11,7 @@ mod containers;
 mod contract;
 mod dataplane;
 mod dns;
+mod egress;
 mod nspawn;
 mod policy;
 mod restart;

@@ -63,7 +63,10 @@ fn systemd_starts_restarts_and_watches_faasd_from_its_units() {
         // faasd loads eBPF programs and pins them on the host's bpffs, and runs boringtun
         // on a TUN device. nspawn's own system call list lacks pidfd_getfd, with which a
         // restarted faasd takes the sockets back from the instances it adopts.
-        .args(["--capability=all", "--system-call-filter=@privileged bpf pidfd_getfd"])
+        .args([
+            "--capability=all",
+            "--system-call-filter=@privileged bpf pidfd_getfd",
+        ])
         .args(["--bind=/sys/fs/bpf", "--bind=/dev/net/tun"])
         .arg(bind_ro(
             Path::new(crate::harness::faasd_bin()),

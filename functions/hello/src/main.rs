@@ -17,7 +17,10 @@
 //! looking around: `/interfaces` (its network interfaces), `/secret/<name>` (an OpenFaaS
 //! secret mounted at /var/openfaas/secrets), `/alloc/<MiB>` (allocates and touches that
 //! much memory, to see a memory limit at work), `/env/<NAME>` (an environment variable),
-//! `/write` (tries to create a file in `/`, to see a read-only root).
+//! `/write` (tries to create a file in `/`, to see a read-only root), and calls out:
+//! `/connect/<host>:<port>` (an HTTP/1.0 request there, answering with what came back or
+//! the error), `/udp/<host>:<port>` (one datagram, unconnected) and `/resolve/<name>` (its
+//! addresses, through the system's resolver).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -175,6 +178,25 @@ fn inspect(path: &str) -> Option<String> {
             Err(e) => format!("cannot write to /: {e}\n"),
         });
     }
+    if let Some(target) = path.strip_prefix("/connect/") {
+        return Some(call_out(target));
+    }
+    if let Some(target) = path.strip_prefix("/udp/") {
+        let sent = UdpSocket::bind("[::]:0")
+            .or_else(|_| UdpSocket::bind("0.0.0.0:0"))
+            .and_then(|s| s.send_to(b"hello", target));
+        return Some(match sent {
+            Ok(_) => format!("sent to {target}\n"),
+            Err(e) => format!("cannot send to {target}: {e}\n"),
+        });
+    }
+    if let Some(name) = path.strip_prefix("/resolve/") {
+        use std::net::ToSocketAddrs;
+        return Some(match (name, 0).to_socket_addrs() {
+            Ok(addrs) => addrs.map(|a| format!("{}\n", a.ip())).collect(),
+            Err(e) => format!("cannot resolve {name}: {e}\n"),
+        });
+    }
     if let Some(mib) = path.strip_prefix("/alloc/") {
         let mib: usize = mib.parse().ok()?;
         // Touch every page, so the memory is really used.
@@ -183,6 +205,31 @@ fn inspect(path: &str) -> Option<String> {
         return Some(format!("allocated {mib} MiB ({sum} pages)\n"));
     }
     None
+}
+
+/// Connects to `target` (`host:port`), sends an HTTP/1.0 request and answers with the
+/// response, or with why it could not.
+fn call_out(target: &str) -> String {
+    use std::net::ToSocketAddrs;
+    let addrs = match target.to_socket_addrs() {
+        Ok(a) => a.collect::<Vec<_>>(),
+        Err(e) => return format!("cannot resolve {target}: {e}\n"),
+    };
+    let mut last = format!("{target} has no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(mut s) => {
+                let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = write!(s, "GET / HTTP/1.0\r\nHost: {host}\r\n\r\n");
+                let mut answer = String::new();
+                let _ = s.take(4096).read_to_string(&mut answer);
+                return format!("connected to {addr}\n{answer}");
+            }
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    format!("cannot connect to {target}: {last}\n")
 }
 
 fn main() {

@@ -1,0 +1,330 @@
+//! Calls out from process functions, in a host namespace running faasd behind a second
+//! namespace that plays the internet: HTTP on IPv4 and IPv6 and an authoritative DNS
+//! server (NSD) that the host's resolv.conf names, with no route back to anything of
+//! faasd's (instance addresses reach it only masqueraded as the host's).
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv6Addr, SocketAddr, TcpListener},
+    process::{Child, Command},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::{
+    harness::{Daemon, Netns, http_get_path, run},
+    require_privileges,
+};
+
+/// The uplink between the host and the internet.
+const HOST4: &str = "10.99.0.2";
+const INTERNET4: &str = "10.99.0.1";
+const HOST6: &str = "2001:db8:99::2";
+const INTERNET6: &str = "2001:db8:99::1";
+/// faasd's DNS, on the host's loopback.
+const DNS: &str = "fd00:faa5:0:100::1";
+
+/// The internet: a namespace linked to the host's, its HTTP server and NSD.
+struct Internet {
+    ns: Netns,
+    stop: Arc<AtomicBool>,
+    nsd: Child,
+}
+
+impl Internet {
+    /// Links `host` to a new namespace, routes the host's defaults through it, and starts
+    /// an HTTP server (answering with the peer's address) and NSD for `example.test`.
+    fn new(host: &Netns) -> Self {
+        let ns = Netns::new("inet");
+        run(Command::new("ip").args([
+            "-n", &host.name, "link", "add", "up0", "type", "veth", "peer", "name", "down0",
+            "netns", &ns.name,
+        ]));
+        for (n, link, v4, v6) in [
+            (&host.name, "up0", HOST4, HOST6),
+            (&ns.name, "down0", INTERNET4, INTERNET6),
+        ] {
+            run(Command::new("ip").args([
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("{v4}/24"),
+                "dev",
+                link,
+            ]));
+            run(Command::new("ip").args([
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                link,
+                "nodad",
+            ]));
+            run(Command::new("ip").args(["-n", n, "link", "set", link, "up"]));
+        }
+        run(Command::new("ip").args([
+            "-n", &host.name, "route", "add", "default", "via", INTERNET4,
+        ]));
+        run(Command::new("ip").args([
+            "-n", &host.name, "-6", "route", "add", "default", "via", INTERNET6,
+        ]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = ns.run(|| TcpListener::bind("[::]:80").expect("bind [::]:80"));
+        listener.set_nonblocking(true).unwrap();
+        let flag = stop.clone();
+        std::thread::spawn(move || serve(listener, &flag));
+        let nsd = start_nsd(&ns);
+        Self { ns, stop, nsd }
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.nsd.kill();
+        let _ = self.nsd.wait();
+    }
+}
+
+/// Answers every request with the address it came from.
+fn serve(listener: TcpListener, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut s, peer)) => {
+                let _ = s.set_nonblocking(false);
+                let mut line = String::new();
+                let _ = BufReader::new(&s).read_line(&mut line);
+                let body = format!("internet saw {}\n", peer.ip().to_canonical());
+                let _ = write!(
+                    s,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// NSD, authoritative for `example.test` (`www` → the internet's addresses), on the
+/// internet's addresses.
+fn start_nsd(ns: &Netns) -> Child {
+    let dir = ns.dir.join("nsd");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("example.test.zone"),
+        format!(
+            "$ORIGIN example.test.\n$TTL 60\n\
+             @ IN SOA ns hostmaster 1 3600 600 86400 60\n\
+             @ IN NS ns\nns IN A {INTERNET4}\n\
+             www IN A {INTERNET4}\nwww IN AAAA {INTERNET6}\n"
+        ),
+    )
+    .unwrap();
+    let conf = dir.join("nsd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n  ip-address: {INTERNET4}\n  ip-address: {INTERNET6}\n  port: 53\n  \
+             username: \"\"\n  chroot: \"\"\n  zonesdir: {dir:?}\n  database: \"\"\n  \
+             pidfile: {pid:?}\n  xfrdfile: {xfrd:?}\n  zonelistfile: {list:?}\n  \
+             logfile: {log:?}\n  verbosity: 1\n\
+             remote-control:\n  control-enable: no\n\
+             zone:\n  name: example.test\n  zonefile: example.test.zone\n",
+            pid = dir.join("nsd.pid"),
+            xfrd = dir.join("xfrd.state"),
+            list = dir.join("zone.list"),
+            log = dir.join("nsd.log"),
+        ),
+    )
+    .unwrap();
+    let nsd = ns.spawn(Command::new("nsd").args(["-d", "-c"]).arg(&conf));
+    // Ready once it answers over UDP.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ns.run(|| {
+            Command::new("dig")
+                .args(["+short", "+time=1", "+tries=1"])
+                .arg(format!("@{INTERNET4}"))
+                .args(["www.example.test", "A"])
+                .output()
+        });
+        if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(INTERNET4)) {
+            return nsd;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "NSD did not answer:\n{}",
+            std::fs::read_to_string(dir.join("nsd.log")).unwrap_or_default(),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Skips (a failure under FAASD_TEST_STRICT) without NSD.
+fn nsd_missing() -> bool {
+    let missing = Command::new("nsd").arg("-v").output().is_err();
+    if missing {
+        crate::harness::skip("nsd is missing (cargo xtask setup installs it)");
+    }
+    missing
+}
+
+/// A host with faasd, its DNS on the host's loopback and resolv.conf naming the internet.
+fn host() -> Netns {
+    let host = Netns::new("egress");
+    host.add_loopback_address(DNS.parse().unwrap());
+    host
+}
+
+fn config(host: &Netns, extra: &str) -> String {
+    let resolv = host.dir.join("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {INTERNET4}\n")).unwrap();
+    format!("dns = [\"[{DNS}]:53\"]\nresolv-conf = {resolv:?}\n{extra}")
+}
+
+/// GET `path` on a function and return the body.
+fn call(d: &Daemon, addr: Ipv6Addr, path: &str) -> String {
+    let (code, body) =
+        d.ns.run(|| http_get_path(SocketAddr::from((addr, 8080)), path))
+            .unwrap_or_else(|e| panic!("{path}: {e}\n{}", d.log()));
+    assert_eq!(code, 200, "{path}: {body}");
+    body
+}
+
+/// Fails with the daemon's log.
+fn expect(d: &Daemon, ok: bool, what: &str) {
+    assert!(ok, "{what}\ndaemon log:\n{}", d.log());
+}
+
+#[test]
+fn a_function_calls_the_internet_the_host_and_other_functions_by_name() {
+    require_privileges!();
+    if nsd_missing() {
+        return;
+    }
+    let host = host();
+    let internet = Internet::new(&host);
+    let d = Daemon::start_with(&host, &config(&host, ""));
+    let caller = d.deploy_hello("caller", &[]);
+    let callee = d.deploy_hello("callee", &["--label", "com.openfaas.scale.zero=true"]);
+    let _ = &internet.ns;
+
+    // The outside world over IPv4 and IPv6, masqueraded as the host.
+    let v4 = call(&d, caller, &format!("/connect/{INTERNET4}:80"));
+    expect(&d, v4.contains(&format!("internet saw {HOST4}")), &v4);
+    let v6 = call(&d, caller, &format!("/connect/[{INTERNET6}]:80"));
+    expect(&d, v6.contains(&format!("internet saw {HOST6}")), &v6);
+
+    // A name outside faas., through faasd's DNS and the host's resolver (NSD here).
+    let resolved = call(&d, caller, "/resolve/www.example.test");
+    expect(
+        &d,
+        resolved.contains(INTERNET4) && resolved.contains(INTERNET6),
+        &resolved,
+    );
+    let by_name = call(&d, caller, "/connect/www.example.test:80");
+    expect(&d, by_name.contains("internet saw"), &by_name);
+
+    // Another function by name: resolved by faasd's zone, woken from zero by steering.
+    expect(
+        &d,
+        d.describe("callee").state.instances.is_empty(),
+        "callee runs before it is called",
+    );
+    let named = call(&d, caller, "/connect/callee:8080");
+    expect(
+        &d,
+        named.contains(&format!("connected to [{callee}]:8080"))
+            && named.contains("Hello from faasd"),
+        &named,
+    );
+    let qualified = call(&d, caller, "/resolve/callee.openfaas-fn.faas");
+    expect(&d, qualified.contains(&callee.to_string()), &qualified);
+    let by_address = call(&d, caller, &format!("/connect/[{callee}]:8080"));
+    expect(&d, by_address.contains("Hello from faasd"), &by_address);
+
+    // A service bound on the host's own address.
+    let service = host.run(|| TcpListener::bind(format!("{HOST4}:7070")).unwrap());
+    let accepted = std::thread::spawn(move || {
+        let (mut s, _) = service.accept().unwrap();
+        s.write_all(b"HTTP/1.0 200 OK\r\n\r\nhost service\n")
+            .unwrap();
+    });
+    let local = call(&d, caller, &format!("/connect/{HOST4}:7070"));
+    accepted.join().unwrap();
+    expect(&d, local.contains("host service"), &local);
+
+    // /etc/hosts names the function itself.
+    let me = call(&d, caller, "/resolve/caller");
+    expect(&d, me.contains(&caller.to_string()), &me);
+}
+
+#[test]
+fn egress_none_and_denied_prefixes_are_refused_at_once_and_counted() {
+    require_privileges!();
+    if nsd_missing() {
+        return;
+    }
+    let host = host();
+    let internet = Internet::new(&host);
+    let d = Daemon::start_with(&host, &config(&host, ""));
+    let _ = &internet.ns;
+    let closed = d.deploy_hello("closed", &["--annotation", "faasd.dev/egress=none"]);
+    let picky = d.deploy_hello(
+        "picky",
+        &[
+            "--annotation",
+            &format!("faasd.dev/egress-deny={INTERNET4}/32"),
+        ],
+    );
+    let inside = d.deploy_hello("inside", &["--annotation", "faasd.dev/egress=faas"]);
+
+    let started = Instant::now();
+    let refused = call(&d, closed, &format!("/connect/{INTERNET4}:80"));
+    expect(&d, refused.contains("Operation not permitted"), &refused);
+    let udp = call(&d, closed, &format!("/udp/[{INTERNET6}]:53"));
+    expect(&d, udp.contains("Operation not permitted"), &udp);
+    expect(
+        &d,
+        started.elapsed() < Duration::from_secs(3),
+        &format!("refusals took {:?}", started.elapsed()),
+    );
+
+    let denied = call(&d, picky, &format!("/connect/{INTERNET4}:80"));
+    expect(&d, denied.contains("Operation not permitted"), &denied);
+    let other = call(&d, picky, &format!("/connect/[{INTERNET6}]:80"));
+    expect(&d, other.contains("internet saw"), &other);
+
+    let outside = call(&d, inside, &format!("/connect/[{INTERNET6}]:80"));
+    expect(&d, outside.contains("Operation not permitted"), &outside);
+    let function = call(&d, inside, &format!("/connect/[{picky}]:8080"));
+    expect(&d, function.contains("Hello from faasd"), &function);
+
+    let (_, metrics) = d.api("GET", "/metrics", "");
+    for (f, reason, n) in [
+        ("closed", "none", 2),
+        ("picky", "denied", 1),
+        ("inside", "faas", 1),
+    ] {
+        let line = format!(
+            "faasd_egress_refused_total{{function=\"{f}\",namespace=\"openfaas-fn\",reason=\"{reason}\"}} {n}"
+        );
+        let why = format!("no {line} in:\n{}", egress_lines(&metrics));
+        expect(&d, metrics.contains(&line), &why);
+    }
+}
+
+fn egress_lines(metrics: &str) -> String {
+    metrics
+        .lines()
+        .filter(|l| l.contains("egress"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
