@@ -118,6 +118,8 @@ pub struct ContainerSpec {
     pub cgroups_path: String,
     /// Extra bind mounts.
     pub binds: Vec<Bind>,
+    /// A network namespace to join (a path to it); a new one with only `lo` otherwise.
+    pub netns: Option<String>,
 }
 
 /// CFS period for CPU limits: the kernel's default, 100 ms.
@@ -126,6 +128,10 @@ const CPU_PERIOD_US: u64 = 100_000;
 impl ContainerSpec {
     /// The spec as JSON, as containerd stores it.
     pub fn to_json(&self) -> Value {
+        let network = match &self.netns {
+            Some(path) => json!({"type": "network", "path": path}),
+            None => json!({"type": "network"}),
+        };
         let mut mounts = vec![
             json!({"destination": "/proc", "type": "proc", "source": "proc",
                    "options": ["nosuid", "noexec", "nodev"]}),
@@ -186,7 +192,7 @@ impl ContainerSpec {
                 "cgroupsPath": self.cgroups_path,
                 "namespaces": [
                     {"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
-                    {"type": "mount"}, {"type": "network"},
+                    {"type": "mount"}, network,
                 ],
                 "maskedPaths": [
                     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
@@ -232,6 +238,7 @@ mod tests {
                 destination: "/.faasd/run".into(),
                 read_only: false,
             }],
+            netns: None,
         }
     }
 

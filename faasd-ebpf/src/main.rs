@@ -310,10 +310,9 @@ fn egress(addr: [u32; 4]) -> i32 {
     let Some(level) = EGRESS_CONFIG.get(0).copied().filter(|l| *l > 0) else {
         return ALLOW;
     };
-    // SAFETY: a helper without memory arguments.
-    let cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-    // SAFETY: the value is plain data, copied out at once.
-    let Some(rule) = (unsafe { EGRESS_RULES.get(&cgroup) }).copied() else {
+    // A process function's instances run in the function's cgroup (level `level`); a
+    // container's in a cgroup of its own one level up, beside the functions' namespaces.
+    let Some(rule) = rule_at(level).or_else(|| rule_at(level - 1)) else {
         return ALLOW;
     };
     if loopback(addr) {
@@ -348,6 +347,14 @@ fn egress(addr: [u32; 4]) -> i32 {
             REFUSE
         }
     }
+}
+
+#[inline(always)]
+fn rule_at(level: u32) -> Option<EgressRule> {
+    // SAFETY: a helper without memory arguments.
+    let cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+    // SAFETY: the value is plain data, copied out at once.
+    unsafe { EGRESS_RULES.get(&cgroup) }.copied()
 }
 
 /// `127.0.0.0/8` (as IPv4-mapped), `::1` and the unspecified addresses, which all stay

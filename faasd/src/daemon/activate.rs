@@ -115,6 +115,7 @@ impl Daemon {
             image,
             settings,
             secrets,
+            self.egress.clone(),
         ))
     }
 

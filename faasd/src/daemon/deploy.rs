@@ -254,9 +254,7 @@ impl Daemon {
         self.retire(&f, true).await;
         f.log.remove();
         if let Some(e) = &self.egress {
-            if let Some(cg) = &f.cgroup {
-                e.forget(cg);
-            }
+            e.forget(&f.record.spec.id());
             e.remove_files(&f.record.spec);
         }
         Ok(())

@@ -523,26 +523,22 @@ impl Daemon {
         )
     }
 
-    /// Calls out refused, by function (its cgroup's last two components) and reason.
+    /// Calls out refused, by function and reason.
     fn egress_refused(&self) -> Vec<crate::metrics::EgressRefused> {
         let Some(e) = &self.egress else {
             return Vec::new();
         };
-        let name = |p: &std::path::Path, up: usize| {
-            p.iter()
-                .rev()
-                .nth(up)
-                .map(|c| c.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        };
         let mut out: Vec<_> = e
             .refused()
             .into_iter()
-            .map(|(cgroup, reason, count)| crate::metrics::EgressRefused {
-                namespace: name(&cgroup, 1),
-                function: name(&cgroup, 0),
-                reason,
-                count,
+            .map(|(owner, reason, count)| {
+                let (namespace, function) = owner.split_once('/').unwrap_or(("", &owner));
+                crate::metrics::EgressRefused {
+                    namespace: namespace.to_owned(),
+                    function: function.to_owned(),
+                    reason,
+                    count,
+                }
             })
             .collect();
         out.sort_by(|a, b| {

@@ -83,20 +83,32 @@ pub struct Egress {
     rules: Mutex<Rules>,
     resolv_conf: PathBuf,
     hosts_dir: PathBuf,
+    /// The cgroup that holds functions' cgroups (and containers' instance cgroups).
+    parent: Option<PathBuf>,
+    /// Who a container instance's cgroup belongs to, by cgroup id: its path does not say,
+    /// and a restarted daemon needs to know.
+    owners_dir: PathBuf,
 }
 
-/// The egress programs' maps, and the cgroups with a rule (path → cgroup id).
+/// The egress programs' maps, and the cgroups with a rule.
 #[derive(Debug)]
 struct Rules {
     maps: faasd_dataplane::Egress,
-    cgroups: HashMap<PathBuf, u64>,
-    /// Refusals of rules already removed, by function cgroup path.
-    folded: HashMap<PathBuf, Refused>,
+    cgroups: HashMap<PathBuf, Ruled>,
+    /// Refusals of rules already removed, by function (`namespace/name`).
+    folded: HashMap<String, Refused>,
+}
+
+/// A cgroup's rule: its id in the maps, and the function (`namespace/name`) it is for.
+#[derive(Debug)]
+struct Ruled {
+    id: u64,
+    owner: String,
 }
 
 impl Egress {
-    /// Installs NAT and forwarding, starts the pool and keeps the egress maps. `cgroups`:
-    /// the cgroup holding every function's cgroup, and its level below the root.
+    /// Installs NAT and forwarding, starts the pool and keeps the egress maps, and the
+    /// previous daemon's rules of cgroups that still exist (their instances run on).
     pub fn start(
         config: &Config,
         maps: faasd_dataplane::Egress,
@@ -105,10 +117,13 @@ impl Egress {
         nat::install(config)?;
         let dir = config.runtime_dir.join("egress");
         let hosts_dir = dir.join("hosts");
-        std::fs::create_dir_all(&hosts_dir).map_err(|source| EgressError::File {
-            path: hosts_dir.clone(),
-            source,
-        })?;
+        let owners_dir = dir.join("owners");
+        for d in [&hosts_dir, &owners_dir] {
+            std::fs::create_dir_all(d).map_err(|source| EgressError::File {
+                path: d.clone(),
+                source,
+            })?;
+        }
         let resolv_conf = dir.join("resolv.conf");
         let nameserver = dns.map_or_else(
             || "# faasd serves no DNS (dns = [])".to_owned(),
@@ -121,36 +136,38 @@ impl Egress {
                  {nameserver}\nsearch faas\noptions edns0\n"
             ),
         )?;
-        let mut cgroups = HashMap::new();
-        let mut stale = Vec::new();
-        for id in maps.cgroups() {
-            stale.push(id);
-        }
+        let parent = crate::runtime::cgroup::root().map(|r| r.join(&config.cgroup_parent));
+        let live = parent.as_deref().map(live_cgroups).unwrap_or_default();
         let mut rules = Rules {
-            maps,
             cgroups: HashMap::new(),
             folded: HashMap::new(),
+            maps,
         };
-        // The previous daemon's rules stay for cgroups that still exist: their instances
-        // keep running under them. The restore finds those by path again.
-        let live = live_cgroups(config);
-        for id in stale {
-            match live.get(&id) {
-                Some(path) => {
-                    cgroups.insert(path.clone(), id);
+        for id in rules.maps.cgroups() {
+            let owner = live.get(&id).and_then(|(path, owner)| {
+                owner
+                    .clone()
+                    .or_else(|| std::fs::read_to_string(owners_dir.join(id.to_string())).ok())
+                    .map(|o| (path.clone(), o))
+            });
+            match owner {
+                Some((path, owner)) => {
+                    rules.cgroups.insert(path, Ruled { id, owner });
                 }
                 None => {
                     let _ = rules.maps.clear(id);
+                    let _ = std::fs::remove_file(owners_dir.join(id.to_string()));
                 }
             }
         }
-        rules.cgroups = cgroups;
         Ok(Self {
             default: config.egress,
             pool: netns::Pool::start(config)?,
             rules: Mutex::new(rules),
             resolv_conf,
             hosts_dir,
+            parent,
+            owners_dir,
         })
     }
 
@@ -159,9 +176,23 @@ impl Egress {
         settings.egress.mode.unwrap_or(self.default)
     }
 
-    /// Gets an instance ready to call out: the rule of its cgroup (made here if the
-    /// runtime has not made it yet), a prepared namespace unless its mode is `none`, and
-    /// the files it sees.
+    /// The policy a function's instances run under.
+    pub fn policy(&self, settings: &Settings) -> EgressPolicy {
+        EgressPolicy {
+            mode: match self.mode(settings) {
+                EgressMode::All => faasd_common::EgressMode::All,
+                EgressMode::Faas => faasd_common::EgressMode::Faas,
+                EgressMode::None => faasd_common::EgressMode::None,
+            },
+            allow: settings.egress.allow.clone(),
+            deny: settings.egress.deny.clone(),
+        }
+    }
+
+    /// Gets an instance ready to call out: the rule of its function's cgroup (made here
+    /// if the runtime has not made it yet; a container's instance cgroup gets its rule
+    /// from the container runtime, through [`Egress::grant`]), a prepared namespace unless
+    /// its mode is `none`, and the files it sees.
     pub async fn admit(
         &self,
         spec: &FunctionSpec,
@@ -169,34 +200,17 @@ impl Egress {
         settings: &Settings,
         cgroup: Option<&Path>,
     ) -> Result<Network, EgressError> {
-        let mode = self.mode(settings);
-        if let Some(dir) = cgroup {
+        let policy = self.policy(settings);
+        if let Some(dir) = cgroup
+            && !unrestricted(&policy)
+        {
             crate::runtime::cgroup::create(dir).map_err(|source| EgressError::File {
                 path: dir.to_owned(),
                 source,
             })?;
-            let id = std::fs::metadata(dir)
-                .map_err(|source| EgressError::File {
-                    path: dir.to_owned(),
-                    source,
-                })?
-                .ino();
-            let mut rules = self.rules.lock().expect("egress rules");
-            if rules.cgroups.get(dir) != Some(&id) {
-                let policy = EgressPolicy {
-                    mode: match mode {
-                        EgressMode::All => faasd_common::EgressMode::All,
-                        EgressMode::Faas => faasd_common::EgressMode::Faas,
-                        EgressMode::None => faasd_common::EgressMode::None,
-                    },
-                    allow: settings.egress.allow.clone(),
-                    deny: settings.egress.deny.clone(),
-                };
-                rules.maps.set(id, &policy)?;
-                rules.cgroups.insert(dir.to_owned(), id);
-            }
+            self.grant(dir, &spec.id(), &policy)?;
         }
-        let netns = match mode {
+        let netns = match self.mode(settings) {
             EgressMode::None => None,
             EgressMode::All | EgressMode::Faas => Some(self.pool.take().await?),
         };
@@ -210,15 +224,43 @@ impl Egress {
         })
     }
 
-    /// The function's cgroup is gone: its rule goes, and what it refused is kept.
+    /// Gives the cgroup `dir` (which exists) the rule of `policy` for function `owner`
+    /// (`namespace/name`), unless it has it. An unrestricted policy needs no rule: nothing
+    /// to refuse, nothing to count.
+    pub fn grant(&self, dir: &Path, owner: &str, policy: &EgressPolicy) -> Result<(), EgressError> {
+        if unrestricted(policy) {
+            return Ok(());
+        }
+        let file = |source| EgressError::File {
+            path: dir.to_owned(),
+            source,
+        };
+        let id = std::fs::metadata(dir).map_err(file)?.ino();
+        let mut rules = self.rules.lock().expect("egress rules");
+        if rules.cgroups.get(dir).is_some_and(|r| r.id == id) {
+            return Ok(());
+        }
+        // A container instance's cgroup sits right under the parent: its owner is written
+        // down for the next daemon.
+        if dir.parent() == self.parent.as_deref() {
+            write_atomic(&self.owners_dir.join(id.to_string()), owner)?;
+        }
+        rules.maps.set(id, policy)?;
+        let owner = owner.to_owned();
+        rules.cgroups.insert(dir.to_owned(), Ruled { id, owner });
+        Ok(())
+    }
+
+    /// The cgroup is gone: its rule goes, and what it refused stays with its function.
     pub fn release(&self, cgroup: &Path) {
         let mut rules = self.rules.lock().expect("egress rules");
-        let Some(id) = rules.cgroups.remove(cgroup) else {
+        let Some(Ruled { id, owner }) = rules.cgroups.remove(cgroup) else {
             return;
         };
+        let _ = std::fs::remove_file(self.owners_dir.join(id.to_string()));
         match rules.maps.clear(id) {
             Ok(refused) => {
-                let total = rules.folded.entry(cgroup.to_owned()).or_default();
+                let total = rules.folded.entry(owner).or_default();
                 for (t, r) in total.iter_mut().zip(refused) {
                     *t += r;
                 }
@@ -227,38 +269,34 @@ impl Egress {
         }
     }
 
-    /// The function was removed: forget what it refused.
-    pub fn forget(&self, cgroup: &Path) {
-        self.release(cgroup);
+    /// The function (`namespace/name`) was removed: forget what it refused.
+    pub fn forget(&self, owner: &str) {
         self.rules
             .lock()
             .expect("egress rules")
             .folded
-            .remove(cgroup);
+            .remove(owner);
     }
 
-    /// Connections refused for each function cgroup that refused any, by reason, with its
-    /// label: what `/metrics` shows.
-    pub fn refused(&self) -> Vec<(PathBuf, &'static str, u64)> {
+    /// Connections refused by function (`namespace/name`) and reason, where not zero:
+    /// what `/metrics` shows.
+    pub fn refused(&self) -> Vec<(String, &'static str, u64)> {
         let rules = self.rules.lock().expect("egress rules");
-        let mut totals: HashMap<&Path, Refused> = rules
-            .folded
-            .iter()
-            .map(|(p, r)| (p.as_path(), *r))
-            .collect();
-        for (path, id) in &rules.cgroups {
-            let now = rules.maps.refused(*id);
-            let t = totals.entry(path.as_path()).or_default();
-            for (t, r) in t.iter_mut().zip(now) {
-                *t += r;
+        let mut totals: HashMap<&str, Refused> =
+            rules.folded.iter().map(|(o, r)| (o.as_str(), *r)).collect();
+        for r in rules.cgroups.values() {
+            let now = rules.maps.refused(r.id);
+            let t = totals.entry(r.owner.as_str()).or_default();
+            for (t, n) in t.iter_mut().zip(now) {
+                *t += n;
             }
         }
         let mut out = Vec::new();
-        for (path, counts) in totals {
+        for (owner, counts) in totals {
             for (reason, label) in EgressReason::ALL {
                 let n = counts[reason as usize];
                 if n > 0 {
-                    out.push((path.to_owned(), label, n));
+                    out.push((owner.to_owned(), label, n));
                 }
             }
         }
@@ -298,20 +336,41 @@ impl Egress {
     }
 }
 
-/// The function cgroups that exist under the configured parent, by cgroup id.
-fn live_cgroups(config: &Config) -> HashMap<u64, PathBuf> {
+/// `all` without prefix lists: the programs let everything through without a rule.
+fn unrestricted(policy: &EgressPolicy) -> bool {
+    policy.mode == faasd_common::EgressMode::All
+        && policy.allow.is_empty()
+        && policy.deny.is_empty()
+}
+
+/// The cgroups under `parent` that can hold a rule, by cgroup id: functions'
+/// (`<namespace>/<name>`, which names its owner) and containers' instances (right under
+/// the parent; the owners file names theirs).
+fn live_cgroups(parent: &Path) -> HashMap<u64, (PathBuf, Option<String>)> {
     let mut out = HashMap::new();
-    let Some(root) = crate::runtime::cgroup::root() else {
-        return out;
+    let dirs = |d: &Path| -> Vec<(PathBuf, u64)> {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                m.is_dir().then(|| (e.path(), m.ino()))
+            })
+            .collect()
     };
-    let parent = root.join(&config.cgroup_parent);
-    for ns in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-            if let Ok(m) = f.metadata()
-                && m.is_dir()
-            {
-                out.insert(m.ino(), f.path());
-            }
+    for (first, ino) in dirs(parent) {
+        out.insert(ino, (first.clone(), None));
+        let ns = first
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for (function, ino) in dirs(&first) {
+            let name = function
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.insert(ino, (function, Some(format!("{ns}/{name}"))));
         }
     }
     out

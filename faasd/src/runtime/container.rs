@@ -153,6 +153,8 @@ pub struct ContainerRuntime {
     image_port: Option<u16>,
     secrets: Vec<(String, PathBuf)>,
     config: OnceLock<ImageConfig>,
+    /// Calls out: the rule each instance's cgroup gets.
+    egress: Option<(Arc<crate::egress::Egress>, faasd_dataplane::EgressPolicy)>,
 }
 
 impl ContainerRuntime {
@@ -163,9 +165,14 @@ impl ContainerRuntime {
         image: ImageRef,
         settings: &faasd_core::spec::Settings,
         secrets: Vec<(String, PathBuf)>,
+        egress: Option<Arc<crate::egress::Egress>>,
     ) -> Self {
         let d = &spec.deployment;
         Self {
+            egress: egress.map(|e| {
+                let policy = e.policy(settings);
+                (e, policy)
+            }),
             host,
             image,
             function: spec.name.clone(),
@@ -261,6 +268,11 @@ impl ContainerRuntime {
             }
             Delivery::Forward(_) => None,
         };
+        binds.extend(launch.binds.iter().map(|(source, destination)| Bind {
+            source: source.to_string_lossy().into(),
+            destination: destination.to_string_lossy().into(),
+            read_only: true,
+        }));
         if !self.secrets.is_empty() {
             let sdir = dir.join("secrets");
             create_dir(&sdir, 0o755)?;
@@ -345,6 +357,13 @@ impl ContainerRuntime {
                 .await
                 .map_err(ContainerdError::rpc("creating the task"))?
                 .into_inner();
+            // Its cgroup exists now: the egress rule goes on before the command runs.
+            if let Some((egress, policy)) = &self.egress
+                && let Some(cg) = self.instance_cgroup(&id)
+            {
+                let owner = format!("{}/{}", self.namespace, self.function);
+                egress.grant(&cg, &owner, policy)?;
+            }
             let created_ns = crate::clock::monotonic_ns();
             client
                 .tasks()
@@ -358,14 +377,14 @@ impl ContainerRuntime {
                 created_ns,
                 started_ns: crate::clock::monotonic_ns(),
             };
-            Ok::<_, ContainerdError>((task.pid, milestones))
+            Ok::<_, StartError>((task.pid, milestones))
         }
         .await;
         let (pid, milestones) = match created {
             Ok((pid, m)) => (pid as i32, m),
             Err(e) => {
                 self.delete_instance(&client, &id).await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         let handed = match listener {
@@ -438,7 +457,16 @@ impl ContainerRuntime {
             // with cgroup v1 controllers per-function parents would stay behind in each.
             cgroups_path: format!("/{}/{}", self.host.cgroup_parent, launch.instance),
             binds,
+            // The prepared namespace, by faasd's descriptor of it: runc opens the path.
+            netns: launch
+                .netns
+                .map(|fd| format!("/proc/{}/fd/{fd}", std::process::id())),
         }
+    }
+
+    /// An instance's cgroup in the unified hierarchy, where the egress programs look.
+    fn instance_cgroup(&self, id: &str) -> Option<PathBuf> {
+        super::cgroup::root().map(|r| r.join(&self.host.cgroup_parent).join(id))
     }
 
     /// Deletes the task (if any), the container, its lease and snapshot, and the instance's
@@ -481,6 +509,11 @@ impl ContainerRuntime {
             tracing::warn!("{id}: deleting the lease: {e}");
         }
         let _ = std::fs::remove_dir_all(self.host.runtime_dir.join(id));
+        if let Some((egress, _)) = &self.egress
+            && let Some(cg) = self.instance_cgroup(id)
+        {
+            egress.release(&cg);
+        }
         status
     }
 }
@@ -563,6 +596,8 @@ fn create_dir(dir: &Path, mode: u32) -> Result<(), StartError> {
 enum StartError {
     #[error(transparent)]
     Containerd(#[from] ContainerdError),
+    #[error("the instance's egress rule: {0}")]
+    Egress(#[from] crate::egress::EgressError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
 }
@@ -577,6 +612,7 @@ impl Runtime for ContainerRuntime {
         self.start_instance(&launch).await.map_err(|e| match e {
             StartError::Runtime(e) => e,
             StartError::Containerd(e) => RuntimeError::Container(e.to_string()),
+            StartError::Egress(e) => RuntimeError::Container(e.to_string()),
         })
     }
 

@@ -735,18 +735,21 @@ impl Supervisor {
         // until the runtime has passed them on.
         let sockets = self.sockets.clone();
         tokio::spawn(async move {
-            // A process instance's network: a prepared namespace, its rule, its names.
+            // The instance's network: a prepared namespace, its rule, its names.
+            // (A container's cgroup is its instance's, which the container runtime rules.)
             let network = match &ctx.egress {
-                Some(e) if ctx.record.spec.image.is_none() => Some(
+                Some(e) => Some(
                     e.admit(
                         &ctx.record.spec,
                         ctx.record.address,
                         &ctx.settings,
-                        ctx.cgroup.as_deref(),
+                        ctx.cgroup
+                            .as_deref()
+                            .filter(|_| ctx.record.spec.image.is_none()),
                     )
                     .await,
                 ),
-                _ => None,
+                None => None,
             }
             .transpose();
             let result = match network {

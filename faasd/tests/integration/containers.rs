@@ -99,6 +99,42 @@ fn http(addr: Ipv6Addr) -> SocketAddr {
 }
 
 #[test]
+fn an_image_calls_out_under_its_egress_policy() {
+    require_containerd!(socket);
+    use crate::egress::{HOST4, INTERNET4, INTERNET6, call, config, expect};
+    if crate::egress::nsd_missing() {
+        return;
+    }
+    let host = crate::egress::host();
+    let _internet = crate::egress::Internet::new(&host);
+    let _c = Cleanup {
+        socket: &socket,
+        names: &["ctr-out", "ctr-shut"],
+    };
+    let d = Daemon::start_with(&host, &config(&host, &format!("containerd = {socket:?}\n")));
+    let deploy = |name: &str, extra: &[&str]| {
+        let mut args = vec!["deploy", name, "--image", "localhost/hello:latest"];
+        args.extend_from_slice(extra);
+        d.cli_ok(&args);
+        d.describe(name).address
+    };
+    let out = deploy("ctr-out", &[]);
+    let shut = deploy("ctr-shut", &["--annotation", "faasd.dev/egress=none"]);
+    let ifaces = call(&d, out, "/interfaces");
+    expect(&d, ifaces.split_whitespace().eq(["eth0", "lo"]), &ifaces);
+    let v4 = call(&d, out, &format!("/connect/{INTERNET4}:80"));
+    expect(&d, v4.contains(&format!("internet saw {HOST4}")), &v4);
+    let named = call(&d, out, "/connect/www.example.test:80");
+    expect(&d, named.contains("internet saw"), &named);
+    let refused = call(&d, shut, &format!("/connect/[{INTERNET6}]:80"));
+    expect(&d, refused.contains("Operation not permitted"), &refused);
+    let (_, metrics) = d.api("GET", "/metrics", "");
+    let line = "faasd_egress_refused_total{function=\"ctr-shut\",namespace=\"openfaas-fn\",\
+                reason=\"none\"} 1";
+    expect(&d, metrics.contains(line), line);
+}
+
+#[test]
 fn an_image_starts_on_its_first_connection_with_only_lo() {
     require_containerd!(socket);
     let ns = Netns::new("ctr-first");
@@ -114,6 +150,8 @@ fn an_image_starts_on_its_first_connection_with_only_lo() {
         "localhost/hello:latest",
         "-e",
         "GREETING=from envVars",
+        "--annotation",
+        "faasd.dev/egress=none",
     ]);
     let f = d.describe("ctr-first");
     assert_eq!(f.image, "localhost/hello:latest");
@@ -122,7 +160,7 @@ fn an_image_starts_on_its_first_connection_with_only_lo() {
     assert_eq!(code, 200, "{body}\n{}", d.log());
     let instance = instance_of(&body);
     assert!(instance.starts_with("ctr-first-"), "{body}");
-    // The container's network namespace holds only the loopback interface.
+    // With no calls out, the container's network namespace holds only the loopback.
     let (_, ifaces) = ns
         .run(|| http_get_path(http(f.address), "/interfaces"))
         .unwrap();

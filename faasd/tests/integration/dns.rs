@@ -56,7 +56,13 @@ macro_rules! require_dig {
 fn functions_have_aaaa_records_over_udp_and_tcp_and_the_apex_is_complete() {
     require_dig!();
     let ns = Netns::new("dns-zone");
-    let d = Daemon::start_with(&ns, "dns = [\"[::1]:53\"]\n");
+    // A host whose resolv.conf names only faasd itself: nothing to forward to.
+    let resolv = ns.dir.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver ::1\n").unwrap();
+    let d = Daemon::start_with(
+        &ns,
+        &format!("dns = [\"[::1]:53\"]\nresolv-conf = {resolv:?}\n"),
+    );
     let hello = d.deploy_hello("hello", &[]);
     d.cli_ok(&[
         "deploy",
@@ -105,7 +111,8 @@ fn functions_have_aaaa_records_over_udp_and_tcp_and_the_apex_is_complete() {
     assert_eq!(status(&ns, &["AAAA", "dev.faas"]), "NOERROR");
     assert_eq!(status(&ns, &["AAAA", "nope.dev.faas"]), "NXDOMAIN");
     assert_eq!(status(&ns, &["AAAA", "x.hello.faas"]), "NXDOMAIN");
-    // Outside the zone: REFUSED, over both transports.
+    // Outside the zone with no resolver to forward to: REFUSED, over both transports
+    // (tests/integration/egress.rs forwards to a real one).
     assert_eq!(status(&ns, &["A", "example.com"]), "REFUSED");
     assert_eq!(status(&ns, &["+tcp", "A", "example.com"]), "REFUSED");
 }

@@ -20,15 +20,15 @@ use crate::{
 };
 
 /// The uplink between the host and the internet.
-const HOST4: &str = "10.99.0.2";
-const INTERNET4: &str = "10.99.0.1";
-const HOST6: &str = "2001:db8:99::2";
-const INTERNET6: &str = "2001:db8:99::1";
+pub const HOST4: &str = "10.99.0.2";
+pub const INTERNET4: &str = "10.99.0.1";
+pub const HOST6: &str = "2001:db8:99::2";
+pub const INTERNET6: &str = "2001:db8:99::1";
 /// faasd's DNS, on the host's loopback.
-const DNS: &str = "fd00:faa5:0:100::1";
+pub const DNS: &str = "fd00:faa5:0:100::1";
 
 /// The internet: a namespace linked to the host's, its HTTP server and NSD.
-struct Internet {
+pub struct Internet {
     ns: Netns,
     stop: Arc<AtomicBool>,
     nsd: Child,
@@ -37,7 +37,7 @@ struct Internet {
 impl Internet {
     /// Links `host` to a new namespace, routes the host's defaults through it, and starts
     /// an HTTP server (answering with the peer's address) and NSD for `example.test`.
-    fn new(host: &Netns) -> Self {
+    pub fn new(host: &Netns) -> Self {
         let ns = Netns::new("inet");
         run(Command::new("ip").args([
             "-n", &host.name, "link", "add", "up0", "type", "veth", "peer", "name", "down0",
@@ -168,7 +168,7 @@ fn start_nsd(ns: &Netns) -> Child {
 }
 
 /// Skips (a failure under FAASD_TEST_STRICT) without NSD.
-fn nsd_missing() -> bool {
+pub fn nsd_missing() -> bool {
     let missing = Command::new("nsd").arg("-v").output().is_err();
     if missing {
         crate::harness::skip("nsd is missing (cargo xtask setup installs it)");
@@ -177,20 +177,20 @@ fn nsd_missing() -> bool {
 }
 
 /// A host with faasd, its DNS on the host's loopback and resolv.conf naming the internet.
-fn host() -> Netns {
+pub fn host() -> Netns {
     let host = Netns::new("egress");
     host.add_loopback_address(DNS.parse().unwrap());
     host
 }
 
-fn config(host: &Netns, extra: &str) -> String {
+pub fn config(host: &Netns, extra: &str) -> String {
     let resolv = host.dir.join("resolv.conf");
     std::fs::write(&resolv, format!("nameserver {INTERNET4}\n")).unwrap();
     format!("dns = [\"[{DNS}]:53\"]\nresolv-conf = {resolv:?}\n{extra}")
 }
 
 /// GET `path` on a function and return the body.
-fn call(d: &Daemon, addr: Ipv6Addr, path: &str) -> String {
+pub fn call(d: &Daemon, addr: Ipv6Addr, path: &str) -> String {
     let (code, body) =
         d.ns.run(|| http_get_path(SocketAddr::from((addr, 8080)), path))
             .unwrap_or_else(|e| panic!("{path}: {e}\n{}", d.log()));
@@ -199,7 +199,7 @@ fn call(d: &Daemon, addr: Ipv6Addr, path: &str) -> String {
 }
 
 /// Fails with the daemon's log.
-fn expect(d: &Daemon, ok: bool, what: &str) {
+pub fn expect(d: &Daemon, ok: bool, what: &str) {
     assert!(ok, "{what}\ndaemon log:\n{}", d.log());
 }
 
