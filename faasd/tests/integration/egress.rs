@@ -274,7 +274,7 @@ fn egress_none_and_denied_prefixes_are_refused_at_once_and_counted() {
     }
     let host = host();
     let internet = Internet::new(&host);
-    let d = Daemon::start_with(&host, &config(&host, ""));
+    let mut d = Daemon::start_with(&host, &config(&host, ""));
     let _ = &internet.ns;
     let closed = d.deploy_hello("closed", &["--annotation", "faasd.dev/egress=none"]);
     let picky = d.deploy_hello(
@@ -319,6 +319,20 @@ fn egress_none_and_denied_prefixes_are_refused_at_once_and_counted() {
         let why = format!("no {line} in:\n{}", egress_lines(&metrics));
         expect(&d, metrics.contains(&line), &why);
     }
+
+    // The rules are the kernel's: they hold while no daemon runs, and the next daemon
+    // keeps them and their counts.
+    d.kill9();
+    let down = call(&d, closed, &format!("/connect/{INTERNET4}:80"));
+    expect(&d, down.contains("Operation not permitted"), &down);
+    d.restart();
+    let after = call(&d, closed, &format!("/connect/{INTERNET4}:80"));
+    expect(&d, after.contains("Operation not permitted"), &after);
+    let (_, metrics) = d.api("GET", "/metrics", "");
+    let line = "faasd_egress_refused_total{function=\"closed\",namespace=\"openfaas-fn\",\
+                reason=\"none\"} 4";
+    let why = format!("no {line} in:\n{}", egress_lines(&metrics));
+    expect(&d, metrics.contains(line), &why);
 }
 
 fn egress_lines(metrics: &str) -> String {
