@@ -436,11 +436,35 @@ fn main() -> Result<()> {
     )
     .parse()?;
 
-    // Cold activations.
+    // Cold activations: with calls out (the default, `all`: the instance joins a prepared
+    // network namespace), and without (`faasd.dev/egress=none`: a new one with only lo).
     println!("cold activation: {} runs", args.cold);
     let process_cold = cold_runs(&b, "hello", fn_addr, args.cold, args.settle, false)?;
     let cold = process_cold.total.clone();
     let total = process_cold.samples.clone();
+    let closed = b.api(
+        "POST",
+        "/system/functions",
+        &json!({"service": "hello-closed", "envProcess": hello.to_string_lossy(),
+                "annotations": {"faasd.dev/egress": "none"}})
+        .to_string(),
+    )?;
+    let closed_addr: SocketAddr =
+        format!("[{}]:8080", closed["address"].as_str().context("address")?).parse()?;
+    println!("cold activation without calls out: {} runs", args.cold);
+    let closed_cold = cold_runs(
+        &b,
+        "hello-closed",
+        closed_addr,
+        args.cold,
+        args.settle,
+        false,
+    )?;
+    b.api(
+        "DELETE",
+        "/system/functions",
+        &json!({"functionName": "hello-closed"}).to_string(),
+    )?;
 
     // Warm paths.
     // Every path gets its own server process, identical to the function's, so each server
@@ -550,6 +574,12 @@ fn main() -> Result<()> {
     // Report.
     let phases = process_cold.phases.clone();
     stats::print_table("cold activation (ms)", Unit::Ms, &process_cold.rows(), None);
+    stats::print_table(
+        "cold activation without calls out, faasd.dev/egress=none (ms)",
+        Unit::Ms,
+        &closed_cold.rows(),
+        None,
+    );
     stats::print_table("warm connect+request (µs)", Unit::Us, &warm, Some(limit));
     let faasd_p50 = by_name(FAASD).p50 as f64;
     let proxies: Vec<Value> = PROXIES
@@ -577,6 +607,7 @@ fn main() -> Result<()> {
     }
     let goals = json!({
         "cold_p50_ms": {"goal": 5.0, "measured": ms(cold.p50)},
+        "cold_egress_on_p50_ms": {"goal": 3.0, "measured": ms(cold.p50)},
         "warm_over_limit": {"goal": 1.05, "measured": faasd_p50 / limit as f64},
         "warm_over_proxies": {"goal": 0.5, "measured": proxies},
     });
@@ -586,6 +617,8 @@ fn main() -> Result<()> {
         "runs": {"cold": args.cold, "warm_rounds": args.warm},
         "cold": cold.to_json(),
         "cold_phases": phases.iter().map(Summary::to_json).collect::<Vec<_>>(),
+        "cold_egress_none": closed_cold.total.to_json(),
+        "cold_egress_none_phases": closed_cold.phases.iter().map(Summary::to_json).collect::<Vec<_>>(),
         "warm": warm.iter().map(|s| { let mut j = s.to_json(); j["ratio_to_limit"] = json!(s.p50 as f64 / limit as f64); j }).collect::<Vec<_>>(),
         "steered_counters": steered_counters,
         "sk_lookup_program": program,
