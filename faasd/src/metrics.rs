@@ -67,7 +67,8 @@ impl Latencies {
         self.activation.lock().expect("latency lock").observe(t);
     }
 
-    fn snapshot(&self) -> (ActivationHistograms, Histogram) {
+    /// The histograms so far: activations, and calls.
+    pub fn snapshot(&self) -> (ActivationHistograms, Histogram) {
         (
             self.activation.lock().expect("latency lock").clone(),
             self.invocation.lock().expect("latency lock").clone(),
@@ -125,31 +126,6 @@ pub struct Supervisors {
     pub wakeups: u64,
     /// Functions parked now (stopped, with no task of their own).
     pub parked: u64,
-}
-
-impl Page {
-    /// Gathers a page; the daemon provides what only it knows.
-    pub fn new(
-        host: HostStatus,
-        functions: Vec<FunctionRow>,
-        peers: Vec<PeerStatus>,
-        dns: BTreeMap<(&'static str, &'static str), u64>,
-        http: &HttpStats,
-        latencies: &Latencies,
-        supervisors: Supervisors,
-        egress_refused: Vec<EgressRefused>,
-    ) -> Self {
-        Self {
-            host,
-            functions,
-            peers,
-            dns,
-            http: http.snapshot(),
-            latencies: latencies.snapshot(),
-            supervisors,
-            egress_refused,
-        }
-    }
 }
 
 /// What `/metrics` needs of one function: a compact row, not its whole status.

@@ -508,19 +508,19 @@ impl Daemon {
             .as_ref()
             .map(|z| z.query_counts())
             .unwrap_or_default();
-        crate::metrics::Page::new(
+        crate::metrics::Page {
             host,
             functions,
             peers,
             dns,
-            &self.http,
-            &self.latencies,
-            crate::metrics::Supervisors {
+            http: self.http.snapshot(),
+            latencies: self.latencies.snapshot(),
+            supervisors: crate::metrics::Supervisors {
                 wakeups: supervisor::wakeups(),
                 parked: supervisor::parked(),
             },
-            self.egress_refused(),
-        )
+            egress_refused: self.egress_refused(),
+        }
     }
 
     /// Calls out refused, by function and reason.

@@ -31,7 +31,7 @@ pub const DNS: &str = "fd00:faa5:0:100::1";
 pub struct Internet {
     ns: Netns,
     stop: Arc<AtomicBool>,
-    nsd: Child,
+    _nsd: Nsd,
 }
 
 impl Internet {
@@ -79,16 +79,14 @@ impl Internet {
         listener.set_nonblocking(true).unwrap();
         let flag = stop.clone();
         std::thread::spawn(move || serve(listener, &flag));
-        let nsd = start_nsd(&ns);
-        Self { ns, stop, nsd }
+        let _nsd = start_nsd(&ns);
+        Self { ns, stop, _nsd }
     }
 }
 
 impl Drop for Internet {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.nsd.kill();
-        let _ = self.nsd.wait();
     }
 }
 
@@ -112,9 +110,19 @@ fn serve(listener: TcpListener, stop: &AtomicBool) {
     }
 }
 
+/// The NSD process, killed and reaped when dropped.
+struct Nsd(Child);
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// NSD, authoritative for `example.test` (`www` → the internet's addresses), on the
 /// internet's addresses.
-fn start_nsd(ns: &Netns) -> Child {
+fn start_nsd(ns: &Netns) -> Nsd {
     let dir = ns.dir.join("nsd");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -144,27 +152,29 @@ fn start_nsd(ns: &Netns) -> Child {
         ),
     )
     .unwrap();
-    let nsd = ns.spawn(Command::new("nsd").args(["-d", "-c"]).arg(&conf));
+    // Killed when dropped, also when the wait below fails.
+    let nsd = Nsd(ns.spawn(Command::new("nsd").args(["-d", "-c"]).arg(&conf)));
     // Ready once it answers over UDP.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = ns.run(|| {
+    let answers = || {
+        ns.run(|| {
             Command::new("dig")
                 .args(["+short", "+time=1", "+tries=1"])
                 .arg(format!("@{INTERNET4}"))
                 .args(["www.example.test", "A"])
                 .output()
-        });
-        if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(INTERNET4)) {
-            return nsd;
-        }
+        })
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(INTERNET4))
+    };
+    while !answers() {
         assert!(
             Instant::now() < deadline,
             "NSD did not answer:\n{}",
-            std::fs::read_to_string(dir.join("nsd.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("nsd.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    nsd
 }
 
 /// Skips (a failure under FAASD_TEST_STRICT) without NSD.
