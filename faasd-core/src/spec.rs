@@ -20,10 +20,11 @@
 //! | `faasd.dev/egress` | where the function may connect: `all`, `faas` (other functions and faasd's DNS only) or `none` | daemon's `egress` |
 //! | `faasd.dev/egress-allow` | destination prefixes (IPv6 or IPv4) reachable whatever the deny list says | none |
 //! | `faasd.dev/egress-deny` | destination prefixes refused unless allowed (`any` for all) | none |
+//! | `faasd.dev/pids-max` | most tasks (processes and threads) of a process function's instance | none |
 //! | `faasd.dev/latency-histograms` | `true`: this function's own activation and call latency histograms in `/metrics` (the host-wide ones are always there) | false |
 //!
-//! Image functions also take the OpenFaaS fields `limits` (`memory` like `128Mi`, `cpu` like
-//! `500m`, enforced in the container's cgroup), `readOnlyRootFilesystem` and `secrets`
+//! Functions take the OpenFaaS field `limits` (`memory` like `128Mi`, `cpu` like `500m`,
+//! enforced in the instance's cgroup); image functions also `readOnlyRootFilesystem` and `secrets`
 //! (mounted read-only at `/var/openfaas/secrets/<name>`). `requests` is accepted and, on one
 //! host with nothing to schedule, ignored.
 
@@ -248,10 +249,12 @@ pub struct Settings {
     pub user: Option<String>,
     /// Grace period override.
     pub stop_timeout: Option<Duration>,
-    /// Memory limit in bytes (containers).
+    /// Memory limit in bytes.
     pub memory_limit: Option<u64>,
-    /// CPU limit in thousandths of a CPU (containers).
+    /// CPU limit in thousandths of a CPU.
     pub cpu_millis: Option<u64>,
+    /// Most tasks (processes and threads) of an instance (process functions).
+    pub pids_max: Option<u64>,
     /// The port an image binds itself, forwarded to instead of passing sockets.
     pub image_port: Option<u16>,
     /// Which clients may connect (systemd's IPAddressAllow/IPAddressDeny).
@@ -306,12 +309,6 @@ impl FunctionSpec {
         if image.is_none() {
             if !d.secrets.is_empty() {
                 return bad("secrets: only container functions (with an image) mount secrets");
-            }
-            if d.limits.is_some() {
-                return bad(
-                    "limits: the process runtime does not enforce limits; deploy an image to \
-                     have them enforced, or remove them",
-                );
             }
             if d.read_only_root_filesystem == Some(true) {
                 return bad("readOnlyRootFilesystem applies to container images only");
@@ -572,6 +569,16 @@ impl Settings {
             notify: parse_bool("faasd.dev/notify", ann("notify"))?,
             watchdog: parse_duration("faasd.dev/watchdog", ann("watchdog"))?,
             user,
+            pids_max: match ann("pids-max") {
+                None => None,
+                Some(v) => Some(v.trim().parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(
+                    || {
+                        SpecError(format!(
+                            "faasd.dev/pids-max: {v:?} is not a positive number"
+                        ))
+                    },
+                )?),
+            },
             stop_timeout: parse_duration("faasd.dev/stop-timeout", ann("stop-timeout"))?,
             latency_histograms: parse_bool(
                 "faasd.dev/latency-histograms",
@@ -596,6 +603,7 @@ const KNOWN_ANNOTATIONS: &[&str] = &[
     "egress",
     "egress-allow",
     "egress-deny",
+    "pids-max",
 ];
 
 /// A list of prefixes, as systemd writes them: addresses or prefixes, or `any`, `localhost`,
@@ -949,15 +957,26 @@ mod tests {
     }
 
     #[test]
-    fn images_take_limits_and_secrets_and_process_functions_refuse_them() {
+    fn limits_apply_to_both_and_secrets_to_images() {
         let mut d = deployment("f");
         d.limits = Some(serde_json::json!({"memory": "64Mi", "cpu": "250m"}));
+        d.annotations
+            .insert("faasd.dev/pids-max".into(), "32".into());
+        let (_, s) = FunctionSpec::from_deployment(d.clone()).unwrap();
+        assert_eq!(
+            (s.memory_limit, s.cpu_millis, s.pids_max),
+            (Some(64 << 20), Some(250), Some(32))
+        );
+        d.annotations
+            .insert("faasd.dev/pids-max".into(), "0".into());
         assert!(
             FunctionSpec::from_deployment(d.clone())
                 .unwrap_err()
                 .0
-                .contains("limits")
+                .contains("pids-max")
         );
+        d.annotations
+            .insert("faasd.dev/pids-max".into(), "32".into());
         d.env_process = None;
         d.image = Some("localhost/hello".into());
         d.secrets = vec!["api-key".into()];

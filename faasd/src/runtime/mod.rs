@@ -78,6 +78,8 @@ pub struct Launch {
     pub netns: Option<RawFd>,
     /// Files bound read-only over the host's in the instance (source, target).
     pub binds: Vec<(PathBuf, PathBuf)>,
+    /// Resource limits (process instances; a container's are in its spec).
+    pub limits: cgroup::Limits,
 }
 
 /// Who an instance runs as.

@@ -61,6 +61,7 @@ const STEPS: &[&str] = &[
     "mounting a private /tmp",
     "binding resolv.conf and hosts",
     "joining the instance's network namespace",
+    "joining the cgroups of its limits",
 ];
 
 struct User {
@@ -147,6 +148,28 @@ fn start(
             std::fs::File::open(d).map_err(io_err("opening the function's cgroup"))
         })
         .transpose()?;
+    // Limits need the function's cgroup; on a hybrid host the instance also joins their
+    // v1 cgroups itself (which costs a write each, with the cgroup lock).
+    let joins = match (&launch.cgroup, launch.limits.is_empty()) {
+        (_, true) => Vec::new(),
+        (Some(dir), false) => {
+            let root = super::cgroup::root().ok_or(RuntimeError::Io {
+                op: "limits",
+                source: io::Error::new(io::ErrorKind::Unsupported, "no cgroup hierarchy"),
+            })?;
+            super::cgroup::apply(&root, dir, &launch.limits)
+                .map_err(io_err("putting the function's limits in its cgroup"))?
+        }
+        (None, false) => {
+            return Err(RuntimeError::Io {
+                op: "limits",
+                source: io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this host has no cgroup v2 hierarchy to hold them",
+                ),
+            });
+        }
+    };
     let mut fds = vec![
         launch.stdin.unwrap_or(devnull.as_raw_fd()),
         launch.stdout,
@@ -154,6 +177,7 @@ fn start(
     ];
     fds.extend(cgroup.as_ref().map(AsRawFd::as_raw_fd));
     fds.extend(launch.netns);
+    fds.extend(joins.iter().map(AsRawFd::as_raw_fd));
     fds.extend(&launch.fds);
     let req = Request {
         argv: launch.argv.clone(),
@@ -180,6 +204,7 @@ fn start(
             .collect(),
         private_tmp,
         netns: launch.netns.is_some(),
+        joins: joins.len(),
         binds: launch
             .binds
             .iter()

@@ -31,11 +31,11 @@ const SOCKET_FD: RawFd = 3;
 pub const ARG: &str = "__spawner";
 /// Descriptors a request may carry: stdio, the cgroup, the network namespace, and up to
 /// `MAX_PORTS` sockets.
-const MAX_FDS: usize = 5 + faasd_core::spec::MAX_PORTS;
+const MAX_FDS: usize = 8 + faasd_core::spec::MAX_PORTS;
 
 /// One instance to clone. Descriptors travel beside it in this order: stdin, stdout,
-/// stderr, the cgroup directory (when `cgroup`), the network namespace (when `netns`),
-/// then the sockets (placed at fd 3, 4, …).
+/// stderr, the cgroup directory (when `cgroup`), the network namespace (when `netns`), the
+/// `joins` v1 `cgroup.procs` files, then the sockets (placed at fd 3, 4, …).
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Request {
     pub argv: Vec<String>,
@@ -51,6 +51,8 @@ pub(super) struct Request {
     pub private_tmp: bool,
     /// Join this network namespace instead of a new one with only `lo`.
     pub netns: bool,
+    /// v1 `cgroup.procs` files to join (the limits of a hybrid host), at most 3.
+    pub joins: usize,
     /// Files bound read-only over others (source, target); a missing target is skipped.
     pub binds: Vec<(String, String)>,
 }
@@ -243,7 +245,7 @@ fn cstrings(v: &[String]) -> io::Result<Vec<CString>> {
 /// Clones one instance into fresh mount, pid, network, ipc and uts namespaces and its
 /// cgroup; the child sets itself up and execs.
 fn clone(req: &Request, fds: &[OwnedFd]) -> Result<Cloned, (&'static str, io::Error)> {
-    let fixed = 3 + usize::from(req.cgroup) + usize::from(req.netns);
+    let fixed = 3 + usize::from(req.cgroup) + usize::from(req.netns) + req.joins.min(3);
     if fds.len() < fixed || req.argv.is_empty() {
         return Err((
             "reading the request",
@@ -269,6 +271,10 @@ fn clone(req: &Request, fds: &[OwnedFd]) -> Result<Cloned, (&'static str, io::Er
         .map(|(s, t)| (s.as_ptr(), t.as_ptr()))
         .collect();
     let sockets: Vec<RawFd> = fds[fixed..].iter().map(AsRawFd::as_raw_fd).collect();
+    let joins: Vec<RawFd> = fds[fixed - req.joins.min(3)..fixed]
+        .iter()
+        .map(AsRawFd::as_raw_fd)
+        .collect();
     let (err_r, err_w) = pipe().map_err(|e| ("pipe", e))?;
     let child = Child {
         argv0: argv[0].as_ptr(),
@@ -281,6 +287,7 @@ fn clone(req: &Request, fds: &[OwnedFd]) -> Result<Cloned, (&'static str, io::Er
         netns: req
             .netns
             .then(|| fds[3 + usize::from(req.cgroup)].as_raw_fd()),
+        joins: &joins,
         private_tmp: req.private_tmp,
         uid: req.uid,
         gid: req.gid,
@@ -360,6 +367,7 @@ struct Child<'a> {
     hide: &'a [*const libc::c_char],
     binds: &'a [(*const libc::c_char, *const libc::c_char)],
     netns: Option<RawFd>,
+    joins: &'a [RawFd],
     private_tmp: bool,
     uid: libc::uid_t,
     gid: libc::gid_t,
@@ -479,6 +487,12 @@ impl Child<'_> {
                 }
             } else if !loopback_up() {
                 fail(3);
+            }
+            // "0": this process; the function, forked below, inherits them.
+            for fd in self.joins {
+                if libc::write(*fd, c"0".as_ptr().cast(), 1) < 0 {
+                    fail(12);
+                }
             }
             // Move every source fd above the target range first, so no dup2 clobbers a
             // source that is still to be placed.

@@ -1183,5 +1183,10 @@ fn launch(
         cgroup: ctx.cgroup.clone(),
         netns: None,
         binds: Vec::new(),
+        limits: crate::runtime::cgroup::Limits {
+            memory: s.memory_limit,
+            cpu_millis: s.cpu_millis,
+            pids: s.pids_max,
+        },
     }
 }

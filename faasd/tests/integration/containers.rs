@@ -11,7 +11,8 @@ use std::{
 };
 
 use crate::harness::{
-    Daemon, Netns, ctr, function_below, http_get, http_get_path, instance_of, wait_gone,
+    Daemon, Netns, cgroup_value, ctr, function_below, http_get, http_get_path, instance_of,
+    wait_gone,
 };
 
 /// The containerd the tests use, or `None` (the test then skips with a message).
@@ -275,28 +276,6 @@ fn limits_are_in_the_cgroup_and_enforced_and_the_root_can_be_read_only() {
     });
     let logs = d.cli_ok(&["logs", "ctr-mem"]);
     assert!(logs.contains("killed by signal 9"), "{logs}");
-}
-
-/// A value of the cgroup `pid` is in: `v1_file` of the v1 `controller` on a hybrid host,
-/// `v2_file` on a cgroup v2 host.
-fn cgroup_value(pid: i32, controller: &str, v1_file: &str, v2_file: &str) -> Option<String> {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let v1 = Path::new("/sys/fs/cgroup").join(controller);
-    for line in cgroups.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let file = if controllers.split(',').any(|c| c == controller) {
-            format!("{}{path}/{v1_file}", v1.display())
-        } else if controllers.is_empty() && !v1.exists() {
-            format!("/sys/fs/cgroup{path}/{v2_file}")
-        } else {
-            continue;
-        };
-        return std::fs::read_to_string(file)
-            .ok()
-            .map(|v| v.trim().to_owned());
-    }
-    None
 }
 
 #[test]

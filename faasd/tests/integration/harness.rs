@@ -176,9 +176,11 @@ impl Drop for Netns {
             .flatten()
             .flatten()
         {
+            // And process functions' limits: their cgroups below it, children first (the
+            // processes are gone with the unified tree's).
             let dir = h.path().join(&self.cgroup_parent);
             if dir.is_dir() {
-                let _ = std::fs::remove_dir(&dir);
+                remove_tree(&dir, Instant::now() + Duration::from_secs(5));
                 let _ = std::fs::remove_dir(h.path().join("faasd-test"));
             }
         }
@@ -199,22 +201,22 @@ fn kill_cgroup_tree(dir: &Path) {
         return;
     }
     let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    // Children first: a cgroup is removable once its processes are gone and it has no
-    // child cgroups.
-    fn remove(dir: &Path, deadline: Instant) {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    remove(&e.path(), deadline);
-                }
+    remove_tree(dir, Instant::now() + Duration::from_secs(5));
+}
+
+/// Removes a cgroup and those below it, children first: a cgroup is removable once its
+/// processes are gone and it has no child cgroups.
+fn remove_tree(dir: &Path, deadline: Instant) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path(), deadline);
             }
         }
-        while std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
-    remove(dir, deadline);
+    while std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub fn faasd_bin() -> &'static str {
@@ -614,4 +616,26 @@ pub fn ctr(socket: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A value of the cgroup `pid` is in: `v1_file` of the v1 `controller` on a hybrid host,
+/// `v2_file` on a cgroup v2 host.
+pub fn cgroup_value(pid: i32, controller: &str, v1_file: &str, v2_file: &str) -> Option<String> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let v1 = Path::new("/sys/fs/cgroup").join(controller);
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = if controllers.split(',').any(|c| c == controller) {
+            format!("{}{path}/{v1_file}", v1.display())
+        } else if controllers.is_empty() && !v1.exists() {
+            format!("/sys/fs/cgroup{path}/{v2_file}")
+        } else {
+            continue;
+        };
+        return std::fs::read_to_string(file)
+            .ok()
+            .map(|v| v.trim().to_owned());
+    }
+    None
 }

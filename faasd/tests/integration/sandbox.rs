@@ -2,8 +2,10 @@
 
 use std::{os::unix::fs::PermissionsExt, path::Path};
 
+use std::net::SocketAddr;
+
 use crate::{
-    harness::{Daemon, Netns},
+    harness::{Daemon, Netns, cgroup_value, http_get_path},
     require_privileges,
 };
 
@@ -140,4 +142,71 @@ fn two_functions_run_as_two_users_of_their_own() {
         (config.dynamic_uid(a_addr), config.dynamic_uid(b_addr)),
         "the uid follows from the function's address, so it stays across restarts"
     );
+}
+
+/// OpenFaaS `limits` and `faasd.dev/pids-max` of a process function are in its instance's
+/// cgroups (v1 controllers on a hybrid host, the unified hierarchy elsewhere) and hold: a
+/// thread past the pids limit is refused, an allocation past the memory limit is killed.
+#[test]
+fn limits_of_a_process_function_are_in_its_cgroup_and_enforced() {
+    require_privileges!();
+    let ns = Netns::new("plimits");
+    let d = Daemon::start(&ns);
+    let addr = d.deploy_hello(
+        "bounded",
+        &[
+            "--memory-limit",
+            "48Mi",
+            "--cpu-limit",
+            "250m",
+            "--annotation",
+            "faasd.dev/pids-max=24",
+            "-l",
+            "com.openfaas.scale.min=1",
+        ],
+    );
+    let s = d.wait_for("bounded", "a running instance", |s| {
+        s.available_replicas == 1
+    });
+    let pid = s.state.instances[0].pid;
+    let function = crate::harness::function_below(pid);
+    for p in [pid, function] {
+        assert_eq!(
+            cgroup_value(p, "memory", "memory.limit_in_bytes", "memory.max"),
+            Some((48u64 << 20).to_string()),
+            "memory limit in the cgroup of pid {p}"
+        );
+        assert_eq!(
+            cgroup_value(p, "pids", "pids.max", "pids.max"),
+            Some("24".into()),
+            "pids limit in the cgroup of pid {p}"
+        );
+        let quota = cgroup_value(p, "cpu", "cpu.cfs_quota_us", "cpu.max");
+        assert!(
+            quota
+                .as_deref()
+                .is_some_and(|q| q == "25000" || q.starts_with("25000 ")),
+            "cpu quota in the cgroup of pid {p}: {quota:?}"
+        );
+    }
+    let get = |path: &str| {
+        ns.run(|| http_get_path(SocketAddr::from((addr, 8080)), path))
+            .map(|(_, body)| body)
+    };
+    // The function's own threads (a pool of 8 serving connections) count against it.
+    let threads = get("/threads/40").unwrap();
+    assert!(
+        threads.contains("Resource temporarily unavailable") && !threads.starts_with("started 40 "),
+        "{threads}"
+    );
+    let small = get("/alloc/8").unwrap();
+    assert!(small.contains("allocated 8 MiB"), "{small}");
+    let big = get("/alloc/96");
+    assert!(
+        !big.as_ref().is_ok_and(|b| b.contains("allocated")),
+        "96 MiB fit in 48 MiB: {big:?}"
+    );
+    d.wait_for("bounded", "the killed instance to be replaced", |s| {
+        s.state.instances.first().is_some_and(|i| i.pid != pid)
+    });
 }

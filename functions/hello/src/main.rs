@@ -20,7 +20,8 @@
 //! `/write` (tries to create a file in `/`, to see a read-only root), and calls out:
 //! `/connect/<host>:<port>` (an HTTP/1.0 request there, answering with what came back or
 //! the error), `/udp/<host>:<port>` (one datagram, unconnected) and `/resolve/<name>` (its
-//! addresses, through the system's resolver).
+//! addresses, through the system's resolver); `/threads/<n>` (starts n threads, to see a
+//! pids limit at work).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -196,6 +197,32 @@ fn inspect(path: &str) -> Option<String> {
             Ok(addrs) => addrs.map(|a| format!("{}\n", a.ip())).collect(),
             Err(e) => format!("cannot resolve {name}: {e}\n"),
         });
+    }
+    if let Some(n) = path.strip_prefix("/threads/") {
+        // Threads that live a second: how many a pids limit lets start.
+        let n: usize = n.parse().ok()?;
+        let mut started = 0;
+        let mut error = String::new();
+        let mut handles = Vec::new();
+        for _ in 0..n {
+            match std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(|| std::thread::sleep(Duration::from_secs(1)))
+            {
+                Ok(h) => {
+                    started += 1;
+                    handles.push(h);
+                }
+                Err(e) => {
+                    error = format!(": {e}");
+                    break;
+                }
+            }
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+        return Some(format!("started {started} of {n} threads{error}\n"));
     }
     if let Some(mib) = path.strip_prefix("/alloc/") {
         let mib: usize = mib.parse().ok()?;
