@@ -12,6 +12,7 @@ use std::{
 pub mod cgroup;
 pub mod container;
 pub mod process;
+pub mod seccomp;
 pub mod spawner;
 
 /// Errors starting an instance.

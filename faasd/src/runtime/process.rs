@@ -7,7 +7,8 @@
 //! installs no handler, where pid 1 would ignore it until the grace period ends in SIGKILL.
 //! Its network namespace is one the daemon prepared for calls out (see [`crate::egress`]),
 //! or holds only `lo` (`faasd.dev/egress=none`: its sockets live in the host's namespace,
-//! so it needs nothing else to serve); it sees its own `/proc`, runs with no new privileges as an
+//! so it needs nothing else to serve); it sees its own `/proc`, runs with no new privileges, no
+//! capabilities and the containers' system call filter ([`super::seccomp`]) as an
 //! unprivileged user, in its function's cgroup.
 
 use std::{
@@ -62,6 +63,7 @@ const STEPS: &[&str] = &[
     "binding resolv.conf and hosts",
     "joining the instance's network namespace",
     "joining the cgroups of its limits",
+    "loading the system call filter",
 ];
 
 struct User {

@@ -191,6 +191,7 @@ pub fn serve() -> ! {
         UnixDatagram::from_raw_fd(SOCKET_FD)
     };
     let mut buf = vec![0u8; 1 << 20];
+    let filter = super::seccomp::deny_filter(faasd_containerd::oci::DENIED_SYSCALLS);
     loop {
         let mut fds = [-1; MAX_FDS];
         let (n, nfds) = match socket.recv_with_fd(&mut buf, &mut fds) {
@@ -203,7 +204,7 @@ pub fn serve() -> ! {
             .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
             .collect();
         let reply = match serde_json::from_slice::<Request>(&buf[..n]) {
-            Ok(req) => clone(&req, &fds),
+            Ok(req) => clone(&req, &fds, &filter),
             Err(e) => Err(("parsing the request", io::Error::other(e))),
         };
         let sent = match reply {
@@ -244,7 +245,11 @@ fn cstrings(v: &[String]) -> io::Result<Vec<CString>> {
 
 /// Clones one instance into fresh mount, pid, network, ipc and uts namespaces and its
 /// cgroup; the child sets itself up and execs.
-fn clone(req: &Request, fds: &[OwnedFd]) -> Result<Cloned, (&'static str, io::Error)> {
+fn clone(
+    req: &Request,
+    fds: &[OwnedFd],
+    filter: &[super::seccomp::Instruction],
+) -> Result<Cloned, (&'static str, io::Error)> {
     let fixed = 3 + usize::from(req.cgroup) + usize::from(req.netns) + req.joins.min(3);
     if fds.len() < fixed || req.argv.is_empty() {
         return Err((
@@ -288,6 +293,7 @@ fn clone(req: &Request, fds: &[OwnedFd]) -> Result<Cloned, (&'static str, io::Er
             .netns
             .then(|| fds[3 + usize::from(req.cgroup)].as_raw_fd()),
         joins: &joins,
+        filter,
         private_tmp: req.private_tmp,
         uid: req.uid,
         gid: req.gid,
@@ -368,6 +374,7 @@ struct Child<'a> {
     binds: &'a [(*const libc::c_char, *const libc::c_char)],
     netns: Option<RawFd>,
     joins: &'a [RawFd],
+    filter: &'a [super::seccomp::Instruction],
     private_tmp: bool,
     uid: libc::uid_t,
     gid: libc::gid_t,
@@ -542,6 +549,21 @@ impl Child<'_> {
             // parent may have held at the moment of the clone, and the child would wait on
             // it forever. The raw calls change this thread, the child's only one.
             let (uid, gid) = (self.uid as libc::c_long, self.gid as libc::c_long);
+            // No capabilities, whoever it runs as: out of the bounding set first (which
+            // needs CAP_SETPCAP, so before the uid changes), then out of the sets the
+            // process has (a function run as root keeps them across setresuid).
+            for cap in 0..=63 {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
+                    && *libc::__errno_location() != libc::EINVAL
+                {
+                    fail(5);
+                }
+            }
+            let header = CapHeader {
+                version: LINUX_CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            let none = [CapData::default(); 2];
             if libc::syscall(
                 libc::SYS_setgroups,
                 0 as libc::c_long,
@@ -549,9 +571,22 @@ impl Child<'_> {
             ) < 0
                 || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
                 || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
+                || libc::syscall(libc::SYS_capset, &raw const header, none.as_ptr()) < 0
                 || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
             {
                 fail(5);
+            }
+            let program = libc::sock_fprog {
+                len: self.filter.len() as u16,
+                filter: self.filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &raw const program,
+            ) < 0
+            {
+                fail(13);
             }
             // This process stays as the namespace's pid 1 (faasd_common::init); the function
             // is its child, pid 2. Signals are blocked first, so that none sent meanwhile is lost.
@@ -585,6 +620,24 @@ impl Child<'_> {
         }
     }
 }
+
+/// `struct __user_cap_header_struct` of capset(2).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct` of capset(2); version 3 takes two.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// `ip link set lo up` with an ioctl (no allocation, no netlink).
 unsafe fn loopback_up() -> bool {

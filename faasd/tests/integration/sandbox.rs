@@ -210,3 +210,44 @@ fn limits_of_a_process_function_are_in_its_cgroup_and_enforced() {
         s.state.instances.first().is_some_and(|i| i.pid != pid)
     });
 }
+
+/// A process function has no capabilities, even run as root, and the containers' system
+/// call filter: a new user namespace, which any unprivileged process may make, is refused.
+#[test]
+fn a_process_function_has_no_capabilities_and_the_system_call_filter() {
+    require_privileges!();
+    let ns = Netns::new("seccomp");
+    let d = Daemon::start(&ns);
+    for (name, extra) in [
+        ("as-root", &["--annotation", "faasd.dev/user=root"][..]),
+        ("dynamic", &[][..]),
+    ] {
+        let mut args = vec!["-l", "com.openfaas.scale.min=1"];
+        args.extend_from_slice(extra);
+        let addr = d.deploy_hello(name, &args);
+        let s = d.wait_for(name, "its instance", |s| s.available_replicas == 1);
+        let function = crate::harness::function_below(s.state.instances[0].pid);
+        let status = std::fs::read_to_string(format!("/proc/{function}/status")).unwrap();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        for cap in ["CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(field(cap), "0000000000000000", "{name}: {cap}\n{status}");
+        }
+        assert_eq!(field("Seccomp:"), "2", "{name}: a filter\n{status}");
+        assert_eq!(field("NoNewPrivs:"), "1", "{name}\n{status}");
+        let (_, body) = ns
+            .run(|| http_get_path(SocketAddr::from((addr, 8080)), "/unshare"))
+            .unwrap();
+        assert_eq!(
+            body.trim(),
+            "unshare: Operation not permitted (os error 1)",
+            "{name}"
+        );
+    }
+}

@@ -21,7 +21,8 @@
 //! `/connect/<host>:<port>` (an HTTP/1.0 request there, answering with what came back or
 //! the error), `/udp/<host>:<port>` (one datagram, unconnected) and `/resolve/<name>` (its
 //! addresses, through the system's resolver); `/threads/<n>` (starts n threads, to see a
-//! pids limit at work).
+//! pids limit at work), `/unshare` (tries to make a user namespace, to see a system call
+//! filter at work).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -223,6 +224,17 @@ fn inspect(path: &str) -> Option<String> {
             let _ = h.join();
         }
         return Some(format!("started {started} of {n} threads{error}\n"));
+    }
+    if path == "/unshare" {
+        // A new user namespace, which an unprivileged process may make unless a system
+        // call filter refuses it.
+        // SAFETY: unshare has no memory arguments; this thread moves to a new namespace.
+        let r = unsafe { libc::unshare(libc::CLONE_NEWUSER) };
+        return Some(if r == 0 {
+            "unshared a user namespace\n".into()
+        } else {
+            format!("unshare: {}\n", std::io::Error::last_os_error())
+        });
     }
     if let Some(mib) = path.strip_prefix("/alloc/") {
         let mib: usize = mib.parse().ok()?;
