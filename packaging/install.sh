@@ -45,7 +45,7 @@ if [ "$action" = uninstall ]; then
         systemctl daemon-reload
     fi
     if [ "$purge" = yes ]; then
-        rm -rf /etc/faasd /var/lib/faasd /run/faasd
+        rm -rf /etc/faasd /var/lib/faasd /var/lib/faasd-functions /run/faasd
         getent group faasd >/dev/null && groupdel faasd
         say "removed, with the configuration, the state and the faasd group"
     else
@@ -82,6 +82,9 @@ else
     say "config: /etc/faasd/config.toml"
 fi
 install -d -m 0700 /var/lib/faasd
+# Process functions' own directories, and the mount point of their secrets.
+install -d -m 0711 /var/lib/faasd-functions
+install -d -m 0755 /var/openfaas/secrets
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
 fi

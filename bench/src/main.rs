@@ -151,9 +151,10 @@ impl Bench {
         std::fs::write(
             &config,
             format!(
-                "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = \"faasd-bench\"\nstop-timeout = \"2s\"\nwireguard = false\ndns = [\"[::1]:53\"]\n{extra_config}",
+                "state-dir = {:?}\nruntime-dir = {:?}\ndata-dir = {:?}\ncgroup-parent = \"faasd-bench\"\nstop-timeout = \"2s\"\nwireguard = false\ndns = [\"[::1]:53\"]\n{extra_config}",
                 self.dir.join("state"),
                 self.dir.join("rt"),
+                self.dir.join("data"),
             ),
         )?;
         self.socket = self.dir.join("rt/faasd.sock");

@@ -52,6 +52,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Volatile state: the API socket, the notify socket, running instances.
     pub runtime_dir: PathBuf,
+    /// Each process function's own writable directory, `<data-dir>/<namespace>/<name>`
+    /// (its `STATE_DIRECTORY`), kept until the function is removed.
+    pub data_dir: PathBuf,
     /// TCP addresses the API listens on, with basic auth on `/system` (the unix socket is
     /// always served, without).
     pub api: Vec<SocketAddr>,
@@ -123,6 +126,7 @@ impl Default for Config {
         Self {
             state_dir: "/var/lib/faasd".into(),
             runtime_dir: "/run/faasd".into(),
+            data_dir: "/var/lib/faasd-functions".into(),
             api: vec![SocketAddr::from((faasd_common::plan::HOST_ADDRESS, 8080))],
             function_prefix: Ipv6Net { addr, len },
             backlog: 4096,

@@ -23,9 +23,9 @@
 //! | `faasd.dev/pids-max` | most tasks (processes and threads) of a process function's instance | none |
 //! | `faasd.dev/latency-histograms` | `true`: this function's own activation and call latency histograms in `/metrics` (the host-wide ones are always there) | false |
 //!
-//! Functions take the OpenFaaS field `limits` (`memory` like `128Mi`, `cpu` like `500m`,
-//! enforced in the instance's cgroup); image functions also `readOnlyRootFilesystem` and `secrets`
-//! (mounted read-only at `/var/openfaas/secrets/<name>`). `requests` is accepted and, on one
+//! Functions take the OpenFaaS fields `limits` (`memory` like `128Mi`, `cpu` like `500m`,
+//! enforced in the instance's cgroup), `readOnlyRootFilesystem` and `secrets` (mounted
+//! read-only at `/var/openfaas/secrets/<name>`). `requests` is accepted and, on one
 //! host with nothing to schedule, ignored.
 
 use std::{net::Ipv6Addr, path::PathBuf, time::Duration};
@@ -90,7 +90,7 @@ pub struct Deployment {
     /// Annotations (faasd's own settings are read from here); `null` reads as none.
     #[serde(default, deserialize_with = "null_is_empty")]
     pub annotations: StringMap,
-    /// Secrets mounted into a container at `/var/openfaas/secrets/<name>`.
+    /// Secrets mounted into an instance at `/var/openfaas/secrets/<name>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
     /// Placement constraints; meaningless on one host, accepted and ignored like faasd CE.
@@ -305,14 +305,6 @@ impl FunctionSpec {
                 "registryAuth: this faasd pulls public images only and stores no registry \
                  credentials; import a private image with `faasd image import FILE.tar`",
             );
-        }
-        if image.is_none() {
-            if !d.secrets.is_empty() {
-                return bad("secrets: only container functions (with an image) mount secrets");
-            }
-            if d.read_only_root_filesystem == Some(true) {
-                return bad("readOnlyRootFilesystem applies to container images only");
-            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for s in &d.secrets {
@@ -957,7 +949,7 @@ mod tests {
     }
 
     #[test]
-    fn limits_apply_to_both_and_secrets_to_images() {
+    fn limits_and_secrets_apply_to_processes_and_images() {
         let mut d = deployment("f");
         d.limits = Some(serde_json::json!({"memory": "64Mi", "cpu": "250m"}));
         d.annotations

@@ -113,6 +113,8 @@ fn up() -> Result {
         .arg(dir.join("state"))
         .arg("--runtime-dir")
         .arg(dir.join("run"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
         .arg("--containerd")
         .arg(&ctr.socket)
         .spawn()

@@ -82,17 +82,13 @@ impl Daemon {
         Ok(Parts { files, log, cgroup })
     }
 
-    /// The runtime of a container function, before its image is prepared: the image
-    /// reference parsed and the secrets it mounts found.
-    pub(super) fn container_runtime(
+    /// The host files of the secrets a function mounts; a missing one is the caller's to
+    /// create first.
+    pub(super) fn secret_files(
         &self,
         spec: &FunctionSpec,
-        image: &str,
-        settings: &Settings,
-    ) -> Result<ContainerRuntime, DaemonError> {
-        let image = ImageRef::parse(image).map_err(|e| SpecError(format!("image: {e}")))?;
-        let secrets = spec
-            .deployment
+    ) -> Result<Vec<(String, PathBuf)>, DaemonError> {
+        spec.deployment
             .secrets
             .iter()
             .map(|s| {
@@ -108,7 +104,19 @@ impl Daemon {
                         e => e.into(),
                     })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect()
+    }
+
+    /// The runtime of a container function, before its image is prepared: the image
+    /// reference parsed and the secrets it mounts found.
+    pub(super) fn container_runtime(
+        &self,
+        spec: &FunctionSpec,
+        image: &str,
+        settings: &Settings,
+    ) -> Result<ContainerRuntime, DaemonError> {
+        let image = ImageRef::parse(image).map_err(|e| SpecError(format!("image: {e}")))?;
+        let secrets = self.secret_files(spec)?;
         Ok(ContainerRuntime::new(
             self.containers.clone(),
             spec,

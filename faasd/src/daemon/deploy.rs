@@ -148,7 +148,10 @@ impl Daemon {
     ) -> Result<Function, DaemonError> {
         let parts = self.parts(&record.spec, &settings)?;
         let runtime: Arc<dyn Runtime> = match &record.spec.image {
-            None => self.runtime.clone(),
+            None => {
+                self.secret_files(&record.spec)?;
+                self.runtime.clone()
+            }
             Some(image) => {
                 let rt = self.container_runtime(&record.spec, image, &settings)?;
                 rt.prepare().await?;
@@ -253,6 +256,8 @@ impl Daemon {
         }
         self.retire(&f, true).await;
         f.log.remove();
+        // A process function's own directory goes with it.
+        let _ = std::fs::remove_dir_all(self.config.data_dir.join(namespace).join(name));
         if let Some(e) = &self.egress {
             e.forget(&f.record.spec.id());
             e.remove_files(&f.record.spec);

@@ -81,6 +81,13 @@ pub struct Launch {
     pub binds: Vec<(PathBuf, PathBuf)>,
     /// Resource limits (process instances; a container's are in its spec).
     pub limits: cgroup::Limits,
+    /// The function's own writable directory (process instances: its `STATE_DIRECTORY`).
+    pub data_dir: Option<PathBuf>,
+    /// The host's root is read-only inside (process instances; a container's is in its
+    /// spec).
+    pub read_only: bool,
+    /// Secrets for `/var/openfaas/secrets` (process instances): name and host file.
+    pub secrets: Vec<(String, PathBuf)>,
 }
 
 /// Who an instance runs as.

@@ -29,7 +29,13 @@ pub struct ProcessRuntime {
     spawner: Arc<Spawner>,
     hidden: Vec<PathBuf>,
     private_tmp: bool,
+    /// Per-instance copies of secrets, readable by the instance's user alone.
+    secrets_dir: PathBuf,
 }
+
+/// Where secrets appear in an instance, as in an OpenFaaS container. The directory must
+/// exist on the host to be mounted over; faasd makes it when it starts.
+pub const SECRETS_MOUNT: &str = "/var/openfaas/secrets";
 
 /// Out of every instance's reach, as with systemd's `ProtectHome=yes`; the daemon adds its
 /// state directory (records, logs, secrets).
@@ -39,11 +45,29 @@ impl ProcessRuntime {
     /// Starts the runtime and its spawner. `hidden`: directories instances may not see
     /// (empty and inaccessible in their mount namespace), except one holding the
     /// instance's own program. `private_tmp`: each instance gets a `/tmp` of its own.
-    pub fn new(hidden: Vec<PathBuf>, private_tmp: bool) -> io::Result<Self> {
+    /// `secrets_dir`: where instances' copies of their secrets are kept while they run.
+    /// `data_dir`: where functions' own directories are (users may pass through it, not
+    /// list it; systemd's StateDirectory= makes it 0700 at every start).
+    pub fn new(
+        hidden: Vec<PathBuf>,
+        private_tmp: bool,
+        secrets_dir: PathBuf,
+        data_dir: &Path,
+    ) -> io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(data_dir)?;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o711))?;
+        if let Err(e) = std::fs::create_dir_all(SECRETS_MOUNT) {
+            tracing::warn!(
+                "creating {SECRETS_MOUNT} (where process functions see their secrets): {e}; \
+                 process functions with secrets will not start until it exists"
+            );
+        }
         Ok(Self {
             spawner: Arc::new(Spawner::start()?),
             hidden,
             private_tmp,
+            secrets_dir,
         })
     }
 }
@@ -64,6 +88,9 @@ const STEPS: &[&str] = &[
     "joining the instance's network namespace",
     "joining the cgroups of its limits",
     "loading the system call filter",
+    "making the root read-only",
+    "mounting the secrets at /var/openfaas/secrets",
+    "binding the function's own directory",
 ];
 
 struct User {
@@ -103,6 +130,7 @@ fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
 #[async_trait::async_trait]
 impl Runtime for ProcessRuntime {
     async fn reap(&self, instance: &Instance) -> String {
+        let _ = std::fs::remove_dir_all(self.secrets_dir.join(&instance.id));
         let mut status = 0;
         // SAFETY: waitpid, non-blocking, on the instance's pid; an adopted instance is not
         // our child and yields no status.
@@ -118,13 +146,52 @@ impl Runtime for ProcessRuntime {
         // The clone and the wait for exec take about 2 ms: a blocking thread's work.
         let spawner = self.spawner.clone();
         let (hidden, private_tmp) = (self.hidden.clone(), self.private_tmp);
-        tokio::task::spawn_blocking(move || start(&spawner, &hidden, private_tmp, &launch))
-            .await
-            .map_err(|e| RuntimeError::Io {
-                op: "waiting for the start",
-                source: io::Error::other(e),
-            })?
+        let secrets = self.secrets_dir.join(&launch.instance);
+        tokio::task::spawn_blocking(move || {
+            start(&spawner, &hidden, private_tmp, &secrets, &launch)
+        })
+        .await
+        .map_err(|e| RuntimeError::Io {
+            op: "waiting for the start",
+            source: io::Error::other(e),
+        })?
     }
+}
+
+/// The function's own directory (`<data-dir>/<namespace>/<name>`), made at its first start:
+/// its user's alone; the directories above it let users through but not list them.
+fn own_directory(dir: &Path, user: &User) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(parent)?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
+}
+
+/// Copies the secrets into `dir`, readable by the instance's user alone (the originals are
+/// root's, in the state directory, which instances cannot see).
+fn copy_secrets(dir: &Path, secrets: &[(String, PathBuf)], user: &User) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o500)
+        .create(dir)?;
+    for (name, file) in secrets {
+        let to = dir.join(name);
+        std::fs::copy(file, &to)?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o400))?;
+        std::os::unix::fs::chown(&to, Some(user.uid), Some(user.gid))?;
+    }
+    std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
 }
 
 /// Has the spawner clone the instance into its namespaces and waits until it has exec'd.
@@ -132,6 +199,7 @@ fn start(
     spawner: &Spawner,
     hidden: &[PathBuf],
     private_tmp: bool,
+    secrets_dir: &Path,
     launch: &Launch,
 ) -> Result<Instance, RuntimeError> {
     let user = match &launch.user {
@@ -140,6 +208,16 @@ fn start(
             uid: *uid,
             gid: *uid,
         },
+    };
+    if let Some(d) = &launch.data_dir {
+        own_directory(d, &user).map_err(io_err("making the function's own directory"))?;
+    }
+    let secrets = if launch.secrets.is_empty() {
+        None
+    } else {
+        copy_secrets(secrets_dir, &launch.secrets, &user)
+            .map_err(io_err("copying the function's secrets"))?;
+        Some(secrets_dir.to_string_lossy().into_owned())
     };
     let devnull = std::fs::File::open("/dev/null").map_err(io_err("open /dev/null"))?;
     let cgroup = launch
@@ -207,6 +285,13 @@ fn start(
         private_tmp,
         netns: launch.netns.is_some(),
         joins: joins.len(),
+        read_only: launch.read_only,
+        secrets,
+        writable: launch
+            .data_dir
+            .iter()
+            .map(|d| d.to_string_lossy().into_owned())
+            .collect(),
         binds: launch
             .binds
             .iter()

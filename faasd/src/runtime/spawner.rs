@@ -53,6 +53,13 @@ pub(super) struct Request {
     pub netns: bool,
     /// v1 `cgroup.procs` files to join (the limits of a hybrid host), at most 3.
     pub joins: usize,
+    /// The host's root is read-only inside (all of it: `/proc`, `/dev` stay writable).
+    pub read_only: bool,
+    /// A directory mounted read-only at `/var/openfaas/secrets`.
+    pub secrets: Option<String>,
+    /// Directories that stay writable (bound over themselves after the root goes
+    /// read-only).
+    pub writable: Vec<String>,
     /// Files bound read-only over others (source, target); a missing target is skipped.
     pub binds: Vec<(String, String)>,
 }
@@ -270,6 +277,14 @@ fn clone(
         .map_err(|e| ("binds", e))?;
     let bind_targets = cstrings(&req.binds.iter().map(|b| b.1.clone()).collect::<Vec<_>>())
         .map_err(|e| ("binds", e))?;
+    let writable = cstrings(&req.writable).map_err(|e| ("writable", e))?;
+    let writable_ptrs: Vec<*const libc::c_char> = writable.iter().map(|w| w.as_ptr()).collect();
+    let secrets = req
+        .secrets
+        .as_deref()
+        .map(CString::new)
+        .transpose()
+        .map_err(|e| ("secrets", io::Error::other(e)))?;
     let binds: Vec<(*const libc::c_char, *const libc::c_char)> = bind_sources
         .iter()
         .zip(&bind_targets)
@@ -294,6 +309,9 @@ fn clone(
             .then(|| fds[3 + usize::from(req.cgroup)].as_raw_fd()),
         joins: &joins,
         filter,
+        read_only: req.read_only,
+        secrets: secrets.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+        writable: &writable_ptrs,
         private_tmp: req.private_tmp,
         uid: req.uid,
         gid: req.gid,
@@ -375,6 +393,10 @@ struct Child<'a> {
     netns: Option<RawFd>,
     joins: &'a [RawFd],
     filter: &'a [super::seccomp::Instruction],
+    read_only: bool,
+    /// The secrets' directory, or null.
+    secrets: *const libc::c_char,
+    writable: &'a [*const libc::c_char],
     private_tmp: bool,
     uid: libc::uid_t,
     gid: libc::gid_t,
@@ -449,6 +471,33 @@ impl Child<'_> {
                     fail(8);
                 }
             }
+            if !self.secrets.is_null()
+                && (libc::mount(
+                    self.secrets,
+                    c"/var/openfaas/secrets".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) < 0
+                    || libc::mount(
+                        std::ptr::null(),
+                        c"/var/openfaas/secrets".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        std::ptr::null(),
+                    ) < 0)
+            {
+                fail(15);
+            }
+            // As systemd's ProtectSystem=strict: every mount read-only at once, but for the
+            // API filesystems a program expects to write (its /proc, devices).
+            if self.read_only
+                && (set_read_only(c"/".as_ptr(), true, true) < 0
+                    || set_read_only(c"/proc".as_ptr(), false, false) < 0
+                    || set_read_only(c"/dev".as_ptr(), false, true) < 0)
+            {
+                fail(14);
+            }
             // As systemd's PrivateTmp=: what one instance leaves there, no other sees.
             if self.private_tmp
                 && libc::mount(
@@ -460,6 +509,21 @@ impl Child<'_> {
                 ) < 0
             {
                 fail(9);
+            }
+            // The function's own directory stays writable: bound over itself, then (a
+            // bind keeps the read-only flag it came from) made writable.
+            for dir in self.writable {
+                if libc::mount(
+                    *dir,
+                    *dir,
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) < 0
+                    || set_read_only(*dir, false, false) < 0
+                {
+                    fail(16);
+                }
             }
             // Read-only binds over the host's files (resolv.conf, hosts).
             for (source, target) in self.binds {
@@ -618,6 +682,40 @@ impl Child<'_> {
             libc::execve(self.argv0, self.argv, self.env);
             fail(6)
         }
+    }
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+/// Sets (`on`) or clears the read-only flag of the mount at `path`, and of every mount
+/// below it when `recursive`: one system call, no allocation.
+unsafe fn set_read_only(path: *const libc::c_char, on: bool, recursive: bool) -> libc::c_long {
+    let attr = MountAttr {
+        attr_set: if on { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: if on { 0 } else { MOUNT_ATTR_RDONLY },
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the path is NUL-terminated and the attribute ours; the size is its own.
+    unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path,
+            if recursive { AT_RECURSIVE } else { 0 },
+            &raw const attr,
+            size_of::<MountAttr>(),
+        )
     }
 }
 

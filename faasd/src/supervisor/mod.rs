@@ -1164,6 +1164,13 @@ fn launch(
         }
     };
     let conn_fd = conn.as_ref().map(|(c, _)| c.as_raw_fd());
+    let spec = &ctx.record.spec;
+    let process = spec.image.is_none();
+    let data_dir = process.then(|| ctx.config.data_dir.join(&spec.namespace).join(&spec.name));
+    if let Some(d) = &data_dir {
+        env.push(("STATE_DIRECTORY".into(), d.to_string_lossy().into_owned()));
+    }
+    let secrets = crate::secrets::Secrets::new(&ctx.config.state_dir);
     Launch {
         instance: id,
         output,
@@ -1187,6 +1194,23 @@ fn launch(
             memory: s.memory_limit,
             cpu_millis: s.cpu_millis,
             pids: s.pids_max,
+        },
+        data_dir,
+        read_only: spec.deployment.read_only_root_filesystem == Some(true),
+        // Checked at deploy; one removed since is reported by the start.
+        secrets: if process {
+            spec.deployment
+                .secrets
+                .iter()
+                .map(|n| {
+                    let file = secrets
+                        .file(&spec.namespace, n)
+                        .unwrap_or_else(|_| ctx.config.state_dir.join("secrets").join(n));
+                    (n.clone(), file)
+                })
+                .collect()
+        } else {
+            Vec::new()
         },
     }
 }

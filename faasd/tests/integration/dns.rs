@@ -197,9 +197,10 @@ fn a_dns_socket_passed_by_systemd_is_served_instead_of_binding() {
     std::fs::write(
         &config,
         format!(
-            "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = {:?}\nwireguard = false\n",
+            "state-dir = {:?}\nruntime-dir = {:?}\ndata-dir = {:?}\ncgroup-parent = {:?}\nwireguard = false\n",
             ns.dir.join("state"),
             ns.dir.join("run"),
+            ns.dir.join("data"),
             ns.cgroup_parent
         ),
     )

@@ -285,9 +285,10 @@ impl<'a> Daemon<'a> {
         std::fs::write(
             &config,
             format!(
-                "state-dir = {:?}\nruntime-dir = {:?}\ncgroup-parent = {:?}\nstop-timeout = \"2s\"\n{wireguard}{extra_config}",
+                "state-dir = {:?}\nruntime-dir = {:?}\ndata-dir = {:?}\ncgroup-parent = {:?}\nstop-timeout = \"2s\"\n{wireguard}{extra_config}",
                 ns.dir.join("state"),
                 ns.dir.join("run"),
+                ns.dir.join("data"),
                 ns.cgroup_parent,
             ),
         )

@@ -251,3 +251,64 @@ fn a_process_function_has_no_capabilities_and_the_system_call_filter() {
         );
     }
 }
+
+/// `readOnlyRootFilesystem` for a process function: the host's root is read-only inside,
+/// its private `/tmp` and its own directory (`STATE_DIRECTORY`) are writable, another
+/// function's directory is out of its reach, and its secret is at /var/openfaas/secrets.
+#[test]
+fn a_read_only_process_function_writes_only_its_own_places_and_reads_its_secret() {
+    require_privileges!();
+    let ns = Netns::new("readonly");
+    let d = Daemon::start(&ns);
+    d.cli_ok(&[
+        "secret",
+        "create",
+        "token",
+        "--from-literal",
+        "s3cr3t-value",
+    ]);
+    let other = d.deploy_hello("other", &["-l", "com.openfaas.scale.min=1"]);
+    let addr = d.deploy_hello(
+        "locked",
+        &[
+            "--read-only",
+            "--secret",
+            "token",
+            "-l",
+            "com.openfaas.scale.min=1",
+        ],
+    );
+    for f in ["other", "locked"] {
+        d.wait_for(f, "its instance", |s| s.available_replicas == 1);
+    }
+    let data = ns.dir.join("data/openfaas-fn");
+    let get = |at: std::net::Ipv6Addr, path: &str| {
+        ns.run(|| http_get_path(SocketAddr::from((at, 8080)), path))
+            .unwrap()
+            .1
+    };
+    let own = data.join("locked");
+    let env = get(addr, "/env/STATE_DIRECTORY");
+    assert_eq!(env.trim(), own.to_string_lossy(), "{env}");
+    let root = get(addr, "/write");
+    assert!(root.contains("Read-only file system"), "{root}");
+    let usr = get(addr, "/write-in/usr");
+    assert!(usr.contains("Read-only file system"), "{usr}");
+    let tmp = get(addr, "/write-in/tmp");
+    assert!(tmp.starts_with("wrote to /tmp"), "{tmp}");
+    let mine = get(addr, &format!("/write-in{}", own.display()));
+    assert!(mine.starts_with("wrote to"), "{mine}");
+    // Without a read-only root the other function writes its own directory too, but not
+    // this one's.
+    let theirs = get(other, &format!("/write-in{}", data.join("other").display()));
+    assert!(theirs.starts_with("wrote to"), "{theirs}");
+    let foreign = get(other, &format!("/write-in{}", own.display()));
+    assert!(foreign.contains("Permission denied"), "{foreign}");
+    let secret = get(addr, "/secret/token");
+    assert_eq!(secret, "s3cr3t-value");
+    let none = get(other, "/secret/token");
+    assert!(none.contains("cannot read secret token"), "{none}");
+    // The directory goes with the function.
+    d.cli_ok(&["remove", "locked"]);
+    assert!(!own.exists(), "{} is left", own.display());
+}

@@ -17,7 +17,8 @@
 //! looking around: `/interfaces` (its network interfaces), `/secret/<name>` (an OpenFaaS
 //! secret mounted at /var/openfaas/secrets), `/alloc/<MiB>` (allocates and touches that
 //! much memory, to see a memory limit at work), `/env/<NAME>` (an environment variable),
-//! `/write` (tries to create a file in `/`, to see a read-only root), and calls out:
+//! `/write` (tries to create a file in `/`, to see a read-only root; `/write-in/<dir>` in
+//! another directory), and calls out:
 //! `/connect/<host>:<port>` (an HTTP/1.0 request there, answering with what came back or
 //! the error), `/udp/<host>:<port>` (one datagram, unconnected) and `/resolve/<name>` (its
 //! addresses, through the system's resolver); `/threads/<n>` (starts n threads, to see a
@@ -172,12 +173,16 @@ fn inspect(path: &str) -> Option<String> {
     if let Some(name) = path.strip_prefix("/env/") {
         return Some(std::env::var(name).unwrap_or_else(|_| format!("{name} is not set")) + "\n");
     }
-    if path == "/write" {
-        let probe = format!("/hello-probe-{}", std::process::id());
+    if path == "/write" || path.starts_with("/write-in/") {
+        let dir = path
+            .strip_prefix("/write-in")
+            .filter(|d| !d.is_empty())
+            .unwrap_or("/");
+        let probe = std::path::Path::new(dir).join(format!("hello-probe-{}", std::process::id()));
         let r = std::fs::write(&probe, b"x").map(|()| std::fs::remove_file(&probe));
         return Some(match r {
-            Ok(_) => "wrote to /\n".into(),
-            Err(e) => format!("cannot write to /: {e}\n"),
+            Ok(_) => format!("wrote to {dir}\n"),
+            Err(e) => format!("cannot write to {dir}: {e}\n"),
         });
     }
     if let Some(target) = path.strip_prefix("/connect/") {

@@ -76,6 +76,9 @@ pub async fn run(
     if let Some(d) = args.runtime_dir {
         config.runtime_dir = d;
     }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
     config.api.extend(args.api);
     if let Some(p) = args.function_prefix {
         config.function_prefix = p;
@@ -150,8 +153,13 @@ pub async fn run(
             );
         }
         Arc::new(
-            ProcessRuntime::new(hidden, private_tmp)
-                .map_err(|e| format!("starting the process spawner: {e}"))?,
+            ProcessRuntime::new(
+                hidden,
+                private_tmp,
+                config.runtime_dir.join("secrets"),
+                &config.data_dir,
+            )
+            .map_err(|e| format!("starting the process spawner: {e}"))?,
         )
     };
     status("loading the data plane");

@@ -229,6 +229,9 @@ struct DaemonArgs {
     /// Volatile state directory (API and notify sockets).
     #[arg(long)]
     runtime_dir: Option<PathBuf>,
+    /// Where process functions keep their own writable directories.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Also serve the API on this TCP address (repeatable).
     #[arg(long)]
     api: Vec<SocketAddr>,
