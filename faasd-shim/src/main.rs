@@ -7,6 +7,9 @@
 //! (`faasd_common::init`), so that SIGTERM stops a program that installs no handler. faasd
 //! sets NOTIFY_SOCKET and the rest of the environment in the container's spec.
 //!
+//! `shim --init -- COMMAND [ARGS...]`: only the init, for an image that binds its own port
+//! (faasd forwards to it and passes no sockets).
+//!
 //! It is built as a static binary, so it runs in an image that has nothing else: no shell,
 //! no libc, no /etc.
 
@@ -28,18 +31,25 @@ const RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let command = match args.split_first() {
-        Some((sep, rest)) if sep == "--" && !rest.is_empty() => rest,
-        _ => {
-            fail("usage: shim -- COMMAND [ARGS...] (started by faasd as a container's entrypoint)")
-        }
+    let (sockets, rest) = match args.split_first() {
+        Some((flag, rest)) if flag == "--init" => (false, rest),
+        _ => (true, &args[..]),
     };
-    let (fds, names) = receive().unwrap_or_else(|e| fail(&format!("receiving sockets: {e}")));
-    place(&fds).unwrap_or_else(|e| fail(&format!("placing sockets at fd 3..: {e}")));
-    // SAFETY: single-threaded; nothing else reads the environment concurrently.
-    unsafe {
-        std::env::set_var("LISTEN_FDS", fds.len().to_string());
-        std::env::set_var("LISTEN_FDNAMES", names);
+    let command = match rest.split_first() {
+        Some((sep, rest)) if sep == "--" && !rest.is_empty() => rest,
+        _ => fail(
+            "usage: shim [--init] -- COMMAND [ARGS...] (started by faasd as a container's \
+             entrypoint)",
+        ),
+    };
+    if sockets {
+        let (fds, names) = receive().unwrap_or_else(|e| fail(&format!("receiving sockets: {e}")));
+        place(&fds).unwrap_or_else(|e| fail(&format!("placing sockets at fd 3..: {e}")));
+        // SAFETY: single-threaded; nothing else reads the environment concurrently.
+        unsafe {
+            std::env::set_var("LISTEN_FDS", fds.len().to_string());
+            std::env::set_var("LISTEN_FDNAMES", names);
+        }
     }
     // SAFETY: single-threaded, so fork is safe; signals are blocked across it so that none
     // sent to the container meanwhile is lost, and the child restores its mask.
@@ -55,7 +65,9 @@ fn main() {
             }
             function => faasd_common::init::run(function, &all),
         }
-        std::env::set_var("LISTEN_PID", std::process::id().to_string());
+        if sockets {
+            std::env::set_var("LISTEN_PID", std::process::id().to_string());
+        }
     }
     let err = exec(command);
     fail(&format!("exec {:?}: {err}", command[0]));

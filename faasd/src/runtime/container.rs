@@ -247,6 +247,13 @@ impl ContainerRuntime {
             destination: handoff::NOTIFY_DIR.into(),
             read_only: false,
         }];
+        // The shim is every container's pid 1, faasd's init; with sockets it also takes
+        // them over the handoff socket.
+        binds.push(Bind {
+            source: shim.to_string_lossy().into(),
+            destination: handoff::SHIM.into(),
+            read_only: true,
+        });
         let listener = match delivery {
             Delivery::Sockets => {
                 let path = dir.join("handoff.sock");
@@ -254,11 +261,6 @@ impl ContainerRuntime {
                     bind_long(&dir, "handoff.sock").map_err(io("binding the handoff socket"))?;
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
                     .map_err(io("opening the handoff socket to the container's user"))?;
-                binds.push(Bind {
-                    source: shim.to_string_lossy().into(),
-                    destination: handoff::SHIM.into(),
-                    read_only: true,
-                });
                 binds.push(Bind {
                     source: dir.to_string_lossy().into(),
                     destination: handoff::RUN_DIR.into(),
@@ -436,13 +438,15 @@ impl ContainerRuntime {
             (Delivery::Sockets, Some(p)) => p.split_whitespace().map(str::to_owned).collect(),
             (_, None) => config.command(),
         };
-        let args = match delivery {
-            Delivery::Sockets => [handoff::SHIM.to_owned(), "--".into()]
-                .into_iter()
-                .chain(command)
-                .collect(),
-            Delivery::Forward(_) => command,
+        let shim: &[&str] = match delivery {
+            Delivery::Sockets => &[handoff::SHIM, "--"],
+            Delivery::Forward(_) => &[handoff::SHIM, "--init", "--"],
         };
+        let args = shim
+            .iter()
+            .map(|a| (*a).to_owned())
+            .chain(command)
+            .collect();
         ContainerSpec {
             hostname: self.function.clone(),
             args,

@@ -617,8 +617,9 @@ impl Child<'_> {
             // needs CAP_SETPCAP, so before the uid changes), then out of the sets the
             // process has (a function run as root keeps them across setresuid).
             for cap in 0..=63 {
-                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
-                    && *libc::__errno_location() != libc::EINVAL
+                // Past the last capability the kernel knows, the read says EINVAL.
+                if libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) == 1
+                    && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
                 {
                     fail(5);
                 }

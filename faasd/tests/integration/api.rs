@@ -126,8 +126,12 @@ fn bad_input_gets_a_400_that_says_what_is_wrong() {
             "path components are lowercase",
         ),
         (
-            format!(r#"{{"service":"f","envProcess":"{hello}","limits":{{"memory":"1Gi"}}}}"#),
-            "does not enforce limits",
+            format!(r#"{{"service":"f","envProcess":"{hello}","limits":{{"memory":"1Kb"}}}}"#),
+            "is not a size",
+        ),
+        (
+            format!(r#"{{"service":"f","envProcess":"{hello}","secrets":["nope"]}}"#),
+            "nope",
         ),
         ("{not json".to_owned(), "invalid request body"),
     ];

@@ -166,13 +166,25 @@ fn secret_values_stay_out_of_answers_logs_and_describe() {
         d.cli_ok(&["secret", "list"]),
         d.cli_ok(&["--json", "secret", "list"]),
     ];
-    // A process function naming it is refused (only containers mount secrets); a function
-    // that exists shows the secret's name in describe, never its value.
+    // A deploy naming a secret that does not exist is refused, naming it; a function that
+    // mounts one shows its name in describe, never its value.
     seen.push(
-        d.cli(&["deploy", "bad", "--command", &hello_bin(), "--secret", "db"])
-            .unwrap_err(),
+        d.cli(&[
+            "deploy",
+            "bad",
+            "--command",
+            &hello_bin(),
+            "--secret",
+            "missing",
+        ])
+        .unwrap_err(),
     );
-    d.deploy_hello("plain", &[]);
+    let refused = seen.last().unwrap();
+    assert!(
+        refused.contains("missing"),
+        "the refusal names it: {refused}"
+    );
+    d.deploy_hello("plain", &["--secret", "db"]);
     seen.push(d.cli_ok(&["--json", "describe", "plain"]));
     let (_, metrics) = d.api("GET", "/metrics", "");
     seen.push(metrics);

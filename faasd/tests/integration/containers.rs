@@ -736,30 +736,39 @@ fn a_container_without_a_sigterm_handler_stops_at_once() {
     let ns = Netns::new("ctr-sigterm");
     let _c = Cleanup {
         socket: &socket,
-        names: &["ctr-sigterm"],
+        names: &["ctr-sigterm", "ctr-sigport"],
     };
     let d = start(&ns, &socket);
-    d.cli_ok(&[
-        "deploy",
-        "ctr-sigterm",
-        "--image",
-        "localhost/hello:latest",
-        "-e",
-        "HELLO_SIGTERM=default",
-        "-l",
-        "com.openfaas.scale.min=1",
-        "-a",
-        "faasd.dev/stop-timeout=60s",
-    ]);
-    let s = d.wait_for("ctr-sigterm", "its container", |s| {
-        s.available_replicas == 1
-    });
-    let init = s.state.instances[0].pid;
-    let function = function_below(init);
-    let comm = std::fs::read_to_string(format!("/proc/{function}/comm")).unwrap();
-    assert_eq!(comm.trim(), "hello", "the function runs below the shim");
-    d.cli_ok(&["scale", "ctr-sigterm", "0"]);
-    // Far inside the 60 s grace period, after which SIGKILL would come: as pid 1 the
-    // program would ignore SIGTERM until then.
-    wait_gone(init, 15, || d.log());
+    // One that takes its sockets and one that binds its own port: faasd's init is pid 1
+    // of both.
+    for (name, image) in [
+        ("ctr-sigterm", "localhost/hello:latest"),
+        ("ctr-sigport", "localhost/hello-port:latest"),
+    ] {
+        d.cli_ok(&[
+            "deploy",
+            name,
+            "--image",
+            image,
+            "-e",
+            "HELLO_SIGTERM=default",
+            "-l",
+            "com.openfaas.scale.min=1",
+            "-a",
+            "faasd.dev/stop-timeout=60s",
+        ]);
+        let s = d.wait_for(name, "its container", |s| s.available_replicas == 1);
+        let init = s.state.instances[0].pid;
+        let function = function_below(init);
+        let comm = std::fs::read_to_string(format!("/proc/{function}/comm")).unwrap();
+        assert_eq!(
+            comm.trim(),
+            "hello",
+            "{name}: the function runs below the shim"
+        );
+        d.cli_ok(&["scale", name, "0"]);
+        // Far inside the 60 s grace period, after which SIGKILL would come: as pid 1 the
+        // program would ignore SIGTERM until then.
+        wait_gone(init, 15, || d.log());
+    }
 }
