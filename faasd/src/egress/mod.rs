@@ -107,14 +107,14 @@ struct Ruled {
 }
 
 impl Egress {
-    /// Installs NAT and forwarding, starts the pool and keeps the egress maps, and the
-    /// previous daemon's rules of cgroups that still exist (their instances run on).
+    /// Starts the pool (whose thread installs NAT and forwarding first, off the daemon's
+    /// start) and keeps the egress maps, and the previous daemon's rules of cgroups that
+    /// still exist (their instances run on).
     pub fn start(
         config: &Config,
         maps: faasd_dataplane::Egress,
         dns: Option<SocketAddr>,
     ) -> Result<Self, EgressError> {
-        nat::install(config)?;
         let dir = config.runtime_dir.join("egress");
         let hosts_dir = dir.join("hosts");
         let owners_dir = dir.join("owners");

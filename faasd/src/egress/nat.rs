@@ -13,8 +13,9 @@ pub const TABLE: &str = "faasd_egress";
 
 /// The ruleset: instance IPv4 is masqueraded whenever it leaves the host; instance IPv6
 /// only when it leaves the platform prefix (other functions see the instance's own
-/// address). Forwarding towards an instance is allowed only for replies: ingress reaches
-/// functions only through the sockets faasd passes.
+/// address). Towards an instance only replies pass, forwarded or from the host itself
+/// (and neighbour discovery): ingress reaches functions only through the sockets faasd
+/// passes.
 pub fn ruleset(config: &Config) -> String {
     let (platform, len) = faasd_common::plan::PLATFORM_PREFIX;
     format!(
@@ -30,6 +31,12 @@ pub fn ruleset(config: &Config) -> String {
          \tchain forward {{\n\
          \t\ttype filter hook forward priority filter; policy accept;\n\
          \t\toifname \"{HOST_LINK_PREFIX}*\" ct state established,related accept\n\
+         \t\toifname \"{HOST_LINK_PREFIX}*\" drop\n\
+         \t}}\n\
+         \tchain output {{\n\
+         \t\ttype filter hook output priority filter; policy accept;\n\
+         \t\toifname \"{HOST_LINK_PREFIX}*\" ct state established,related accept\n\
+         \t\toifname \"{HOST_LINK_PREFIX}*\" meta l4proto ipv6-icmp accept\n\
          \t\toifname \"{HOST_LINK_PREFIX}*\" drop\n\
          \t}}\n\
          }}\n",

@@ -37,6 +37,9 @@ pub const HOST_LINK_PREFIX: &str = "fxs";
 /// there too to win over it.
 const TABLE_LOCAL: u32 = 255;
 
+/// How long after handing out a namespace the pool waits before it makes the next.
+const REFILL_DELAY: std::time::Duration = std::time::Duration::from_millis(30);
+
 /// Errors preparing a namespace.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -139,6 +142,11 @@ impl Maker {
             }
         };
         rt.block_on(async move {
+            // Before the first namespace is handed out, so that what it sends out is
+            // masqueraded; a failure leaves calls within the host working.
+            if let Err(e) = super::nat::install(&self.config) {
+                tracing::error!("calls out cannot leave the host: {e}");
+            }
             let Ok((conn, host, _)) = rtnetlink::new_connection() else {
                 tracing::error!("the network namespace pool has no netlink socket");
                 return;
@@ -178,6 +186,16 @@ impl Maker {
                     None => self.make(&host).await,
                 };
                 let _ = ask.send(p);
+                // The instance that took it is starting now: refill after that, not against
+                // it for the CPU and the kernel's network locks; another request meanwhile
+                // is served at once.
+                if let Ok(Some(next)) = tokio::time::timeout(REFILL_DELAY, asks.recv()).await {
+                    let p = match ready.pop_front() {
+                        Some(p) => Ok(p),
+                        None => self.make(&host).await,
+                    };
+                    let _ = next.send(p);
+                }
             }
         });
     }

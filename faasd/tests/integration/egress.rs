@@ -271,6 +271,35 @@ fn a_function_calls_the_internet_the_host_and_other_functions_by_name() {
     accepted.join().unwrap();
     expect(&d, local.contains("host service"), &local);
 
+    // Ingress does not change: nothing new reaches an instance's own address, not even
+    // from the host (a closed port would refuse at once; the packet never gets there).
+    let routes = String::from_utf8(
+        Command::new("ip")
+            .args(["-n", &host.name, "-6", "route", "show", "table", "local"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let instance: Ipv6Addr = routes
+        .lines()
+        .find(|l| l.contains("dev fxs"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no instance route in:\n{routes}"));
+    let probe = host.run(|| {
+        std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((instance, 8080)),
+            Duration::from_secs(1),
+        )
+    });
+    expect(
+        &d,
+        probe
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut),
+        &format!("a connection from the host to [{instance}]:8080: {probe:?}"),
+    );
+
     // /etc/hosts names the function itself.
     let me = call(&d, caller, "/resolve/caller");
     expect(&d, me.contains(&caller.to_string()), &me);
