@@ -69,7 +69,7 @@ pub enum EgressError {
 /// What an instance gets for its network, from [`Egress::admit`].
 #[derive(Debug)]
 pub struct Network {
-    /// The namespace to join, when it may call out.
+    /// The namespace to join.
     pub netns: Option<Prepared>,
     /// Files bound read-only over the host's (source, target).
     pub binds: Vec<(PathBuf, PathBuf)>,
@@ -191,8 +191,8 @@ impl Egress {
 
     /// Gets an instance ready to call out: the rule of its function's cgroup (made here
     /// if the runtime has not made it yet; a container's instance cgroup gets its rule
-    /// from the container runtime, through [`Egress::grant`]), a prepared namespace unless
-    /// its mode is `none`, and the files it sees.
+    /// from the container runtime, through [`Egress::grant`]), a prepared namespace (only
+    /// `lo` when its mode is `none`), and the files it sees.
     pub async fn admit(
         &self,
         spec: &FunctionSpec,
@@ -210,10 +210,11 @@ impl Egress {
             })?;
             self.grant(dir, &spec.id(), &policy)?;
         }
-        let netns = match self.mode(settings) {
-            EgressMode::None => None,
-            EgressMode::All | EgressMode::Faas => Some(self.pool.take().await?),
+        let kind = match self.mode(settings) {
+            EgressMode::None => netns::Kind::Closed,
+            EgressMode::All | EgressMode::Faas => netns::Kind::Linked,
         };
+        let netns = Some(self.pool.take(kind).await?);
         let hosts = self.hosts_file(spec, address)?;
         Ok(Network {
             netns,

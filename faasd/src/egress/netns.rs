@@ -72,22 +72,28 @@ pub enum NetnsError {
 pub struct Prepared {
     /// The namespace (an nsfs descriptor for `setns`).
     pub fd: OwnedFd,
-    /// Its number: the host end is `fxs<n>`.
-    pub n: u32,
-    /// Its IPv4 address.
-    pub ipv4: Ipv4Addr,
-    /// Its IPv6 address.
-    pub ipv6: Ipv6Addr,
 }
+
+/// What a namespace is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Linked to the host, with addresses and routes: the instance may call out.
+    Linked,
+    /// Only `lo`, up (`faasd.dev/egress=none`): made ahead too, as making a namespace is
+    /// the slowest step of a start.
+    Closed,
+}
+
+type Ask = (Kind, oneshot::Sender<Result<Prepared, NetnsError>>);
 
 /// The daemon's side of the pool.
 #[derive(Debug)]
 pub struct Pool {
-    asks: mpsc::UnboundedSender<oneshot::Sender<Result<Prepared, NetnsError>>>,
+    asks: mpsc::UnboundedSender<Ask>,
 }
 
 impl Pool {
-    /// Starts the thread that keeps `egress-pool` namespaces prepared.
+    /// Starts the thread that keeps `egress-pool` namespaces of each kind prepared.
     pub fn start(config: &Config) -> Result<Self, NetnsError> {
         let host =
             std::fs::File::open("/proc/thread-self/ns/net").map_err(|source| NetnsError::Io {
@@ -111,10 +117,12 @@ impl Pool {
         Ok(Self { asks })
     }
 
-    /// A prepared namespace: at once from the pool, or made now if it is empty.
-    pub async fn take(&self) -> Result<Prepared, NetnsError> {
+    /// A prepared namespace of `kind`: at once from the pool, or made now if it is empty.
+    pub async fn take(&self, kind: Kind) -> Result<Prepared, NetnsError> {
         let (tx, rx) = oneshot::channel();
-        self.asks.send(tx).map_err(|_| NetnsError::Stopped)?;
+        self.asks
+            .send((kind, tx))
+            .map_err(|_| NetnsError::Stopped)?;
         rx.await.map_err(|_| NetnsError::Stopped)?
     }
 }
@@ -125,12 +133,35 @@ struct Maker {
     next: u32,
 }
 
+/// The prepared namespaces, by kind.
+#[derive(Default)]
+struct Ready {
+    linked: VecDeque<Prepared>,
+    closed: VecDeque<Prepared>,
+}
+
+impl Ready {
+    fn of(&mut self, kind: Kind) -> &mut VecDeque<Prepared> {
+        match kind {
+            Kind::Linked => &mut self.linked,
+            Kind::Closed => &mut self.closed,
+        }
+    }
+
+    /// The kind that is short of `size`, if any.
+    fn short(&self, size: usize) -> Option<Kind> {
+        if self.linked.len() < size {
+            Some(Kind::Linked)
+        } else if self.closed.len() < size {
+            Some(Kind::Closed)
+        } else {
+            None
+        }
+    }
+}
+
 impl Maker {
-    fn run(
-        mut self,
-        mut asks: mpsc::UnboundedReceiver<oneshot::Sender<Result<Prepared, NetnsError>>>,
-        size: usize,
-    ) {
+    fn run(self, mut asks: mpsc::UnboundedReceiver<Ask>, size: usize) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -141,10 +172,11 @@ impl Maker {
                 return;
             }
         };
+        let mut maker = self;
         rt.block_on(async move {
             // Before the first namespace is handed out, so that what it sends out is
             // masqueraded; a failure leaves calls within the host working.
-            if let Err(e) = super::nat::install(&self.config) {
+            if let Err(e) = super::nat::install(&maker.config) {
                 tracing::error!("calls out cannot leave the host: {e}");
             }
             let Ok((conn, host, _)) = rtnetlink::new_connection() else {
@@ -152,56 +184,74 @@ impl Maker {
                 return;
             };
             tokio::spawn(conn);
-            let mut ready: VecDeque<Prepared> = VecDeque::new();
+            let mut ready = Ready::default();
             loop {
                 // Refill between requests, one at a time, so a request never waits for
                 // more than the namespace being made.
-                let ask = if ready.len() < size {
-                    match asks.try_recv() {
+                let ask = match ready.short(size) {
+                    Some(kind) => match asks.try_recv() {
                         Ok(a) => Some(a),
                         Err(mpsc::error::TryRecvError::Empty) => {
-                            match self.make(&host).await {
-                                Ok(p) => ready.push_back(p),
+                            match maker.make(&host, kind).await {
+                                Ok(p) => ready.of(kind).push_back(p),
                                 Err(e) => {
                                     tracing::warn!("preparing a network namespace: {e}");
                                     // Wait for a request rather than retry in a loop.
-                                    match asks.recv().await {
-                                        Some(a) => {
-                                            let _ = a.send(self.make(&host).await);
-                                        }
-                                        None => return,
-                                    }
+                                    let Some((kind, tx)) = asks.recv().await else {
+                                        return;
+                                    };
+                                    let _ = tx.send(maker.make(&host, kind).await);
                                 }
                             }
                             continue;
                         }
                         Err(mpsc::error::TryRecvError::Disconnected) => return,
-                    }
-                } else {
-                    asks.recv().await
+                    },
+                    None => asks.recv().await,
                 };
-                let Some(ask) = ask else { return };
-                let p = match ready.pop_front() {
-                    Some(p) => Ok(p),
-                    None => self.make(&host).await,
-                };
-                let _ = ask.send(p);
-                // The instance that took it is starting now: refill after that, not against
-                // it for the CPU and the kernel's network locks; another request meanwhile
-                // is served at once.
-                if let Ok(Some(next)) = tokio::time::timeout(REFILL_DELAY, asks.recv()).await {
-                    let p = match ready.pop_front() {
+                let Some(mut ask) = ask else { return };
+                loop {
+                    let (kind, tx) = ask;
+                    let p = match ready.of(kind).pop_front() {
                         Some(p) => Ok(p),
-                        None => self.make(&host).await,
+                        None => maker.make(&host, kind).await,
                     };
-                    let _ = next.send(p);
+                    let _ = tx.send(p);
+                    // The instance that took it is starting now: refill after that, not
+                    // against it for the CPU and the kernel's network locks; another
+                    // request meanwhile is served at once.
+                    match tokio::time::timeout(REFILL_DELAY, asks.recv()).await {
+                        Ok(Some(next)) => ask = next,
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
                 }
             }
         });
     }
 
-    /// The next free number and its addresses.
-    async fn make(&mut self, host: &Handle) -> Result<Prepared, NetnsError> {
+    async fn make(&mut self, host: &Handle, kind: Kind) -> Result<Prepared, NetnsError> {
+        match kind {
+            Kind::Linked => self.make_linked(host).await,
+            Kind::Closed => {
+                let (fd, inside) = self.new_namespace()?;
+                let lo = index(&inside, "lo").await?;
+                inside
+                    .link()
+                    .set(LinkUnspec::new_with_index(lo).up().build())
+                    .execute()
+                    .await
+                    .map_err(|source| NetnsError::Netlink {
+                        what: "bringing lo up",
+                        source,
+                    })?;
+                Ok(Prepared { fd })
+            }
+        }
+    }
+
+    /// A linked namespace on the next free number and its addresses.
+    async fn make_linked(&mut self, host: &Handle) -> Result<Prepared, NetnsError> {
         let limit = 1u32
             .checked_shl(32 - u32::from(self.config.egress_ipv4.len))
             .unwrap_or(u32::MAX)
@@ -320,7 +370,7 @@ impl Maker {
             .execute()
             .await
             .map_err(nl("the host's route to the instance (IPv6)"))?;
-        Ok(Prepared { fd, n, ipv4, ipv6 })
+        Ok(Prepared { fd })
     }
 
     /// A new network namespace, and a netlink handle inside it. The thread enters the
