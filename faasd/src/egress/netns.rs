@@ -12,6 +12,7 @@ use std::{
     collections::VecDeque,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, OwnedFd},
+    sync::{Arc, Mutex},
 };
 
 use futures::TryStreamExt;
@@ -84,11 +85,19 @@ pub enum Kind {
     Closed,
 }
 
-type Ask = (Kind, oneshot::Sender<Result<Prepared, NetnsError>>);
+/// What the pool's thread is told.
+enum Ask {
+    /// One was taken: make another, after [`REFILL_DELAY`].
+    Refill,
+    /// The pool had none of this kind: make one now.
+    Make(Kind, oneshot::Sender<Result<Prepared, NetnsError>>),
+}
 
-/// The daemon's side of the pool.
+/// The daemon's side of the pool: the prepared namespaces, taken under a lock with no
+/// thread hop, and the channel to the thread that makes them.
 #[derive(Debug)]
 pub struct Pool {
+    ready: Arc<Mutex<Ready>>,
     asks: mpsc::UnboundedSender<Ask>,
 }
 
@@ -101,27 +110,34 @@ impl Pool {
                 source,
             })?;
         let (asks, rx) = mpsc::unbounded_channel();
+        let ready = Arc::new(Mutex::new(Ready::default()));
         let maker = Maker {
             host: OwnedFd::from(host),
             config: config.clone(),
             next: 1,
+            ready: ready.clone(),
+            size: config.egress_pool as usize,
         };
-        let size = config.egress_pool as usize;
         std::thread::Builder::new()
             .name("faasd-netns".into())
-            .spawn(move || maker.run(rx, size))
+            .spawn(move || maker.run(rx))
             .map_err(|source| NetnsError::Io {
                 what: "starting the namespace thread",
                 source,
             })?;
-        Ok(Self { asks })
+        Ok(Self { ready, asks })
     }
 
     /// A prepared namespace of `kind`: at once from the pool, or made now if it is empty.
     pub async fn take(&self, kind: Kind) -> Result<Prepared, NetnsError> {
+        let taken = self.ready.lock().expect("pool lock").of(kind).pop_front();
+        if let Some(p) = taken {
+            let _ = self.asks.send(Ask::Refill);
+            return Ok(p);
+        }
         let (tx, rx) = oneshot::channel();
         self.asks
-            .send((kind, tx))
+            .send(Ask::Make(kind, tx))
             .map_err(|_| NetnsError::Stopped)?;
         rx.await.map_err(|_| NetnsError::Stopped)?
     }
@@ -131,10 +147,12 @@ struct Maker {
     host: OwnedFd,
     config: Config,
     next: u32,
+    ready: Arc<Mutex<Ready>>,
+    size: usize,
 }
 
 /// The prepared namespaces, by kind.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Ready {
     linked: VecDeque<Prepared>,
     closed: VecDeque<Prepared>,
@@ -161,7 +179,7 @@ impl Ready {
 }
 
 impl Maker {
-    fn run(self, mut asks: mpsc::UnboundedReceiver<Ask>, size: usize) {
+    fn run(self, mut asks: mpsc::UnboundedReceiver<Ask>) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -184,46 +202,51 @@ impl Maker {
                 return;
             };
             tokio::spawn(conn);
-            let mut ready = Ready::default();
             loop {
-                // Refill between requests, one at a time, so a request never waits for
-                // more than the namespace being made.
-                let ask = match ready.short(size) {
-                    Some(kind) => match asks.try_recv() {
-                        Ok(a) => Some(a),
+                // Fill up, one at a time, serving any request in between.
+                loop {
+                    let short = maker.ready.lock().expect("pool lock").short(maker.size);
+                    let Some(kind) = short else { break };
+                    match asks.try_recv() {
+                        Ok(Ask::Make(k, tx)) => {
+                            let _ = tx.send(maker.make(&host, k).await);
+                        }
+                        Ok(Ask::Refill) => {}
                         Err(mpsc::error::TryRecvError::Empty) => {
                             match maker.make(&host, kind).await {
-                                Ok(p) => ready.of(kind).push_back(p),
+                                Ok(p) => {
+                                    maker.ready.lock().expect("pool lock").of(kind).push_back(p)
+                                }
                                 Err(e) => {
+                                    // Tried again at the next request, not in a loop.
                                     tracing::warn!("preparing a network namespace: {e}");
-                                    // Wait for a request rather than retry in a loop.
-                                    let Some((kind, tx)) = asks.recv().await else {
-                                        return;
-                                    };
-                                    let _ = tx.send(maker.make(&host, kind).await);
+                                    break;
                                 }
                             }
-                            continue;
                         }
                         Err(mpsc::error::TryRecvError::Disconnected) => return,
-                    },
-                    None => asks.recv().await,
-                };
-                let Some(mut ask) = ask else { return };
-                loop {
-                    let (kind, tx) = ask;
-                    let p = match ready.of(kind).pop_front() {
-                        Some(p) => Ok(p),
-                        None => maker.make(&host, kind).await,
-                    };
-                    let _ = tx.send(p);
-                    // The instance that took it is starting now: refill after that, not
-                    // against it for the CPU and the kernel's network locks; another
-                    // request meanwhile is served at once.
-                    match tokio::time::timeout(REFILL_DELAY, asks.recv()).await {
-                        Ok(Some(next)) => ask = next,
-                        Ok(None) => return,
-                        Err(_) => break,
+                    }
+                }
+                match asks.recv().await {
+                    None => return,
+                    Some(Ask::Make(k, tx)) => {
+                        let _ = tx.send(maker.make(&host, k).await);
+                    }
+                    // An instance took one and is starting now: refill after that, not
+                    // against it for the CPU and the kernel's network locks; a request
+                    // meanwhile is served at once.
+                    Some(Ask::Refill) => {
+                        let until = tokio::time::Instant::now() + REFILL_DELAY;
+                        loop {
+                            match tokio::time::timeout_at(until, asks.recv()).await {
+                                Ok(Some(Ask::Make(k, tx))) => {
+                                    let _ = tx.send(maker.make(&host, k).await);
+                                }
+                                Ok(Some(Ask::Refill)) => {}
+                                Ok(None) => return,
+                                Err(_) => break,
+                            }
+                        }
                     }
                 }
             }

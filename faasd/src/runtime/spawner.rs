@@ -199,6 +199,11 @@ pub fn serve() -> ! {
     };
     let mut buf = vec![0u8; 1 << 20];
     let filter = super::seccomp::deny_filter(faasd_containerd::oci::DENIED_SYSCALLS);
+    // The highest capability this kernel knows: the instances drop every one up to it.
+    let last_cap: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(40);
     loop {
         let mut fds = [-1; MAX_FDS];
         let (n, nfds) = match socket.recv_with_fd(&mut buf, &mut fds) {
@@ -211,7 +216,7 @@ pub fn serve() -> ! {
             .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
             .collect();
         let reply = match serde_json::from_slice::<Request>(&buf[..n]) {
-            Ok(req) => clone(&req, &fds, &filter),
+            Ok(req) => clone(&req, &fds, &filter, last_cap),
             Err(e) => Err(("parsing the request", io::Error::other(e))),
         };
         let sent = match reply {
@@ -256,6 +261,7 @@ fn clone(
     req: &Request,
     fds: &[OwnedFd],
     filter: &[super::seccomp::Instruction],
+    last_cap: libc::c_ulong,
 ) -> Result<Cloned, (&'static str, io::Error)> {
     let fixed = 3 + usize::from(req.cgroup) + usize::from(req.netns) + req.joins.min(3);
     if fds.len() < fixed || req.argv.is_empty() {
@@ -309,6 +315,7 @@ fn clone(
             .then(|| fds[3 + usize::from(req.cgroup)].as_raw_fd()),
         joins: &joins,
         filter,
+        last_cap,
         read_only: req.read_only,
         secrets: secrets.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
         writable: &writable_ptrs,
@@ -393,6 +400,7 @@ struct Child<'a> {
     netns: Option<RawFd>,
     joins: &'a [RawFd],
     filter: &'a [super::seccomp::Instruction],
+    last_cap: libc::c_ulong,
     read_only: bool,
     /// The secrets' directory, or null.
     secrets: *const libc::c_char,
@@ -616,11 +624,8 @@ impl Child<'_> {
             // No capabilities, whoever it runs as: out of the bounding set first (which
             // needs CAP_SETPCAP, so before the uid changes), then out of the sets the
             // process has (a function run as root keeps them across setresuid).
-            for cap in 0..=63 {
-                // Past the last capability the kernel knows, the read says EINVAL.
-                if libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) == 1
-                    && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
-                {
+            for cap in 0..=self.last_cap {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 {
                     fail(5);
                 }
             }
