@@ -40,6 +40,8 @@ if [ "$action" = uninstall ]; then
         systemctl disable --now $unit_files 2>/dev/null || true
     fi
     for u in $unit_files; do rm -f "$unitdir/$u"; done
+    # faasd's NAT and forwarding rules for functions' calls out.
+    nft delete table inet faasd_egress 2>/dev/null || true
     rm -f /usr/lib/sysusers.d/faasd.conf /usr/bin/faasd
     if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
         systemctl daemon-reload
