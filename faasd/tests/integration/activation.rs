@@ -410,3 +410,35 @@ fn a_function_without_a_sigterm_handler_stops_at_once() {
         "ended by SIGTERM (128 + 15), not SIGKILL: {log}"
     );
 }
+
+/// The same at an idle stop: a handler-less sample (`HELLO_SIGTERM=default`) with a 60 s
+/// grace period is gone soon after its idle deadline, ended by the SIGTERM itself.
+#[test]
+fn a_handler_less_function_stops_at_its_idle_deadline_not_after_the_grace_period() {
+    require_privileges!();
+    let ns = Netns::new("idle-sigterm");
+    let d = Daemon::start(&ns);
+    let addr = d.deploy_hello(
+        "lazy",
+        &[
+            "-e",
+            "HELLO_SIGTERM=default",
+            "-l",
+            "com.openfaas.scale.zero=true",
+            "-l",
+            "com.openfaas.scale.zero-duration=1s",
+            "-a",
+            "faasd.dev/stop-timeout=60s",
+        ],
+    );
+    let (code, _) = ns.run(|| http_get(SocketAddr::from((addr, 8080)))).unwrap();
+    assert_eq!(code, 200);
+    let pid = d.describe("lazy").state.instances[0].pid;
+    // The idle deadline is 1 s away; the grace period would end at 61 s.
+    wait_gone(pid, 10, || d.log());
+    let log = d.cli_ok(&["logs", "lazy"]);
+    assert!(
+        log.contains("exited with status 143"),
+        "ended by SIGTERM (128 + 15), not SIGKILL: {log}"
+    );
+}
