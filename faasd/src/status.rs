@@ -232,6 +232,10 @@ pub struct HostStatus {
     pub containerd: String,
     /// The WireGuard interface: name, implementation, port, public key; or "off".
     pub wireguard: String,
+    /// Calls out: the default mode, the instance ranges and the rules in force; or why
+    /// functions cannot call out.
+    #[serde(default)]
+    pub egress: String,
     /// Where the `.faas` zone is served.
     pub dns: Vec<String>,
     /// cgroup v2 root used, if any.

@@ -123,7 +123,7 @@ impl Daemon {
             image,
             settings,
             secrets,
-            self.egress.clone(),
+            self.egress.clone().ok(),
         ))
     }
 
@@ -183,7 +183,7 @@ impl Daemon {
                 cgroup: cgroup.clone(),
                 latencies: self.latencies.clone(),
                 lot: self.lot.clone(),
-                egress: self.egress.clone(),
+                egress: self.egress.clone().ok(),
             },
             sockets,
             adopted,

@@ -258,7 +258,7 @@ impl Daemon {
         f.log.remove();
         // A process function's own directory goes with it.
         let _ = std::fs::remove_dir_all(self.config.data_dir.join(namespace).join(name));
-        if let Some(e) = &self.egress {
+        if let Ok(e) = &self.egress {
             e.forget(&f.record.spec.id());
             e.remove_files(&f.record.spec);
         }

@@ -108,8 +108,8 @@ pub struct Daemon {
     functions: RwLock<BTreeMap<String, Arc<Entry>>>,
     files: Arc<files::Budget>,
     service: Arc<crate::systemd::Service>,
-    /// Calls out, where the host offers them.
-    egress: Option<Arc<crate::egress::Egress>>,
+    /// Calls out, or why the host cannot offer them.
+    egress: Result<Arc<crate::egress::Egress>, String>,
 }
 
 /// Every socket's queue in one dump, for pages that show many functions; without one
@@ -141,29 +141,25 @@ impl supervisor::Lookups for SlotLookups {
     }
 }
 
-/// Calls out for process functions, or `None` (said in the log) where this host cannot
-/// offer them: functions then run with only `lo`, as containers do.
+/// Calls out, or why (said in the log too) this host cannot offer them: functions then
+/// run with only `lo`.
 fn egress(
     config: &Config,
     dataplane: &Dataplane,
     root: &std::path::Path,
-) -> Option<Arc<crate::egress::Egress>> {
+) -> Result<Arc<crate::egress::Egress>, String> {
     let parent = root.join(&config.cgroup_parent);
-    let level = u32::try_from(config.cgroup_parent.split('/').count() + 2).ok()?;
-    let started = std::fs::create_dir_all(&parent)
-        .map_err(|e| e.to_string())
+    let level =
+        u32::try_from(config.cgroup_parent.split('/').count() + 2).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| format!("creating {}: {e}", parent.display()))
         .and_then(|()| dataplane.egress(&parent, level).map_err(|e| e.to_string()))
         .and_then(|maps| {
             crate::egress::Egress::start(config, maps, config.dns.first().copied())
                 .map_err(|e| e.to_string())
-        });
-    match started {
-        Ok(e) => Some(Arc::new(e)),
-        Err(e) => {
-            tracing::error!("functions cannot call out: {e}");
-            None
-        }
-    }
+        })
+        .map(Arc::new)
+        .inspect_err(|e| tracing::error!("functions cannot call out: {e}"))
 }
 
 impl Daemon {
@@ -184,9 +180,10 @@ impl Daemon {
         }
         let pinned = dataplane.bindings();
         let counters = dataplane.counters()?;
-        let egress = cgroup_root
-            .as_ref()
-            .and_then(|root| egress(&config, &dataplane, root));
+        let egress = match &cgroup_root {
+            Some(root) => egress(&config, &dataplane, root),
+            None => Err("no cgroup v2 hierarchy for the egress programs".to_owned()),
+        };
         let containers = Arc::new(ContainerHost::new(
             config.containerd.clone(),
             &config.runtime_dir,
@@ -525,7 +522,7 @@ impl Daemon {
 
     /// Calls out refused, by function and reason.
     fn egress_refused(&self) -> Vec<crate::metrics::EgressRefused> {
-        let Some(e) = &self.egress else {
+        let Ok(e) = &self.egress else {
             return Vec::new();
         };
         let mut out: Vec<_> = e
@@ -586,6 +583,10 @@ impl Daemon {
                     )
                 },
             ),
+            egress: match &self.egress {
+                Ok(e) => e.summary(),
+                Err(why) => format!("off: {why}"),
+            },
             dns: self.config.dns.iter().map(|a| a.to_string()).collect(),
             containerd: match self.containers.client().await {
                 Ok(c) => format!("reachable at {}", c.socket().display()),
@@ -626,7 +627,7 @@ impl Daemon {
             let _ = std::fs::remove_file(self.instances_file(&f.record.spec));
             if let Some(cg) = &f.cgroup {
                 cgroup::remove(cg);
-                if let Some(e) = &self.egress {
+                if let Ok(e) = &self.egress {
                     e.release(cg);
                 }
             }

@@ -88,6 +88,8 @@ pub struct Egress {
     /// Who a container instance's cgroup belongs to, by cgroup id: its path does not say,
     /// and a restarted daemon needs to know.
     owners_dir: PathBuf,
+    /// `egress-ipv4` and `egress-ipv6`.
+    ranges: (faasd_core::config::Ipv4Net, faasd_core::config::Ipv6Net),
 }
 
 /// The egress programs' maps, and the cgroups with a rule.
@@ -168,7 +170,24 @@ impl Egress {
             hosts_dir,
             parent,
             owners_dir,
+            ranges: (config.egress_ipv4, config.egress_ipv6),
         })
+    }
+
+    /// What `faasd status` says of calls out.
+    pub fn summary(&self) -> String {
+        let rules = self.rules.lock().expect("egress rules").cgroups.len();
+        format!(
+            "default {}, instances in {} and {}, {} rule(s) in force",
+            match self.default {
+                EgressMode::All => "all",
+                EgressMode::Faas => "faas",
+                EgressMode::None => "none",
+            },
+            self.ranges.0,
+            self.ranges.1,
+            rules
+        )
     }
 
     /// The mode a function runs with.

@@ -346,6 +346,17 @@ fn egress_none_and_denied_prefixes_are_refused_at_once_and_counted() {
     let function = call(&d, inside, &format!("/connect/[{picky}]:8080"));
     expect(&d, function.contains("Hello from faasd"), &function);
 
+    // One rule for each of the three running functions (none is plain `all`).
+    let status = d.cli_ok(&["status"]);
+    expect(
+        &d,
+        status.lines().any(|l| {
+            l.starts_with("egress")
+                && l.contains("default all")
+                && l.ends_with("3 rule(s) in force")
+        }),
+        &status,
+    );
     let (_, metrics) = d.api("GET", "/metrics", "");
     for (f, reason, n) in [
         ("closed", "none", 2),

@@ -484,6 +484,7 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
                 ("runtime", s.runtime.clone()),
                 ("containerd", s.containerd.clone()),
                 ("wireguard", s.wireguard.clone()),
+                ("egress", s.egress.clone()),
                 (
                     "dns",
                     if s.dns.is_empty() {
