@@ -101,11 +101,14 @@ struct Rules {
     folded: HashMap<String, Refused>,
 }
 
-/// A cgroup's rule: its id in the maps, and the function (`namespace/name`) it is for.
+/// A cgroup's rule: its id in the maps, the function (`namespace/name`) it is for, and
+/// the policy it holds.
 #[derive(Debug)]
 struct Ruled {
     id: u64,
     owner: String,
+    /// `None` for a rule a previous daemon made.
+    policy: Option<EgressPolicy>,
 }
 
 impl Egress {
@@ -154,7 +157,10 @@ impl Egress {
             });
             match owner {
                 Some((path, owner)) => {
-                    rules.cgroups.insert(path, Ruled { id, owner });
+                    // Its policy is the function's, which the restore does not say here:
+                    // the next start of an instance states it again.
+                    let policy = None;
+                    rules.cgroups.insert(path, Ruled { id, owner, policy });
                 }
                 None => {
                     let _ = rules.maps.clear(id);
@@ -220,13 +226,13 @@ impl Egress {
         cgroup: Option<&Path>,
     ) -> Result<Network, EgressError> {
         let policy = self.policy(settings);
-        if let Some(dir) = cgroup
-            && !unrestricted(&policy)
-        {
-            crate::runtime::cgroup::create(dir).map_err(|source| EgressError::File {
-                path: dir.to_owned(),
-                source,
-            })?;
+        if let Some(dir) = cgroup {
+            if !unrestricted(&policy) {
+                crate::runtime::cgroup::create(dir).map_err(|source| EgressError::File {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+            }
             self.grant(dir, &spec.id(), &policy)?;
         }
         let kind = match self.mode(settings) {
@@ -244,11 +250,17 @@ impl Egress {
         })
     }
 
-    /// Gives the cgroup `dir` (which exists) the rule of `policy` for function `owner`
-    /// (`namespace/name`), unless it has it. An unrestricted policy needs no rule: nothing
-    /// to refuse, nothing to count.
+    /// Gives the cgroup `dir` the rule of `policy` for function `owner` (`namespace/name`),
+    /// unless it has that rule: a new version of a function takes over the cgroup of the
+    /// one it replaces, with its own policy. An unrestricted policy needs no rule (nothing
+    /// to refuse, nothing to count), and costs no system call.
     pub fn grant(&self, dir: &Path, owner: &str, policy: &EgressPolicy) -> Result<(), EgressError> {
+        let mut rules = self.rules.lock().expect("egress rules");
         if unrestricted(policy) {
+            if rules.cgroups.contains_key(dir) {
+                drop(rules);
+                self.release(dir);
+            }
             return Ok(());
         }
         let file = |source| EgressError::File {
@@ -256,8 +268,11 @@ impl Egress {
             source,
         };
         let id = std::fs::metadata(dir).map_err(file)?.ino();
-        let mut rules = self.rules.lock().expect("egress rules");
-        if rules.cgroups.get(dir).is_some_and(|r| r.id == id) {
+        if rules
+            .cgroups
+            .get(dir)
+            .is_some_and(|r| r.id == id && r.policy.as_ref() == Some(policy))
+        {
             return Ok(());
         }
         // A container instance's cgroup sits right under the parent: its owner is written
@@ -265,16 +280,28 @@ impl Egress {
         if dir.parent() == self.parent.as_deref() {
             write_atomic(&self.owners_dir.join(id.to_string()), owner)?;
         }
+        // A replaced rule's refusals stay with the function.
+        if let Some(old) = rules.cgroups.get(dir).filter(|r| r.id == id) {
+            let (owner, refused) = (old.owner.clone(), rules.maps.refused(id));
+            let total = rules.folded.entry(owner).or_default();
+            for (t, r) in total.iter_mut().zip(refused) {
+                *t += r;
+            }
+        }
         rules.maps.set(id, policy)?;
-        let owner = owner.to_owned();
-        rules.cgroups.insert(dir.to_owned(), Ruled { id, owner });
+        let ruled = Ruled {
+            id,
+            owner: owner.to_owned(),
+            policy: Some(policy.clone()),
+        };
+        rules.cgroups.insert(dir.to_owned(), ruled);
         Ok(())
     }
 
     /// The cgroup is gone: its rule goes, and what it refused stays with its function.
     pub fn release(&self, cgroup: &Path) {
         let mut rules = self.rules.lock().expect("egress rules");
-        let Some(Ruled { id, owner }) = rules.cgroups.remove(cgroup) else {
+        let Some(Ruled { id, owner, .. }) = rules.cgroups.remove(cgroup) else {
             return;
         };
         let _ = std::fs::remove_file(self.owners_dir.join(id.to_string()));

@@ -383,6 +383,29 @@ fn egress_none_and_denied_prefixes_are_refused_at_once_and_counted() {
                 reason=\"none\"} 4";
     let why = format!("no {line} in:\n{}", egress_lines(&metrics));
     expect(&d, metrics.contains(line), &why);
+
+    // An update with another policy takes over the cgroup with its own rule: `closed`,
+    // opened up, calls out; `picky`, closed down, is refused.
+    d.cli_ok(&[
+        "deploy",
+        "closed",
+        "--update",
+        "--command",
+        &crate::harness::hello_bin(),
+    ]);
+    let opened = call(&d, closed, &format!("/connect/{INTERNET4}:80"));
+    expect(&d, opened.contains("internet saw"), &opened);
+    d.cli_ok(&[
+        "deploy",
+        "picky",
+        "--update",
+        "--command",
+        &crate::harness::hello_bin(),
+        "--annotation",
+        "faasd.dev/egress=none",
+    ]);
+    let shut = call(&d, picky, &format!("/connect/[{INTERNET6}]:80"));
+    expect(&d, shut.contains("Operation not permitted"), &shut);
 }
 
 fn egress_lines(metrics: &str) -> String {
