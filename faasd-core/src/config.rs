@@ -436,4 +436,28 @@ mod tests {
         assert_eq!(c.stop_timeout, Duration::from_secs(2));
         assert!(toml::from_str::<Config>("bakclog = 16").is_err());
     }
+
+    #[test]
+    fn egress_keys_parse_and_the_ranges_are_checked() {
+        let c: Config = toml::from_str(
+            "egress = \"faas\"\negress-ipv4 = \"10.77.0.0/16\"\n\
+             egress-ipv6 = \"fd00:faa5:1:fffe::/64\"\negress-pool = 0\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.egress, EgressMode::Faas);
+        assert_eq!(c.egress_ipv4.nth(7), Some(Ipv4Addr::new(10, 77, 0, 7)));
+        assert_eq!(c.egress_pool, 0);
+        assert!(toml::from_str::<Config>("egress = \"some\"").is_err());
+        assert!(toml::from_str::<Config>("egress-ipv4 = \"10.77.0.1/16\"").is_err());
+        // Instance addresses outside the function prefix would not be answered.
+        let outside: Config = toml::from_str("egress-ipv6 = \"fd00:faa5:2::/64\"").unwrap();
+        assert!(
+            outside
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("inside function-prefix")
+        );
+    }
 }
