@@ -7,6 +7,9 @@
 //! | `com.openfaas.scale.max` (label) | upper bound for `scale` | 20 |
 //! | `com.openfaas.scale.zero` (label) | stop the function when idle | false |
 //! | `com.openfaas.scale.zero-duration` (label) | idle time before stopping | 15m |
+//! | `com.openfaas.scale.type` (label) | what the autoscaler aims for: `capacity` (connections per instance) | capacity |
+//! | `com.openfaas.scale.target` (label) | connections per instance the autoscaler aims for | 1 |
+//! | `faasd.dev/scale-down-delay` | time without waiting work before extra instances stop | 30s |
 //! | `faasd.dev/ports` | listening sockets, `name=port/proto,...` | `http=8080/tcp` |
 //! | `faasd.dev/accept` | `true`: one instance per connection (inetd style) | false |
 //! | `faasd.dev/max-connections` | concurrent instances with `accept` | 64 |
@@ -228,6 +231,15 @@ impl EgressMode {
     }
 }
 
+/// Scaling with the load, for a function that sets `com.openfaas.scale.max` above 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Autoscale {
+    /// Connections per instance to aim for (`com.openfaas.scale.target`, capacity type).
+    pub target: u32,
+    /// Time without waiting work before the extra instances stop.
+    pub scale_down_delay: Duration,
+}
+
 /// Settings derived from labels and annotations, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -241,6 +253,8 @@ pub struct Settings {
     pub scale_to_zero_after: Option<Duration>,
     /// Inetd-style: one instance per connection, at most this many at once.
     pub accept: Option<u32>,
+    /// Scaling with the load between min and max (not with `accept`, which has its own).
+    pub autoscale: Option<Autoscale>,
     /// Ready only after READY=1.
     pub notify: bool,
     /// WATCHDOG=1 interval.
@@ -506,6 +520,27 @@ impl Settings {
             }
             None
         };
+        let scale_type = label("type").map(str::trim).unwrap_or("capacity");
+        if scale_type != "capacity" {
+            return bad(format!(
+                "com.openfaas.scale.type={scale_type:?}: this faasd scales by capacity \
+                 (connections per instance); rps and cpu are not supported yet"
+            ));
+        }
+        let scale_target = parse_u32("com.openfaas.scale.target", label("target"), 1)?;
+        if scale_target == 0 {
+            return bad("com.openfaas.scale.target must be at least 1");
+        }
+        let scale_down_delay =
+            parse_duration("faasd.dev/scale-down-delay", ann("scale-down-delay"))?
+                .unwrap_or(Duration::from_secs(30));
+        // Only where max is asked for: the default max (20) keeps a function at the one
+        // instance its first connection starts.
+        let autoscale =
+            (label("max").is_some() && max_scale > 1 && accept.is_none()).then_some(Autoscale {
+                target: scale_target,
+                scale_down_delay,
+            });
         let ports = parse_ports(ann("ports").unwrap_or("http=8080/tcp"))?;
         if accept.is_some() && (ports.len() != 1 || ports[0].protocol != Protocol::Tcp) {
             return bad(
@@ -558,6 +593,7 @@ impl Settings {
             max_scale,
             scale_to_zero_after: zero.then_some(zero_after),
             accept,
+            autoscale,
             notify: parse_bool("faasd.dev/notify", ann("notify"))?,
             watchdog: parse_duration("faasd.dev/watchdog", ann("watchdog"))?,
             user,
@@ -596,6 +632,7 @@ const KNOWN_ANNOTATIONS: &[&str] = &[
     "egress-allow",
     "egress-deny",
     "pids-max",
+    "scale-down-delay",
 ];
 
 /// A list of prefixes, as systemd writes them: addresses or prefixes, or `any`, `localhost`,

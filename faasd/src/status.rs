@@ -136,10 +136,25 @@ pub struct FunctionState {
     pub retry_in_ms: Option<u64>,
     /// Timing of the last activation from zero.
     pub last_activation: Option<ActivationTiming>,
+    /// Scaling with the load, for a function that asks for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleStatus>,
     /// This function's activation latencies, kept only when it asks for them
     /// (`faasd.dev/latency-histograms`); the host-wide ones are always kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_seconds: Option<ActivationHistograms>,
+}
+
+/// What the autoscaler saw and did last.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleStatus {
+    /// The instances it aims for.
+    pub target: u32,
+    /// Connections waiting in the accept queues at the last check.
+    pub queued: u64,
+    /// Its last change of the target, and why.
+    pub last_decision: Option<String>,
 }
 
 /// The OpenFaaS FunctionStatus, plus faasd's own fields.

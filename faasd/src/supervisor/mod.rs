@@ -42,6 +42,7 @@ use crate::{
     status::{ActivationTiming, FunctionState, InstanceInfo, Phase},
 };
 
+mod autoscale;
 mod connections;
 mod park;
 #[cfg(test)]
@@ -245,6 +246,8 @@ struct Supervisor {
     state: Arc<Mutex<FunctionState>>,
     snapshot: FunctionState,
     recorded_pids: Vec<i32>,
+    /// Scaling with the load, for functions that ask for it.
+    autoscaler: autoscale::Autoscaler,
 }
 
 /// Starts the supervisor of a function over its sockets (in `settings.ports` order); it
@@ -344,6 +347,7 @@ impl Supervisor {
             state: p.state,
             snapshot,
             recorded_pids: Vec::new(),
+            autoscaler: autoscale::Autoscaler::default(),
         }
     }
 
@@ -487,6 +491,9 @@ impl Supervisor {
         if let Some(t) = self.idle_check {
             at(t);
         }
+        if let Some(t) = self.autoscaler.check {
+            at(t);
+        }
         if self.draining.is_some() {
             at(Instant::now() + DRAIN_POLL);
         }
@@ -543,6 +550,76 @@ impl Supervisor {
         if self.idle_check.is_some_and(|t| now >= t) {
             self.check_idle(now);
         }
+        if self.autoscaler.check.is_some_and(|t| now >= t) {
+            self.autoscale(now);
+        }
+    }
+
+    /// Keeps a load check due while the function scales with the load and has instances.
+    fn schedule_autoscale(&mut self, now: Instant) {
+        let wanted = self.ctx.settings.autoscale.is_some()
+            && self.draining.is_none()
+            && self.ending.is_none()
+            && (!self.instances.is_empty() || self.starting > 0);
+        self.autoscaler.check = match (wanted, self.autoscaler.check) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(now + autoscale::TICK),
+        };
+    }
+
+    /// One load check: the accept queues against the instances, a decision if the target
+    /// should move (said in the log and in `describe`).
+    fn autoscale(&mut self, now: Instant) {
+        self.autoscaler.check = None;
+        let Some(a) = self.ctx.settings.autoscale.clone() else {
+            return;
+        };
+        let s = &self.ctx.settings;
+        let queued: u64 = self
+            .sockets
+            .iter()
+            .zip(&s.ports)
+            .filter(|(_, p)| p.protocol == faasd_core::spec::Protocol::Tcp)
+            .filter_map(|(fd, _)| sockets::queue_stats(fd, true).ok())
+            .map(|q| q.queued)
+            .sum();
+        let load = autoscale::Load {
+            queued,
+            instances: self.live() + self.starting,
+            target: self.target,
+            crashing: self.backoff_until.is_some() || self.crash_streak > 0,
+        };
+        let (address, ports) = (self.ctx.record.address, s.ports.clone());
+        let decision = self
+            .autoscaler
+            .check(now, &a, (s.min_scale, s.max_scale), &load, || {
+                connections::open(address, &ports)
+            });
+        self.snapshot.autoscale = Some(crate::status::AutoscaleStatus {
+            target: decision.as_ref().map_or(self.target, |d| d.target),
+            queued,
+            last_decision: decision
+                .as_ref()
+                .map(|d| d.reason.clone())
+                .or_else(|| self.snapshot.autoscale.as_ref()?.last_decision.clone()),
+        });
+        if let Some(d) = decision {
+            self.ctx
+                .log
+                .write("faasd", &format!("autoscale: {}", d.reason));
+            self.target = d.target;
+            self.reconcile();
+        }
+        self.schedule_autoscale(now);
+    }
+
+    /// Instances running and not asked to stop.
+    fn live(&self) -> u32 {
+        self.instances
+            .values()
+            .filter(|r| r.stop_deadline.is_none())
+            .count() as u32
     }
 
     /// Whether a draining version has had nothing queued for [`DRAIN_QUIET`].
@@ -600,6 +677,10 @@ impl Supervisor {
         });
         self.target = self.target.max(1);
         self.reconcile();
+        // A burst against a function at zero starts what its queue asks for at once.
+        if self.ctx.settings.autoscale.is_some() {
+            self.autoscale(Instant::now());
+        }
     }
 
     /// Accept=yes: one instance per connection, up to `max` at once; the rest wait in
@@ -626,11 +707,7 @@ impl Supervisor {
             return;
         }
         self.backoff_until = None;
-        let live = self
-            .instances
-            .values()
-            .filter(|r| r.stop_deadline.is_none())
-            .count() as u32;
+        let live = self.live();
         for _ in live + self.starting..self.target {
             self.start_instance(None);
         }
@@ -646,7 +723,9 @@ impl Supervisor {
                 self.stop(pid);
             }
         }
-        self.schedule_idle_check(Instant::now());
+        let now = Instant::now();
+        self.schedule_idle_check(now);
+        self.schedule_autoscale(now);
     }
 
     /// Keeps an idle check due while the function runs above its minimum and may scale

@@ -6,6 +6,7 @@ mod harness;
 
 mod activation;
 mod api;
+mod autoscale;
 mod cli;
 mod containers;
 mod contract;

@@ -22,7 +22,8 @@
 //! `/connect/<host>:<port>` (an HTTP/1.0 request there, answering with what came back or
 //! the error), `/udp/<host>:<port>` (one datagram, unconnected) and `/resolve/<name>` (its
 //! addresses, through the system's resolver); `/threads/<n>` (starts n threads, to see a
-//! pids limit at work), `/unshare` (tries to make a user namespace, to see a system call
+//! pids limit at work), `/work/<ms>` (busy on a CPU that long, for the autoscaler),
+//! `/unshare` (tries to make a user namespace, to see a system call
 //! filter at work).
 
 use std::{
@@ -203,6 +204,16 @@ fn inspect(path: &str) -> Option<String> {
             Ok(addrs) => addrs.map(|a| format!("{}\n", a.ip())).collect(),
             Err(e) => format!("cannot resolve {name}: {e}\n"),
         });
+    }
+    if let Some(ms) = path.strip_prefix("/work/") {
+        // CPU-bound work for that long: what a busy handler looks like to an autoscaler.
+        let ms: u64 = ms.parse().ok()?;
+        let until = std::time::Instant::now() + Duration::from_millis(ms);
+        let mut spins = 0u64;
+        while std::time::Instant::now() < until {
+            spins = std::hint::black_box(spins.wrapping_add(1));
+        }
+        return Some(format!("worked {ms} ms ({spins} spins)\n"));
     }
     if let Some(n) = path.strip_prefix("/threads/") {
         // Threads that live a second: how many a pids limit lets start.
