@@ -15,6 +15,7 @@
 //!
 //! Prints a table, writes `results.json` and `latency.svg` to `--out`.
 
+mod autoscale;
 mod plot;
 mod scale;
 mod stats;
@@ -405,9 +406,49 @@ fn scale_main() -> Result<()> {
     Ok(())
 }
 
+/// `faasd-bench autoscale [--out DIR] [--faasd BIN] [--hello BIN]`: only the section on
+/// scaling with the load.
+fn autoscale_main() -> Result<()> {
+    let (mut faasd, mut hello, mut out) = (
+        PathBuf::from("target/release/faasd"),
+        PathBuf::from("target/release/hello"),
+        PathBuf::from("target/bench"),
+    );
+    let mut it = std::env::args().skip(2);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--faasd" => faasd = val()?.into(),
+            "--hello" => hello = val()?.into(),
+            "--out" => out = val()?.into(),
+            f => bail!(
+                "unknown flag {f}: faasd-bench autoscale [--out DIR] [--faasd BIN] [--hello BIN]"
+            ),
+        }
+    }
+    std::fs::create_dir_all(&out)?;
+    let out = std::fs::canonicalize(&out)?;
+    let faasd = std::fs::canonicalize(&faasd).context("--faasd")?;
+    let hello = std::fs::canonicalize(&hello).context("--hello")?;
+    let machine = machine();
+    println!("machine: {machine}");
+    let mut b = Bench::new(&out)?;
+    b.start_daemon(&faasd, "")?;
+    let section = autoscale::run(&mut b, &hello)?;
+    let results = json!({"machine": machine, "autoscale": section});
+    std::fs::write(
+        out.join("autoscale.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    println!("\nresults: {}", out.join("autoscale.json").display());
+    Ok(())
+}
+
 fn main() -> Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("scale") {
-        return scale_main();
+    match std::env::args().nth(1).as_deref() {
+        Some("scale") => return scale_main(),
+        Some("autoscale") => return autoscale_main(),
+        _ => {}
     }
     let args = parse_args()?;
     std::fs::create_dir_all(&args.out)?;
@@ -568,6 +609,7 @@ fn main() -> Result<()> {
     let by_bindings = lookup_cost_by_bindings(&b, fn_addr)?;
     println!("XDP: a UDP flood to an unbound function address, 5 s");
     let xdp = xdp_drop_rate(&b, &sender, 5)?;
+    let autoscale = autoscale::run(&mut b, &hello)?;
     println!("scale: cost per function at {:?} functions", scale::SIZES);
     let scale = scale::run(&mut b, &faasd, &hello, &scale::SIZES, &out)?;
     drop(b);
@@ -628,6 +670,7 @@ fn main() -> Result<()> {
         "containers": containers,
         "dns": dns,
         "xdp_unbound_flood": xdp,
+        "autoscale": autoscale,
         "scale": scale,
         "sk_lookup_ns_per_run_by_bindings": by_bindings
             .iter()

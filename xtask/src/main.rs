@@ -327,10 +327,10 @@ fn bench(args: &[String]) -> Result {
             .arg(root.join("target/bench"));
         c
     };
-    if args.first().is_some_and(|a| a == "scale") {
-        // The scale section alone: process functions only, no containerd needed.
-        step("running the scale benchmark");
-        return run(harness(&["scale".as_ref()]).args(&args[1..]));
+    if let Some(section @ ("scale" | "autoscale")) = args.first().map(String::as_str) {
+        // One section alone: process functions only, no containerd needed.
+        step(&format!("running the {section} benchmark"));
+        return run(harness(&[section.as_ref()]).args(&args[1..]));
     }
     let ctr =
         containerd::Containerd::system_or_private(&root.join("target/bench/containerd"), "bench")?;

@@ -38,8 +38,10 @@ pub(super) struct Decision {
 pub(super) struct Load {
     /// Connections waiting in the accept queues.
     pub queued: u64,
-    /// Instances running or starting, not stopping.
-    pub instances: u32,
+    /// Instances running, not stopping.
+    pub running: u32,
+    /// Instances starting: each takes waiting work once it runs.
+    pub starting: u32,
     /// The current target.
     pub target: u32,
     /// Whether the function is crash-looping.
@@ -62,13 +64,18 @@ impl Autoscaler {
             if load.crashing {
                 return None;
             }
-            let more = load.queued.div_ceil(u64::from(a.target)) as u32;
-            let want = load.instances.saturating_add(more).min(max);
+            // Running instances are busy (work waits); starting ones will take some of it.
+            let needed = load.queued.div_ceil(u64::from(a.target)) as u32;
+            let want = load
+                .running
+                .saturating_add(needed.max(load.starting))
+                .min(max);
             return (want > load.target).then(|| Decision {
                 target: want,
                 reason: format!(
-                    "{} connection(s) waiting with {} instance(s): up to {want}",
-                    load.queued, load.instances
+                    "{} connection(s) waiting with {} instance(s) running and {} starting: \
+                     up to {want}",
+                    load.queued, load.running, load.starting
                 ),
             });
         }
@@ -92,10 +99,11 @@ impl Autoscaler {
 mod tests {
     use super::*;
 
-    fn load(queued: u64, instances: u32, target: u32) -> Load {
+    fn load(queued: u64, running: u32, target: u32) -> Load {
         Load {
             queued,
-            instances,
+            running,
+            starting: 0,
             target,
             crashing: false,
         }
@@ -119,6 +127,14 @@ mod tests {
         assert_eq!(d.target, 3);
         // Already there: nothing to do.
         assert_eq!(s.check(t0, &a, (0, 3), &load(50, 3, 3), CLOSED), None);
+        // At zero, the starting instance takes the connection that woke it: no more.
+        let mut waking = load(1, 0, 1);
+        waking.starting = 1;
+        assert_eq!(s.check(t0, &a, (0, 3), &waking, CLOSED), None);
+        // A burst at zero: as many as it takes at once.
+        let mut burst = load(6, 0, 1);
+        burst.starting = 1;
+        assert_eq!(s.check(t0, &a, (0, 8), &burst, CLOSED).unwrap().target, 3);
         // Quiet, but not for long enough.
         let t1 = t0 + Duration::from_millis(10);
         assert_eq!(s.check(t1, &a, (0, 3), &load(0, 3, 3), CLOSED), None);

@@ -586,7 +586,8 @@ impl Supervisor {
             .sum();
         let load = autoscale::Load {
             queued,
-            instances: self.live() + self.starting,
+            running: self.live(),
+            starting: self.starting,
             target: self.target,
             crashing: self.backoff_until.is_some() || self.crash_streak > 0,
         };

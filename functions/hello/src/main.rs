@@ -22,7 +22,7 @@
 //! `/connect/<host>:<port>` (an HTTP/1.0 request there, answering with what came back or
 //! the error), `/udp/<host>:<port>` (one datagram, unconnected) and `/resolve/<name>` (its
 //! addresses, through the system's resolver); `/threads/<n>` (starts n threads, to see a
-//! pids limit at work), `/work/<ms>` (busy on a CPU that long, for the autoscaler),
+//! pids limit at work), `/work/<ms>` (that much CPU time, for the autoscaler),
 //! `/unshare` (tries to make a user namespace, to see a system call
 //! filter at work).
 
@@ -206,14 +206,21 @@ fn inspect(path: &str) -> Option<String> {
         });
     }
     if let Some(ms) = path.strip_prefix("/work/") {
-        // CPU-bound work for that long: what a busy handler looks like to an autoscaler.
+        // That much CPU time, by this thread's own clock (waiting for a CPU does not
+        // count): what a CPU-bound handler looks like to an autoscaler.
         let ms: u64 = ms.parse().ok()?;
-        let until = std::time::Instant::now() + Duration::from_millis(ms);
+        let cpu_ns = || {
+            // SAFETY: clock_gettime writes into the timespec we own.
+            let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+            t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+        };
+        let until = cpu_ns() + ms * 1_000_000;
         let mut spins = 0u64;
-        while std::time::Instant::now() < until {
+        while cpu_ns() < until {
             spins = std::hint::black_box(spins.wrapping_add(1));
         }
-        return Some(format!("worked {ms} ms ({spins} spins)\n"));
+        return Some(format!("worked {ms} ms of CPU ({spins} spins)\n"));
     }
     if let Some(n) = path.strip_prefix("/threads/") {
         // Threads that live a second: how many a pids limit lets start.
