@@ -210,8 +210,9 @@ fn inspect(path: &str) -> Option<String> {
         // count): what a CPU-bound handler looks like to an autoscaler.
         let ms: u64 = ms.parse().ok()?;
         let cpu_ns = || {
-            // SAFETY: clock_gettime writes into the timespec we own.
+            // SAFETY: timespec is plain data; zeroed is a valid value.
             let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+            // SAFETY: clock_gettime writes into the timespec we own.
             unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
             t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
         };
