@@ -7,8 +7,8 @@
 //! | `com.openfaas.scale.max` (label) | upper bound for `scale` | 20 |
 //! | `com.openfaas.scale.zero` (label) | stop the function when idle | false |
 //! | `com.openfaas.scale.zero-duration` (label) | idle time before stopping | 15m |
-//! | `com.openfaas.scale.type` (label) | what the autoscaler aims for: `capacity` (connections per instance) | capacity |
-//! | `com.openfaas.scale.target` (label) | connections per instance the autoscaler aims for | 1 |
+//! | `com.openfaas.scale.type` (label) | what the autoscaler aims for: `capacity` (connections at once per instance) or `rps` (new connections a second per instance) | capacity |
+//! | `com.openfaas.scale.target` (label) | that, per instance | 1 |
 //! | `faasd.dev/scale-down-delay` | time without waiting work before extra instances stop | 30s |
 //! | `faasd.dev/ports` | listening sockets, `name=port/proto,...` | `http=8080/tcp` |
 //! | `faasd.dev/accept` | `true`: one instance per connection (inetd style) | false |
@@ -231,10 +231,21 @@ impl EgressMode {
     }
 }
 
+/// `com.openfaas.scale.type`: what `com.openfaas.scale.target` counts per instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleType {
+    /// Connections at once.
+    Capacity,
+    /// New connections a second.
+    Rps,
+}
+
 /// Scaling with the load, for a function that sets `com.openfaas.scale.max` above 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Autoscale {
-    /// Connections per instance to aim for (`com.openfaas.scale.target`, capacity type).
+    /// What the target counts (`com.openfaas.scale.type`).
+    pub kind: ScaleType,
+    /// Per instance: connections at once (capacity) or new connections a second (rps).
     pub target: u32,
     /// Time without waiting work before the extra instances stop.
     pub scale_down_delay: Duration,
@@ -520,13 +531,17 @@ impl Settings {
             }
             None
         };
-        let scale_type = label("type").map(str::trim).unwrap_or("capacity");
-        if scale_type != "capacity" {
-            return bad(format!(
-                "com.openfaas.scale.type={scale_type:?}: this faasd scales by capacity \
-                 (connections per instance); rps and cpu are not supported yet"
-            ));
-        }
+        let kind = match label("type").map(str::trim).unwrap_or("capacity") {
+            "capacity" => ScaleType::Capacity,
+            "rps" => ScaleType::Rps,
+            other => {
+                return bad(format!(
+                    "com.openfaas.scale.type={other:?}: this faasd scales by capacity \
+                     (connections per instance) or rps (new connections a second per \
+                     instance); cpu is not supported yet"
+                ));
+            }
+        };
         let scale_target = parse_u32("com.openfaas.scale.target", label("target"), 1)?;
         if scale_target == 0 {
             return bad("com.openfaas.scale.target must be at least 1");
@@ -538,6 +553,7 @@ impl Settings {
         // instance its first connection starts.
         let autoscale =
             (label("max").is_some() && max_scale > 1 && accept.is_none()).then_some(Autoscale {
+                kind,
                 target: scale_target,
                 scale_down_delay,
             });
@@ -1069,6 +1085,26 @@ mod tests {
             .insert("faasd.dev/egress".into(), "some".into());
         let e = FunctionSpec::from_deployment(d).unwrap_err().0;
         assert!(e.contains("all, faas, none"), "{e}");
+    }
+
+    #[test]
+    fn autoscaling_needs_an_explicit_max_and_takes_capacity_or_rps() {
+        let mut d = deployment("f");
+        let (_, s) = FunctionSpec::from_deployment(d.clone()).unwrap();
+        assert_eq!(s.autoscale, None, "the default max does not autoscale");
+        d.labels.insert("com.openfaas.scale.max".into(), "4".into());
+        d.labels
+            .insert("com.openfaas.scale.type".into(), "rps".into());
+        d.labels
+            .insert("com.openfaas.scale.target".into(), "50".into());
+        let (_, s) = FunctionSpec::from_deployment(d.clone()).unwrap();
+        let a = s.autoscale.unwrap();
+        assert_eq!((a.kind, a.target), (ScaleType::Rps, 50));
+        assert_eq!(a.scale_down_delay, Duration::from_secs(30));
+        d.labels
+            .insert("com.openfaas.scale.type".into(), "cpu".into());
+        let e = FunctionSpec::from_deployment(d).unwrap_err().0;
+        assert!(e.contains("cpu is not supported yet"), "{e}");
     }
 
     #[test]

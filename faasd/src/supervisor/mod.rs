@@ -590,6 +590,7 @@ impl Supervisor {
             starting: self.starting,
             target: self.target,
             crashing: self.backoff_until.is_some() || self.crash_streak > 0,
+            lookups: self.ctx.lookups.lookups(),
         };
         let (address, ports) = (self.ctx.record.address, s.ports.clone());
         let decision = self
