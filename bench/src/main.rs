@@ -362,93 +362,66 @@ fn machine() -> Value {
     json!({"cpu": cpu, "cores": cores, "memory": mem, "kernel": kernel, "os": os, "faasd_commit": commit})
 }
 
-/// `faasd-bench scale [--sizes N,N,…] [--out DIR] [--faasd BIN] [--hello BIN]`: only the
-/// scale section.
-fn scale_main() -> Result<()> {
-    let mut sizes = scale::SIZES.to_vec();
-    let (mut faasd, mut hello, mut out) = (
-        PathBuf::from("target/release/faasd"),
-        PathBuf::from("target/release/hello"),
-        PathBuf::from("target/bench"),
-    );
+/// What a section run alone (`faasd-bench scale|autoscale …`) is given.
+struct Section {
+    faasd: PathBuf,
+    hello: PathBuf,
+    out: PathBuf,
+    /// `--sizes` of the scale section.
+    sizes: Vec<usize>,
+}
+
+/// `faasd-bench SECTION [--sizes N,N,…] [--out DIR] [--faasd BIN] [--hello BIN]`: only one
+/// section (`--sizes`: the scale section's); writes `SECTION.json` in the output directory.
+fn section_main(name: &str) -> Result<()> {
+    let mut a = Section {
+        faasd: "target/release/faasd".into(),
+        hello: "target/release/hello".into(),
+        out: "target/bench".into(),
+        sizes: scale::SIZES.to_vec(),
+    };
     let mut it = std::env::args().skip(2);
     while let Some(flag) = it.next() {
         let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--sizes" => {
-                sizes = val()?
+            "--sizes" if name == "scale" => {
+                a.sizes = val()?
                     .split(',')
                     .map(|n| n.trim().parse())
                     .collect::<Result<_, _>>()?
             }
-            "--faasd" => faasd = val()?.into(),
-            "--hello" => hello = val()?.into(),
-            "--out" => out = val()?.into(),
+            "--faasd" => a.faasd = val()?.into(),
+            "--hello" => a.hello = val()?.into(),
+            "--out" => a.out = val()?.into(),
             f => bail!(
-                "unknown flag {f}: faasd-bench scale [--sizes 1000,5000,19000] [--out DIR] [--faasd BIN] [--hello BIN]"
+                "unknown flag {f}: faasd-bench {name} [--sizes 1000,5000,19000 (scale)] \
+                 [--out DIR] [--faasd BIN] [--hello BIN]"
             ),
         }
     }
-    std::fs::create_dir_all(&out)?;
-    let out = std::fs::canonicalize(&out)?;
-    let faasd = std::fs::canonicalize(&faasd).context("--faasd")?;
-    let hello = std::fs::canonicalize(&hello).context("--hello")?;
+    std::fs::create_dir_all(&a.out)?;
+    let out = std::fs::canonicalize(&a.out)?;
+    let faasd = std::fs::canonicalize(&a.faasd).context("--faasd")?;
+    let hello = std::fs::canonicalize(&a.hello).context("--hello")?;
     let machine = machine();
     println!("machine: {machine}");
     let mut b = Bench::new(&out)?;
-    let rows = scale::run(&mut b, &faasd, &hello, &sizes, &out)?;
-    let results = json!({"machine": machine, "scale": rows});
-    std::fs::write(
-        out.join("scale.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    println!("\nresults: {}", out.join("scale.json").display());
-    Ok(())
-}
-
-/// `faasd-bench autoscale [--out DIR] [--faasd BIN] [--hello BIN]`: only the section on
-/// scaling with the load.
-fn autoscale_main() -> Result<()> {
-    let (mut faasd, mut hello, mut out) = (
-        PathBuf::from("target/release/faasd"),
-        PathBuf::from("target/release/hello"),
-        PathBuf::from("target/bench"),
-    );
-    let mut it = std::env::args().skip(2);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--faasd" => faasd = val()?.into(),
-            "--hello" => hello = val()?.into(),
-            "--out" => out = val()?.into(),
-            f => bail!(
-                "unknown flag {f}: faasd-bench autoscale [--out DIR] [--faasd BIN] [--hello BIN]"
-            ),
-        }
-    }
-    std::fs::create_dir_all(&out)?;
-    let out = std::fs::canonicalize(&out)?;
-    let faasd = std::fs::canonicalize(&faasd).context("--faasd")?;
-    let hello = std::fs::canonicalize(&hello).context("--hello")?;
-    let machine = machine();
-    println!("machine: {machine}");
-    let mut b = Bench::new(&out)?;
-    b.start_daemon(&faasd, "")?;
-    let section = autoscale::run(&mut b, &hello)?;
-    let results = json!({"machine": machine, "autoscale": section});
-    std::fs::write(
-        out.join("autoscale.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    println!("\nresults: {}", out.join("autoscale.json").display());
+    let section = if name == "scale" {
+        scale::run(&mut b, &faasd, &hello, &a.sizes, &out)?
+    } else {
+        b.start_daemon(&faasd, "")?;
+        autoscale::run(&mut b, &hello)?
+    };
+    let results = json!({"machine": machine, name: section});
+    let file = out.join(format!("{name}.json"));
+    std::fs::write(&file, serde_json::to_string_pretty(&results)?)?;
+    println!("\nresults: {}", file.display());
     Ok(())
 }
 
 fn main() -> Result<()> {
-    match std::env::args().nth(1).as_deref() {
-        Some("scale") => return scale_main(),
-        Some("autoscale") => return autoscale_main(),
-        _ => {}
+    if let Some(name @ ("scale" | "autoscale")) = std::env::args().nth(1).as_deref() {
+        return section_main(name);
     }
     let args = parse_args()?;
     std::fs::create_dir_all(&args.out)?;

@@ -154,10 +154,7 @@ fn egress(
     std::fs::create_dir_all(&parent)
         .map_err(|e| format!("creating {}: {e}", parent.display()))
         .and_then(|()| dataplane.egress(&parent, level).map_err(|e| e.to_string()))
-        .and_then(|maps| {
-            crate::egress::Egress::start(config, maps, config.dns.first().copied())
-                .map_err(|e| e.to_string())
-        })
+        .and_then(|maps| crate::egress::Egress::start(config, maps).map_err(|e| e.to_string()))
         .map(Arc::new)
         .inspect_err(|e| tracing::error!("functions cannot call out: {e}"))
 }

@@ -15,7 +15,7 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::Mutex,
@@ -70,7 +70,7 @@ pub enum EgressError {
 #[derive(Debug)]
 pub struct Network {
     /// The namespace to join.
-    pub netns: Option<Prepared>,
+    pub netns: Prepared,
     /// Files bound read-only over the host's (source, target).
     pub binds: Vec<(PathBuf, PathBuf)>,
 }
@@ -115,11 +115,7 @@ impl Egress {
     /// Starts the pool (whose thread installs NAT and forwarding first, off the daemon's
     /// start) and keeps the egress maps, and the previous daemon's rules of cgroups that
     /// still exist (their instances run on).
-    pub fn start(
-        config: &Config,
-        maps: faasd_dataplane::Egress,
-        dns: Option<SocketAddr>,
-    ) -> Result<Self, EgressError> {
+    pub fn start(config: &Config, maps: faasd_dataplane::Egress) -> Result<Self, EgressError> {
         let dir = config.runtime_dir.join("egress");
         let hosts_dir = dir.join("hosts");
         let owners_dir = dir.join("owners");
@@ -130,7 +126,7 @@ impl Egress {
             })?;
         }
         let resolv_conf = dir.join("resolv.conf");
-        let nameserver = dns.map_or_else(
+        let nameserver = config.dns.first().map_or_else(
             || "# faasd serves no DNS (dns = [])".to_owned(),
             |a| format!("nameserver {}", a.ip()),
         );
@@ -239,7 +235,7 @@ impl Egress {
             EgressMode::None => netns::Kind::Closed,
             EgressMode::All | EgressMode::Faas => netns::Kind::Linked,
         };
-        let netns = Some(self.pool.take(kind).await?);
+        let netns = self.pool.take(kind).await?;
         let hosts = self.hosts_file(spec, address)?;
         Ok(Network {
             netns,

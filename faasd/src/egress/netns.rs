@@ -64,7 +64,10 @@ pub enum NetnsError {
     #[error("no free instance address left in egress-ipv4/egress-ipv6; widen them")]
     Exhausted,
     /// The thread that makes them is gone.
-    #[error("the network namespace pool has stopped")]
+    #[error(
+        "the network namespace pool has stopped (its reason is in faasd's log); restart \
+         faasd to start it again"
+    )]
     Stopped,
 }
 

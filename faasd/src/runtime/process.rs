@@ -35,7 +35,10 @@ pub struct ProcessRuntime {
 
 /// Where secrets appear in an instance, as in an OpenFaaS container. The directory must
 /// exist on the host to be mounted over; faasd makes it when it starts.
-pub const SECRETS_MOUNT: &str = "/var/openfaas/secrets";
+pub const SECRETS_MOUNT: &str = match super::spawner::SECRETS_MOUNT.to_str() {
+    Ok(s) => s,
+    Err(_) => panic!("the secrets' mount point is UTF-8"),
+};
 
 /// Out of every instance's reach, as with systemd's `ProtectHome=yes`; the daemon adds its
 /// state directory (records, logs, secrets).

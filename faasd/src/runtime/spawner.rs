@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 
 /// Where the spawner finds its end of the socket pair.
 const SOCKET_FD: RawFd = 3;
+/// Where an instance's secrets are mounted.
+pub(super) const SECRETS_MOUNT: &std::ffi::CStr = c"/var/openfaas/secrets";
 /// The hidden argument that makes `faasd` the spawner.
 pub const ARG: &str = "__spawner";
 /// Descriptors a request may carry: stdio, the cgroup, the network namespace, and up to
@@ -482,14 +484,14 @@ impl Child<'_> {
             if !self.secrets.is_null()
                 && (libc::mount(
                     self.secrets,
-                    c"/var/openfaas/secrets".as_ptr(),
+                    SECRETS_MOUNT.as_ptr(),
                     std::ptr::null(),
                     libc::MS_BIND,
                     std::ptr::null(),
                 ) < 0
                     || libc::mount(
                         std::ptr::null(),
-                        c"/var/openfaas/secrets".as_ptr(),
+                        SECRETS_MOUNT.as_ptr(),
                         std::ptr::null(),
                         libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
                         std::ptr::null(),

@@ -572,10 +572,12 @@ impl Supervisor {
     /// should move (said in the log and in `describe`).
     fn autoscale(&mut self, now: Instant) {
         self.autoscaler.check = None;
-        let Some(a) = self.ctx.settings.autoscale.clone() else {
+        // A reference count, not a copy: the settings are read below while `self` changes.
+        let ctx = self.ctx.clone();
+        let s = &ctx.settings;
+        let Some(a) = &s.autoscale else {
             return;
         };
-        let s = &self.ctx.settings;
         let queued: u64 = self
             .sockets
             .iter()
@@ -590,13 +592,12 @@ impl Supervisor {
             starting: self.starting,
             target: self.target,
             crashing: self.backoff_until.is_some() || self.crash_streak > 0,
-            lookups: self.ctx.lookups.lookups(),
+            lookups: ctx.lookups.lookups(),
         };
-        let (address, ports) = (self.ctx.record.address, s.ports.clone());
         let decision = self
             .autoscaler
-            .check(now, &a, (s.min_scale, s.max_scale), &load, || {
-                connections::open(address, &ports)
+            .check(now, a, (s.min_scale, s.max_scale), &load, || {
+                connections::open(ctx.record.address, &s.ports)
             });
         self.snapshot.autoscale = Some(crate::status::AutoscaleStatus {
             target: decision.as_ref().map_or(self.target, |d| d.target),
@@ -836,7 +837,7 @@ impl Supervisor {
             let result = match network {
                 Ok(network) => {
                     if let Some(n) = &network {
-                        launch.netns = n.netns.as_ref().map(|p| p.fd.as_raw_fd());
+                        launch.netns = Some(n.netns.fd.as_raw_fd());
                         launch.binds = n.binds.clone();
                     }
                     // The instance holds the namespace from here; ours closes after.
