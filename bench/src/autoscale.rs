@@ -1,7 +1,9 @@
 //! Scaling with the load: closed-loop clients against a one-request-at-a-time, CPU-bound
 //! function (the sample's `/work/MS` with `HELLO_THREADS=1`), stepped 1 → 2 → 8 → 32 → 64 →
-//! 8 → 1, once with autoscaling (max 4, target 1) and once fixed at one instance; and the
-//! time from a load step to a second instance accepting.
+//! 8 → 1, against one fixed instance, four fixed instances (`scale.min=4`, the most the
+//! autoscaled one may run) and the autoscaled function (max 4, target 1); the autoscaled
+//! function's instances over time (`autoscale-instances.svg`); and the time from a load
+//! step to a second instance accepting.
 
 use std::{
     net::SocketAddr,
@@ -47,13 +49,14 @@ fn work(addr: SocketAddr) -> Option<u64> {
         .then(|| t0.elapsed().as_micros() as u64)
 }
 
-/// Latencies of `clients` closed-loop clients over `for_`, and the most instances seen.
+/// Latencies of `clients` closed-loop clients over `for_`, and the most instances seen;
+/// the instances are added to `timeline` as (seconds since `t0`, instances).
 fn step(
     b: &Bench,
-    name: &str,
-    addr: SocketAddr,
+    (name, addr): (&str, SocketAddr),
     clients: usize,
     for_: Duration,
+    (t0, timeline): (Instant, &mut Vec<(f64, f64)>),
 ) -> Result<(Vec<u64>, usize)> {
     let stop = Arc::new(AtomicBool::new(false));
     let samples = Arc::new(Mutex::new(Vec::new()));
@@ -77,6 +80,7 @@ fn step(
                 .as_array()
                 .map_or(0, Vec::len);
             most = most.max(n);
+            timeline.push((t0.elapsed().as_secs_f64(), n as f64));
             std::thread::sleep(Duration::from_millis(100));
         }
         stop.store(true, Ordering::Relaxed);
@@ -109,7 +113,7 @@ fn instances(b: &Bench, name: &str) -> Result<(usize, usize)> {
 }
 
 /// The whole section; prints its tables and returns `results.json`'s `autoscale`.
-pub fn run(b: &mut Bench, hello: &Path) -> Result<Value> {
+pub fn run(b: &mut Bench, hello: &Path, out: &Path) -> Result<Value> {
     let auto = deploy(
         b,
         "auto",
@@ -117,38 +121,63 @@ pub fn run(b: &mut Bench, hello: &Path) -> Result<Value> {
         json!({"com.openfaas.scale.max": "4", "com.openfaas.scale.target": "1"}),
     )?;
     let fixed = deploy(b, "fixed", hello, json!({}))?;
+    let four = deploy(b, "four", hello, json!({"com.openfaas.scale.min": "4"}))?;
     let mut rows = Vec::new();
     println!(
         "\nscaling with the load: /work/{WORK_MS} (one request at a time per instance), {:?} per step",
         STEP
     );
     println!(
-        "{:>8} {:>22} {:>26}",
-        "clients", "fixed: req/s p50 p99", "autoscaled: req/s p50 p99 (instances)"
+        "{:>8} {:>24} {:>24} {:>36}",
+        "clients",
+        "one: req/s p50 p99",
+        "four: req/s p50 p99",
+        "autoscaled: req/s p50 p99 (instances)"
     );
+    let t0 = Instant::now();
+    let mut timeline = Vec::new();
+    let mut ignored = Vec::new();
+    let summary = |v: &[u64]| {
+        let mut s = v.to_vec();
+        s.sort_unstable();
+        let r = (
+            v.len() as f64 / STEP.as_secs_f64(),
+            percentile(&s, 50.0) as f64 / 1000.0,
+            percentile(&s, 99.0) as f64 / 1000.0,
+        );
+        (r, json!({"rps": r.0, "p50_ms": r.1, "p99_ms": r.2}))
+    };
     for clients in STEPS {
-        let (f, _) = step(b, "fixed", fixed, clients, STEP)?;
-        let (a, most) = step(b, "auto", auto, clients, STEP)?;
-        let summary = |v: &[u64]| {
-            let mut s = v.to_vec();
-            s.sort_unstable();
-            (
-                v.len() as f64 / STEP.as_secs_f64(),
-                percentile(&s, 50.0) as f64 / 1000.0,
-                percentile(&s, 99.0) as f64 / 1000.0,
-            )
-        };
-        let (fr, f50, f99) = summary(&f);
-        let (ar, a50, a99) = summary(&a);
+        let (f, _) = step(b, ("fixed", fixed), clients, STEP, (t0, &mut ignored))?;
+        let (m, _) = step(b, ("four", four), clients, STEP, (t0, &mut ignored))?;
+        let (a, most) = step(b, ("auto", auto), clients, STEP, (t0, &mut timeline))?;
+        let ((fr, f50, f99), fixed_json) = summary(&f);
+        let ((mr, m50, m99), four_json) = summary(&m);
+        let ((ar, a50, a99), mut auto_json) = summary(&a);
+        auto_json["most_instances"] = json!(most);
         println!(
-            "{clients:>8} {fr:>7.1} {f50:>6.1} {f99:>7.1} ms {ar:>7.1} {a50:>6.1} {a99:>7.1} ms ({most})"
+            "{clients:>8} {fr:>7.1} {f50:>6.1} {f99:>7.1} ms {mr:>7.1} {m50:>6.1} {m99:>7.1} ms {ar:>7.1} {a50:>6.1} {a99:>7.1} ms ({most})"
         );
         rows.push(json!({
             "clients": clients,
-            "fixed": {"rps": fr, "p50_ms": f50, "p99_ms": f99},
-            "autoscaled": {"rps": ar, "p50_ms": a50, "p99_ms": a99, "most_instances": most},
+            "fixed": fixed_json,
+            "fixed_four": four_json,
+            "autoscaled": auto_json,
         }));
     }
+    std::fs::write(
+        out.join("autoscale-instances.svg"),
+        crate::plot::line_svg(
+            &format!(
+                "Autoscaled instances over time (clients {})",
+                STEPS.map(|c| c.to_string()).join(" → ")
+            ),
+            "seconds (the autoscaled function's steps only)",
+            "",
+            &timeline,
+        ),
+    )?;
+    println!("plot: {}/autoscale-instances.svg", out.display());
     // From a load step to a second instance accepting: one instance idle, then 4 clients.
     let mut times = Vec::new();
     for _ in 0..TRIALS {
@@ -193,7 +222,7 @@ pub fn run(b: &mut Bench, hello: &Path) -> Result<Value> {
         ms(second.p90),
         ms(second.p99)
     );
-    for f in ["auto", "fixed"] {
+    for f in ["auto", "fixed", "four"] {
         b.api(
             "DELETE",
             "/system/functions",
@@ -207,6 +236,12 @@ pub fn run(b: &mut Bench, hello: &Path) -> Result<Value> {
                 / r["fixed"]["rps"].as_f64().unwrap_or(1.0).max(1e-9)
         })
         .fold(0.0, f64::max);
+    // Overload: the heaviest step, where one instance's queue is longest.
+    let heaviest = rows
+        .iter()
+        .max_by_key(|r| r["clients"].as_u64())
+        .context("no steps")?;
+    let p99 = |k: &str| heaviest[k]["p99_ms"].as_f64().unwrap_or(f64::MAX);
     Ok(json!({
         "work_ms": WORK_MS,
         "step_s": STEP.as_secs(),
@@ -216,6 +251,7 @@ pub fn run(b: &mut Bench, hello: &Path) -> Result<Value> {
         "goals": {
             "second_instance_p50_ms": {"goal": 50.0, "measured": ms(second.p50)},
             "throughput_over_one_instance": {"goal": 1.8, "measured": peak},
+            "overload_p99_over_one_instance": {"goal": 1.0, "measured": p99("autoscaled") / p99("fixed")},
         },
     }))
 }

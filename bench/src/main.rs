@@ -410,7 +410,7 @@ fn section_main(name: &str) -> Result<()> {
         scale::run(&mut b, &faasd, &hello, &a.sizes, &out)?
     } else {
         b.start_daemon(&faasd, "")?;
-        autoscale::run(&mut b, &hello)?
+        autoscale::run(&mut b, &hello, &out)?
     };
     let results = json!({"machine": machine, name: section});
     let file = out.join(format!("{name}.json"));
@@ -582,7 +582,7 @@ fn main() -> Result<()> {
     let by_bindings = lookup_cost_by_bindings(&b, fn_addr)?;
     println!("XDP: a UDP flood to an unbound function address, 5 s");
     let xdp = xdp_drop_rate(&b, &sender, 5)?;
-    let autoscale = autoscale::run(&mut b, &hello)?;
+    let autoscale = autoscale::run(&mut b, &hello, &out)?;
     println!("scale: cost per function at {:?} functions", scale::SIZES);
     let scale = scale::run(&mut b, &faasd, &hello, &scale::SIZES, &out)?;
     drop(b);

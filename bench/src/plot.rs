@@ -100,9 +100,10 @@ pub fn cdf_svg(title: &str, series: &[(&str, &[u64])]) -> String {
     svg
 }
 
-/// Renders one cost against the number of functions (linear axes from zero) as an SVG
-/// document: a straight, flat line is what "cost per function stays flat" looks like.
-pub fn cost_svg(title: &str, unit: &str, points: &[(f64, f64)]) -> String {
+/// Renders one series against `x_label` (linear axes from zero) as an SVG document: a cost
+/// against the number of functions (a straight, flat line is what "cost per function
+/// stays flat" looks like), or instances over time.
+pub fn line_svg(title: &str, x_label: &str, unit: &str, points: &[(f64, f64)]) -> String {
     let max_x = points.iter().map(|p| p.0).fold(1.0, f64::max);
     let max_y = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.15;
     let plot_w = W - LEFT - 40.0;
@@ -127,7 +128,7 @@ pub fn cost_svg(title: &str, unit: &str, points: &[(f64, f64)]) -> String {
     }
     let _ = write!(
         svg,
-        r#"<text x="{:.1}" y="{}" text-anchor="middle">functions deployed</text>"#,
+        r#"<text x="{:.1}" y="{}" text-anchor="middle">{x_label}</text>"#,
         LEFT + plot_w / 2.0,
         H - 12.0
     );

@@ -313,7 +313,7 @@ pub fn run(
         let points: Vec<(f64, f64)> = rows.iter().map(|r| (r.n as f64, cost(r))).collect();
         std::fs::write(
             out.join(format!("scale-{key}.svg")),
-            crate::plot::cost_svg(title, unit, &points),
+            crate::plot::line_svg(title, "functions deployed", unit, &points),
         )?;
     }
     println!("plots: {}/scale-*.svg", out.display());

@@ -4,12 +4,13 @@
 //! | key (annotation unless noted) | meaning | default |
 //! |---|---|---|
 //! | `com.openfaas.scale.min` (label) | instances started at deploy and kept running; lower bound for `scale`, except 0 (scale to zero) | 0 |
-//! | `com.openfaas.scale.max` (label) | upper bound for `scale` | 20 |
+//! | `com.openfaas.scale.max` (label) | upper bound for `scale` and for scaling with the load; above 1, the function scales with the load | 20 (no scaling with the load unless `scale.type` is set) |
 //! | `com.openfaas.scale.zero` (label) | stop the function when idle | false |
 //! | `com.openfaas.scale.zero-duration` (label) | idle time before stopping | 15m |
-//! | `com.openfaas.scale.type` (label) | what the autoscaler aims for: `capacity` (connections at once per instance) or `rps` (new connections a second per instance) | capacity |
-//! | `com.openfaas.scale.target` (label) | that, per instance | 1 |
-//! | `faasd.dev/scale-down-delay` | time without waiting work before extra instances stop | 30s |
+//! | `com.openfaas.scale.type` (label) | what the autoscaler aims for: `capacity` (open connections per instance), `rps` (new connections a second per instance) or `cpu` (millicores per instance) | capacity |
+//! | `com.openfaas.scale.target` (label) | that, per instance | 1 (capacity), 50 (rps), 900 (cpu) |
+//! | `com.openfaas.scale.target-proportion` (label) | the share of the target at which an instance counts as full: instances = ⌈load ÷ (target × proportion)⌉ | 0.90 |
+//! | `faasd.dev/scale-down-delay` | time the load must have needed fewer instances before the extra ones stop | 30s |
 //! | `faasd.dev/ports` | listening sockets, `name=port/proto,...` | `http=8080/tcp` |
 //! | `faasd.dev/accept` | `true`: one instance per connection (inetd style) | false |
 //! | `faasd.dev/max-connections` | concurrent instances with `accept` | 64 |
@@ -234,21 +235,66 @@ impl EgressMode {
 /// `com.openfaas.scale.type`: what `com.openfaas.scale.target` counts per instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScaleType {
-    /// Connections at once.
+    /// Connections open at once.
     Capacity,
     /// New connections a second.
     Rps,
+    /// CPU time, in millicores.
+    Cpu,
 }
 
-/// Scaling with the load, for a function that sets `com.openfaas.scale.max` above 1.
+impl ScaleType {
+    /// The label's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Capacity => "capacity",
+            Self::Rps => "rps",
+            Self::Cpu => "cpu",
+        }
+    }
+
+    /// The target when the label gives none.
+    fn default_target(self) -> u32 {
+        match self {
+            Self::Capacity => 1,
+            Self::Rps => 50,
+            Self::Cpu => 900,
+        }
+    }
+}
+
+/// Scaling with the load, for a function that sets `com.openfaas.scale.max` above 1 (or
+/// names a `com.openfaas.scale.type`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Autoscale {
     /// What the target counts (`com.openfaas.scale.type`).
     pub kind: ScaleType,
-    /// Per instance: connections at once (capacity) or new connections a second (rps).
+    /// Per instance: open connections (capacity), new connections a second (rps) or
+    /// millicores (cpu).
     pub target: u32,
-    /// Time without waiting work before the extra instances stop.
+    /// `com.openfaas.scale.target-proportion` in thousandths: an instance counts as full at
+    /// this share of the target.
+    pub proportion_milli: u32,
+    /// How long the load must have needed fewer instances before the extra ones stop.
     pub scale_down_delay: Duration,
+}
+
+impl Autoscale {
+    /// The load one instance carries when full: target × proportion.
+    pub fn per_instance(&self) -> f64 {
+        f64::from(self.target) * f64::from(self.proportion_milli) / 1000.0
+    }
+
+    /// The instances a load needs: ⌈load ÷ (target × proportion)⌉.
+    pub fn instances_for(&self, load: f64) -> u32 {
+        // A tiny excess over a whole number (float noise) does not add an instance.
+        (load / self.per_instance() - 1e-9).ceil().max(0.0) as u32
+    }
+
+    /// `capacity`: the connections one instance carries when full, at least one.
+    pub fn connections_per_instance(&self) -> u32 {
+        (self.per_instance().floor() as u32).max(1)
+    }
 }
 
 /// Settings derived from labels and annotations, validated.
@@ -531,32 +577,39 @@ impl Settings {
             }
             None
         };
-        let kind = match label("type").map(str::trim).unwrap_or("capacity") {
-            "capacity" => ScaleType::Capacity,
-            "rps" => ScaleType::Rps,
-            other => {
+        let kind = match label("type").map(str::trim) {
+            None | Some("capacity") => ScaleType::Capacity,
+            Some("rps") => ScaleType::Rps,
+            Some("cpu") => ScaleType::Cpu,
+            Some(other) => {
                 return bad(format!(
-                    "com.openfaas.scale.type={other:?}: this faasd scales by capacity \
-                     (connections per instance) or rps (new connections a second per \
-                     instance); cpu is not supported yet"
+                    "com.openfaas.scale.type={other:?}: faasd scales by capacity (open \
+                     connections per instance), rps (new connections a second per instance) \
+                     or cpu (millicores per instance)"
                 ));
             }
         };
-        let scale_target = parse_u32("com.openfaas.scale.target", label("target"), 1)?;
+        let scale_target = parse_u32(
+            "com.openfaas.scale.target",
+            label("target"),
+            kind.default_target(),
+        )?;
         if scale_target == 0 {
             return bad("com.openfaas.scale.target must be at least 1");
         }
+        let proportion_milli = parse_proportion(label("target-proportion"))?;
         let scale_down_delay =
             parse_duration("faasd.dev/scale-down-delay", ann("scale-down-delay"))?
                 .unwrap_or(Duration::from_secs(30));
-        // Only where max is asked for: the default max (20) keeps a function at the one
-        // instance its first connection starts.
-        let autoscale =
-            (label("max").is_some() && max_scale > 1 && accept.is_none()).then_some(Autoscale {
-                kind,
-                target: scale_target,
-                scale_down_delay,
-            });
+        // Only where it is asked for, by a max or a type: a function with neither keeps the
+        // one instance its first connection starts, as before scaling with the load existed.
+        let asked = label("max").is_some() || label("type").is_some();
+        let autoscale = (asked && max_scale > 1 && accept.is_none()).then_some(Autoscale {
+            kind,
+            target: scale_target,
+            proportion_milli,
+            scale_down_delay,
+        });
         let ports = parse_ports(ann("ports").unwrap_or("http=8080/tcp"))?;
         if accept.is_some() && (ports.len() != 1 || ports[0].protocol != Protocol::Tcp) {
             return bad(
@@ -801,6 +854,20 @@ fn parse_u32(key: &str, v: Option<&str>, default: u32) -> Result<u32, SpecError>
             .parse()
             .map_err(|_| SpecError(format!("{key}: {v:?} is not a whole number")))
     })
+}
+
+/// `com.openfaas.scale.target-proportion`, a share above 0 and at most 1, in thousandths.
+fn parse_proportion(v: Option<&str>) -> Result<u32, SpecError> {
+    let Some(v) = v else {
+        return Ok(900);
+    };
+    match v.trim().parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 1.0 => Ok(((p * 1000.0).round() as u32).max(1)),
+        _ => bad(format!(
+            "com.openfaas.scale.target-proportion={v:?}: give a share of the target above 0 \
+             and at most 1, like 0.9"
+        )),
+    }
 }
 
 fn parse_bool(key: &str, v: Option<&str>) -> Result<bool, SpecError> {
@@ -1088,23 +1155,61 @@ mod tests {
     }
 
     #[test]
-    fn autoscaling_needs_an_explicit_max_and_takes_capacity_or_rps() {
+    fn autoscaling_is_asked_for_by_a_max_or_a_type() {
         let mut d = deployment("f");
         let (_, s) = FunctionSpec::from_deployment(d.clone()).unwrap();
-        assert_eq!(s.autoscale, None, "the default max does not autoscale");
+        assert_eq!(
+            s.autoscale, None,
+            "the default max alone does not autoscale"
+        );
         d.labels.insert("com.openfaas.scale.max".into(), "4".into());
-        d.labels
-            .insert("com.openfaas.scale.type".into(), "rps".into());
-        d.labels
-            .insert("com.openfaas.scale.target".into(), "50".into());
         let (_, s) = FunctionSpec::from_deployment(d.clone()).unwrap();
         let a = s.autoscale.unwrap();
-        assert_eq!((a.kind, a.target), (ScaleType::Rps, 50));
+        assert_eq!(
+            (a.kind, a.target, a.proportion_milli),
+            (ScaleType::Capacity, 1, 900)
+        );
         assert_eq!(a.scale_down_delay, Duration::from_secs(30));
         d.labels
+            .insert("com.openfaas.scale.type".into(), "rps".into());
+        let (_, s) = FunctionSpec::from_deployment(d.clone()).unwrap();
+        assert_eq!(s.autoscale.unwrap().target, 50, "rps's default target");
+        d.labels
+            .insert("com.openfaas.scale.target".into(), "500".into());
+        d.labels
+            .insert("com.openfaas.scale.target-proportion".into(), "0.5".into());
+        d.labels
             .insert("com.openfaas.scale.type".into(), "cpu".into());
+        let (_, s) = FunctionSpec::from_deployment(d.clone()).unwrap();
+        let a = s.autoscale.unwrap();
+        assert_eq!(
+            (a.kind, a.target, a.proportion_milli),
+            (ScaleType::Cpu, 500, 500)
+        );
+        // 600 millicores at 250 per instance: 3 instances.
+        assert_eq!(a.instances_for(600.0), 3);
+        assert_eq!(a.instances_for(500.0), 2);
+        assert_eq!(a.instances_for(0.0), 0);
+        // A type without a max: up to the default max.
+        let mut typed = deployment("t");
+        typed
+            .labels
+            .insert("com.openfaas.scale.type".into(), "capacity".into());
+        let (_, s) = FunctionSpec::from_deployment(typed).unwrap();
+        assert!(s.autoscale.is_some());
+        assert_eq!(s.max_scale, 20);
+        for bad in ["0", "1.5", "most"] {
+            d.labels
+                .insert("com.openfaas.scale.target-proportion".into(), bad.into());
+            let e = FunctionSpec::from_deployment(d.clone()).unwrap_err().0;
+            assert!(e.contains("above 0"), "{bad}: {e}");
+        }
+        d.labels
+            .insert("com.openfaas.scale.target-proportion".into(), "1".into());
+        d.labels
+            .insert("com.openfaas.scale.type".into(), "memory".into());
         let e = FunctionSpec::from_deployment(d).unwrap_err().0;
-        assert!(e.contains("cpu is not supported yet"), "{e}");
+        assert!(e.contains("capacity"), "{e}");
     }
 
     #[test]

@@ -5,14 +5,18 @@
 //! nothing outside can reach it. faasd keeps the function's own socket (so steering, the
 //! accept queue and activation are unchanged), accepts from it, and connects to the image's
 //! port through a socket created inside the container's namespace; bytes are then copied
-//! both ways. This is a proxy hop that socket passing avoids: `cargo xtask bench` measures
+//! both ways. Each instance has its path into its namespace; one accept loop per function
+//! hands each connection to the instance carrying the fewest. This is a proxy hop that socket passing avoids: `cargo xtask bench` measures
 //! what it costs.
 
 use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, OwnedFd},
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -83,31 +87,118 @@ impl Connector {
     }
 }
 
-/// Waits until the instance accepts on `port` (or `deadline` passes), calls `ready`, then
-/// forwards every connection queued on the function's first socket until aborted.
-pub async fn serve(
-    sockets: Arc<sockets::Watched>,
+/// One ready instance's path: a connector into its namespace, and the connections it
+/// carries now.
+#[derive(Debug)]
+pub struct Path {
+    pid: i32,
     connector: Connector,
     port: u16,
-    deadline: Instant,
-    ready: impl FnOnce(),
-) {
-    // The probe's connection is kept and carries the first client.
-    let first = loop {
+    /// The probe's connection, kept for the first client.
+    spare: Mutex<Option<TcpStream>>,
+    open: Arc<AtomicU32>,
+}
+
+/// Waits until the instance `pid` accepts on `port` (or `deadline` passes, which the
+/// start's own timeout reports): then it has a path.
+pub async fn probe(pid: i32, connector: Connector, port: u16, deadline: Instant) -> Option<Path> {
+    loop {
         match connector.connect(port).await {
-            Ok(s) => break s,
+            Ok(s) => {
+                return Some(Path {
+                    pid,
+                    connector,
+                    port,
+                    spare: Mutex::new(Some(s)),
+                    open: Arc::default(),
+                });
+            }
             Err(_) if Instant::now() < deadline => tokio::time::sleep(PROBE_INTERVAL).await,
-            // The activation task's start timeout reports and handles it.
-            Err(_) => return,
+            Err(_) => return None,
         }
-    };
-    ready();
-    let connector = Arc::new(connector);
-    let mut spare = Some(first);
+    }
+}
+
+/// The paths of a function's ready instances.
+#[derive(Debug)]
+pub struct Paths {
+    paths: Mutex<Vec<Arc<Path>>>,
+    /// Connections an instance carries before the next goes to another (a capacity
+    /// target); `None`: no limit.
+    limit: Option<u32>,
+    /// Instances the function aims for: while fewer have a path and every one is at its
+    /// limit, connections wait in the queue for the coming ones.
+    wanted: AtomicU32,
+}
+
+impl Paths {
+    /// No paths yet; `limit` connections per instance while more instances are coming.
+    pub fn new(limit: Option<u32>) -> Self {
+        Self {
+            paths: Mutex::default(),
+            limit,
+            wanted: AtomicU32::new(0),
+        }
+    }
+
+    /// The instances the function aims for now.
+    pub fn set_wanted(&self, n: u32) {
+        self.wanted.store(n, Ordering::Relaxed);
+    }
+
+    /// Adds a ready instance's path.
+    pub fn add(&self, path: Path) {
+        self.lock().push(Arc::new(path));
+    }
+
+    /// Removes an instance's path; says whether any is left.
+    pub fn remove(&self, pid: i32) -> bool {
+        let mut paths = self.lock();
+        paths.retain(|p| p.pid != pid);
+        !paths.is_empty()
+    }
+
+    /// The connections the instance `pid` carries now (0 without a path).
+    pub fn open(&self, pid: i32) -> u32 {
+        self.lock()
+            .iter()
+            .find(|p| p.pid == pid)
+            .map_or(0, |p| p.open.load(Ordering::Relaxed))
+    }
+
+    /// The path for the next connection: the one carrying the fewest, unless all are at
+    /// the limit and another instance is coming.
+    fn pick(&self) -> Option<Arc<Path>> {
+        let paths = self.lock();
+        let least = paths
+            .iter()
+            .min_by_key(|p| p.open.load(Ordering::Relaxed))?;
+        let full = self
+            .limit
+            .is_some_and(|l| least.open.load(Ordering::Relaxed) >= l);
+        let coming = (paths.len() as u32) < self.wanted.load(Ordering::Relaxed);
+        (!(full && coming)).then(|| least.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Path>>> {
+        self.paths.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Accepts the connections queued on the function's first socket while an instance has a
+/// path, and hands each to the one carrying the fewest (so several instances share the
+/// load as they share a socket's accept queue when they take it themselves; with a limit,
+/// a connection waits for a coming instance rather than crowd a full one), until aborted.
+pub async fn serve(sockets: Arc<sockets::Watched>, paths: Arc<Paths>) {
     let listener = sockets.first();
     loop {
         let Ok(mut guard) = listener.readable().await else {
             return;
+        };
+        // Connections wait in the queue until an instance is ready for them.
+        let Some(path) = paths.pick() else {
+            tokio::time::sleep(PROBE_INTERVAL).await;
+            continue;
         };
         let accepted = match sockets::accept(guard.get_inner()) {
             Ok(Some((conn, _))) => conn,
@@ -121,12 +212,13 @@ pub async fn serve(
                 continue;
             }
         };
-        let upstream = spare.take();
-        let connector = connector.clone();
+        let open = Copying::start(path.open.clone());
         tokio::spawn(async move {
-            let upstream = match upstream {
+            let _open = open;
+            let spare = path.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let upstream = match spare {
                 Some(u) => Ok(u),
-                None => connector.connect(port).await,
+                None => path.connector.connect(path.port).await,
             };
             if let Ok(mut upstream) = upstream
                 && let Ok(mut client) = tcp_stream(accepted)
@@ -134,6 +226,22 @@ pub async fn serve(
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             }
         });
+    }
+}
+
+/// One connection counted while it is copied, however its task ends.
+struct Copying(Arc<AtomicU32>);
+
+impl Copying {
+    fn start(open: Arc<AtomicU32>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open)
+    }
+}
+
+impl Drop for Copying {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

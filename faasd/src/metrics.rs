@@ -21,8 +21,8 @@ use faasd_core::{
 
 use crate::{
     status::{
-        ActivationHistograms, ActivationTiming, Histogram, HostStatus, LATENCY_BUCKETS,
-        PortCounters,
+        ActivationHistograms, ActivationTiming, AutoscaleStatus, Histogram, HostStatus,
+        LATENCY_BUCKETS, PortCounters,
     },
     wireguard::PeerStatus,
 };
@@ -151,6 +151,8 @@ pub struct FunctionRow {
     pub invocation_codes: Vec<(u16, u64)>,
     /// The function's own histograms (activation, calls), when it asks for them.
     pub histograms: Option<Box<(ActivationHistograms, Histogram)>>,
+    /// The autoscaler's state, for a function that scales with the load.
+    pub autoscale: Option<Box<AutoscaleStatus>>,
 }
 
 impl FunctionRow {
@@ -528,6 +530,50 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
             o.sample_with(name, &[&l.function], get(f))?;
         }
     }
+    // Scaling with the load: only the functions that ask for it, so the default stays at
+    // 12 samples a function.
+    let autoscaled = || {
+        functions
+            .iter()
+            .zip(&labels)
+            .filter_map(|(f, l)| Some((f.autoscale.as_deref()?, l)))
+    };
+    o.family(
+        "faasd_function_autoscale_target",
+        "gauge",
+        "Instances the autoscaler aims for (functions that scale with the load).",
+    )?;
+    for (a, l) in autoscaled() {
+        o.sample_with("faasd_function_autoscale_target", &[&l.function], a.target)?;
+    }
+    o.family(
+        "faasd_function_autoscale_load",
+        "gauge",
+        "The load the autoscaler measured last, by what it counts: open connections \
+         (capacity), new connections a second (rps) or millicores (cpu).",
+    )?;
+    for (a, l) in autoscaled() {
+        o.sample_with(
+            "faasd_function_autoscale_load",
+            &[&l.function, &format!("type=\"{}\"", a.kind)],
+            a.load,
+        )?;
+    }
+    o.family(
+        "faasd_function_autoscale_decisions_total",
+        "counter",
+        "Changes of the autoscaler's target, by direction (the last one's reason is in describe).",
+    )?;
+    for (a, l) in autoscaled() {
+        for (direction, n) in [("up", a.scaled_up), ("down", a.scaled_down)] {
+            o.sample_with(
+                "faasd_function_autoscale_decisions_total",
+                &[&l.function, &format!("direction=\"{direction}\"")],
+                n,
+            )?;
+        }
+    }
+
     o.family(
         "faasd_activation_seconds",
         "histogram",

@@ -1,7 +1,9 @@
 //! One `sock_diag` dump of this network namespace's IPv6 listening TCP and bound UDP
 //! sockets: every function socket's queue in a few system calls, where asking each socket
 //! takes two (`TCP_INFO` and `SO_MEMINFO`), 38,000 for a page of `/metrics` at 19,000
-//! functions.
+//! functions. Another dump lists the open connections of every address at once, the
+//! load the autoscaler counts (accepted connections live in this namespace, where the
+//! function's socket was made).
 //!
 //! The kernel reports a listener's accept queue and backlog as `idiag_rqueue` and
 //! `idiag_wqueue`, a UDP socket's queued bytes as `idiag_rqueue`, and the drop counter in
@@ -23,6 +25,8 @@ use crate::sockets::QueueStats;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// The attribute carrying `SK_MEMINFO_*`.
 const INET_DIAG_SKMEMINFO: u16 = 7;
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_CLOSE_WAIT: u32 = 8;
 const TCP_LISTEN: u32 = 10;
 /// Unconnected UDP sockets are in this state.
 const TCP_CLOSE: u32 = 7;
@@ -79,8 +83,39 @@ impl Queues {
     }
 }
 
-/// Dumps the IPv6 TCP listeners and UDP sockets of this network namespace.
-pub fn dump() -> io::Result<Queues> {
+/// The open TCP connections of this namespace (established, or closed by the client with
+/// the answer still to come), by local address: their local ports and their sockets'
+/// inodes, 0 for one still in an accept queue (it has no file yet).
+#[derive(Debug, Default)]
+pub struct Connections(HashMap<Ipv6Addr, Vec<(u16, u32)>>);
+
+impl Connections {
+    /// The connections open to `addr`: (local port, inode).
+    pub fn to(&self, addr: Ipv6Addr) -> &[(u16, u32)] {
+        self.0.get(&addr).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Dumps the open IPv6 TCP connections of this network namespace.
+pub fn connections() -> io::Result<Connections> {
+    let sock = diag_socket()?;
+    let mut open = Connections::default();
+    request(
+        &sock,
+        libc::IPPROTO_TCP as u8,
+        1 << TCP_ESTABLISHED | 1 << TCP_CLOSE_WAIT,
+        0,
+    )?;
+    receive(&sock, |m, _| {
+        open.0
+            .entry(Ipv6Addr::from(m.id.src))
+            .or_default()
+            .push((u16::from_be(m.id.sport), m.inode));
+    })?;
+    Ok(open)
+}
+
+fn diag_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket() returns a new descriptor or -1.
     let fd = unsafe {
         libc::socket(
@@ -93,13 +128,23 @@ pub fn dump() -> io::Result<Queues> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor, owned here only.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Dumps the IPv6 TCP listeners and UDP sockets of this network namespace.
+pub fn dump() -> io::Result<Queues> {
+    let sock = diag_socket()?;
     let mut queues = Queues::default();
     for (protocol, ip_proto, state) in [
         (Protocol::Tcp, libc::IPPROTO_TCP, TCP_LISTEN),
         (Protocol::Udp, libc::IPPROTO_UDP, TCP_CLOSE),
     ] {
-        request(&sock, ip_proto as u8, state)?;
+        request(
+            &sock,
+            ip_proto as u8,
+            1 << state,
+            1 << (INET_DIAG_SKMEMINFO - 1),
+        )?;
         receive(&sock, |m, drops| {
             let stats = QueueStats {
                 queued: u64::from(m.rqueue),
@@ -121,7 +166,8 @@ pub fn dump() -> io::Result<Queues> {
     Ok(queues)
 }
 
-fn request(sock: &OwnedFd, protocol: u8, state: u32) -> io::Result<()> {
+/// Asks for the sockets of `protocol` in the `states` bitmask, with the `ext` attributes.
+fn request(sock: &OwnedFd, protocol: u8, states: u32, ext: u8) -> io::Result<()> {
     let req = Request {
         header: libc::nlmsghdr {
             nlmsg_len: size_of::<Request>() as u32,
@@ -132,9 +178,9 @@ fn request(sock: &OwnedFd, protocol: u8, state: u32) -> io::Result<()> {
         },
         family: libc::AF_INET6 as u8,
         protocol,
-        ext: 1 << (INET_DIAG_SKMEMINFO - 1),
+        ext,
         pad: 0,
-        states: 1 << state,
+        states,
         id: SockId::default(),
     };
     // SAFETY: send reads `size_of::<Request>()` bytes of a struct we own.
@@ -252,5 +298,43 @@ mod tests {
             None,
             "no TCP socket has that port"
         );
+    }
+
+    #[test]
+    fn open_connections_are_listed_by_local_address_with_their_inodes() {
+        let listener = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let first = TcpStream::connect((Ipv6Addr::LOCALHOST, port)).unwrap();
+        // The second stays in the accept queue: its server side has no file yet.
+        let second = TcpStream::connect((Ipv6Addr::LOCALHOST, port)).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let open = connections().unwrap();
+        // Both ends are local, so the clients' sockets are listed under ::1 too.
+        let here = open.to(Ipv6Addr::LOCALHOST);
+        let port_of = |s: &TcpStream| s.local_addr().unwrap().port();
+        for (s, local_port) in [
+            (&first, port_of(&first)),
+            (&second, port_of(&second)),
+            (&accepted, port),
+        ] {
+            let entry = (local_port, inode(s.as_raw_fd()));
+            assert!(here.contains(&entry), "{entry:?} not in {here:?}");
+        }
+        assert!(
+            here.contains(&(port, 0)),
+            "the unaccepted connection has no inode yet"
+        );
+        let listener_inode = inode(listener.as_raw_fd());
+        assert!(
+            !here.iter().any(|&(_, i)| i == listener_inode),
+            "listeners are left out"
+        );
+    }
+
+    fn inode(fd: i32) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .ino() as u32
     }
 }

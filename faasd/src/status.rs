@@ -146,15 +146,24 @@ pub struct FunctionState {
 }
 
 /// What the autoscaler saw and did last.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscaleStatus {
+    /// What it counts: `capacity`, `rps` or `cpu`.
+    pub kind: String,
+    /// The load at the last check: open connections, new connections a second, or
+    /// millicores.
+    pub load: f64,
     /// The instances it aims for.
     pub target: u32,
     /// Connections waiting in the accept queues at the last check.
     pub queued: u64,
     /// Its last change of the target, and why.
     pub last_decision: Option<String>,
+    /// Its changes of the target upwards so far.
+    pub scaled_up: u64,
+    /// And downwards.
+    pub scaled_down: u64,
 }
 
 /// The OpenFaaS FunctionStatus, plus faasd's own fields.

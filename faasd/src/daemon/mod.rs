@@ -489,6 +489,7 @@ impl Daemon {
                             .unwrap_or_default();
                         Box::new((a, calls))
                     }),
+                    autoscale: state.autoscale.clone().map(Box::new),
                 }
             })
             .collect();

@@ -144,6 +144,24 @@ pub fn root() -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
+/// The unified-hierarchy cgroup `pid` is in.
+pub fn of_process(pid: i32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(root()?.join(rel.trim_start_matches('/')))
+}
+
+/// The CPU time everything in the cgroup has used, in µs (`usage_usec` in `cpu.stat`,
+/// which the unified hierarchy keeps with or without the cpu controller).
+pub fn cpu_usage_usec(dir: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The cgroup of a function.
 pub fn path(root: &Path, parent: &str, namespace: &str, name: &str) -> PathBuf {
     root.join(parent).join(namespace).join(name)

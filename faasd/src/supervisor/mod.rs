@@ -26,7 +26,7 @@ use tokio::{io::unix::AsyncFd, sync::oneshot};
 
 use faasd_core::{
     config::{Config, DYNAMIC_USER},
-    spec::Settings,
+    spec::{ScaleType, Settings},
     store::FunctionRecord,
 };
 
@@ -37,7 +37,7 @@ use crate::{
     mailbox::Mailbox,
     metrics::Latencies,
     notify::{self, Notice, NoticeSender},
-    runtime::{Instance, Launch, RunAs, Runtime},
+    runtime::{Instance, Launch, RunAs, Runtime, cgroup},
     sockets,
     status::{ActivationTiming, FunctionState, InstanceInfo, Phase},
 };
@@ -205,8 +205,9 @@ struct Running {
     /// Killed by faasd for a failure (watchdog, start timeout): restart it.
     failed: bool,
     output: Option<Output>,
-    /// Forwards connections to an image that binds its own port.
-    forwarder: Option<tokio::task::AbortHandle>,
+    /// An image that binds its own port: the wait for it to accept there, after which
+    /// connections are forwarded to it.
+    probe: Option<tokio::task::AbortHandle>,
 }
 
 /// How the task ends, once it has been told to.
@@ -248,6 +249,9 @@ struct Supervisor {
     recorded_pids: Vec<i32>,
     /// Scaling with the load, for functions that ask for it.
     autoscaler: autoscale::Autoscaler,
+    /// Images that bind their own port: their instances' paths, and the accept loop that
+    /// hands connections to them.
+    forwarding: Option<(Arc<crate::forward::Paths>, tokio::task::AbortHandle)>,
 }
 
 /// Starts the supervisor of a function over its sockets (in `settings.ports` order); it
@@ -348,6 +352,7 @@ impl Supervisor {
             snapshot,
             recorded_pids: Vec::new(),
             autoscaler: autoscale::Autoscaler::default(),
+            forwarding: None,
         }
     }
 
@@ -568,8 +573,8 @@ impl Supervisor {
         };
     }
 
-    /// One load check: the accept queues against the instances, a decision if the target
-    /// should move (said in the log and in `describe`).
+    /// One load check: the function's load against its instances, a decision if the
+    /// target should move (said in the log, in `describe` and in `/metrics`).
     fn autoscale(&mut self, now: Instant) {
         self.autoscaler.check = None;
         // A reference count, not a copy: the settings are read below while `self` changes.
@@ -586,28 +591,49 @@ impl Supervisor {
             .filter_map(|(fd, _)| sockets::queue_stats(fd, true).ok())
             .map(|q| q.queued)
             .sum();
+        let open = match a.kind {
+            ScaleType::Capacity => connections::open(ctx.record.address, &s.ports),
+            ScaleType::Rps | ScaleType::Cpu => None,
+        };
         let load = autoscale::Load {
+            // The dump failing (it does not here) leaves what waits as the load.
+            open: open.as_ref().map_or(queued, |o| o.len() as u64),
             queued,
             running: self.live(),
             starting: self.starting,
             target: self.target,
             crashing: self.backoff_until.is_some() || self.crash_streak > 0,
-            lookups: ctx.lookups.lookups(),
+            counter: match a.kind {
+                _ if !self.autoscaler.counter_due(now) => None,
+                ScaleType::Capacity => None,
+                ScaleType::Rps => Some(ctx.lookups.lookups()),
+                ScaleType::Cpu => Some(self.cpu_usec()),
+            },
         };
-        let decision = self
-            .autoscaler
-            .check(now, a, (s.min_scale, s.max_scale), &load, || {
-                connections::open(ctx.record.address, &s.ports)
-            });
-        self.snapshot.autoscale = Some(crate::status::AutoscaleStatus {
-            target: decision.as_ref().map_or(self.target, |d| d.target),
-            queued,
-            last_decision: decision
-                .as_ref()
-                .map(|d| d.reason.clone())
-                .or_else(|| self.snapshot.autoscale.as_ref()?.last_decision.clone()),
+        // Taken out for the check, which may look at the instances.
+        let mut autoscaler = std::mem::take(&mut self.autoscaler);
+        let checked = autoscaler.check(now, a, (s.min_scale, s.max_scale), &load, || {
+            let idle = self.idle_instances(open.as_deref())?;
+            Some(idle.len() as u32)
         });
-        if let Some(d) = decision {
+        self.autoscaler = autoscaler;
+        let status = self.snapshot.autoscale.get_or_insert_with(Default::default);
+        status.kind = a.kind.as_str().to_owned();
+        status.load = checked.load;
+        status.queued = queued;
+        match &checked.decision {
+            Some(d) => {
+                status.target = d.target;
+                status.last_decision = Some(d.reason.clone());
+                if d.target > self.target {
+                    status.scaled_up += 1;
+                } else {
+                    status.scaled_down += 1;
+                }
+            }
+            None => status.target = self.target,
+        }
+        if let Some(d) = checked.decision {
             self.ctx
                 .log
                 .write("faasd", &format!("autoscale: {}", d.reason));
@@ -615,6 +641,49 @@ impl Supervisor {
             self.reconcile();
         }
         self.schedule_autoscale(now);
+    }
+
+    /// CPU time the instances have used, in µs, from their cgroups (one for every process
+    /// instance of the function, one each for containers).
+    fn cpu_usec(&self) -> u64 {
+        let mut seen = Vec::new();
+        for pid in self.instances.keys() {
+            if let Some(dir) = cgroup::of_process(*pid)
+                && !seen.contains(&dir)
+            {
+                seen.push(dir);
+            }
+        }
+        seen.iter().filter_map(|d| cgroup::cpu_usage_usec(d)).sum()
+    }
+
+    /// The running instances that hold none of the function's open connections, or
+    /// `None` when that cannot be told (then none may be stopped for it).
+    fn idle_instances(&self, open: Option<&[u32]>) -> Option<Vec<i32>> {
+        let fetched;
+        let open = match open {
+            Some(o) => o,
+            None => {
+                fetched = connections::open(self.ctx.record.address, &self.ctx.settings.ports)?;
+                &fetched
+            }
+        };
+        let mut idle = Vec::new();
+        for (pid, r) in &self.instances {
+            if r.stop_deadline.is_some() {
+                continue;
+            }
+            let held = match &self.forwarding {
+                // faasd holds a forwarded instance's connections itself.
+                Some((paths, _)) if r.probe.is_some() => paths.open(*pid) as usize,
+                _ => connections::held_by(*pid, open)?,
+            };
+            if held == 0 {
+                idle.push(*pid);
+            }
+        }
+        idle.sort_unstable();
+        Some(idle)
     }
 
     /// Instances running and not asked to stop.
@@ -710,18 +779,23 @@ impl Supervisor {
             return;
         }
         self.backoff_until = None;
+        if let Some((paths, _)) = &self.forwarding {
+            paths.set_wanted(self.target);
+        }
         let live = self.live();
         for _ in live + self.starting..self.target {
             self.start_instance(None);
         }
         if live > self.target {
+            // Idle instances first: an instance serving a connection is the last to go.
+            let idle = self.idle_instances(None).unwrap_or_default();
             let mut extra: Vec<i32> = self
                 .instances
                 .iter()
                 .filter(|(_, r)| r.stop_deadline.is_none())
                 .map(|(p, _)| *p)
                 .collect();
-            extra.sort_unstable();
+            extra.sort_unstable_by_key(|p| (!idle.contains(p), *p));
             for pid in extra.into_iter().take((live - self.target) as usize) {
                 self.stop(pid);
             }
@@ -910,17 +984,33 @@ impl Supervisor {
             .map_err(|e| format!("entering the instance's network namespace: {e}"))?;
         let mailbox = self.mailbox.clone();
         let deadline = Instant::now() + self.ctx.config.start_timeout;
-        let task = tokio::spawn(crate::forward::serve(
-            watched,
-            connector,
-            port,
-            deadline,
-            move || {
+        let paths = match &self.forwarding {
+            Some((paths, _)) => paths.clone(),
+            None => {
+                // A capacity target is what an instance carries before the next one
+                // takes connections.
+                let limit = self
+                    .ctx
+                    .settings
+                    .autoscale
+                    .as_ref()
+                    .filter(|a| a.kind == ScaleType::Capacity)
+                    .map(faasd_core::spec::Autoscale::connections_per_instance);
+                let paths = Arc::new(crate::forward::Paths::new(limit));
+                paths.set_wanted(self.target);
+                let task = tokio::spawn(crate::forward::serve(watched, paths.clone()));
+                self.forwarding = Some((paths.clone(), task.abort_handle()));
+                paths
+            }
+        };
+        let probe = tokio::spawn(async move {
+            if let Some(path) = crate::forward::probe(pid, connector, port, deadline).await {
+                paths.add(path);
                 let _ = mailbox.post(Event::Notice(pid, Notice::Ready));
-            },
-        ));
+            }
+        });
         if let Some(r) = self.instances.get_mut(&pid) {
-            r.forwarder = Some(task.abort_handle());
+            r.probe = Some(probe.abort_handle());
         }
         Ok(())
     }
@@ -958,7 +1048,7 @@ impl Supervisor {
                 killed: false,
                 failed: false,
                 output,
-                forwarder: None,
+                probe: None,
             },
         );
         if ready {
@@ -1027,8 +1117,17 @@ impl Supervisor {
             return;
         };
         self.ctx.router.forget(pid);
-        if let Some(f) = r.forwarder.take() {
-            f.abort();
+        if let Some(probe) = r.probe.take() {
+            probe.abort();
+        }
+        if let Some((paths, task)) = &self.forwarding
+            && !paths.remove(pid)
+            && !self.instances.values().any(|r| r.probe.is_some())
+        {
+            // No instance left to forward to: the function's socket is watched for the
+            // next activation instead.
+            task.abort();
+            self.forwarding = None;
         }
         self.reaping += 1;
         let ctx = self.ctx.clone();
@@ -1106,9 +1205,8 @@ impl Supervisor {
         if now - self.last_activity < after {
             return;
         }
-        if self.sockets.iter().any(sockets::pending)
-            || connections::open(self.ctx.record.address, &self.ctx.settings.ports)
-        {
+        let open = connections::open(self.ctx.record.address, &self.ctx.settings.ports);
+        if self.sockets.iter().any(sockets::pending) || open.is_none_or(|o| !o.is_empty()) {
             self.last_activity = now;
             return;
         }

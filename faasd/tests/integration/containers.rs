@@ -352,15 +352,7 @@ fn idle_scale_to_zero_removes_the_task_and_remove_leaves_nothing() {
     d.wait_for("ctr-idle", "scale to zero", |s| {
         s.state.instances.is_empty()
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !leftovers(&socket, "ctr-idle", d.pid()).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "after scale to zero: {:?}",
-            leftovers(&socket, "ctr-idle", d.pid())
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_gone_from_containerd(&socket, "ctr-idle", d.pid());
     // Called again, it starts again, and then the function is removed while it runs.
     let (code, _) = ns.run(|| http_get(addr)).unwrap();
     assert_eq!(code, 200);
@@ -403,6 +395,83 @@ fn an_image_that_binds_its_own_port_is_forwarded_to() {
     }
     let s = d.describe("ctr-port");
     assert_eq!((s.state.activations, s.available_replicas), (1, 1));
+}
+
+/// Several containers of one function at once, scaled with the load: those that take
+/// their sockets share them, those that bind their own port get a path each, and both
+/// return to one container after the delay, leaving nothing behind once removed.
+#[test]
+fn several_containers_of_a_function_share_its_load() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-scale");
+    let names = ["ctr-scale", "ctr-scale-port"];
+    let _c = Cleanup {
+        socket: &socket,
+        names: &names,
+    };
+    let d = start(&ns, &socket);
+    for (name, image) in names
+        .into_iter()
+        .zip(["localhost/hello:latest", "localhost/hello-port:latest"])
+    {
+        d.cli_ok(&[
+            "deploy",
+            name,
+            "--image",
+            image,
+            "-e",
+            "HELLO_THREADS=1",
+            "-l",
+            "com.openfaas.scale.max=3",
+            "-l",
+            "com.openfaas.scale.target-proportion=1",
+            "-a",
+            "faasd.dev/scale-down-delay=1s",
+        ]);
+        let addr = http(d.describe(name).address);
+        // Three calls of 300 ms of CPU at once, against one connection per instance:
+        // three containers, and the calls spread over more than one of them.
+        let bodies: Vec<(u16, String)> = std::thread::scope(|scope| {
+            let calls: Vec<_> = (0..3)
+                .map(|_| scope.spawn(|| ns.run(|| http_get_path(addr, "/work/300"))))
+                .collect();
+            calls
+                .into_iter()
+                .map(|c| c.join().unwrap().unwrap())
+                .collect()
+        });
+        let mut served_by = std::collections::HashSet::new();
+        for (code, body) in &bodies {
+            assert_eq!(*code, 200, "{name}: {body}\n{}", d.log());
+            served_by.insert(instance_of(body));
+        }
+        let s = d.wait_for(name, "three containers", |s| s.state.instances.len() == 3);
+        assert!(
+            served_by.len() >= 2,
+            "{name}: all calls went to {served_by:?} of {:?}",
+            s.state.instances
+        );
+        d.wait_for(name, "one container again", |s| {
+            s.state.instances.len() == 1
+        });
+        let (code, body) = ns.run(|| http_get(addr)).unwrap();
+        assert_eq!(code, 200, "{name} after scaling down: {body}");
+        d.cli_ok(&["remove", name]);
+        assert_eq!(leftovers(&socket, name, d.pid()), Vec::<String>::new());
+    }
+}
+
+/// Waits until containerd holds nothing of the function's (or panics with what is left).
+fn wait_gone_from_containerd(socket: &Path, name: &str, daemon_pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = leftovers(socket, name, daemon_pid);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} left {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -515,7 +515,7 @@ impl Drop for Daemon<'_> {
     }
 }
 
-fn parse_response(resp: &str) -> (u16, String) {
+pub fn parse_response(resp: &str) -> (u16, String) {
     let status = resp
         .split_whitespace()
         .nth(1)

@@ -221,7 +221,10 @@ fn inspect(path: &str) -> Option<String> {
         while cpu_ns() < until {
             spins = std::hint::black_box(spins.wrapping_add(1));
         }
-        return Some(format!("worked {ms} ms of CPU ({spins} spins)\n"));
+        return Some(format!(
+            "worked {ms} ms of CPU ({spins} spins) instance={}\n",
+            instance()
+        ));
     }
     if let Some(n) = path.strip_prefix("/threads/") {
         // Threads that live a second: how many a pids limit lets start.

@@ -193,6 +193,18 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
                 ],
                 ["Created".into(), f.created_at.clone()],
             ];
+            if let Some(a) = &f.state.autoscale {
+                rows.push([
+                    "Autoscale".into(),
+                    format!(
+                        "{}: load {:.1} ({} waiting), target {} instance(s)",
+                        a.kind, a.load, a.queued, a.target
+                    ),
+                ]);
+                if let Some(d) = &a.last_decision {
+                    rows.push(["Last decision".into(), d.clone()]);
+                }
+            }
             if let Some(ms) = f.state.retry_in_ms {
                 rows.push(["Retry in".into(), format!("{ms} ms (crash loop)")]);
             }
