@@ -112,11 +112,17 @@ pub fn line_svg(title: &str, x_label: &str, unit: &str, points: &[(f64, f64)]) -
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="{LEFT}" y="22" font-size="15">{title}</text>"#
     );
+    // Three decimals for costs below one, none for counts and rates.
+    let decimals = match max_y {
+        y if y >= 100.0 => 0,
+        y if y >= 1.0 => 2,
+        _ => 3,
+    };
     for k in 0..=4 {
         let (vx, vy) = (max_x * f64::from(k) / 4.0, max_y * f64::from(k) / 4.0);
         let _ = write!(
             svg,
-            r##"<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{vy:.3} {unit}</text><text x="{:.1}" y="{}" text-anchor="middle">{vx:.0}</text>"##,
+            r##"<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{vy:.decimals$} {unit}</text><text x="{:.1}" y="{}" text-anchor="middle">{vx:.0}</text>"##,
             y(vy),
             LEFT + plot_w,
             y(vy),

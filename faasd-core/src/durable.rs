@@ -5,7 +5,8 @@
 use std::{
     fs::{self, File},
     io::Write,
-    path::Path,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 /// Makes a rename or removal in `dir` durable.
@@ -33,8 +34,18 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_with(path, bytes, options)
 }
 
+/// A temporary file next to `path`, of this write alone: two writers of one file (two
+/// instances of a function starting at once) never share one, and neither do `a.x` and
+/// `a.y`. Hidden, so a crash's leftover is not listed as an entry.
+fn temp_path(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    parent(path).join(format!(".{name}.{}-{n}.tmp", std::process::id()))
+}
+
 fn write_with(path: &Path, bytes: &[u8], mut options: fs::OpenOptions) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = temp_path(path);
     let mut f = options.write(true).create(true).truncate(true).open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
@@ -55,7 +66,20 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert!(!d.join("f.tmp").exists());
+        // Writers at once each have their own temporary file: none fails, none is left.
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let p = &p;
+                s.spawn(move || write_atomic(p, format!("w{i}").as_bytes()).unwrap());
+            }
+        });
+        assert!(fs::read_to_string(&p).unwrap().starts_with('w'));
+        let left: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["f"], "temporary files left");
         let s = d.join("secret");
         write_private(&s, b"x").unwrap();
         assert_eq!(

@@ -419,14 +419,12 @@ fn live_cgroups(parent: &Path) -> HashMap<u64, (PathBuf, Option<String>)> {
     out
 }
 
+/// Written whole or not at all, even by two instances starting at once.
 fn write_atomic(path: &Path, text: &str) -> Result<(), EgressError> {
-    let tmp = path.with_extension("tmp");
-    let err = |source| EgressError::File {
+    faasd_core::durable::write_atomic(path, text.as_bytes()).map_err(|source| EgressError::File {
         path: path.to_owned(),
         source,
-    };
-    std::fs::write(&tmp, text).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 /// The addresses of the `n`th instance namespace.

@@ -602,7 +602,9 @@ impl Supervisor {
             running: self.live(),
             starting: self.starting,
             target: self.target,
-            crashing: self.backoff_until.is_some() || self.crash_streak > 0,
+            // Failing with nothing running: more starts would only fail more. A failure
+            // next to instances that run (one start that lost a race) does not stop it.
+            crashing: self.backoff_until.is_some() || (self.crash_streak > 0 && self.live() == 0),
             counter: match a.kind {
                 _ if !self.autoscaler.counter_due(now) => None,
                 ScaleType::Capacity => None,
@@ -1163,6 +1165,11 @@ impl Supervisor {
         }
         let requested = r.stop_deadline.is_some() && !r.failed;
         if requested {
+            // Asked to stop after a run that was no quick exit: whatever failed before
+            // has passed.
+            if r.started.elapsed() >= QUICK_EXIT {
+                self.crash_streak = 0;
+            }
             self.schedule_idle_check(Instant::now());
             return;
         }
