@@ -250,6 +250,34 @@ pub mod plan {
         (Ipv6Addr::new(0xfd00, 0xfaa5, 1, 0, 0, 0, 0, 0), 48);
     /// The host's address on the WireGuard network.
     pub const HOST_ADDRESS: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xfaa5, 0, 0x100, 0, 0, 0, 1);
+
+    /// Host `n`'s function prefix, `fd00:faa5:N::/48` (host 1's is the default).
+    pub const fn host_prefix(n: u16) -> (Ipv6Addr, u8) {
+        (Ipv6Addr::new(0xfd00, 0xfaa5, n, 0, 0, 0, 0, 0), 48)
+    }
+
+    /// Host `n`'s network of its own, `fd00:faa5:0:1NN::/64` with NN = n − 1 in hex: its
+    /// address and the WireGuard peers it gave addresses to, so peers' addresses are
+    /// unique across a cluster and replies to them find their home host. Host 1's is
+    /// `fd00:faa5:0:100::/64`, the single host's.
+    pub const fn host_network(n: u16) -> Ipv6Addr {
+        Ipv6Addr::new(
+            0xfd00,
+            0xfaa5,
+            0,
+            0x100u16.wrapping_add(n).wrapping_sub(1),
+            0,
+            0,
+            0,
+            0,
+        )
+    }
+
+    /// Host `n`'s own address (DNS and the API), the first of its network.
+    pub const fn host_address(n: u16) -> Ipv6Addr {
+        let s = host_network(n).segments();
+        Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 1)
+    }
 }
 
 #[cfg(feature = "user")]

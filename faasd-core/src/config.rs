@@ -118,6 +118,38 @@ pub struct Config {
     pub egress_pool: u32,
     /// The resolvers faasd's DNS forwards names outside `faas.` to.
     pub resolv_conf: PathBuf,
+    /// Joining a cluster; without it this host is alone, with its state on its own disk.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: the etcd that holds the cluster's state, and this host's place in it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterConfig {
+    /// The etcd members' client URLs, like `http://10.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// This host's name in the cluster; the machine's host name when unset.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// This host's labels, which functions' `constraints` select on.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// How long this host's registration outlives its last keep-alive.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde_compat")]
+    pub lease_ttl: Duration,
+    /// The CA of the members' certificates, for `https://` endpoints.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// This host's client certificate, when etcd asks for one (with `key`).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for Config {
@@ -159,6 +191,7 @@ impl Default for Config {
             },
             egress_pool: 4,
             resolv_conf: "/etc/resolv.conf".into(),
+            cluster: None,
         }
     }
 }
@@ -241,6 +274,24 @@ impl Config {
                 self.egress_ipv6, self.function_prefix.len, self.function_prefix
             )));
         }
+        if let Some(c) = &self.cluster {
+            if c.endpoints.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "[cluster] endpoints is empty: name the etcd members' client URLs".into(),
+                ));
+            }
+            if c.lease_ttl < Duration::from_secs(2) {
+                return Err(ConfigError::Invalid(format!(
+                    "[cluster] lease-ttl {:?} is below etcd's minimum: give at least 2s",
+                    c.lease_ttl
+                )));
+            }
+            if c.cert.is_some() != c.key.is_some() {
+                return Err(ConfigError::Invalid(
+                    "[cluster] cert and key go together".into(),
+                ));
+            }
+        }
         if !(8..=30).contains(&self.egress_ipv4.len) {
             return Err(ConfigError::Invalid(format!(
                 "egress-ipv4 {} must be between /8 and /30",
@@ -248,6 +299,37 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// Takes host number `n`'s place in the address plan: its function prefix
+    /// `fd00:faa5:N::/48` (and calls out from the last /64 of it), and its own address
+    /// `fd00:faa5:0:1NN::1` for DNS and the API, wherever those are still the single
+    /// host's defaults. Host 1's are the defaults.
+    pub fn take_host_number(&mut self, n: u16) {
+        let single = Self::default();
+        let (addr, len) = faasd_common::plan::host_prefix(n);
+        if self.function_prefix == single.function_prefix {
+            self.function_prefix = Ipv6Net { addr, len };
+        }
+        if self.egress_ipv6 == single.egress_ipv6 {
+            let mut s = addr.segments();
+            s[3] = 0xffff;
+            self.egress_ipv6 = Ipv6Net {
+                addr: Ipv6Addr::from(s),
+                len: 64,
+            };
+        }
+        let own = faasd_common::plan::host_address(n);
+        if self.dns_host == single.dns_host {
+            self.dns_host = own;
+        }
+        for list in [&mut self.dns, &mut self.api] {
+            for a in list.iter_mut() {
+                if a.ip() == std::net::IpAddr::V6(single.dns_host) {
+                    a.set_ip(own.into());
+                }
+            }
+        }
     }
 
     /// The API's unix socket.
@@ -402,6 +484,40 @@ mod humantime_serde_compat {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_host_number_takes_its_place_in_the_address_plan() {
+        let mut c: super::Config = toml::from_str(
+            "[cluster]\nendpoints = [\"http://10.0.0.1:2379\"]\nlease-ttl = \"3s\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let cluster = c.cluster.clone().unwrap();
+        assert_eq!(cluster.lease_ttl, std::time::Duration::from_secs(3));
+        c.take_host_number(1);
+        assert_eq!(c.function_prefix, super::Config::default().function_prefix);
+        c.take_host_number(3);
+        assert_eq!(c.function_prefix.to_string(), "fd00:faa5:3::/48");
+        assert_eq!(c.egress_ipv6.to_string(), "fd00:faa5:3:ffff::/64");
+        assert_eq!(c.dns_host.to_string(), "fd00:faa5:0:102::1");
+        assert_eq!(c.api[0].to_string(), "[fd00:faa5:0:102::1]:8080");
+        assert_eq!(c.dns[0].to_string(), "[fd00:faa5:0:102::1]:53");
+        c.validate().unwrap();
+        // A prefix the operator chose stays.
+        let mut own: super::Config = toml::from_str(
+            "function-prefix = \"fd00:faa5:77::/48\"\negress-ipv6 = \"fd00:faa5:77:ffff::/64\"\n",
+        )
+        .unwrap();
+        own.take_host_number(3);
+        assert_eq!(own.function_prefix.to_string(), "fd00:faa5:77::/48");
+        let bad: super::Config = toml::from_str("[cluster]\nendpoints = []\n").unwrap();
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("endpoints is empty")
+        );
+    }
+
     #[test]
     fn dynamic_uids_are_one_per_address_from_the_base() {
         let c = super::Config::default();

@@ -100,6 +100,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         )
         .route("/system/logs", get(logs))
         .route("/system/status", get(status))
+        .route("/system/cluster", get(cluster))
         .route("/function/{target}", any(invoke_root))
         .route("/function/{target}/{*rest}", any(invoke_path))
         .route("/async-function/{target}", post(invoke_async_root))
@@ -500,6 +501,10 @@ async fn logs(
 
 async fn status(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
     Json(d.status().await)
+}
+
+async fn cluster(State(d): State<Arc<Daemon>>) -> ApiResult<Json<crate::cluster::ClusterStatus>> {
+    Ok(Json(d.cluster()?.status().await))
 }
 
 async fn invoke_root(

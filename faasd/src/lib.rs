@@ -23,6 +23,7 @@ pub mod asynccall;
 pub mod auth;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod daemon;
 pub mod dns;
 pub mod egress;

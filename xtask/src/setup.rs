@@ -29,7 +29,19 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "troubleshooting the data plane"),
     (
         "protobuf-compiler",
-        "containerd's API client is generated at build time",
+        "containerd's and etcd's API clients are generated at build time",
+    ),
+    (
+        "libprotobuf-dev",
+        "the protobuf descriptors etcd's API client is generated from",
+    ),
+    (
+        "etcd-server",
+        "the cluster tests run an etcd member per host",
+    ),
+    (
+        "etcd-client",
+        "etcdctl: the cluster tests look into etcd with it",
     ),
     ("containerd", "runs container functions"),
     ("runc", "the OCI runtime containerd starts containers with"),

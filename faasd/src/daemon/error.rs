@@ -36,6 +36,9 @@ pub enum DaemonError {
     /// WireGuard is off, so there are no peers to manage.
     #[error("WireGuard is off on this host (--no-wireguard): there are no peers")]
     NoWireGuard,
+    /// This host is alone.
+    #[error("this host is not in a cluster: its config has no [cluster] section")]
+    NoCluster,
     /// The daemon's open-file budget has no room for the function's sockets.
     #[error(
         "no room for {wanted} more socket(s): about {used} of this daemon's {limit} open files \
@@ -126,7 +129,7 @@ impl DaemonError {
         use ErrorKind as K;
         match self {
             Self::Invalid(_) | Self::MissingSecret { .. } | Self::NoWireGuard => K::Invalid,
-            Self::NoFunction(_) | Self::NoNamespace(_) => K::NotFound,
+            Self::NoFunction(_) | Self::NoNamespace(_) | Self::NoCluster => K::NotFound,
             Self::FunctionExists(_) => K::Exists,
             Self::NoFiles { .. } => K::Full,
             Self::Socket { source, .. } if no_files(source) => K::Full,

@@ -103,6 +103,8 @@ pub struct Daemon {
     /// Where stopped functions wait without a task.
     lot: Arc<supervisor::Lot>,
     wireguard: Option<Arc<crate::wireguard::WireGuard>>,
+    /// This host in its cluster, when it is in one.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     router: notify::Router,
     cgroup_root: Option<PathBuf>,
     functions: RwLock<BTreeMap<String, Arc<Entry>>>,
@@ -159,6 +161,15 @@ fn egress(
         .inspect_err(|e| tracing::error!("functions cannot call out: {e}"))
 }
 
+/// The host on the WireGuard network: its interface and its cluster, where it has them.
+#[derive(Debug, Default)]
+pub struct Network {
+    /// The `wg-faas` interface, unless WireGuard is off.
+    pub wireguard: Option<Arc<crate::wireguard::WireGuard>>,
+    /// This host in its cluster, unless it is alone.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
 impl Daemon {
     /// Creates the daemon over an opened store and data plane and restores every function
     /// the store held.
@@ -168,9 +179,10 @@ impl Daemon {
         dataplane: Dataplane,
         runtime: Arc<dyn Runtime>,
         router: notify::Router,
-        wireguard: Option<Arc<crate::wireguard::WireGuard>>,
+        network: Network,
         service: Arc<crate::systemd::Service>,
     ) -> Result<Arc<Self>, DaemonError> {
+        let Network { wireguard, cluster } = network;
         let cgroup_root = cgroup::root();
         if cgroup_root.is_none() {
             tracing::warn!("no cgroup v2 hierarchy found: functions run without a cgroup");
@@ -207,6 +219,7 @@ impl Daemon {
             http: Default::default(),
             latencies: Arc::default(),
             wireguard,
+            cluster,
             config,
             store,
             dataplane: Arc::new(Mutex::new(dataplane)),
@@ -268,6 +281,11 @@ impl Daemon {
         self.wireguard
             .as_deref()
             .ok_or_else(|| DaemonError::NoWireGuard)
+    }
+
+    /// This host in its cluster, unless it is alone.
+    pub fn cluster(&self) -> Result<&crate::cluster::Cluster, DaemonError> {
+        self.cluster.as_deref().ok_or(DaemonError::NoCluster)
     }
 
     /// The `.faas` zone, unless DNS is off.

@@ -12,6 +12,7 @@ use std::{
 };
 
 use super::{WireGuardError, b64, hex, uapi};
+use faasd_core::config::Ipv6Net;
 
 /// What a peer's counters say.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,6 +44,9 @@ fn now() -> u64 {
 }
 
 /// Runs `wg ARGS`, feeding `stdin`; stdout, or an error with what `wg` said.
+/// Seconds between keep-alives to another host.
+const HOST_KEEPALIVE: u16 = 25;
+
 fn wg(args: &[&str], stdin: Option<&str>) -> Result<String, WireGuardError> {
     let what = format!("wg {}", args.join(" "));
     let mut child = Command::new("wg")
@@ -121,6 +125,49 @@ impl Control {
                 None,
             )
             .map(drop),
+        }
+    }
+
+    /// Adds another host of the cluster, or sets what it routes and where it is: its
+    /// prefixes, its endpoint, and a keep-alive so a host behind NAT stays reachable.
+    pub fn set_host(
+        &self,
+        public_key: &[u8; 32],
+        allowed: &[Ipv6Net],
+        endpoint: Option<std::net::SocketAddr>,
+    ) -> Result<(), WireGuardError> {
+        match self {
+            Self::Embedded(d) => {
+                let mut lines = vec![
+                    format!("public_key={}", hex(public_key)),
+                    "replace_allowed_ips=true".into(),
+                    format!("persistent_keepalive_interval={HOST_KEEPALIVE}"),
+                ];
+                lines.extend(endpoint.map(|e| format!("endpoint={e}")));
+                lines.extend(allowed.iter().map(|a| format!("allowed_ip={a}")));
+                Ok(d.set(&lines)?)
+            }
+            Self::Tool { interface } => {
+                let allowed: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+                let key = b64(public_key);
+                let keepalive = HOST_KEEPALIVE.to_string();
+                let allowed = allowed.join(",");
+                let endpoint = endpoint.map(|e| e.to_string());
+                let mut args = vec![
+                    "set",
+                    interface.as_str(),
+                    "peer",
+                    &key,
+                    "persistent-keepalive",
+                    &keepalive,
+                    "allowed-ips",
+                    &allowed,
+                ];
+                if let Some(e) = &endpoint {
+                    args.extend(["endpoint", e.as_str()]);
+                }
+                wg(&args, None).map(drop)
+            }
         }
     }
 

@@ -33,8 +33,6 @@ use self::{
 use faasd_core::config::Ipv6Net;
 
 /// The WireGuard network: hosts and peers.
-pub const NETWORK: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xfaa5, 0, 0x100, 0, 0, 0, 0);
-
 /// Errors of the WireGuard interface.
 #[derive(Debug, thiserror::Error)]
 pub enum WireGuardError {
@@ -100,6 +98,27 @@ pub struct Settings {
     pub port: u16,
     /// `host:port` peers connect to; found from the host's addresses when unset.
     pub endpoint: Option<String>,
+    /// The host's own address, first of its /64 of peers ([`faasd_common::plan`]).
+    pub address: Ipv6Addr,
+}
+
+impl Settings {
+    /// The /64 the host's peers get their addresses from.
+    pub fn network(&self) -> Ipv6Addr {
+        let s = self.address.segments();
+        Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0)
+    }
+}
+
+/// Another host of the cluster, as a WireGuard peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPeer {
+    /// Its public key (base64).
+    pub public_key: String,
+    /// What it routes: its function prefix and its own network.
+    pub allowed: Vec<Ipv6Net>,
+    /// Where it listens.
+    pub endpoint: Option<std::net::SocketAddr>,
 }
 
 /// A peer and its live counters.
@@ -138,6 +157,8 @@ pub struct WireGuard {
     peers: Peers,
     /// Serialises peer changes (store and device must agree).
     lock: Mutex<()>,
+    /// The other hosts made peers by [`WireGuard::mesh`], by public key.
+    meshed: Mutex<std::collections::BTreeMap<String, HostPeer>>,
     _device: Option<boringtun::device::DeviceHandle>,
 }
 
@@ -267,7 +288,7 @@ impl WireGuard {
         crate::net::configure_interface(
             &name,
             index,
-            faasd_common::plan::HOST_ADDRESS,
+            settings.address,
             64,
             Ipv6Net {
                 addr: platform,
@@ -286,6 +307,7 @@ impl WireGuard {
             public_key,
             peers: Peers::new(state_dir),
             lock: Mutex::new(()),
+            meshed: Mutex::default(),
             _device: device,
         };
         let stored = wg.peers.list()?;
@@ -348,7 +370,7 @@ impl WireGuard {
                 (Some(private), public)
             }
         };
-        let peer = self.peers.add(name, &public, NETWORK)?;
+        let peer = self.peers.add(name, &public, self.settings.network())?;
         if let Err(e) = self.configure_peer(&peer) {
             let _ = self.peers.remove(name);
             return Err(e);
@@ -361,12 +383,47 @@ impl WireGuard {
         let config = ClientConfig {
             private_key: private.as_deref(),
             address: peer.address,
-            dns: faasd_common::plan::HOST_ADDRESS,
+            dns: self.settings.address,
             host_public_key: &self.public_key,
             endpoint: &endpoint,
         }
         .render();
         Ok(AddedPeer { peer, config })
+    }
+
+    /// Makes the other hosts of the cluster this interface's host peers: new ones added,
+    /// changed ones removed and added again (the embedded device cannot change a peer),
+    /// unchanged ones left alone (their sessions with them), gone ones removed.
+    pub fn mesh(&self, hosts: &[HostPeer]) -> Result<(), WireGuardError> {
+        let _g = self.lock.lock().expect("peer lock");
+        let mut meshed = self.meshed.lock().expect("mesh lock");
+        let now: std::collections::BTreeMap<String, HostPeer> = hosts
+            .iter()
+            .map(|h| (h.public_key.clone(), h.clone()))
+            .collect();
+        for (key, old) in meshed.iter() {
+            if now.get(key) != Some(old) {
+                self.control.remove_peer(&decode_key(key)?)?;
+            }
+        }
+        for (key, h) in &now {
+            if meshed.get(key) != Some(h) {
+                self.control
+                    .set_host(&decode_key(key)?, &h.allowed, h.endpoint)?;
+            }
+        }
+        *meshed = now;
+        Ok(())
+    }
+
+    /// The other hosts with their last handshake and byte counts, by public key.
+    pub fn host_status(&self) -> Result<Vec<(String, control::Live)>, WireGuardError> {
+        let live = self.control.live()?;
+        let meshed = self.meshed.lock().expect("mesh lock");
+        Ok(meshed
+            .keys()
+            .map(|k| (k.clone(), live.get(k).copied().unwrap_or_default()))
+            .collect())
     }
 
     /// Removes a peer from the store and the device.

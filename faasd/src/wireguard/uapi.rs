@@ -125,6 +125,18 @@ pub fn serve(device: Arc<Device>) -> std::io::Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
+    // The directory is the machine's, not the network namespace's: a socket that answers
+    // is another interface's of that name (another faasd, a wireguard-go), not a leftover.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!(
+                "{} answers: another WireGuard interface of that name runs on this machine \
+                 (in another network namespace?); give this one another wireguard-interface",
+                path.display()
+            ),
+        ));
+    }
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     std::thread::Builder::new()

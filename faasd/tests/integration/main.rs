@@ -8,6 +8,7 @@ mod activation;
 mod api;
 mod autoscale;
 mod cli;
+mod cluster;
 mod containers;
 mod contract;
 mod dataplane;

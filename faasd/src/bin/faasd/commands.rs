@@ -15,8 +15,8 @@ use faasd_core::spec::Deployment;
 use hyper::{Method, StatusCode};
 
 use crate::{
-    Command, DeployArgs, ImageCommand, NamespaceCommand, Ns, PeerCommand, Result, SecretCommand,
-    output, stack,
+    ClusterCommand, Command, DeployArgs, ImageCommand, NamespaceCommand, Ns, PeerCommand, Result,
+    SecretCommand, output, stack,
 };
 
 /// `faasd image …`: straight to containerd, no daemon needed.
@@ -425,6 +425,62 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
                         .map_or("never".into(), |s| format!("{s}s ago")),
                     p.rx_bytes.to_string(),
                     p.tx_bytes.to_string(),
+                ]);
+            }
+            output::table(&rows);
+        }
+        Command::Cluster(ClusterCommand::Status) => {
+            let out = client.call(Method::GET, "/system/cluster", None).await?;
+            if json {
+                return output::json(&out);
+            }
+            let s: faasd::cluster::ClusterStatus = serde_json::from_slice(&out)?;
+            println!(
+                "this host: {} (number {}), {}",
+                s.name,
+                s.number,
+                if s.registered {
+                    "registered"
+                } else {
+                    "NOT registered (etcd unreachable?)"
+                }
+            );
+            let mut rows = vec![output::header(&[
+                "NUMBER",
+                "NAME",
+                "PREFIX",
+                "ADDRESS",
+                "ENDPOINT",
+                "HANDSHAKE",
+            ])];
+            for h in &s.hosts {
+                rows.push(vec![
+                    format!("{}{}", h.info.number, if h.this { " (this)" } else { "" }),
+                    h.info.name.clone(),
+                    h.prefix.clone(),
+                    h.address.to_string(),
+                    h.info.endpoint.clone().unwrap_or_default(),
+                    match (h.this, h.handshake_secs_ago) {
+                        (true, _) => "-".into(),
+                        (false, Some(s)) => format!("{s}s ago"),
+                        (false, None) => "never".into(),
+                    },
+                ]);
+            }
+            output::table(&rows);
+            let mut rows = vec![output::header(&["ETCD MEMBER", "STATE"])];
+            for m in &s.etcd {
+                rows.push(vec![
+                    m.endpoint.clone(),
+                    match (&m.error, &m.version) {
+                        (Some(e), _) => format!("unreachable: {e}"),
+                        (None, v) => format!(
+                            "{}etcd {}, raft index {}",
+                            if m.leader { "leader, " } else { "" },
+                            v.clone().unwrap_or_default(),
+                            m.raft_index.unwrap_or_default()
+                        ),
+                    },
                 ]);
             }
             output::table(&rows);

@@ -59,6 +59,7 @@ fn wireguard_settings(config: &Config) -> faasd::wireguard::Settings {
         interface: config.wireguard_interface.clone(),
         port: config.wireguard_port,
         endpoint: config.wireguard_endpoint.clone(),
+        address: config.dns_host,
     }
 }
 
@@ -109,6 +110,17 @@ pub async fn run(
         config.wireguard_endpoint = Some(e);
     }
     config.validate()?;
+    // A cluster host's number decides its addresses, so it is known before anything is
+    // bound.
+    let membership = match &config.cluster {
+        Some(c) => {
+            let m = faasd::cluster::connect(c, &config.state_dir).await?;
+            config.take_host_number(m.number);
+            config.validate()?;
+            Some(m)
+        }
+        None => None,
+    };
     let config = Arc::new(config);
     let (stored, inherited) = StoredSockets::split(inherited);
     let service = Arc::new(Service {
@@ -185,6 +197,16 @@ pub async fn run(
     } else {
         None
     };
+    let cluster = match (membership, &config.cluster) {
+        (Some(m), Some(c)) => {
+            let wg = wireguard
+                .clone()
+                .ok_or(faasd::cluster::ClusterError::NoEndpoint)?;
+            let api = config.api.iter().map(ToString::to_string).collect();
+            Some(Arc::new(faasd::cluster::Cluster::join(m, c, wg, api)?))
+        }
+        _ => None,
+    };
     let wireguard_at_exit = wireguard.clone();
     let guarded = wireguard
         .iter()
@@ -207,7 +229,7 @@ pub async fn run(
         dataplane,
         process_runtime,
         router,
-        wireguard,
+        faasd::daemon::Network { wireguard, cluster },
         service.clone(),
     )
     .await?;

@@ -128,6 +128,16 @@ enum Command {
     Namespace(NamespaceCommand),
     /// Data plane and host status.
     Status,
+    /// The cluster this host is in (`[cluster]` in its config).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The hosts with their numbers, prefixes, endpoints and WireGuard handshakes, and
+    /// each etcd member's health.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

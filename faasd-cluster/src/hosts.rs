@@ -1,0 +1,312 @@
+//! The hosts' registry: each host claims a number once (it owns `fd00:faa5:N::/48` for
+//! good), registers what others need to reach it under a lease it keeps alive, and watches
+//! the others' registrations.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::{Etcd, EtcdError};
+
+const NEXT: &str = "/faasd/v1/hosts/next";
+const NAMES: &str = "/faasd/v1/hosts/names/";
+const NUMBERS: &str = "/faasd/v1/hosts/numbers/";
+const LIVE: &str = "/faasd/v1/hosts/live/";
+/// The last host number: host N's own network is `fd00:faa5:0:(0x100 + N − 1)::/64`,
+/// which must stay below `fd00:faa5:0:ffff::`.
+const MAX_HOST_NUMBER: u16 = 0xfeff;
+
+/// What a host tells the others, under its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostInfo {
+    /// Its number: it owns `fd00:faa5:N::/48`.
+    pub number: u16,
+    /// Its name (unique in the cluster).
+    pub name: String,
+    /// Its WireGuard public key (base64).
+    pub public_key: String,
+    /// Where its WireGuard listens, `host:port`, for the others to reach it.
+    pub endpoint: Option<String>,
+    /// Its API addresses.
+    pub api: Vec<String>,
+    /// Its labels, for placement.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The number `name` claimed, claiming the next free one if it has none. Numbers start at
+/// 1 (0 is the platform's own services) and are never handed out twice, even after the
+/// host that had one left: an address made from it may still be known somewhere.
+pub async fn claim_host_number(etcd: &Etcd, name: &str) -> Result<u16, EtcdError> {
+    let name_key = format!("{NAMES}{name}");
+    loop {
+        // Already claimed (this host restarted, or a lost answer to our own claim).
+        let claimed = etcd
+            .call("reading this host's number", |mut c| {
+                let k = name_key.clone();
+                async move { c.get(k, None).await }
+            })
+            .await?;
+        if let Some(kv) = claimed.kvs().first() {
+            return parse_number(&name_key, kv.value());
+        }
+        let next = etcd
+            .call("reading the next host number", |mut c| async move {
+                c.get(NEXT, None).await
+            })
+            .await?;
+        let (number, revision) = match next.kvs().first() {
+            Some(kv) => (parse_number(NEXT, kv.value())?, kv.mod_revision()),
+            None => (1, 0),
+        };
+        if number > MAX_HOST_NUMBER {
+            return Err(EtcdError::NoHostNumbers(MAX_HOST_NUMBER));
+        }
+        let after = number + 1;
+        let guard = if revision == 0 {
+            Compare::create_revision(NEXT, CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(NEXT, CompareOp::Equal, revision)
+        };
+        let txn = Txn::new()
+            .when([
+                guard,
+                Compare::create_revision(name_key.as_str(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(NEXT, after.to_string(), None),
+                TxnOp::put(name_key.as_str(), number.to_string(), None),
+                TxnOp::put(format!("{NUMBERS}{number}"), name, None),
+            ]);
+        let done = etcd
+            .call("claiming a host number", |mut c| {
+                let t = txn.clone();
+                async move { c.txn(t).await }
+            })
+            .await?;
+        if done.succeeded() {
+            return Ok(number);
+        }
+        // Another host took that number first (or this name was claimed meanwhile): read
+        // again.
+    }
+}
+
+fn parse_number(key: &str, value: &[u8]) -> Result<u16, EtcdError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| EtcdError::Invalid {
+            what: "host number",
+            key: key.to_owned(),
+            why: format!("{:?} is not a number", String::from_utf8_lossy(value)),
+        })
+}
+
+/// Every host registered now.
+pub async fn live_hosts(etcd: &Etcd) -> Result<Vec<HostInfo>, EtcdError> {
+    let r = etcd
+        .call("listing the hosts", |mut c| async move {
+            c.get(LIVE, Some(GetOptions::new().with_prefix())).await
+        })
+        .await?;
+    r.kvs()
+        .iter()
+        .map(|kv| parse_host(kv.key(), kv.value()))
+        .collect()
+}
+
+fn parse_host(key: &[u8], value: &[u8]) -> Result<HostInfo, EtcdError> {
+    serde_json::from_slice(value).map_err(|e| EtcdError::Invalid {
+        what: "host registration",
+        key: String::from_utf8_lossy(key).into_owned(),
+        why: e.to_string(),
+    })
+}
+
+/// A host's registration, kept alive by a task of its own while this value lives.
+#[derive(Debug)]
+pub struct Registration {
+    state: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Registration {
+    /// Whether the registration holds: its lease was kept alive within its TTL.
+    pub fn live(&self) -> bool {
+        *self.state.borrow()
+    }
+
+    /// Waits until the registration holds or fails, and says which.
+    pub async fn changed(&mut self) -> bool {
+        let _ = self.state.changed().await;
+        *self.state.borrow()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Registers `info` under a lease of `ttl` and keeps it alive (a third of the TTL apart).
+/// A lease that expired (etcd unreachable for longer than the TTL) is replaced by a new
+/// one, with the registration put again, once etcd answers.
+pub async fn register(
+    etcd: Arc<Etcd>,
+    info: HostInfo,
+    ttl: Duration,
+) -> Result<Registration, EtcdError> {
+    let value = serde_json::to_string(&info).expect("a host's registration serializes");
+    let key = format!("{LIVE}{}", info.number);
+    let mut lease = put_under_lease(&etcd, &key, &value, ttl).await?;
+    let (tx, state) = watch::channel(true);
+    let task = tokio::spawn(async move {
+        let mut last_kept = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            let kept = etcd
+                .call("keeping this host's lease alive", |mut c| async move {
+                    let (mut keeper, mut answers) = c.lease_keep_alive(lease).await?;
+                    keeper.keep_alive().await?;
+                    Ok(answers.message().await?.map_or(0, |a| a.ttl()))
+                })
+                .await;
+            match kept {
+                Ok(left) if left > 0 => {
+                    last_kept = tokio::time::Instant::now();
+                    tx.send_if_modified(|live| !std::mem::replace(live, true));
+                }
+                // Expired (TTL 0): a new lease and the registration again.
+                Ok(_) => {
+                    tx.send_if_modified(|live| std::mem::replace(live, false));
+                    match put_under_lease(&etcd, &key, &value, ttl).await {
+                        Ok(l) => {
+                            tracing::warn!("this host's lease expired; registered again");
+                            lease = l;
+                            last_kept = tokio::time::Instant::now();
+                            tx.send_if_modified(|live| !std::mem::replace(live, true));
+                        }
+                        Err(e) => tracing::warn!("registering this host again: {e}"),
+                    }
+                }
+                Err(e) => {
+                    if last_kept.elapsed() >= ttl {
+                        tx.send_if_modified(|live| std::mem::replace(live, false));
+                    }
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+    });
+    Ok(Registration { state, task })
+}
+
+async fn put_under_lease(
+    etcd: &Etcd,
+    key: &str,
+    value: &str,
+    ttl: Duration,
+) -> Result<i64, EtcdError> {
+    let secs = ttl.as_secs().max(1) as i64;
+    let lease = etcd
+        .call("granting this host's lease", |mut c| async move {
+            c.lease_grant(secs, None).await
+        })
+        .await?
+        .id();
+    etcd.call("registering this host", |mut c| {
+        let (k, v) = (key.to_owned(), value.to_owned());
+        async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
+    })
+    .await?;
+    Ok(lease)
+}
+
+/// Keeps `hosts` up to date with the registrations in etcd, by number: a read, then a
+/// watch from the revision after it, and again from a fresh read whenever the watch
+/// breaks. Runs until `hosts` has no receiver left.
+pub async fn watch_hosts(etcd: Arc<Etcd>, hosts: watch::Sender<BTreeMap<u16, HostInfo>>) {
+    while !hosts.is_closed() {
+        if let Err(e) = follow(&etcd, &hosts).await {
+            tracing::warn!("following the hosts' registrations: {e}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+async fn follow(
+    etcd: &Etcd,
+    hosts: &watch::Sender<BTreeMap<u16, HostInfo>>,
+) -> Result<(), EtcdError> {
+    let r = etcd
+        .call("listing the hosts", |mut c| async move {
+            c.get(LIVE, Some(GetOptions::new().with_prefix())).await
+        })
+        .await?;
+    let revision = r.header().map_or(0, |h| h.revision());
+    let mut now = BTreeMap::new();
+    for kv in r.kvs() {
+        let h = parse_host(kv.key(), kv.value())?;
+        now.insert(h.number, h);
+    }
+    hosts.send_if_modified(|old| {
+        let changed = *old != now;
+        *old = now;
+        changed
+    });
+    let mut stream = etcd
+        .call("watching the hosts", |mut c| async move {
+            c.watch(
+                LIVE,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await
+        })
+        .await?;
+    loop {
+        let message = stream
+            .message()
+            .await
+            .map_err(|source| EtcdError::Refused {
+                what: "watching the hosts",
+                source,
+            })?;
+        let Some(m) = message else {
+            return Ok(());
+        };
+        if m.canceled() {
+            return Ok(());
+        }
+        for event in m.events() {
+            let Some(kv) = event.kv() else { continue };
+            let number = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(LIVE)?.parse::<u16>().ok());
+            let Some(number) = number else { continue };
+            match event.event_type() {
+                EventType::Put => {
+                    let h = parse_host(kv.key(), kv.value())?;
+                    hosts.send_modify(|all| {
+                        all.insert(number, h);
+                    });
+                }
+                EventType::Delete => {
+                    hosts.send_modify(|all| {
+                        all.remove(&number);
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! faasd's cluster state in etcd.
+//!
+//! A single host needs none of this: without a `[cluster]` section faasd keeps its state on
+//! its own disk. With one, etcd holds what the hosts share, under `/faasd/v1/`:
+//!
+//! | key | value | life |
+//! |---|---|---|
+//! | `hosts/next` | the next host number to hand out | permanent |
+//! | `hosts/names/<name>` | the host number a host name claimed | permanent |
+//! | `hosts/numbers/<N>` | the host name that claimed number N | permanent: a number is never reused |
+//! | `hosts/live/<N>` | the host's registration ([`HostInfo`], JSON) | its lease |
+//!
+//! [`Etcd`] is the client: etcd-client's own balances over all members and keeps calling
+//! one that died, so this one talks to one member at a time and moves to the next when a
+//! call fails for want of a connection, retrying calls that are safe to repeat.
+
+#![warn(missing_docs)]
+
+mod client;
+mod hosts;
+
+pub use client::{Endpoints, Etcd, EtcdError, MemberFailure, MemberHealth, MemberStatus, Tls};
+pub use hosts::{HostInfo, Registration, claim_host_number, live_hosts, register, watch_hosts};

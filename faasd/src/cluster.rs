@@ -1,0 +1,359 @@
+//! This host in a cluster: its number claimed in etcd (kept in the state directory, so a
+//! restart needs no etcd to know it), its registration kept alive under a lease, and the
+//! other hosts followed into the WireGuard mesh.
+//!
+//! The address plan ([`faasd_common::plan`]): host N owns `fd00:faa5:N::/48` for its
+//! functions and `fd00:faa5:0:(0x100 + N − 1)::/64` for itself (its address is the first
+//! of it) and the WireGuard peers it adds, so every address is unique in the cluster and
+//! each host routes both of another host's ranges to that host's peer entry.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use faasd_cluster::{Endpoints, Etcd, EtcdError, HostInfo, Registration, Tls};
+use faasd_core::config::{ClusterConfig, Ipv6Net};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::wireguard::{HostPeer, WireGuard};
+
+/// Errors joining the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// etcd.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// The host number's file in the state directory.
+    #[error("{path}: {source}")]
+    NumberFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The host number's file holds something else.
+    #[error("{path} holds {found:?}, not a host number; remove it to claim one again")]
+    BadNumberFile {
+        /// The file.
+        path: PathBuf,
+        /// What it holds.
+        found: String,
+    },
+    /// The host has no name.
+    #[error("[cluster] name is unset and the machine's host name cannot be read: {0}")]
+    NoName(std::io::Error),
+    /// A cluster host must be reachable over WireGuard.
+    #[error(
+        "a cluster host needs WireGuard with wireguard-endpoint set (the address and port \
+         the other hosts reach it at)"
+    )]
+    NoEndpoint,
+}
+
+/// This host's number and name, and the client it claimed them with.
+#[derive(Debug)]
+pub struct Membership {
+    /// The etcd client.
+    pub etcd: Arc<Etcd>,
+    /// This host's name.
+    pub name: String,
+    /// This host's number.
+    pub number: u16,
+}
+
+/// Connects to etcd and learns this host's number: from the state directory when it was
+/// claimed before, else claimed in etcd (which must then answer) and written there.
+pub async fn connect(c: &ClusterConfig, state_dir: &Path) -> Result<Membership, ClusterError> {
+    let name = match &c.name {
+        Some(n) => n.clone(),
+        None => host_name().map_err(ClusterError::NoName)?,
+    };
+    let etcd = Arc::new(
+        Etcd::connect(&Endpoints {
+            urls: c.endpoints.clone(),
+            tls: c.ca.clone().map(|ca| Tls {
+                ca,
+                identity: c.cert.clone().zip(c.key.clone()),
+            }),
+        })
+        .await?,
+    );
+    let path = state_dir.join("cluster/host-number");
+    let number = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| ClusterError::BadNumberFile {
+                path: path.clone(),
+                found: text.trim().to_owned(),
+            })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let n = faasd_cluster::claim_host_number(&etcd, &name).await?;
+            let file_err = |source| ClusterError::NumberFile {
+                path: path.clone(),
+                source,
+            };
+            std::fs::create_dir_all(path.parent().expect("a file in a directory"))
+                .map_err(file_err)?;
+            faasd_core::durable::write_atomic(&path, format!("{n}\n").as_bytes())
+                .map_err(file_err)?;
+            n
+        }
+        Err(source) => return Err(ClusterError::NumberFile { path, source }),
+    };
+    tracing::info!(
+        "cluster: this host is {name}, number {number}, etcd {}",
+        etcd.endpoints()
+    );
+    Ok(Membership { etcd, name, number })
+}
+
+fn host_name() -> std::io::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+/// This host in the cluster, while it runs.
+#[derive(Debug)]
+pub struct Cluster {
+    membership: Membership,
+    registration: Arc<Mutex<Option<Registration>>>,
+    hosts: watch::Receiver<BTreeMap<u16, HostInfo>>,
+    wireguard: Arc<WireGuard>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Cluster {
+    /// Registers this host (retrying in the background while etcd does not answer),
+    /// follows the others' registrations and keeps them the interface's host peers.
+    pub fn join(
+        membership: Membership,
+        c: &ClusterConfig,
+        wireguard: Arc<WireGuard>,
+        api: Vec<String>,
+    ) -> Result<Self, ClusterError> {
+        let endpoint = wireguard
+            .settings()
+            .endpoint
+            .clone()
+            .ok_or(ClusterError::NoEndpoint)?;
+        let info = HostInfo {
+            number: membership.number,
+            name: membership.name.clone(),
+            public_key: wireguard.public_key().to_owned(),
+            endpoint: Some(endpoint),
+            api,
+            labels: c.labels.clone(),
+        };
+        let registration = Arc::new(Mutex::new(None));
+        let register = tokio::spawn({
+            let (etcd, registration, ttl) =
+                (membership.etcd.clone(), registration.clone(), c.lease_ttl);
+            async move {
+                loop {
+                    match faasd_cluster::register(etcd.clone(), info.clone(), ttl).await {
+                        Ok(r) => {
+                            tracing::info!("cluster: registered under a lease of {ttl:?}");
+                            *registration.lock().expect("registration lock") = Some(r);
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!("cluster: registering this host: {e}");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+        });
+        let (tx, hosts) = watch::channel(BTreeMap::new());
+        let follow = tokio::spawn(faasd_cluster::watch_hosts(membership.etcd.clone(), tx));
+        let mesh = tokio::spawn(mesh(hosts.clone(), wireguard.clone(), membership.number));
+        Ok(Self {
+            membership,
+            registration,
+            hosts,
+            wireguard,
+            tasks: vec![
+                register.abort_handle(),
+                follow.abort_handle(),
+                mesh.abort_handle(),
+            ],
+        })
+    }
+
+    /// What `faasd cluster status` shows.
+    pub async fn status(&self) -> ClusterStatus {
+        let handshakes: BTreeMap<String, Option<u64>> = self
+            .wireguard
+            .host_status()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, live)| (k, live.handshake_secs_ago))
+            .collect();
+        let hosts = self
+            .hosts
+            .borrow()
+            .values()
+            .map(|h| HostStatus {
+                this: h.number == self.membership.number,
+                handshake_secs_ago: handshakes.get(&h.public_key).copied().flatten(),
+                prefix: prefix_of(h.number).to_string(),
+                address: faasd_common::plan::host_address(h.number),
+                info: h.clone(),
+            })
+            .collect();
+        let etcd = self
+            .membership
+            .etcd
+            .health()
+            .await
+            .into_iter()
+            .map(|m| MemberReport {
+                endpoint: m.endpoint,
+                version: m.state.as_ref().ok().map(|s| s.version.clone()),
+                leader: m.state.as_ref().is_ok_and(|s| s.leader),
+                raft_index: m.state.as_ref().ok().map(|s| s.raft_index),
+                error: m.state.err(),
+            })
+            .collect();
+        ClusterStatus {
+            name: self.membership.name.clone(),
+            number: self.membership.number,
+            registered: self
+                .registration
+                .lock()
+                .expect("registration lock")
+                .as_ref()
+                .is_some_and(Registration::live),
+            hosts,
+            etcd,
+        }
+    }
+}
+
+/// Host `n`'s function prefix.
+fn prefix_of(n: u16) -> Ipv6Net {
+    let (addr, len) = faasd_common::plan::host_prefix(n);
+    Ipv6Net { addr, len }
+}
+
+/// Keeps the interface's host peers what the registrations say, this host left out.
+async fn mesh(
+    mut hosts: watch::Receiver<BTreeMap<u16, HostInfo>>,
+    wireguard: Arc<WireGuard>,
+    this: u16,
+) {
+    loop {
+        let others: Vec<HostInfo> = hosts
+            .borrow_and_update()
+            .values()
+            .filter(|h| h.number != this)
+            .cloned()
+            .collect();
+        let mut peers = Vec::with_capacity(others.len());
+        for h in &others {
+            peers.push(HostPeer {
+                public_key: h.public_key.clone(),
+                allowed: vec![
+                    prefix_of(h.number),
+                    Ipv6Net {
+                        addr: faasd_common::plan::host_network(h.number),
+                        len: 64,
+                    },
+                ],
+                endpoint: match &h.endpoint {
+                    Some(e) => resolve(e).await,
+                    None => None,
+                },
+            });
+        }
+        match wireguard.mesh(&peers) {
+            Ok(()) => tracing::info!("cluster: {} other host(s) in the mesh", peers.len()),
+            Err(e) => tracing::warn!("cluster: updating the WireGuard mesh: {e}"),
+        }
+        if hosts.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `host:port` → an address WireGuard can send to.
+async fn resolve(endpoint: &str) -> Option<SocketAddr> {
+    if let Ok(a) = endpoint.parse() {
+        return Some(a);
+    }
+    match tokio::net::lookup_host(endpoint).await {
+        Ok(mut addrs) => addrs.next(),
+        Err(e) => {
+            tracing::warn!("cluster: resolving another host's endpoint {endpoint}: {e}");
+            None
+        }
+    }
+}
+
+/// A host as `faasd cluster status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostStatus {
+    /// Its registration.
+    #[serde(flatten)]
+    pub info: HostInfo,
+    /// Whether it is this host.
+    pub this: bool,
+    /// Its function prefix.
+    pub prefix: String,
+    /// Its own address.
+    pub address: Ipv6Addr,
+    /// Seconds since this host's last WireGuard handshake with it.
+    pub handshake_secs_ago: Option<u64>,
+}
+
+/// An etcd member as `faasd cluster status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberReport {
+    /// Its client URL.
+    pub endpoint: String,
+    /// Its version, when it answered.
+    pub version: Option<String>,
+    /// Whether it is the leader.
+    pub leader: bool,
+    /// Its raft index, when it answered.
+    pub raft_index: Option<u64>,
+    /// Why it did not answer.
+    pub error: Option<String>,
+}
+
+/// `GET /system/cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// This host's name.
+    pub name: String,
+    /// This host's number.
+    pub number: u16,
+    /// Whether this host's registration holds (its lease kept alive).
+    pub registered: bool,
+    /// Every registered host, by number.
+    pub hosts: Vec<HostStatus>,
+    /// Each etcd member's health.
+    pub etcd: Vec<MemberReport>,
+}

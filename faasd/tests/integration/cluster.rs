@@ -1,0 +1,329 @@
+//! faasd hosts joined through a real etcd cluster: three hosts, each a network namespace
+//! with its own etcd member (Debian's `etcd-server`) and its own faasd, on a bridge in a
+//! fourth namespace, meshed with real (embedded, userspace) WireGuard.
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use faasd::cluster::ClusterStatus;
+
+use crate::harness::{Daemon, Netns, run};
+
+/// The hosts' LAN addresses: 10.77.0.N.
+fn lan(n: usize) -> String {
+    format!("10.77.0.{n}")
+}
+
+/// Skips (or fails under FAASD_TEST_STRICT) without etcd.
+macro_rules! require_etcd {
+    () => {
+        $crate::require_privileges!();
+        if !Path::new("/usr/bin/etcd").exists() {
+            crate::harness::skip("no etcd (cargo xtask setup installs etcd-server)");
+            return;
+        }
+    };
+}
+
+/// An etcd member, stopped when dropped.
+struct Member(Child);
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Three host namespaces on one bridge, for an etcd member and a faasd each.
+struct Hosts {
+    hosts: Vec<Netns>,
+    lan: Netns,
+}
+
+impl Hosts {
+    fn new(tag: &str) -> Self {
+        let lan_ns = Netns::new(&format!("{tag}-lan"));
+        run(Command::new("ip").args(["-n", &lan_ns.name, "link", "add", "br0", "type", "bridge"]));
+        run(Command::new("ip").args(["-n", &lan_ns.name, "link", "set", "br0", "up"]));
+        let hosts: Vec<Netns> = (1..=3)
+            .map(|n| Netns::new(&format!("{tag}-h{n}")))
+            .collect();
+        for (i, h) in hosts.iter().enumerate() {
+            let n = i + 1;
+            let port = format!("h{n}");
+            run(Command::new("ip").args([
+                "-n",
+                &h.name,
+                "link",
+                "add",
+                "eth1",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &lan_ns.name,
+            ]));
+            run(Command::new("ip").args([
+                "-n",
+                &lan_ns.name,
+                "link",
+                "set",
+                &port,
+                "master",
+                "br0",
+                "up",
+            ]));
+            run(Command::new("ip").args([
+                "-n",
+                &h.name,
+                "addr",
+                "add",
+                &format!("{}/24", lan(n)),
+                "dev",
+                "eth1",
+            ]));
+            run(Command::new("ip").args(["-n", &h.name, "link", "set", "eth1", "up"]));
+        }
+        Self { hosts, lan: lan_ns }
+    }
+
+    /// One etcd cluster, a member on each host, once it answers.
+    fn start_members(&self) -> Vec<Option<Member>> {
+        let members = (1..=3).map(|n| Some(self.start_member(n, "new"))).collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.etcd_healthy() {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not come up:\n{}",
+                self.hosts
+                    .iter()
+                    .map(|h| std::fs::read_to_string(h.dir.join("etcd.log")).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        members
+    }
+
+    /// Whether every member answers (asked with etcdctl, an independent client).
+    fn etcd_healthy(&self) -> bool {
+        let urls: Vec<String> = (1..=3).map(|n| format!("http://{}:2379", lan(n))).collect();
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.hosts[0].name,
+                "etcdctl",
+                "--endpoints",
+            ])
+            .arg(urls.join(","))
+            .args(["endpoint", "health"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn start_member(&self, n: usize, state: &str) -> Member {
+        let h = &self.hosts[n - 1];
+        let cluster: Vec<String> = (1..=3)
+            .map(|i| format!("m{i}=http://{}:2380", lan(i)))
+            .collect();
+        let ip = lan(n);
+        let log = std::fs::File::create(h.dir.join("etcd.log")).unwrap();
+        let mut cmd = Command::new("/usr/bin/etcd");
+        cmd.args([
+            "--name",
+            &format!("m{n}"),
+            "--data-dir",
+            &h.dir.join("etcd").to_string_lossy(),
+            "--listen-client-urls",
+            &format!("http://{ip}:2379"),
+            "--advertise-client-urls",
+            &format!("http://{ip}:2379"),
+            "--listen-peer-urls",
+            &format!("http://{ip}:2380"),
+            "--initial-advertise-peer-urls",
+            &format!("http://{ip}:2380"),
+            "--initial-cluster",
+            &cluster.join(","),
+            "--initial-cluster-state",
+            state,
+            // One token for the cluster (the LAN's name is this test's own).
+            "--initial-cluster-token",
+            &self.lan.name,
+            "--heartbeat-interval",
+            "100",
+            "--election-timeout",
+            "1000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log);
+        Member(h.spawn(&mut cmd))
+    }
+
+    fn endpoints() -> String {
+        (1..=3)
+            .map(|n| format!("\"http://{}:2379\"", lan(n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Starts host `n`'s faasd in the cluster (lease TTL 3 s).
+    fn daemon(&self, n: usize) -> Daemon<'_> {
+        // Interface names are the machine's (their control sockets share /run/wireguard):
+        // one of this test's own per host.
+        let interface = format!("wgc{}{n}", std::process::id() % 100_000);
+        Daemon::start_with(
+            &self.hosts[n - 1],
+            &format!(
+                "wireguard-interface = \"{interface}\"\nwireguard-endpoint = \"{}:51820\"\n\
+                 [cluster]\nendpoints = [{}]\nname = \"host-{n}\"\nlease-ttl = \"3s\"\n\
+                 labels = {{ zone = \"z{n}\" }}\n",
+                lan(n),
+                Self::endpoints()
+            ),
+        )
+    }
+}
+
+fn status(d: &Daemon) -> ClusterStatus {
+    serde_json::from_str(&d.cli_ok(&["cluster", "status", "--json"])).unwrap()
+}
+
+/// Polls `status` until `pred` holds (or panics after 20 s with the last one).
+fn wait_status(d: &Daemon, what: &str, pred: impl Fn(&ClusterStatus) -> bool) -> ClusterStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(d);
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited in vain for {what}: {s:#?}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn numbers(s: &ClusterStatus) -> BTreeSet<u16> {
+    s.hosts.iter().map(|h| h.info.number).collect()
+}
+
+/// Whether `from`'s namespace reaches the API of the host at `to` over the mesh (a TCP
+/// connection to its port 8080).
+fn reaches(from: &Netns, to: std::net::Ipv6Addr) -> bool {
+    from.run(|| {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((to, 8080)),
+            Duration::from_secs(2),
+        )
+        .is_ok()
+    })
+}
+
+/// The namespace's addresses and IPv6 routes, for a failure's message.
+fn routes(ns: &Netns) -> String {
+    let out = |args: &[&str]| {
+        let o = Command::new("ip")
+            .args(["-n", &ns.name])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let wg = Command::new("wg").arg("show").output().unwrap();
+    out(&["-6", "route", "show", "table", "all"])
+        + &out(&["-4", "addr"])
+        + &String::from_utf8_lossy(&wg.stdout)
+        + &String::from_utf8_lossy(&wg.stderr)
+}
+
+#[test]
+fn join_meshes_the_hosts_and_a_host_that_dies_drops_out() {
+    require_etcd!();
+    // Declared in this order, dropped in the reverse: faasd, etcd, then the namespaces.
+    let c = Hosts::new("cl-join");
+    let mut members = c.start_members();
+    let mut daemons: Vec<Daemon> = (1..=3).map(|n| c.daemon(n)).collect();
+
+    // Every host sees the three, each with a number of its own, never handed out twice.
+    let mut seen = BTreeSet::new();
+    for d in &daemons {
+        let s = wait_status(d, "three hosts", |s| s.hosts.len() == 3 && s.registered);
+        assert_eq!(numbers(&s), BTreeSet::from([1, 2, 3]), "{s:#?}");
+        assert!(seen.insert(s.number), "number {} twice", s.number);
+        let this = s.hosts.iter().find(|h| h.this).expect("this host listed");
+        assert_eq!(this.info.name, s.name);
+        assert_eq!(this.prefix, format!("fd00:faa5:{:x}::/48", s.number));
+        assert_eq!(s.etcd.len(), 3);
+        assert_eq!(
+            s.etcd.iter().filter(|m| m.leader).count(),
+            1,
+            "one leader: {:?}",
+            s.etcd
+        );
+    }
+    // Every host reaches every other's API at its own address through the mesh, and the
+    // handshakes show in the status.
+    for (i, d) in daemons.iter().enumerate() {
+        let s = status(d);
+        for h in s.hosts.iter().filter(|h| !h.this) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !reaches(&c.hosts[i], h.address) {
+                assert!(
+                    Instant::now() < deadline,
+                    "host {} cannot reach {} ({}) over WireGuard: {:#?}\n{}\n{}",
+                    s.name,
+                    h.info.name,
+                    h.address,
+                    status(d),
+                    routes(&c.hosts[i]),
+                    d.log()
+                );
+            }
+        }
+        wait_status(d, "handshakes with both others", |s| {
+            s.hosts
+                .iter()
+                .filter(|h| !h.this)
+                .all(|h| h.handshake_secs_ago.is_some())
+        });
+    }
+
+    // Host 3's faasd and etcd member are killed: its lease runs out (3 s), and the others
+    // drop it from their view and their mesh.
+    let gone = status(&daemons[2]).number;
+    daemons[2].kill9();
+    members[2] = None;
+    let t0 = Instant::now();
+    for d in &daemons[..2] {
+        let s = wait_status(d, "host 3 gone", |s| s.hosts.len() == 2);
+        assert!(!numbers(&s).contains(&gone), "{s:#?}");
+    }
+    let dropped_after = t0.elapsed();
+    assert!(
+        dropped_after >= Duration::from_secs(1),
+        "dropped before its lease could expire: {dropped_after:?}"
+    );
+    // Two of three members still make a quorum: host 3 comes back with its number.
+    members[2] = Some(c.start_member(3, "existing"));
+    daemons[2].restart();
+    let s = wait_status(&daemons[2], "back with its number", |s| {
+        s.hosts.len() == 3 && s.registered
+    });
+    assert_eq!(s.number, gone, "a host keeps its number");
+    for d in &daemons[..2] {
+        wait_status(d, "host 3 back", |s| s.hosts.len() == 3);
+    }
+}
