@@ -4,9 +4,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -116,35 +114,22 @@ pub async fn live_hosts(etcd: &Etcd) -> Result<Vec<HostInfo>, EtcdError> {
         .await?;
     r.kvs()
         .iter()
-        .map(|kv| parse_host(kv.key(), kv.value()))
+        .map(|kv| crate::watch::parse("host registration", kv.key(), kv.value()))
         .collect()
-}
-
-fn parse_host(key: &[u8], value: &[u8]) -> Result<HostInfo, EtcdError> {
-    serde_json::from_slice(value).map_err(|e| EtcdError::Invalid {
-        what: "host registration",
-        key: String::from_utf8_lossy(key).into_owned(),
-        why: e.to_string(),
-    })
 }
 
 /// A host's registration, kept alive by a task of its own while this value lives.
 #[derive(Debug)]
 pub struct Registration {
-    state: watch::Receiver<bool>,
+    lease: watch::Receiver<Option<i64>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Registration {
-    /// Whether the registration holds: its lease was kept alive within its TTL.
-    pub fn live(&self) -> bool {
-        *self.state.borrow()
-    }
-
-    /// Waits until the registration holds or fails, and says which.
-    pub async fn changed(&mut self) -> bool {
-        let _ = self.state.changed().await;
-        *self.state.borrow()
+    /// The lease the registration holds under, while it was kept alive within its TTL;
+    /// what else the host puts under it lives and dies with the host.
+    pub fn lease(&self) -> watch::Receiver<Option<i64>> {
+        self.lease.clone()
     }
 }
 
@@ -165,7 +150,7 @@ pub async fn register(
     let value = serde_json::to_string(&info).expect("a host's registration serializes");
     let key = format!("{LIVE}{}", info.number);
     let mut lease = put_under_lease(&etcd, &key, &value, ttl).await?;
-    let (tx, state) = watch::channel(true);
+    let (tx, state) = watch::channel(Some(lease));
     let task = tokio::spawn(async move {
         let mut last_kept = tokio::time::Instant::now();
         loop {
@@ -180,31 +165,31 @@ pub async fn register(
             match kept {
                 Ok(left) if left > 0 => {
                     last_kept = tokio::time::Instant::now();
-                    tx.send_if_modified(|live| !std::mem::replace(live, true));
+                    tx.send_if_modified(|l| l.replace(lease) != Some(lease));
                 }
                 // Expired (TTL 0): a new lease and the registration again.
                 Ok(_) => {
-                    tx.send_if_modified(|live| std::mem::replace(live, false));
+                    tx.send_if_modified(|l| l.take().is_some());
                     match put_under_lease(&etcd, &key, &value, ttl).await {
                         Ok(l) => {
                             tracing::warn!("this host's lease expired; registered again");
                             lease = l;
                             last_kept = tokio::time::Instant::now();
-                            tx.send_if_modified(|live| !std::mem::replace(live, true));
+                            tx.send_replace(Some(lease));
                         }
                         Err(e) => tracing::warn!("registering this host again: {e}"),
                     }
                 }
                 Err(e) => {
                     if last_kept.elapsed() >= ttl {
-                        tx.send_if_modified(|live| std::mem::replace(live, false));
+                        tx.send_if_modified(|l| l.take().is_some());
                     }
                     tracing::warn!("{e}");
                 }
             }
         }
     });
-    Ok(Registration { state, task })
+    Ok(Registration { lease: state, task })
 }
 
 async fn put_under_lease(
@@ -228,85 +213,15 @@ async fn put_under_lease(
     Ok(lease)
 }
 
-/// Keeps `hosts` up to date with the registrations in etcd, by number: a read, then a
-/// watch from the revision after it, and again from a fresh read whenever the watch
-/// breaks. Runs until `hosts` has no receiver left.
+/// Keeps `hosts` up to date with the registrations in etcd, by number, until `hosts` has
+/// no receiver left.
 pub async fn watch_hosts(etcd: Arc<Etcd>, hosts: watch::Sender<BTreeMap<u16, HostInfo>>) {
-    while !hosts.is_closed() {
-        if let Err(e) = follow(&etcd, &hosts).await {
-            tracing::warn!("following the hosts' registrations: {e}");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-}
-
-async fn follow(
-    etcd: &Etcd,
-    hosts: &watch::Sender<BTreeMap<u16, HostInfo>>,
-) -> Result<(), EtcdError> {
-    let r = etcd
-        .call("listing the hosts", |mut c| async move {
-            c.get(LIVE, Some(GetOptions::new().with_prefix())).await
-        })
-        .await?;
-    let revision = r.header().map_or(0, |h| h.revision());
-    let mut now = BTreeMap::new();
-    for kv in r.kvs() {
-        let h = parse_host(kv.key(), kv.value())?;
-        now.insert(h.number, h);
-    }
-    hosts.send_if_modified(|old| {
-        let changed = *old != now;
-        *old = now;
-        changed
-    });
-    let mut stream = etcd
-        .call("watching the hosts", |mut c| async move {
-            c.watch(
-                LIVE,
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision + 1),
-                ),
-            )
-            .await
-        })
-        .await?;
-    loop {
-        let message = stream
-            .message()
-            .await
-            .map_err(|source| EtcdError::Refused {
-                what: "watching the hosts",
-                source,
-            })?;
-        let Some(m) = message else {
-            return Ok(());
-        };
-        if m.canceled() {
-            return Ok(());
-        }
-        for event in m.events() {
-            let Some(kv) = event.kv() else { continue };
-            let number = kv
-                .key_str()
-                .ok()
-                .and_then(|k| k.strip_prefix(LIVE)?.parse::<u16>().ok());
-            let Some(number) = number else { continue };
-            match event.event_type() {
-                EventType::Put => {
-                    let h = parse_host(kv.key(), kv.value())?;
-                    hosts.send_modify(|all| {
-                        all.insert(number, h);
-                    });
-                }
-                EventType::Delete => {
-                    hosts.send_modify(|all| {
-                        all.remove(&number);
-                    });
-                }
-            }
-        }
-    }
+    crate::watch::follow(
+        etcd,
+        LIVE,
+        "the hosts' registrations",
+        |k| k.parse().ok(),
+        hosts,
+    )
+    .await
 }

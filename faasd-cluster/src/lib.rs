@@ -9,6 +9,7 @@
 //! | `hosts/names/<name>` | the host number a host name claimed | permanent |
 //! | `hosts/numbers/<N>` | the host name that claimed number N | permanent: a number is never reused |
 //! | `hosts/live/<N>` | the host's registration ([`HostInfo`], JSON) | its lease |
+//! | `names/<namespace>/<name>` | a function's address and host ([`NameRecord`]) | its host's lease |
 //!
 //! [`Etcd`] is the client: etcd-client's own balances over all members and keeps calling
 //! one that died, so this one talks to one member at a time and moves to the next when a
@@ -18,6 +19,9 @@
 
 mod client;
 mod hosts;
+mod names;
+mod watch;
 
 pub use client::{Endpoints, Etcd, EtcdError, MemberFailure, MemberHealth, MemberStatus, Tls};
 pub use hosts::{HostInfo, Registration, claim_host_number, live_hosts, register, watch_hosts};
+pub use names::{FunctionName, NameRecord, delete_name, put_name, watch_names};

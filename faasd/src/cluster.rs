@@ -1,6 +1,7 @@
 //! This host in a cluster: its number claimed in etcd (kept in the state directory, so a
-//! restart needs no etcd to know it), its registration kept alive under a lease, and the
-//! other hosts followed into the WireGuard mesh.
+//! restart needs no etcd to know it), its registration kept alive under a lease, the
+//! other hosts followed into the WireGuard mesh, and every host's functions' names into
+//! this host's `.faas` zone (this host's own put under its lease, so they go with it).
 //!
 //! The address plan ([`faasd_common::plan`]): host N owns `fd00:faa5:N::/48` for its
 //! functions and `fd00:faa5:0:(0x100 + N − 1)::/64` for itself (its address is the first
@@ -8,17 +9,17 @@
 //! each host routes both of another host's ranges to that host's peer entry.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use faasd_cluster::{Endpoints, Etcd, EtcdError, HostInfo, Registration, Tls};
+use faasd_cluster::{Endpoints, Etcd, EtcdError, FunctionName, HostInfo, NameRecord, Tls};
 use faasd_core::config::{ClusterConfig, Ipv6Net};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::wireguard::{HostPeer, WireGuard};
 
@@ -123,19 +124,31 @@ fn host_name() -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
+/// A change to this host's functions' names.
+#[derive(Debug)]
+enum NameChange {
+    Set(FunctionName, Ipv6Addr),
+    Remove(FunctionName),
+}
+
 /// This host in the cluster, while it runs.
 #[derive(Debug)]
 pub struct Cluster {
-    membership: Membership,
-    registration: Arc<Mutex<Option<Registration>>>,
+    membership: Arc<Membership>,
+    /// The lease this host's registration holds under, while it holds.
+    lease: watch::Receiver<Option<i64>>,
     hosts: watch::Receiver<BTreeMap<u16, HostInfo>>,
     wireguard: Arc<WireGuard>,
-    tasks: Vec<tokio::task::AbortHandle>,
+    /// This host's functions' names, to publish.
+    names: mpsc::UnboundedSender<NameChange>,
+    /// The names this host publishes itself (its zone has them already).
+    own_names: Arc<Mutex<BTreeSet<FunctionName>>>,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.lock().expect("tasks lock").iter() {
             t.abort();
         }
     }
@@ -163,40 +176,63 @@ impl Cluster {
             api,
             labels: c.labels.clone(),
         };
-        let registration = Arc::new(Mutex::new(None));
-        let register = tokio::spawn({
-            let (etcd, registration, ttl) =
-                (membership.etcd.clone(), registration.clone(), c.lease_ttl);
-            async move {
-                loop {
-                    match faasd_cluster::register(etcd.clone(), info.clone(), ttl).await {
-                        Ok(r) => {
-                            tracing::info!("cluster: registered under a lease of {ttl:?}");
-                            *registration.lock().expect("registration lock") = Some(r);
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!("cluster: registering this host: {e}");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    }
-                }
-            }
-        });
+        let membership = Arc::new(membership);
+        let (lease_tx, lease) = watch::channel(None);
+        let register = tokio::spawn(keep_registered(
+            membership.etcd.clone(),
+            info,
+            c.lease_ttl,
+            lease_tx,
+        ));
+        let (names, changes) = mpsc::unbounded_channel();
+        let publish = tokio::spawn(publish_names(membership.clone(), lease.clone(), changes));
         let (tx, hosts) = watch::channel(BTreeMap::new());
         let follow = tokio::spawn(faasd_cluster::watch_hosts(membership.etcd.clone(), tx));
         let mesh = tokio::spawn(mesh(hosts.clone(), wireguard.clone(), membership.number));
         Ok(Self {
             membership,
-            registration,
+            lease,
             hosts,
             wireguard,
-            tasks: vec![
+            names,
+            own_names: Arc::default(),
+            tasks: Mutex::new(vec![
                 register.abort_handle(),
+                publish.abort_handle(),
                 follow.abort_handle(),
                 mesh.abort_handle(),
-            ],
+            ]),
         })
+    }
+
+    /// A function of this host's answers at `address`, on every host.
+    pub fn publish(&self, namespace: &str, name: &str, address: Ipv6Addr) {
+        let f = (namespace.to_owned(), name.to_owned());
+        self.own_names.lock().expect("names lock").insert(f.clone());
+        let _ = self.names.send(NameChange::Set(f, address));
+    }
+
+    /// A function of this host's is gone.
+    pub fn withdraw(&self, namespace: &str, name: &str) {
+        let f = (namespace.to_owned(), name.to_owned());
+        self.own_names.lock().expect("names lock").remove(&f);
+        let _ = self.names.send(NameChange::Remove(f));
+    }
+
+    /// Keeps the other hosts' functions' names in `zone`, as etcd has them.
+    pub fn follow_names(&self, zone: Arc<crate::dns::Zone>) {
+        let (tx, rx) = watch::channel(BTreeMap::new());
+        let follow = tokio::spawn(faasd_cluster::watch_names(self.membership.etcd.clone(), tx));
+        let sync = tokio::spawn(sync_zone(
+            rx,
+            zone,
+            self.own_names.clone(),
+            self.membership.number,
+        ));
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .extend([follow.abort_handle(), sync.abort_handle()]);
     }
 
     /// What `faasd cluster status` shows.
@@ -237,14 +273,133 @@ impl Cluster {
         ClusterStatus {
             name: self.membership.name.clone(),
             number: self.membership.number,
-            registered: self
-                .registration
-                .lock()
-                .expect("registration lock")
-                .as_ref()
-                .is_some_and(Registration::live),
+            registered: self.lease.borrow().is_some(),
             hosts,
             etcd,
+        }
+    }
+}
+
+/// Registers this host (again every second while etcd does not answer) and passes on
+/// the lease it holds under while it holds.
+async fn keep_registered(
+    etcd: Arc<Etcd>,
+    info: HostInfo,
+    ttl: Duration,
+    lease: watch::Sender<Option<i64>>,
+) {
+    let registration = loop {
+        match faasd_cluster::register(etcd.clone(), info.clone(), ttl).await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::warn!("cluster: registering this host: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    tracing::info!("cluster: registered under a lease of {ttl:?}");
+    let mut current = registration.lease();
+    loop {
+        lease.send_replace(*current.borrow_and_update());
+        if current.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Puts this host's functions' names under its lease, all of them again whenever the
+/// lease is new, and retries what etcd did not take every second.
+async fn publish_names(
+    membership: Arc<Membership>,
+    mut lease: watch::Receiver<Option<i64>>,
+    mut changes: mpsc::UnboundedReceiver<NameChange>,
+) {
+    let mut mine: BTreeMap<FunctionName, Ipv6Addr> = BTreeMap::new();
+    // Names etcd does not have as they are here yet: to put, or (no address) to delete.
+    let mut pending: BTreeMap<FunctionName, Option<Ipv6Addr>> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            change = changes.recv() => match change {
+                None => return,
+                Some(NameChange::Set(f, a)) => {
+                    mine.insert(f.clone(), a);
+                    pending.insert(f, Some(a));
+                }
+                Some(NameChange::Remove(f)) => {
+                    mine.remove(&f);
+                    pending.insert(f, None);
+                }
+            },
+            changed = lease.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                pending.extend(mine.iter().map(|(f, a)| (f.clone(), Some(*a))));
+            }
+            () = tokio::time::sleep(Duration::from_secs(1)), if !pending.is_empty() => {}
+        }
+        let Some(l) = *lease.borrow() else { continue };
+        let etcd = &membership.etcd;
+        let mut left = BTreeMap::new();
+        for (f, a) in std::mem::take(&mut pending) {
+            let done = match a {
+                Some(address) => {
+                    let record = NameRecord {
+                        address,
+                        host: membership.number,
+                    };
+                    faasd_cluster::put_name(etcd, &f, &record, l).await
+                }
+                None => faasd_cluster::delete_name(etcd, &f).await,
+            };
+            if let Err(e) = done {
+                tracing::warn!("cluster: {}/{}: {e}", f.0, f.1);
+                left.insert(f, a);
+            }
+        }
+        pending = left;
+    }
+}
+
+/// Keeps the other hosts' names in `zone`: added and changed ones set, gone ones taken
+/// out (unless this host has a function of that name itself).
+async fn sync_zone(
+    mut names: watch::Receiver<BTreeMap<FunctionName, NameRecord>>,
+    zone: Arc<crate::dns::Zone>,
+    own: Arc<Mutex<BTreeSet<FunctionName>>>,
+    this: u16,
+) {
+    let mut shown: BTreeMap<FunctionName, Ipv6Addr> = BTreeMap::new();
+    loop {
+        let now: BTreeMap<FunctionName, Ipv6Addr> = {
+            let own = own.lock().expect("names lock");
+            names
+                .borrow_and_update()
+                .iter()
+                .filter(|(f, r)| r.host != this && !own.contains(*f))
+                .map(|(f, r)| (f.clone(), r.address))
+                .collect()
+        };
+        let set: Vec<(&str, &str, Ipv6Addr)> = now
+            .iter()
+            .filter(|(f, a)| shown.get(*f) != Some(a))
+            .map(|((ns, name), a)| (name.as_str(), ns.as_str(), *a))
+            .collect();
+        if !set.is_empty() {
+            zone.set_all(set).await;
+        }
+        for (ns, name) in shown.keys().filter(|f| !now.contains_key(*f)) {
+            if !own
+                .lock()
+                .expect("names lock")
+                .contains(&(ns.clone(), name.clone()))
+            {
+                zone.remove(name, ns).await;
+            }
+        }
+        shown = now;
+        if names.changed().await.is_err() {
+            return;
         }
     }
 }

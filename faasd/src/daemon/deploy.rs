@@ -127,9 +127,7 @@ impl Daemon {
             }
         };
         let status = self.status_now(&new);
-        if let Some(z) = &self.zone {
-            z.set(&name, &ns, address).await;
-        }
+        self.name_set(&name, &ns, address).await;
         *entry.current.write().expect("entry lock") = Some(new.clone());
         if let Some(old) = old {
             let taken_over: BTreeSet<BindingKey> = new.bindings.iter().map(|(k, _)| *k).collect();
@@ -248,9 +246,7 @@ impl Daemon {
                 .or_insert_with(|| entry.clone());
             return Err(e.into());
         }
-        if let Some(z) = &self.zone {
-            z.remove(name, namespace).await;
-        }
+        self.name_removed(name, namespace).await;
         for p in &f.settings.ports {
             self.service.manager.remove_fds(&fd_name(&f.record.spec, p));
         }

@@ -233,6 +233,9 @@ impl Daemon {
             service,
             egress,
         });
+        if let (Some(c), Some(z)) = (&daemon.cluster, &daemon.zone) {
+            c.follow_names(z.clone());
+        }
         daemon.restore(records, pinned).await?;
         Ok(daemon)
     }
@@ -286,6 +289,27 @@ impl Daemon {
     /// This host in its cluster, unless it is alone.
     pub fn cluster(&self) -> Result<&crate::cluster::Cluster, DaemonError> {
         self.cluster.as_deref().ok_or(DaemonError::NoCluster)
+    }
+
+    /// A function's name answers for its address: in this host's zone, and in a cluster on
+    /// every host.
+    async fn name_set(&self, name: &str, namespace: &str, address: std::net::Ipv6Addr) {
+        if let Some(z) = &self.zone {
+            z.set(name, namespace, address).await;
+        }
+        if let Some(c) = &self.cluster {
+            c.publish(namespace, name, address);
+        }
+    }
+
+    /// A function's name answers no more.
+    async fn name_removed(&self, name: &str, namespace: &str) {
+        if let Some(z) = &self.zone {
+            z.remove(name, namespace).await;
+        }
+        if let Some(c) = &self.cluster {
+            c.withdraw(namespace, name);
+        }
     }
 
     /// The `.faas` zone, unless DNS is off.

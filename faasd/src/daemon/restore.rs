@@ -119,8 +119,14 @@ impl Daemon {
             )
             .durable()
             .await?;
-        // Names answer from the start; those of functions that fail to come back are taken
-        // out again below. The zone fills on its own task, beside the activations.
+        // Names answer from the start (here and, in a cluster, on every host); those of
+        // functions that fail to come back are taken out again below. The zone fills on
+        // its own task, beside the activations.
+        if let Some(c) = &self.cluster {
+            for r in &records {
+                c.publish(&r.spec.namespace, &r.spec.name, r.address);
+            }
+        }
         let zone_fill = self.zone.clone().map(|z| {
             let records = records.clone();
             tokio::spawn(async move {
@@ -199,8 +205,13 @@ impl Daemon {
             fill.await?;
         }
         if let Some(z) = &self.zone {
-            for r in failed {
+            for r in &failed {
                 z.remove(&r.spec.name, &r.spec.namespace).await;
+            }
+        }
+        if let Some(c) = &self.cluster {
+            for r in &failed {
+                c.withdraw(&r.spec.namespace, &r.spec.name);
             }
         }
         // Stored sockets of functions that no longer exist.

@@ -11,7 +11,7 @@ use std::{
 
 use faasd::cluster::ClusterStatus;
 
-use crate::harness::{Daemon, Netns, run};
+use crate::harness::{Daemon, Netns, http_get, run};
 
 /// The hosts' LAN addresses: 10.77.0.N.
 fn lan(n: usize) -> String {
@@ -220,6 +220,41 @@ fn numbers(s: &ClusterStatus) -> BTreeSet<u16> {
     s.hosts.iter().map(|h| h.info.number).collect()
 }
 
+/// What `ns`'s own faasd DNS (at `server`) answers for `name`'s AAAA: the addresses, or
+/// nothing.
+fn aaaa(ns: &Netns, server: std::net::Ipv6Addr, name: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "dig", "+short", "+time=2", "+tries=2",
+        ])
+        .arg(format!("@{server}"))
+        .args(["AAAA", name])
+        .output()
+        .expect("dig runs (cargo xtask setup installs dnsutils)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Polls every host's DNS until `name` answers `want` on all (or panics after 20 s).
+fn wait_name(c: &Hosts, daemons: &[Daemon], name: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (i, d) in daemons.iter().enumerate() {
+        let server = status(d).hosts.iter().find(|h| h.this).unwrap().address;
+        loop {
+            let got = aaaa(&c.hosts[i], server, name);
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host {} answers {got:?} for {name}, not {want:?}:\n{}",
+                i + 1,
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// Whether `from`'s namespace reaches the API of the host at `to` over the mesh (a TCP
 /// connection to its port 8080).
 fn reaches(from: &Netns, to: std::net::Ipv6Addr) -> bool {
@@ -250,7 +285,7 @@ fn routes(ns: &Netns) -> String {
 }
 
 #[test]
-fn join_meshes_the_hosts_and_a_host_that_dies_drops_out() {
+fn hosts_join_mesh_share_names_and_a_host_that_dies_drops_out() {
     require_etcd!();
     // Declared in this order, dropped in the reverse: faasd, etcd, then the namespaces.
     let c = Hosts::new("cl-join");
@@ -301,8 +336,18 @@ fn join_meshes_the_hosts_and_a_host_that_dies_drops_out() {
         });
     }
 
+    // A function on host 3 has its name on every host, and host 1 calls it over the mesh,
+    // waking it from zero there.
+    let addr = daemons[2].deploy_hello("hello", &[]);
+    wait_name(&c, &daemons, "hello.faas", &addr.to_string());
+    let (code, body) = c.hosts[0]
+        .run(|| http_get(std::net::SocketAddr::from((addr, 8080))))
+        .unwrap();
+    assert_eq!(code, 200, "{body}\n{}", daemons[2].log());
+    assert_eq!(daemons[2].describe("hello").state.activations, 1);
+
     // Host 3's faasd and etcd member are killed: its lease runs out (3 s), and the others
-    // drop it from their view and their mesh.
+    // drop it from their view, their mesh and their zone.
     let gone = status(&daemons[2]).number;
     daemons[2].kill9();
     members[2] = None;
@@ -312,6 +357,7 @@ fn join_meshes_the_hosts_and_a_host_that_dies_drops_out() {
         assert!(!numbers(&s).contains(&gone), "{s:#?}");
     }
     let dropped_after = t0.elapsed();
+    wait_name(&c, &daemons[..2], "hello.faas", "");
     assert!(
         dropped_after >= Duration::from_secs(1),
         "dropped before its lease could expire: {dropped_after:?}"
@@ -326,4 +372,6 @@ fn join_meshes_the_hosts_and_a_host_that_dies_drops_out() {
     for d in &daemons[..2] {
         wait_status(d, "host 3 back", |s| s.hosts.len() == 3);
     }
+    // Its function's name is back everywhere with it.
+    wait_name(&c, &daemons, "hello.faas", &addr.to_string());
 }

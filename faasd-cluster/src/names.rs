@@ -1,0 +1,78 @@
+//! Functions' names across the cluster: each host puts its functions' addresses under its
+//! lease (so a dead host's names go with it), and every host follows them all for its
+//! `.faas` zone.
+
+use std::{collections::BTreeMap, net::Ipv6Addr, sync::Arc};
+
+use etcd_client::PutOptions;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::{Etcd, EtcdError};
+
+const NAMES: &str = "/faasd/v1/names/";
+
+/// Where a function's name points, and who said so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NameRecord {
+    /// The function's address.
+    pub address: Ipv6Addr,
+    /// The number of the host that runs it.
+    pub host: u16,
+}
+
+/// A function, as `(namespace, name)`.
+pub type FunctionName = (String, String);
+
+fn key((namespace, name): &FunctionName) -> String {
+    format!("{NAMES}{namespace}/{name}")
+}
+
+/// Puts a function's name under `lease`.
+pub async fn put_name(
+    etcd: &Etcd,
+    function: &FunctionName,
+    record: &NameRecord,
+    lease: i64,
+) -> Result<(), EtcdError> {
+    let (k, v) = (
+        key(function),
+        serde_json::to_string(record).expect("a name record serializes"),
+    );
+    etcd.call("publishing a function's name", |mut c| {
+        let (k, v) = (k.clone(), v.clone());
+        async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
+    })
+    .await
+    .map(drop)
+}
+
+/// Takes a function's name out.
+pub async fn delete_name(etcd: &Etcd, function: &FunctionName) -> Result<(), EtcdError> {
+    let k = key(function);
+    etcd.call("withdrawing a function's name", |mut c| {
+        let k = k.clone();
+        async move { c.delete(k, None).await }
+    })
+    .await
+    .map(drop)
+}
+
+/// Keeps `names` every function's name in the cluster, until it has no receiver left.
+pub async fn watch_names(
+    etcd: Arc<Etcd>,
+    names: watch::Sender<BTreeMap<FunctionName, NameRecord>>,
+) {
+    crate::watch::follow(
+        etcd,
+        NAMES,
+        "the functions' names",
+        |k| {
+            let (namespace, name) = k.split_once('/')?;
+            Some((namespace.to_owned(), name.to_owned()))
+        },
+        names,
+    )
+    .await
+}
