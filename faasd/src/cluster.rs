@@ -65,6 +65,8 @@ pub struct Membership {
     pub name: String,
     /// This host's number.
     pub number: u16,
+    /// Where this host keeps what it knows of the cluster.
+    dir: PathBuf,
 }
 
 /// Connects to etcd and learns this host's number: from the state directory when it was
@@ -84,7 +86,8 @@ pub async fn connect(c: &ClusterConfig, state_dir: &Path) -> Result<Membership, 
         })
         .await?,
     );
-    let path = state_dir.join("cluster/host-number");
+    let dir = state_dir.join("cluster");
+    let path = dir.join("host-number");
     let number = match std::fs::read_to_string(&path) {
         Ok(text) => text
             .trim()
@@ -111,7 +114,12 @@ pub async fn connect(c: &ClusterConfig, state_dir: &Path) -> Result<Membership, 
         "cluster: this host is {name}, number {number}, etcd {}",
         etcd.endpoints()
     );
-    Ok(Membership { etcd, name, number })
+    Ok(Membership {
+        etcd,
+        name,
+        number,
+        dir,
+    })
 }
 
 fn host_name() -> std::io::Result<String> {
@@ -186,9 +194,16 @@ impl Cluster {
         ));
         let (names, changes) = mpsc::unbounded_channel();
         let publish = tokio::spawn(publish_names(membership.clone(), lease.clone(), changes));
-        let (tx, hosts) = watch::channel(BTreeMap::new());
+        // What this host last knew of the others: it meshes with them before etcd answers.
+        let hosts_cache = membership.dir.join("hosts.json");
+        let (tx, hosts) = watch::channel(load(&hosts_cache));
         let follow = tokio::spawn(faasd_cluster::watch_hosts(membership.etcd.clone(), tx));
-        let mesh = tokio::spawn(mesh(hosts.clone(), wireguard.clone(), membership.number));
+        let mesh = tokio::spawn(mesh(
+            hosts.clone(),
+            wireguard.clone(),
+            membership.number,
+            hosts_cache,
+        ));
         Ok(Self {
             membership,
             lease,
@@ -219,15 +234,18 @@ impl Cluster {
         let _ = self.names.send(NameChange::Remove(f));
     }
 
-    /// Keeps the other hosts' functions' names in `zone`, as etcd has them.
+    /// Keeps the other hosts' functions' names in `zone`, as etcd has them, starting from
+    /// what this host last knew (kept on disk, so it answers for them without etcd).
     pub fn follow_names(&self, zone: Arc<crate::dns::Zone>) {
-        let (tx, rx) = watch::channel(BTreeMap::new());
+        let cache = self.membership.dir.join("names.json");
+        let (tx, rx) = watch::channel(load(&cache));
         let follow = tokio::spawn(faasd_cluster::watch_names(self.membership.etcd.clone(), tx));
         let sync = tokio::spawn(sync_zone(
             rx,
             zone,
             self.own_names.clone(),
             self.membership.number,
+            cache,
         ));
         self.tasks
             .lock()
@@ -362,24 +380,26 @@ async fn publish_names(
 }
 
 /// Keeps the other hosts' names in `zone`: added and changed ones set, gone ones taken
-/// out (unless this host has a function of that name itself).
+/// out (unless this host has a function of that name itself), and every version written
+/// to `cache`.
 async fn sync_zone(
     mut names: watch::Receiver<BTreeMap<FunctionName, NameRecord>>,
     zone: Arc<crate::dns::Zone>,
     own: Arc<Mutex<BTreeSet<FunctionName>>>,
     this: u16,
+    cache: PathBuf,
 ) {
     let mut shown: BTreeMap<FunctionName, Ipv6Addr> = BTreeMap::new();
     loop {
+        let all = names.borrow_and_update().clone();
         let now: BTreeMap<FunctionName, Ipv6Addr> = {
             let own = own.lock().expect("names lock");
-            names
-                .borrow_and_update()
-                .iter()
+            all.iter()
                 .filter(|(f, r)| r.host != this && !own.contains(*f))
                 .map(|(f, r)| (f.clone(), r.address))
                 .collect()
         };
+        store(&cache, all);
         let set: Vec<(&str, &str, Ipv6Addr)> = now
             .iter()
             .filter(|(f, a)| shown.get(*f) != Some(a))
@@ -404,25 +424,45 @@ async fn sync_zone(
     }
 }
 
+/// What this host last knew of the cluster, kept in its state directory (empty when it
+/// has none or cannot read it: etcd will tell again).
+fn load<K: Ord + serde::de::DeserializeOwned, V: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> BTreeMap<K, V> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<(K, V)>>(&b).ok())
+        .map(|v| v.into_iter().collect())
+        .unwrap_or_default()
+}
+
+/// Keeps what this host knows of the cluster for [`load`].
+fn store<K: Serialize, V: Serialize>(path: &Path, map: BTreeMap<K, V>) {
+    let list: Vec<(K, V)> = map.into_iter().collect();
+    let json = serde_json::to_vec(&list).expect("cluster state serializes");
+    if let Err(e) = faasd_core::durable::write_atomic(path, &json) {
+        tracing::warn!("cluster: keeping {}: {e}", path.display());
+    }
+}
+
 /// Host `n`'s function prefix.
 fn prefix_of(n: u16) -> Ipv6Net {
     let (addr, len) = faasd_common::plan::host_prefix(n);
     Ipv6Net { addr, len }
 }
 
-/// Keeps the interface's host peers what the registrations say, this host left out.
+/// Keeps the interface's host peers what the registrations say, this host left out, and
+/// every version in `cache`.
 async fn mesh(
     mut hosts: watch::Receiver<BTreeMap<u16, HostInfo>>,
     wireguard: Arc<WireGuard>,
     this: u16,
+    cache: PathBuf,
 ) {
     loop {
-        let others: Vec<HostInfo> = hosts
-            .borrow_and_update()
-            .values()
-            .filter(|h| h.number != this)
-            .cloned()
-            .collect();
+        let all = hosts.borrow_and_update().clone();
+        let others: Vec<HostInfo> = all.values().filter(|h| h.number != this).cloned().collect();
+        store(&cache, all);
         let mut peers = Vec::with_capacity(others.len());
         for h in &others {
             peers.push(HostPeer {

@@ -43,7 +43,11 @@ impl Drop for Member {
 struct Hosts {
     hosts: Vec<Netns>,
     lan: Netns,
+    /// This set's number among the test process's, for names the machine shares.
+    seq: usize,
 }
+
+static SETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Hosts {
     fn new(tag: &str) -> Self {
@@ -91,7 +95,11 @@ impl Hosts {
             ]));
             run(Command::new("ip").args(["-n", &h.name, "link", "set", "eth1", "up"]));
         }
-        Self { hosts, lan: lan_ns }
+        Self {
+            hosts,
+            lan: lan_ns,
+            seq: SETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// One etcd cluster, a member on each host, once it answers.
@@ -181,7 +189,7 @@ impl Hosts {
     fn daemon(&self, n: usize) -> Daemon<'_> {
         // Interface names are the machine's (their control sockets share /run/wireguard):
         // one of this test's own per host.
-        let interface = format!("wgc{}{n}", std::process::id() % 100_000);
+        let interface = format!("wgc{}-{}-{n}", std::process::id() % 10_000, self.seq);
         Daemon::start_with(
             &self.hosts[n - 1],
             &format!(
@@ -238,7 +246,7 @@ fn aaaa(ns: &Netns, server: std::net::Ipv6Addr, name: &str) -> String {
 fn wait_name(c: &Hosts, daemons: &[Daemon], name: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     for (i, d) in daemons.iter().enumerate() {
-        let server = status(d).hosts.iter().find(|h| h.this).unwrap().address;
+        let server = faasd_common::plan::host_address(status(d).number);
         loop {
             let got = aaaa(&c.hosts[i], server, name);
             if got == want {
@@ -374,4 +382,49 @@ fn hosts_join_mesh_share_names_and_a_host_that_dies_drops_out() {
     }
     // Its function's name is back everywhere with it.
     wait_name(&c, &daemons, "hello.faas", &addr.to_string());
+}
+
+#[test]
+fn without_a_quorum_hosts_keep_serving_and_answering_even_across_a_restart() {
+    require_etcd!();
+    let c = Hosts::new("cl-quorum");
+    let mut members = c.start_members();
+    let mut daemons: Vec<Daemon> = (1..=3).map(|n| c.daemon(n)).collect();
+    for d in &daemons {
+        wait_status(d, "three hosts", |s| s.hosts.len() == 3 && s.registered);
+    }
+    let addr = daemons[2].deploy_hello("hello", &[]);
+    wait_name(&c, &daemons, "hello.faas", &addr.to_string());
+
+    // Two of three members stop: no quorum. Host 1 still calls host 3's function (woken
+    // from zero there), and every host still answers its name.
+    members[1] = None;
+    members[2] = None;
+    let s = wait_status(&daemons[0], "two members unreachable", |s| {
+        s.etcd.iter().filter(|m| m.error.is_some()).count() == 2
+    });
+    assert!(s.etcd[0].error.is_none(), "{:?}", s.etcd);
+    let call = || {
+        c.hosts[0]
+            .run(|| http_get(std::net::SocketAddr::from((addr, 8080))))
+            .unwrap()
+    };
+    let (code, body) = call();
+    assert_eq!(code, 200, "{body}");
+    wait_name(&c, &daemons, "hello.faas", &addr.to_string());
+
+    // Host 1's faasd restarts meanwhile: it knows its number and the names without etcd.
+    daemons[0].kill9();
+    daemons[0].restart();
+    wait_name(&c, &daemons[..1], "hello.faas", &addr.to_string());
+    let (code, body) = call();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status(&daemons[0]).number, 1);
+
+    // The members come back: host 1 registers again and sees the three.
+    members[1] = Some(c.start_member(2, "existing"));
+    members[2] = Some(c.start_member(3, "existing"));
+    wait_status(&daemons[0], "registered again", |s| {
+        s.registered && s.hosts.len() == 3
+    });
 }
