@@ -20,6 +20,9 @@ pub struct NameRecord {
     pub address: Ipv6Addr,
     /// The number of the host that runs it.
     pub host: u16,
+    /// The port `/function/<name>` calls it on (its first TCP port), if it has one.
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 /// A function, as `(namespace, name)`.

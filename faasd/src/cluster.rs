@@ -135,7 +135,7 @@ fn host_name() -> std::io::Result<String> {
 /// A change to this host's functions' names.
 #[derive(Debug)]
 enum NameChange {
-    Set(FunctionName, Ipv6Addr),
+    Set(FunctionName, NameRecord),
     Remove(FunctionName),
 }
 
@@ -151,6 +151,8 @@ pub struct Cluster {
     names: mpsc::UnboundedSender<NameChange>,
     /// The names this host publishes itself (its zone has them already).
     own_names: Arc<Mutex<BTreeSet<FunctionName>>>,
+    /// Every host's functions' names, as etcd has them (or as this host last knew).
+    all_names: watch::Receiver<BTreeMap<FunctionName, NameRecord>>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -204,6 +206,9 @@ impl Cluster {
             membership.number,
             hosts_cache,
         ));
+        // And of every host's functions' names, to answer for them before etcd does.
+        let (tx, all_names) = watch::channel(load(&membership.dir.join("names.json")));
+        let follow_names = tokio::spawn(faasd_cluster::watch_names(membership.etcd.clone(), tx));
         Ok(Self {
             membership,
             lease,
@@ -211,20 +216,35 @@ impl Cluster {
             wireguard,
             names,
             own_names: Arc::default(),
+            all_names,
             tasks: Mutex::new(vec![
                 register.abort_handle(),
                 publish.abort_handle(),
                 follow.abort_handle(),
                 mesh.abort_handle(),
+                follow_names.abort_handle(),
             ]),
         })
     }
 
-    /// A function of this host's answers at `address`, on every host.
-    pub fn publish(&self, namespace: &str, name: &str, address: Ipv6Addr) {
+    /// A function of this host's answers at `address` on every host, and is called on
+    /// `port` through any host's `/function/<name>`.
+    pub fn publish(&self, namespace: &str, name: &str, address: Ipv6Addr, port: Option<u16>) {
         let f = (namespace.to_owned(), name.to_owned());
+        let record = NameRecord {
+            address,
+            host: self.membership.number,
+            port,
+        };
         self.own_names.lock().expect("names lock").insert(f.clone());
-        let _ = self.names.send(NameChange::Set(f, address));
+        let _ = self.names.send(NameChange::Set(f, record));
+    }
+
+    /// Where `/function/<name>` calls another host's function: its address and port.
+    pub fn invocation_target(&self, namespace: &str, name: &str) -> Option<(Ipv6Addr, u16)> {
+        let names = self.all_names.borrow();
+        let r = names.get(&(namespace.to_owned(), name.to_owned()))?;
+        Some((r.address, r.port?))
     }
 
     /// A function of this host's is gone.
@@ -237,20 +257,17 @@ impl Cluster {
     /// Keeps the other hosts' functions' names in `zone`, as etcd has them, starting from
     /// what this host last knew (kept on disk, so it answers for them without etcd).
     pub fn follow_names(&self, zone: Arc<crate::dns::Zone>) {
-        let cache = self.membership.dir.join("names.json");
-        let (tx, rx) = watch::channel(load(&cache));
-        let follow = tokio::spawn(faasd_cluster::watch_names(self.membership.etcd.clone(), tx));
         let sync = tokio::spawn(sync_zone(
-            rx,
+            self.all_names.clone(),
             zone,
             self.own_names.clone(),
             self.membership.number,
-            cache,
+            self.membership.dir.join("names.json"),
         ));
         self.tasks
             .lock()
             .expect("tasks lock")
-            .extend([follow.abort_handle(), sync.abort_handle()]);
+            .push(sync.abort_handle());
     }
 
     /// What `faasd cluster status` shows.
@@ -332,16 +349,16 @@ async fn publish_names(
     mut lease: watch::Receiver<Option<i64>>,
     mut changes: mpsc::UnboundedReceiver<NameChange>,
 ) {
-    let mut mine: BTreeMap<FunctionName, Ipv6Addr> = BTreeMap::new();
+    let mut mine: BTreeMap<FunctionName, NameRecord> = BTreeMap::new();
     // Names etcd does not have as they are here yet: to put, or (no address) to delete.
-    let mut pending: BTreeMap<FunctionName, Option<Ipv6Addr>> = BTreeMap::new();
+    let mut pending: BTreeMap<FunctionName, Option<NameRecord>> = BTreeMap::new();
     loop {
         tokio::select! {
             change = changes.recv() => match change {
                 None => return,
-                Some(NameChange::Set(f, a)) => {
-                    mine.insert(f.clone(), a);
-                    pending.insert(f, Some(a));
+                Some(NameChange::Set(f, r)) => {
+                    mine.insert(f.clone(), r.clone());
+                    pending.insert(f, Some(r));
                 }
                 Some(NameChange::Remove(f)) => {
                     mine.remove(&f);
@@ -352,27 +369,21 @@ async fn publish_names(
                 if changed.is_err() {
                     return;
                 }
-                pending.extend(mine.iter().map(|(f, a)| (f.clone(), Some(*a))));
+                pending.extend(mine.iter().map(|(f, r)| (f.clone(), Some(r.clone()))));
             }
             () = tokio::time::sleep(Duration::from_secs(1)), if !pending.is_empty() => {}
         }
         let Some(l) = *lease.borrow() else { continue };
         let etcd = &membership.etcd;
         let mut left = BTreeMap::new();
-        for (f, a) in std::mem::take(&mut pending) {
-            let done = match a {
-                Some(address) => {
-                    let record = NameRecord {
-                        address,
-                        host: membership.number,
-                    };
-                    faasd_cluster::put_name(etcd, &f, &record, l).await
-                }
+        for (f, r) in std::mem::take(&mut pending) {
+            let done = match &r {
+                Some(record) => faasd_cluster::put_name(etcd, &f, record, l).await,
                 None => faasd_cluster::delete_name(etcd, &f).await,
             };
             if let Err(e) = done {
                 tracing::warn!("cluster: {}/{}: {e}", f.0, f.1);
-                left.insert(f, a);
+                left.insert(f, r);
             }
         }
         pending = left;

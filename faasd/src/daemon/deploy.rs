@@ -127,7 +127,7 @@ impl Daemon {
             }
         };
         let status = self.status_now(&new);
-        self.name_set(&name, &ns, address).await;
+        self.name_set(&new).await;
         *entry.current.write().expect("entry lock") = Some(new.clone());
         if let Some(old) = old {
             let taken_over: BTreeSet<BindingKey> = new.bindings.iter().map(|(k, _)| *k).collect();

@@ -161,6 +161,15 @@ fn egress(
         .inspect_err(|e| tracing::error!("functions cannot call out: {e}"))
 }
 
+/// The port `/function/<name>` calls a function on: its first TCP port.
+fn first_tcp_port(settings: &faasd_core::spec::Settings) -> Option<u16> {
+    settings
+        .ports
+        .iter()
+        .find(|p| p.protocol == faasd_core::spec::Protocol::Tcp)
+        .map(|p| p.port)
+}
+
 /// The host on the WireGuard network: its interface and its cluster, where it has them.
 #[derive(Debug, Default)]
 pub struct Network {
@@ -293,12 +302,18 @@ impl Daemon {
 
     /// A function's name answers for its address: in this host's zone, and in a cluster on
     /// every host.
-    async fn name_set(&self, name: &str, namespace: &str, address: std::net::Ipv6Addr) {
+    async fn name_set(&self, f: &Function) {
+        let spec = &f.record.spec;
         if let Some(z) = &self.zone {
-            z.set(name, namespace, address).await;
+            z.set(&spec.name, &spec.namespace, f.record.address).await;
         }
         if let Some(c) = &self.cluster {
-            c.publish(namespace, name, address);
+            c.publish(
+                &spec.namespace,
+                &spec.name,
+                f.record.address,
+                first_tcp_port(&f.settings),
+            );
         }
     }
 
@@ -463,19 +478,24 @@ impl Daemon {
         namespace: &str,
         name: &str,
     ) -> Result<(Ipv6Addr, u16), DaemonError> {
-        let f = self.function(namespace, name)?;
-        let port = f
-            .settings
-            .ports
-            .iter()
-            .find(|p| p.protocol == faasd_core::spec::Protocol::Tcp)
-            .ok_or_else(|| {
-                SpecError(format!(
-                    "function {namespace}/{name} has no TCP port to invoke"
-                ))
-            })?;
+        let f = match self.function(namespace, name) {
+            Ok(f) => f,
+            // Another host's, in a cluster: called at its address over the mesh.
+            Err(e) => {
+                return self
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.invocation_target(namespace, name))
+                    .ok_or(e);
+            }
+        };
+        let port = first_tcp_port(&f.settings).ok_or_else(|| {
+            SpecError(format!(
+                "function {namespace}/{name} has no TCP port to invoke"
+            ))
+        })?;
         f.invocations.fetch_add(1, Ordering::Relaxed);
-        Ok((f.record.address, port.port))
+        Ok((f.record.address, port))
     }
 
     /// Records the outcome of a call through `/function/*`.

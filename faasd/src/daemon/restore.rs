@@ -119,14 +119,8 @@ impl Daemon {
             )
             .durable()
             .await?;
-        // Names answer from the start (here and, in a cluster, on every host); those of
-        // functions that fail to come back are taken out again below. The zone fills on
-        // its own task, beside the activations.
-        if let Some(c) = &self.cluster {
-            for r in &records {
-                c.publish(&r.spec.namespace, &r.spec.name, r.address);
-            }
-        }
+        // Names answer from the start; those of functions that fail to come back are taken
+        // out again below. The zone fills on its own task, beside the activations.
         let zone_fill = self.zone.clone().map(|z| {
             let records = records.clone();
             tokio::spawn(async move {
@@ -209,9 +203,16 @@ impl Daemon {
                 z.remove(&r.spec.name, &r.spec.namespace).await;
             }
         }
+        // The other hosts learn the names of those that came back.
         if let Some(c) = &self.cluster {
-            for r in &failed {
-                c.withdraw(&r.spec.namespace, &r.spec.name);
+            for f in &functions {
+                let spec = &f.record.spec;
+                c.publish(
+                    &spec.namespace,
+                    &spec.name,
+                    f.record.address,
+                    super::first_tcp_port(&f.settings),
+                );
             }
         }
         // Stored sockets of functions that no longer exist.

@@ -353,6 +353,12 @@ fn hosts_join_mesh_share_names_and_a_host_that_dies_drops_out() {
         .unwrap();
     assert_eq!(code, 200, "{body}\n{}", daemons[2].log());
     assert_eq!(daemons[2].describe("hello").state.activations, 1);
+    // Host 1's gateway calls it as well: /function/hello there answers from host 3.
+    let out = daemons[0].cli_ok(&["invoke", "hello", "--data", "x"]);
+    assert!(
+        out.contains(&format!("instance=hello-{}-", daemons[2].pid())),
+        "{out}"
+    );
 
     // Host 3's faasd and etcd member are killed: its lease runs out (3 s), and the others
     // drop it from their view, their mesh and their zone.
