@@ -16,6 +16,7 @@
 //! Prints a table, writes `results.json` and `latency.svg` to `--out`.
 
 mod autoscale;
+mod cluster;
 mod plot;
 mod scale;
 mod stats;
@@ -406,11 +407,13 @@ fn section_main(name: &str) -> Result<()> {
     let machine = machine();
     println!("machine: {machine}");
     let mut b = Bench::new(&out)?;
-    let section = if name == "scale" {
-        scale::run(&mut b, &faasd, &hello, &a.sizes, &out)?
-    } else {
-        b.start_daemon(&faasd, "")?;
-        autoscale::run(&mut b, &hello, &out)?
+    let section = match name {
+        "scale" => scale::run(&mut b, &faasd, &hello, &a.sizes, &out)?,
+        "cluster" => cluster::run(&faasd, &hello, &out)?,
+        _ => {
+            b.start_daemon(&faasd, "")?;
+            autoscale::run(&mut b, &hello, &out)?
+        }
     };
     let results = json!({"machine": machine, name: section});
     let file = out.join(format!("{name}.json"));
@@ -420,7 +423,7 @@ fn section_main(name: &str) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    if let Some(name @ ("scale" | "autoscale")) = std::env::args().nth(1).as_deref() {
+    if let Some(name @ ("scale" | "autoscale" | "cluster")) = std::env::args().nth(1).as_deref() {
         return section_main(name);
     }
     let args = parse_args()?;
@@ -583,6 +586,7 @@ fn main() -> Result<()> {
     println!("XDP: a UDP flood to an unbound function address, 5 s");
     let xdp = xdp_drop_rate(&b, &sender, 5)?;
     let autoscale = autoscale::run(&mut b, &hello, &out)?;
+    let cluster = cluster::run(&faasd, &hello, &out)?;
     println!("scale: cost per function at {:?} functions", scale::SIZES);
     let scale = scale::run(&mut b, &faasd, &hello, &scale::SIZES, &out)?;
     drop(b);
@@ -644,6 +648,7 @@ fn main() -> Result<()> {
         "dns": dns,
         "xdp_unbound_flood": xdp,
         "autoscale": autoscale,
+        "cluster": cluster,
         "scale": scale,
         "sk_lookup_ns_per_run_by_bindings": by_bindings
             .iter()

@@ -24,7 +24,8 @@ const USAGE: &str = "usage: cargo xtask <setup|up|test|bench|image|dist> [args]
   test           setup, then every test: unit, privileged integration, fmt, clippy
                  (--no-lint skips fmt and clippy; extra args go to cargo test)
   bench [ARGS]   setup, build release, run the benchmark harness (faasd-bench --help);
-                 `bench scale [--sizes 1000,5000,19000]` runs only the cost-per-function section
+                 `bench scale [--sizes 1000,5000,19000]` runs only the cost-per-function section,
+                 `bench autoscale` and `bench cluster` only theirs
   image          build OCI archives of the sample functions (target/images) and import
                  them into containerd (the system one, or a private one for the tests)
   dist           build release; target/dist gets the .deb and a directory (and tarball)
@@ -327,7 +328,7 @@ fn bench(args: &[String]) -> Result {
             .arg(root.join("target/bench"));
         c
     };
-    if let Some(section @ ("scale" | "autoscale")) = args.first().map(String::as_str) {
+    if let Some(section @ ("scale" | "autoscale" | "cluster")) = args.first().map(String::as_str) {
         // One section alone: process functions only, no containerd needed.
         step(&format!("running the {section} benchmark"));
         return run(harness(&[section.as_ref()]).args(&args[1..]));
