@@ -240,6 +240,24 @@ impl Cluster {
         let _ = self.names.send(NameChange::Set(f, record));
     }
 
+    /// Whether this host's registration holds (etcd took its last keep-alive in time).
+    pub fn registered(&self) -> bool {
+        self.lease.borrow().is_some()
+    }
+
+    /// This host's number.
+    pub fn number(&self) -> u16 {
+        self.membership.number
+    }
+
+    /// The host a function of that name runs on, as the cluster's names say.
+    pub fn host_of(&self, namespace: &str, name: &str) -> Option<u16> {
+        let names = self.all_names.borrow();
+        names
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|r| r.host)
+    }
+
     /// Where `/function/<name>` calls another host's function: its address and port.
     pub fn invocation_target(&self, namespace: &str, name: &str) -> Option<(Ipv6Addr, u16)> {
         let names = self.all_names.borrow();
@@ -308,7 +326,7 @@ impl Cluster {
         ClusterStatus {
             name: self.membership.name.clone(),
             number: self.membership.number,
-            registered: self.lease.borrow().is_some(),
+            registered: self.registered(),
             hosts,
             etcd,
         }

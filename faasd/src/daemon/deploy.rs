@@ -32,6 +32,7 @@ impl Daemon {
         }
         let (spec, settings) = FunctionSpec::from_deployment(d)?;
         let id = spec.id();
+        self.cluster_allows(&spec.namespace, &spec.name)?;
         // A new function takes its place in the registry at once (a second deploy of the
         // same name sees it and gets 409), with its operation lock held until it is done.
         let (entry, fresh) = if update {
@@ -220,6 +221,7 @@ impl Daemon {
     /// Removes a function: instances stopped, sockets closed, bindings gone, state deleted.
     pub async fn remove(&self, namespace: &str, name: &str) -> Result<(), DaemonError> {
         let id = format!("{namespace}/{name}");
+        self.cluster_allows(namespace, name)?;
         let entry = self
             .entry(&id)
             .ok_or_else(|| DaemonError::NoFunction(id.clone()))?;

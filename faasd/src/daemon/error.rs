@@ -39,6 +39,20 @@ pub enum DaemonError {
     /// This host is alone.
     #[error("this host is not in a cluster: its config has no [cluster] section")]
     NoCluster,
+    /// This host cannot reach etcd, so the other hosts could not learn of a change.
+    #[error(
+        "etcd is unreachable from this host (its registration lapsed): functions keep \
+         serving, but deploys and removals wait until etcd answers; see faasd cluster status"
+    )]
+    ClusterUnavailable,
+    /// Another host of the cluster has a function of that name.
+    #[error("function {id} exists on host {host} of this cluster; manage it there")]
+    ExistsOnHost {
+        /// The function.
+        id: String,
+        /// The host's number.
+        host: u16,
+    },
     /// The daemon's open-file budget has no room for the function's sockets.
     #[error(
         "no room for {wanted} more socket(s): about {used} of this daemon's {limit} open files \
@@ -130,7 +144,8 @@ impl DaemonError {
         match self {
             Self::Invalid(_) | Self::MissingSecret { .. } | Self::NoWireGuard => K::Invalid,
             Self::NoFunction(_) | Self::NoNamespace(_) | Self::NoCluster => K::NotFound,
-            Self::FunctionExists(_) => K::Exists,
+            Self::FunctionExists(_) | Self::ExistsOnHost { .. } => K::Exists,
+            Self::ClusterUnavailable => K::Unavailable,
             Self::NoFiles { .. } => K::Full,
             Self::Socket { source, .. } if no_files(source) => K::Full,
             Self::Socket { .. } | Self::Host { .. } | Self::ShuttingDown(_) | Self::Task(_) => {

@@ -300,6 +300,24 @@ impl Daemon {
         self.cluster.as_deref().ok_or(DaemonError::NoCluster)
     }
 
+    /// In a cluster, a change to a function needs etcd (the other hosts must learn of it)
+    /// and a name no other host has.
+    fn cluster_allows(&self, namespace: &str, name: &str) -> Result<(), DaemonError> {
+        let Some(c) = &self.cluster else {
+            return Ok(());
+        };
+        if !c.registered() {
+            return Err(DaemonError::ClusterUnavailable);
+        }
+        match c.host_of(namespace, name) {
+            Some(host) if host != c.number() => Err(DaemonError::ExistsOnHost {
+                id: format!("{namespace}/{name}"),
+                host,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// A function's name answers for its address: in this host's zone, and in a cluster on
     /// every host.
     async fn name_set(&self, f: &Function) {

@@ -353,6 +353,12 @@ fn hosts_join_mesh_share_names_and_a_host_that_dies_drops_out() {
         .unwrap();
     assert_eq!(code, 200, "{body}\n{}", daemons[2].log());
     assert_eq!(daemons[2].describe("hello").state.activations, 1);
+    // The name is the cluster's: host 1 cannot deploy another of it.
+    let hello = crate::harness::hello_bin();
+    let e = daemons[0]
+        .cli(&["deploy", "hello", "--command", &hello])
+        .unwrap_err();
+    assert!(e.contains("exists on host 3"), "{e}");
     // Host 1's gateway calls it as well: /function/hello there answers from host 3.
     let out = daemons[0].cli_ok(&["invoke", "hello", "--data", "x"]);
     assert!(
@@ -419,6 +425,19 @@ fn without_a_quorum_hosts_keep_serving_and_answering_even_across_a_restart() {
     assert_eq!(code, 200, "{body}");
     wait_name(&c, &daemons, "hello.faas", &addr.to_string());
 
+    // Once host 1's registration lapses, changes wait for etcd, said as such (503).
+    wait_status(&daemons[0], "the registration lapsed", |s| !s.registered);
+    let hello = crate::harness::hello_bin();
+    let e = daemons[0]
+        .cli(&["deploy", "later", "--command", &hello])
+        .unwrap_err();
+    assert!(
+        e.contains("503") && e.contains("etcd is unreachable"),
+        "{e}"
+    );
+    let e = daemons[2].cli(&["remove", "hello"]).unwrap_err();
+    assert!(e.contains("etcd is unreachable"), "{e}");
+
     // Host 1's faasd restarts meanwhile: it knows its number and the names without etcd.
     daemons[0].kill9();
     daemons[0].restart();
@@ -433,4 +452,5 @@ fn without_a_quorum_hosts_keep_serving_and_answering_even_across_a_restart() {
     wait_status(&daemons[0], "registered again", |s| {
         s.registered && s.hosts.len() == 3
     });
+    daemons[0].cli_ok(&["deploy", "later", "--command", &hello]);
 }
