@@ -39,6 +39,109 @@ impl Drop for Member {
     }
 }
 
+/// Plugs `ns` into the LAN's bridge as 10.77.0.`n`.
+fn attach(lan_ns: &Netns, ns: &Netns, n: usize) {
+    let port = format!("p{n}");
+    let ip = |args: &[&str]| run(Command::new("ip").args(args));
+    ip(&[
+        "-n",
+        &ns.name,
+        "link",
+        "add",
+        "eth1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &port,
+        "netns",
+        &lan_ns.name,
+    ]);
+    ip(&[
+        "-n",
+        &lan_ns.name,
+        "link",
+        "set",
+        &port,
+        "master",
+        "br0",
+        "up",
+    ]);
+    ip(&[
+        "-n",
+        &ns.name,
+        "addr",
+        "add",
+        &format!("{}/24", lan(n)),
+        "dev",
+        "eth1",
+    ]);
+    ip(&["-n", &ns.name, "link", "set", "eth1", "up"]);
+}
+
+/// A laptop on the LAN: wireguard-go set up from `faasd peer add` on one host, stopped
+/// (and its control socket removed) when dropped.
+struct Laptop {
+    ns: Netns,
+    wg: Child,
+    interface: String,
+}
+
+impl Drop for Laptop {
+    fn drop(&mut self) {
+        let _ = self.wg.kill();
+        let _ = self.wg.wait();
+        let _ = std::fs::remove_file(faasd::wireguard::uapi::socket_path(&self.interface));
+    }
+}
+
+impl Laptop {
+    /// A laptop that is a peer of `home`'s.
+    fn of(c: &Hosts, home: &Daemon) -> Self {
+        let ns = Netns::new(&format!("cl-laptop{}", c.seq));
+        attach(&c.lan, &ns, 9);
+        let interface = format!("wgl{}-{}", std::process::id() % 10_000, c.seq);
+        let wg = crate::wireguard::wireguard_go(&ns, &interface);
+        let config = home.cli_ok(&["peer", "add", "laptop"]);
+        let address = config
+            .lines()
+            .find_map(|l| l.strip_prefix("Address = "))
+            .expect("an Address in the peer's file")
+            .to_owned();
+        // `wg setconf` takes the wg-quick file without wg-quick's own keys.
+        let setconf: String = config
+            .lines()
+            .filter(|l| !l.starts_with("Address") && !l.starts_with("DNS"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let conf = ns.dir.join("wg.conf");
+        std::fs::write(&conf, setconf).unwrap();
+        let ip = |args: &[&str]| run(Command::new("ip").args(args));
+        ip(&[
+            "netns",
+            "exec",
+            &ns.name,
+            "wg",
+            "setconf",
+            &interface,
+            conf.to_str().unwrap(),
+        ]);
+        ip(&["-n", &ns.name, "addr", "add", &address, "dev", &interface]);
+        ip(&["-n", &ns.name, "link", "set", &interface, "up"]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "-6",
+            "route",
+            "add",
+            "fd00:faa5::/32",
+            "dev",
+            &interface,
+        ]);
+        Self { ns, wg, interface }
+    }
+}
+
 /// Three host namespaces on one bridge, for an etcd member and a faasd each.
 struct Hosts {
     hosts: Vec<Netns>,
@@ -58,42 +161,7 @@ impl Hosts {
             .map(|n| Netns::new(&format!("{tag}-h{n}")))
             .collect();
         for (i, h) in hosts.iter().enumerate() {
-            let n = i + 1;
-            let port = format!("h{n}");
-            run(Command::new("ip").args([
-                "-n",
-                &h.name,
-                "link",
-                "add",
-                "eth1",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                &lan_ns.name,
-            ]));
-            run(Command::new("ip").args([
-                "-n",
-                &lan_ns.name,
-                "link",
-                "set",
-                &port,
-                "master",
-                "br0",
-                "up",
-            ]));
-            run(Command::new("ip").args([
-                "-n",
-                &h.name,
-                "addr",
-                "add",
-                &format!("{}/24", lan(n)),
-                "dev",
-                "eth1",
-            ]));
-            run(Command::new("ip").args(["-n", &h.name, "link", "set", "eth1", "up"]));
+            attach(&lan_ns, h, i + 1);
         }
         Self {
             hosts,
@@ -353,6 +421,31 @@ fn hosts_join_mesh_share_names_and_a_host_that_dies_drops_out() {
         .unwrap();
     assert_eq!(code, 200, "{body}\n{}", daemons[2].log());
     assert_eq!(daemons[2].describe("hello").state.activations, 1);
+    // A laptop, peer of host 1's, resolves the name through host 1 and calls host 3's
+    // function: there through host 1, and back the same way.
+    let laptop = Laptop::of(&c, &daemons[0]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while aaaa(
+        &laptop.ns,
+        faasd_common::plan::host_address(1),
+        "hello.faas",
+    ) != addr.to_string()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the laptop gets no answer for hello.faas"
+        );
+    }
+    let (code, body) = laptop
+        .ns
+        .run(|| http_get(std::net::SocketAddr::from((addr, 8080))))
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(&format!("instance=hello-{}-", daemons[2].pid())),
+        "{body}"
+    );
+    drop(laptop);
     // The name is the cluster's: host 1 cannot deploy another of it.
     let hello = crate::harness::hello_bin();
     let e = daemons[0]

@@ -30,7 +30,7 @@ fn have(tool: &str) -> bool {
 
 /// Starts Debian's wireguard-go as interface `name` in `ns` and waits for its control
 /// socket.
-fn wireguard_go(ns: &Netns, name: &str) -> Child {
+pub(crate) fn wireguard_go(ns: &Netns, name: &str) -> Child {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name, "wireguard-go", "-f", name])
         .stdout(Stdio::null())
