@@ -42,6 +42,11 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Host `n`'s WireGuard interface (its control socket is the machine's: a name of its own).
+fn interface(n: usize) -> String {
+    format!("wgb{}-{n}", std::process::id() % 10_000)
+}
+
 fn lan_addr(n: usize) -> String {
     format!("10.78.0.{n}")
 }
@@ -156,12 +161,12 @@ impl Lab {
             format!(
                 "state-dir = {:?}\nruntime-dir = {:?}\ndata-dir = {:?}\n\
                  cgroup-parent = \"faasd-bench-cluster/h{n}\"\nstop-timeout = \"2s\"\n\
-                 wireguard-interface = \"wgb{}-{n}\"\nwireguard-endpoint = \"{}:51820\"\n\
+                 wireguard-interface = \"{}\"\nwireguard-endpoint = \"{}:51820\"\n\
                  [cluster]\nendpoints = [{}]\nname = \"h{n}\"\nlease-ttl = \"{LEASE_TTL_S}s\"\n",
                 dir.join("state"),
                 dir.join("rt"),
                 dir.join("data"),
-                std::process::id() % 10_000,
+                interface(n),
                 lan_addr(n),
                 endpoints.join(", "),
             ),
@@ -228,6 +233,10 @@ impl Drop for Lab {
                 unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
                 let _ = c.wait();
             }
+        }
+        // A killed daemon leaves its WireGuard control socket behind.
+        for n in 1..=3 {
+            let _ = std::fs::remove_file(format!("/run/wireguard/{}.sock", interface(n)));
         }
         for h in &self.hosts {
             if let Ok(m) = std::fs::metadata(format!("/run/netns/{h}")) {

@@ -150,6 +150,15 @@ struct Hosts {
     seq: usize,
 }
 
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        // A daemon killed with -9 leaves its interface's control socket behind.
+        for n in 1..=3 {
+            let _ = std::fs::remove_file(faasd::wireguard::uapi::socket_path(&self.interface(n)));
+        }
+    }
+}
+
 static SETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Hosts {
@@ -253,11 +262,16 @@ impl Hosts {
             .join(", ")
     }
 
+    /// Host `n`'s WireGuard interface.
+    fn interface(&self, n: usize) -> String {
+        format!("wgc{}-{}-{n}", std::process::id() % 10_000, self.seq)
+    }
+
     /// Starts host `n`'s faasd in the cluster (lease TTL 3 s).
     fn daemon(&self, n: usize) -> Daemon<'_> {
         // Interface names are the machine's (their control sockets share /run/wireguard):
         // one of this test's own per host.
-        let interface = format!("wgc{}-{}-{n}", std::process::id() % 10_000, self.seq);
+        let interface = self.interface(n);
         Daemon::start_with(
             &self.hosts[n - 1],
             &format!(
