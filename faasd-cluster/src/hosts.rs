@@ -155,13 +155,26 @@ pub async fn register(
         let mut last_kept = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(ttl / 3).await;
-            let kept = etcd
-                .call("keeping this host's lease alive", |mut c| async move {
+            // The lease is gone once its TTL has passed since the last keep-alive etcd
+            // took, whether or not the call trying now has given up yet; once gone, each
+            // try gets a third of the TTL.
+            let deadline = (last_kept + ttl).max(tokio::time::Instant::now() + ttl / 3);
+            let kept = tokio::time::timeout_at(
+                deadline,
+                etcd.call("keeping this host's lease alive", |mut c| async move {
                     let (mut keeper, mut answers) = c.lease_keep_alive(lease).await?;
                     keeper.keep_alive().await?;
                     Ok(answers.message().await?.map_or(0, |a| a.ttl()))
-                })
-                .await;
+                }),
+            )
+            .await;
+            let kept = match kept {
+                Ok(k) => k,
+                Err(_) => {
+                    tx.send_if_modified(|l| l.take().is_some());
+                    continue;
+                }
+            };
             match kept {
                 Ok(left) if left > 0 => {
                     last_kept = tokio::time::Instant::now();

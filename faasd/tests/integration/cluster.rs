@@ -532,8 +532,11 @@ fn without_a_quorum_hosts_keep_serving_and_answering_even_across_a_restart() {
     assert_eq!(code, 200, "{body}");
     wait_name(&c, &daemons, "hello.faas", &addr.to_string());
 
-    // Once host 1's registration lapses, changes wait for etcd, said as such (503).
-    wait_status(&daemons[0], "the registration lapsed", |s| !s.registered);
+    // Once a host's registration lapses (its TTL after the last keep-alive etcd took),
+    // changes on it wait for etcd, said as such (503).
+    for d in [&daemons[0], &daemons[2]] {
+        wait_status(d, "the registration lapsed", |s| !s.registered);
+    }
     let hello = crate::harness::hello_bin();
     let e = daemons[0]
         .cli(&["deploy", "later", "--command", &hello])
