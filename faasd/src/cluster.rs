@@ -297,12 +297,17 @@ impl Cluster {
             .into_iter()
             .map(|(k, live)| (k, live.handshake_secs_ago))
             .collect();
+        let mut functions: BTreeMap<u16, usize> = BTreeMap::new();
+        for r in self.all_names.borrow().values() {
+            *functions.entry(r.host).or_default() += 1;
+        }
         let hosts = self
             .hosts
             .borrow()
             .values()
             .map(|h| HostStatus {
                 this: h.number == self.membership.number,
+                functions: functions.get(&h.number).copied().unwrap_or(0),
                 handshake_secs_ago: handshakes.get(&h.public_key).copied().flatten(),
                 prefix: prefix_of(h.number).to_string(),
                 address: faasd_common::plan::host_address(h.number),
@@ -548,6 +553,8 @@ pub struct HostStatus {
     pub address: Ipv6Addr,
     /// Seconds since this host's last WireGuard handshake with it.
     pub handshake_secs_ago: Option<u64>,
+    /// Functions it runs, as the cluster's names say.
+    pub functions: usize,
 }
 
 /// An etcd member as `faasd cluster status` shows it.

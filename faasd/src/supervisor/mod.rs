@@ -602,9 +602,12 @@ impl Supervisor {
             running: self.live(),
             starting: self.starting,
             target: self.target,
-            // Failing with nothing running: more starts would only fail more. A failure
-            // next to instances that run (one start that lost a race) does not stop it.
-            crashing: self.backoff_until.is_some() || (self.crash_streak > 0 && self.live() == 0),
+            // A crash loop (backing off, or as many quick exits in a row as make one), or
+            // failing with nothing running: more starts would only fail more. One failure
+            // next to instances that run (a start that lost a race) does not stop it.
+            crashing: self.backoff_until.is_some()
+                || self.crash_streak >= CRASH_LOOP_AFTER
+                || (self.crash_streak > 0 && self.live() == 0),
             counter: match a.kind {
                 _ if !self.autoscaler.counter_due(now) => None,
                 ScaleType::Capacity => None,

@@ -430,6 +430,9 @@ fn hosts_join_mesh_share_names_and_a_host_that_dies_drops_out() {
     // waking it from zero there.
     let addr = daemons[2].deploy_hello("hello", &[]);
     wait_name(&c, &daemons, "hello.faas", &addr.to_string());
+    wait_status(&daemons[0], "host 3 with one function", |s| {
+        s.hosts.iter().map(|h| h.functions).collect::<Vec<_>>() == [0, 0, 1]
+    });
     let (code, body) = c.hosts[0]
         .run(|| http_get(std::net::SocketAddr::from((addr, 8080))))
         .unwrap();

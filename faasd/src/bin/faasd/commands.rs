@@ -452,6 +452,7 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
                 "ADDRESS",
                 "ENDPOINT",
                 "HANDSHAKE",
+                "FUNCTIONS",
             ])];
             for h in &s.hosts {
                 rows.push(vec![
@@ -465,6 +466,7 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
                         (false, Some(s)) => format!("{s}s ago"),
                         (false, None) => "never".into(),
                     },
+                    h.functions.to_string(),
                 ]);
             }
             output::table(&rows);
