@@ -269,18 +269,20 @@ impl Hosts {
 
     /// Starts host `n`'s faasd in the cluster (lease TTL 3 s).
     fn daemon(&self, n: usize) -> Daemon<'_> {
+        Daemon::start_with(&self.hosts[n - 1], &self.config(n, &Self::endpoints(), ""))
+    }
+
+    /// Host `n`'s config lines: its interface, its endpoint, and `[cluster]` with these
+    /// endpoints and `extra` lines.
+    fn config(&self, n: usize, endpoints: &str, extra: &str) -> String {
         // Interface names are the machine's (their control sockets share /run/wireguard):
         // one of this test's own per host.
-        let interface = self.interface(n);
-        Daemon::start_with(
-            &self.hosts[n - 1],
-            &format!(
-                "wireguard-interface = \"{interface}\"\nwireguard-endpoint = \"{}:51820\"\n\
-                 [cluster]\nendpoints = [{}]\nname = \"host-{n}\"\nlease-ttl = \"3s\"\n\
-                 labels = {{ zone = \"z{n}\" }}\n",
-                lan(n),
-                Self::endpoints()
-            ),
+        format!(
+            "wireguard-interface = \"{}\"\nwireguard-endpoint = \"{}:51820\"\n\
+             [cluster]\nendpoints = [{endpoints}]\nname = \"host-{n}\"\nlease-ttl = \"3s\"\n\
+             labels = {{ zone = \"z{n}\" }}\n{extra}",
+            self.interface(n),
+            lan(n),
         )
     }
 }
@@ -566,4 +568,164 @@ fn without_a_quorum_hosts_keep_serving_and_answering_even_across_a_restart() {
         s.registered && s.hosts.len() == 3
     });
     daemons[0].cli_ok(&["deploy", "later", "--command", &hello]);
+}
+
+/// A CA, and certificates it signed: `etcd` (for 10.77.0.1) and `host-1`, PEM files in
+/// `dir` named `<name>.pem` and `<name>.key`.
+fn certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=faasd-test-ca",
+    ]);
+    openssl(&ca);
+    for (name, ext) in [
+        (
+            "etcd",
+            "subjectAltName=IP:10.77.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("host-1", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let subj = format!("/CN={name}");
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(&req);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+        ]);
+    }
+}
+
+#[test]
+fn a_host_joins_an_etcd_that_asks_for_tls_client_certificates() {
+    require_etcd!();
+    let c = Hosts::new("cl-tls");
+    let h = &c.hosts[0];
+    let pki = h.dir.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    certificates(&pki);
+    let file = |f: &str| pki.join(f).to_string_lossy().into_owned();
+    let url = format!("https://{}:2379", lan(1));
+    let log = std::fs::File::create(h.dir.join("etcd.log")).unwrap();
+    let mut cmd = Command::new("/usr/bin/etcd");
+    cmd.args(["--name", "m1", "--data-dir"])
+        .arg(h.dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+        .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+        .args(["--initial-cluster", "m1=http://127.0.0.1:2380"])
+        .args([
+            "--cert-file",
+            &file("etcd.pem"),
+            "--key-file",
+            &file("etcd.key"),
+        ])
+        .args(["--client-cert-auth", "--trusted-ca-file", &file("ca.pem")])
+        .stdout(Stdio::null())
+        .stderr(log);
+    let _member = Member(h.spawn(&mut cmd));
+    let endpoints = format!("\"{url}\"");
+
+    // Without a client certificate etcd refuses the connection: the first start, which
+    // must claim a number, fails and says why.
+    let bare = h.dir.join("bare.toml");
+    std::fs::write(
+        &bare,
+        format!(
+            "state-dir = {:?}\nruntime-dir = {:?}\nwireguard = true\n{}",
+            h.dir.join("bare-state"),
+            h.dir.join("bare-run"),
+            c.config(1, &endpoints, &format!("ca = {:?}\n", file("ca.pem")))
+        ),
+    )
+    .unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &h.name])
+        .arg(crate::harness::faasd_bin())
+        .args(["daemon", "--config"])
+        .arg(&bare)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("etcd is unreachable"),
+        "{said}"
+    );
+
+    // With its certificate and key it joins.
+    let d = Daemon::start_with(
+        h,
+        &c.config(
+            1,
+            &endpoints,
+            &format!(
+                "ca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                file("ca.pem"),
+                file("host-1.pem"),
+                file("host-1.key")
+            ),
+        ),
+    );
+    let s = wait_status(&d, "registered over TLS", |s| {
+        s.registered && s.hosts.len() == 1
+    });
+    assert_eq!(s.etcd.len(), 1);
+    assert!(
+        s.etcd[0].error.is_none() && s.etcd[0].leader,
+        "{:?}",
+        s.etcd
+    );
 }
