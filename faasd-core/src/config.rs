@@ -274,6 +274,14 @@ impl Config {
                 self.egress_ipv6, self.function_prefix.len, self.function_prefix
             )));
         }
+        if self.data_dir.starts_with("/tmp") {
+            return Err(ConfigError::Invalid(format!(
+                "data-dir {} is under /tmp: process instances get a private /tmp, where it \
+                 would be hidden from them; put it elsewhere (the default is \
+                 /var/lib/faasd-functions)",
+                self.data_dir.display()
+            )));
+        }
         if let Some(c) = &self.cluster {
             if c.endpoints.is_empty() {
                 return Err(ConfigError::Invalid(
@@ -516,6 +524,9 @@ mod tests {
                 .to_string()
                 .contains("endpoints is empty")
         );
+        let hidden: super::Config = toml::from_str("data-dir = \"/tmp/f\"\n").unwrap();
+        let e = hidden.validate().unwrap_err().to_string();
+        assert!(e.contains("private /tmp"), "{e}");
     }
 
     #[test]
