@@ -6,8 +6,9 @@
 //!   host); `rps` the new connections the steering program counted over the last
 //!   [`WINDOW`]; `cpu` the millicores its instances' cgroups used over that window. It
 //!   needs ⌈load ÷ (target × proportion)⌉ instances.
-//! - Up at once, to what the load needs (a burst against a function at zero starts that
-//!   many together), up to max. With `rps` and `cpu`, work waiting in the accept queue
+//! - Up to what the load needs, up to max, once two checks in a row saw it (a dump of the
+//!   connections is no snapshot: one closing as the next opens can show as two); a burst
+//!   against a function at zero starts that many together, at once. With `rps` and `cpu`, work waiting in the accept queue
 //!   at every check for [`WAITED`] while every instance is busy adds one more than run.
 //! - Down only once the load has needed fewer for `faasd.dev/scale-down-delay`, and then
 //!   to the most it needed over the last such delay (so a steady load does not flap),
@@ -52,6 +53,8 @@ pub(super) struct Autoscaler {
     down_retry: Option<Instant>,
     /// Since when the accept queue has been non-empty at every check.
     queued_since: Option<Instant>,
+    /// What the last check needed, when that was more than the target.
+    rising: Option<u32>,
 }
 
 /// A decision: the new target and why.
@@ -187,10 +190,19 @@ impl Autoscaler {
         }
         if needed > l.target {
             self.below_since = None;
-            let want = needed.min(max);
+            // A dump of the connections is no snapshot: one closing as the next opens can
+            // show as two. So more instances only on what two checks in a row saw (the
+            // lesser), unless none runs yet (a burst against a function at zero).
+            let seen = match self.rising.replace(needed) {
+                _ if l.running == 0 => needed,
+                Some(before) => needed.min(before),
+                None => return None,
+            };
+            let want = seen.min(max);
             if l.crashing || want <= l.target {
                 return None;
             }
+            self.rising = None;
             let why = if need.waiting {
                 format!(
                     "{} connection(s) waiting with {} instance(s) running and {} starting",
@@ -204,6 +216,7 @@ impl Autoscaler {
                 reason: format!("{why}: up to {want}"),
             });
         }
+        self.rising = None;
         if goal >= l.target {
             self.below_since = None;
             return None;
@@ -286,10 +299,15 @@ mod tests {
                 .decision
                 .map(|d| d.target)
         };
-        // 5 open at 2 per instance: 3.
-        assert_eq!(target(&mut s, t0, (0, 8), &load(5, 1, 1)), Some(3));
+        // 5 open at 2 per instance: 3, once a second check sees it too.
+        assert_eq!(target(&mut s, t0, (0, 8), &load(5, 1, 1)), None);
+        assert_eq!(target(&mut s, t0 + TICK, (0, 8), &load(5, 1, 1)), Some(3));
+        // A spike one check saw is not followed: the lesser of two.
+        assert_eq!(target(&mut s, t0, (0, 8), &load(9, 1, 1)), None);
+        assert_eq!(target(&mut s, t0 + TICK, (0, 8), &load(3, 1, 1)), Some(2));
         // Never past max.
-        assert_eq!(target(&mut s, t0, (0, 3), &load(50, 1, 1)), Some(3));
+        assert_eq!(target(&mut s, t0, (0, 3), &load(50, 1, 1)), None);
+        assert_eq!(target(&mut s, t0 + TICK, (0, 3), &load(50, 1, 1)), Some(3));
         // Already there: nothing to do.
         assert_eq!(target(&mut s, t0, (0, 3), &load(50, 3, 3)), None);
         // A burst at zero: as many as it takes at once, the starting one included.
@@ -318,7 +336,9 @@ mod tests {
         let mut a = auto(ScaleType::Capacity, 10, Duration::from_secs(1));
         a.proportion_milli = 500;
         let mut s = Autoscaler::default();
-        let c = s.check(Instant::now(), &a, (0, 8), &load(12, 1, 1), ALL_IDLE);
+        let t0 = Instant::now();
+        s.check(t0, &a, (0, 8), &load(12, 1, 1), ALL_IDLE);
+        let c = s.check(t0 + TICK, &a, (0, 8), &load(12, 1, 1), ALL_IDLE);
         assert_eq!(c.load, 12.0);
         // 12 at 10 × 0.5 per instance: 3.
         assert_eq!(c.decision.unwrap().target, 3);
@@ -378,7 +398,8 @@ mod tests {
         // 35 new connections in a second at 10 each: 4 instances.
         let t1 = t0 + Duration::from_secs(1);
         let c = s.check(t1, &a, (0, 8), &at(35, 1), ALL_IDLE);
-        assert_eq!(c.load, 35.0);
+        assert_eq!((c.load, c.decision), (35.0, None), "seen once");
+        let c = s.check(t1 + TICK, &a, (0, 8), &at(35, 1), ALL_IDLE);
         assert_eq!(c.decision.unwrap().target, 4);
         // Waiting work with every instance busy: one more than run, once it has waited
         // at every check for a while.
@@ -387,8 +408,13 @@ mod tests {
         assert_eq!(s.check(t1, &a, (0, 8), &waiting, ALL_IDLE).decision, None);
         let d = s.check(t1 + TICK, &a, (0, 8), &waiting, ALL_IDLE).decision;
         assert_eq!(d, None, "not yet waited long enough");
+        assert_eq!(
+            s.check(t1 + WAITED, &a, (0, 8), &waiting, ALL_IDLE)
+                .decision,
+            None
+        );
         let d = s
-            .check(t1 + WAITED, &a, (0, 8), &waiting, ALL_IDLE)
+            .check(t1 + WAITED + TICK, &a, (0, 8), &waiting, ALL_IDLE)
             .decision;
         assert_eq!(d.unwrap().target, 5);
         // The rate drops to 12 a second: 2 instances, once it has for the delay.
@@ -405,7 +431,8 @@ mod tests {
         let a = auto(ScaleType::Cpu, 500, Duration::from_secs(1));
         let mut s = Autoscaler::default();
         s.check(t0, &a, (0, 8), &at(7_000_000, 1), ALL_IDLE);
-        let c = s.check(t1, &a, (0, 8), &at(8_500_000, 1), ALL_IDLE);
+        s.check(t1, &a, (0, 8), &at(8_500_000, 1), ALL_IDLE);
+        let c = s.check(t1 + TICK, &a, (0, 8), &at(8_500_000, 1), ALL_IDLE);
         assert_eq!(c.load, 1500.0);
         assert_eq!(c.decision.unwrap().target, 3);
         // A counter that goes back (an instance's cgroup removed) restarts the window.
