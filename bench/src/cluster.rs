@@ -6,7 +6,6 @@
 //! outlive it on the others (its lease).
 
 use std::{
-    io::{Read, Write},
     net::{Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     os::{fd::AsRawFd, unix::net::UnixStream, unix::process::CommandExt},
     path::{Path, PathBuf},
@@ -199,23 +198,7 @@ impl Lab {
 
     /// One API call to host `n` over its unix socket; the answer's JSON.
     fn api(&self, n: usize, method: &str, path: &str, body: &str) -> Result<Value> {
-        let mut s = UnixStream::connect(self.socket(n))?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-        if !head
-            .split_whitespace()
-            .nth(1)
-            .is_some_and(|c| c.starts_with('2'))
-        {
-            bail!("{method} {path} on host {n}: {head}\n{body}");
-        }
-        Ok(serde_json::from_str(body).unwrap_or(Value::Null))
+        crate::api_call(&self.socket(n), method, path, body)
     }
 
     fn hosts_seen(&self, n: usize) -> Result<usize> {

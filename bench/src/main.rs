@@ -192,25 +192,9 @@ impl Bench {
         Ok(PathBuf::from(format!("/sys/fs/bpf/faasd/netns-{ino}")))
     }
 
-    /// One API call over the unix socket (HTTP/1.0: the answer ends with the connection).
+    /// One API call over the unix socket.
     fn api(&self, method: &str, path: &str, body: &str) -> Result<Value> {
-        let mut s = UnixStream::connect(&self.socket)?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-        if !head
-            .split_whitespace()
-            .nth(1)
-            .is_some_and(|c| c.starts_with('2'))
-        {
-            bail!("{method} {path}: {head} {body}");
-        }
-        Ok(serde_json::from_str(body).unwrap_or(Value::Null))
+        api_call(&self.socket, method, path, body)
     }
 
     fn describe(&self, name: &str) -> Result<Value> {
@@ -254,6 +238,28 @@ impl Bench {
 }
 
 /// SIGTERM, a grace period, SIGKILL.
+/// One API call over a daemon's unix socket (HTTP/1.0: the answer ends with the
+/// connection); the answer's JSON, or an error with its status line and body.
+fn api_call(socket: &Path, method: &str, path: &str, body: &str) -> Result<Value> {
+    let mut s = UnixStream::connect(socket)?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    if !head
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|c| c.starts_with('2'))
+    {
+        bail!("{method} {path} on {}: {head} {body}", socket.display());
+    }
+    Ok(serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
 fn stop(mut c: Child) {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
