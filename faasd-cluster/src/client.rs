@@ -188,14 +188,14 @@ impl Etcd {
 
     /// Asks every member once how it is: its version, the leader it knows and its raft
     /// index, or why it did not answer.
+    /// All at once, so dead members cost one timeout, not one each.
     pub async fn health(&self) -> Vec<MemberHealth> {
-        let mut out = Vec::with_capacity(self.members.len());
-        for (url, client) in &self.members {
-            let mut c = client.clone();
-            let answer = tokio::time::timeout(CONNECT_TIMEOUT * 2, c.status()).await;
-            out.push(MemberHealth {
-                endpoint: url.clone(),
-                state: match answer {
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, (url, client)) in self.members.iter().enumerate() {
+            let (url, mut c) = (url.clone(), client.clone());
+            asks.spawn(async move {
+                let answer = tokio::time::timeout(CONNECT_TIMEOUT * 2, c.status()).await;
+                let state = match answer {
                     Ok(Ok(s)) => Ok(MemberStatus {
                         version: s.version().to_owned(),
                         leader: s.leader() == s.header().map_or(0, |h| h.member_id()),
@@ -203,10 +203,19 @@ impl Etcd {
                     }),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!("no answer within {:?}", CONNECT_TIMEOUT * 2)),
-                },
+                };
+                (
+                    i,
+                    MemberHealth {
+                        endpoint: url,
+                        state,
+                    },
+                )
             });
         }
-        out
+        let mut out: Vec<(usize, MemberHealth)> = asks.join_all().await;
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, h)| h).collect()
     }
 
     /// Runs `call` (which must be safe to repeat) on the current member, moving on to the

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -103,19 +103,6 @@ fn parse_number(key: &str, value: &[u8]) -> Result<u16, EtcdError> {
             key: key.to_owned(),
             why: format!("{:?} is not a number", String::from_utf8_lossy(value)),
         })
-}
-
-/// Every host registered now.
-pub async fn live_hosts(etcd: &Etcd) -> Result<Vec<HostInfo>, EtcdError> {
-    let r = etcd
-        .call("listing the hosts", |mut c| async move {
-            c.get(LIVE, Some(GetOptions::new().with_prefix())).await
-        })
-        .await?;
-    r.kvs()
-        .iter()
-        .map(|kv| crate::watch::parse("host registration", kv.key(), kv.value()))
-        .collect()
 }
 
 /// A host's registration, kept alive by a task of its own while this value lives.

@@ -23,5 +23,5 @@ mod names;
 mod watch;
 
 pub use client::{Endpoints, Etcd, EtcdError, MemberFailure, MemberHealth, MemberStatus, Tls};
-pub use hosts::{HostInfo, Registration, claim_host_number, live_hosts, register, watch_hosts};
+pub use hosts::{HostInfo, Registration, claim_host_number, register, watch_hosts};
 pub use names::{FunctionName, NameRecord, delete_name, put_name, watch_names};

@@ -294,6 +294,14 @@ impl Config {
                     c.lease_ttl
                 )));
             }
+            // Checked before a host number is claimed for it: numbers are never reused.
+            if !self.wireguard || self.wireguard_endpoint.is_none() {
+                return Err(ConfigError::Invalid(
+                    "[cluster] needs wireguard on and wireguard-endpoint set: the address and \
+                     port the other hosts reach this one at, like \"10.0.0.1:51820\""
+                        .into(),
+                ));
+            }
             if c.cert.is_some() != c.key.is_some() {
                 return Err(ConfigError::Invalid(
                     "[cluster] cert and key go together".into(),
@@ -495,7 +503,8 @@ mod tests {
     #[test]
     fn a_host_number_takes_its_place_in_the_address_plan() {
         let mut c: super::Config = toml::from_str(
-            "[cluster]\nendpoints = [\"http://10.0.0.1:2379\"]\nlease-ttl = \"3s\"\n",
+            "wireguard-endpoint = \"10.0.0.1:51820\"\n[cluster]\nendpoints = \
+             [\"http://10.0.0.1:2379\"]\nlease-ttl = \"3s\"\n",
         )
         .unwrap();
         c.validate().unwrap();
@@ -527,6 +536,10 @@ mod tests {
         let hidden: super::Config = toml::from_str("data-dir = \"/tmp/f\"\n").unwrap();
         let e = hidden.validate().unwrap_err().to_string();
         assert!(e.contains("private /tmp"), "{e}");
+        let unreachable: super::Config =
+            toml::from_str("[cluster]\nendpoints = [\"http://10.0.0.1:2379\"]\n").unwrap();
+        let e = unreachable.validate().unwrap_err().to_string();
+        assert!(e.contains("wireguard-endpoint"), "{e}");
     }
 
     #[test]

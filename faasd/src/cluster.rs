@@ -142,7 +142,7 @@ enum NameChange {
 /// This host in the cluster, while it runs.
 #[derive(Debug)]
 pub struct Cluster {
-    membership: Arc<Membership>,
+    membership: Membership,
     /// The lease this host's registration holds under, while it holds.
     lease: watch::Receiver<Option<i64>>,
     hosts: watch::Receiver<BTreeMap<u16, HostInfo>>,
@@ -186,7 +186,6 @@ impl Cluster {
             api,
             labels: c.labels.clone(),
         };
-        let membership = Arc::new(membership);
         let (lease_tx, lease) = watch::channel(None);
         let register = tokio::spawn(keep_registered(
             membership.etcd.clone(),
@@ -195,7 +194,11 @@ impl Cluster {
             lease_tx,
         ));
         let (names, changes) = mpsc::unbounded_channel();
-        let publish = tokio::spawn(publish_names(membership.clone(), lease.clone(), changes));
+        let publish = tokio::spawn(publish_names(
+            membership.etcd.clone(),
+            lease.clone(),
+            changes,
+        ));
         // What this host last knew of the others: it meshes with them before etcd answers.
         let hosts_cache = membership.dir.join("hosts.json");
         let (tx, hosts) = watch::channel(load(&hosts_cache));
@@ -368,12 +371,12 @@ async fn keep_registered(
 /// Puts this host's functions' names under its lease, all of them again whenever the
 /// lease is new, and retries what etcd did not take every second.
 async fn publish_names(
-    membership: Arc<Membership>,
+    etcd: Arc<Etcd>,
     mut lease: watch::Receiver<Option<i64>>,
     mut changes: mpsc::UnboundedReceiver<NameChange>,
 ) {
     let mut mine: BTreeMap<FunctionName, NameRecord> = BTreeMap::new();
-    // Names etcd does not have as they are here yet: to put, or (no address) to delete.
+    // Names etcd does not have as they are here yet: to put, or (`None`) to delete.
     let mut pending: BTreeMap<FunctionName, Option<NameRecord>> = BTreeMap::new();
     loop {
         tokio::select! {
@@ -397,7 +400,7 @@ async fn publish_names(
             () = tokio::time::sleep(Duration::from_secs(1)), if !pending.is_empty() => {}
         }
         let Some(l) = *lease.borrow() else { continue };
-        let etcd = &membership.etcd;
+        let etcd = &*etcd;
         let mut left = BTreeMap::new();
         for (f, r) in std::mem::take(&mut pending) {
             let done = match &r {

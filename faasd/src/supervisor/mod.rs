@@ -615,11 +615,15 @@ impl Supervisor {
                 ScaleType::Cpu => Some(self.cpu_usec()),
             },
         };
-        // Taken out for the check, which may look at the instances.
+        // Taken out for the check, which may look at the instances; the idle ones it
+        // found are the ones a decision down stops (not looked up again).
         let mut autoscaler = std::mem::take(&mut self.autoscaler);
+        let mut idle = None;
         let checked = autoscaler.check(now, a, (s.min_scale, s.max_scale), &load, || {
-            let idle = self.idle_instances(open.as_deref())?;
-            Some(idle.len() as u32)
+            let found = self.idle_instances(open.as_deref())?;
+            let n = found.len() as u32;
+            idle = Some(found);
+            Some(n)
         });
         self.autoscaler = autoscaler;
         let status = self.snapshot.autoscale.get_or_insert_with(Default::default);
@@ -643,7 +647,7 @@ impl Supervisor {
                 .log
                 .write("faasd", &format!("autoscale: {}", d.reason));
             self.target = d.target;
-            self.reconcile();
+            self.reconcile_with(idle);
         }
         self.schedule_autoscale(now);
     }
@@ -777,6 +781,12 @@ impl Supervisor {
 
     /// Starts or stops instances until as many run (or are starting) as the target says.
     fn reconcile(&mut self) {
+        self.reconcile_with(None);
+    }
+
+    /// As [`Supervisor::reconcile`], stopping first the instances of `idle` when it is
+    /// known (else they are looked up when some must stop).
+    fn reconcile_with(&mut self, idle: Option<Vec<i32>>) {
         if self.ctx.settings.accept.is_some() || self.ending.is_some() {
             return;
         }
@@ -793,7 +803,9 @@ impl Supervisor {
         }
         if live > self.target {
             // Idle instances first: an instance serving a connection is the last to go.
-            let idle = self.idle_instances(None).unwrap_or_default();
+            let idle = idle
+                .or_else(|| self.idle_instances(None))
+                .unwrap_or_default();
             let mut extra: Vec<i32> = self
                 .instances
                 .iter()
