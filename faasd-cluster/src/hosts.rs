@@ -146,6 +146,10 @@ pub async fn register(
             // took, whether or not the call trying now has given up yet; once gone, each
             // try gets a third of the TTL.
             let deadline = (last_kept + ttl).max(tokio::time::Instant::now() + ttl / 3);
+            // etcd counts the TTL from when it takes the keep-alive, after it was sent:
+            // counting from the sending, the host never thinks its lease lives longer
+            // than etcd does.
+            let sent = tokio::time::Instant::now();
             let kept = tokio::time::timeout_at(
                 deadline,
                 etcd.call("keeping this host's lease alive", |mut c| async move {
@@ -164,7 +168,7 @@ pub async fn register(
             };
             match kept {
                 Ok(left) if left > 0 => {
-                    last_kept = tokio::time::Instant::now();
+                    last_kept = sent;
                     tx.send_if_modified(|l| l.replace(lease) != Some(lease));
                 }
                 // Expired (TTL 0): a new lease and the registration again.

@@ -10,6 +10,9 @@
 //! | `hosts/numbers/<N>` | the host name that claimed number N | permanent: a number is never reused |
 //! | `hosts/live/<N>` | the host's registration ([`HostInfo`], JSON) | its lease |
 //! | `names/<namespace>/<name>` | a function's address and host ([`NameRecord`]) | its host's lease |
+//! | `functions/<namespace>/<name>` | a function's deployment, address and host ([`Placed`]) | until removed |
+//! | `addresses/<N>` | the next address of host N's range for a placed function | permanent |
+//! | `scheduler` | the number of the host that places functions | its host's lease |
 //!
 //! [`Etcd`] is the client: etcd-client's own balances over all members and keeps calling
 //! one that died, so this one talks to one member at a time and moves to the next when a
@@ -18,10 +21,16 @@
 #![warn(missing_docs)]
 
 mod client;
+mod functions;
 mod hosts;
 mod names;
 mod watch;
 
 pub use client::{Endpoints, Etcd, EtcdError, MemberFailure, MemberHealth, MemberStatus, Tls};
+pub use functions::{
+    Constraint, Decision, Placed, adopt_function, campaign, create_function, delete_function, function, place,
+    update_function, watch_functions,
+};
 pub use hosts::{HostInfo, Registration, claim_host_number, register, watch_hosts};
 pub use names::{FunctionName, NameRecord, delete_name, put_name, watch_names};
+pub use watch::Synced;

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, net::Ipv6Addr, sync::Arc};
 
-use etcd_client::PutOptions;
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -51,12 +51,21 @@ pub async fn put_name(
     .map(drop)
 }
 
-/// Takes a function's name out.
-pub async fn delete_name(etcd: &Etcd, function: &FunctionName) -> Result<(), EtcdError> {
+/// Takes a function's name out, if it still is `record` (a host withdrawing a name must
+/// not take out the one the host that runs the function now put).
+pub async fn delete_name(
+    etcd: &Etcd,
+    function: &FunctionName,
+    record: &NameRecord,
+) -> Result<(), EtcdError> {
     let k = key(function);
+    let v = serde_json::to_string(record).expect("a name record serializes");
+    let txn = Txn::new()
+        .when([Compare::value(k.as_str(), CompareOp::Equal, v)])
+        .and_then([TxnOp::delete(k.as_str(), None)]);
     etcd.call("withdrawing a function's name", |mut c| {
-        let k = k.clone();
-        async move { c.delete(k, None).await }
+        let t = txn.clone();
+        async move { c.txn(t).await }
     })
     .await
     .map(drop)

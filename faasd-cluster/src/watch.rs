@@ -22,18 +22,67 @@ pub(crate) fn parse<V: DeserializeOwned>(
     })
 }
 
+/// Where [`follow`] keeps what it reads.
+pub trait Mirror<K, V> {
+    /// Everything, as one read found it; whether that changed anything.
+    fn replace(&mut self, all: BTreeMap<K, V>) -> bool;
+    /// One key put.
+    fn insert(&mut self, k: K, v: V);
+    /// One key deleted.
+    fn remove(&mut self, k: &K);
+}
+
+impl<K: Ord, V: PartialEq> Mirror<K, V> for BTreeMap<K, V> {
+    fn replace(&mut self, all: BTreeMap<K, V>) -> bool {
+        let changed = *self != all;
+        *self = all;
+        changed
+    }
+    fn insert(&mut self, k: K, v: V) {
+        BTreeMap::insert(self, k, v);
+    }
+    fn remove(&mut self, k: &K) {
+        BTreeMap::remove(self, k);
+    }
+}
+
+/// A map followed from etcd, and whether etcd was read yet: until then it holds what this
+/// host last knew, which may be out of date.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Synced<M> {
+    /// Whether `items` came from etcd.
+    pub synced: bool,
+    /// The keys.
+    pub items: M,
+}
+
+impl<K: Ord, V: PartialEq> Mirror<K, V> for Synced<BTreeMap<K, V>> {
+    fn replace(&mut self, all: BTreeMap<K, V>) -> bool {
+        let changed = !self.synced | self.items.replace(all);
+        self.synced = true;
+        changed
+    }
+    fn insert(&mut self, k: K, v: V) {
+        self.items.insert(k, v);
+    }
+    fn remove(&mut self, k: &K) {
+        self.items.remove(k);
+    }
+}
+
 /// Keeps `out` what the keys under `prefix` hold (JSON values, by what `key` makes of
 /// the rest of each key; keys it makes nothing of are left out), until `out` has no
 /// receiver left.
-pub(crate) async fn follow<K, V>(
+pub(crate) async fn follow<K, V, M>(
     etcd: Arc<Etcd>,
     prefix: &'static str,
     what: &'static str,
     key: fn(&str) -> Option<K>,
-    out: watch::Sender<BTreeMap<K, V>>,
+    out: watch::Sender<M>,
 ) where
     K: Ord,
     V: DeserializeOwned + PartialEq,
+    M: Mirror<K, V>,
 {
     while !out.is_closed() {
         if let Err(e) = once(&etcd, prefix, what, key, &out).await {
@@ -43,16 +92,17 @@ pub(crate) async fn follow<K, V>(
     }
 }
 
-async fn once<K, V>(
+async fn once<K, V, M>(
     etcd: &Etcd,
     prefix: &'static str,
     what: &'static str,
     key: fn(&str) -> Option<K>,
-    out: &watch::Sender<BTreeMap<K, V>>,
+    out: &watch::Sender<M>,
 ) -> Result<(), EtcdError>
 where
     K: Ord,
     V: DeserializeOwned + PartialEq,
+    M: Mirror<K, V>,
 {
     let key_of = |raw: &[u8]| {
         std::str::from_utf8(raw)
@@ -72,11 +122,7 @@ where
             now.insert(k, parse(what, kv.key(), kv.value())?);
         }
     }
-    out.send_if_modified(|old| {
-        let changed = *old != now;
-        *old = now;
-        changed
-    });
+    out.send_if_modified(|old| old.replace(now));
     let mut stream = etcd
         .call(what, |mut c| async move {
             let from = WatchOptions::new()

@@ -273,6 +273,18 @@ pub mod plan {
         )
     }
 
+    /// The `index`th address (from 1) the scheduler gives a function it places on host
+    /// `n` for the first time: `fd00:faa5:N:1::<index>`, apart from the addresses the host
+    /// gives its own functions (`fd00:faa5:N::/64`) and its egress range.
+    pub const fn placed_address(n: u16, index: u64) -> Ipv6Addr {
+        let bits = ((0xfd00_u128) << 112)
+            | ((0xfaa5_u128) << 96)
+            | ((n as u128) << 80)
+            | (1_u128 << 64)
+            | index as u128;
+        Ipv6Addr::from_bits(bits)
+    }
+
     /// Host `n`'s own address (DNS and the API), the first of its network.
     pub const fn host_address(n: u16) -> Ipv6Addr {
         let s = host_network(n).segments();

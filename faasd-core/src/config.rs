@@ -137,6 +137,11 @@ pub struct ClusterConfig {
     /// How long this host's registration outlives its last keep-alive.
     #[serde(default = "default_lease_ttl", with = "humantime_serde_compat")]
     pub lease_ttl: Duration,
+    /// How long the scheduler waits after a host's lease expired before it places the
+    /// host's functions elsewhere; a host cut off from etcd stops serving them within half
+    /// of it.
+    #[serde(default = "default_move_after", with = "humantime_serde_compat")]
+    pub move_after: Duration,
     /// The CA of the members' certificates, for `https://` endpoints.
     #[serde(default)]
     pub ca: Option<PathBuf>,
@@ -149,6 +154,10 @@ pub struct ClusterConfig {
 }
 
 fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_move_after() -> Duration {
     Duration::from_secs(10)
 }
 
@@ -287,6 +296,13 @@ impl Config {
                 return Err(ConfigError::Invalid(
                     "[cluster] endpoints is empty: name the etcd members' client URLs".into(),
                 ));
+            }
+            if c.move_after < Duration::from_secs(1) {
+                return Err(ConfigError::Invalid(format!(
+                    "[cluster] move-after {:?} leaves a host cut off from etcd no time to \
+                     stop serving what moves: give at least 1s",
+                    c.move_after
+                )));
             }
             if c.lease_ttl < Duration::from_secs(2) {
                 return Err(ConfigError::Invalid(format!(

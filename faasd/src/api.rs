@@ -101,6 +101,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/system/logs", get(logs))
         .route("/system/status", get(status))
         .route("/system/cluster", get(cluster))
+        .route("/cluster/lease", get(cluster_lease))
         .route("/function/{target}", any(invoke_root))
         .route("/function/{target}/{*rest}", any(invoke_path))
         .route("/async-function/{target}", post(invoke_async_root))
@@ -505,6 +506,18 @@ async fn status(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
 
 async fn cluster(State(d): State<Arc<Daemon>>) -> ApiResult<Json<crate::cluster::ClusterStatus>> {
     Ok(Json(d.cluster()?.status().await))
+}
+
+/// Asked by the other hosts when their registration lapsed (open, like `/healthz`: it
+/// tells only whether this host's registration holds).
+async fn cluster_lease(
+    State(d): State<Arc<Daemon>>,
+) -> ApiResult<Json<crate::cluster::LeaseAnswer>> {
+    let c = d.cluster()?;
+    Ok(Json(crate::cluster::LeaseAnswer {
+        number: c.number(),
+        registered: c.registered(),
+    }))
 }
 
 async fn invoke_root(

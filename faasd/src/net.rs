@@ -16,8 +16,10 @@ pub enum NetError {
     #[error("netlink: {0}")]
     Connection(std::io::Error),
     /// The kernel refused the route.
-    #[error("adding local route {prefix} (table local, dev lo): {source}")]
+    #[error("{what} local route {prefix} (table local, dev lo): {source}")]
     Route {
+        /// Adding or removing.
+        what: &'static str,
         /// The prefix.
         prefix: Ipv6Net,
         /// The kernel's answer.
@@ -33,6 +35,22 @@ const TABLE_LOCAL: u32 = 255;
 
 /// Ensures `local <prefix> dev lo table local` exists (replacing an equal route is a no-op).
 pub async fn ensure_local_route(prefix: Ipv6Net) -> Result<(), NetError> {
+    local_route(prefix, true).await
+}
+
+/// Removes `local <prefix> dev lo table local` (a function that moved away from this host
+/// at an address outside its prefix); a route already gone is no error.
+pub async fn remove_local_route(prefix: Ipv6Net) -> Result<(), NetError> {
+    match local_route(prefix, false).await {
+        Err(NetError::Route {
+            source: rtnetlink::Error::NetlinkError(e),
+            ..
+        }) if e.raw_code() == -libc::ESRCH => Ok(()),
+        other => other,
+    }
+}
+
+async fn local_route(prefix: Ipv6Net, add: bool) -> Result<(), NetError> {
     let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Connection)?;
     let task = tokio::spawn(conn);
     let result = async {
@@ -53,13 +71,16 @@ pub async fn ensure_local_route(prefix: Ipv6Net) -> Result<(), NetError> {
             .scope(RouteScope::Host)
             .table_id(TABLE_LOCAL)
             .build();
-        handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(|source| NetError::Route { prefix, source })
+        let done = if add {
+            handle.route().add(route).replace().execute().await
+        } else {
+            handle.route().del(route).execute().await
+        };
+        done.map_err(|source| NetError::Route {
+            what: if add { "adding" } else { "removing" },
+            prefix,
+            source,
+        })
     }
     .await;
     task.abort();

@@ -2,7 +2,7 @@
 //! operation lock for as long as it takes and the registry's lock only for a lookup or an
 //! insert, so a slow image pull for one function never delays another.
 
-use std::{collections::BTreeSet, sync::Arc, time::SystemTime};
+use std::{collections::BTreeSet, net::Ipv6Addr, sync::Arc, time::SystemTime};
 
 use faasd_common::BindingKey;
 
@@ -19,7 +19,8 @@ use super::{
 use crate::{runtime::Runtime, sockets, status::FunctionStatus, supervisor::Command};
 
 impl Daemon {
-    /// Deploys a new function (`update == false`) or replaces one (`update == true`).
+    /// Deploys a new function (`update == false`) or replaces one (`update == true`): on
+    /// this host, or in a cluster wherever the scheduler places it.
     pub async fn deploy(&self, d: Deployment, update: bool) -> Result<FunctionStatus, DaemonError> {
         if !self.config.process_functions && d.image.as_deref().is_none_or(|i| i.trim().is_empty())
         {
@@ -31,8 +32,22 @@ impl Daemon {
             .into());
         }
         let (spec, settings) = FunctionSpec::from_deployment(d)?;
+        if let Some(c) = &self.cluster {
+            return self.submit(c, spec, update).await;
+        }
+        self.deploy_here(spec, settings, update, None).await
+    }
+
+    /// Deploys or updates a function on this host, at `address` when it has one already
+    /// (given by the cluster), else at the next of this host's prefix.
+    pub(super) async fn deploy_here(
+        &self,
+        spec: FunctionSpec,
+        settings: Settings,
+        update: bool,
+        address: Option<Ipv6Addr>,
+    ) -> Result<FunctionStatus, DaemonError> {
         let id = spec.id();
-        self.cluster_allows(&spec.namespace, &spec.name)?;
         // A new function takes its place in the registry at once (a second deploy of the
         // same name sees it and gets 409), with its operation lock held until it is done.
         let (entry, fresh) = if update {
@@ -51,7 +66,9 @@ impl Daemon {
             (entry, true)
         };
         let _op = entry.op.lock().await;
-        let result = self.deploy_locked(&entry, spec, settings, fresh).await;
+        let result = self
+            .deploy_locked(&entry, spec, settings, fresh, address)
+            .await;
         if result.is_err() && fresh {
             let mut registry = self.functions.write().expect("registry lock");
             if registry.get(&id).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
@@ -67,6 +84,7 @@ impl Daemon {
         spec: FunctionSpec,
         settings: Settings,
         fresh: bool,
+        address: Option<Ipv6Addr>,
     ) -> Result<FunctionStatus, DaemonError> {
         let id = spec.id();
         let old = entry.current();
@@ -77,7 +95,10 @@ impl Daemon {
         let (address, created_at) = match &old {
             Some(f) => (f.record.address, f.record.created_at),
             None => {
-                let addr = self.store.allocate_address(self.config.function_prefix)?;
+                let addr = match address {
+                    Some(a) => a,
+                    None => self.store.allocate_address(self.config.function_prefix)?,
+                };
                 let now = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
@@ -218,10 +239,19 @@ impl Daemon {
         });
     }
 
-    /// Removes a function: instances stopped, sockets closed, bindings gone, state deleted.
+    /// Removes a function: from this host, or in a cluster from the cluster (the host
+    /// running it then removes it).
     pub async fn remove(&self, namespace: &str, name: &str) -> Result<(), DaemonError> {
+        if let Some(c) = &self.cluster {
+            return self.withdraw(c, namespace, name).await;
+        }
+        self.remove_here(namespace, name).await
+    }
+
+    /// Removes a function from this host: instances stopped, sockets closed, bindings
+    /// gone, state deleted.
+    pub(super) async fn remove_here(&self, namespace: &str, name: &str) -> Result<(), DaemonError> {
         let id = format!("{namespace}/{name}");
-        self.cluster_allows(namespace, name)?;
         let entry = self
             .entry(&id)
             .ok_or_else(|| DaemonError::NoFunction(id.clone()))?;

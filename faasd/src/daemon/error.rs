@@ -45,14 +45,12 @@ pub enum DaemonError {
          serving, but deploys and removals wait until etcd answers; see faasd cluster status"
     )]
     ClusterUnavailable,
-    /// Another host of the cluster has a function of that name.
-    #[error("function {id} exists on host {host} of this cluster; manage it there")]
-    ExistsOnHost {
-        /// The function.
-        id: String,
-        /// The host's number.
-        host: u16,
-    },
+    /// The cluster refused or could not take a change.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    /// A local route for a function's address.
+    #[error(transparent)]
+    Route(#[from] crate::net::NetError),
     /// The daemon's open-file budget has no room for the function's sockets.
     #[error(
         "no room for {wanted} more socket(s): about {used} of this daemon's {limit} open files \
@@ -144,7 +142,18 @@ impl DaemonError {
         match self {
             Self::Invalid(_) | Self::MissingSecret { .. } | Self::NoWireGuard => K::Invalid,
             Self::NoFunction(_) | Self::NoNamespace(_) | Self::NoCluster => K::NotFound,
-            Self::FunctionExists(_) | Self::ExistsOnHost { .. } => K::Exists,
+            Self::FunctionExists(_) => K::Exists,
+            Self::Cluster(e) => {
+                use crate::cluster::ClusterError as C;
+                match e {
+                    C::Exists { .. } => K::Exists,
+                    C::NoFunction(_) => K::NotFound,
+                    C::Unplaceable { .. } => K::Invalid,
+                    C::Etcd(faasd_cluster::EtcdError::Unreachable { .. }) => K::Unavailable,
+                    _ => K::Internal,
+                }
+            }
+            Self::Route(_) => K::Internal,
             Self::ClusterUnavailable => K::Unavailable,
             Self::NoFiles { .. } => K::Full,
             Self::Socket { source, .. } if no_files(source) => K::Full,

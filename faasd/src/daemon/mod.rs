@@ -45,6 +45,7 @@ mod activate;
 mod deploy;
 mod error;
 mod files;
+mod placed;
 mod restore;
 
 pub use error::{DaemonError, ErrorKind};
@@ -245,7 +246,12 @@ impl Daemon {
         if let (Some(c), Some(z)) = (&daemon.cluster, &daemon.zone) {
             c.follow_names(z.clone());
         }
-        daemon.restore(records, pinned).await?;
+        if daemon.cluster.is_some() {
+            // What it brings back waits until the cluster says what is still this host's.
+            daemon.follow_placements(records, pinned);
+        } else {
+            daemon.restore(records, pinned).await?;
+        }
         Ok(daemon)
     }
 
@@ -298,24 +304,6 @@ impl Daemon {
     /// This host in its cluster, unless it is alone.
     pub fn cluster(&self) -> Result<&crate::cluster::Cluster, DaemonError> {
         self.cluster.as_deref().ok_or(DaemonError::NoCluster)
-    }
-
-    /// In a cluster, a change to a function needs etcd (the other hosts must learn of it)
-    /// and a name no other host has.
-    fn cluster_allows(&self, namespace: &str, name: &str) -> Result<(), DaemonError> {
-        let Some(c) = &self.cluster else {
-            return Ok(());
-        };
-        if !c.registered() {
-            return Err(DaemonError::ClusterUnavailable);
-        }
-        match c.host_of(namespace, name) {
-            Some(host) if host != c.number() => Err(DaemonError::ExistsOnHost {
-                id: format!("{namespace}/{name}"),
-                host,
-            }),
-            _ => Ok(()),
-        }
     }
 
     /// A function's name answers for its address: in this host's zone, and in a cluster on

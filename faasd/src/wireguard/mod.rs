@@ -393,14 +393,18 @@ impl WireGuard {
 
     /// Makes the other hosts of the cluster this interface's host peers: new ones added,
     /// changed ones removed and added again (the embedded device cannot change a peer),
-    /// unchanged ones left alone (their sessions with them), gone ones removed.
-    pub fn mesh(&self, hosts: &[HostPeer]) -> Result<(), WireGuardError> {
+    /// unchanged ones left alone (their sessions with them), gone ones removed. Whether
+    /// anything changed.
+    pub fn mesh(&self, hosts: &[HostPeer]) -> Result<bool, WireGuardError> {
         let _g = self.lock.lock().expect("peer lock");
         let mut meshed = self.meshed.lock().expect("mesh lock");
         let now: std::collections::BTreeMap<String, HostPeer> = hosts
             .iter()
             .map(|h| (h.public_key.clone(), h.clone()))
             .collect();
+        if now == *meshed {
+            return Ok(false);
+        }
         for (key, old) in meshed.iter() {
             if now.get(key) != Some(old) {
                 self.control.remove_peer(&decode_key(key)?)?;
@@ -413,7 +417,7 @@ impl WireGuard {
             }
         }
         *meshed = now;
-        Ok(())
+        Ok(true)
     }
 
     /// The other hosts with their last handshake and byte counts, by public key.

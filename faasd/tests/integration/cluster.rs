@@ -267,7 +267,7 @@ impl Hosts {
         format!("wgc{}-{}-{n}", std::process::id() % 10_000, self.seq)
     }
 
-    /// Starts host `n`'s faasd in the cluster (lease TTL 3 s).
+    /// Starts host `n`'s faasd in the cluster (lease TTL 3 s, functions moved 3 s later).
     fn daemon(&self, n: usize) -> Daemon<'_> {
         Daemon::start_with(&self.hosts[n - 1], &self.config(n, &Self::endpoints(), ""))
     }
@@ -280,6 +280,7 @@ impl Hosts {
         format!(
             "wireguard-interface = \"{}\"\nwireguard-endpoint = \"{}:51820\"\n\
              [cluster]\nendpoints = [{endpoints}]\nname = \"host-{n}\"\nlease-ttl = \"3s\"\n\
+             move-after = \"3s\"\n\
              labels = {{ zone = \"z{n}\" }}\n{extra}",
             self.interface(n),
             lan(n),
@@ -428,9 +429,9 @@ fn hosts_join_mesh_share_names_and_a_host_that_dies_drops_out() {
         });
     }
 
-    // A function on host 3 has its name on every host, and host 1 calls it over the mesh,
-    // waking it from zero there.
-    let addr = daemons[2].deploy_hello("hello", &[]);
+    // A function on host 3 (its constraint allows no other) has its name on every host,
+    // and host 1 calls it over the mesh, waking it from zero there.
+    let addr = daemons[2].deploy_hello("hello", &["--constraint", "zone == z3"]);
     wait_name(&c, &daemons, "hello.faas", &addr.to_string());
     wait_status(&daemons[0], "host 3 with one function", |s| {
         s.hosts.iter().map(|h| h.functions).collect::<Vec<_>>() == [0, 0, 1]
@@ -517,7 +518,7 @@ fn without_a_quorum_hosts_keep_serving_and_answering_even_across_a_restart() {
     for d in &daemons {
         wait_status(d, "three hosts", |s| s.hosts.len() == 3 && s.registered);
     }
-    let addr = daemons[2].deploy_hello("hello", &[]);
+    let addr = daemons[2].deploy_hello("hello", &["--constraint", "zone == z3"]);
     wait_name(&c, &daemons, "hello.faas", &addr.to_string());
 
     // Two of three members stop: no quorum. Host 1 still calls host 3's function (woken
@@ -728,4 +729,258 @@ fn a_host_joins_an_etcd_that_asks_for_tls_client_certificates() {
         "{:?}",
         s.etcd
     );
+}
+
+/// What a call to `addr`'s port 8080 from `ns` answers with: the body of a 200, or why
+/// there was none.
+fn call(ns: &Netns, addr: std::net::Ipv6Addr) -> Result<String, String> {
+    ns.run(|| {
+        let a = std::net::SocketAddr::from((addr, 8080));
+        let mut s = std::net::TcpStream::connect_timeout(&a, Duration::from_millis(500))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        use std::io::{Read, Write};
+        write!(s, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        if out.starts_with("HTTP/1.1 200") {
+            Ok(out)
+        } else {
+            Err(out)
+        }
+    })
+}
+
+/// The functions a host runs itself.
+fn local_functions(d: &Daemon) -> Vec<String> {
+    let list: Vec<faasd::status::FunctionStatus> =
+        serde_json::from_str(&d.cli_ok(&["list", "--json"])).unwrap();
+    list.into_iter().map(|f| f.name).collect()
+}
+
+/// Polls until a call from `ns` to `addr` is answered by an instance of `d`'s.
+fn wait_answered_by(ns: &Netns, addr: std::net::Ipv6Addr, d: &Daemon, within: Duration) {
+    let deadline = Instant::now() + within;
+    let want = format!("instance=hello-{}-", d.pid());
+    loop {
+        let got = call(ns, addr);
+        if got.as_ref().is_ok_and(|b| b.contains(&want)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} is not answered by pid {} within {within:?}: {got:?}\n{}",
+            d.pid(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_function_deployed_anywhere_runs_where_placed_and_moves_off_a_dead_host() {
+    require_etcd!();
+    let c = Hosts::new("cl-move");
+    let mut members = c.start_members();
+    let mut daemons: Vec<Daemon> = (1..=3).map(|n| c.daemon(n)).collect();
+    for d in &daemons {
+        wait_status(d, "three hosts", |s| s.hosts.len() == 3 && s.registered);
+    }
+    let hello = crate::harness::hello_bin();
+    // Host 2 carries one function already, so a function that may not run on host 1 goes
+    // to host 3, the least loaded of those its constraint admits; deployed through host 2.
+    daemons[1].cli_ok(&["deploy", "filler", "--command", &hello, "--constraint", "zone == z2"]);
+    let out = daemons[1].cli_ok(&["deploy", "hello", "--command", &hello, "--constraint", "zone != z1"]);
+    let addr: std::net::Ipv6Addr = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Deployed hello.openfaas-fn at "))
+        .unwrap_or_else(|| panic!("no address in {out:?}"))
+        .parse()
+        .unwrap();
+    assert_eq!(
+        addr.segments()[..4],
+        [0xfd00, 0xfaa5, 3, 1],
+        "the address comes from host 3's range for placed functions"
+    );
+    assert_eq!(local_functions(&daemons[2]), ["hello"]);
+    assert_eq!(local_functions(&daemons[1]), ["filler"]);
+    let s = status(&daemons[0]);
+    assert_eq!(
+        s.hosts.iter().map(|h| h.functions).collect::<Vec<_>>(),
+        [0, 1, 1],
+        "{s:#?}"
+    );
+    assert!(s.scheduler.is_some(), "{s:#?}");
+    wait_name(&c, &daemons, "hello.faas", &addr.to_string());
+    // Called from host 1, from zero; then from a laptop of host 1's.
+    wait_answered_by(&c.hosts[0], addr, &daemons[2], Duration::from_secs(10));
+    assert_eq!(daemons[2].describe("hello").state.activations, 1);
+    {
+        let laptop = Laptop::of(&c, &daemons[0]);
+        wait_answered_by(&laptop.ns, addr, &daemons[2], Duration::from_secs(10));
+    }
+
+    // Host 3's faasd and etcd member are killed: after its lease (3 s) and move-after (3 s)
+    // the function answers again at the same address, now from host 2.
+    let t0 = Instant::now();
+    daemons[2].kill9();
+    members[2] = None;
+    wait_answered_by(&c.hosts[0], addr, &daemons[1], Duration::from_secs(25));
+    let outage = t0.elapsed();
+    eprintln!("cluster: hello unavailable for {outage:?} after its host was killed (TTL 3 s + move-after 3 s)");
+    assert!(
+        outage >= Duration::from_secs(3),
+        "moved before the dead host's lease could expire: {outage:?}"
+    );
+    let mut listed = local_functions(&daemons[1]);
+    listed.sort();
+    assert_eq!(listed, ["filler", "hello"]);
+    assert_eq!(daemons[1].describe("hello").address, addr);
+    wait_name(&c, &daemons[..2], "hello.faas", &addr.to_string());
+
+    // Host 3 comes back: it does not serve what moved, and reaches it on host 2.
+    members[2] = Some(c.start_member(3, "existing"));
+    daemons[2].restart();
+    wait_status(&daemons[2], "host 3 registered again", |s| {
+        s.registered && s.hosts.len() == 3
+    });
+    wait_answered_by(&c.hosts[2], addr, &daemons[1], Duration::from_secs(10));
+    assert_eq!(local_functions(&daemons[2]), Vec::<String>::new());
+    wait_name(&c, &daemons, "hello.faas", &addr.to_string());
+    // Removed through host 3, it leaves host 2 and every zone.
+    daemons[2].cli_ok(&["remove", "hello"]);
+    wait_name(&c, &daemons, "hello.faas", "");
+    assert_eq!(local_functions(&daemons[1]), ["filler"]);
+}
+
+#[test]
+fn a_host_cut_off_stops_serving_before_its_functions_move() {
+    require_etcd!();
+    let c = Hosts::new("cl-cut");
+    let _members = c.start_members();
+    let daemons: Vec<Daemon> = (1..=3).map(|n| c.daemon(n)).collect();
+    for d in &daemons {
+        wait_status(d, "three hosts", |s| s.hosts.len() == 3 && s.registered);
+    }
+    // On host 2 (the first its constraint admits), kept running.
+    let addr = daemons[0].deploy_hello(
+        "hello",
+        &["--constraint", "zone != z1", "-l", "com.openfaas.scale.min=1"],
+    );
+    assert_eq!(local_functions(&daemons[1]), ["hello"]);
+    wait_answered_by(&c.hosts[0], addr, &daemons[1], Duration::from_secs(10));
+
+    // Host 2's link is cut, nothing killed: it stops serving hello before host 3 serves
+    // it, never both at once.
+    let cut = Instant::now();
+    run(Command::new("ip").args(["-n", &c.hosts[1].name, "link", "set", "eth1", "down"]));
+    let mut stopped = None;
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let on_host_2 = !local_functions(&daemons[1]).is_empty();
+        if !on_host_2 && stopped.is_none() {
+            stopped = Some(cut.elapsed());
+        }
+        let answered_by_3 = call(&c.hosts[0], addr)
+            .is_ok_and(|b| b.contains(&format!("instance=hello-{}-", daemons[2].pid())));
+        if answered_by_3 {
+            assert!(
+                !on_host_2 && !local_functions(&daemons[1]).contains(&"hello".to_owned()),
+                "host 3 serves hello while cut-off host 2 still does:\n{}",
+                daemons[1].log()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hello did not move off the cut-off host:\n{}\n---\n{}",
+            daemons[1].log(),
+            daemons[2].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let moved = cut.elapsed();
+    let stopped = stopped.expect("host 2 stopped first");
+    eprintln!("cluster: cut-off host stopped serving after {stopped:?}, another served after {moved:?}");
+    // The cut-off host's own namespace no longer reaches an instance of its own.
+    assert!(
+        call(&c.hosts[1], addr).is_err_and(|e| !e.contains("instance=")),
+        "host 2 still answers for hello"
+    );
+
+    // The link comes back: host 2 registers again and leaves hello to host 3.
+    run(Command::new("ip").args(["-n", &c.hosts[1].name, "link", "set", "eth1", "up"]));
+    wait_status(&daemons[1], "host 2 registered again", |s| s.registered);
+    wait_answered_by(&c.hosts[1], addr, &daemons[2], Duration::from_secs(15));
+    assert_eq!(local_functions(&daemons[1]), Vec::<String>::new());
+}
+
+#[test]
+fn the_etcd_leader_killed_during_deploys_loses_none_and_gives_no_address_twice() {
+    require_etcd!();
+    let c = Hosts::new("cl-leader");
+    let mut members = c.start_members();
+    let daemons: Vec<Daemon> = (1..=3).map(|n| c.daemon(n)).collect();
+    for d in &daemons {
+        wait_status(d, "three hosts", |s| s.hosts.len() == 3 && s.registered);
+    }
+    let leader = status(&daemons[0])
+        .etcd
+        .iter()
+        .position(|m| m.leader)
+        .expect("a leader");
+    // Deploys through host 1 one after another; the leader is killed after the fifth.
+    let hello = crate::harness::hello_bin();
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..24 {
+        if i == 5 {
+            members[leader] = None;
+        }
+        let name = format!("f{i}");
+        match daemons[0].cli(&["deploy", &name, "--command", &hello]) {
+            Ok(_) => acknowledged.push(name),
+            // Refused only while etcd elects a new leader, and said so.
+            Err(e) => {
+                assert!(e.contains("etcd"), "{name}: {e}");
+                refused.push(name);
+            }
+        }
+    }
+    eprintln!(
+        "cluster: {} deploys acknowledged, {} refused during the election",
+        acknowledged.len(),
+        refused.len()
+    );
+    assert!(acknowledged.len() >= 12, "{refused:?}");
+    // Every acknowledged deploy runs on some host, each at an address of its own.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let by_host = loop {
+        let mut found = std::collections::BTreeMap::new();
+        for (i, d) in daemons.iter().enumerate() {
+            let list: Vec<faasd::status::FunctionStatus> =
+                serde_json::from_str(&d.cli_ok(&["list", "--json"])).unwrap();
+            for f in list {
+                found.insert(f.name.clone(), (i + 1, f.address));
+            }
+        }
+        if acknowledged.iter().all(|n| found.contains_key(n)) {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged deploys missing: {:?}",
+            acknowledged
+                .iter()
+                .filter(|n| !found.contains_key(*n))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let addresses: BTreeSet<std::net::Ipv6Addr> = by_host.values().map(|(_, a)| *a).collect();
+    assert_eq!(addresses.len(), by_host.len(), "an address given twice: {by_host:?}");
+    let hosts: BTreeSet<usize> = by_host.values().map(|(h, _)| *h).collect();
+    assert!(hosts.len() >= 2, "placed on one host only: {by_host:?}");
 }

@@ -110,6 +110,7 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
                 env_vars: a.env.into_iter().collect(),
                 labels: a.labels.into_iter().collect(),
                 annotations: a.annotations.into_iter().collect(),
+                constraints: a.constraints,
                 ..Default::default()
             };
             let method = if a.update { Method::PUT } else { Method::POST };
@@ -445,6 +446,10 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
                     "NOT registered (etcd unreachable?)"
                 }
             );
+            match s.scheduler {
+                Some(n) => println!("scheduler: host {n}"),
+                None => println!("scheduler: not known (etcd unreachable?)"),
+            }
             let mut rows = vec![output::header(&[
                 "NUMBER",
                 "NAME",

@@ -318,6 +318,10 @@ struct DeployArgs {
     /// Annotation KEY=VALUE (repeatable), e.g. faasd.dev/ports=http=8080/tcp.
     #[arg(long = "annotation", short = 'a', value_parser = key_value)]
     annotations: Vec<(String, String)>,
+    /// In a cluster, a placement constraint over the hosts' labels (repeatable), e.g.
+    /// `zone == a`, `faasd.host != host-2`.
+    #[arg(long = "constraint")]
+    constraints: Vec<String>,
     /// Replace an existing function.
     #[arg(long)]
     update: bool,

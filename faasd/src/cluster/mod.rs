@@ -6,7 +6,16 @@
 //! The address plan ([`faasd_common::plan`]): host N owns `fd00:faa5:N::/48` for its
 //! functions and `fd00:faa5:0:(0x100 + N − 1)::/64` for itself (its address is the first
 //! of it) and the WireGuard peers it adds, so every address is unique in the cluster and
-//! each host routes both of another host's ranges to that host's peer entry.
+//! each host routes both of another host's ranges to that host's peer entry. A function
+//! the scheduler moved off a dead host keeps its address: the host that runs it now adds
+//! a local route for it, and every other host routes that one address to it (a /128 on
+//! its peer entry, longer than the dead host's /48).
+
+mod fence;
+mod schedule;
+
+pub use fence::LeaseAnswer;
+pub use schedule::Functions;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,7 +25,10 @@ use std::{
     time::Duration,
 };
 
-use faasd_cluster::{Endpoints, Etcd, EtcdError, FunctionName, HostInfo, NameRecord, Tls};
+use faasd_cluster::{
+    Endpoints, Etcd, EtcdError, FunctionName, HostInfo, NameRecord, Placed, Synced, Tls,
+};
+use faasd_core::spec::Deployment;
 use faasd_core::config::{ClusterConfig, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -45,6 +57,28 @@ pub enum ClusterError {
         /// What it holds.
         found: String,
     },
+    /// The name is taken.
+    #[error("{}/{} exists{}", .function.0, .function.1, match .host {
+        Some(h) => format!(" on host {h}"),
+        None => " (not placed yet)".to_owned(),
+    })]
+    Exists {
+        /// The function.
+        function: FunctionName,
+        /// Where it runs.
+        host: Option<u16>,
+    },
+    /// There is no such function in the cluster.
+    #[error("{}/{} is not deployed in the cluster", .0.0, .0.1)]
+    NoFunction(FunctionName),
+    /// No host can take the function.
+    #[error("{}/{} cannot be placed: {why}", .function.0, .function.1)]
+    Unplaceable {
+        /// The function.
+        function: FunctionName,
+        /// Why.
+        why: String,
+    },
     /// The host has no name.
     #[error("[cluster] name is unset and the machine's host name cannot be read: {0}")]
     NoName(std::io::Error),
@@ -67,6 +101,9 @@ pub struct Membership {
     pub number: u16,
     /// Where this host keeps what it knows of the cluster.
     dir: PathBuf,
+    /// Whether this host claimed its number just now (its functions, if it had any,
+    /// become the cluster's).
+    first_join: bool,
 }
 
 /// Connects to etcd and learns this host's number: from the state directory when it was
@@ -88,6 +125,7 @@ pub async fn connect(c: &ClusterConfig, state_dir: &Path) -> Result<Membership, 
     );
     let dir = state_dir.join("cluster");
     let path = dir.join("host-number");
+    let mut first_join = false;
     let number = match std::fs::read_to_string(&path) {
         Ok(text) => text
             .trim()
@@ -106,6 +144,7 @@ pub async fn connect(c: &ClusterConfig, state_dir: &Path) -> Result<Membership, 
                 .map_err(file_err)?;
             faasd_core::durable::write_atomic(&path, format!("{n}\n").as_bytes())
                 .map_err(file_err)?;
+            first_join = true;
             n
         }
         Err(source) => return Err(ClusterError::NumberFile { path, source }),
@@ -119,6 +158,7 @@ pub async fn connect(c: &ClusterConfig, state_dir: &Path) -> Result<Membership, 
         name,
         number,
         dir,
+        first_join,
     })
 }
 
@@ -131,6 +171,10 @@ fn host_name() -> std::io::Result<String> {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
+
+/// How long a deploy waits for the scheduler to place the function and for its host to
+/// run it, before it answers without.
+const PLACE_WAIT: Duration = Duration::from_secs(10);
 
 /// A change to this host's functions' names.
 #[derive(Debug)]
@@ -153,6 +197,11 @@ pub struct Cluster {
     own_names: Arc<Mutex<BTreeSet<FunctionName>>>,
     /// Every host's functions' names, as etcd has them (or as this host last knew).
     all_names: watch::Receiver<BTreeMap<FunctionName, NameRecord>>,
+    /// The cluster's functions and where they are placed.
+    functions: watch::Receiver<Functions>,
+    /// The host that schedules, as last learnt.
+    scheduler: watch::Receiver<Option<u16>>,
+    move_after: Duration,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -203,15 +252,29 @@ impl Cluster {
         let hosts_cache = membership.dir.join("hosts.json");
         let (tx, hosts) = watch::channel(load(&hosts_cache));
         let follow = tokio::spawn(faasd_cluster::watch_hosts(membership.etcd.clone(), tx));
+        // And of every host's functions' names, to answer for them before etcd does.
+        let (tx, all_names) = watch::channel(load(&membership.dir.join("names.json")));
+        let follow_names = tokio::spawn(faasd_cluster::watch_names(membership.etcd.clone(), tx));
         let mesh = tokio::spawn(mesh(
             hosts.clone(),
+            all_names.clone(),
             wireguard.clone(),
             membership.number,
             hosts_cache,
         ));
-        // And of every host's functions' names, to answer for them before etcd does.
-        let (tx, all_names) = watch::channel(load(&membership.dir.join("names.json")));
-        let follow_names = tokio::spawn(faasd_cluster::watch_names(membership.etcd.clone(), tx));
+        let (tx, functions) = watch::channel(Synced::default());
+        let follow_functions =
+            tokio::spawn(faasd_cluster::watch_functions(membership.etcd.clone(), tx));
+        let (leader, scheduler) = watch::channel(None);
+        let schedule = tokio::spawn(schedule::run(schedule::Inputs {
+            etcd: membership.etcd.clone(),
+            this: membership.number,
+            lease: lease.clone(),
+            hosts: hosts.clone(),
+            functions: functions.clone(),
+            move_after: c.move_after,
+            leader,
+        }));
         Ok(Self {
             membership,
             lease,
@@ -220,12 +283,17 @@ impl Cluster {
             names,
             own_names: Arc::default(),
             all_names,
+            functions,
+            scheduler,
+            move_after: c.move_after,
             tasks: Mutex::new(vec![
                 register.abort_handle(),
                 publish.abort_handle(),
                 follow.abort_handle(),
                 mesh.abort_handle(),
                 follow_names.abort_handle(),
+                follow_functions.abort_handle(),
+                schedule.abort_handle(),
             ]),
         })
     }
@@ -253,6 +321,131 @@ impl Cluster {
         self.membership.number
     }
 
+    /// The lease this host's registration holds under, while it holds.
+    pub fn lease(&self) -> watch::Receiver<Option<i64>> {
+        self.lease.clone()
+    }
+
+    /// The cluster's functions and where they are placed.
+    pub fn functions(&self) -> watch::Receiver<Functions> {
+        self.functions.clone()
+    }
+
+    /// Whether this host claimed its number in this run (it joins for the first time).
+    pub fn first_join(&self) -> bool {
+        self.membership.first_join
+    }
+
+    /// How long after a host's lease expired its functions move.
+    pub fn move_after(&self) -> Duration {
+        self.move_after
+    }
+
+    /// Whether most hosts agree that etcd is down for them all (see [`fence`]).
+    pub async fn outage_agreed(&self) -> bool {
+        let hosts = self.hosts.borrow().clone();
+        fence::outage_agreed(&hosts, self.membership.number).await
+    }
+
+    /// Deploys (`update == false`) or updates a function of the cluster's in etcd; the
+    /// scheduler places a new one. The record as it stands.
+    pub async fn submit(&self, d: &Deployment, update: bool) -> Result<Placed, ClusterError> {
+        let f: FunctionName = (
+            d.namespace.clone().unwrap_or_default(),
+            d.service.clone(),
+        );
+        let etcd = &*self.membership.etcd;
+        if update {
+            return faasd_cluster::update_function(etcd, &f, d)
+                .await?
+                .ok_or(ClusterError::NoFunction(f));
+        }
+        // Refused at once when no host could take it, rather than left unplaced.
+        if let faasd_cluster::Decision::Nowhere(why) =
+            schedule::choose(&d.constraints, &self.hosts.borrow(), &BTreeMap::new())
+        {
+            return Err(ClusterError::Unplaceable { function: f, why });
+        }
+        match faasd_cluster::create_function(etcd, &f, d).await? {
+            Ok(()) => {}
+            Err(existing) => {
+                return Err(ClusterError::Exists {
+                    function: f,
+                    host: existing.host,
+                });
+            }
+        }
+        // The scheduler places it (and gives it its address) within moments.
+        let mut functions = self.functions.clone();
+        let placed = tokio::time::timeout(
+            PLACE_WAIT,
+            functions.wait_for(|all| {
+                all.items
+                    .get(&f)
+                    .is_some_and(|p| p.host.is_some() || p.unplaced.is_some())
+            }),
+        )
+        .await;
+        let p = match placed {
+            Ok(Ok(all)) => all.items.get(&f).cloned(),
+            _ => None,
+        };
+        match p {
+            Some(p) if p.host.is_none() => Err(ClusterError::Unplaceable {
+                function: f,
+                why: p.unplaced.unwrap_or_default(),
+            }),
+            Some(p) => Ok(p),
+            None => Ok(Placed {
+                deployment: d.clone(),
+                address: None,
+                host: None,
+                unplaced: None,
+            }),
+        }
+    }
+
+    /// Waits (up to a few seconds) until host `host` publishes `f`'s name: it runs there.
+    pub async fn wait_published(&self, f: &FunctionName, host: u16) {
+        let mut names = self.all_names.clone();
+        let _ = tokio::time::timeout(
+            PLACE_WAIT,
+            names.wait_for(|all| all.get(f).is_some_and(|r| r.host == host)),
+        )
+        .await;
+    }
+
+    /// Removes a function of the cluster's; the host running it stops it.
+    pub async fn remove(&self, namespace: &str, name: &str) -> Result<(), ClusterError> {
+        let f = (namespace.to_owned(), name.to_owned());
+        if faasd_cluster::delete_function(&self.membership.etcd, &f).await? {
+            Ok(())
+        } else {
+            Err(ClusterError::NoFunction(f))
+        }
+    }
+
+    /// A function this host ran before it joined: it becomes the cluster's, placed here at
+    /// its address (unless the cluster has one of that name already).
+    pub async fn adopt(&self, d: &Deployment, address: Ipv6Addr) -> Result<(), ClusterError> {
+        let f: FunctionName = (
+            d.namespace.clone().unwrap_or_default(),
+            d.service.clone(),
+        );
+        faasd_cluster::adopt_function(
+            &self.membership.etcd,
+            &f,
+            &Placed {
+                deployment: d.clone(),
+                address: Some(address),
+                host: Some(self.membership.number),
+                unplaced: None,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The host a function of that name runs on, as the cluster's names say.
     pub fn host_of(&self, namespace: &str, name: &str) -> Option<u16> {
         let names = self.all_names.borrow();
@@ -266,6 +459,15 @@ impl Cluster {
         let names = self.all_names.borrow();
         let r = names.get(&(namespace.to_owned(), name.to_owned()))?;
         Some((r.address, r.port?))
+    }
+
+    /// The host a function runs on and its address, as the scheduler placed it.
+    pub fn placement(&self, namespace: &str, name: &str) -> Option<Placed> {
+        self.functions
+            .borrow()
+            .items
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     /// A function of this host's is gone.
@@ -301,8 +503,8 @@ impl Cluster {
             .map(|(k, live)| (k, live.handshake_secs_ago))
             .collect();
         let mut functions: BTreeMap<u16, usize> = BTreeMap::new();
-        for r in self.all_names.borrow().values() {
-            *functions.entry(r.host).or_default() += 1;
+        for h in self.functions.borrow().items.values().filter_map(|p| p.host) {
+            *functions.entry(h).or_default() += 1;
         }
         let hosts = self
             .hosts
@@ -335,6 +537,7 @@ impl Cluster {
             name: self.membership.name.clone(),
             number: self.membership.number,
             registered: self.registered(),
+            scheduler: *self.scheduler.borrow(),
             hosts,
             etcd,
         }
@@ -376,40 +579,42 @@ async fn publish_names(
     mut changes: mpsc::UnboundedReceiver<NameChange>,
 ) {
     let mut mine: BTreeMap<FunctionName, NameRecord> = BTreeMap::new();
-    // Names etcd does not have as they are here yet: to put, or (`None`) to delete.
-    let mut pending: BTreeMap<FunctionName, Option<NameRecord>> = BTreeMap::new();
+    // Names etcd does not have as they are here yet: to put, or to delete (`false`).
+    let mut pending: BTreeMap<FunctionName, (NameRecord, bool)> = BTreeMap::new();
     loop {
         tokio::select! {
             change = changes.recv() => match change {
                 None => return,
                 Some(NameChange::Set(f, r)) => {
                     mine.insert(f.clone(), r.clone());
-                    pending.insert(f, Some(r));
+                    pending.insert(f, (r, true));
                 }
                 Some(NameChange::Remove(f)) => {
-                    mine.remove(&f);
-                    pending.insert(f, None);
+                    if let Some(r) = mine.remove(&f) {
+                        pending.insert(f, (r, false));
+                    }
                 }
             },
             changed = lease.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                pending.extend(mine.iter().map(|(f, r)| (f.clone(), Some(r.clone()))));
+                pending.extend(mine.iter().map(|(f, r)| (f.clone(), (r.clone(), true))));
             }
             () = tokio::time::sleep(Duration::from_secs(1)), if !pending.is_empty() => {}
         }
         let Some(l) = *lease.borrow() else { continue };
         let etcd = &*etcd;
         let mut left = BTreeMap::new();
-        for (f, r) in std::mem::take(&mut pending) {
-            let done = match &r {
-                Some(record) => faasd_cluster::put_name(etcd, &f, record, l).await,
-                None => faasd_cluster::delete_name(etcd, &f).await,
+        for (f, (record, put)) in std::mem::take(&mut pending) {
+            let done = if put {
+                faasd_cluster::put_name(etcd, &f, &record, l).await
+            } else {
+                faasd_cluster::delete_name(etcd, &f, &record).await
             };
             if let Err(e) = done {
                 tracing::warn!("cluster: {}/{}: {e}", f.0, f.1);
-                left.insert(f, r);
+                left.insert(f, (record, put));
             }
         }
         pending = left;
@@ -489,28 +694,45 @@ fn prefix_of(n: u16) -> Ipv6Net {
 }
 
 /// Keeps the interface's host peers what the registrations say, this host left out, and
-/// every version in `cache`.
+/// every version in `cache`. Each routes the host's ranges and the functions it runs at
+/// addresses outside them (moved there from a host that died).
 async fn mesh(
     mut hosts: watch::Receiver<BTreeMap<u16, HostInfo>>,
+    mut names: watch::Receiver<BTreeMap<FunctionName, NameRecord>>,
     wireguard: Arc<WireGuard>,
     this: u16,
     cache: PathBuf,
 ) {
+    let mut stored = BTreeMap::new();
     loop {
         let all = hosts.borrow_and_update().clone();
         let others: Vec<HostInfo> = all.values().filter(|h| h.number != this).cloned().collect();
-        store(&cache, all);
+        if all != stored {
+            store(&cache, all.clone());
+            stored = all;
+        }
+        let mut moved: BTreeMap<u16, Vec<Ipv6Net>> = BTreeMap::new();
+        for r in names.borrow_and_update().values() {
+            if !prefix_of(r.host).contains(r.address) {
+                moved.entry(r.host).or_default().push(Ipv6Net {
+                    addr: r.address,
+                    len: 128,
+                });
+            }
+        }
         let mut peers = Vec::with_capacity(others.len());
         for h in &others {
+            let mut allowed = vec![
+                prefix_of(h.number),
+                Ipv6Net {
+                    addr: faasd_common::plan::host_network(h.number),
+                    len: 64,
+                },
+            ];
+            allowed.extend(moved.remove(&h.number).unwrap_or_default());
             peers.push(HostPeer {
                 public_key: h.public_key.clone(),
-                allowed: vec![
-                    prefix_of(h.number),
-                    Ipv6Net {
-                        addr: faasd_common::plan::host_network(h.number),
-                        len: 64,
-                    },
-                ],
+                allowed,
                 endpoint: match &h.endpoint {
                     Some(e) => resolve(e).await,
                     None => None,
@@ -518,11 +740,13 @@ async fn mesh(
             });
         }
         match wireguard.mesh(&peers) {
-            Ok(()) => tracing::info!("cluster: {} other host(s) in the mesh", peers.len()),
+            Ok(true) => tracing::info!("cluster: {} other host(s) in the mesh", peers.len()),
+            Ok(false) => {}
             Err(e) => tracing::warn!("cluster: updating the WireGuard mesh: {e}"),
         }
-        if hosts.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = hosts.changed() => if changed.is_err() { return },
+            changed = names.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -556,7 +780,7 @@ pub struct HostStatus {
     pub address: Ipv6Addr,
     /// Seconds since this host's last WireGuard handshake with it.
     pub handshake_secs_ago: Option<u64>,
-    /// Functions it runs, as the cluster's names say.
+    /// Functions placed on it.
     pub functions: usize,
 }
 
@@ -586,6 +810,8 @@ pub struct ClusterStatus {
     pub number: u16,
     /// Whether this host's registration holds (its lease kept alive).
     pub registered: bool,
+    /// The host that places functions, as this host last learnt.
+    pub scheduler: Option<u16>,
     /// Every registered host, by number.
     pub hosts: Vec<HostStatus>,
     /// Each etcd member's health.

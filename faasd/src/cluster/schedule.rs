@@ -1,0 +1,163 @@
+//! The scheduler. Every host campaigns for the scheduler key under its lease; the one
+//! holding it places each function not placed yet, and those of a host whose lease
+//! expired `move-after` ago, on the live host that satisfies its constraints and runs the
+//! fewest functions. Each write is a transaction that holds only while this host still
+//! holds the key and the function is unchanged, so a deposed scheduler writes nothing.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use faasd_cluster::{Constraint, Decision, Etcd, FunctionName, HostInfo, Placed, Synced};
+use tokio::{sync::watch, time::Instant};
+
+/// How often the scheduler looks again when nothing changed (for hosts gone long enough).
+const PASS: Duration = Duration::from_millis(250);
+
+/// The cluster's functions, as etcd has them.
+pub type Functions = Synced<BTreeMap<FunctionName, Placed>>;
+
+/// What the scheduler follows.
+#[derive(Debug)]
+pub(super) struct Inputs {
+    pub etcd: Arc<Etcd>,
+    pub this: u16,
+    pub lease: watch::Receiver<Option<i64>>,
+    pub hosts: watch::Receiver<BTreeMap<u16, HostInfo>>,
+    pub functions: watch::Receiver<Functions>,
+    pub move_after: Duration,
+    /// The scheduler's host, as last learnt.
+    pub leader: watch::Sender<Option<u16>>,
+}
+
+/// Campaigns, and schedules while this host holds the key.
+pub(super) async fn run(mut i: Inputs) {
+    // When this scheduler first saw each host gone (a new scheduler starts counting anew:
+    // it moves later, never sooner).
+    let mut gone_since: BTreeMap<u16, Instant> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = i.hosts.changed() => {}
+            _ = i.functions.changed() => {}
+            () = tokio::time::sleep(PASS) => {}
+        }
+        let Some(lease) = *i.lease.borrow() else {
+            i.leader.send_replace(None);
+            continue;
+        };
+        match faasd_cluster::campaign(&i.etcd, i.this, lease).await {
+            Ok(holder) => {
+                if i.leader.send_replace(Some(holder)) != Some(holder) {
+                    tracing::info!("cluster: host {holder} schedules");
+                }
+                if holder != i.this {
+                    gone_since.clear();
+                    continue;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cluster: {e}");
+                continue;
+            }
+        }
+        let hosts = i.hosts.borrow().clone();
+        let functions = i.functions.borrow().clone();
+        if functions.synced {
+            pass(&i, &hosts, &functions.items, &mut gone_since).await;
+        }
+    }
+}
+
+async fn pass(
+    i: &Inputs,
+    hosts: &BTreeMap<u16, HostInfo>,
+    functions: &BTreeMap<FunctionName, Placed>,
+    gone_since: &mut BTreeMap<u16, Instant>,
+) {
+    let now = Instant::now();
+    gone_since.retain(|h, _| !hosts.contains_key(h));
+    let mut load: BTreeMap<u16, usize> = BTreeMap::new();
+    for h in functions.values().filter_map(|p| p.host) {
+        if hosts.contains_key(&h) {
+            *load.entry(h).or_default() += 1;
+        } else {
+            gone_since.entry(h).or_insert(now);
+        }
+    }
+    for (f, p) in functions {
+        let due = match p.host {
+            None => true,
+            Some(h) => gone_since
+                .get(&h)
+                .is_some_and(|t| now.duration_since(*t) >= i.move_after),
+        };
+        if !due {
+            continue;
+        }
+        let decision = choose(&p.deployment.constraints, hosts, &load);
+        match (&decision, p.host) {
+            // A gone host's function that fits nowhere else waits for it.
+            (Decision::Nowhere(_), Some(_)) => continue,
+            (Decision::Nowhere(why), None) if p.unplaced.as_ref() == Some(why) => continue,
+            _ => {}
+        }
+        let current = match faasd_cluster::function(&i.etcd, f).await {
+            Ok(Some((current, revision))) if current == *p => (current, revision),
+            // Changed or removed since the map was taken: the next pass sees it.
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!("cluster: {e}");
+                return;
+            }
+        };
+        match faasd_cluster::place(&i.etcd, i.this, f, current.0, current.1, decision).await {
+            Ok(Some(placed)) => {
+                if let Some(h) = placed.host {
+                    *load.entry(h).or_default() += 1;
+                    match p.host {
+                        Some(old) => tracing::info!(
+                            "cluster: {}/{} moved from host {old} (gone) to host {h}",
+                            f.0,
+                            f.1
+                        ),
+                        None => tracing::info!("cluster: {}/{} placed on host {h}", f.0, f.1),
+                    }
+                } else if let Some(why) = &placed.unplaced {
+                    tracing::warn!("cluster: {}/{} placed nowhere: {why}", f.0, f.1);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("cluster: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// The live host for a function with these constraints: the one running the fewest
+/// functions among those that satisfy them all (the lowest number among equals).
+pub(crate) fn choose(
+    constraints: &[String],
+    hosts: &BTreeMap<u16, HostInfo>,
+    load: &BTreeMap<u16, usize>,
+) -> Decision {
+    let parsed: Result<Vec<Constraint>, String> =
+        constraints.iter().map(|c| Constraint::parse(c)).collect();
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(e) => return Decision::Nowhere(e),
+    };
+    hosts
+        .values()
+        .filter(|h| parsed.iter().all(|c| c.admits(&h.name, &h.labels)))
+        .min_by_key(|h| (load.get(&h.number).copied().unwrap_or(0), h.number))
+        .map_or_else(
+            || {
+                Decision::Nowhere(if constraints.is_empty() {
+                    "no host is registered".to_owned()
+                } else {
+                    format!("no live host satisfies {}", constraints.join(", "))
+                })
+            },
+            |h| Decision::On(h.number),
+        )
+}

@@ -1,0 +1,323 @@
+//! A host of a cluster runs what the scheduler placed on it. Deploys and removals through
+//! this host's API go to etcd; a follower keeps this host's functions what etcd says is
+//! placed here: it deploys those it lacks (at the address the cluster gave them), updates
+//! those whose deployment changed, and removes those placed elsewhere or gone.
+//!
+//! At start nothing comes back before the cluster says what is still this host's (a host
+//! that was away must not serve what moved meanwhile); when etcd does not answer, only
+//! while most hosts agree that it is down for everyone. A host whose registration lapsed
+//! and who finds itself alone in that (it is the one cut off) stops serving its functions
+//! within half of `move-after`, before the scheduler places them elsewhere.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv6Addr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use faasd_cluster::{FunctionName, Placed};
+use faasd_common::BindingKey;
+use faasd_core::{
+    config::Ipv6Net,
+    spec::{FunctionSpec, Settings},
+    store::FunctionRecord,
+};
+use tokio::time::Instant;
+
+use super::{Daemon, DaemonError};
+use crate::{
+    cluster::{Cluster, Functions},
+    status::{FunctionState, FunctionStatus},
+};
+
+/// How often the follower looks again when nothing changed.
+const PASS: Duration = Duration::from_millis(500);
+/// How long a deployment that failed here waits before it is tried again unchanged.
+const RETRY_FAILED: Duration = Duration::from_secs(10);
+
+impl Daemon {
+    /// Writes a deploy or an update to the cluster and waits (a few seconds at most) until
+    /// the host it is placed on runs it.
+    pub(super) async fn submit(
+        &self,
+        c: &Cluster,
+        spec: FunctionSpec,
+        update: bool,
+    ) -> Result<FunctionStatus, DaemonError> {
+        writable(c)?;
+        let p = c.submit(&spec.deployment, update).await?;
+        let f = (spec.namespace.clone(), spec.name.clone());
+        if let Some(host) = p.host
+            && !update
+        {
+            c.wait_published(&f, host).await;
+        }
+        if p.host == Some(c.number())
+            && let Ok(local) = self.function(&f.0, &f.1)
+        {
+            return Ok(self.status_now(&local));
+        }
+        let settings = Settings::parse(&spec.deployment)?;
+        Ok(placed_status(&spec, &settings, &p))
+    }
+
+    /// Removes a function from the cluster.
+    pub(super) async fn withdraw(
+        &self,
+        c: &Cluster,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), DaemonError> {
+        writable(c)?;
+        Ok(c.remove(namespace, name).await?)
+    }
+
+    /// Starts the follower, which first brings back what the store held that is still
+    /// this host's.
+    pub(super) fn follow_placements(
+        self: &Arc<Self>,
+        records: Vec<Arc<FunctionRecord>>,
+        pinned: Vec<(BindingKey, u32)>,
+    ) {
+        let d = self.clone();
+        tokio::spawn(async move {
+            let c = d.cluster.clone().expect("called in a cluster");
+            let kept = d.wait_for_verdict(&c, records).await;
+            if let Err(e) = d.restore(kept, pinned).await {
+                tracing::error!("cluster: bringing back this host's functions: {e}");
+            }
+            if c.first_join() {
+                d.adopt_all(&c).await;
+            }
+            d.follow(&c).await;
+        });
+    }
+
+    /// The stored records still this host's: those etcd places here (or, on the first
+    /// join, does not know), or all of them while etcd is down for every host. The others
+    /// leave the store.
+    async fn wait_for_verdict(
+        &self,
+        c: &Cluster,
+        records: Vec<Arc<FunctionRecord>>,
+    ) -> Vec<Arc<FunctionRecord>> {
+        let mut functions = c.functions();
+        let mut lease = c.lease();
+        let this = c.number();
+        let (kept, dropped): (Vec<_>, Vec<_>) = loop {
+            let now = functions.borrow_and_update().clone();
+            if c.registered() && now.synced {
+                break records.into_iter().partition(|r| {
+                    match now.items.get(&(r.spec.namespace.clone(), r.spec.name.clone())) {
+                        Some(p) => p.host == Some(this),
+                        None => c.first_join(),
+                    }
+                });
+            }
+            if !c.registered() && c.outage_agreed().await {
+                tracing::warn!(
+                    "cluster: etcd is down for most hosts: serving what this host last ran"
+                );
+                break (records, Vec::new());
+            }
+            tokio::select! {
+                _ = functions.changed() => {}
+                _ = lease.changed() => {}
+                () = tokio::time::sleep(PASS) => {}
+            }
+        };
+        for r in &dropped {
+            tracing::info!(
+                "cluster: {} is no longer this host's (placed elsewhere or removed)",
+                r.spec.id()
+            );
+            if let Err(e) = self
+                .store
+                .remove(&r.spec.namespace, &r.spec.name)
+                .durable()
+                .await
+            {
+                tracing::error!("{}: {e}", r.spec.id());
+            }
+        }
+        for r in &kept {
+            if let Err(e) = self.route_here(r.address).await {
+                tracing::error!("{}: {e}", r.spec.id());
+            }
+        }
+        kept
+    }
+
+    /// This host's functions become the cluster's when it joins for the first time; the
+    /// follower starts once it sees them (else it would take them for removed).
+    async fn adopt_all(&self, c: &Cluster) {
+        let mut adopted = Vec::new();
+        for f in self.all() {
+            let spec = &f.record.spec;
+            match c.adopt(&spec.deployment, f.record.address).await {
+                Ok(()) => adopted.push((spec.namespace.clone(), spec.name.clone())),
+                Err(e) => tracing::error!("cluster: adopting {}: {e}", spec.id()),
+            }
+        }
+        let mut functions = c.functions();
+        let seen = functions.wait_for(|all| adopted.iter().all(|f| all.items.contains_key(f)));
+        let _ = tokio::time::timeout(Duration::from_secs(10), seen).await;
+    }
+
+    /// Keeps this host's functions what the cluster places here, and stops them when this
+    /// host is cut off from etcd.
+    async fn follow(&self, c: &Cluster) {
+        let mut functions = c.functions();
+        let mut lease = c.lease();
+        let mut failed: HashMap<FunctionName, (Placed, Instant)> = HashMap::new();
+        let mut lapsed: Option<Instant> = None;
+        let mut fenced = false;
+        loop {
+            tokio::select! {
+                _ = functions.changed() => {}
+                _ = lease.changed() => {}
+                () = tokio::time::sleep(PASS) => {}
+            }
+            if c.registered() {
+                lapsed = None;
+                fenced = false;
+                let now: Functions = functions.borrow_and_update().clone();
+                if now.synced {
+                    self.reconcile(c, &now.items, &mut failed).await;
+                }
+                continue;
+            }
+            let since = *lapsed.get_or_insert_with(Instant::now);
+            if fenced || since.elapsed() < c.move_after() / 2 || c.outage_agreed().await {
+                continue;
+            }
+            fenced = true;
+            tracing::warn!(
+                "cluster: this host lost etcd while other hosts did not: it is cut off, and \
+                 stops serving its functions before they are placed elsewhere"
+            );
+            for f in self.all() {
+                let spec = &f.record.spec;
+                self.leave(&spec.namespace, &spec.name, f.record.address)
+                    .await;
+            }
+        }
+    }
+
+    /// One pass over what etcd places here.
+    async fn reconcile(
+        &self,
+        c: &Cluster,
+        placed: &BTreeMap<FunctionName, Placed>,
+        failed: &mut HashMap<FunctionName, (Placed, Instant)>,
+    ) {
+        let this = c.number();
+        for f in self.all() {
+            let spec = &f.record.spec;
+            let key = (spec.namespace.clone(), spec.name.clone());
+            if placed.get(&key).and_then(|p| p.host) != Some(this) {
+                tracing::info!("cluster: {} placed elsewhere or removed", spec.id());
+                self.leave(&spec.namespace, &spec.name, f.record.address)
+                    .await;
+            }
+        }
+        failed.retain(|f, (p, at)| placed.get(f) == Some(p) && at.elapsed() < RETRY_FAILED);
+        for (f, p) in placed {
+            let (Some(host), Some(address)) = (p.host, p.address) else {
+                continue;
+            };
+            if host != this || failed.contains_key(f) {
+                continue;
+            }
+            let update = match self.entry(&format!("{}/{}", f.0, f.1)) {
+                // Being deployed or removed right now: the next pass sees how it ended.
+                Some(e) if e.current().is_none() => continue,
+                Some(e) => {
+                    if e.current()
+                        .is_some_and(|cur| cur.record.spec.deployment == p.deployment)
+                    {
+                        continue;
+                    }
+                    true
+                }
+                None => false,
+            };
+            if let Err(e) = self.run_here(p, address, update).await {
+                tracing::error!(
+                    "cluster: {}/{} placed here does not run: {e} (tried again in {:?} or \
+                     when it changes)",
+                    f.0,
+                    f.1,
+                    RETRY_FAILED
+                );
+                failed.insert(f.clone(), (p.clone(), Instant::now()));
+            }
+        }
+    }
+
+    async fn run_here(&self, p: &Placed, address: Ipv6Addr, update: bool) -> Result<(), DaemonError> {
+        let (spec, settings) = FunctionSpec::from_deployment(p.deployment.clone())?;
+        self.route_here(address).await?;
+        self.deploy_here(spec, settings, update, Some(address))
+            .await
+            .map(drop)
+    }
+
+    /// Removes a function from this host only, and the route of an address it had from
+    /// another host.
+    async fn leave(&self, namespace: &str, name: &str, address: Ipv6Addr) {
+        if let Err(e) = self.remove_here(namespace, name).await {
+            tracing::error!("cluster: removing {namespace}/{name} from this host: {e}");
+        }
+        if !self.config.function_prefix.contains(address)
+            && let Err(e) = crate::net::remove_local_route(single(address)).await
+        {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// An address outside this host's prefix (a function moved here) is delivered here.
+    async fn route_here(&self, address: Ipv6Addr) -> Result<(), DaemonError> {
+        if !self.config.function_prefix.contains(address) {
+            crate::net::ensure_local_route(single(address)).await?;
+        }
+        Ok(())
+    }
+}
+
+fn single(addr: Ipv6Addr) -> Ipv6Net {
+    Ipv6Net { addr, len: 128 }
+}
+
+/// Changes need etcd: refused at once, and said why, while this host's registration
+/// lapsed.
+fn writable(c: &Cluster) -> Result<(), DaemonError> {
+    if c.registered() {
+        Ok(())
+    } else {
+        Err(DaemonError::ClusterUnavailable)
+    }
+}
+
+/// What a deploy answers for a function another host runs (or none yet).
+fn placed_status(spec: &FunctionSpec, settings: &Settings, p: &Placed) -> FunctionStatus {
+    let d = &spec.deployment;
+    FunctionStatus {
+        name: spec.name.clone(),
+        image: spec.image.clone().unwrap_or_default(),
+        namespace: spec.namespace.clone(),
+        env_process: d.env_process.clone().unwrap_or_default(),
+        env_vars: d.env_vars.to_btree(),
+        labels: d.labels.to_btree(),
+        annotations: d.annotations.to_btree(),
+        invocation_count: 0,
+        replicas: 0,
+        available_replicas: 0,
+        created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        address: p.address.unwrap_or(Ipv6Addr::UNSPECIFIED),
+        ports: settings.ports.clone(),
+        state: FunctionState::default(),
+        counters: Vec::new(),
+    }
+}
