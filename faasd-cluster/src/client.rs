@@ -220,7 +220,21 @@ impl Etcd {
 
     /// Runs `call` (which must be safe to repeat) on the current member, moving on to the
     /// next while none answers, for up to [`RETRY_FOR`].
-    pub async fn call<T, F, Fut>(&self, what: &'static str, mut call: F) -> Result<T, EtcdError>
+    pub async fn call<T, F, Fut>(&self, what: &'static str, call: F) -> Result<T, EtcdError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_within(what, CALL_TIMEOUT, call).await
+    }
+
+    /// As [`Etcd::call`], giving each member `per_try` to answer.
+    pub async fn call_within<T, F, Fut>(
+        &self,
+        what: &'static str,
+        per_try: Duration,
+        mut call: F,
+    ) -> Result<T, EtcdError>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -228,15 +242,15 @@ impl Etcd {
         let deadline = Instant::now() + RETRY_FOR;
         loop {
             let i = self.current.load(Ordering::Relaxed) % self.members.len();
-            let failure =
-                match tokio::time::timeout(CALL_TIMEOUT, call(self.members[i].1.clone())).await {
-                    Ok(Ok(v)) => return Ok(v),
-                    Ok(Err(e)) if !no_one_there(&e) => {
-                        return Err(EtcdError::Refused { what, source: e });
-                    }
-                    Ok(Err(e)) => MemberFailure::Call(e),
-                    Err(_) => MemberFailure::TimedOut(CALL_TIMEOUT),
-                };
+            let failure = match tokio::time::timeout(per_try, call(self.members[i].1.clone())).await
+            {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if !no_one_there(&e) => {
+                    return Err(EtcdError::Refused { what, source: e });
+                }
+                Ok(Err(e)) => MemberFailure::Call(e),
+                Err(_) => MemberFailure::TimedOut(per_try),
+            };
             tracing::debug!("etcd {}: {failure} while {what}", self.members[i].0);
             // Another caller may have moved on already.
             let _ = self.current.compare_exchange(

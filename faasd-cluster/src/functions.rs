@@ -60,10 +60,19 @@ async fn read(etcd: &Etcd, f: &FunctionName) -> Result<Option<(Placed, i64)>, Et
 }
 
 /// Writes `new` if the record is still at `revision`; whether it was.
-async fn swap(etcd: &Etcd, f: &FunctionName, revision: i64, new: &Placed) -> Result<bool, EtcdError> {
+async fn swap(
+    etcd: &Etcd,
+    f: &FunctionName,
+    revision: i64,
+    new: &Placed,
+) -> Result<bool, EtcdError> {
     let (k, v) = (key(f), json(new));
     let txn = Txn::new()
-        .when([Compare::mod_revision(k.as_str(), CompareOp::Equal, revision)])
+        .when([Compare::mod_revision(
+            k.as_str(),
+            CompareOp::Equal,
+            revision,
+        )])
         .and_then([TxnOp::put(k.as_str(), v, None)]);
     Ok(etcd
         .call("changing a function", |mut c| {
@@ -204,9 +213,16 @@ pub async fn place(
                                 key: counter.clone(),
                                 why: "not a number".into(),
                             })?,
-                        Compare::mod_revision(counter.as_str(), CompareOp::Equal, kv.mod_revision()),
+                        Compare::mod_revision(
+                            counter.as_str(),
+                            CompareOp::Equal,
+                            kv.mod_revision(),
+                        ),
                     ),
-                    None => (1, Compare::create_revision(counter.as_str(), CompareOp::Equal, 0)),
+                    None => (
+                        1,
+                        Compare::create_revision(counter.as_str(), CompareOp::Equal, 0),
+                    ),
                 };
                 p.address = Some(faasd_common::plan::placed_address(host, next));
                 when.push(guard);
@@ -270,7 +286,10 @@ pub async fn campaign(etcd: &Etcd, host: u16, lease: i64) -> Result<u16, EtcdErr
         .ok_or_else(|| EtcdError::Invalid {
             what: "scheduler",
             key: SCHEDULER.into(),
-            why: format!("{:?} is not a host number", String::from_utf8_lossy(&holder)),
+            why: format!(
+                "{:?} is not a host number",
+                String::from_utf8_lossy(&holder)
+            ),
         })
 }
 
@@ -304,13 +323,19 @@ pub struct Constraint {
 impl Constraint {
     /// Reads one entry, saying what is wrong with it.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (op, equal) = if s.contains("!=") { ("!=", false) } else { ("==", true) };
+        let (op, equal) = if s.contains("!=") {
+            ("!=", false)
+        } else {
+            ("==", true)
+        };
         let (label, value) = s.split_once(op).ok_or_else(|| {
             format!("constraint {s:?}: expected `label == value` or `label != value`")
         })?;
         let (label, value) = (label.trim(), value.trim());
         if label.is_empty() || value.is_empty() {
-            return Err(format!("constraint {s:?}: a label and a value are both needed"));
+            return Err(format!(
+                "constraint {s:?}: a label and a value are both needed"
+            ));
         }
         Ok(Self {
             label: label.to_owned(),

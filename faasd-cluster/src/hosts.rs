@@ -109,6 +109,7 @@ fn parse_number(key: &str, value: &[u8]) -> Result<u16, EtcdError> {
 #[derive(Debug)]
 pub struct Registration {
     lease: watch::Receiver<Option<i64>>,
+    kept: watch::Receiver<tokio::time::Instant>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -117,6 +118,11 @@ impl Registration {
     /// what else the host puts under it lives and dies with the host.
     pub fn lease(&self) -> watch::Receiver<Option<i64>> {
         self.lease.clone()
+    }
+
+    /// When etcd last took a keep-alive (its sending, as the host saw it).
+    pub fn kept(&self) -> watch::Receiver<tokio::time::Instant> {
+        self.kept.clone()
     }
 }
 
@@ -138,6 +144,7 @@ pub async fn register(
     let key = format!("{LIVE}{}", info.number);
     let mut lease = put_under_lease(&etcd, &key, &value, ttl).await?;
     let (tx, state) = watch::channel(Some(lease));
+    let (kept_tx, kept) = watch::channel(tokio::time::Instant::now());
     let task = tokio::spawn(async move {
         let mut last_kept = tokio::time::Instant::now();
         loop {
@@ -150,13 +157,20 @@ pub async fn register(
             // counting from the sending, the host never thinks its lease lives longer
             // than etcd does.
             let sent = tokio::time::Instant::now();
+            // Each member gets a short try: one that lost its leader (or is cut off) must
+            // not hold the keep-alive past the TTL while another could take it.
+            let per_try = (ttl / 6).clamp(Duration::from_millis(200), Duration::from_secs(2));
             let kept = tokio::time::timeout_at(
                 deadline,
-                etcd.call("keeping this host's lease alive", |mut c| async move {
-                    let (mut keeper, mut answers) = c.lease_keep_alive(lease).await?;
-                    keeper.keep_alive().await?;
-                    Ok(answers.message().await?.map_or(0, |a| a.ttl()))
-                }),
+                etcd.call_within(
+                    "keeping this host's lease alive",
+                    per_try,
+                    |mut c| async move {
+                        let (mut keeper, mut answers) = c.lease_keep_alive(lease).await?;
+                        keeper.keep_alive().await?;
+                        Ok(answers.message().await?.map_or(0, |a| a.ttl()))
+                    },
+                ),
             )
             .await;
             let kept = match kept {
@@ -169,16 +183,19 @@ pub async fn register(
             match kept {
                 Ok(left) if left > 0 => {
                     last_kept = sent;
+                    kept_tx.send_replace(sent);
                     tx.send_if_modified(|l| l.replace(lease) != Some(lease));
                 }
-                // Expired (TTL 0): a new lease and the registration again.
-                Ok(_) => {
+                // Expired (TTL 0, or etcd no longer knows it): a new lease and the
+                // registration again.
+                Ok(_) | Err(EtcdError::Refused { .. }) => {
                     tx.send_if_modified(|l| l.take().is_some());
                     match put_under_lease(&etcd, &key, &value, ttl).await {
                         Ok(l) => {
                             tracing::warn!("this host's lease expired; registered again");
                             lease = l;
                             last_kept = tokio::time::Instant::now();
+                            kept_tx.send_replace(last_kept);
                             tx.send_replace(Some(lease));
                         }
                         Err(e) => tracing::warn!("registering this host again: {e}"),
@@ -193,7 +210,11 @@ pub async fn register(
             }
         }
     });
-    Ok(Registration { lease: state, task })
+    Ok(Registration {
+        lease: state,
+        kept,
+        task,
+    })
 }
 
 async fn put_under_lease(

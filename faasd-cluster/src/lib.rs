@@ -28,8 +28,8 @@ mod watch;
 
 pub use client::{Endpoints, Etcd, EtcdError, MemberFailure, MemberHealth, MemberStatus, Tls};
 pub use functions::{
-    Constraint, Decision, Placed, adopt_function, campaign, create_function, delete_function, function, place,
-    update_function, watch_functions,
+    Constraint, Decision, Placed, adopt_function, campaign, create_function, delete_function,
+    function, place, update_function, watch_functions,
 };
 pub use hosts::{HostInfo, Registration, claim_host_number, register, watch_hosts};
 pub use names::{FunctionName, NameRecord, delete_name, put_name, watch_names};

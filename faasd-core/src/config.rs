@@ -138,8 +138,8 @@ pub struct ClusterConfig {
     #[serde(default = "default_lease_ttl", with = "humantime_serde_compat")]
     pub lease_ttl: Duration,
     /// How long the scheduler waits after a host's lease expired before it places the
-    /// host's functions elsewhere; a host cut off from etcd stops serving them within half
-    /// of it.
+    /// host's functions elsewhere: the time a host cut off from etcd has to stop serving
+    /// them (it starts when its registration lapses).
     #[serde(default = "default_move_after", with = "humantime_serde_compat")]
     pub move_after: Duration,
     /// The CA of the members' certificates, for `https://` endpoints.

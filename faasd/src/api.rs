@@ -513,11 +513,7 @@ async fn cluster(State(d): State<Arc<Daemon>>) -> ApiResult<Json<crate::cluster:
 async fn cluster_lease(
     State(d): State<Arc<Daemon>>,
 ) -> ApiResult<Json<crate::cluster::LeaseAnswer>> {
-    let c = d.cluster()?;
-    Ok(Json(crate::cluster::LeaseAnswer {
-        number: c.number(),
-        registered: c.registered(),
-    }))
+    Ok(Json(d.cluster()?.lease_answer()))
 }
 
 async fn invoke_root(

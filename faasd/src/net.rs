@@ -35,13 +35,25 @@ const TABLE_LOCAL: u32 = 255;
 
 /// Ensures `local <prefix> dev lo table local` exists (replacing an equal route is a no-op).
 pub async fn ensure_local_route(prefix: Ipv6Net) -> Result<(), NetError> {
-    local_route(prefix, true).await
+    local_table(prefix, RouteType::Local, true).await
 }
 
 /// Removes `local <prefix> dev lo table local` (a function that moved away from this host
 /// at an address outside its prefix); a route already gone is no error.
 pub async fn remove_local_route(prefix: Ipv6Net) -> Result<(), NetError> {
-    match local_route(prefix, false).await {
+    gone_is_fine(local_table(prefix, RouteType::Local, false).await)
+}
+
+/// Adds (or removes) `throw <prefix> table local`: an address of this host's prefix
+/// that another host serves now is looked up in `main` (towards WireGuard) instead of
+/// being delivered here.
+pub async fn throw_route(prefix: Ipv6Net, add: bool) -> Result<(), NetError> {
+    let done = local_table(prefix, RouteType::Throw, add).await;
+    if add { done } else { gone_is_fine(done) }
+}
+
+fn gone_is_fine(done: Result<(), NetError>) -> Result<(), NetError> {
+    match done {
         Err(NetError::Route {
             source: rtnetlink::Error::NetlinkError(e),
             ..
@@ -50,7 +62,7 @@ pub async fn remove_local_route(prefix: Ipv6Net) -> Result<(), NetError> {
     }
 }
 
-async fn local_route(prefix: Ipv6Net, add: bool) -> Result<(), NetError> {
+async fn local_table(prefix: Ipv6Net, kind: RouteType, add: bool) -> Result<(), NetError> {
     let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Connection)?;
     let task = tokio::spawn(conn);
     let result = async {
@@ -66,11 +78,15 @@ async fn local_route(prefix: Ipv6Net, add: bool) -> Result<(), NetError> {
             .unwrap_or(1);
         let route = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
             .destination_prefix(prefix.addr, prefix.len)
-            .output_interface(lo)
-            .kind(RouteType::Local)
-            .scope(RouteScope::Host)
-            .table_id(TABLE_LOCAL)
-            .build();
+            .kind(kind)
+            .table_id(TABLE_LOCAL);
+        // A throw route goes nowhere: it only ends the table's lookup.
+        let route = if kind == RouteType::Throw {
+            route.scope(RouteScope::Universe)
+        } else {
+            route.output_interface(lo).scope(RouteScope::Host)
+        }
+        .build();
         let done = if add {
             handle.route().add(route).replace().execute().await
         } else {

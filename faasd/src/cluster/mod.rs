@@ -28,8 +28,8 @@ use std::{
 use faasd_cluster::{
     Endpoints, Etcd, EtcdError, FunctionName, HostInfo, NameRecord, Placed, Synced, Tls,
 };
-use faasd_core::spec::Deployment;
 use faasd_core::config::{ClusterConfig, Ipv6Net};
+use faasd_core::spec::Deployment;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -189,6 +189,9 @@ pub struct Cluster {
     membership: Membership,
     /// The lease this host's registration holds under, while it holds.
     lease: watch::Receiver<Option<i64>>,
+    /// When etcd last took this host's keep-alive (never, in this run, if `None`).
+    kept: watch::Receiver<Option<tokio::time::Instant>>,
+    ttl: Duration,
     hosts: watch::Receiver<BTreeMap<u16, HostInfo>>,
     wireguard: Arc<WireGuard>,
     /// This host's functions' names, to publish.
@@ -201,7 +204,6 @@ pub struct Cluster {
     functions: watch::Receiver<Functions>,
     /// The host that schedules, as last learnt.
     scheduler: watch::Receiver<Option<u16>>,
-    move_after: Duration,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -236,11 +238,13 @@ impl Cluster {
             labels: c.labels.clone(),
         };
         let (lease_tx, lease) = watch::channel(None);
+        let (kept_tx, kept) = watch::channel(None);
         let register = tokio::spawn(keep_registered(
             membership.etcd.clone(),
             info,
             c.lease_ttl,
             lease_tx,
+            kept_tx,
         ));
         let (names, changes) = mpsc::unbounded_channel();
         let publish = tokio::spawn(publish_names(
@@ -278,6 +282,8 @@ impl Cluster {
         Ok(Self {
             membership,
             lease,
+            kept,
+            ttl: c.lease_ttl,
             hosts,
             wireguard,
             names,
@@ -285,7 +291,6 @@ impl Cluster {
             all_names,
             functions,
             scheduler,
-            move_after: c.move_after,
             tasks: Mutex::new(vec![
                 register.abort_handle(),
                 publish.abort_handle(),
@@ -336,24 +341,26 @@ impl Cluster {
         self.membership.first_join
     }
 
-    /// How long after a host's lease expired its functions move.
-    pub fn move_after(&self) -> Duration {
-        self.move_after
-    }
-
     /// Whether most hosts agree that etcd is down for them all (see [`fence`]).
     pub async fn outage_agreed(&self) -> bool {
         let hosts = self.hosts.borrow().clone();
-        fence::outage_agreed(&hosts, self.membership.number).await
+        let kept_ago = self.kept.borrow().map(|t| t.elapsed());
+        fence::outage_agreed(&hosts, self.membership.number, kept_ago, self.ttl / 3).await
+    }
+
+    /// What this host tells the others asking whether it lost etcd too.
+    pub fn lease_answer(&self) -> LeaseAnswer {
+        LeaseAnswer {
+            number: self.membership.number,
+            registered: self.registered(),
+            kept_ms_ago: self.kept.borrow().map(|t| t.elapsed().as_millis() as u64),
+        }
     }
 
     /// Deploys (`update == false`) or updates a function of the cluster's in etcd; the
     /// scheduler places a new one. The record as it stands.
     pub async fn submit(&self, d: &Deployment, update: bool) -> Result<Placed, ClusterError> {
-        let f: FunctionName = (
-            d.namespace.clone().unwrap_or_default(),
-            d.service.clone(),
-        );
+        let f: FunctionName = (d.namespace.clone().unwrap_or_default(), d.service.clone());
         let etcd = &*self.membership.etcd;
         if update {
             return faasd_cluster::update_function(etcd, &f, d)
@@ -428,10 +435,7 @@ impl Cluster {
     /// A function this host ran before it joined: it becomes the cluster's, placed here at
     /// its address (unless the cluster has one of that name already).
     pub async fn adopt(&self, d: &Deployment, address: Ipv6Addr) -> Result<(), ClusterError> {
-        let f: FunctionName = (
-            d.namespace.clone().unwrap_or_default(),
-            d.service.clone(),
-        );
+        let f: FunctionName = (d.namespace.clone().unwrap_or_default(), d.service.clone());
         faasd_cluster::adopt_function(
             &self.membership.etcd,
             &f,
@@ -446,12 +450,13 @@ impl Cluster {
         Ok(())
     }
 
-    /// The host a function of that name runs on, as the cluster's names say.
-    pub fn host_of(&self, namespace: &str, name: &str) -> Option<u16> {
+    /// The address of another host's function of that name, as the cluster's names say.
+    pub fn elsewhere(&self, namespace: &str, name: &str) -> Option<Ipv6Addr> {
         let names = self.all_names.borrow();
         names
             .get(&(namespace.to_owned(), name.to_owned()))
-            .map(|r| r.host)
+            .filter(|r| r.host != self.membership.number)
+            .map(|r| r.address)
     }
 
     /// Where `/function/<name>` calls another host's function: its address and port.
@@ -503,7 +508,13 @@ impl Cluster {
             .map(|(k, live)| (k, live.handshake_secs_ago))
             .collect();
         let mut functions: BTreeMap<u16, usize> = BTreeMap::new();
-        for h in self.functions.borrow().items.values().filter_map(|p| p.host) {
+        for h in self
+            .functions
+            .borrow()
+            .items
+            .values()
+            .filter_map(|p| p.host)
+        {
             *functions.entry(h).or_default() += 1;
         }
         let hosts = self
@@ -545,12 +556,13 @@ impl Cluster {
 }
 
 /// Registers this host (again every second while etcd does not answer) and passes on
-/// the lease it holds under while it holds.
+/// the lease it holds under while it holds, and when etcd last took a keep-alive.
 async fn keep_registered(
     etcd: Arc<Etcd>,
     info: HostInfo,
     ttl: Duration,
     lease: watch::Sender<Option<i64>>,
+    kept: watch::Sender<Option<tokio::time::Instant>>,
 ) {
     let registration = loop {
         match faasd_cluster::register(etcd.clone(), info.clone(), ttl).await {
@@ -563,10 +575,13 @@ async fn keep_registered(
     };
     tracing::info!("cluster: registered under a lease of {ttl:?}");
     let mut current = registration.lease();
+    let mut last = registration.kept();
     loop {
         lease.send_replace(*current.borrow_and_update());
-        if current.changed().await.is_err() {
-            return;
+        kept.send_replace(Some(*last.borrow_and_update()));
+        tokio::select! {
+            changed = current.changed() => if changed.is_err() { return },
+            changed = last.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -695,7 +710,8 @@ fn prefix_of(n: u16) -> Ipv6Net {
 
 /// Keeps the interface's host peers what the registrations say, this host left out, and
 /// every version in `cache`. Each routes the host's ranges and the functions it runs at
-/// addresses outside them (moved there from a host that died).
+/// addresses outside them (moved there from a host that died); an address of this host's
+/// range that another host serves is thrown out of the local route here.
 async fn mesh(
     mut hosts: watch::Receiver<BTreeMap<u16, HostInfo>>,
     mut names: watch::Receiver<BTreeMap<FunctionName, NameRecord>>,
@@ -704,6 +720,7 @@ async fn mesh(
     cache: PathBuf,
 ) {
     let mut stored = BTreeMap::new();
+    let mut thrown: BTreeSet<Ipv6Addr> = BTreeSet::new();
     loop {
         let all = hosts.borrow_and_update().clone();
         let others: Vec<HostInfo> = all.values().filter(|h| h.number != this).cloned().collect();
@@ -712,7 +729,11 @@ async fn mesh(
             stored = all;
         }
         let mut moved: BTreeMap<u16, Vec<Ipv6Net>> = BTreeMap::new();
+        let mut elsewhere = BTreeSet::new();
         for r in names.borrow_and_update().values() {
+            if r.host != this && prefix_of(this).contains(r.address) {
+                elsewhere.insert(r.address);
+            }
             if !prefix_of(r.host).contains(r.address) {
                 moved.entry(r.host).or_default().push(Ipv6Net {
                     addr: r.address,
@@ -738,6 +759,22 @@ async fn mesh(
                     None => None,
                 },
             });
+        }
+        for (a, add) in elsewhere
+            .difference(&thrown)
+            .map(|a| (*a, true))
+            .chain(thrown.difference(&elsewhere).map(|a| (*a, false)))
+            .collect::<Vec<_>>()
+        {
+            match crate::net::throw_route(Ipv6Net { addr: a, len: 128 }, add).await {
+                Ok(()) if add => {
+                    thrown.insert(a);
+                }
+                Ok(()) => {
+                    thrown.remove(&a);
+                }
+                Err(e) => tracing::warn!("cluster: {e}"),
+            }
         }
         match wireguard.mesh(&peers) {
             Ok(true) => tracing::info!("cluster: {} other host(s) in the mesh", peers.len()),

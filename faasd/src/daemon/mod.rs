@@ -323,10 +323,18 @@ impl Daemon {
         }
     }
 
-    /// A function's name answers no more.
+    /// A function's name answers no more here (in a cluster, unless another host runs a
+    /// function of that name: then it answers for that one).
     async fn name_removed(&self, name: &str, namespace: &str) {
+        let elsewhere = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.elsewhere(namespace, name));
         if let Some(z) = &self.zone {
-            z.remove(name, namespace).await;
+            match elsewhere {
+                Some(address) => z.set(name, namespace, address).await,
+                None => z.remove(name, namespace).await,
+            }
         }
         if let Some(c) = &self.cluster {
             c.withdraw(namespace, name);

@@ -7,7 +7,7 @@
 //! that was away must not serve what moved meanwhile); when etcd does not answer, only
 //! while most hosts agree that it is down for everyone. A host whose registration lapsed
 //! and who finds itself alone in that (it is the one cut off) stops serving its functions
-//! within half of `move-after`, before the scheduler places them elsewhere.
+//! at once, `move-after` before the scheduler places them elsewhere.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -83,9 +83,27 @@ impl Daemon {
         let d = self.clone();
         tokio::spawn(async move {
             let c = d.cluster.clone().expect("called in a cluster");
-            let kept = d.wait_for_verdict(&c, records).await;
-            if let Err(e) = d.restore(kept, pinned).await {
+            let dropped = d.wait_for_verdict(&c, &records).await;
+            for r in &records {
+                if let Err(e) = d.route_here(r.address).await {
+                    tracing::error!("{}: {e}", r.spec.id());
+                }
+            }
+            // Everything comes back, so that what is no longer this host's is stopped
+            // and cleaned up like any removed function (its instances may have outlived
+            // the previous faasd); only what is still this host's is published.
+            if let Err(e) = d.restore(records, pinned).await {
                 tracing::error!("cluster: bringing back this host's functions: {e}");
+            }
+            for (namespace, name, address) in dropped {
+                tracing::info!(
+                    "cluster: {namespace}/{name} is no longer this host's (placed elsewhere \
+                     or removed)"
+                );
+                d.leave(&namespace, &name, address).await;
+            }
+            for f in d.all() {
+                d.name_set(&f).await;
             }
             if c.first_join() {
                 d.adopt_all(&c).await;
@@ -94,59 +112,46 @@ impl Daemon {
         });
     }
 
-    /// The stored records still this host's: those etcd places here (or, on the first
-    /// join, does not know), or all of them while etcd is down for every host. The others
-    /// leave the store.
+    /// Waits until the cluster says which stored functions are no longer this host's:
+    /// those etcd places elsewhere or does not know (unless this host joins for the first
+    /// time), or none while etcd is down for most hosts.
     async fn wait_for_verdict(
         &self,
         c: &Cluster,
-        records: Vec<Arc<FunctionRecord>>,
-    ) -> Vec<Arc<FunctionRecord>> {
+        records: &[Arc<FunctionRecord>],
+    ) -> Vec<(String, String, Ipv6Addr)> {
         let mut functions = c.functions();
         let mut lease = c.lease();
         let this = c.number();
-        let (kept, dropped): (Vec<_>, Vec<_>) = loop {
+        loop {
             let now = functions.borrow_and_update().clone();
             if c.registered() && now.synced {
-                break records.into_iter().partition(|r| {
-                    match now.items.get(&(r.spec.namespace.clone(), r.spec.name.clone())) {
-                        Some(p) => p.host == Some(this),
-                        None => c.first_join(),
-                    }
-                });
+                return records
+                    .iter()
+                    .filter(|r| {
+                        match now
+                            .items
+                            .get(&(r.spec.namespace.clone(), r.spec.name.clone()))
+                        {
+                            Some(p) => p.host != Some(this),
+                            None => !c.first_join(),
+                        }
+                    })
+                    .map(|r| (r.spec.namespace.clone(), r.spec.name.clone(), r.address))
+                    .collect();
             }
             if !c.registered() && c.outage_agreed().await {
                 tracing::warn!(
                     "cluster: etcd is down for most hosts: serving what this host last ran"
                 );
-                break (records, Vec::new());
+                return Vec::new();
             }
             tokio::select! {
                 _ = functions.changed() => {}
                 _ = lease.changed() => {}
                 () = tokio::time::sleep(PASS) => {}
             }
-        };
-        for r in &dropped {
-            tracing::info!(
-                "cluster: {} is no longer this host's (placed elsewhere or removed)",
-                r.spec.id()
-            );
-            if let Err(e) = self
-                .store
-                .remove(&r.spec.namespace, &r.spec.name)
-                .durable()
-                .await
-            {
-                tracing::error!("{}: {e}", r.spec.id());
-            }
         }
-        for r in &kept {
-            if let Err(e) = self.route_here(r.address).await {
-                tracing::error!("{}: {e}", r.spec.id());
-            }
-        }
-        kept
     }
 
     /// This host's functions become the cluster's when it joins for the first time; the
@@ -171,7 +176,6 @@ impl Daemon {
         let mut functions = c.functions();
         let mut lease = c.lease();
         let mut failed: HashMap<FunctionName, (Placed, Instant)> = HashMap::new();
-        let mut lapsed: Option<Instant> = None;
         let mut fenced = false;
         loop {
             tokio::select! {
@@ -180,7 +184,6 @@ impl Daemon {
                 () = tokio::time::sleep(PASS) => {}
             }
             if c.registered() {
-                lapsed = None;
                 fenced = false;
                 let now: Functions = functions.borrow_and_update().clone();
                 if now.synced {
@@ -188,8 +191,7 @@ impl Daemon {
                 }
                 continue;
             }
-            let since = *lapsed.get_or_insert_with(Instant::now);
-            if fenced || since.elapsed() < c.move_after() / 2 || c.outage_agreed().await {
+            if fenced || c.outage_agreed().await {
                 continue;
             }
             fenced = true;
@@ -256,7 +258,12 @@ impl Daemon {
         }
     }
 
-    async fn run_here(&self, p: &Placed, address: Ipv6Addr, update: bool) -> Result<(), DaemonError> {
+    async fn run_here(
+        &self,
+        p: &Placed,
+        address: Ipv6Addr,
+        update: bool,
+    ) -> Result<(), DaemonError> {
         let (spec, settings) = FunctionSpec::from_deployment(p.deployment.clone())?;
         self.route_here(address).await?;
         self.deploy_here(spec, settings, update, Some(address))

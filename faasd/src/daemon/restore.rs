@@ -203,18 +203,6 @@ impl Daemon {
                 z.remove(&r.spec.name, &r.spec.namespace).await;
             }
         }
-        // The other hosts learn the names of those that came back.
-        if let Some(c) = &self.cluster {
-            for f in &functions {
-                let spec = &f.record.spec;
-                c.publish(
-                    &spec.namespace,
-                    &spec.name,
-                    f.record.address,
-                    super::first_tcp_port(&f.settings),
-                );
-            }
-        }
         // Stored sockets of functions that no longer exist.
         let left = self
             .service
