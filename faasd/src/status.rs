@@ -200,6 +200,9 @@ pub struct FunctionStatus {
     pub state: FunctionState,
     /// faasd: data plane counters per port.
     pub counters: Vec<PortCounters>,
+    /// faasd, in a cluster: the number of the host that runs it (none while unplaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<u16>,
 }
 
 /// Counters of one function socket.

@@ -432,6 +432,7 @@ impl Daemon {
             ports: f.settings.ports.clone(),
             state,
             counters: Self::port_counters(f, read, queues),
+            host: None,
         }
     }
 
@@ -444,11 +445,12 @@ impl Daemon {
         )
     }
 
-    /// Functions of `namespace`, or all when `None`.
+    /// Functions of `namespace`, or all when `None`; in a cluster, every host's.
     pub async fn list(&self, namespace: Option<&str>) -> Vec<FunctionStatus> {
         let counters = self.counter_snapshot();
         let queues = queue_dump();
-        self.all()
+        let mut list: Vec<FunctionStatus> = self
+            .all()
             .iter()
             .filter(|f| namespace.is_none_or(|ns| f.record.spec.namespace == ns))
             .map(|f| {
@@ -458,7 +460,11 @@ impl Daemon {
                     queues.as_ref(),
                 )
             })
-            .collect()
+            .collect();
+        if let Some(c) = &self.cluster {
+            placed::add_elsewhere(c, namespace, &mut list);
+        }
+        list
     }
 
     /// A function's runtime state alone (no counters), for callers that poll it.
@@ -467,10 +473,20 @@ impl Daemon {
         Ok(f.handle.state.lock().expect("state lock").clone())
     }
 
-    /// One function.
+    /// One function; in a cluster, another host's as the cluster places it.
     pub async fn get(&self, namespace: &str, name: &str) -> Result<FunctionStatus, DaemonError> {
-        let f = self.function(namespace, name)?;
-        Ok(self.status_now(&f))
+        match (self.function(namespace, name), &self.cluster) {
+            (Ok(f), c) => {
+                let mut s = self.status_now(&f);
+                s.host = c.as_ref().map(|c| c.number());
+                Ok(s)
+            }
+            (Err(e), Some(c)) => c
+                .placement(namespace, name)
+                .map(|p| placed::placed_status(&p))
+                .ok_or(e),
+            (Err(e), None) => Err(e),
+        }
     }
 
     /// The namespaces in use: the default one and every one that holds a function or a

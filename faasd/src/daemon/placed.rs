@@ -56,10 +56,11 @@ impl Daemon {
         if p.host == Some(c.number())
             && let Ok(local) = self.function(&f.0, &f.1)
         {
-            return Ok(self.status_now(&local));
+            let mut s = self.status_now(&local);
+            s.host = p.host;
+            return Ok(s);
         }
-        let settings = Settings::parse(&spec.deployment)?;
-        Ok(placed_status(&spec, &settings, &p))
+        Ok(placed_status(&p))
     }
 
     /// Removes a function from the cluster.
@@ -307,13 +308,39 @@ fn writable(c: &Cluster) -> Result<(), DaemonError> {
     }
 }
 
-/// What a deploy answers for a function another host runs (or none yet).
-fn placed_status(spec: &FunctionSpec, settings: &Settings, p: &Placed) -> FunctionStatus {
-    let d = &spec.deployment;
+/// Sets `host` in this host's own entries of `list`, and adds the other hosts' functions
+/// (of `namespace`, or all) as the cluster places them. One placed here that does not
+/// run here (being deployed, or this host is cut off and stopped it) is left out: the
+/// list says what runs where, as far as this host knows.
+pub(super) fn add_elsewhere(c: &Cluster, namespace: Option<&str>, list: &mut Vec<FunctionStatus>) {
+    let this = c.number();
+    let here: std::collections::BTreeSet<(String, String)> = list
+        .iter_mut()
+        .map(|s| {
+            s.host = Some(this);
+            (s.namespace.clone(), s.name.clone())
+        })
+        .collect();
+    let functions = c.functions();
+    let all = functions.borrow();
+    list.extend(
+        all.items
+            .iter()
+            .filter(|(f, p)| {
+                namespace.is_none_or(|ns| f.0 == ns) && !here.contains(*f) && p.host != Some(this)
+            })
+            .map(|(_, p)| placed_status(p)),
+    );
+}
+
+/// A function as the cluster places it, for one this host does not run: what was
+/// deployed, where, at which address (no live state: that is its host's).
+pub(super) fn placed_status(p: &Placed) -> FunctionStatus {
+    let d = &p.deployment;
     FunctionStatus {
-        name: spec.name.clone(),
-        image: spec.image.clone().unwrap_or_default(),
-        namespace: spec.namespace.clone(),
+        name: d.service.clone(),
+        image: d.image.clone().unwrap_or_default(),
+        namespace: d.namespace.clone().unwrap_or_default(),
         env_process: d.env_process.clone().unwrap_or_default(),
         env_vars: d.env_vars.to_btree(),
         labels: d.labels.to_btree(),
@@ -323,8 +350,9 @@ fn placed_status(spec: &FunctionSpec, settings: &Settings, p: &Placed) -> Functi
         available_replicas: 0,
         created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         address: p.address.unwrap_or(Ipv6Addr::UNSPECIFIED),
-        ports: settings.ports.clone(),
+        ports: Settings::parse(d).map(|s| s.ports).unwrap_or_default(),
         state: FunctionState::default(),
         counters: Vec::new(),
+        host: p.host,
     }
 }

@@ -766,11 +766,19 @@ fn deploy_through(d: &Daemon, name: &str, extra: &[&str]) -> std::net::Ipv6Addr 
         .unwrap()
 }
 
-/// The functions a host runs itself.
+/// Every function of the cluster, as `d` lists them.
+fn list(d: &Daemon) -> Vec<faasd::status::FunctionStatus> {
+    serde_json::from_str(&d.cli_ok(&["list", "--json"])).unwrap()
+}
+
+/// The functions a host runs itself (the cluster's list through it says which).
 fn local_functions(d: &Daemon) -> Vec<String> {
-    let list: Vec<faasd::status::FunctionStatus> =
-        serde_json::from_str(&d.cli_ok(&["list", "--json"])).unwrap();
-    list.into_iter().map(|f| f.name).collect()
+    let this = status(d).number;
+    list(d)
+        .into_iter()
+        .filter(|f| f.host == Some(this))
+        .map(|f| f.name)
+        .collect()
 }
 
 /// Polls until a call from `ns` to `addr` is answered by an instance of `d`'s.
@@ -987,10 +995,8 @@ fn the_etcd_leader_killed_during_deploys_loses_none_and_gives_no_address_twice()
     let by_host = loop {
         let mut found = std::collections::BTreeMap::new();
         for (i, d) in daemons.iter().enumerate() {
-            let list: Vec<faasd::status::FunctionStatus> =
-                serde_json::from_str(&d.cli_ok(&["list", "--json"])).unwrap();
-            for f in list {
-                found.insert(f.name.clone(), (i + 1, f.address));
+            for f in local_functions(d) {
+                found.insert(f.clone(), (i + 1, d.describe(&f).address));
             }
         }
         if acknowledged.iter().all(|n| found.contains_key(n)) {
@@ -1006,6 +1012,12 @@ fn the_etcd_leader_killed_during_deploys_loses_none_and_gives_no_address_twice()
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+    // Any host lists them all, each with the host that runs it.
+    let everywhere = list(&daemons[2]);
+    for (name, (host, _)) in &by_host {
+        let f = everywhere.iter().find(|f| &f.name == name).expect("listed");
+        assert_eq!(f.host, Some(*host as u16), "{name}");
+    }
     let addresses: BTreeSet<std::net::Ipv6Addr> = by_host.values().map(|(_, a)| *a).collect();
     assert_eq!(
         addresses.len(),

@@ -137,15 +137,23 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
                 return output::json(&body);
             }
             let fs: Vec<FunctionStatus> = serde_json::from_slice(&body)?;
-            let mut rows = vec![output::header(&[
+            // A cluster's list says which host runs each function; the state of another
+            // host's is there (faasd describe on that host).
+            let cluster = fs.iter().any(|f| f.host.is_some());
+            let mut header = vec![
                 "NAME",
                 "ADDRESS",
                 "PORTS",
                 "STATE",
                 "REPLICAS",
                 "ACTIVATIONS",
-            ])];
+            ];
+            if cluster {
+                header.push("HOST");
+            }
+            let mut rows = vec![output::header(&header)];
             for f in fs {
+                let host = f.host.map_or_else(|| "-".to_owned(), |h| h.to_string());
                 rows.push(vec![
                     f.name.clone(),
                     f.address.to_string(),
@@ -157,6 +165,9 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
                     format!("{}/{}", f.available_replicas, f.replicas),
                     f.state.activations.to_string(),
                 ]);
+                if cluster {
+                    rows.last_mut().expect("just pushed").push(host);
+                }
             }
             output::table(&rows);
         }
