@@ -1,11 +1,14 @@
 //! Three hosts in a cluster: each a network namespace with an etcd member (Debian's
 //! `etcd-server`) and a faasd, on a bridge in a fourth, meshed over the embedded
-//! WireGuard. Measured: how long a function deployed on host 3 takes until the other hosts
-//! answer its name and reach it (the deploy's 2xx to a DNS answer on hosts 1 and 2, and to
-//! a connection from host 1 accepted at its address), and how long a dead host's names
-//! outlive it on the others (its lease).
+//! WireGuard. Measured: how long a deploy through host 1 that the scheduler places on
+//! host 3 takes until the API answers, the other hosts answer its name and host 1 reaches
+//! it (from the request to a DNS answer on hosts 1 and 2, and to a connection from host 1
+//! accepted at its address); how long a running function is unavailable when its host is
+//! killed (until it answers again from the host it moved to); and how long a dead host's
+//! names outlive it on the others (its lease).
 
 use std::{
+    io::{Read, Write},
     net::{Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     os::{fd::AsRawFd, unix::net::UnixStream, unix::process::CommandExt},
     path::{Path, PathBuf},
@@ -22,6 +25,8 @@ use crate::stats::Summary;
 const TRIALS: usize = 30;
 /// The hosts' lease TTL.
 const LEASE_TTL_S: u64 = 3;
+/// How long after a dead host's lease expired its functions move.
+const MOVE_AFTER_S: u64 = 3;
 
 /// The namespaces, members and daemons, removed when dropped.
 struct Lab {
@@ -161,7 +166,8 @@ impl Lab {
                 "state-dir = {:?}\nruntime-dir = {:?}\ndata-dir = {:?}\n\
                  cgroup-parent = \"faasd-bench-cluster/h{n}\"\nstop-timeout = \"2s\"\n\
                  wireguard-interface = \"{}\"\nwireguard-endpoint = \"{}:51820\"\n\
-                 [cluster]\nendpoints = [{}]\nname = \"h{n}\"\nlease-ttl = \"{LEASE_TTL_S}s\"\n",
+                 [cluster]\nendpoints = [{}]\nname = \"h{n}\"\nlease-ttl = \"{LEASE_TTL_S}s\"\n\
+                 move-after = \"{MOVE_AFTER_S}s\"\nlabels = {{ zone = \"z{n}\" }}\n",
                 dir.join("state"),
                 dir.join("rt"),
                 dir.join("data"),
@@ -280,8 +286,18 @@ fn answers(sock: &UdpSocket, server: SocketAddr, name: &str, addr: Ipv6Addr) -> 
 /// Polls from host `n`'s namespace until `check` holds (every millisecond, for up to
 /// 10 s); the time it took since `t0`.
 fn until_in(ns: &str, t0: Instant, check: impl Fn() -> bool + Send + 'static) -> Result<Duration> {
+    until_in_for(ns, t0, Duration::from_secs(10), check)
+}
+
+/// As [`until_in`], for up to `limit`.
+fn until_in_for(
+    ns: &str,
+    t0: Instant,
+    limit: Duration,
+    check: impl Fn() -> bool + Send + 'static,
+) -> Result<Duration> {
     in_ns(ns, move || {
-        let deadline = t0 + Duration::from_secs(10);
+        let deadline = t0 + limit;
         while !check() {
             if Instant::now() > deadline {
                 return None;
@@ -290,7 +306,7 @@ fn until_in(ns: &str, t0: Instant, check: impl Fn() -> bool + Send + 'static) ->
         }
         Some(t0.elapsed())
     })?
-    .context("not within 10 s")
+    .with_context(|| format!("not within {limit:?}"))
 }
 
 /// The section; prints its table and returns `results.json`'s `cluster`.
@@ -310,16 +326,23 @@ pub fn run(faasd: &Path, hello: &Path, out: &Path) -> Result<Value> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let dns = |n: usize| SocketAddr::from((faasd_common::plan::host_address(n as u16), 53));
-    let (mut to_dns, mut to_reach) = (Vec::new(), Vec::new());
+    let (mut to_answer, mut to_dns, mut to_reach) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..TRIALS {
         let name = format!("f{i}");
         let t0 = Instant::now();
+        // Through host 1, placed on host 3 by the scheduler (the constraint admits no other).
         let d = lab.api(
-            3,
+            1,
             "POST",
             "/system/functions",
-            &json!({"service": name, "envProcess": hello.to_string_lossy()}).to_string(),
+            &json!({
+                "service": name,
+                "envProcess": hello.to_string_lossy(),
+                "constraints": ["zone == z3"],
+            })
+            .to_string(),
         )?;
+        to_answer.push(t0.elapsed().as_nanos() as u64);
         let addr: Ipv6Addr = d["address"].as_str().context("address")?.parse()?;
         let fqdn = format!("{name}.faas");
         let mut slowest = Duration::ZERO;
@@ -341,7 +364,44 @@ pub fn run(faasd: &Path, hello: &Path, out: &Path) -> Result<Value> {
         })?;
         to_reach.push(reach.as_nanos() as u64);
     }
-    // Host 3 dies: how long its names outlive it on host 1 (the lease).
+    // A running function's host (2) dies: how long until it answers again, from host 3.
+    lab.api(
+        1,
+        "POST",
+        "/system/functions",
+        &json!({
+            "service": "mover",
+            "envProcess": hello.to_string_lossy(),
+            "constraints": ["zone != z1"],
+            "labels": {"com.openfaas.scale.min": "1"},
+        })
+        .to_string(),
+    )?;
+    let mover: Ipv6Addr = lab.api(2, "GET", "/system/function/mover", "")?["address"]
+        .as_str()
+        .context("address")?
+        .parse()?;
+    let answers_http = move || {
+        let Ok(mut s) =
+            TcpStream::connect_timeout(&SocketAddr::from((mover, 8080)), Duration::from_millis(50))
+        else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
+        let mut r = String::new();
+        let _ = s.read_to_string(&mut r);
+        r.starts_with("HTTP/1.1 200")
+    };
+    until_in(&lab.hosts[0], Instant::now(), answers_http)?;
+    if let Some(mut c) = lab.daemons[1].take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let t0 = Instant::now();
+    let outage = until_in_for(&lab.hosts[0], t0, Duration::from_secs(30), answers_http)?;
+    // Host 3 dies: how long its names outlive it on host 1 (the lease; the constraint
+    // keeps them from moving).
     let probe = "f0.faas";
     let probe_addr: Ipv6Addr = lab.api(3, "GET", "/system/function/f0", "")?["address"]
         .as_str()
@@ -360,14 +420,15 @@ pub fn run(faasd: &Path, hello: &Path, out: &Path) -> Result<Value> {
         let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
         !answers(&s, server, probe, probe_addr)
     })?;
-    let dns_s = Summary::of(
-        "deploy on host 3 → its name answers on hosts 1 and 2",
-        &to_dns,
+    let dns_s = Summary::of("deploy → its name answers on hosts 1 and 2", &to_dns);
+    let reach_s = Summary::of("deploy → host 1 connects to it", &to_reach);
+    let answer_s = Summary::of(
+        "deploy through host 1 → the API answers (placed, running)",
+        &to_answer,
     );
-    let reach_s = Summary::of("deploy on host 3 → host 1 connects to it", &to_reach);
     let ms = |ns: u64| ns as f64 / 1e6;
     println!("\ncluster: three hosts, etcd 3.4, embedded WireGuard, {TRIALS} deploys");
-    for s in [&dns_s, &reach_s] {
+    for s in [&answer_s, &dns_s, &reach_s] {
         println!(
             "  {:<55} p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms",
             s.name,
@@ -377,12 +438,20 @@ pub fn run(faasd: &Path, hello: &Path, out: &Path) -> Result<Value> {
         );
     }
     println!(
+        "  a running function whose host was killed answers again, from another host, after \
+         {:.2} s (lease TTL {LEASE_TTL_S} s + move-after {MOVE_AFTER_S} s)",
+        outage.as_secs_f64()
+    );
+    println!(
         "  a killed host's names answer on the others for {:.2} s more (lease TTL {LEASE_TTL_S} s)",
         gone.as_secs_f64()
     );
     Ok(json!({
         "trials": TRIALS,
         "lease_ttl_s": LEASE_TTL_S,
+        "move_after_s": MOVE_AFTER_S,
+        "deploy_answered": answer_s.to_json(),
+        "outage_when_its_host_dies_s": outage.as_secs_f64(),
         "name_on_every_host": dns_s.to_json(),
         "reachable_from_another_host": reach_s.to_json(),
         "dead_host_names_outlive_it_s": gone.as_secs_f64(),

@@ -15,6 +15,7 @@ use crate::{Etcd, EtcdError, FunctionName, Synced};
 const FUNCTIONS: &str = "/faasd/v1/functions/";
 const ADDRESSES: &str = "/faasd/v1/addresses/";
 const SCHEDULER: &str = "/faasd/v1/scheduler";
+const DRAIN: &str = "/faasd/v1/drain/";
 
 /// A function of the cluster's, as etcd keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -291,6 +292,35 @@ pub async fn campaign(etcd: &Etcd, host: u16, lease: i64) -> Result<u16, EtcdErr
                 String::from_utf8_lossy(&holder)
             ),
         })
+}
+
+/// Marks host `host` as drained (the scheduler moves its functions off it and places
+/// none there) or, with `drain == false`, as taking functions again.
+pub async fn set_draining(etcd: &Etcd, host: u16, drain: bool) -> Result<(), EtcdError> {
+    let k = format!("{DRAIN}{host}");
+    etcd.call("draining a host", |mut c| {
+        let k = k.clone();
+        async move {
+            if drain {
+                c.put(k, "true", None).await.map(drop)
+            } else {
+                c.delete(k, None).await.map(drop)
+            }
+        }
+    })
+    .await
+}
+
+/// Keeps `drained` the hosts being drained, until it has no receiver left.
+pub async fn watch_draining(etcd: Arc<Etcd>, drained: watch::Sender<BTreeMap<u16, bool>>) {
+    crate::watch::follow(
+        etcd,
+        DRAIN,
+        "the drained hosts",
+        |k| k.parse().ok(),
+        drained,
+    )
+    .await
 }
 
 /// Keeps `functions` every function of the cluster's, until it has no receiver left.

@@ -13,6 +13,7 @@
 //! | `functions/<namespace>/<name>` | a function's deployment, address and host ([`Placed`]) | until removed |
 //! | `addresses/<N>` | the next address of host N's range for a placed function | permanent |
 //! | `scheduler` | the number of the host that places functions | its host's lease |
+//! | `drain/<N>` | `true`: host N is drained (its functions placed elsewhere) | until undone |
 //!
 //! [`Etcd`] is the client: etcd-client's own balances over all members and keeps calling
 //! one that died, so this one talks to one member at a time and moves to the next when a
@@ -29,7 +30,7 @@ mod watch;
 pub use client::{Endpoints, Etcd, EtcdError, MemberFailure, MemberHealth, MemberStatus, Tls};
 pub use functions::{
     Constraint, Decision, Placed, adopt_function, campaign, create_function, delete_function,
-    function, place, update_function, watch_functions,
+    function, place, set_draining, update_function, watch_draining, watch_functions,
 };
 pub use hosts::{HostInfo, Registration, claim_host_number, register, watch_hosts};
 pub use names::{FunctionName, NameRecord, delete_name, put_name, watch_names};

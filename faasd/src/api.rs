@@ -101,6 +101,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/system/logs", get(logs))
         .route("/system/status", get(status))
         .route("/system/cluster", get(cluster))
+        .route("/system/cluster/drain", post(drain))
         .route("/cluster/lease", get(cluster_lease))
         .route("/function/{target}", any(invoke_root))
         .route("/function/{target}/{*rest}", any(invoke_path))
@@ -506,6 +507,32 @@ async fn status(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
 
 async fn cluster(State(d): State<Arc<Daemon>>) -> ApiResult<Json<crate::cluster::ClusterStatus>> {
     Ok(Json(d.cluster()?.status().await))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DrainRequest {
+    #[serde(default)]
+    host: Option<u16>,
+    #[serde(default = "yes")]
+    drain: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn drain(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let req: DrainRequest = json_body(&body)?;
+    let host = d
+        .cluster()?
+        .drain(req.host, req.drain)
+        .await
+        .map_err(crate::daemon::DaemonError::from)?;
+    Ok(Json(crate::cluster::DrainAnswer {
+        host,
+        draining: req.drain,
+    }))
 }
 
 /// Asked by the other hosts when their registration lapsed (open, like `/healthz`: it

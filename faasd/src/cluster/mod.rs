@@ -68,6 +68,9 @@ pub enum ClusterError {
         /// Where it runs.
         host: Option<u16>,
     },
+    /// There is no such host in the cluster.
+    #[error("host {0} is not registered in the cluster (see faasd cluster status)")]
+    NoHost(u16),
     /// There is no such function in the cluster.
     #[error("{}/{} is not deployed in the cluster", .0.0, .0.1)]
     NoFunction(FunctionName),
@@ -204,6 +207,8 @@ pub struct Cluster {
     functions: watch::Receiver<Functions>,
     /// The host that schedules, as last learnt.
     scheduler: watch::Receiver<Option<u16>>,
+    /// The hosts being drained.
+    drained: watch::Receiver<BTreeMap<u16, bool>>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -269,6 +274,9 @@ impl Cluster {
         let (tx, functions) = watch::channel(Synced::default());
         let follow_functions =
             tokio::spawn(faasd_cluster::watch_functions(membership.etcd.clone(), tx));
+        let (tx, drained) = watch::channel(BTreeMap::new());
+        let follow_drained =
+            tokio::spawn(faasd_cluster::watch_draining(membership.etcd.clone(), tx));
         let (leader, scheduler) = watch::channel(None);
         let schedule = tokio::spawn(schedule::run(schedule::Inputs {
             etcd: membership.etcd.clone(),
@@ -276,6 +284,7 @@ impl Cluster {
             lease: lease.clone(),
             hosts: hosts.clone(),
             functions: functions.clone(),
+            drained: drained.clone(),
             move_after: c.move_after,
             leader,
         }));
@@ -290,6 +299,7 @@ impl Cluster {
             own_names: Arc::default(),
             all_names,
             functions,
+            drained,
             scheduler,
             tasks: Mutex::new(vec![
                 register.abort_handle(),
@@ -298,6 +308,7 @@ impl Cluster {
                 mesh.abort_handle(),
                 follow_names.abort_handle(),
                 follow_functions.abort_handle(),
+                follow_drained.abort_handle(),
                 schedule.abort_handle(),
             ]),
         })
@@ -422,6 +433,17 @@ impl Cluster {
         .await;
     }
 
+    /// Drains host `host` (this one, if `None`): its functions are placed elsewhere and
+    /// none placed there, until `drain == false` undoes it. The host it was.
+    pub async fn drain(&self, host: Option<u16>, drain: bool) -> Result<u16, ClusterError> {
+        let host = host.unwrap_or(self.membership.number);
+        if !self.hosts.borrow().contains_key(&host) {
+            return Err(ClusterError::NoHost(host));
+        }
+        faasd_cluster::set_draining(&self.membership.etcd, host, drain).await?;
+        Ok(host)
+    }
+
     /// Removes a function of the cluster's; the host running it stops it.
     pub async fn remove(&self, namespace: &str, name: &str) -> Result<(), ClusterError> {
         let f = (namespace.to_owned(), name.to_owned());
@@ -523,6 +545,7 @@ impl Cluster {
             .values()
             .map(|h| HostStatus {
                 this: h.number == self.membership.number,
+                draining: self.drained.borrow().contains_key(&h.number),
                 functions: functions.get(&h.number).copied().unwrap_or(0),
                 handshake_secs_ago: handshakes.get(&h.public_key).copied().flatten(),
                 prefix: prefix_of(h.number).to_string(),
@@ -819,6 +842,19 @@ pub struct HostStatus {
     pub handshake_secs_ago: Option<u64>,
     /// Functions placed on it.
     pub functions: usize,
+    /// Whether it is being drained.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// `POST /system/cluster/drain`'s body, and its answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainAnswer {
+    /// The host's number.
+    pub host: u16,
+    /// Whether it is drained now.
+    pub draining: bool,
 }
 
 /// An etcd member as `faasd cluster status` shows it.

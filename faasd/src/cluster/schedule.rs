@@ -1,7 +1,7 @@
 //! The scheduler. Every host campaigns for the scheduler key under its lease; the one
-//! holding it places each function not placed yet, and those of a host whose lease
-//! expired `move-after` ago, on the live host that satisfies its constraints and runs the
-//! fewest functions. Each write is a transaction that holds only while this host still
+//! holding it places each function not placed yet, those of a host whose lease expired
+//! `move-after` ago, and those of a drained host, on the live host (not drained) that
+//! satisfies its constraints and runs the fewest functions. Each write is a transaction that holds only while this host still
 //! holds the key and the function is unchanged, so a deposed scheduler writes nothing.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -23,6 +23,8 @@ pub(super) struct Inputs {
     pub lease: watch::Receiver<Option<i64>>,
     pub hosts: watch::Receiver<BTreeMap<u16, HostInfo>>,
     pub functions: watch::Receiver<Functions>,
+    /// The hosts being drained.
+    pub drained: watch::Receiver<BTreeMap<u16, bool>>,
     pub move_after: Duration,
     /// The scheduler's host, as last learnt.
     pub leader: watch::Sender<Option<u16>>,
@@ -37,6 +39,7 @@ pub(super) async fn run(mut i: Inputs) {
         tokio::select! {
             _ = i.hosts.changed() => {}
             _ = i.functions.changed() => {}
+            _ = i.drained.changed() => {}
             () = tokio::time::sleep(PASS) => {}
         }
         let Some(lease) = *i.lease.borrow() else {
@@ -60,31 +63,41 @@ pub(super) async fn run(mut i: Inputs) {
         }
         let hosts = i.hosts.borrow().clone();
         let functions = i.functions.borrow().clone();
+        let drained: Vec<u16> = i.drained.borrow().keys().copied().collect();
         if functions.synced {
-            pass(&i, &hosts, &functions.items, &mut gone_since).await;
+            pass(&i, &hosts, &drained, &functions.items, &mut gone_since).await;
         }
     }
 }
 
 async fn pass(
     i: &Inputs,
-    hosts: &BTreeMap<u16, HostInfo>,
+    all_hosts: &BTreeMap<u16, HostInfo>,
+    drained: &[u16],
     functions: &BTreeMap<FunctionName, Placed>,
     gone_since: &mut BTreeMap<u16, Instant>,
 ) {
     let now = Instant::now();
-    gone_since.retain(|h, _| !hosts.contains_key(h));
+    let hosts: BTreeMap<u16, HostInfo> = all_hosts
+        .iter()
+        .filter(|(n, _)| !drained.contains(n))
+        .map(|(n, h)| (*n, h.clone()))
+        .collect();
+    let hosts = &hosts;
+    gone_since.retain(|h, _| !all_hosts.contains_key(h));
     let mut load: BTreeMap<u16, usize> = BTreeMap::new();
     for h in functions.values().filter_map(|p| p.host) {
         if hosts.contains_key(&h) {
             *load.entry(h).or_default() += 1;
-        } else {
+        } else if !all_hosts.contains_key(&h) {
             gone_since.entry(h).or_insert(now);
         }
     }
     for (f, p) in functions {
         let due = match p.host {
             None => true,
+            // A drained host's functions move at once: it is alive and lets them go.
+            Some(h) if drained.contains(&h) => true,
             Some(h) => gone_since
                 .get(&h)
                 .is_some_and(|t| now.duration_since(*t) >= i.move_after),
@@ -114,7 +127,7 @@ async fn pass(
                     *load.entry(h).or_default() += 1;
                     match p.host {
                         Some(old) => tracing::info!(
-                            "cluster: {}/{} moved from host {old} (gone) to host {h}",
+                            "cluster: {}/{} moved from host {old} (gone or drained) to host {h}",
                             f.0,
                             f.1
                         ),

@@ -147,7 +147,7 @@ impl DaemonError {
                 use crate::cluster::ClusterError as C;
                 match e {
                     C::Exists { .. } => K::Exists,
-                    C::NoFunction(_) => K::NotFound,
+                    C::NoFunction(_) | C::NoHost(_) => K::NotFound,
                     C::Unplaceable { .. } => K::Invalid,
                     C::Etcd(faasd_cluster::EtcdError::Unreachable { .. }) => K::Unavailable,
                     _ => K::Internal,

@@ -1026,4 +1026,32 @@ fn the_etcd_leader_killed_during_deploys_loses_none_and_gives_no_address_twice()
     );
     let hosts: BTreeSet<usize> = by_host.values().map(|(h, _)| *h).collect();
     assert!(hosts.len() >= 2, "placed on one host only: {by_host:?}");
+
+    // Host 1 is drained: its functions move to the others, keeping their addresses, and
+    // new ones go elsewhere; undone, it takes new ones again.
+    let out = daemons[1].cli_ok(&["cluster", "drain", "--host", "1"]);
+    assert!(out.contains("host 1 drained"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !local_functions(&daemons[0]).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "host 1 keeps {:?}",
+            local_functions(&daemons[0])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (name, (_, addr)) in &by_host {
+        let f = list(&daemons[0])
+            .into_iter()
+            .find(|f| &f.name == name)
+            .expect("listed");
+        assert_eq!(f.address, *addr, "{name} kept its address");
+        assert_ne!(f.host, Some(1), "{name}");
+    }
+    assert!(status(&daemons[0]).hosts[0].draining);
+    let on = deploy_through(&daemons[0], "after-drain", &[]);
+    assert_ne!(on.segments()[2], 1, "placed on the drained host");
+    daemons[0].cli_ok(&["cluster", "drain", "--undo"]);
+    deploy_through(&daemons[0], "after-undo", &[]);
+    assert!(local_functions(&daemons[0]).contains(&"after-undo".to_owned()));
 }

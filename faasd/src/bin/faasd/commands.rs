@@ -441,6 +441,28 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
             }
             output::table(&rows);
         }
+        Command::Cluster(ClusterCommand::Drain { host, undo }) => {
+            let body = serde_json::json!({ "host": host, "drain": !undo });
+            let out = client
+                .call(
+                    Method::POST,
+                    "/system/cluster/drain",
+                    Some(serde_json::to_vec(&body)?),
+                )
+                .await?;
+            if json {
+                return output::json(&out);
+            }
+            let a: faasd::cluster::DrainAnswer = serde_json::from_slice(&out)?;
+            if a.draining {
+                println!(
+                    "host {} drained: its functions move to other hosts (faasd list shows where)",
+                    a.host
+                );
+            } else {
+                println!("host {} takes functions again", a.host);
+            }
+        }
         Command::Cluster(ClusterCommand::Status) => {
             let out = client.call(Method::GET, "/system/cluster", None).await?;
             if json {
@@ -482,7 +504,11 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
                         (false, Some(s)) => format!("{s}s ago"),
                         (false, None) => "never".into(),
                     },
-                    h.functions.to_string(),
+                    if h.draining {
+                        format!("{} (draining)", h.functions)
+                    } else {
+                        h.functions.to_string()
+                    },
                 ]);
             }
             output::table(&rows);

@@ -138,6 +138,16 @@ enum ClusterCommand {
     /// The hosts with their numbers, prefixes, endpoints and WireGuard handshakes, and
     /// each etcd member's health.
     Status,
+    /// Move every function off a host (this one by default) and place none there, before
+    /// taking it down; `--undo` lets it take functions again.
+    Drain {
+        /// The host's number (see `faasd cluster status`).
+        #[arg(long)]
+        host: Option<u16>,
+        /// Take functions on that host again.
+        #[arg(long)]
+        undo: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
