@@ -13,6 +13,7 @@
 //! | `functions/<namespace>/<name>` | a function's deployment, address and host ([`Placed`]) | until removed |
 //! | `addresses/<N>` | the next address of host N's range for a placed function | permanent |
 //! | `scheduler` | the number of the host that places functions | its host's lease |
+//! | `secrets/<namespace>/<name>` | a secret, sealed with the cluster key ([`SealedSecret`]) | until removed |
 //! | `drain/<N>` | `true`: host N is drained (its functions placed elsewhere) | until undone |
 //!
 //! [`Etcd`] is the client: etcd-client's own balances over all members and keeps calling
@@ -25,6 +26,7 @@ mod client;
 mod functions;
 mod hosts;
 mod names;
+mod secrets;
 mod watch;
 
 pub use client::{Endpoints, Etcd, EtcdError, MemberFailure, MemberHealth, MemberStatus, Tls};
@@ -34,4 +36,5 @@ pub use functions::{
 };
 pub use hosts::{HostInfo, Registration, claim_host_number, register, watch_hosts};
 pub use names::{FunctionName, NameRecord, delete_name, put_name, watch_names};
+pub use secrets::{SealedSecret, delete_secret, put_secret, watch_secrets};
 pub use watch::Synced;

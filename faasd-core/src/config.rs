@@ -151,6 +151,10 @@ pub struct ClusterConfig {
     /// Its key.
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// The cluster's key, the same file on every host (32 random bytes, base64): secrets
+    /// are kept in etcd sealed with it. Without it, secrets cannot be managed.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 fn default_lease_ttl() -> Duration {

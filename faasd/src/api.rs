@@ -327,7 +327,7 @@ async fn list_secrets(
 async fn put_secret(d: &Daemon, q: NsQuery, body: &Bytes, update: bool) -> ApiResult<()> {
     let req: SecretRequest = json_body(body)?;
     let ns = namespace_of(q.namespace, req.namespace.clone())?;
-    d.secrets().put(&ns, &req.name, &req.value()?, update)?;
+    d.put_secret(&ns, &req.name, &req.value()?, update).await?;
     Ok(())
 }
 
@@ -364,7 +364,7 @@ async fn remove_secret(
     }
     let req: Req = json_body(&body)?;
     let ns = namespace_of(q.namespace, req.namespace)?;
-    d.secrets().remove(&ns, &req.name)?;
+    d.remove_secret(&ns, &req.name).await?;
     Ok(StatusCode::OK)
 }
 

@@ -56,6 +56,16 @@ impl Secrets {
         Ok(self.dir.join(namespace).join(name))
     }
 
+    /// Checks a secret's namespace, name and size.
+    pub fn validate(&self, namespace: &str, name: &str, value: &[u8]) -> Result<(), SecretError> {
+        if value.len() > MAX_SECRET {
+            return Err(SecretError::Invalid(format!(
+                "secret {name} is larger than {MAX_SECRET} bytes"
+            )));
+        }
+        self.path(namespace, name).map(drop)
+    }
+
     /// Creates (`update == false`) or replaces (`update == true`) a secret.
     pub fn put(
         &self,
@@ -64,11 +74,7 @@ impl Secrets {
         value: &[u8],
         update: bool,
     ) -> Result<(), SecretError> {
-        if value.len() > MAX_SECRET {
-            return Err(SecretError::Invalid(format!(
-                "secret {name} is larger than {MAX_SECRET} bytes"
-            )));
-        }
+        self.validate(namespace, name, value)?;
         let path = self.path(namespace, name)?;
         let io = |source| SecretError::Io {
             path: path.clone(),

@@ -13,9 +13,11 @@
 
 mod fence;
 mod schedule;
+mod secrets;
 
 pub use fence::LeaseAnswer;
 pub use schedule::Functions;
+pub use secrets::ClusterKey;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -68,6 +70,41 @@ pub enum ClusterError {
         /// Where it runs.
         host: Option<u16>,
     },
+    /// The cluster key's file.
+    #[error("[cluster] key-file {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The cluster key's file holds no key.
+    #[error(
+        "[cluster] key-file {0} must hold 32 bytes in base64 (make one with \
+         `head -c 32 /dev/urandom | base64`, the same file on every host)"
+    )]
+    BadKey(PathBuf),
+    /// No randomness for a nonce.
+    #[error("reading random bytes: {0}")]
+    Random(std::io::Error),
+    /// A sealed secret does not open with this host's key.
+    #[error(
+        "secret {0} in etcd does not open with this host's cluster key: is [cluster] \
+         key-file the same file on every host?"
+    )]
+    Unseal(String),
+    /// Secrets need the cluster key.
+    #[error(
+        "secrets in a cluster are sealed with the cluster key: set [cluster] key-file (the \
+         same file on every host)"
+    )]
+    NoKey,
+    /// No such secret.
+    #[error("secret {}/{} not found", .0.0, .0.1)]
+    NoSecret(FunctionName),
+    /// The secret exists.
+    #[error("secret {}/{} already exists; update it with PUT", .0.0, .0.1)]
+    SecretExists(FunctionName),
     /// There is no such host in the cluster.
     #[error("host {0} is not registered in the cluster (see faasd cluster status)")]
     NoHost(u16),
@@ -107,6 +144,8 @@ pub struct Membership {
     /// Whether this host claimed its number just now (its functions, if it had any,
     /// become the cluster's).
     first_join: bool,
+    /// The cluster key, when configured.
+    key: Option<Arc<ClusterKey>>,
 }
 
 /// Connects to etcd and learns this host's number: from the state directory when it was
@@ -126,6 +165,12 @@ pub async fn connect(c: &ClusterConfig, state_dir: &Path) -> Result<Membership, 
         })
         .await?,
     );
+    let key = c
+        .key_file
+        .as_deref()
+        .map(ClusterKey::load)
+        .transpose()?
+        .map(Arc::new);
     let dir = state_dir.join("cluster");
     let path = dir.join("host-number");
     let mut first_join = false;
@@ -162,6 +207,7 @@ pub async fn connect(c: &ClusterConfig, state_dir: &Path) -> Result<Membership, 
         number,
         dir,
         first_join,
+        key,
     })
 }
 
@@ -442,6 +488,60 @@ impl Cluster {
         }
         faasd_cluster::set_draining(&self.membership.etcd, host, drain).await?;
         Ok(host)
+    }
+
+    /// Keeps `store` the cluster's secrets (with the cluster key; without it, the cluster
+    /// has no secrets and refuses them).
+    pub fn follow_secrets(&self, store: crate::secrets::Secrets) {
+        let Some(key) = self.membership.key.clone() else {
+            return;
+        };
+        let (tx, sealed) = watch::channel(Synced::default());
+        let watch = tokio::spawn(faasd_cluster::watch_secrets(
+            self.membership.etcd.clone(),
+            tx,
+        ));
+        let follow = tokio::spawn(secrets::follow(
+            self.membership.etcd.clone(),
+            key,
+            store,
+            self.membership.first_join,
+            sealed,
+        ));
+        let mut tasks = self.tasks.lock().expect("tasks lock");
+        tasks.push(watch.abort_handle());
+        tasks.push(follow.abort_handle());
+    }
+
+    /// Creates (`update == false`) or replaces a secret of the cluster's, sealed.
+    pub async fn put_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: &[u8],
+        update: bool,
+    ) -> Result<(), ClusterError> {
+        secrets::put(
+            &self.membership.etcd,
+            self.membership.key.as_deref(),
+            (namespace.to_owned(), name.to_owned()),
+            value,
+            update,
+        )
+        .await
+    }
+
+    /// Removes a secret of the cluster's.
+    pub async fn remove_secret(&self, namespace: &str, name: &str) -> Result<(), ClusterError> {
+        let s = (namespace.to_owned(), name.to_owned());
+        if self.membership.key.is_none() {
+            return Err(ClusterError::NoKey);
+        }
+        if faasd_cluster::delete_secret(&self.membership.etcd, &s).await? {
+            Ok(())
+        } else {
+            Err(ClusterError::NoSecret(s))
+        }
     }
 
     /// Removes a function of the cluster's; the host running it stops it.

@@ -147,7 +147,9 @@ impl DaemonError {
                 use crate::cluster::ClusterError as C;
                 match e {
                     C::Exists { .. } => K::Exists,
-                    C::NoFunction(_) | C::NoHost(_) => K::NotFound,
+                    C::NoFunction(_) | C::NoHost(_) | C::NoSecret(_) => K::NotFound,
+                    C::SecretExists(_) => K::Exists,
+                    C::NoKey => K::Invalid,
                     C::Unplaceable { .. } => K::Invalid,
                     C::Etcd(faasd_cluster::EtcdError::Unreachable { .. }) => K::Unavailable,
                     _ => K::Internal,

@@ -246,6 +246,9 @@ impl Daemon {
         if let (Some(c), Some(z)) = (&daemon.cluster, &daemon.zone) {
             c.follow_names(z.clone());
         }
+        if let Some(c) = &daemon.cluster {
+            c.follow_secrets(daemon.secrets.clone());
+        }
         if daemon.cluster.is_some() {
             // What it brings back waits until the cluster says what is still this host's.
             daemon.follow_placements(records, pinned);
@@ -292,6 +295,39 @@ impl Daemon {
     /// The secret store.
     pub fn secrets(&self) -> &Secrets {
         &self.secrets
+    }
+
+    /// Creates (`update == false`) or replaces a secret: in this host's store, or in a
+    /// cluster sealed in etcd, answered once this host's store holds it too.
+    pub async fn put_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: &[u8],
+        update: bool,
+    ) -> Result<(), DaemonError> {
+        let Some(c) = &self.cluster else {
+            return Ok(self.secrets.put(namespace, name, value, update)?);
+        };
+        self.secrets.validate(namespace, name, value)?;
+        c.put_secret(namespace, name, value, update).await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let here = self.secrets.file(namespace, name).ok();
+            if here.and_then(|p| std::fs::read(p).ok()).as_deref() == Some(value) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Removes a secret: from this host's store, or from the cluster.
+    pub async fn remove_secret(&self, namespace: &str, name: &str) -> Result<(), DaemonError> {
+        match &self.cluster {
+            None => Ok(self.secrets.remove(namespace, name)?),
+            Some(c) => Ok(c.remove_secret(namespace, name).await?),
+        }
     }
 
     /// The WireGuard interface, unless it is off.

@@ -273,14 +273,24 @@ impl Hosts {
     }
 
     /// Host `n`'s config lines: its interface, its endpoint, and `[cluster]` with these
-    /// endpoints and `extra` lines.
+    /// endpoints, the set's cluster key and `extra` lines.
     fn config(&self, n: usize, endpoints: &str, extra: &str) -> String {
+        let key = self.lan.dir.join("cluster.key");
+        if !key.exists() {
+            use base64::Engine;
+            let bytes: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+            std::fs::write(
+                &key,
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            )
+            .unwrap();
+        }
         // Interface names are the machine's (their control sockets share /run/wireguard):
         // one of this test's own per host.
         format!(
             "wireguard-interface = \"{}\"\nwireguard-endpoint = \"{}:51820\"\n\
              [cluster]\nendpoints = [{endpoints}]\nname = \"host-{n}\"\nlease-ttl = \"3s\"\n\
-             move-after = \"3s\"\n\
+             move-after = \"3s\"\nkey-file = {key:?}\n\
              labels = {{ zone = \"z{n}\" }}\n{extra}",
             self.interface(n),
             lan(n),
@@ -1054,4 +1064,78 @@ fn the_etcd_leader_killed_during_deploys_loses_none_and_gives_no_address_twice()
     daemons[0].cli_ok(&["cluster", "drain", "--undo"]);
     deploy_through(&daemons[0], "after-undo", &[]);
     assert!(local_functions(&daemons[0]).contains(&"after-undo".to_owned()));
+}
+
+#[test]
+fn secrets_are_sealed_in_etcd_and_reach_the_host_that_runs_the_function() {
+    require_etcd!();
+    let c = Hosts::new("cl-secret");
+    let _members = c.start_members();
+    let daemons: Vec<Daemon> = (1..=3).map(|n| c.daemon(n)).collect();
+    for d in &daemons {
+        wait_status(d, "three hosts", |s| s.hosts.len() == 3 && s.registered);
+    }
+    let value = "s3cret-value-42";
+    daemons[0].cli_ok(&["secret", "create", "db", "--from-literal", value]);
+    // Every host's store has it (host 1's when the create answers).
+    assert!(
+        daemons[0]
+            .cli_ok(&["secret", "list"])
+            .contains("db    openfaas-fn"),
+        "{}",
+        daemons[0].cli_ok(&["secret", "list"])
+    );
+    for d in &daemons[1..] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !d.cli_ok(&["secret", "list"]).contains("db") {
+            assert!(Instant::now() < deadline, "the secret did not reach a host");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // etcd holds it sealed: nowhere in faasd's keys is the value in clear.
+    let dump = Command::new("ip")
+        .args(["netns", "exec", &c.hosts[0].name, "etcdctl", "--endpoints"])
+        .arg(format!("http://{}:2379", lan(1)))
+        .args(["get", "--prefix", "/faasd/"])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("/faasd/v1/secrets/openfaas-fn/db"), "{dump}");
+    assert!(dump.contains("\"sealed\""), "{dump}");
+    assert!(
+        !dump.contains(value),
+        "the value is in etcd in clear:\n{dump}"
+    );
+    // A function placed on host 3, deployed through host 2, reads it.
+    let addr = deploy_through(
+        &daemons[1],
+        "reader",
+        &["--secret", "db", "--constraint", "zone == z3"],
+    );
+    let (code, body) = c.hosts[0]
+        .run(|| {
+            crate::harness::http_get_path(std::net::SocketAddr::from((addr, 8080)), "/secret/db")
+        })
+        .unwrap();
+    assert_eq!((code, body.trim()), (200, value));
+    // Updated and removed through another host, everywhere.
+    daemons[2].cli_ok(&["secret", "create", "db", "--update", "--from-literal", "v2"]);
+    // (A running instance keeps the copy it started with; the next one gets the store's.)
+    let stored = c.hosts[2].dir.join("state/secrets/openfaas-fn/db");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&stored).unwrap_or_default() != "v2" {
+        assert!(Instant::now() < deadline, "the update did not reach host 3");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemons[2].cli_ok(&["remove", "reader"]);
+    daemons[1].cli_ok(&["secret", "remove", "db"]);
+    for d in &daemons {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while d.cli_ok(&["secret", "list"]).contains("db") {
+            assert!(Instant::now() < deadline, "the secret stayed on a host");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let e = daemons[0].cli(&["secret", "remove", "db"]).unwrap_err();
+    assert!(e.contains("not found"), "{e}");
 }
