@@ -35,6 +35,9 @@ pub(super) async fn run(mut i: Inputs) {
     // When this scheduler first saw each host gone (a new scheduler starts counting anew:
     // it moves later, never sooner).
     let mut gone_since: BTreeMap<u16, Instant> = BTreeMap::new();
+    // The lease under which this host took the key: it holds the key as long as the lease
+    // lives, so it need not ask again (a write less per pass).
+    let mut won: Option<i64> = None;
     loop {
         tokio::select! {
             _ = i.hosts.changed() => {}
@@ -44,17 +47,25 @@ pub(super) async fn run(mut i: Inputs) {
         }
         let Some(lease) = *i.lease.borrow() else {
             i.leader.send_replace(None);
+            won = None;
             continue;
         };
-        match faasd_cluster::campaign(&i.etcd, i.this, lease).await {
+        let holder = if won == Some(lease) {
+            Ok(i.this)
+        } else {
+            faasd_cluster::campaign(&i.etcd, i.this, lease).await
+        };
+        match holder {
             Ok(holder) => {
                 if i.leader.send_replace(Some(holder)) != Some(holder) {
                     tracing::info!("cluster: host {holder} schedules");
                 }
                 if holder != i.this {
+                    won = None;
                     gone_since.clear();
                     continue;
                 }
+                won = Some(lease);
             }
             Err(e) => {
                 tracing::warn!("cluster: {e}");
