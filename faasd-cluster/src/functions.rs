@@ -26,9 +26,14 @@ pub struct Placed {
     /// Its address, from its first placement on.
     #[serde(default)]
     pub address: Option<Ipv6Addr>,
-    /// The host that runs it, once placed.
+    /// The host that runs it, once placed: the one the other hosts route its address to
+    /// and that publishes its name.
     #[serde(default)]
     pub host: Option<u16>,
+    /// The other hosts that run it too (a function spread over hosts), each serving its
+    /// address to its own clients.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<u16>,
     /// Why the scheduler found no host for it, while it found none.
     #[serde(default)]
     pub unplaced: Option<String>,
@@ -36,6 +41,13 @@ pub struct Placed {
 
 fn key((namespace, name): &FunctionName) -> String {
     format!("{FUNCTIONS}{namespace}/{name}")
+}
+
+impl Placed {
+    /// Whether host `h` runs it.
+    pub fn runs_on(&self, h: u16) -> bool {
+        self.host == Some(h) || self.replicas.contains(&h)
+    }
 }
 
 fn json(p: &Placed) -> String {
@@ -97,6 +109,7 @@ pub async fn create_function(
             deployment: deployment.clone(),
             address: None,
             host: None,
+            replicas: Vec::new(),
             unplaced: None,
         }),
     );
@@ -169,8 +182,8 @@ pub async fn delete_function(etcd: &Etcd, f: &FunctionName) -> Result<bool, Etcd
 /// What the scheduler decided for one function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Run it on this host.
-    On(u16),
+    /// Run it on this host, and on these too.
+    On(u16, Vec<u16>),
     /// No host fits, for this reason.
     Nowhere(String),
 }
@@ -195,7 +208,8 @@ pub async fn place(
     ];
     let mut then = Vec::new();
     match decision {
-        Decision::On(host) => {
+        Decision::On(host, replicas) => {
+            p.replicas = replicas;
             if p.address.is_none() {
                 let counter = format!("{ADDRESSES}{host}");
                 let r = etcd
@@ -234,6 +248,7 @@ pub async fn place(
         }
         Decision::Nowhere(why) => {
             p.host = None;
+            p.replicas.clear();
             p.unplaced = Some(why);
         }
     }

@@ -26,6 +26,7 @@
 //! | `faasd.dev/egress-deny` | destination prefixes refused unless allowed (`any` for all) | none |
 //! | `faasd.dev/pids-max` | most tasks (processes and threads) of a process function's instance | none |
 //! | `faasd.dev/latency-histograms` | `true`: this function's own activation and call latency histograms in `/metrics` (the host-wide ones are always there) | false |
+//! | `faasd.dev/spread` | in a cluster, `true`: run on `com.openfaas.scale.min` hosts (as many as its constraints admit), each serving its address | false |
 //!
 //! Functions take the OpenFaaS fields `limits` (`memory` like `128Mi`, `cpu` like `500m`,
 //! enforced in the instance's cgroup), `readOnlyRootFilesystem` and `secrets` (mounted
@@ -334,6 +335,8 @@ pub struct Settings {
     pub egress: Egress,
     /// Keep this function's own latency histograms in `/metrics`.
     pub latency_histograms: bool,
+    /// In a cluster: run on `min_scale` hosts, not one.
+    pub spread: bool,
 }
 
 /// A function as faasd stores it: the request, validated, with its identity split out.
@@ -681,6 +684,7 @@ impl Settings {
                 "faasd.dev/latency-histograms",
                 ann("latency-histograms"),
             )?,
+            spread: parse_bool("faasd.dev/spread", ann("spread"))?,
         })
     }
 }
@@ -702,6 +706,7 @@ const KNOWN_ANNOTATIONS: &[&str] = &[
     "egress-deny",
     "pids-max",
     "scale-down-delay",
+    "spread",
 ];
 
 /// A list of prefixes, as systemd writes them: addresses or prefixes, or `any`, `localhost`,

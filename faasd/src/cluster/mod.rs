@@ -245,8 +245,12 @@ pub struct Cluster {
     wireguard: Arc<WireGuard>,
     /// This host's functions' names, to publish.
     names: mpsc::UnboundedSender<NameChange>,
-    /// The names this host publishes itself (its zone has them already).
+    /// The functions that run on this host (its zone has their names already).
     own_names: Arc<Mutex<BTreeSet<FunctionName>>>,
+    /// Told when `own_names` changes (the mesh throws out only what does not run here).
+    local_changed: watch::Sender<()>,
+    /// The names this host puts in etcd: of its functions it is the host of.
+    published: Mutex<BTreeSet<FunctionName>>,
     /// Every host's functions' names, as etcd has them (or as this host last knew).
     all_names: watch::Receiver<BTreeMap<FunctionName, NameRecord>>,
     /// The cluster's functions and where they are placed.
@@ -310,9 +314,12 @@ impl Cluster {
         // And of every host's functions' names, to answer for them before etcd does.
         let (tx, all_names) = watch::channel(load(&membership.dir.join("names.json")));
         let follow_names = tokio::spawn(faasd_cluster::watch_names(membership.etcd.clone(), tx));
+        let own_names: Arc<Mutex<BTreeSet<FunctionName>>> = Arc::default();
+        let (local_changed, local) = watch::channel(());
         let mesh = tokio::spawn(mesh(
             hosts.clone(),
             all_names.clone(),
+            (own_names.clone(), local),
             wireguard.clone(),
             membership.number,
             hosts_cache,
@@ -342,7 +349,9 @@ impl Cluster {
             hosts,
             wireguard,
             names,
-            own_names: Arc::default(),
+            own_names,
+            local_changed,
+            published: Mutex::default(),
             all_names,
             functions,
             drained,
@@ -360,17 +369,38 @@ impl Cluster {
         })
     }
 
-    /// A function of this host's answers at `address` on every host, and is called on
-    /// `port` through any host's `/function/<name>`.
+    /// A function runs on this host. Unless this host is only one of its replicas, it
+    /// answers at `address` on every host through this one, and is called on `port`
+    /// through any host's `/function/<name>`.
     pub fn publish(&self, namespace: &str, name: &str, address: Ipv6Addr, port: Option<u16>) {
         let f = (namespace.to_owned(), name.to_owned());
+        self.own_names.lock().expect("names lock").insert(f.clone());
+        self.local_changed.send_replace(());
+        let replica = self
+            .placement(namespace, name)
+            .is_some_and(|p| p.host != Some(self.membership.number));
+        let mut published = self.published.lock().expect("names lock");
+        if replica {
+            if published.remove(&f) {
+                let _ = self.names.send(NameChange::Remove(f));
+            }
+            return;
+        }
+        published.insert(f.clone());
         let record = NameRecord {
             address,
             host: self.membership.number,
             port,
         };
-        self.own_names.lock().expect("names lock").insert(f.clone());
         let _ = self.names.send(NameChange::Set(f, record));
+    }
+
+    /// Whether this host publishes the function's name (it is its host, not a replica).
+    pub fn publishes(&self, namespace: &str, name: &str) -> bool {
+        self.published
+            .lock()
+            .expect("names lock")
+            .contains(&(namespace.to_owned(), name.to_owned()))
     }
 
     /// Whether this host's registration holds (etcd took its last keep-alive in time).
@@ -425,8 +455,8 @@ impl Cluster {
                 .ok_or(ClusterError::NoFunction(f));
         }
         // Refused at once when no host could take it, rather than left unplaced.
-        if let faasd_cluster::Decision::Nowhere(why) =
-            schedule::choose(&d.constraints, &self.hosts.borrow(), &BTreeMap::new())
+        if let Err(why) =
+            schedule::choose(&d.constraints, &self.hosts.borrow(), &BTreeMap::new(), &[])
         {
             return Err(ClusterError::Unplaceable { function: f, why });
         }
@@ -464,6 +494,7 @@ impl Cluster {
                 deployment: d.clone(),
                 address: None,
                 host: None,
+                replicas: Vec::new(),
                 unplaced: None,
             }),
         }
@@ -565,6 +596,7 @@ impl Cluster {
                 deployment: d.clone(),
                 address: Some(address),
                 host: Some(self.membership.number),
+                replicas: Vec::new(),
                 unplaced: None,
             },
         )
@@ -601,7 +633,10 @@ impl Cluster {
     pub fn withdraw(&self, namespace: &str, name: &str) {
         let f = (namespace.to_owned(), name.to_owned());
         self.own_names.lock().expect("names lock").remove(&f);
-        let _ = self.names.send(NameChange::Remove(f));
+        self.local_changed.send_replace(());
+        if self.published.lock().expect("names lock").remove(&f) {
+            let _ = self.names.send(NameChange::Remove(f));
+        }
     }
 
     /// Keeps the other hosts' functions' names in `zone`, as etcd has them, starting from
@@ -838,6 +873,7 @@ fn prefix_of(n: u16) -> Ipv6Net {
 async fn mesh(
     mut hosts: watch::Receiver<BTreeMap<u16, HostInfo>>,
     mut names: watch::Receiver<BTreeMap<FunctionName, NameRecord>>,
+    (own, mut local): (Arc<Mutex<BTreeSet<FunctionName>>>, watch::Receiver<()>),
     wireguard: Arc<WireGuard>,
     this: u16,
     cache: PathBuf,
@@ -853,8 +889,9 @@ async fn mesh(
         }
         let mut moved: BTreeMap<u16, Vec<Ipv6Net>> = BTreeMap::new();
         let mut elsewhere = BTreeSet::new();
-        for r in names.borrow_and_update().values() {
-            if r.host != this && prefix_of(this).contains(r.address) {
+        let here = own.lock().expect("names lock").clone();
+        for (f, r) in names.borrow_and_update().iter() {
+            if r.host != this && prefix_of(this).contains(r.address) && !here.contains(f) {
                 elsewhere.insert(r.address);
             }
             if !prefix_of(r.host).contains(r.address) {
@@ -907,6 +944,7 @@ async fn mesh(
         tokio::select! {
             changed = hosts.changed() => if changed.is_err() { return },
             changed = names.changed() => if changed.is_err() { return },
+            changed = local.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -97,32 +97,27 @@ async fn pass(
     let hosts = &hosts;
     gone_since.retain(|h, _| !all_hosts.contains_key(h));
     let mut load: BTreeMap<u16, usize> = BTreeMap::new();
-    for h in functions.values().filter_map(|p| p.host) {
-        if hosts.contains_key(&h) {
-            *load.entry(h).or_default() += 1;
-        } else if !all_hosts.contains_key(&h) {
-            gone_since.entry(h).or_insert(now);
+    for p in functions.values() {
+        for h in p.host.iter().chain(&p.replicas) {
+            if hosts.contains_key(h) {
+                *load.entry(*h).or_default() += 1;
+            } else if !all_hosts.contains_key(h) {
+                gone_since.entry(*h).or_insert(now);
+            }
         }
     }
     for (f, p) in functions {
-        let due = match p.host {
-            None => true,
-            // A drained host's functions move at once: it is alive and lets them go.
-            Some(h) if drained.contains(&h) => true,
-            Some(h) => gone_since
-                .get(&h)
-                .is_some_and(|t| now.duration_since(*t) >= i.move_after),
+        // A host is done with when drained (alive, it lets its functions go at once) or
+        // gone for `move-after`.
+        let done_with = |h: u16| {
+            drained.contains(&h)
+                || gone_since
+                    .get(&h)
+                    .is_some_and(|t| now.duration_since(*t) >= i.move_after)
         };
-        if !due {
+        let Some(decision) = decide(p, hosts, &done_with, &load) else {
             continue;
-        }
-        let decision = choose(&p.deployment.constraints, hosts, &load);
-        match (&decision, p.host) {
-            // A gone host's function that fits nowhere else waits for it.
-            (Decision::Nowhere(_), Some(_)) => continue,
-            (Decision::Nowhere(why), None) if p.unplaced.as_ref() == Some(why) => continue,
-            _ => {}
-        }
+        };
         let current = match faasd_cluster::function(&i.etcd, f).await {
             Ok(Some((current, revision))) if current == *p => (current, revision),
             // Changed or removed since the map was taken: the next pass sees it.
@@ -135,14 +130,27 @@ async fn pass(
         match faasd_cluster::place(&i.etcd, i.this, f, current.0, current.1, decision).await {
             Ok(Some(placed)) => {
                 if let Some(h) = placed.host {
-                    *load.entry(h).or_default() += 1;
+                    for n in std::iter::once(h).chain(placed.replicas.iter().copied()) {
+                        if !p.runs_on(n) {
+                            *load.entry(n).or_default() += 1;
+                        }
+                    }
                     match p.host {
-                        Some(old) => tracing::info!(
+                        Some(old) if old != h => tracing::info!(
                             "cluster: {}/{} moved from host {old} (gone or drained) to host {h}",
                             f.0,
                             f.1
                         ),
+                        Some(_) => {}
                         None => tracing::info!("cluster: {}/{} placed on host {h}", f.0, f.1),
+                    }
+                    if placed.replicas != p.replicas {
+                        tracing::info!(
+                            "cluster: {}/{} runs on host {h} and on {:?}",
+                            f.0,
+                            f.1,
+                            placed.replicas
+                        );
                     }
                 } else if let Some(why) = &placed.unplaced {
                     tracing::warn!("cluster: {}/{} placed nowhere: {why}", f.0, f.1);
@@ -157,31 +165,78 @@ async fn pass(
     }
 }
 
-/// The live host for a function with these constraints: the one running the fewest
-/// functions among those that satisfy them all (the lowest number among equals).
+/// How many hosts a function runs on: its `com.openfaas.scale.min` when it asks to be
+/// spread (`faasd.dev/spread=true`), else one.
+fn wanted_hosts(d: &faasd_core::spec::Deployment) -> usize {
+    match faasd_core::spec::Settings::parse(d) {
+        Ok(s) if s.spread => s.min_scale.max(1) as usize,
+        _ => 1,
+    }
+}
+
+/// What a function's placement should become, or `None` to leave it as it is. Its host
+/// stays while it serves; when it no longer does, a replica that still serves takes over
+/// at once, else another host once the host is done with. Replicas that no longer serve are replaced, up to the
+/// hosts it wants, while hosts that satisfy its constraints are left.
+fn decide(
+    p: &Placed,
+    hosts: &BTreeMap<u16, HostInfo>,
+    done_with: &dyn Fn(u16) -> bool,
+    load: &BTreeMap<u16, usize>,
+) -> Option<Decision> {
+    let constraints = &p.deployment.constraints;
+    let serving = |h: &u16| hosts.contains_key(h);
+    let mut replicas: Vec<u16> = p.replicas.iter().copied().filter(serving).collect();
+    let host = match p.host {
+        Some(h) if serving(&h) => h,
+        // Not serving (gone or drained), with a replica that serves: it takes over at
+        // once, since it runs already.
+        Some(_) if !replicas.is_empty() => replicas.remove(0),
+        // A gone host's function that fits nowhere else waits for it.
+        Some(h) if done_with(h) => choose(constraints, hosts, load, &[]).ok()?,
+        Some(_) => return None,
+        None => match choose(constraints, hosts, load, &[]) {
+            Ok(h) => h,
+            Err(why) if p.unplaced.as_ref() == Some(&why) => return None,
+            Err(why) => return Some(Decision::Nowhere(why)),
+        },
+    };
+    while 1 + replicas.len() < wanted_hosts(&p.deployment) {
+        let taken: Vec<u16> = std::iter::once(host)
+            .chain(replicas.iter().copied())
+            .collect();
+        match choose(constraints, hosts, load, &taken) {
+            Ok(h) => replicas.push(h),
+            Err(_) => break,
+        }
+    }
+    (p.host != Some(host) || p.replicas != replicas).then_some(Decision::On(host, replicas))
+}
+
+/// The live host for a function with these constraints, `taken` left out: the one
+/// running the fewest functions among those that satisfy them all (the lowest number
+/// among equals); or why there is none.
 pub(crate) fn choose(
     constraints: &[String],
     hosts: &BTreeMap<u16, HostInfo>,
     load: &BTreeMap<u16, usize>,
-) -> Decision {
-    let parsed: Result<Vec<Constraint>, String> =
-        constraints.iter().map(|c| Constraint::parse(c)).collect();
-    let parsed = match parsed {
-        Ok(p) => p,
-        Err(e) => return Decision::Nowhere(e),
-    };
+    taken: &[u16],
+) -> Result<u16, String> {
+    let parsed: Vec<Constraint> = constraints
+        .iter()
+        .map(|c| Constraint::parse(c))
+        .collect::<Result<_, _>>()?;
     hosts
         .values()
+        .filter(|h| !taken.contains(&h.number))
         .filter(|h| parsed.iter().all(|c| c.admits(&h.name, &h.labels)))
         .min_by_key(|h| (load.get(&h.number).copied().unwrap_or(0), h.number))
-        .map_or_else(
-            || {
-                Decision::Nowhere(if constraints.is_empty() {
-                    "no host is registered".to_owned()
-                } else {
-                    format!("no live host satisfies {}", constraints.join(", "))
-                })
-            },
-            |h| Decision::On(h.number),
-        )
+        .map(|h| h.number)
+        .ok_or_else(|| {
+            if constraints.is_empty() {
+                "no host is registered".to_owned()
+            } else {
+                format!("no live host satisfies {}", constraints.join(", "))
+            }
+        })
 }

@@ -134,7 +134,7 @@ impl Daemon {
                             .items
                             .get(&(r.spec.namespace.clone(), r.spec.name.clone()))
                         {
-                            Some(p) => p.host != Some(this),
+                            Some(p) => !p.runs_on(this),
                             None => !c.first_join(),
                         }
                     })
@@ -219,18 +219,24 @@ impl Daemon {
         for f in self.all() {
             let spec = &f.record.spec;
             let key = (spec.namespace.clone(), spec.name.clone());
-            if placed.get(&key).and_then(|p| p.host) != Some(this) {
+            let Some(p) = placed.get(&key).filter(|p| p.runs_on(this)) else {
                 tracing::info!("cluster: {} placed elsewhere or removed", spec.id());
                 self.leave(&spec.namespace, &spec.name, f.record.address)
                     .await;
+                continue;
+            };
+            // Its host publishes its name; a replica does not (a replica that became its
+            // host, or a host that became a replica, changes that here).
+            if (p.host == Some(this)) != c.publishes(&spec.namespace, &spec.name) {
+                self.name_set(&f).await;
             }
         }
         failed.retain(|f, (p, at)| placed.get(f) == Some(p) && at.elapsed() < RETRY_FAILED);
         for (f, p) in placed {
-            let (Some(host), Some(address)) = (p.host, p.address) else {
+            let Some(address) = p.address else {
                 continue;
             };
-            if host != this || failed.contains_key(f) {
+            if !p.runs_on(this) || failed.contains_key(f) {
                 continue;
             }
             let update = match self.entry(&format!("{}/{}", f.0, f.1)) {
@@ -327,7 +333,7 @@ pub(super) fn add_elsewhere(c: &Cluster, namespace: Option<&str>, list: &mut Vec
         all.items
             .iter()
             .filter(|(f, p)| {
-                namespace.is_none_or(|ns| f.0 == ns) && !here.contains(*f) && p.host != Some(this)
+                namespace.is_none_or(|ns| f.0 == ns) && !here.contains(*f) && !p.runs_on(this)
             })
             .map(|(_, p)| placed_status(p)),
     );

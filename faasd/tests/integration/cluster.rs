@@ -1139,3 +1139,60 @@ fn secrets_are_sealed_in_etcd_and_reach_the_host_that_runs_the_function() {
     let e = daemons[0].cli(&["secret", "remove", "db"]).unwrap_err();
     assert!(e.contains("not found"), "{e}");
 }
+
+#[test]
+fn a_function_spread_over_two_hosts_is_served_by_both_and_by_one_when_the_other_dies() {
+    require_etcd!();
+    let c = Hosts::new("cl-spread");
+    let _members = c.start_members();
+    let mut daemons: Vec<Daemon> = (1..=3).map(|n| c.daemon(n)).collect();
+    for d in &daemons {
+        wait_status(d, "three hosts", |s| s.hosts.len() == 3 && s.registered);
+    }
+    // Two replicas, on the two hosts its constraint admits: host 2 (its host, which the
+    // others route to) and host 3.
+    let addr = deploy_through(
+        &daemons[0],
+        "hello",
+        &[
+            "-l",
+            "com.openfaas.scale.min=2",
+            "-a",
+            "faasd.dev/spread=true",
+            "--constraint",
+            "zone != z1",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while local_functions(&daemons[2]) != ["hello"] {
+        assert!(Instant::now() < deadline, "no replica on host 3");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(local_functions(&daemons[1]), ["hello"]);
+    let f = list(&daemons[0])
+        .into_iter()
+        .find(|f| f.name == "hello")
+        .unwrap();
+    assert_eq!(f.host, Some(2));
+    // Each host that runs it serves its address itself; host 1 reaches host 2's.
+    wait_answered_by(&c.hosts[1], addr, &daemons[1], Duration::from_secs(10));
+    wait_answered_by(&c.hosts[2], addr, &daemons[2], Duration::from_secs(10));
+    wait_answered_by(&c.hosts[0], addr, &daemons[1], Duration::from_secs(10));
+    wait_name(&c, &daemons, "hello.faas", &addr.to_string());
+
+    // Host 2's faasd is killed: host 3's replica serves everyone once host 2's lease
+    // expired (no move-after: it runs already).
+    let t0 = Instant::now();
+    daemons[1].kill9();
+    wait_answered_by(&c.hosts[0], addr, &daemons[2], Duration::from_secs(15));
+    eprintln!(
+        "cluster: a spread function answered from its other host {:?} after one was killed",
+        t0.elapsed()
+    );
+    let f = list(&daemons[0])
+        .into_iter()
+        .find(|f| f.name == "hello")
+        .unwrap();
+    assert_eq!(f.host, Some(3));
+    wait_name(&c, &daemons[..1], "hello.faas", &addr.to_string());
+}
