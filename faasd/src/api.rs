@@ -242,13 +242,42 @@ async fn remove(
     Ok(StatusCode::OK)
 }
 
+/// In a cluster, the answer of the host that runs a function this host does not, to the
+/// same request; `None` when this host answers itself.
+async fn relayed(
+    d: &Daemon,
+    namespace: &str,
+    name: &str,
+    method: axum::http::Method,
+    uri: &axum::http::Uri,
+    body: &Bytes,
+) -> ApiResult<Option<Response>> {
+    let Some((host, peer)) = d.peer_running(namespace, name) else {
+        return Ok(None);
+    };
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let resp = peer
+        .relay(method, path, Some(body.to_vec()))
+        .await
+        .map_err(|source| crate::daemon::DaemonError::Relay { host, source })?;
+    Ok(Some(resp.map(axum::body::Body::new).into_response()))
+}
+
 async fn describe(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
     Query(q): Query<NsQuery>,
-) -> ApiResult<impl IntoResponse> {
+    uri: axum::http::Uri,
+) -> ApiResult<Response> {
     validate_label("function name", &name)?;
-    Ok(Json(d.get(&namespace(q.namespace)?, &name).await?))
+    let ns = namespace(q.namespace)?;
+    // Another host's function: its live state from there, or what the cluster knows of
+    // it when that host does not answer.
+    if let Ok(Some(r)) = relayed(&d, &ns, &name, axum::http::Method::GET, &uri, &Bytes::new()).await
+    {
+        return Ok(r);
+    }
+    Ok(Json(d.get(&ns, &name).await?).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,8 +294,9 @@ async fn scale(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
     Query(q): Query<NsQuery>,
+    uri: axum::http::Uri,
     body: Bytes,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     let req: ScaleRequest = json_body(&body)?;
     validate_label("function name", &name)?;
     if let Some(s) = &req.service_name
@@ -278,8 +308,11 @@ async fn scale(
         .into());
     }
     let ns = namespace_of(q.namespace, req.namespace)?;
+    if let Some(r) = relayed(&d, &ns, &name, axum::http::Method::POST, &uri, &body).await? {
+        return Ok(r);
+    }
     d.scale(&ns, &name, req.replicas).await?;
-    Ok(StatusCode::ACCEPTED)
+    Ok(StatusCode::ACCEPTED.into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -446,9 +479,23 @@ fn ndjson(lines: &[crate::logs::LogLine]) -> String {
 async fn logs(
     State(d): State<Arc<Daemon>>,
     Query(q): Query<LogsQuery>,
-) -> ApiResult<impl IntoResponse> {
+    uri: axum::http::Uri,
+) -> ApiResult<Response> {
     validate_label("function name", &q.name)?;
-    let log = d.log(&namespace(q.namespace)?, &q.name).await?;
+    let ns = namespace(q.namespace.clone())?;
+    if let Some(r) = relayed(
+        &d,
+        &ns,
+        &q.name,
+        axum::http::Method::GET,
+        &uri,
+        &Bytes::new(),
+    )
+    .await?
+    {
+        return Ok(r);
+    }
+    let log = d.log(&ns, &q.name).await?;
     let rfc3339 =
         |s: &str| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339);
     let since = match q.since.as_deref().filter(|s| !s.is_empty()) {
@@ -498,7 +545,7 @@ async fn logs(
             })),
         ),
     };
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body))
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
 async fn status(State(d): State<Arc<Daemon>>) -> impl IntoResponse {

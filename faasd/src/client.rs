@@ -123,6 +123,27 @@ impl Client {
         })
     }
 
+    /// A client for another host of the cluster's API, over the mesh, authorized by the
+    /// cluster's token (see [`crate::cluster::ClusterKey::api_token`]).
+    pub fn peer(api: &str, token: &str) -> Result<Self, ClientError> {
+        let mut c = Self::remote(&format!("http://{api}"), None)?;
+        if let Target::Tcp { authorization, .. } = &mut c.target {
+            *authorization = Some(format!("Bearer {token}"));
+        }
+        Ok(c)
+    }
+
+    /// Sends a request and hands back the answer as it comes, whatever its status, for
+    /// relaying it.
+    pub async fn relay(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        Ok(self.send(method, path, body).await?.1)
+    }
+
     /// Sends a GET and hands each piece of a 2xx answer's body to `each` as it arrives (a
     /// followed log); returns when the daemon ends the answer.
     pub async fn stream(&self, path: &str, mut each: impl FnMut(&[u8])) -> Result<(), ClientError> {

@@ -521,6 +521,20 @@ impl Cluster {
         Ok(host)
     }
 
+    /// The token other hosts relay requests with (with the cluster key only).
+    pub fn api_token(&self) -> Option<&str> {
+        self.membership.key.as_deref().map(ClusterKey::api_token)
+    }
+
+    /// Another host's API, to relay a request to a function it runs: its first API
+    /// address, with the cluster's token (`None` without the cluster key, or when the
+    /// host is not registered).
+    pub fn peer(&self, host: u16) -> Option<crate::client::Client> {
+        let token = self.api_token()?;
+        let api = self.hosts.borrow().get(&host)?.api.first()?.clone();
+        crate::client::Client::peer(&api, token).ok()
+    }
+
     /// Keeps `store` the cluster's secrets (with the cluster key; without it, the cluster
     /// has no secrets and refuses them).
     pub fn follow_secrets(&self, store: crate::secrets::Secrets) {

@@ -20,7 +20,10 @@ use crate::secrets::Secrets;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// The cluster key, read from `[cluster] key-file`.
-pub struct ClusterKey(ChaCha20Poly1305);
+pub struct ClusterKey {
+    cipher: ChaCha20Poly1305,
+    token: String,
+}
 
 impl std::fmt::Debug for ClusterKey {
     /// Leaves the key out.
@@ -41,16 +44,27 @@ impl ClusterKey {
             .ok()
             .filter(|b| b.len() == 32)
             .ok_or_else(|| ClusterError::BadKey(path.to_owned()))?;
-        let key = ChaCha20Poly1305::new_from_slice(&bytes)
+        let cipher = ChaCha20Poly1305::new_from_slice(&bytes)
             .map_err(|_| ClusterError::BadKey(path.to_owned()))?;
-        Ok(Self(key))
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"faasd cluster api\0");
+        h.update(&bytes);
+        let token = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Self { cipher, token })
+    }
+
+    /// What one host shows another's API to be one of the cluster (a hash of the key:
+    /// only hosts hold it; it travels inside the WireGuard mesh only).
+    pub fn api_token(&self) -> &str {
+        &self.token
     }
 
     fn seal(&self, secret: &FunctionName, value: &[u8]) -> Result<SealedSecret, ClusterError> {
         let nonce = crate::random::bytes::<12>().map_err(ClusterError::Random)?;
         let aad = format!("{}/{}", secret.0, secret.1);
         let sealed = self
-            .0
+            .cipher
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
@@ -74,7 +88,7 @@ impl ClusterKey {
             .filter(|n| n.len() == 12)
             .ok_or_else(bad)?;
         let sealed = B64.decode(&s.sealed).map_err(|_| bad())?;
-        self.0
+        self.cipher
             .decrypt(
                 Nonce::from_slice(&nonce),
                 Payload {

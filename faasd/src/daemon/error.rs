@@ -48,6 +48,14 @@ pub enum DaemonError {
     /// The cluster refused or could not take a change.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// The host that runs the function did not answer a relayed request.
+    #[error("host {host}, which runs the function, did not answer: {source}")]
+    Relay {
+        /// The host's number.
+        host: u16,
+        /// Why.
+        source: crate::client::ClientError,
+    },
     /// A local route for a function's address.
     #[error(transparent)]
     Route(#[from] crate::net::NetError),
@@ -156,6 +164,7 @@ impl DaemonError {
                 }
             }
             Self::Route(_) => K::Internal,
+            Self::Relay { .. } => K::Upstream,
             Self::ClusterUnavailable => K::Unavailable,
             Self::NoFiles { .. } => K::Full,
             Self::Socket { source, .. } if no_files(source) => K::Full,

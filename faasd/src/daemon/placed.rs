@@ -63,6 +63,21 @@ impl Daemon {
         Ok(placed_status(&p))
     }
 
+    /// The API of the host that runs a function this host does not (with its host's
+    /// number), to relay a request about it there.
+    pub fn peer_running(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<(u16, crate::client::Client)> {
+        let c = self.cluster.as_ref()?;
+        if self.function(namespace, name).is_ok() {
+            return None;
+        }
+        let host = c.placement(namespace, name)?.host?;
+        (host != c.number()).then(|| c.peer(host).map(|p| (host, p)))?
+    }
+
     /// Removes a function from the cluster.
     pub(super) async fn withdraw(
         &self,

@@ -849,6 +849,18 @@ fn a_function_deployed_anywhere_runs_where_placed_and_moves_off_a_dead_host() {
     // Called from host 1, from zero; then from a laptop of host 1's.
     wait_answered_by(&c.hosts[0], addr, &daemons[2], Duration::from_secs(10));
     assert_eq!(daemons[2].describe("hello").state.activations, 1);
+    // Host 1's API answers for it from host 3: describe with its live state, its log,
+    // and a scale carried out there.
+    let far = daemons[0].describe("hello");
+    assert_eq!((far.host, far.state.activations), (Some(3), 1), "{far:?}");
+    let log = daemons[0].cli_ok(&["logs", "hello"]);
+    assert!(!log.trim().is_empty(), "no log lines through host 1");
+    assert_eq!(log, daemons[2].cli_ok(&["logs", "hello"]));
+    daemons[0].cli_ok(&["scale", "hello", "2"]);
+    daemons[2].wait_for("hello", "two instances after a scale through host 1", |s| {
+        s.available_replicas == 2
+    });
+    daemons[0].cli_ok(&["scale", "hello", "0"]);
     {
         let laptop = Laptop::of(&c, &daemons[0]);
         wait_answered_by(&laptop.ns, addr, &daemons[2], Duration::from_secs(10));

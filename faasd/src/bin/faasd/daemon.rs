@@ -297,7 +297,8 @@ pub async fn run(
         tcp.push(l.into());
     }
     if !tcp.is_empty() {
-        let creds = faasd::auth::Credentials::load_or_create(&config.state_dir)?;
+        let creds = faasd::auth::Credentials::load_or_create(&config.state_dir)?
+            .with_peer_token(daemon.cluster().ok().and_then(|c| c.api_token()));
         for l in tcp {
             l.set_nonblocking(true)?;
             let l = tokio::net::TcpListener::from_std(l)?;
