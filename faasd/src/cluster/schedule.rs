@@ -185,10 +185,23 @@ fn decide(
     load: &BTreeMap<u16, usize>,
 ) -> Option<Decision> {
     let constraints = &p.deployment.constraints;
-    let serving = |h: &u16| hosts.contains_key(h);
+    // A host that serves and still satisfies the constraints (an update may change them).
+    let parsed: Vec<Constraint> = constraints
+        .iter()
+        .filter_map(|c| Constraint::parse(c).ok())
+        .collect();
+    let serving = |h: &u16| {
+        hosts
+            .get(h)
+            .is_some_and(|info| parsed.iter().all(|c| c.admits(&info.name, &info.labels)))
+    };
     let mut replicas: Vec<u16> = p.replicas.iter().copied().filter(serving).collect();
     let host = match p.host {
         Some(h) if serving(&h) => h,
+        // Alive, but its constraints no longer admit it: placed again at once.
+        Some(h) if hosts.contains_key(&h) && replicas.is_empty() => {
+            choose(constraints, hosts, load, &[]).ok()?
+        }
         // Not serving (gone or drained), with a replica that serves: it takes over at
         // once, since it runs already.
         Some(_) if !replicas.is_empty() => replicas.remove(0),

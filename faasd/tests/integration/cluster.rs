@@ -1130,6 +1130,42 @@ fn secrets_are_sealed_in_etcd_and_reach_the_host_that_runs_the_function() {
         })
         .unwrap();
     assert_eq!((code, body.trim()), (200, value));
+    // An update whose constraint no longer admits host 3 moves it to host 2, at its
+    // address; the secret is there as well.
+    let hello = crate::harness::hello_bin();
+    daemons[0].cli_ok(&[
+        "deploy",
+        "reader",
+        "--update",
+        "--command",
+        &hello,
+        "--secret",
+        "db",
+        "--constraint",
+        "zone == z2",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while local_functions(&daemons[1]) != ["reader"] || !local_functions(&daemons[2]).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the update did not move reader to host 2"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = c.hosts[0].run(|| {
+            crate::harness::http_get_path(std::net::SocketAddr::from((addr, 8080)), "/secret/db")
+        });
+        if got
+            .as_ref()
+            .is_ok_and(|(code, body)| *code == 200 && body.trim() == value)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reader on host 2: {got:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Updated and removed through another host, everywhere.
     daemons[2].cli_ok(&["secret", "create", "db", "--update", "--from-literal", "v2"]);
     // (A running instance keeps the copy it started with; the next one gets the store's.)
@@ -1139,7 +1175,7 @@ fn secrets_are_sealed_in_etcd_and_reach_the_host_that_runs_the_function() {
         assert!(Instant::now() < deadline, "the update did not reach host 3");
         std::thread::sleep(Duration::from_millis(50));
     }
-    daemons[2].cli_ok(&["remove", "reader"]);
+    daemons[1].cli_ok(&["remove", "reader"]);
     daemons[1].cli_ok(&["secret", "remove", "db"]);
     for d in &daemons {
         let deadline = Instant::now() + Duration::from_secs(10);
