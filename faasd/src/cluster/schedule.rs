@@ -38,13 +38,17 @@ pub(super) async fn run(mut i: Inputs) {
     // The lease under which this host took the key: it holds the key as long as the lease
     // lives, so it need not ask again (a write less per pass).
     let mut won: Option<i64> = None;
+    // Whether the last pass left something to look at again (a gone host whose
+    // functions wait for `move-after`, a function placed nowhere): only then does a
+    // pass run without a change, so an idle cluster costs nothing per function.
+    let mut again = false;
     loop {
-        tokio::select! {
-            _ = i.hosts.changed() => {}
-            _ = i.functions.changed() => {}
-            _ = i.drained.changed() => {}
-            () = tokio::time::sleep(PASS) => {}
-        }
+        let timer = tokio::select! {
+            _ = i.hosts.changed() => false,
+            _ = i.functions.changed() => false,
+            _ = i.drained.changed() => false,
+            () = tokio::time::sleep(PASS) => true,
+        };
         let Some(lease) = *i.lease.borrow() else {
             i.leader.send_replace(None);
             won = None;
@@ -65,6 +69,10 @@ pub(super) async fn run(mut i: Inputs) {
                     gone_since.clear();
                     continue;
                 }
+                if won != Some(lease) {
+                    // Just elected: everything is looked at once.
+                    again = true;
+                }
                 won = Some(lease);
             }
             Err(e) => {
@@ -75,8 +83,8 @@ pub(super) async fn run(mut i: Inputs) {
         let hosts = i.hosts.borrow().clone();
         let functions = i.functions.borrow().clone();
         let drained: Vec<u16> = i.drained.borrow().keys().copied().collect();
-        if functions.synced {
-            pass(&i, &hosts, &drained, &functions.items, &mut gone_since).await;
+        if functions.synced && (again || !timer) {
+            again = pass(&i, &hosts, &drained, &functions.items, &mut gone_since).await;
         }
     }
 }
@@ -87,7 +95,7 @@ async fn pass(
     drained: &[u16],
     functions: &BTreeMap<FunctionName, Placed>,
     gone_since: &mut BTreeMap<u16, Instant>,
-) {
+) -> bool {
     let now = Instant::now();
     let hosts: BTreeMap<u16, HostInfo> = all_hosts
         .iter()
@@ -124,7 +132,7 @@ async fn pass(
             Ok(_) => continue,
             Err(e) => {
                 tracing::warn!("cluster: {e}");
-                return;
+                return true;
             }
         };
         match faasd_cluster::place(&i.etcd, i.this, f, current.0, current.1, decision).await {
@@ -159,10 +167,15 @@ async fn pass(
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!("cluster: {e}");
-                return;
+                return true;
             }
         }
     }
+    // A gone host's functions wait for `move-after`; once it passed, what fits nowhere
+    // else waits for a change of the hosts, which wakes the scheduler anyway.
+    gone_since
+        .values()
+        .any(|t| now.duration_since(*t) < i.move_after)
 }
 
 /// How many hosts a function runs on: its `com.openfaas.scale.min` when it asks to be

@@ -194,13 +194,18 @@ impl Daemon {
         let mut failed: HashMap<FunctionName, (Placed, Instant)> = HashMap::new();
         let mut fenced = false;
         loop {
-            tokio::select! {
-                _ = functions.changed() => {}
-                _ = lease.changed() => {}
-                () = tokio::time::sleep(PASS) => {}
-            }
+            let timer = tokio::select! {
+                _ = functions.changed() => false,
+                _ = lease.changed() => false,
+                () = tokio::time::sleep(PASS) => true,
+            };
             if c.registered() {
                 fenced = false;
+                // Nothing to do while nothing changed, unless a failed deployment waits
+                // for its retry: an idle host costs nothing per function.
+                if timer && failed.is_empty() {
+                    continue;
+                }
                 let now: Functions = functions.borrow_and_update().clone();
                 if now.synced {
                     self.reconcile(c, &now.items, &mut failed).await;
