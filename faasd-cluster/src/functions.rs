@@ -269,8 +269,17 @@ pub async fn function(etcd: &Etcd, f: &FunctionName) -> Result<Option<(Placed, i
 }
 
 /// Takes the scheduler key for `host` under `lease` unless another host holds it; the
-/// host that holds it.
+/// host that holds it. A held key is only read (a transaction with a put would be a raft
+/// write even when it fails).
 pub async fn campaign(etcd: &Etcd, host: u16, lease: i64) -> Result<u16, EtcdError> {
+    let held = etcd
+        .call("reading the scheduler", |mut c| async move {
+            c.get(SCHEDULER, None).await
+        })
+        .await?;
+    if let Some(kv) = held.kvs().first() {
+        return holder(kv.value());
+    }
     let txn = Txn::new()
         .when([Compare::create_revision(SCHEDULER, CompareOp::Equal, 0)])
         .and_then([TxnOp::put(
@@ -288,7 +297,7 @@ pub async fn campaign(etcd: &Etcd, host: u16, lease: i64) -> Result<u16, EtcdErr
     if done.succeeded() {
         return Ok(host);
     }
-    let holder = done
+    let value = done
         .op_responses()
         .into_iter()
         .find_map(|r| match r {
@@ -296,16 +305,17 @@ pub async fn campaign(etcd: &Etcd, host: u16, lease: i64) -> Result<u16, EtcdErr
             _ => None,
         })
         .unwrap_or_default();
-    std::str::from_utf8(&holder)
+    holder(&value)
+}
+
+fn holder(value: &[u8]) -> Result<u16, EtcdError> {
+    std::str::from_utf8(value)
         .ok()
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| EtcdError::Invalid {
             what: "scheduler",
             key: SCHEDULER.into(),
-            why: format!(
-                "{:?} is not a host number",
-                String::from_utf8_lossy(&holder)
-            ),
+            why: format!("{:?} is not a host number", String::from_utf8_lossy(value)),
         })
 }
 
