@@ -34,6 +34,14 @@ pub struct HostInfo {
     pub api: Vec<String>,
     /// Its labels, for placement.
     pub labels: BTreeMap<String, String>,
+    /// The most functions it takes.
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+}
+
+/// A host's capacity when its registration names none.
+fn default_capacity() -> u32 {
+    faasd_core::config::DEFAULT_CAPACITY
 }
 
 /// The number `name` claimed, claiming the next free one if it has none. Numbers start at

@@ -137,6 +137,10 @@ pub struct ClusterConfig {
     /// How long this host's registration outlives its last keep-alive.
     #[serde(default = "default_lease_ttl", with = "humantime_serde_compat")]
     pub lease_ttl: Duration,
+    /// The most functions the scheduler places on this host (each host's share of its
+    /// capacity decides where a function goes).
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
     /// How long the scheduler waits after a host's lease expired before it places the
     /// host's functions elsewhere: the time a host cut off from etcd has to stop serving
     /// them (it starts when its registration lapses).
@@ -159,6 +163,14 @@ pub struct ClusterConfig {
 
 fn default_lease_ttl() -> Duration {
     Duration::from_secs(10)
+}
+
+/// A host's default capacity: the functions one host was measured with (`cargo xtask
+/// bench scale`), under the 20,000 open files a process may have here.
+pub const DEFAULT_CAPACITY: u32 = 19_000;
+
+fn default_capacity() -> u32 {
+    DEFAULT_CAPACITY
 }
 
 fn default_move_after() -> Duration {
@@ -299,6 +311,11 @@ impl Config {
             if c.endpoints.is_empty() {
                 return Err(ConfigError::Invalid(
                     "[cluster] endpoints is empty: name the etcd members' client URLs".into(),
+                ));
+            }
+            if c.capacity == 0 {
+                return Err(ConfigError::Invalid(
+                    "[cluster] capacity 0 would take no function: give at least 1".into(),
                 ));
             }
             if c.move_after < Duration::from_secs(1) {

@@ -291,6 +291,7 @@ impl Cluster {
             endpoint: Some(endpoint),
             api,
             labels: c.labels.clone(),
+            capacity: c.capacity,
         };
         let (lease_tx, lease) = watch::channel(None);
         let (kept_tx, kept) = watch::channel(None);
@@ -455,9 +456,8 @@ impl Cluster {
                 .ok_or(ClusterError::NoFunction(f));
         }
         // Refused at once when no host could take it, rather than left unplaced.
-        if let Err(why) =
-            schedule::choose(&d.constraints, &self.hosts.borrow(), &BTreeMap::new(), &[])
-        {
+        let load = schedule::load(&self.functions.borrow().items);
+        if let Err(why) = schedule::choose(&d.constraints, &self.hosts.borrow(), &load, &[]) {
             return Err(ClusterError::Unplaceable { function: f, why });
         }
         match faasd_cluster::create_function(etcd, &f, d).await? {

@@ -104,15 +104,9 @@ async fn pass(
         .collect();
     let hosts = &hosts;
     gone_since.retain(|h, _| !all_hosts.contains_key(h));
-    let mut load: BTreeMap<u16, usize> = BTreeMap::new();
-    for p in functions.values() {
-        for h in p.host.iter().chain(&p.replicas) {
-            if hosts.contains_key(h) {
-                *load.entry(*h).or_default() += 1;
-            } else if !all_hosts.contains_key(h) {
-                gone_since.entry(*h).or_insert(now);
-            }
-        }
+    let mut load = load(functions);
+    for h in load.keys().filter(|h| !all_hosts.contains_key(h)) {
+        gone_since.entry(*h).or_insert(now);
     }
     for (f, p) in functions {
         // A host is done with when drained (alive, it lets its functions go at once) or
@@ -178,6 +172,17 @@ async fn pass(
         .any(|t| now.duration_since(*t) < i.move_after)
 }
 
+/// The functions placed on each host (replicas counted).
+pub(crate) fn load(functions: &BTreeMap<FunctionName, Placed>) -> BTreeMap<u16, usize> {
+    let mut load = BTreeMap::new();
+    for p in functions.values() {
+        for h in p.host.iter().chain(&p.replicas) {
+            *load.entry(*h).or_default() += 1;
+        }
+    }
+    load
+}
+
 /// How many hosts a function runs on: its `com.openfaas.scale.min` when it asks to be
 /// spread (`faasd.dev/spread=true`), else one.
 fn wanted_hosts(d: &faasd_core::spec::Deployment) -> usize {
@@ -239,9 +244,10 @@ fn decide(
     (p.host != Some(host) || p.replicas != replicas).then_some(Decision::On(host, replicas))
 }
 
-/// The live host for a function with these constraints, `taken` left out: the one
-/// running the fewest functions among those that satisfy them all (the lowest number
-/// among equals); or why there is none.
+/// The live host for a function with these constraints, `taken` left out: among those
+/// that satisfy them all and have room (fewer functions than their capacity), the one
+/// with the smallest share of its capacity in use (the lowest number among equals); or
+/// why there is none.
 pub(crate) fn choose(
     constraints: &[String],
     hosts: &BTreeMap<u16, HostInfo>,
@@ -252,14 +258,26 @@ pub(crate) fn choose(
         .iter()
         .map(|c| Constraint::parse(c))
         .collect::<Result<_, _>>()?;
-    hosts
+    let admitted: Vec<&HostInfo> = hosts
         .values()
         .filter(|h| !taken.contains(&h.number))
         .filter(|h| parsed.iter().all(|c| c.admits(&h.name, &h.labels)))
-        .min_by_key(|h| (load.get(&h.number).copied().unwrap_or(0), h.number))
+        .collect();
+    let used = |h: &HostInfo| load.get(&h.number).copied().unwrap_or(0);
+    admitted
+        .iter()
+        .filter(|h| used(h) < h.capacity as usize)
+        .min_by_key(|h| {
+            (
+                used(h) as u64 * 1_000_000 / u64::from(h.capacity.max(1)),
+                h.number,
+            )
+        })
         .map(|h| h.number)
         .ok_or_else(|| {
-            if constraints.is_empty() {
+            if !admitted.is_empty() {
+                "every host that could take it is full (its [cluster] capacity)".to_owned()
+            } else if constraints.is_empty() {
                 "no host is registered".to_owned()
             } else {
                 format!("no live host satisfies {}", constraints.join(", "))

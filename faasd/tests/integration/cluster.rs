@@ -976,7 +976,16 @@ fn the_etcd_leader_killed_during_deploys_loses_none_and_gives_no_address_twice()
     require_etcd!();
     let c = Hosts::new("cl-leader");
     let mut members = c.start_members();
-    let daemons: Vec<Daemon> = (1..=3).map(|n| c.daemon(n)).collect();
+    // Host 1 takes two functions at most.
+    let daemons: Vec<Daemon> = (1..=3)
+        .map(|n| match n {
+            1 => Daemon::start_with(
+                &c.hosts[0],
+                &c.config(1, &Hosts::endpoints(), "capacity = 2\n"),
+            ),
+            n => c.daemon(n),
+        })
+        .collect();
     for d in &daemons {
         wait_status(d, "three hosts", |s| s.hosts.len() == 3 && s.registered);
     }
@@ -1048,6 +1057,11 @@ fn the_etcd_leader_killed_during_deploys_loses_none_and_gives_no_address_twice()
     );
     let hosts: BTreeSet<usize> = by_host.values().map(|(h, _)| *h).collect();
     assert!(hosts.len() >= 2, "placed on one host only: {by_host:?}");
+    let on_host_1 = by_host.values().filter(|(h, _)| *h == 1).count();
+    assert!(
+        on_host_1 <= 2,
+        "host 1 took {on_host_1}, past its capacity of 2"
+    );
 
     // Host 1 is drained: its functions move to the others, keeping their addresses, and
     // new ones go elsewhere; undone, it takes new ones again.
@@ -1076,6 +1090,19 @@ fn the_etcd_leader_killed_during_deploys_loses_none_and_gives_no_address_twice()
     daemons[0].cli_ok(&["cluster", "drain", "--undo"]);
     deploy_through(&daemons[0], "after-undo", &[]);
     assert!(local_functions(&daemons[0]).contains(&"after-undo".to_owned()));
+    // Full: a function only host 1 admits fits once more, then is refused, saying why.
+    deploy_through(&daemons[0], "second", &["--constraint", "zone == z1"]);
+    let e = daemons[0]
+        .cli(&[
+            "deploy",
+            "third",
+            "--command",
+            &hello,
+            "--constraint",
+            "zone == z1",
+        ])
+        .unwrap_err();
+    assert!(e.contains("full"), "{e}");
 }
 
 #[test]

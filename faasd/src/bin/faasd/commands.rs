@@ -504,11 +504,12 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
                         (false, Some(s)) => format!("{s}s ago"),
                         (false, None) => "never".into(),
                     },
-                    if h.draining {
-                        format!("{} (draining)", h.functions)
-                    } else {
-                        h.functions.to_string()
-                    },
+                    format!(
+                        "{}/{}{}",
+                        h.functions,
+                        h.info.capacity,
+                        if h.draining { " (draining)" } else { "" }
+                    ),
                 ]);
             }
             output::table(&rows);
