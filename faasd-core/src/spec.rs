@@ -26,6 +26,7 @@
 //! | `faasd.dev/egress-deny` | destination prefixes refused unless allowed (`any` for all) | none |
 //! | `faasd.dev/pids-max` | most tasks (processes and threads) of a process function's instance | none |
 //! | `faasd.dev/latency-histograms` | `true`: this function's own activation and call latency histograms in `/metrics` (the host-wide ones are always there) | false |
+//! | `faasd.dev/socket-activation` | images: `true` passes the sockets (LISTEN_FDS) to an image without faasd's label `dev.faasd.socket-activation`, `false` forwards to one that has it | the image's label |
 //! | `faasd.dev/spread` | in a cluster, `true`: run on `com.openfaas.scale.min` hosts (as many as its constraints admit), each serving its address | false |
 //!
 //! Functions take the OpenFaaS fields `limits` (`memory` like `128Mi`, `cpu` like `500m`,
@@ -337,6 +338,9 @@ pub struct Settings {
     pub latency_histograms: bool,
     /// In a cluster: run on `min_scale` hosts, not one.
     pub spread: bool,
+    /// Images: whether the instance takes its sockets, when the deployment says so
+    /// (else the image's label does).
+    pub socket_activation: Option<bool>,
 }
 
 /// A function as faasd stores it: the request, validated, with its identity split out.
@@ -413,6 +417,12 @@ impl FunctionSpec {
         }
         if image.is_none() && settings.image_port.is_some() {
             return bad("faasd.dev/image-port applies to container images only");
+        }
+        if image.is_none() && settings.socket_activation.is_some() {
+            return bad(
+                "faasd.dev/socket-activation applies to container images only (a process \
+                 function always takes its sockets)",
+            );
         }
         Ok((
             Self {
@@ -638,6 +648,12 @@ impl Settings {
                 }
             },
         };
+        if image_port.is_some() && ann("socket-activation").is_some_and(|v| v.trim() == "true") {
+            return bad(
+                "faasd.dev/image-port forwards to a port the image binds, while \
+                 faasd.dev/socket-activation=true passes it the sockets: give one of them",
+            );
+        }
         if image_port.is_some() && (ports.len() != 1 || ports[0].protocol != Protocol::Tcp) {
             return bad(
                 "faasd.dev/image-port forwards one tcp port: give faasd.dev/ports one tcp port",
@@ -685,6 +701,9 @@ impl Settings {
                 ann("latency-histograms"),
             )?,
             spread: parse_bool("faasd.dev/spread", ann("spread"))?,
+            socket_activation: ann("socket-activation")
+                .map(|v| parse_bool("faasd.dev/socket-activation", Some(v)))
+                .transpose()?,
         })
     }
 }
@@ -707,6 +726,7 @@ const KNOWN_ANNOTATIONS: &[&str] = &[
     "pids-max",
     "scale-down-delay",
     "spread",
+    "socket-activation",
 ];
 
 /// A list of prefixes, as systemd writes them: addresses or prefixes, or `any`, `localhost`,

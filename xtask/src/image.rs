@@ -6,6 +6,9 @@
 //!   `dev.faasd.socket-activation=true`): the activation shim passes them.
 //! - `localhost/hello-port:latest` is the same program told to bind port 8080 itself, as
 //!   every OpenFaaS watchdog image does: faasd forwards connections to it.
+//! - `localhost/hello-unlabeled:latest` takes its sockets like `hello` but lacks the label,
+//!   as a socket-activatable image built elsewhere would: deployed with
+//!   `faasd.dev/socket-activation=true`.
 
 use std::{
     path::{Path, PathBuf},
@@ -33,6 +36,11 @@ const SAMPLES: &[Sample] = &[
     Sample {
         name: "hello-port",
         env: &["PORT=8080"],
+        socket_activation: false,
+    },
+    Sample {
+        name: "hello-unlabeled",
+        env: &[],
         socket_activation: false,
     },
 ];

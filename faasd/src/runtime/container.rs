@@ -151,6 +151,8 @@ pub struct ContainerRuntime {
     cpu_millis: Option<u64>,
     /// Port forced by `faasd.dev/image-port`.
     image_port: Option<u16>,
+    /// What the deployment says of the image's sockets, over its label.
+    socket_activation: Option<bool>,
     secrets: Vec<(String, PathBuf)>,
     config: OnceLock<ImageConfig>,
     /// Calls out: the rule each instance's cgroup gets.
@@ -182,6 +184,7 @@ impl ContainerRuntime {
             memory_limit: settings.memory_limit,
             cpu_millis: settings.cpu_millis,
             image_port: settings.image_port,
+            socket_activation: settings.socket_activation,
             secrets,
             config: OnceLock::new(),
         }
@@ -199,11 +202,12 @@ impl ContainerRuntime {
     }
 
     fn delivery(&self, config: &ImageConfig) -> Delivery {
-        match self.image_port {
-            Some(p) => Delivery::Forward(p),
-            None if config.socket_activated() => Delivery::Sockets,
+        match (self.image_port, self.socket_activation) {
+            (Some(p), _) => Delivery::Forward(p),
+            (None, Some(true)) => Delivery::Sockets,
+            (None, None) if config.socket_activated() => Delivery::Sockets,
             // OpenFaaS's watchdog images listen on 8080.
-            None => Delivery::Forward(8080),
+            (None, _) => Delivery::Forward(8080),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Container functions through a real containerd: the private one `cargo xtask test`
 //! starts, named by FAASD_TEST_CONTAINERD, holding the sample images
-//! `localhost/hello:latest` (takes sockets) and `localhost/hello-port:latest` (binds 8080).
+//! `localhost/hello:latest` (takes sockets) and `localhost/hello-port:latest` (binds 8080);
+//! `localhost/hello-unlabeled:latest` takes sockets without saying so in its label.
 //! What these tests find in containerd they check with `ctr`, an independent client.
 
 use std::{
@@ -394,6 +395,47 @@ fn an_image_that_binds_its_own_port_is_forwarded_to() {
         assert!(body.contains(&format!("request={}", i + 1)), "{body}");
     }
     let s = d.describe("ctr-port");
+    assert_eq!((s.state.activations, s.available_replicas), (1, 1));
+}
+
+/// An image that takes its sockets but lacks faasd's label is given them when the
+/// deployment says so (without the annotation it would be forwarded to a port it never
+/// binds).
+#[test]
+fn an_image_without_the_label_takes_its_sockets_when_the_deployment_says_so() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-unlabeled");
+    let _c = Cleanup {
+        socket: &socket,
+        names: &["ctr-unlabeled"],
+    };
+    let d = start(&ns, &socket);
+    let e = d
+        .cli(&[
+            "deploy",
+            "ctr-unlabeled",
+            "--image",
+            "localhost/hello-unlabeled:latest",
+            "-a",
+            "faasd.dev/socket-activation=yes",
+        ])
+        .unwrap_err();
+    assert!(e.contains("faasd.dev/socket-activation"), "{e}");
+    d.cli_ok(&[
+        "deploy",
+        "ctr-unlabeled",
+        "--image",
+        "localhost/hello-unlabeled:latest",
+        "-a",
+        "faasd.dev/socket-activation=true",
+    ]);
+    let addr = http(d.describe("ctr-unlabeled").address);
+    for i in 0..2 {
+        let (code, body) = ns.run(|| http_get(addr)).unwrap();
+        assert_eq!(code, 200, "call {i}: {body}\n{}", d.log());
+        assert!(body.contains(&format!("request={}", i + 1)), "{body}");
+    }
+    let s = d.describe("ctr-unlabeled");
     assert_eq!((s.state.activations, s.available_replicas), (1, 1));
 }
 
