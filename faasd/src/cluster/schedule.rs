@@ -186,6 +186,10 @@ pub(crate) fn load(functions: &BTreeMap<FunctionName, Placed>) -> BTreeMap<u16, 
 /// How many hosts a function runs on: its `com.openfaas.scale.min` when it asks to be
 /// spread (`faasd.dev/spread=true`), else one.
 fn wanted_hosts(d: &faasd_core::spec::Deployment) -> usize {
+    // Most functions are not spread: they cost no parse on each pass.
+    if d.annotations.get("faasd.dev/spread").is_none() {
+        return 1;
+    }
     match faasd_core::spec::Settings::parse(d) {
         Ok(s) if s.spread => s.min_scale.max(1) as usize,
         _ => 1,
