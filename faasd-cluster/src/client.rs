@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp, TxnResponse};
 
 /// How long one call to one member may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -226,6 +226,40 @@ impl Etcd {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         self.call_within(what, CALL_TIMEOUT, call).await
+    }
+
+    /// Runs a transaction (which must be safe to repeat: its comparisons decide) as
+    /// [`Etcd::call`] does.
+    pub async fn txn(&self, what: &'static str, txn: Txn) -> Result<TxnResponse, EtcdError> {
+        self.call(what, |mut c| {
+            let t = txn.clone();
+            async move { c.txn(t).await }
+        })
+        .await
+    }
+
+    /// Puts `value` at `key` unless the key exists; whether it was put.
+    pub async fn put_if_absent(
+        &self,
+        what: &'static str,
+        key: &str,
+        value: String,
+    ) -> Result<bool, EtcdError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        Ok(self.txn(what, txn).await?.succeeded())
+    }
+
+    /// Deletes `key`; whether it was there.
+    pub async fn delete(&self, what: &'static str, key: &str) -> Result<bool, EtcdError> {
+        let r = self
+            .call(what, |mut c| {
+                let k = key.to_owned();
+                async move { c.delete(k, None).await }
+            })
+            .await?;
+        Ok(r.deleted() > 0)
     }
 
     /// As [`Etcd::call`], giving each member `per_try` to answer.

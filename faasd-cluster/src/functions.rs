@@ -87,13 +87,7 @@ async fn swap(
             revision,
         )])
         .and_then([TxnOp::put(k.as_str(), v, None)]);
-    Ok(etcd
-        .call("changing a function", |mut c| {
-            let t = txn.clone();
-            async move { c.txn(t).await }
-        })
-        .await?
-        .succeeded())
+    Ok(etcd.txn("changing a function", txn).await?.succeeded())
 }
 
 /// Creates a function (not yet placed); `Err(existing)` when the name is taken. A retried
@@ -113,16 +107,7 @@ pub async fn create_function(
             unplaced: None,
         }),
     );
-    let txn = Txn::new()
-        .when([Compare::create_revision(k.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(k.as_str(), v, None)]);
-    let done = etcd
-        .call("deploying a function", |mut c| {
-            let t = txn.clone();
-            async move { c.txn(t).await }
-        })
-        .await?;
-    if done.succeeded() {
+    if etcd.put_if_absent("deploying a function", &k, v).await? {
         return Ok(Ok(()));
     }
     match read(etcd, f).await? {
@@ -135,17 +120,8 @@ pub async fn create_function(
 
 /// Creates a function already placed (a host's own, when it joins); whether it was new.
 pub async fn adopt_function(etcd: &Etcd, f: &FunctionName, p: &Placed) -> Result<bool, EtcdError> {
-    let (k, v) = (key(f), json(p));
-    let txn = Txn::new()
-        .when([Compare::create_revision(k.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(k.as_str(), v, None)]);
-    Ok(etcd
-        .call("adopting a host's function", |mut c| {
-            let t = txn.clone();
-            async move { c.txn(t).await }
-        })
-        .await?
-        .succeeded())
+    etcd.put_if_absent("adopting a host's function", &key(f), json(p))
+        .await
 }
 
 /// Replaces a function's deployment, keeping where it runs and its address; the record
@@ -168,15 +144,7 @@ pub async fn update_function(
 
 /// Removes a function; whether there was one.
 pub async fn delete_function(etcd: &Etcd, f: &FunctionName) -> Result<bool, EtcdError> {
-    let k = key(f);
-    let deleted = etcd
-        .call("removing a function", |mut c| {
-            let k = k.clone();
-            async move { c.delete(k, None).await }
-        })
-        .await?
-        .deleted();
-    Ok(deleted > 0)
+    etcd.delete("removing a function", &key(f)).await
 }
 
 /// What the scheduler decided for one function.
@@ -254,12 +222,7 @@ pub async fn place(
     }
     then.push(TxnOp::put(k.as_str(), json(&p), None));
     let txn = Txn::new().when(when).and_then(then);
-    let done = etcd
-        .call("placing a function", |mut c| {
-            let t = txn.clone();
-            async move { c.txn(t).await }
-        })
-        .await?;
+    let done = etcd.txn("placing a function", txn).await?;
     Ok(done.succeeded().then_some(p))
 }
 
@@ -288,12 +251,7 @@ pub async fn campaign(etcd: &Etcd, host: u16, lease: i64) -> Result<u16, EtcdErr
             Some(PutOptions::new().with_lease(lease)),
         )])
         .or_else([TxnOp::get(SCHEDULER, None::<GetOptions>)]);
-    let done = etcd
-        .call("choosing the scheduler", |mut c| {
-            let t = txn.clone();
-            async move { c.txn(t).await }
-        })
-        .await?;
+    let done = etcd.txn("choosing the scheduler", txn).await?;
     if done.succeeded() {
         return Ok(host);
     }
@@ -357,10 +315,7 @@ pub async fn watch_functions(
         etcd,
         FUNCTIONS,
         "the cluster's functions",
-        |k| {
-            let (namespace, name) = k.split_once('/')?;
-            Some((namespace.to_owned(), name.to_owned()))
-        },
+        crate::names::function_name,
         functions,
     )
     .await

@@ -88,12 +88,7 @@ pub async fn claim_host_number(etcd: &Etcd, name: &str) -> Result<u16, EtcdError
                 TxnOp::put(name_key.as_str(), number.to_string(), None),
                 TxnOp::put(format!("{NUMBERS}{number}"), name, None),
             ]);
-        let done = etcd
-            .call("claiming a host number", |mut c| {
-                let t = txn.clone();
-                async move { c.txn(t).await }
-            })
-            .await?;
+        let done = etcd.txn("claiming a host number", txn).await?;
         if done.succeeded() {
             return Ok(number);
         }

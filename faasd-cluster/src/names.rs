@@ -28,6 +28,12 @@ pub struct NameRecord {
 /// A function, as `(namespace, name)`.
 pub type FunctionName = (String, String);
 
+/// `<namespace>/<name>`, the rest of a key under a prefix of functions (or secrets).
+pub(crate) fn function_name(k: &str) -> Option<FunctionName> {
+    let (namespace, name) = k.split_once('/')?;
+    Some((namespace.to_owned(), name.to_owned()))
+}
+
 fn key((namespace, name): &FunctionName) -> String {
     format!("{NAMES}{namespace}/{name}")
 }
@@ -63,12 +69,9 @@ pub async fn delete_name(
     let txn = Txn::new()
         .when([Compare::value(k.as_str(), CompareOp::Equal, v)])
         .and_then([TxnOp::delete(k.as_str(), None)]);
-    etcd.call("withdrawing a function's name", |mut c| {
-        let t = txn.clone();
-        async move { c.txn(t).await }
-    })
-    .await
-    .map(drop)
+    etcd.txn("withdrawing a function's name", txn)
+        .await
+        .map(drop)
 }
 
 /// Keeps `names` every function's name in the cluster, until it has no receiver left.
@@ -76,15 +79,5 @@ pub async fn watch_names(
     etcd: Arc<Etcd>,
     names: watch::Sender<BTreeMap<FunctionName, NameRecord>>,
 ) {
-    crate::watch::follow(
-        etcd,
-        NAMES,
-        "the functions' names",
-        |k| {
-            let (namespace, name) = k.split_once('/')?;
-            Some((namespace.to_owned(), name.to_owned()))
-        },
-        names,
-    )
-    .await
+    crate::watch::follow(etcd, NAMES, "the functions' names", function_name, names).await
 }

@@ -42,25 +42,12 @@ pub async fn put_secret(
     let txn = Txn::new()
         .when([Compare::create_revision(k.as_str(), op, 0)])
         .and_then([TxnOp::put(k.as_str(), v, None)]);
-    Ok(etcd
-        .call("storing a secret", |mut c| {
-            let t = txn.clone();
-            async move { c.txn(t).await }
-        })
-        .await?
-        .succeeded())
+    Ok(etcd.txn("storing a secret", txn).await?.succeeded())
 }
 
 /// Deletes a secret; whether there was one.
 pub async fn delete_secret(etcd: &Etcd, secret: &FunctionName) -> Result<bool, EtcdError> {
-    let k = key(secret);
-    let r = etcd
-        .call("removing a secret", |mut c| {
-            let k = k.clone();
-            async move { c.delete(k, None).await }
-        })
-        .await?;
-    Ok(r.deleted() > 0)
+    etcd.delete("removing a secret", &key(secret)).await
 }
 
 /// Keeps `secrets` every sealed secret of the cluster's, until it has no receiver left.
@@ -72,10 +59,7 @@ pub async fn watch_secrets(
         etcd,
         SECRETS,
         "the cluster's secrets",
-        |k| {
-            let (namespace, name) = k.split_once('/')?;
-            Some((namespace.to_owned(), name.to_owned()))
-        },
+        crate::names::function_name,
         secrets,
     )
     .await
