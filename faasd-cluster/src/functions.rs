@@ -37,6 +37,9 @@ pub struct Placed {
     /// Why the scheduler found no host for it, while it found none.
     #[serde(default)]
     pub unplaced: Option<String>,
+    /// When it was first deployed, seconds since the epoch.
+    #[serde(default)]
+    pub created_at: u64,
 }
 
 fn key((namespace, name): &FunctionName) -> String {
@@ -44,6 +47,20 @@ fn key((namespace, name): &FunctionName) -> String {
 }
 
 impl Placed {
+    /// A function just deployed, not placed yet.
+    pub fn new(deployment: Deployment) -> Self {
+        Self {
+            deployment,
+            address: None,
+            host: None,
+            replicas: Vec::new(),
+            unplaced: None,
+            created_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+
     /// Whether host `h` runs it.
     pub fn runs_on(&self, h: u16) -> bool {
         self.host == Some(h) || self.replicas.contains(&h)
@@ -97,16 +114,7 @@ pub async fn create_function(
     f: &FunctionName,
     deployment: &Deployment,
 ) -> Result<Result<(), Placed>, EtcdError> {
-    let (k, v) = (
-        key(f),
-        json(&Placed {
-            deployment: deployment.clone(),
-            address: None,
-            host: None,
-            replicas: Vec::new(),
-            unplaced: None,
-        }),
-    );
+    let (k, v) = (key(f), json(&Placed::new(deployment.clone())));
     if etcd.put_if_absent("deploying a function", &k, v).await? {
         return Ok(Ok(()));
     }

@@ -205,6 +205,40 @@ pub struct FunctionStatus {
     pub host: Option<u16>,
 }
 
+impl FunctionStatus {
+    /// What its deployment says of a function (its name from `service`, its namespace
+    /// as validated), with no live state yet.
+    pub fn declared(
+        d: &faasd_core::spec::Deployment,
+        image: Option<&str>,
+        address: Ipv6Addr,
+        ports: Vec<Port>,
+        created_at: u64,
+    ) -> Self {
+        Self {
+            name: d.service.clone(),
+            image: image.unwrap_or_default().to_owned(),
+            namespace: d.namespace.clone().unwrap_or_default(),
+            env_process: d.env_process.clone().unwrap_or_default(),
+            env_vars: d.env_vars.to_btree(),
+            labels: d.labels.to_btree(),
+            annotations: d.annotations.to_btree(),
+            invocation_count: 0,
+            replicas: 0,
+            available_replicas: 0,
+            created_at: humantime::format_rfc3339_seconds(
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(created_at),
+            )
+            .to_string(),
+            address,
+            ports,
+            state: FunctionState::default(),
+            counters: Vec::new(),
+            host: None,
+        }
+    }
+}
+
 /// Counters of one function socket.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

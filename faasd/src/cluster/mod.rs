@@ -490,13 +490,7 @@ impl Cluster {
                 why: p.unplaced.unwrap_or_default(),
             }),
             Some(p) => Ok(p),
-            None => Ok(Placed {
-                deployment: d.clone(),
-                address: None,
-                host: None,
-                replicas: Vec::new(),
-                unplaced: None,
-            }),
+            None => Ok(Placed::new(d.clone())),
         }
     }
 
@@ -601,20 +595,20 @@ impl Cluster {
 
     /// A function this host ran before it joined: it becomes the cluster's, placed here at
     /// its address (unless the cluster has one of that name already).
-    pub async fn adopt(&self, d: &Deployment, address: Ipv6Addr) -> Result<(), ClusterError> {
+    pub async fn adopt(
+        &self,
+        d: &Deployment,
+        address: Ipv6Addr,
+        created_at: u64,
+    ) -> Result<(), ClusterError> {
         let f: FunctionName = (d.namespace.clone().unwrap_or_default(), d.service.clone());
-        faasd_cluster::adopt_function(
-            &self.membership.etcd,
-            &f,
-            &Placed {
-                deployment: d.clone(),
-                address: Some(address),
-                host: Some(self.membership.number),
-                replicas: Vec::new(),
-                unplaced: None,
-            },
-        )
-        .await?;
+        let p = Placed {
+            address: Some(address),
+            host: Some(self.membership.number),
+            created_at,
+            ..Placed::new(d.clone())
+        };
+        faasd_cluster::adopt_function(&self.membership.etcd, &f, &p).await?;
         Ok(())
     }
 

@@ -19,7 +19,6 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::SystemTime,
 };
 
 use faasd_common::{BindingKey, SlotCounters};
@@ -447,28 +446,20 @@ impl Daemon {
         read: &dyn Fn(u32) -> (SlotCounters, u64),
         queues: Option<&crate::sockdiag::Queues>,
     ) -> FunctionStatus {
-        let d = &f.record.spec.deployment;
         let state = f.handle.state.lock().expect("state lock").clone();
         FunctionStatus {
-            name: f.record.spec.name.clone(),
-            image: f.record.spec.image.clone().unwrap_or_default(),
-            namespace: f.record.spec.namespace.clone(),
-            env_process: d.env_process.clone().unwrap_or_default(),
-            env_vars: d.env_vars.to_btree(),
-            labels: d.labels.to_btree(),
-            annotations: d.annotations.to_btree(),
             invocation_count: f.invocations.load(Ordering::Relaxed),
             replicas: state.instances.len() as u32,
             available_replicas: state.instances.iter().filter(|i| i.ready).count() as u32,
-            created_at: humantime::format_rfc3339_seconds(
-                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(f.record.created_at),
-            )
-            .to_string(),
-            address: f.record.address,
-            ports: f.settings.ports.clone(),
             state,
             counters: Self::port_counters(f, read, queues),
-            host: None,
+            ..FunctionStatus::declared(
+                &f.record.spec.deployment,
+                f.record.spec.image.as_deref(),
+                f.record.address,
+                f.settings.ports.clone(),
+                f.record.created_at,
+            )
         }
     }
 

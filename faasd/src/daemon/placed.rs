@@ -13,7 +13,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv6Addr,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use faasd_cluster::{FunctionName, Placed};
@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::{Daemon, DaemonError};
 use crate::{
     cluster::{Cluster, Functions},
-    status::{FunctionState, FunctionStatus},
+    status::FunctionStatus,
 };
 
 /// How often the follower looks again when nothing changed.
@@ -176,7 +176,10 @@ impl Daemon {
         let mut adopted = Vec::new();
         for f in self.all() {
             let spec = &f.record.spec;
-            match c.adopt(&spec.deployment, f.record.address).await {
+            match c
+                .adopt(&spec.deployment, f.record.address, f.record.created_at)
+                .await
+            {
                 Ok(()) => adopted.push((spec.namespace.clone(), spec.name.clone())),
                 Err(e) => tracing::error!("cluster: adopting {}: {e}", spec.id()),
             }
@@ -364,21 +367,13 @@ pub(super) fn add_elsewhere(c: &Cluster, namespace: Option<&str>, list: &mut Vec
 pub(super) fn placed_status(p: &Placed) -> FunctionStatus {
     let d = &p.deployment;
     FunctionStatus {
-        name: d.service.clone(),
-        image: d.image.clone().unwrap_or_default(),
-        namespace: d.namespace.clone().unwrap_or_default(),
-        env_process: d.env_process.clone().unwrap_or_default(),
-        env_vars: d.env_vars.to_btree(),
-        labels: d.labels.to_btree(),
-        annotations: d.annotations.to_btree(),
-        invocation_count: 0,
-        replicas: 0,
-        available_replicas: 0,
-        created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        address: p.address.unwrap_or(Ipv6Addr::UNSPECIFIED),
-        ports: Settings::parse(d).map(|s| s.ports).unwrap_or_default(),
-        state: FunctionState::default(),
-        counters: Vec::new(),
         host: p.host,
+        ..FunctionStatus::declared(
+            d,
+            d.image.as_deref(),
+            p.address.unwrap_or(Ipv6Addr::UNSPECIFIED),
+            Settings::parse(d).map(|s| s.ports).unwrap_or_default(),
+            p.created_at,
+        )
     }
 }
