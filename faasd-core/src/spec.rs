@@ -341,6 +341,9 @@ pub struct Settings {
     /// Images: whether the instance takes its sockets, when the deployment says so
     /// (else the image's label does).
     pub socket_activation: Option<bool>,
+    /// Images that bind their own port: the HTTP path that answers 2xx once an instance
+    /// is ready (`com.openfaas.ready.http.path`, as OpenFaaS's readiness probe).
+    pub ready_path: Option<String>,
 }
 
 /// A function as faasd stores it: the request, validated, with its identity split out.
@@ -417,6 +420,12 @@ impl FunctionSpec {
         }
         if image.is_none() && settings.image_port.is_some() {
             return bad("faasd.dev/image-port applies to container images only");
+        }
+        if image.is_none() && settings.ready_path.is_some() {
+            return bad(format!(
+                "{READY_PATH_ANNOTATION} applies to container images only (a process \
+                 function says it is ready with READY=1 and faasd.dev/notify=true)"
+            ));
         }
         if image.is_none() && settings.socket_activation.is_some() {
             return bad(
@@ -659,6 +668,22 @@ impl Settings {
                 "faasd.dev/image-port forwards one tcp port: give faasd.dev/ports one tcp port",
             );
         }
+        let ready_path = d.annotations.get(READY_PATH_ANNOTATION).cloned();
+        if let Some(p) = &ready_path
+            && (!p.starts_with('/')
+                || p.bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()))
+        {
+            return bad(format!(
+                "{READY_PATH_ANNOTATION}: {p:?} is not a URL path (it starts with / and has no spaces)"
+            ));
+        }
+        if ready_path.is_some() && ann("socket-activation").is_some_and(|v| v.trim() == "true") {
+            return bad(format!(
+                "{READY_PATH_ANNOTATION} is asked of an image that binds its own port, \
+                 while faasd.dev/socket-activation=true passes it the sockets"
+            ));
+        }
         let policy = Policy {
             allow: parse_prefixes("faasd.dev/ip-address-allow", ann("ip-address-allow"), false)?,
             deny: parse_prefixes("faasd.dev/ip-address-deny", ann("ip-address-deny"), false)?,
@@ -704,9 +729,13 @@ impl Settings {
             socket_activation: ann("socket-activation")
                 .map(|v| parse_bool("faasd.dev/socket-activation", Some(v)))
                 .transpose()?,
+            ready_path,
         })
     }
 }
+
+/// OpenFaaS's annotation for the path its readiness probe asks.
+pub const READY_PATH_ANNOTATION: &str = "com.openfaas.ready.http.path";
 
 const KNOWN_ANNOTATIONS: &[&str] = &[
     "ports",

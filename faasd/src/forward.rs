@@ -8,6 +8,10 @@
 //! both ways. Each instance has its path into its namespace; one accept loop per function
 //! hands each connection to the instance carrying the fewest. This is a proxy hop that socket passing avoids: `cargo xtask bench` measures
 //! what it costs.
+//!
+//! An instance is ready once it accepts on its port, or, for an image that says how
+//! (OpenFaaS's watchdogs and `com.openfaas.ready.http.path`), once a GET of its readiness
+//! path answers 2xx: the watchdogs bind their port before their handler is up.
 
 use std::{
     io,
@@ -27,7 +31,23 @@ use crate::sockets;
 /// How often an instance that has not bound its port yet is tried again.
 const PROBE_INTERVAL: Duration = Duration::from_millis(2);
 
+/// How long one readiness request may take before it is tried again.
+const READY_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
 type Reply = oneshot::Sender<io::Result<std::net::TcpStream>>;
+
+/// Where and how an instance of an image that binds its own port is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The port the image binds in its network namespace.
+    pub port: u16,
+    /// The HTTP path that answers 2xx once the instance is ready; `None`: ready once the
+    /// port accepts.
+    pub ready_path: Option<String>,
+    /// Most connections an instance takes at once (of-watchdog's `max_inflight`, which
+    /// answers 429 beyond it); more wait in the function's queue.
+    pub max_inflight: Option<u32>,
+}
 
 /// Makes connections from inside one instance's network namespace: a thread that entered
 /// the namespace and connects on request (a thread, because entering a namespace changes
@@ -99,23 +119,55 @@ pub struct Path {
     open: Arc<AtomicU32>,
 }
 
-/// Waits until the instance `pid` accepts on `port` (or `deadline` passes, which the
+/// Waits until the instance `pid` is ready on `upstream` (or `deadline` passes, which the
 /// start's own timeout reports): then it has a path.
-pub async fn probe(pid: i32, connector: Connector, port: u16, deadline: Instant) -> Option<Path> {
+pub async fn probe(
+    pid: i32,
+    connector: Connector,
+    upstream: &Upstream,
+    deadline: Instant,
+) -> Option<Path> {
+    let port = upstream.port;
     loop {
-        match connector.connect(port).await {
-            Ok(s) => {
-                return Some(Path {
-                    pid,
-                    connector,
-                    port,
-                    spare: Mutex::new(Some(s)),
-                    open: Arc::default(),
-                });
-            }
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(PROBE_INTERVAL).await,
-            Err(_) => return None,
+        let ready = match connector.connect(port).await {
+            // A readiness request's connection is spent; a bare connect's is kept for the
+            // first client.
+            Ok(s) => match &upstream.ready_path {
+                None => Some(Some(s)),
+                Some(path) => ready(s, path).await.then_some(None),
+            },
+            Err(_) => None,
+        };
+        if let Some(spare) = ready {
+            return Some(Path {
+                pid,
+                connector,
+                port,
+                spare: Mutex::new(spare),
+                open: Arc::default(),
+            });
         }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// Whether `GET path` on `s` answers 2xx.
+async fn ready(mut s: TcpStream, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        // The status line is all it takes: `HTTP/1.1 200`.
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await?;
+        io::Result::Ok(head)
+    };
+    match tokio::time::timeout(READY_REQUEST_TIMEOUT, exchange).await {
+        Ok(Ok(head)) => head.starts_with(b"HTTP/1.") && head[9] == b'2',
+        _ => false,
     }
 }
 
@@ -126,17 +178,21 @@ pub struct Paths {
     /// Connections an instance carries before the next goes to another (a capacity
     /// target); `None`: no limit.
     limit: Option<u32>,
+    /// Connections an instance carries at most; beyond, connections wait in the queue.
+    most: Option<u32>,
     /// Instances the function aims for: while fewer have a path and every one is at its
     /// limit, connections wait in the queue for the coming ones.
     wanted: AtomicU32,
 }
 
 impl Paths {
-    /// No paths yet; `limit` connections per instance while more instances are coming.
-    pub fn new(limit: Option<u32>) -> Self {
+    /// No paths yet; `limit` connections per instance while more instances are coming,
+    /// never more than `most`.
+    pub fn new(limit: Option<u32>, most: Option<u32>) -> Self {
         Self {
             paths: Mutex::default(),
             limit,
+            most,
             wanted: AtomicU32::new(0),
         }
     }
@@ -167,17 +223,17 @@ impl Paths {
     }
 
     /// The path for the next connection: the one carrying the fewest, unless all are at
-    /// the limit and another instance is coming.
+    /// the limit and another instance is coming, or all carry the most they take.
     fn pick(&self) -> Option<Arc<Path>> {
         let paths = self.lock();
         let least = paths
             .iter()
             .min_by_key(|p| p.open.load(Ordering::Relaxed))?;
-        let full = self
-            .limit
-            .is_some_and(|l| least.open.load(Ordering::Relaxed) >= l);
+        let open = least.open.load(Ordering::Relaxed);
+        let full = self.limit.is_some_and(|l| open >= l);
         let coming = (paths.len() as u32) < self.wanted.load(Ordering::Relaxed);
-        (!(full && coming)).then(|| least.clone())
+        let at_most = self.most.is_some_and(|m| open >= m);
+        (!(at_most || full && coming)).then(|| least.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Path>>> {

@@ -9,6 +9,16 @@
 //! - `localhost/hello-unlabeled:latest` takes its sockets like `hello` but lacks the label,
 //!   as a socket-activatable image built elsewhere would: deployed with
 //!   `faasd.dev/socket-activation=true`.
+//!
+//! With OpenFaaS's watchdogs at hand (see `openfaas.rs`), images built the way OpenFaaS's
+//! templates build them: the watchdog is the entrypoint (`/fwatchdog`, listening on 8080)
+//! and the environment says what it runs.
+//! - `localhost/of-watchdog-streaming:latest`: of-watchdog pipes each request through
+//!   `hello --handler`;
+//! - `localhost/of-watchdog-http:latest`: of-watchdog starts `hello` once (on port 3000)
+//!   and forwards each request to it;
+//! - `localhost/classic-watchdog:latest`: the classic watchdog runs `hello --handler` per
+//!   request.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,13 +28,19 @@ use std::{
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::{Result, root, run, step};
+use crate::{
+    Result,
+    openfaas::{CLASSIC_WATCHDOG, OF_WATCHDOG, Tool},
+    root, run, step,
+};
 
 /// One sample image.
 struct Sample {
     name: &'static str,
     env: &'static [&'static str],
     socket_activation: bool,
+    /// The watchdog that is its entrypoint, if any.
+    watchdog: Option<&'static Tool>,
 }
 
 const SAMPLES: &[Sample] = &[
@@ -32,16 +48,42 @@ const SAMPLES: &[Sample] = &[
         name: "hello",
         env: &[],
         socket_activation: true,
+        watchdog: None,
     },
     Sample {
         name: "hello-port",
         env: &["PORT=8080"],
         socket_activation: false,
+        watchdog: None,
     },
     Sample {
         name: "hello-unlabeled",
         env: &[],
         socket_activation: false,
+        watchdog: None,
+    },
+    Sample {
+        name: "of-watchdog-streaming",
+        env: &["fprocess=/hello --handler", "mode=streaming"],
+        socket_activation: false,
+        watchdog: Some(&OF_WATCHDOG),
+    },
+    Sample {
+        name: "of-watchdog-http",
+        env: &[
+            "fprocess=/hello",
+            "mode=http",
+            "upstream_url=http://127.0.0.1:3000",
+            "PORT=3000",
+        ],
+        socket_activation: false,
+        watchdog: Some(&OF_WATCHDOG),
+    },
+    Sample {
+        name: "classic-watchdog",
+        env: &["fprocess=/hello --handler"],
+        socket_activation: false,
+        watchdog: Some(&CLASSIC_WATCHDOG),
     },
 ];
 
@@ -76,19 +118,35 @@ pub fn build() -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for s in SAMPLES {
+        let watchdog = match s.watchdog {
+            None => None,
+            Some(tool) => match tool.report() {
+                Some(p) => Some(std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?),
+                None => continue,
+            },
+        };
         let path = dir.join(format!("{}.tar", s.name));
         let mut labels = serde_json::Map::new();
         if s.socket_activation {
             labels.insert("dev.faasd.socket-activation".into(), "true".into());
         }
+        let entrypoint = if watchdog.is_some() {
+            "/fwatchdog"
+        } else {
+            "/hello"
+        };
         let config = json!({
-            "Entrypoint": ["/hello"],
+            "Entrypoint": [entrypoint],
             "Env": s.env,
             "WorkingDir": "/",
             "Labels": labels,
         });
         let name = format!("localhost/{}:latest", s.name);
-        write_archive(&path, &name, &[("hello", &program, 0o755)], config)?;
+        let mut files = vec![("hello", program.as_slice(), 0o755)];
+        if let Some(w) = &watchdog {
+            files.push(("fwatchdog", w.as_slice(), 0o755));
+        }
+        write_archive(&path, &name, &files, config)?;
         println!("    ✓ {name} → {}", path.display());
         out.push(path);
     }

@@ -9,6 +9,7 @@
 mod containerd;
 mod dist;
 mod image;
+mod openfaas;
 mod setup;
 
 use std::{
@@ -280,10 +281,20 @@ fn test(args: &[String]) -> Result {
         &root().join("target/dist-test"),
         dist::Compression::Test,
     )?;
+    step("OpenFaaS's tools for the tests");
+    let tools: Vec<(&str, PathBuf)> = [
+        openfaas::FAAS_CLI,
+        openfaas::OF_WATCHDOG,
+        openfaas::CLASSIC_WATCHDOG,
+    ]
+    .iter()
+    .filter_map(|t| t.report().map(|p| (t.var, p)))
+    .collect();
     step("running every test (unit and privileged integration tests)");
     run(cargo()
         .arg("test")
         .args(&extra)
+        .envs(tools)
         .env("FAASD_TEST_STRICT", "1")
         .env("FAASD_TEST_CONTAINERD", &ctr.socket)
         .env("FAASD_TEST_SCHEMATHESIS", &schemathesis)

@@ -128,6 +128,11 @@ impl ContainerHost {
     }
 }
 
+/// The watchdogs' readiness path.
+const WATCHDOG_HEALTH: &str = "/_/health";
+/// The watchdogs' variable for the requests an instance takes at once.
+const MAX_INFLIGHT: &str = "max_inflight";
+
 /// How an instance's connections reach it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -153,6 +158,10 @@ pub struct ContainerRuntime {
     image_port: Option<u16>,
     /// What the deployment says of the image's sockets, over its label.
     socket_activation: Option<bool>,
+    /// `com.openfaas.ready.http.path`.
+    ready_path: Option<String>,
+    /// The deployment's `max_inflight` (over the image's), for the watchdog's limit.
+    max_inflight: Option<String>,
     secrets: Vec<(String, PathBuf)>,
     config: OnceLock<ImageConfig>,
     /// Calls out: the rule each instance's cgroup gets.
@@ -185,6 +194,8 @@ impl ContainerRuntime {
             cpu_millis: settings.cpu_millis,
             image_port: settings.image_port,
             socket_activation: settings.socket_activation,
+            ready_path: settings.ready_path.clone(),
+            max_inflight: d.env_vars.get(MAX_INFLIGHT).cloned(),
             secrets,
             config: OnceLock::new(),
         }
@@ -639,11 +650,30 @@ impl Runtime for ContainerRuntime {
         }
     }
 
-    fn forward_port(&self) -> Option<u16> {
-        match self.config.get().map(|c| self.delivery(c)) {
-            Some(Delivery::Forward(p)) => Some(p),
-            _ => None,
-        }
+    fn upstream(&self) -> Option<crate::forward::Upstream> {
+        let config = self.config.get()?;
+        let Delivery::Forward(port) = self.delivery(config) else {
+            return None;
+        };
+        let image_env = |k: &str| config.env.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+        // OpenFaaS's watchdogs (found by the `fprocess` they run) answer /_/health once
+        // their handler is up, though they bind the port before.
+        let watchdog = self.env_process.is_some() || image_env("fprocess").is_some();
+        let ready_path = self
+            .ready_path
+            .clone()
+            .or_else(|| watchdog.then(|| WATCHDOG_HEALTH.to_owned()));
+        let max_inflight = self
+            .max_inflight
+            .as_ref()
+            .or_else(|| image_env(MAX_INFLIGHT))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|n| *n > 0);
+        Some(crate::forward::Upstream {
+            port,
+            ready_path,
+            max_inflight,
+        })
     }
 }
 

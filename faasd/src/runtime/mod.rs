@@ -153,9 +153,9 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// says how it ended.
     async fn reap(&self, instance: &Instance) -> String;
 
-    /// The port inside the instance's network namespace that faasd forwards connections
-    /// to, for images that bind their own port instead of taking sockets.
-    fn forward_port(&self) -> Option<u16> {
+    /// Where inside the instance's network namespace faasd forwards connections, for
+    /// images that bind their own port instead of taking sockets.
+    fn upstream(&self) -> Option<crate::forward::Upstream> {
         None
     }
 }

@@ -108,6 +108,8 @@ enum Event {
     Command(Command),
     Exited(i32),
     Notice(i32, Notice),
+    /// A forwarded instance's probe passed: it is ready.
+    Reachable(i32),
     Started(Started),
     Reaped(Box<Running>, String),
 }
@@ -434,6 +436,7 @@ impl Supervisor {
             }) => self.end(Some(done), stop_instances),
             Event::Exited(pid) => self.on_exit(pid),
             Event::Notice(pid, n) => self.on_notice(pid, n),
+            Event::Reachable(pid) => self.set_ready(pid),
             Event::Started(s) => self.on_started(s),
             Event::Reaped(r, how) => self.on_reaped(*r, &how),
         }
@@ -974,11 +977,11 @@ impl Supervisor {
             t.task_started_ns = instance.milestones.started_ns;
             t.running_ns = s.running_ns;
         }
-        let forward = self.ctx.runtime.forward_port();
+        let forward = self.ctx.runtime.upstream();
         let ready = !self.ctx.settings.notify && forward.is_none();
         self.track(instance, ready, Some(s.output));
-        if let Some(port) = forward
-            && let Err(e) = self.forward(pid, port)
+        if let Some(upstream) = forward
+            && let Err(e) = self.forward(pid, upstream)
         {
             self.kill_failed(pid, format!("instance {}: {e}", s.id));
         }
@@ -989,7 +992,7 @@ impl Supervisor {
 
     /// For an image that binds its own port: forward the function's connections to it
     /// once it accepts there, which is when the instance counts as ready.
-    fn forward(&mut self, pid: i32, port: u16) -> Result<(), String> {
+    fn forward(&mut self, pid: i32, upstream: crate::forward::Upstream) -> Result<(), String> {
         // faasd alone accepts on the sockets of such a function.
         for s in self.sockets.iter() {
             sockets::set_nonblocking(s).map_err(|e| format!("forwarding: {e}"))?;
@@ -1013,7 +1016,7 @@ impl Supervisor {
                     .as_ref()
                     .filter(|a| a.kind == ScaleType::Capacity)
                     .map(faasd_core::spec::Autoscale::connections_per_instance);
-                let paths = Arc::new(crate::forward::Paths::new(limit));
+                let paths = Arc::new(crate::forward::Paths::new(limit, upstream.max_inflight));
                 paths.set_wanted(self.target);
                 let task = tokio::spawn(crate::forward::serve(watched, paths.clone()));
                 self.forwarding = Some((paths.clone(), task.abort_handle()));
@@ -1021,9 +1024,9 @@ impl Supervisor {
             }
         };
         let probe = tokio::spawn(async move {
-            if let Some(path) = crate::forward::probe(pid, connector, port, deadline).await {
+            if let Some(path) = crate::forward::probe(pid, connector, &upstream, deadline).await {
                 paths.add(path);
-                let _ = mailbox.post(Event::Notice(pid, Notice::Ready));
+                let _ = mailbox.post(Event::Reachable(pid));
             }
         });
         if let Some(r) = self.instances.get_mut(&pid) {
@@ -1089,17 +1092,25 @@ impl Supervisor {
             return;
         };
         match n {
-            Notice::Ready => {
-                let first = !r.ready;
-                r.ready = true;
-                r.last_watchdog = Instant::now();
-                if first {
-                    self.mark_ready();
-                }
-            }
+            // A forwarded instance is ready when faasd reaches it (its probe), whatever it
+            // says of itself.
+            Notice::Ready if self.forwarding.is_some() => r.last_watchdog = Instant::now(),
+            Notice::Ready => self.set_ready(pid),
             Notice::Watchdog => r.last_watchdog = Instant::now(),
             Notice::Status(s) => r.status = Some(s),
             Notice::Stopping => {}
+        }
+    }
+
+    fn set_ready(&mut self, pid: i32) {
+        let Some(r) = self.instances.get_mut(&pid) else {
+            return;
+        };
+        let first = !r.ready;
+        r.ready = true;
+        r.last_watchdog = Instant::now();
+        if first {
+            self.mark_ready();
         }
     }
 

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use crate::{
-    harness::{Daemon, Netns},
+    harness::{Daemon, Netns, Received, Receiver},
     require_privileges,
 };
 
@@ -533,46 +533,8 @@ fn an_async_call_answers_202_and_posts_the_result_to_the_callback() {
     let ns = Netns::new("async");
     let d = Daemon::start(&ns);
     d.deploy_hello("later", &[]);
-    // The callback's receiver, in the test's namespace.
-    let listener = ns.run(|| std::net::TcpListener::bind("[::1]:0").unwrap());
-    let port = listener.local_addr().unwrap().port();
-    let received = std::thread::spawn(move || {
-        use std::io::{BufRead, Read};
-        // The callback must come within 20 s; the test fails rather than hangs.
-        listener.set_nonblocking(true).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        let conn = loop {
-            match listener.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-                Err(e) => panic!("no callback within 20 s: {e}"),
-            }
-        };
-        conn.set_nonblocking(false).unwrap();
-        conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-            .unwrap();
-        let mut r = std::io::BufReader::new(conn);
-        let mut head = String::new();
-        let mut len = 0;
-        loop {
-            let mut line = String::new();
-            r.read_line(&mut line).unwrap();
-            if let Some((k, v)) = line.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                len = v.trim().parse().unwrap();
-            }
-            head.push_str(&line);
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-        }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body).unwrap();
-        (head, String::from_utf8_lossy(&body).into_owned())
-    });
+    let receiver = Receiver::start(&ns);
+    let port = receiver.port;
     let (code, _) = d.api_with_headers(
         "POST",
         "/async-function/later",
@@ -580,8 +542,9 @@ fn an_async_call_answers_202_and_posts_the_result_to_the_callback() {
         "ping",
     );
     assert_eq!(code, 202);
-    let (head, body) = received.join().unwrap();
-    let head = head.to_lowercase();
+    let Received { head, body } = receiver
+        .next(std::time::Duration::from_secs(20))
+        .expect("a callback within 20 s");
     assert!(head.starts_with("post /done "), "{head}");
     assert!(head.contains("x-function-status: 200"), "{head}");
     assert!(

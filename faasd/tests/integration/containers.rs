@@ -17,16 +17,17 @@ use crate::harness::{
 };
 
 /// The containerd the tests use, or `None` (the test then skips with a message).
-fn containerd() -> Option<PathBuf> {
+pub fn containerd() -> Option<PathBuf> {
     std::env::var_os("FAASD_TEST_CONTAINERD").map(PathBuf::from)
 }
 
 /// Binds `$socket` to the test containerd's socket, or skips the test with a message.
+#[macro_export]
 macro_rules! require_containerd {
     ($socket:ident) => {
         $crate::require_privileges!();
-        let Some($socket) = containerd() else {
-            crate::harness::skip(
+        let Some($socket) = $crate::containers::containerd() else {
+            $crate::harness::skip(
                 "no containerd for the tests (cargo xtask test starts one and sets \
                  FAASD_TEST_CONTAINERD)",
             );
@@ -60,9 +61,9 @@ fn leftovers(socket: &Path, name: &str, daemon_pid: i32) -> Vec<String> {
 /// Removes what a test left in containerd for its functions: the daemon is killed with
 /// SIGKILL at the end of a test, and containers outlive it. Declared after the namespace
 /// and before the daemon, so it runs between the two.
-struct Cleanup<'a> {
-    socket: &'a PathBuf,
-    names: &'a [&'a str],
+pub struct Cleanup<'a> {
+    pub socket: &'a PathBuf,
+    pub names: &'a [&'a str],
 }
 
 impl Drop for Cleanup<'_> {
@@ -92,11 +93,11 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-fn start<'a>(ns: &'a Netns, socket: &PathBuf) -> Daemon<'a> {
+pub fn start<'a>(ns: &'a Netns, socket: &PathBuf) -> Daemon<'a> {
     Daemon::start_with(ns, &format!("containerd = {socket:?}\n"))
 }
 
-fn http(addr: Ipv6Addr) -> SocketAddr {
+pub fn http(addr: Ipv6Addr) -> SocketAddr {
     SocketAddr::from((addr, 8080))
 }
 

@@ -556,15 +556,116 @@ pub fn http_get(addr: SocketAddr) -> std::io::Result<(u16, String)> {
 
 /// One HTTP GET of `path` over a new connection (call inside the namespace).
 pub fn http_get_path(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, "")
+}
+
+/// One HTTP/1.1 request with `body` (sent when not empty); (status, body).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     Ok(parse_response(&resp))
+}
+
+/// An HTTP server on the loopback of a test namespace that answers 200 to every request
+/// and keeps what it got (the requests faasd's async calls POST their results with).
+pub struct Receiver {
+    /// Its port on `[::1]`.
+    pub port: u16,
+    got: std::sync::mpsc::Receiver<Received>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// One request a [`Receiver`] got: its head (request line and headers, lowercased) and body.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub head: String,
+    pub body: String,
+}
+
+impl Received {
+    /// The value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    }
+}
+
+impl Receiver {
+    pub fn start(ns: &Netns) -> Self {
+        let listener = ns.run(|| std::net::TcpListener::bind("[::1]:0").unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, got) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        if let Some(r) = receive(conn) {
+                            let _ = tx.send(r);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Self { port, got, stop }
+    }
+
+    /// The next request, if one comes within `within`.
+    pub fn next(&self, within: Duration) -> Option<Received> {
+        self.got.recv_timeout(within).ok()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn receive(conn: TcpStream) -> Option<Received> {
+    use std::io::BufRead;
+    conn.set_nonblocking(false).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let mut r = std::io::BufReader::new(conn.try_clone().ok()?);
+    let mut head = String::new();
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).ok()?;
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().ok()?;
+        }
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line.to_lowercase());
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    let _ = (&conn).write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    Some(Received {
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 /// The `instance=` a hello response names.

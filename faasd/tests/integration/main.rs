@@ -15,6 +15,7 @@ mod dataplane;
 mod dns;
 mod egress;
 mod nspawn;
+mod openfaas;
 mod policy;
 mod restart;
 mod sandbox;

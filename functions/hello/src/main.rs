@@ -24,7 +24,11 @@
 //! addresses, through the system's resolver); `/threads/<n>` (starts n threads, to see a
 //! pids limit at work), `/work/<ms>` (that much CPU time, for the autoscaler),
 //! `/unshare` (tries to make a user namespace, to see a system call
-//! filter at work).
+//! filter at work), `/status/<code>` (answers with that status, for readiness checks).
+//!
+//! `hello --handler` is instead an OpenFaaS watchdog's `fprocess`: it reads the request's
+//! body from stdin and writes its answer to stdout, after sleeping when the watchdog's
+//! `Http_Path` is `/sleep/<ms>` (to hold a request in flight).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -74,19 +78,27 @@ fn serve(mut stream: TcpStream, accepted_ns: u64) -> std::io::Result<()> {
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut content_length = 0usize;
+    let mut chunked = false;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
             break;
         }
-        if let Some((k, v)) = line.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            content_length = v.trim().parse().unwrap_or(0);
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                content_length = v.trim().parse().unwrap_or(0);
+            } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = v.trim().eq_ignore_ascii_case("chunked");
+            }
         }
     }
-    let mut body = vec![0u8; content_length.min(1 << 20)];
-    reader.read_exact(&mut body)?;
+    let body = if chunked {
+        read_chunked(&mut reader)?
+    } else {
+        let mut body = vec![0u8; content_length.min(1 << 20)];
+        reader.read_exact(&mut body)?;
+        body
+    };
     let n = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
     let mut text = match inspect(path) {
@@ -106,14 +118,41 @@ fn serve(mut stream: TcpStream, accepted_ns: u64) -> std::io::Result<()> {
             String::from_utf8_lossy(&body)
         ));
     }
+    let status: u16 = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse().ok())
+        .filter(|c| (200..600).contains(c))
+        .unwrap_or(200);
     write!(
         stream,
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Instance: {}\r\n\
+        "HTTP/1.1 {status} Status\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Instance: {}\r\n\
          X-Accepted-Ns: {accepted_ns}\r\nConnection: close\r\n\r\n{text}",
         text.len(),
         instance(),
     )?;
     stream.flush()
+}
+
+/// A chunked request body (as of-watchdog's http mode forwards one), up to 1 MiB.
+fn read_chunked(reader: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size)?;
+        let size = size.split(';').next().unwrap_or("").trim();
+        let n = usize::from_str_radix(size, 16)
+            .map_err(|_| std::io::Error::other(format!("bad chunk size {size:?}")))?;
+        let mut chunk = vec![0u8; n + 2];
+        reader.read_exact(&mut chunk)?;
+        if n == 0 {
+            // The trailer section ends with an empty line; there are no trailers here.
+            return Ok(body);
+        }
+        if body.len() + n > 1 << 20 {
+            return Err(std::io::Error::other("body larger than 1 MiB"));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
 }
 
 fn socket_type(fd: i32) -> i32 {
@@ -298,7 +337,21 @@ fn call_out(target: &str) -> String {
     format!("cannot connect to {target}: {last}\n")
 }
 
+/// One request as a watchdog's handler.
+fn handle_stdin() {
+    let mut body = String::new();
+    let _ = std::io::stdin().read_to_string(&mut body);
+    let path = std::env::var("Http_Path").unwrap_or_default();
+    if let Some(ms) = path.strip_prefix("/sleep/").and_then(|m| m.parse().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    print!("handled by {} path={path} body={body}", std::process::id());
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--handler") {
+        return handle_stdin();
+    }
     // HELLO_SIGTERM=default leaves SIGTERM's default action, as most small servers do (the
     // tests' way to check that faasd's init stops such a program).
     if std::env::var_os("HELLO_SIGTERM").is_none_or(|v| v != "default") {
