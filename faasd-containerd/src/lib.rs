@@ -4,8 +4,8 @@
 //! cannot take it half-way.
 //!
 //! [`image`] reads image configs from containerd's content store, [`pull`] fetches images
-//! from OCI registries, [`import`] loads OCI archives, and [`oci`] writes the runtime spec
-//! each container gets.
+//! from OCI registries with what [`credentials`] finds for them, [`import`] loads OCI
+//! archives, and [`oci`] writes the runtime spec each container gets.
 #![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use containerd_client::{
     tonic::{self, Request, metadata::MetadataValue, transport::Channel},
 };
 
+pub mod credentials;
 pub mod image;
 pub mod import;
 mod ingest;
@@ -96,6 +97,8 @@ impl ContainerdError {
 pub struct Containerd {
     socket: PathBuf,
     channel: Channel,
+    /// Credentials and CAs for pulls.
+    registries: credentials::Registries,
 }
 
 impl Containerd {
@@ -111,15 +114,27 @@ impl Containerd {
         let channel = containerd_client::connect(socket)
             .await
             .map_err(|e| unreachable(format!("{e}")))?;
+        let defaults = faasd_core::config::Config::default();
         let this = Self {
             socket: socket.to_owned(),
             channel,
+            registries: credentials::Registries::new(
+                defaults.docker_config(),
+                defaults.registry_certs_dir,
+            ),
         };
         VersionClient::new(this.channel.clone())
             .version(())
             .await
             .map_err(|s| unreachable(s.message().to_owned()))?;
         Ok(this)
+    }
+
+    /// Pulls with the credentials and CAs `registries` has (the default: faasd's default
+    /// state directory's `.docker/config.json`, and `/etc/docker/certs.d`).
+    pub fn with_registries(mut self, registries: credentials::Registries) -> Self {
+        self.registries = registries;
+        self
     }
 
     /// The socket this connection uses.

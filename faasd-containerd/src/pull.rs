@@ -1,8 +1,9 @@
 //! Pulling an image from a registry (the OCI distribution API) into containerd: the
 //! manifest (or index) by tag or digest, then the config and layers, streamed into the
-//! content store and unpacked like an import. Anonymous pulls, with the bearer-token
-//! handshake public registries ask for; HTTPS with the Mozilla root certificates, plain
-//! HTTP only for registries on loopback (`localhost:5000`, `127.0.0.1:5000`), as Docker does.
+//! content store and unpacked like an import. Anonymous, or with the credentials
+//! [`Registries`] has for the registry, by the bearer-token handshake or basic auth;
+//! HTTPS with the Mozilla root certificates and the registry's own CAs, plain HTTP only for
+//! registries on loopback without a CA directory (`localhost:5000`), as Docker does.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -20,6 +21,7 @@ use faasd_core::image_ref::ImageRef;
 
 use super::{
     Containerd, ContainerdError,
+    credentials::{Credential, Registries, tls_config},
     image::Blob,
     ingest::{Chunks, Source, is_index},
 };
@@ -42,7 +44,12 @@ pub(crate) struct Registry {
     /// Host and port as in URLs.
     host: String,
     repository: String,
-    token: Option<String>,
+    /// What this registry is offered, if it has credentials in the config file.
+    credential: Option<Credential>,
+    /// The `Authorization` header its challenge called for (`Bearer …` or `Basic …`).
+    authorization: Option<String>,
+    /// The credentials file, for messages.
+    config: std::path::PathBuf,
     tls: Arc<rustls::ClientConfig>,
     /// Manifests and configs already fetched, by digest.
     fetched: HashMap<String, Vec<u8>>,
@@ -100,20 +107,6 @@ fn bearer_challenge(value: &str) -> Option<HashMap<String, String>> {
         s = after.trim_start_matches(',').trim();
     }
     Some(out)
-}
-
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 /// Sends one GET over a new connection (HTTP/1.1, TLS for https).
@@ -195,17 +188,43 @@ async fn body_bytes(resp: Response<Incoming>, limit: usize) -> Result<Vec<u8>, S
 }
 
 impl Registry {
-    fn new(image: &ImageRef) -> Result<Self, ContainerdError> {
+    fn new(image: &ImageRef, registries: &Registries) -> Result<Self, ContainerdError> {
         let (host, repository, _) = parts(image);
+        let extra_roots = registries.extra_roots(&host).map_err(|e| error(image, e))?;
+        let credential = registries.credential(&host).map_err(|e| error(image, e))?;
         Ok(Self {
             image: image.clone(),
-            scheme: if is_loopback(&host) { "http" } else { "https" },
+            scheme: if is_loopback(&host) && extra_roots.is_none() {
+                "http"
+            } else {
+                "https"
+            },
             host,
             repository,
-            token: None,
-            tls: tls_config().map_err(|e| error(image, format!("TLS setup: {e}")))?,
+            credential,
+            authorization: None,
+            config: registries.config().to_owned(),
+            tls: tls_config(extra_roots).map_err(|e| error(image, format!("TLS setup: {e}")))?,
             fetched: HashMap::new(),
         })
+    }
+
+    /// A 401 that the credentials (or their absence) could not get past, saying which
+    /// were tried.
+    fn refused(&self, by: &str) -> ContainerdError {
+        let reason = match &self.credential {
+            Some(c) => format!(
+                "{by} refused the credentials for {} ({c:?}); check them, or log in again                  (docker login {} writes that file's format)",
+                self.host, self.host
+            ),
+            None => format!(
+                "{by} asks for credentials, and {} has none for {}: add them there (docker                  login {} or faas-cli registry-login writes that format), or import the image                  with `faasd image import`",
+                self.config.display(),
+                self.host,
+                self.host
+            ),
+        };
+        error(&self.image, reason)
     }
 
     fn uri(&self, kind: &str, reference: &str) -> Result<Uri, ContainerdError> {
@@ -229,10 +248,10 @@ impl Registry {
         for _ in 0..6 {
             let mut headers = vec![(header::ACCEPT, accept.to_owned())];
             let same_host = uri.authority().map(|a| a.as_str()) == Some(self.host.as_str());
-            if let Some(t) = &self.token
+            if let Some(a) = &self.authorization
                 && same_host
             {
-                headers.push((header::AUTHORIZATION, format!("Bearer {t}")));
+                headers.push((header::AUTHORIZATION, a.clone()));
             }
             let resp = match get(&self.tls, &uri, &headers).await {
                 Ok(r) => r,
@@ -250,18 +269,17 @@ impl Registry {
                         .headers()
                         .get(header::WWW_AUTHENTICATE)
                         .and_then(|v| v.to_str().ok())
-                        .and_then(bearer_challenge)
-                        .ok_or_else(|| {
-                            error(
-                                &self.image,
-                                format!(
-                                    "the registry {} asks for credentials; faasd pulls anonymously \
-                                     (import private images with `faasd image import`)",
-                                    self.host
-                                ),
-                            )
-                        })?;
-                    self.token = Some(self.token_for(&challenge).await?);
+                        .unwrap_or_default();
+                    self.authorization = Some(match bearer_challenge(challenge) {
+                        Some(c) => format!("Bearer {}", self.token_for(&c).await?),
+                        None => match &self.credential {
+                            Some(c) if challenge.starts_with("Basic") => c.basic(),
+                            _ => return Err(self.refused(&format!("the registry {}", self.host))),
+                        },
+                    });
+                }
+                StatusCode::UNAUTHORIZED if same_host => {
+                    return Err(self.refused(&format!("the registry {}", self.host)));
                 }
                 s if s.is_redirection() => {
                     let location = resp
@@ -283,7 +301,7 @@ impl Registry {
         Err(error(&self.image, "too many redirects"))
     }
 
-    /// An anonymous token from the challenge's realm.
+    /// A token from the challenge's realm: for the registry's credentials, or anonymous.
     async fn token_for(&self, c: &HashMap<String, String>) -> Result<String, ContainerdError> {
         let realm = c
             .get("realm")
@@ -300,9 +318,17 @@ impl Registry {
         let uri: Uri = format!("{realm}?{}", query.join("&"))
             .parse()
             .map_err(|e| error(&self.image, format!("bad token realm {realm}: {e}")))?;
-        let resp = get(&self.tls, &uri, &[])
+        let basic: Vec<_> = self
+            .credential
+            .iter()
+            .map(|c| (header::AUTHORIZATION, c.basic()))
+            .collect();
+        let resp = get(&self.tls, &uri, &basic)
             .await
             .map_err(|e| error(&self.image, format!("getting a token from {realm}: {e}")))?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(self.refused(&format!("the token service {realm}")));
+        }
         if !resp.status().is_success() {
             return Err(error(
                 &self.image,
@@ -433,7 +459,7 @@ impl Containerd {
     /// Pulls `image` from its registry and unpacks it.
     pub async fn pull(&self, image: &ImageRef) -> Result<(), ContainerdError> {
         let (_, _, reference) = parts(image);
-        let mut registry = Registry::new(image)?;
+        let mut registry = Registry::new(image, &self.registries)?;
         let top = registry.top(&reference).await?;
         let mut source = Source::Registry(registry);
         let lease = format!(

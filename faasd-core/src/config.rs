@@ -118,6 +118,15 @@ pub struct Config {
     pub egress_pool: u32,
     /// The resolvers faasd's DNS forwards names outside `faas.` to.
     pub resolv_conf: PathBuf,
+    /// Where the CA certificates of registries are, as Docker keeps them:
+    /// `<dir>/<host[:port]>/*.crt`.
+    pub registry_certs_dir: PathBuf,
+    /// The most async calls kept at once (made or waiting, their callbacks included);
+    /// more are refused until the queue drains.
+    pub async_queue_limit: u32,
+    /// How long a failed callback is tried again after its call was made.
+    #[serde(with = "humantime_serde_compat")]
+    pub async_callback_retry_for: Duration,
     /// Joining a cluster; without it this host is alone, with its state on its own disk.
     pub cluster: Option<ClusterConfig>,
 }
@@ -216,12 +225,21 @@ impl Default for Config {
             },
             egress_pool: 4,
             resolv_conf: "/etc/resolv.conf".into(),
+            registry_certs_dir: "/etc/docker/certs.d".into(),
+            async_queue_limit: 100_000,
+            async_callback_retry_for: Duration::from_secs(600),
             cluster: None,
         }
     }
 }
 
 impl Config {
+    /// The registry credentials, where `docker login` and `faas-cli registry-login` write
+    /// them for OpenFaaS's faasd: `<state-dir>/.docker/config.json`.
+    pub fn docker_config(&self) -> PathBuf {
+        self.state_dir.join(".docker/config.json")
+    }
+
     /// The uid (and gid) of the function at `address` when it runs as a dynamic user:
     /// stable for the function's life, and another function's never (addresses are never
     /// reused), up to 2³² − `dynamic-uid-base` functions.
@@ -288,6 +306,11 @@ impl Config {
         }
         if self.backlog == 0 {
             return Err(ConfigError::Invalid("backlog must be at least 1".into()));
+        }
+        if self.async_queue_limit == 0 {
+            return Err(ConfigError::Invalid(
+                "async-queue-limit 0 would refuse every async call: give at least 1".into(),
+            ));
         }
         if !self.function_prefix.contains(self.egress_ipv6.addr)
             || self.egress_ipv6.len < self.function_prefix.len

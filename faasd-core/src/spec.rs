@@ -382,10 +382,9 @@ impl FunctionSpec {
             _ => None,
         };
         if d.registry_auth.is_some() {
-            return bad(
-                "registryAuth: this faasd pulls public images only and stores no registry \
-                 credentials; import a private image with `faasd image import FILE.tar`",
-            );
+            return bad("registryAuth: faasd takes registry credentials from \
+                 <state-dir>/.docker/config.json (the format docker login and faas-cli \
+                 registry-login write), never from a deployment; put them there");
         }
         let mut seen = std::collections::BTreeSet::new();
         for s in &d.secrets {

@@ -19,7 +19,10 @@ use serde::Deserialize;
 
 use faasd_core::spec::{DEFAULT_NAMESPACE, Deployment, SpecError, not_null, validate_label};
 
-use crate::daemon::{Daemon, DaemonError, ErrorKind};
+use crate::{
+    asynccall::AsyncError,
+    daemon::{Daemon, DaemonError, ErrorKind},
+};
 
 impl IntoResponse for DaemonError {
     fn into_response(self) -> Response {
@@ -614,7 +617,8 @@ async fn invoke_async_path(
     invoke_async(d, target, rest, req).await
 }
 
-/// Accepts a call with 202 and makes it in the background (see [`crate::asynccall`]).
+/// Accepts a call with 202 once it is on disk; [`serve_async_calls`] makes it (see
+/// [`crate::asynccall`]).
 async fn invoke_async(
     d: Arc<Daemon>,
     target: String,
@@ -629,12 +633,27 @@ async fn invoke_async(
     let ns = namespace(ns)?;
     // Refuse now what would fail later: an unknown function is a 404 here.
     d.get(&ns, &name).await?;
-    let callback = req
-        .headers()
-        .get("x-callback-url")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let (parts, body) = req.into_parts();
+    let callback = match parts.headers.get("x-callback-url") {
+        Some(v) => {
+            let url = v.to_str().map_err(|_| AsyncError::HeaderNotText {
+                name: "X-Callback-Url".into(),
+            })?;
+            crate::asynccall::Target::parse(url)?;
+            Some(url.to_owned())
+        }
+        None => None,
+    };
+    let mut headers = Vec::new();
+    for (k, v) in &parts.headers {
+        if NOT_PASSED_ON.contains(&k.as_str()) {
+            continue;
+        }
+        let v = v.to_str().map_err(|_| AsyncError::HeaderNotText {
+            name: k.to_string(),
+        })?;
+        headers.push((k.to_string(), v.to_owned()));
+    }
     let body = body
         .collect()
         .await
@@ -644,39 +663,74 @@ async fn invoke_async(
         what: "making a call id",
         source,
     })?;
-    let call_id = id.clone();
-    tokio::spawn(async move {
-        let _slot = crate::asynccall::slot().await;
-        let started = std::time::Instant::now();
-        let req = Request::from_parts(parts, Body::from(body));
-        let (status, body) = match call(&d, &ns, &name, rest, req).await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let body = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                (status, body)
-            }
-            Err(e) => (502, Bytes::from(e.to_string())),
-        };
-        let outcome = crate::asynccall::Outcome {
-            status,
-            body,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        d.record_invocation(&ns, &name, status, outcome.seconds)
-            .await;
-        if let Some(url) = callback {
-            let function = format!("{name}.{ns}");
-            if let Err(e) = crate::asynccall::callback(&url, &call_id, &function, &outcome).await {
-                tracing::warn!("async call {call_id} to {function}: callback failed: {e}");
-            }
-        }
-    });
+    let request = crate::asynccall::Request {
+        namespace: ns,
+        function: name,
+        method: parts.method.to_string(),
+        path: rest,
+        query: parts.uri.query().map(str::to_owned),
+        headers,
+        callback,
+    };
+    d.async_calls().accept(&id, request, body).await?;
     Ok((StatusCode::ACCEPTED, [("x-call-id", id)]).into_response())
+}
+
+/// Headers of an async call that are not passed on to the function: those of the caller's
+/// connection to faasd, the callback's address, and a call id (faasd gives its own).
+const NOT_PASSED_ON: &[&str] = &[
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "x-callback-url",
+    "x-call-id",
+];
+
+/// Makes the queued async calls, each through its function's address as `/function/*`
+/// calls are, until the daemon stops.
+pub async fn serve_async_calls(d: Arc<Daemon>) {
+    let queue = d.async_calls().clone();
+    let invoke: crate::asynccall::Invoke = Arc::new(move |r, id, body| {
+        let d = d.clone();
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let uri = match &r.query {
+                Some(q) => format!("/{}?{q}", r.path),
+                None => format!("/{}", r.path),
+            };
+            let mut req = Request::builder().method(r.method.as_str()).uri(uri);
+            for (k, v) in &r.headers {
+                req = req.header(k, v);
+            }
+            let answer = match req.header("x-call-id", id).body(Body::from(body)) {
+                Ok(req) => call(&d, &r.namespace, &r.function, r.path.clone(), req)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response),
+                Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+            };
+            let status = answer.status().as_u16();
+            let body = answer
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            d.record_invocation(
+                &r.namespace,
+                &r.function,
+                status,
+                started.elapsed().as_secs_f64(),
+            )
+            .await;
+            (status, body)
+        })
+    });
+    queue.run(invoke).await;
 }
 
 async fn invoke_path(

@@ -104,6 +104,8 @@ pub struct Page {
     pub supervisors: Supervisors,
     /// Calls out refused: (namespace, function, reason) → count, only where not zero.
     pub egress_refused: Vec<EgressRefused>,
+    /// The async calls' queue.
+    pub async_calls: crate::asynccall::Counts,
 }
 
 /// Calls out the egress policy refused for one function and reason.
@@ -381,6 +383,7 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
         latencies: (activation, invocation),
         supervisors,
         egress_refused,
+        async_calls,
     } = page;
     let mut o = Out(out);
     let d = &host.dataplane;
@@ -633,6 +636,40 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
             r.count,
         )?;
     }
+
+    let a = async_calls;
+    o.family(
+        "faasd_async_queued",
+        "gauge",
+        "Async calls kept on disk: waiting to be made (call), or made with their callback not yet delivered (callback).",
+    )?;
+    for (stage, n) in [("call", a.calls_waiting), ("callback", a.callbacks_waiting)] {
+        o.sample("faasd_async_queued", &[("stage", stage)], n)?;
+    }
+    o.family(
+        "faasd_async_accepted_total",
+        "counter",
+        "Async calls accepted (and written to disk) since the daemon started.",
+    )?;
+    o.sample("faasd_async_accepted_total", &[], a.accepted)?;
+    o.family(
+        "faasd_async_callbacks_total",
+        "counter",
+        "Callbacks over, by result: delivered (2xx, 3xx), refused (4xx, not sent again), given_up (still failing after async-callback-retry-for).",
+    )?;
+    for (result, n) in [
+        ("delivered", a.delivered),
+        ("refused", a.refused),
+        ("given_up", a.given_up),
+    ] {
+        o.sample("faasd_async_callbacks_total", &[("result", result)], n)?;
+    }
+    o.family(
+        "faasd_async_callback_retries_total",
+        "counter",
+        "Callback deliveries that failed (no connection, 5xx, 408, 429) and were tried again.",
+    )?;
+    o.sample("faasd_async_callback_retries_total", &[], a.retries)?;
 
     // WireGuard peers.
     o.family(

@@ -54,6 +54,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "skopeo",
         "pushes the sample image to that registry in the tests",
     ),
+    (
+        "apache2-utils",
+        "htpasswd: the private registry test's password file",
+    ),
+    (
+        "openssl",
+        "the private registry test makes its CA and certificate",
+    ),
     ("dnsutils", "dig: the DNS tests query faasd's zone with it"),
     ("nsd", "the calls-out tests' authoritative DNS server"),
     (

@@ -6,7 +6,7 @@ use faasd_containerd::ContainerdError;
 use faasd_core::{spec::SpecError, store::StoreError};
 use faasd_dataplane::DataplaneError;
 
-use crate::{secrets::SecretError, wireguard::WireGuardError};
+use crate::{asynccall::AsyncError, secrets::SecretError, wireguard::WireGuardError};
 
 /// Errors of daemon operations.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +117,9 @@ pub enum DaemonError {
     /// Secrets.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// The async queue.
+    #[error(transparent)]
+    Async(#[from] AsyncError),
 }
 
 /// What an error means for whoever asked.
@@ -189,6 +192,11 @@ impl DaemonError {
             Self::Secret(SecretError::NotFound(_)) => K::NotFound,
             Self::Secret(SecretError::Exists(_)) => K::Exists,
             Self::Secret(SecretError::Io { .. }) => K::Internal,
+            Self::Async(AsyncError::Full { .. }) => K::Full,
+            Self::Async(AsyncError::HeaderNotText { .. } | AsyncError::BadCallback { .. }) => {
+                K::Invalid
+            }
+            Self::Async(_) => K::Internal,
         }
     }
 }

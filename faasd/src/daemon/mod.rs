@@ -112,6 +112,8 @@ pub struct Daemon {
     service: Arc<crate::systemd::Service>,
     /// Calls out, or why the host cannot offer them.
     egress: Result<Arc<crate::egress::Egress>, String>,
+    /// `/async-function` calls, kept on disk until their callback is delivered.
+    async_calls: Arc<crate::asynccall::AsyncCalls>,
 }
 
 /// Every socket's queue in one dump, for pages that show many functions; without one
@@ -204,6 +206,10 @@ impl Daemon {
         };
         let containers = Arc::new(ContainerHost::new(
             config.containerd.clone(),
+            faasd_containerd::credentials::Registries::new(
+                config.docker_config(),
+                config.registry_certs_dir.clone(),
+            ),
             &config.runtime_dir,
             config.notify_dir(),
             &config.cgroup_parent,
@@ -221,7 +227,13 @@ impl Daemon {
             what: "making the parking lot",
             source,
         })?;
+        let async_calls = Arc::new(crate::asynccall::AsyncCalls::open(
+            &config.state_dir.join("async"),
+            config.async_queue_limit,
+            config.async_callback_retry_for,
+        )?);
         let daemon = Arc::new(Self {
+            async_calls,
             lot,
             secrets: Secrets::new(&config.state_dir),
             zone,
@@ -634,6 +646,7 @@ impl Daemon {
                 parked: supervisor::parked(),
             },
             egress_refused: self.egress_refused(),
+            async_calls: self.async_calls.counts(),
         }
     }
 
@@ -718,8 +731,14 @@ impl Daemon {
         }
     }
 
-    /// Ends every supervisor; stops instances if configured to.
+    /// The async calls' queue.
+    pub fn async_calls(&self) -> &Arc<crate::asynccall::AsyncCalls> {
+        &self.async_calls
+    }
+
+    /// Ends the async calls' work and every supervisor; stops instances if configured to.
     pub async fn shutdown(&self) {
+        self.async_calls.stop().await;
         let stop = self.config.stop_functions_on_exit;
         let entries = std::mem::take(&mut *self.functions.write().expect("registry lock"));
         for (_, e) in entries {

@@ -66,6 +66,8 @@ struct RuncOptions {
 #[derive(Debug)]
 pub struct ContainerHost {
     socket: PathBuf,
+    /// Credentials and CAs for pulling images.
+    registries: faasd_containerd::credentials::Registries,
     client: tokio::sync::Mutex<Option<Containerd>>,
     runtime_dir: PathBuf,
     notify_dir: PathBuf,
@@ -78,6 +80,7 @@ impl ContainerHost {
     /// Prepares the host side; containerd need not be running yet.
     pub fn new(
         socket: PathBuf,
+        registries: faasd_containerd::credentials::Registries,
         runtime_dir: &Path,
         notify_dir: PathBuf,
         cgroup_parent: &str,
@@ -85,6 +88,7 @@ impl ContainerHost {
     ) -> Self {
         Self {
             socket,
+            registries,
             client: tokio::sync::Mutex::new(None),
             runtime_dir: runtime_dir.join("containers"),
             notify_dir,
@@ -100,7 +104,9 @@ impl ContainerHost {
         if let Some(c) = c.as_ref() {
             return Ok(c.clone());
         }
-        let new = Containerd::connect(&self.socket).await?;
+        let new = Containerd::connect(&self.socket)
+            .await?
+            .with_registries(self.registries.clone());
         *c = Some(new.clone());
         Ok(new)
     }

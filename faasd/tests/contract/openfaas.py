@@ -200,8 +200,8 @@ def log_requests(spec):
 def no_registry_credentials(spec):
     """`registryAuth` is refused with 400, not ignored as the spec says.
 
-    faasd pulls public images and stores no registry credentials; a caller who sends them
-    expects a private image to work, and is told to import it instead.
+    faasd takes registry credentials from `<state-dir>/.docker/config.json`, as OpenFaaS's
+    faasd does, never from a deployment; a caller who sends them is told where they go.
     """
     del spec["components"]["schemas"]["FunctionDeployment"]["properties"]["registryAuth"]
 

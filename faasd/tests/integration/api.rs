@@ -595,19 +595,12 @@ fn idle_functions_cause_no_wakeups() {
         let (code, text) = d.api("POST", "/system/functions", &body.to_string());
         assert!((200..300).contains(&code), "deploy {i}: {code} {text}");
     }
-    let metric = |name: &str| {
-        let (_, text) = d.api("GET", "/metrics", "");
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics"))
-    };
-    let wakeups = || metric("faasd_supervisor_wakeups_total");
+    let wakeups = || d.metric("faasd_supervisor_wakeups_total");
     let before = wakeups();
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(wakeups(), before, "idle supervisors woke up");
     // Each waits in the parking lot, with no task of its own.
-    assert_eq!(metric("faasd_functions_parked"), 2_000);
+    assert_eq!(d.metric("faasd_functions_parked"), 2_000);
     // And one of them still wakes on its first connection.
     let addr = d.describe("idle-1999").address;
     let (code, _) = ns
@@ -615,5 +608,5 @@ fn idle_functions_cause_no_wakeups() {
         .unwrap();
     assert_eq!(code, 200);
     assert!(wakeups() > before);
-    assert_eq!(metric("faasd_functions_parked"), 1_999);
+    assert_eq!(d.metric("faasd_functions_parked"), 1_999);
 }

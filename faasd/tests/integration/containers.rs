@@ -627,79 +627,6 @@ fn a_container_keeps_serving_through_a_kill_9_and_is_adopted() {
     );
 }
 
-/// A registry (Debian's `docker-registry`, distribution 2.8) serving plain HTTP on the
-/// test namespace's loopback, stopped on drop.
-struct LocalRegistry(std::process::Child);
-
-impl LocalRegistry {
-    /// Starts it and pushes the sample image to it as `127.0.0.1:5000/hello:pulled`.
-    fn with_sample(ns: &Netns) -> Option<Self> {
-        if Command::new("docker-registry")
-            .arg("--version")
-            .output()
-            .is_err()
-            || Command::new("skopeo").arg("--version").output().is_err()
-        {
-            crate::harness::skip(
-                "docker-registry or skopeo missing (cargo xtask setup installs them)",
-            );
-            return None;
-        }
-        let dir = ns.dir.join("registry");
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\n",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "docker-registry", "serve"])
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let me = Self(child);
-        let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images/hello.tar");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &ns.name,
-                    "skopeo",
-                    "copy",
-                    "--dest-tls-verify=false",
-                ])
-                .arg(format!("oci-archive:{}", archive.display()))
-                .arg("docker://127.0.0.1:5000/hello:pulled")
-                .output()
-                .unwrap();
-            if out.status.success() {
-                return Some(me);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pushing to the local registry: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for LocalRegistry {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn an_image_missing_from_containerd_is_pulled_from_its_registry() {
     require_containerd!(socket);
@@ -708,7 +635,7 @@ fn an_image_missing_from_containerd_is_pulled_from_its_registry() {
         socket: &socket,
         names: &["ctr-pull"],
     };
-    let Some(_registry) = LocalRegistry::with_sample(&ns) else {
+    let Some(_registry) = crate::registries::LocalRegistry::with_sample(&ns) else {
         return;
     };
     let d = start(&ns, &socket);

@@ -485,6 +485,16 @@ impl<'a> Daemon<'a> {
         self.api_with_headers(method, path, "", body)
     }
 
+    /// The value of one series of `/metrics`, named with its labels as the page writes
+    /// them (`faasd_async_queued{stage="call"}`).
+    pub fn metric(&self, series: &str) -> u64 {
+        let (_, text) = self.api("GET", "/metrics", "");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+    }
+
     /// As [`Daemon::api`], with extra header lines (each ending in CRLF).
     pub fn api_with_headers(
         &self,
@@ -606,7 +616,12 @@ impl Received {
 
 impl Receiver {
     pub fn start(ns: &Netns) -> Self {
-        let listener = ns.run(|| std::net::TcpListener::bind("[::1]:0").unwrap());
+        Self::start_on(ns, 0)
+    }
+
+    /// As [`Receiver::start`], on `port` (0: any free one).
+    pub fn start_on(ns: &Netns, port: u16) -> Self {
+        let listener = ns.run(|| std::net::TcpListener::bind(("::1", port)).unwrap());
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, got) = std::sync::mpsc::channel();

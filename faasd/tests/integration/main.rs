@@ -6,6 +6,7 @@ mod harness;
 
 mod activation;
 mod api;
+mod async_calls;
 mod autoscale;
 mod cli;
 mod cluster;
@@ -17,6 +18,7 @@ mod egress;
 mod nspawn;
 mod openfaas;
 mod policy;
+mod registries;
 mod restart;
 mod sandbox;
 mod units;

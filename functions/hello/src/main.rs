@@ -24,7 +24,8 @@
 //! addresses, through the system's resolver); `/threads/<n>` (starts n threads, to see a
 //! pids limit at work), `/work/<ms>` (that much CPU time, for the autoscaler),
 //! `/unshare` (tries to make a user namespace, to see a system call
-//! filter at work), `/status/<code>` (answers with that status, for readiness checks).
+//! filter at work), `/status/<code>` (answers with that status, for readiness checks),
+//! `/sleep/<ms>` (answers after that long). An `X-Call-Id` (an async call's) is echoed.
 //!
 //! `hello --handler` is instead an OpenFaaS watchdog's `fprocess`: it reads the request's
 //! body from stdin and writes its answer to stdout, after sleeping when the watchdog's
@@ -79,6 +80,7 @@ fn serve(mut stream: TcpStream, accepted_ns: u64) -> std::io::Result<()> {
     reader.read_line(&mut request_line)?;
     let mut content_length = 0usize;
     let mut chunked = false;
+    let mut call_id = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
@@ -89,6 +91,8 @@ fn serve(mut stream: TcpStream, accepted_ns: u64) -> std::io::Result<()> {
                 content_length = v.trim().parse().unwrap_or(0);
             } else if k.eq_ignore_ascii_case("transfer-encoding") {
                 chunked = v.trim().eq_ignore_ascii_case("chunked");
+            } else if k.eq_ignore_ascii_case("x-call-id") {
+                call_id = Some(v.trim().to_owned());
             }
         }
     }
@@ -101,6 +105,7 @@ fn serve(mut stream: TcpStream, accepted_ns: u64) -> std::io::Result<()> {
     };
     let n = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    sleep_if_asked(path);
     let mut text = match inspect(path) {
         Some(t) => t,
         None => format!(
@@ -110,6 +115,9 @@ fn serve(mut stream: TcpStream, accepted_ns: u64) -> std::io::Result<()> {
     };
     if let Ok(remote) = std::env::var("REMOTE_ADDR") {
         text.push_str(&format!("remote={remote}\n"));
+    }
+    if let Some(id) = call_id {
+        text.push_str(&format!("call-id={id}\n"));
     }
     if !body.is_empty() {
         text.push_str(&format!(
@@ -337,14 +345,19 @@ fn call_out(target: &str) -> String {
     format!("cannot connect to {target}: {last}\n")
 }
 
+/// `/sleep/<ms>` holds the request that long before it is answered.
+fn sleep_if_asked(path: &str) {
+    if let Some(ms) = path.strip_prefix("/sleep/").and_then(|m| m.parse().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
 /// One request as a watchdog's handler.
 fn handle_stdin() {
     let mut body = String::new();
     let _ = std::io::stdin().read_to_string(&mut body);
     let path = std::env::var("Http_Path").unwrap_or_default();
-    if let Some(ms) = path.strip_prefix("/sleep/").and_then(|m| m.parse().ok()) {
-        std::thread::sleep(Duration::from_millis(ms));
-    }
+    sleep_if_asked(&path);
     print!("handled by {} path={path} body={body}", std::process::id());
 }
 

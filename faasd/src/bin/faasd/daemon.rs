@@ -321,6 +321,7 @@ pub async fn run(
         sock_path.display()
     ));
     let _ = ready_tx.send(true);
+    tokio::spawn(api::serve_async_calls(daemon.clone()));
     if let Some(every) = service.manager.watchdog() {
         tokio::spawn(watchdog(daemon.clone(), service.clone(), every));
     }
