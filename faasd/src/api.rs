@@ -110,6 +110,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/function/{target}/{*rest}", any(invoke_path))
         .route("/async-function/{target}", post(invoke_async_root))
         .route("/async-function/{target}/{*rest}", post(invoke_async_path))
+        .merge(crate::ui::routes())
         .layer(axum::middleware::from_fn_with_state(
             daemon.clone(),
             count_request,

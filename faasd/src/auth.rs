@@ -102,9 +102,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Whether a path is one of the routes that stay open.
+/// Whether a path is one of the routes that stay open: not `/system/*`, nor the web UI,
+/// which manages the same things.
 pub fn is_open(path: &str) -> bool {
-    !path.starts_with("/system")
+    !path.starts_with("/system") && path != "/ui" && !path.starts_with("/ui/")
 }
 
 /// The middleware: 401 with a Basic challenge for a protected route without the

@@ -43,4 +43,5 @@ pub mod sockets;
 pub mod status;
 pub mod supervisor;
 pub mod systemd;
+pub mod ui;
 pub mod wireguard;

@@ -273,6 +273,7 @@ fn test(args: &[String]) -> Result {
     let ctr = containerd::Containerd::private(&root().join("target/containerd"), "test")?;
     image::build_and_import(&root().join("target/debug/faasd"), &ctr.socket)?;
     let schemathesis = setup::schemathesis()?;
+    let selenium = setup::selenium()?;
     let nspawn_root = setup::nspawn_root()?;
     // The package the systemd test installs: the release one's contents around the debug
     // binary, uncompressed.
@@ -298,6 +299,7 @@ fn test(args: &[String]) -> Result {
         .env("FAASD_TEST_STRICT", "1")
         .env("FAASD_TEST_CONTAINERD", &ctr.socket)
         .env("FAASD_TEST_SCHEMATHESIS", &schemathesis)
+        .env("FAASD_TEST_SELENIUM", &selenium)
         .env("FAASD_TEST_NSPAWN_ROOT", &nspawn_root)
         .env("FAASD_TEST_DEB", &deb))?;
     drop(ctr);

@@ -78,6 +78,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("dnsperf", "benchmark: DNS queries per second"),
     ("prometheus", "promtool: the tests check /metrics with it"),
+    ("chromium", "the web UI test's headless browser"),
+    (
+        "chromium-driver",
+        "chromedriver: selenium drives chromium through it",
+    ),
     (
         "python3-venv",
         "the contract test's schemathesis is installed in a venv",
@@ -97,6 +102,9 @@ const NSPAWN_PACKAGES: &str =
 
 /// The schemathesis release the contract test is known to work with.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
+/// The selenium release the web UI test is known to work with (newer ones need a
+/// certifi this machine kind's PyPI does not have).
+const SELENIUM_VERSION: &str = "4.45.0";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The rustup toolchain name faasd's build script asks aya-build for.
@@ -129,20 +137,27 @@ pub fn ensure() -> Result {
 
 /// Installs schemathesis (PyPI) into a venv kept between runs; returns its `st`.
 pub fn schemathesis() -> Result<PathBuf> {
-    let venv = PathBuf::from(format!(
-        "/var/cache/faasd-xtask/schemathesis-{SCHEMATHESIS_VERSION}"
-    ));
-    let st = venv.join("bin/st");
-    let have = Command::new(&st)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(SCHEMATHESIS_VERSION));
-    if have {
-        println!("    ✓ schemathesis {SCHEMATHESIS_VERSION}");
-        return Ok(st);
+    python_tool("schemathesis", SCHEMATHESIS_VERSION, "st")
+}
+
+/// Installs selenium (PyPI) into a venv kept between runs, for the web UI test; returns
+/// the venv's `python`.
+pub fn selenium() -> Result<PathBuf> {
+    python_tool("selenium", SELENIUM_VERSION, "python")
+}
+
+/// Installs `package==version` from PyPI into its own venv under /var/cache/faasd-xtask
+/// (kept between runs; made again when the version changes); returns the venv's `bin`.
+fn python_tool(package: &str, version: &str, bin: &str) -> Result<PathBuf> {
+    let venv = PathBuf::from(format!("/var/cache/faasd-xtask/{package}-{version}"));
+    let marker = venv.join(".faasd-installed");
+    let program = venv.join("bin").join(bin);
+    if marker.exists() && program.exists() {
+        println!("    ✓ {package} {version}");
+        return Ok(program);
     }
     step(&format!(
-        "installing schemathesis {SCHEMATHESIS_VERSION} (PyPI) into {}",
+        "installing {package} {version} (PyPI) into {}",
         venv.display()
     ));
     let _ = std::fs::remove_dir_all(&venv);
@@ -150,9 +165,10 @@ pub fn schemathesis() -> Result<PathBuf> {
     crate::run(
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")),
+            .arg(format!("{package}=={version}")),
     )?;
-    Ok(st)
+    std::fs::write(&marker, version).map_err(|e| format!("{}: {e}", marker.display()))?;
+    Ok(program)
 }
 
 /// A minimal Debian bookworm for the systemd test, built once with debootstrap and kept

@@ -21,5 +21,6 @@ mod policy;
 mod registries;
 mod restart;
 mod sandbox;
+mod ui;
 mod units;
 mod wireguard;
