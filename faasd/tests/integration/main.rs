@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod containers;
 mod contract;
+mod dashboards;
 mod dataplane;
 mod dns;
 mod egress;

@@ -84,6 +84,8 @@ fn names() -> (String, String) {
     (format!("wgh{n}"), format!("wgc{n}"))
 }
 
+/// A client through the tunnel: DNS, an activation, the XDP guard, the peer's traffic; and
+/// the Grafana dashboard over the same traffic (`dashboards`).
 #[test]
 fn a_peer_resolves_and_wakes_a_function_through_the_tunnel() {
     crate::require_privileges!();
@@ -136,12 +138,20 @@ fn a_peer_resolves_and_wakes_a_function_through_the_tunnel() {
     ]);
     run(&["ip", "-n", &client.name, "link", "set", &vc, "up"]);
 
+    let api: std::net::SocketAddr = "[::1]:8094".parse().unwrap();
     let d = Daemon::start_with(
         &host,
-        &format!("wireguard-interface = \"{host_if}\"\nwireguard-endpoint = \"10.99.0.1:51820\"\n"),
+        &format!(
+            "wireguard-interface = \"{host_if}\"\nwireguard-endpoint = \"10.99.0.1:51820\"\n\
+             api = [\"{api}\"]\n"
+        ),
     );
     let status = d.cli_ok(&["status"]);
     assert!(status.contains("embedded boringtun"), "{status}");
+    // Scraped from before the first packet, so the dashboard's rates see it all.
+    let Some(prometheus) = crate::dashboards::Prometheus::scraping(&host, api) else {
+        return;
+    };
     let addr = d.deploy_hello(
         "hello",
         &[
@@ -279,6 +289,9 @@ fn a_peer_resolves_and_wakes_a_function_through_the_tunnel() {
     assert_eq!(peers.len(), 1);
     assert!(peers[0].last_handshake_secs_ago.is_some(), "{peers:?}");
     assert!(peers[0].rx_bytes > 0 && peers[0].tx_bytes > 0, "{peers:?}");
+    // A call through the API too, and the dashboard has something in every panel.
+    assert_eq!(d.api("GET", "/function/hello", "").0, 200);
+    prometheus.assert_every_panel_has_data();
 }
 
 #[test]
