@@ -95,8 +95,8 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// What the systemd test's Debian holds besides a minimal base: systemd to boot, curl to
-/// call functions, iproute2 for `ss`, dnsutils for `dig`, wireguard-tools for faasd to
-/// configure wg-faas, nftables for its NAT rules.
+/// call functions, iproute2 for `ss`, dnsutils for `dig`, wireguard-tools (the package
+/// recommends it, for `wg show`), nftables for its NAT rules.
 const NSPAWN_PACKAGES: &str =
     "systemd,systemd-sysv,dbus,iproute2,curl,dnsutils,wireguard-tools,nftables";
 

@@ -1,15 +1,17 @@
 //! How faasd configures its WireGuard interface, whichever implementation runs it: its
 //! embedded boringtun over the control protocol (see [`super::uapi`]), or a kernel interface
-//! (or one an operator runs, such as wireguard-go) through the `wg` tool, which speaks
-//! netlink to the kernel and the control protocol to userspace implementations.
+//! (or one an operator runs, such as wireguard-go) through the `wireguard-control` library:
+//! generic netlink to the kernel, the control socket to userspace implementations.
+//!
+//! The embedded device keeps faasd's own control protocol code: the library talks to a
+//! userspace device only through `/var/run/wireguard/<name>.sock`, while faasd holds its
+//! boringtun's end of a socket pair in-process, and against boringtun the library's reading
+//! has no private key and takes `last_handshake_time` (an elapsed time there) for a
+//! timestamp.
 
-use std::{
-    collections::HashMap,
-    io::Write,
-    net::Ipv6Addr,
-    process::{Command, Stdio},
-    sync::Arc,
-};
+use std::{collections::HashMap, net::Ipv6Addr, sync::Arc, time::SystemTime};
+
+use wireguard_control::{DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
 
 use super::{WireGuardError, b64, hex, uapi};
 use faasd_core::config::Ipv6Net;
@@ -30,55 +32,60 @@ pub struct Live {
 pub enum Control {
     /// faasd's embedded boringtun.
     Embedded(Arc<uapi::Device>),
-    /// Through the `wg` tool.
-    Tool {
+    /// Through `wireguard-control`.
+    Library {
         /// The interface.
-        interface: String,
+        interface: InterfaceName,
+        /// Netlink (a kernel interface) or the control socket (a userspace one).
+        backend: wireguard_control::Backend,
     },
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Runs `wg ARGS`, feeding `stdin`; stdout, or an error with what `wg` said.
 /// Seconds between keep-alives to another host.
 const HOST_KEEPALIVE: u16 = 25;
 
-fn wg(args: &[&str], stdin: Option<&str>) -> Result<String, WireGuardError> {
-    let what = format!("wg {}", args.join(" "));
-    let mut child = Command::new("wg")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| WireGuardError::Tool {
-            command: what.clone(),
-            message: format!("{e} (install wireguard-tools)"),
-        })?;
-    if let Some(input) = stdin
-        && let Some(mut pipe) = child.stdin.take()
-    {
-        let _ = pipe.write_all(input.as_bytes());
+/// The error of a library call on `interface`.
+fn failed(
+    interface: &InterfaceName,
+    backend: wireguard_control::Backend,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> WireGuardError {
+    let interface = interface.to_string();
+    move |source| WireGuardError::Control {
+        interface,
+        backend: backend.to_string(),
+        what,
+        source,
     }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().map_err(|e| WireGuardError::Tool {
-        command: what.clone(),
-        message: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(WireGuardError::Tool {
-            command: what,
-            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl Control {
+    /// The library's way to `interface`: the control socket when a userspace
+    /// implementation serves one for it (as `wg` decides), else netlink.
+    pub fn library(interface: &str) -> Result<Self, WireGuardError> {
+        let backend = if uapi::socket_path(interface).exists() {
+            wireguard_control::Backend::Userspace
+        } else {
+            wireguard_control::Backend::Kernel
+        };
+        let interface = interface
+            .parse()
+            .map_err(|e| WireGuardError::Invalid(format!("interface {interface}: {e}")))?;
+        Ok(Self::Library { interface, backend })
+    }
+
+    /// Applies `update` through the library.
+    fn apply(
+        interface: &InterfaceName,
+        backend: wireguard_control::Backend,
+        what: &'static str,
+        update: DeviceUpdate,
+    ) -> Result<(), WireGuardError> {
+        update
+            .apply(interface, backend)
+            .map_err(failed(interface, backend, what))
+    }
+
     /// Sets the interface's private key and port.
     pub fn configure(&self, private_key: &[u8; 32], port: u16) -> Result<(), WireGuardError> {
         match self {
@@ -86,22 +93,14 @@ impl Control {
                 format!("private_key={}", hex(private_key)),
                 format!("listen_port={port}"),
             ])?),
-            Self::Tool { interface } => {
-                let port = port.to_string();
-                // The key goes through a pipe, never through the command line.
-                wg(
-                    &[
-                        "set",
-                        interface,
-                        "listen-port",
-                        &port,
-                        "private-key",
-                        "/dev/stdin",
-                    ],
-                    Some(&format!("{}\n", b64(private_key))),
-                )
-                .map(drop)
-            }
+            Self::Library { interface, backend } => Self::apply(
+                interface,
+                *backend,
+                "setting its key and port",
+                DeviceUpdate::new()
+                    .set_private_key(Key(*private_key))
+                    .set_listen_port(port),
+            ),
         }
     }
 
@@ -113,18 +112,16 @@ impl Control {
                 "replace_allowed_ips=true".into(),
                 format!("allowed_ip={addr}/128"),
             ])?),
-            Self::Tool { interface } => wg(
-                &[
-                    "set",
-                    interface,
-                    "peer",
-                    &b64(public_key),
-                    "allowed-ips",
-                    &format!("{addr}/128"),
-                ],
-                None,
-            )
-            .map(drop),
+            Self::Library { interface, backend } => Self::apply(
+                interface,
+                *backend,
+                "setting a peer",
+                DeviceUpdate::new().add_peer(
+                    PeerConfigBuilder::new(&Key(*public_key))
+                        .replace_allowed_ips()
+                        .add_allowed_ip(addr.into(), 128),
+                ),
+            ),
         }
     }
 
@@ -147,26 +144,22 @@ impl Control {
                 lines.extend(allowed.iter().map(|a| format!("allowed_ip={a}")));
                 Ok(d.set(&lines)?)
             }
-            Self::Tool { interface } => {
-                let allowed: Vec<String> = allowed.iter().map(ToString::to_string).collect();
-                let key = b64(public_key);
-                let keepalive = HOST_KEEPALIVE.to_string();
-                let allowed = allowed.join(",");
-                let endpoint = endpoint.map(|e| e.to_string());
-                let mut args = vec![
-                    "set",
-                    interface.as_str(),
-                    "peer",
-                    &key,
-                    "persistent-keepalive",
-                    &keepalive,
-                    "allowed-ips",
-                    &allowed,
-                ];
-                if let Some(e) = &endpoint {
-                    args.extend(["endpoint", e.as_str()]);
+            Self::Library { interface, backend } => {
+                let mut peer = PeerConfigBuilder::new(&Key(*public_key))
+                    .replace_allowed_ips()
+                    .set_persistent_keepalive_interval(HOST_KEEPALIVE);
+                if let Some(e) = endpoint {
+                    peer = peer.set_endpoint(e);
                 }
-                wg(&args, None).map(drop)
+                for a in allowed {
+                    peer = peer.add_allowed_ip(a.addr.into(), a.len);
+                }
+                Self::apply(
+                    interface,
+                    *backend,
+                    "setting another host",
+                    DeviceUpdate::new().add_peer(peer),
+                )
             }
         }
     }
@@ -178,11 +171,12 @@ impl Control {
                 format!("public_key={}", hex(public_key)),
                 "remove=true".into(),
             ])?),
-            Self::Tool { interface } => wg(
-                &["set", interface, "peer", &b64(public_key), "remove"],
-                None,
-            )
-            .map(drop),
+            Self::Library { interface, backend } => Self::apply(
+                interface,
+                *backend,
+                "removing a peer",
+                DeviceUpdate::new().remove_peer_by_key(&Key(*public_key)),
+            ),
         }
     }
 
@@ -227,26 +221,26 @@ impl Control {
                 finish(current.take());
                 Ok(out)
             }
-            Self::Tool { interface } => {
-                // `wg show IF dump`: the interface, then one line per peer: public key,
-                // preshared key, endpoint, allowed ips, latest handshake (epoch seconds,
-                // 0 = never), rx, tx, keepalive.
-                let text = wg(&["show", interface, "dump"], None)?;
-                Ok(text
-                    .lines()
-                    .skip(1)
-                    .filter_map(|l| {
-                        let f: Vec<&str> = l.split('\t').collect();
-                        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
-                        let hs = n(4)?;
-                        Some((
-                            f[0].to_owned(),
+            Self::Library { interface, backend } => {
+                let device = wireguard_control::Device::get(interface, *backend)
+                    .map_err(failed(interface, *backend, "reading its peers"))?;
+                let now = SystemTime::now();
+                Ok(device
+                    .peers
+                    .into_iter()
+                    .map(|p| {
+                        let age = p
+                            .stats
+                            .last_handshake_time
+                            .map(|t| now.duration_since(t).map_or(0, |d| d.as_secs()));
+                        (
+                            b64(&p.config.public_key.0),
                             Live {
-                                handshake_secs_ago: (hs > 0).then(|| now().saturating_sub(hs)),
-                                rx_bytes: n(5)?,
-                                tx_bytes: n(6)?,
+                                handshake_secs_ago: age,
+                                rx_bytes: p.stats.rx_bytes,
+                                tx_bytes: p.stats.tx_bytes,
                             },
-                        ))
+                        )
                     })
                     .collect())
             }

@@ -52,13 +52,17 @@ pub enum WireGuardError {
         /// Why.
         reason: String,
     },
-    /// The `wg` tool failed.
-    #[error("{command}: {message}")]
-    Tool {
-        /// The command.
-        command: String,
-        /// What it said.
-        message: String,
+    /// Configuring an interface through `wireguard-control` failed.
+    #[error("WireGuard interface {interface} ({backend}): {what}: {source}")]
+    Control {
+        /// The interface.
+        interface: String,
+        /// `kernel` or `userspace`.
+        backend: String,
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
     },
     /// Configuring the device.
     #[error(transparent)]
@@ -257,18 +261,10 @@ impl WireGuard {
         let public_key = b64(PublicKey::from(&secret).as_bytes());
         let name = settings.interface.clone();
         let (backend, device, control) = if crate::net::link(&name).await?.is_some() {
-            let control = Control::Tool {
-                interface: name.clone(),
-            };
-            (Backend::Adopted, None, control)
+            (Backend::Adopted, None, Control::library(&name)?)
         } else {
             match crate::net::create_wireguard_link(&name).await {
-                Ok(()) => {
-                    let control = Control::Tool {
-                        interface: name.clone(),
-                    };
-                    (Backend::Kernel, None, control)
-                }
+                Ok(()) => (Backend::Kernel, None, Control::library(&name)?),
                 Err(e) => {
                     tracing::info!("no kernel WireGuard ({e}): running boringtun in faasd");
                     let (handle, device) = embedded(&name)?;

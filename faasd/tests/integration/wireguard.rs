@@ -376,15 +376,43 @@ fn an_interface_the_operator_made_is_adopted_and_configured() {
     let mut d = Daemon::start_with(&ns, &format!("wireguard-interface = \"{name}\"\n"));
     let status = d.cli_ok(&["status"]);
     assert!(status.contains(&format!("{name} (adopted")), "{status}");
+    // faasd configures it through wireguard-control's userspace backend; `wg`, another
+    // client of the same control socket, sees the result.
     let (_, public) = faasd::wireguard::generate_keypair().unwrap();
-    d.cli_ok(&["peer", "add", "desk", "--public-key", &public]);
-    let show = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "wg", "show", &name])
-        .output()
-        .unwrap();
-    let show = String::from_utf8_lossy(&show.stdout);
-    assert!(show.contains("listening port: 51820"), "{show}");
-    assert!(show.contains(&public), "{show}");
+    let config = d.cli_ok(&["peer", "add", "desk", "--public-key", &public]);
+    let host_key = config
+        .lines()
+        .find_map(|l| l.strip_prefix("PublicKey = "))
+        .unwrap_or_else(|| panic!("no host key in {config}"))
+        .to_owned();
+    let show = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "wg", "show", &name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = show();
+    assert!(shown.contains("listening port: 51820"), "{shown}");
+    assert!(
+        shown.contains(&format!("public key: {host_key}")),
+        "{shown}"
+    );
+    assert!(shown.contains(&format!("peer: {public}")), "{shown}");
+    assert!(
+        shown.contains("allowed ips: fd00:faa5:0:100::2/128"),
+        "{shown}"
+    );
+    // Read back through the library, and removed through it.
+    let peers: Vec<faasd::wireguard::PeerStatus> =
+        serde_json::from_str(&d.cli_ok(&["peer", "list", "--json"])).unwrap();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert!(peers[0].last_handshake_secs_ago.is_none(), "{peers:?}");
+    d.cli_ok(&["peer", "remove", "desk"]);
+    assert!(
+        !show().contains(&public),
+        "the peer stayed on the interface"
+    );
     let addrs = Command::new("ip")
         .args(["-n", &ns.name, "-6", "addr", "show", "dev", &name])
         .output()
