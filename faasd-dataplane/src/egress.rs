@@ -16,7 +16,10 @@ use std::{
 use aya::{
     EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr,
+        links::{FdLink, PinnedLink},
+    },
 };
 use faasd_common::{
     EGRESS_HAS_ALLOW, EGRESS_HAS_DENY, EgressMode, EgressReason, EgressRule, MAX_EGRESS_RULES,
@@ -54,7 +57,13 @@ pub struct Egress {
 impl Egress {
     /// Attaches the egress programs to `cgroup` (unless this build's are attached there
     /// already) and sets the level of function cgroups below the hierarchy's root.
-    pub fn attach(pin_dir: &Path, cgroup: &Path, level: u32) -> Result<Self, DataplaneError> {
+    /// Their rare events go to `kernel_log`.
+    pub fn attach(
+        pin_dir: &Path,
+        cgroup: &Path,
+        level: u32,
+        kernel_log: &crate::KernelLog,
+    ) -> Result<Self, DataplaneError> {
         if PROGRAM_OBJECT.is_empty() {
             return Err(DataplaneError::NoPrograms);
         }
@@ -95,6 +104,18 @@ impl Egress {
             // Only now, with this build's programs deciding, do older ones go.
             for old in older_pins(pin_dir, &fingerprint_suffix(fingerprint)) {
                 let _ = std::fs::remove_file(old);
+            }
+            kernel_log.attach(&mut ebpf);
+        } else {
+            // Attached by an earlier faasd, all from one object: one program leads to the
+            // log they share.
+            let first = pin(names::EGRESS_PROGRAMS[0]);
+            match PinnedLink::from_pin(&first).map(FdLink::from) {
+                Ok(link) => match link.info() {
+                    Ok(info) => kernel_log.attach_program(info.program_id()),
+                    Err(e) => tracing::debug!("{}: {e}", first.display()),
+                },
+                Err(e) => tracing::debug!("{}: {e}", first.display()),
             }
         }
         let pinned =

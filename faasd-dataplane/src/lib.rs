@@ -16,6 +16,7 @@ use std::{
 
 mod counters;
 mod egress;
+mod kernel_log;
 mod pins;
 mod slots;
 mod sys;
@@ -47,6 +48,7 @@ static PROGRAM_OBJECT: &[u8] = &[];
 const LINK_PIN: &str = "sk_lookup_link";
 
 pub use egress::{Egress, EgressPolicy, Refused};
+pub use kernel_log::KernelLog;
 
 /// This build's programs: FNV-1a of the object, carried by the names of the link pins.
 fn program_fingerprint() -> u64 {
@@ -136,12 +138,20 @@ pub struct DataplaneStatus {
     /// XDP: packets from sources a function denies, dropped.
     #[serde(default)]
     pub xdp_dropped_policy: u64,
+    /// Rare events the kernel programs logged since the daemon started.
+    #[serde(default)]
+    pub kernel_events: u64,
+    /// The last of them.
+    #[serde(default)]
+    pub last_kernel_event: Option<String>,
 }
 
 /// The loaded (or adopted) program and its maps.
 pub struct Dataplane {
     pin_dir: PathBuf,
     program_id: u32,
+    /// What the kernel programs log.
+    kernel_log: Arc<KernelLog>,
     adopted: bool,
     bindings: HashMap<MapData, BindingKey, u32>,
     sockets: SockMap<MapData>,
@@ -257,6 +267,8 @@ impl Dataplane {
             std::fs::remove_dir_all(&gone).map_err(io("remove", &gone))?;
         }
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let log =
+            Arc::new(KernelLog::start().map_err(io("start the kernel log reader for", &dir))?);
         let link_path = dir.join(link_pin_name());
         let older: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(io("list", &dir))?
@@ -269,7 +281,7 @@ impl Dataplane {
             })
             .collect();
         if !link_path.exists() && !older.is_empty() {
-            match Self::load(&dir, &link_path) {
+            match Self::load(&dir, &link_path, log.clone()) {
                 Ok(mut dp) => {
                     // The new program runs beside the old one until the old link goes.
                     for o in &older {
@@ -293,7 +305,7 @@ impl Dataplane {
             }
         }
         if link_path.exists() {
-            match Self::adopt(&dir, &link_path) {
+            match Self::adopt(&dir, &link_path, log.clone()) {
                 Ok(dp) => return Ok(dp),
                 Err(e) => {
                     tracing::warn!(
@@ -305,10 +317,14 @@ impl Dataplane {
                 }
             }
         }
-        Self::load(&dir, &link_path)
+        Self::load(&dir, &link_path, log.clone())
     }
 
-    fn adopt(dir: &Path, link_path: &Path) -> Result<Self, DataplaneError> {
+    fn adopt(
+        dir: &Path,
+        link_path: &Path,
+        kernel_log: Arc<KernelLog>,
+    ) -> Result<Self, DataplaneError> {
         let link =
             PinnedLink::from_pin(link_path).map_err(|e| DataplaneError::Load(e.to_string()))?;
         let link = FdLink::from(link);
@@ -317,9 +333,11 @@ impl Dataplane {
             .map_err(|e| DataplaneError::Load(e.to_string()))?
             .program_id();
         let pinned = |name: &'static str| MapData::from_pin(dir.join(name)).map_err(map_err(name));
+        kernel_log.attach_program(program_id);
         Ok(Self {
             pin_dir: dir.to_owned(),
             program_id,
+            kernel_log,
             adopted: true,
             bindings: HashMap::try_from(Map::HashMap(pinned(names::BINDINGS)?))
                 .map_err(map_err(names::BINDINGS))?,
@@ -355,7 +373,11 @@ impl Dataplane {
         self
     }
 
-    fn load(dir: &Path, link_path: &Path) -> Result<Self, DataplaneError> {
+    fn load(
+        dir: &Path,
+        link_path: &Path,
+        kernel_log: Arc<KernelLog>,
+    ) -> Result<Self, DataplaneError> {
         let load_err = |e: &dyn std::fmt::Display| DataplaneError::Load(e.to_string());
         // Maps are declared pinned by name, so the loader pins them in `dir`.
         let mut ebpf: Ebpf = EbpfLoader::new()
@@ -374,6 +396,7 @@ impl Dataplane {
         let link: FdLink = prog.take_link(link_id).map_err(|e| load_err(&e))?.into();
         let program_id = link.info().map_err(|e| load_err(&e))?.program_id();
         link.pin(link_path).map_err(|e| load_err(&e))?;
+        kernel_log.attach(&mut ebpf);
         let mut take = |name: &'static str| {
             ebpf.take_map(name)
                 .ok_or_else(|| DataplaneError::Load(format!("map {name} missing from the object")))
@@ -381,6 +404,7 @@ impl Dataplane {
         Ok(Self {
             pin_dir: dir.to_owned(),
             program_id,
+            kernel_log,
             adopted: false,
             bindings: HashMap::try_from(take(names::BINDINGS)?)
                 .map_err(map_err(names::BINDINGS))?,
@@ -666,11 +690,12 @@ impl Dataplane {
     /// Attaches the egress programs to `cgroup`, their maps pinned beside the steering
     /// program's; see [`Egress::attach`].
     pub fn egress(&self, cgroup: &Path, level: u32) -> Result<Egress, DataplaneError> {
-        Egress::attach(&self.pin_dir, cgroup, level)
+        Egress::attach(&self.pin_dir, cgroup, level, &self.kernel_log)
     }
 
     /// A summary for `faasd status`.
     pub fn status(&self) -> DataplaneStatus {
+        let (kernel_events, last_kernel_event) = self.kernel_log.events();
         DataplaneStatus {
             pin_dir: self.pin_dir.clone(),
             program_id: self.program_id,
@@ -683,6 +708,8 @@ impl Dataplane {
             xdp_passed: self.xdp_counter(XdpCounter::Passed),
             xdp_dropped_no_binding: self.xdp_counter(XdpCounter::DroppedNoBinding),
             xdp_dropped_policy: self.xdp_counter(XdpCounter::DroppedPolicy),
+            kernel_events,
+            last_kernel_event,
         }
     }
 }

@@ -7,15 +7,20 @@
 //! Beside it, the XDP guard (below) and the egress programs: on the cgroup that holds the
 //! functions' cgroups, they decide each `connect` and unconnected UDP send of a function by
 //! its rule (`faasd.dev/egress` and its prefix lists), and count what they refuse.
+//!
+//! Rare events (a binding whose socket is gone, a count that found its map full) are
+//! logged with aya-log, at most once a second per CPU, never on the path a packet that
+//! goes well takes; faasd reads them into its log and `faasd status`.
 #![no_std]
 #![no_main]
 
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
-    helpers::bpf_get_current_ancestor_cgroup_id,
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_ns},
     macros::{cgroup_sock_addr, map, sk_lookup, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, SockMap, lpm_trie::Key},
     programs::{SkLookupContext, SockAddrContext, XdpContext},
@@ -73,6 +78,32 @@ static EGRESS_REFUSED: PerCpuHashMap<u64, u64> = PerCpuHashMap::pinned(MAX_EGRES
 
 #[map(name = "EGRESS_CONFIG")]
 static EGRESS_CONFIG: Array<u32> = Array::pinned(1, 0);
+
+/// When this CPU last logged a rare event (CLOCK_MONOTONIC ns).
+#[map(name = "LOGGED_AT")]
+static LOGGED_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The least time between two logged events on one CPU: a flood of them (connections to
+/// a function while no faasd runs) costs one record a second, not one each.
+const LOG_EVERY_NS: u64 = 1_000_000_000;
+
+/// Whether a rare event may be logged now, on this CPU.
+#[inline(always)]
+fn may_log() -> bool {
+    let Some(last) = LOGGED_AT.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: this CPU's value; nothing else writes it while the program runs.
+    unsafe {
+        if *last != 0 && now.wrapping_sub(*last) < LOG_EVERY_NS {
+            return false;
+        }
+        *last = now;
+    }
+    true
+}
 
 #[sk_lookup]
 pub fn faasd_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -134,6 +165,18 @@ pub fn faasd_sk_lookup(ctx: SkLookupContext) -> u32 {
             if let Some(c) = counters {
                 // SAFETY: as above.
                 unsafe { (*c).no_socket += 1 };
+            }
+            if may_log() {
+                // SAFETY: four u32 in network order are the address's sixteen bytes.
+                let ip: [u8; 16] = unsafe { core::mem::transmute(addr) };
+                aya_log_ebpf::warn!(
+                    &ctx,
+                    "binding [{:i}]:{}/{} (slot {}) has no socket: refused",
+                    ip,
+                    port,
+                    protocol,
+                    slot
+                );
             }
             // The address belongs to a function whose socket is gone: refuse rather than
             // let another socket on the host answer for it.
@@ -261,22 +304,22 @@ const REFUSE: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn faasd_egress_connect4(ctx: SockAddrContext) -> i32 {
-    egress(destination4(&ctx))
+    egress(&ctx, destination4(&ctx))
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn faasd_egress_sendmsg4(ctx: SockAddrContext) -> i32 {
-    egress(destination4(&ctx))
+    egress(&ctx, destination4(&ctx))
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn faasd_egress_connect6(ctx: SockAddrContext) -> i32 {
-    egress(destination6(&ctx))
+    egress(&ctx, destination6(&ctx))
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn faasd_egress_sendmsg6(ctx: SockAddrContext) -> i32 {
-    egress(destination6(&ctx))
+    egress(&ctx, destination6(&ctx))
 }
 
 /// An IPv4 destination as its IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), the form the
@@ -306,7 +349,7 @@ fn destination6(ctx: &SockAddrContext) -> [u32; 4] {
 /// always allowed; then the mode; then an allowed prefix wins, a denied one refuses, and
 /// anything else passes (systemd's IPAddressAllow/IPAddressDeny).
 #[inline(always)]
-fn egress(addr: [u32; 4]) -> i32 {
+fn egress(ctx: &impl EbpfContext, addr: [u32; 4]) -> i32 {
     let Some(level) = EGRESS_CONFIG.get(0).copied().filter(|l| *l > 0) else {
         return ALLOW;
     };
@@ -341,7 +384,13 @@ fn egress(addr: [u32; 4]) -> i32 {
                 // SAFETY: this CPU's value; nothing else writes it while the program runs.
                 Some(c) => unsafe { *c += 1 },
                 None => {
-                    let _ = EGRESS_REFUSED.insert(&key, &1, 0);
+                    if EGRESS_REFUSED.insert(&key, &1, 0).is_err() && may_log() {
+                        aya_log_ebpf::warn!(
+                            ctx,
+                            "egress: a refusal of rule {} went uncounted: EGRESS_REFUSED is full",
+                            id
+                        );
+                    }
                 }
             }
             REFUSE

@@ -103,7 +103,47 @@ fn a_binding_whose_socket_is_gone_refuses_and_counts() {
                 .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
         assert_eq!(dp.counters().unwrap().slot(3).no_socket, 1);
+        // The program logged it (aya-log), and faasd read it.
+        let event = "binding [fd00:faa5:1::7]:8080/6 (slot 3) has no socket";
+        let logged = wait_for_kernel_event(&dp, event);
+        // A flood costs one record a second per CPU, not one per connection.
+        for _ in 0..20 {
+            let _ = TcpStream::connect_timeout(
+                &SocketAddr::from((fn_addr, 8080)),
+                Duration::from_secs(5),
+            );
+        }
+        assert_eq!(dp.counters().unwrap().slot(3).no_socket, 21);
+        // SAFETY: sysconf has no memory arguments.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) } as u64;
+        assert!(
+            dp.status().kernel_events <= logged + cpus,
+            "{} events for 20 refusals on {cpus} CPUs",
+            dp.status().kernel_events - logged
+        );
     });
+}
+
+/// Waits (up to 5 s) until the data plane has read a kernel event containing `text`;
+/// returns how many it has read.
+fn wait_for_kernel_event(dp: &Dataplane, text: &str) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = dp.status();
+        if s.last_kernel_event
+            .as_deref()
+            .is_some_and(|e| e.contains(text))
+        {
+            return s.kernel_events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kernel event {text:?} within 5 s; last: {:?} of {}",
+            s.last_kernel_event,
+            s.kernel_events
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -140,6 +180,17 @@ fn pinned_state_keeps_steering_and_is_adopted_by_the_next_daemon() {
             dp.counters().unwrap().slot(4).steered,
             1,
             "counters survive too"
+        );
+        // What the program logged while no daemon read its log reaches the next one.
+        drop(dp);
+        drop(l);
+        let _ =
+            TcpStream::connect_timeout(&SocketAddr::from((fn_addr, 9000)), Duration::from_secs(5));
+        let dp = Dataplane::open(Path::new("/sys/fs/bpf")).unwrap();
+        assert!(dp.adopted());
+        wait_for_kernel_event(
+            &dp,
+            "binding [fd00:faa5:1::5]:9000/6 (slot 4) has no socket",
         );
     });
 }

@@ -485,6 +485,22 @@ impl<'a> Daemon<'a> {
         self.api_with_headers(method, path, "", body)
     }
 
+    /// Waits (up to 10 s) until `faasd status` says what `pred` looks for; returns it.
+    pub fn wait_for_status(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.cli_ok(&["status"]);
+            if pred(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "faasd status shows no {what} within 10 s:\n{status}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The value of one series of `/metrics`, named with its labels as the page writes
     /// them (`faasd_async_queued{stage="call"}`).
     pub fn metric(&self, series: &str) -> u64 {

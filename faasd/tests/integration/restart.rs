@@ -35,10 +35,20 @@ fn restart_keeps_serving(kill9: bool) {
         (200, instance.clone()),
         "served while faasd was down"
     );
+    // The stopped function's socket went with the daemon: its connection is refused, and
+    // the program logs that (read by the next daemon).
+    let e = ns
+        .run(|| http_get(SocketAddr::from((stopped, 8080))))
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
 
     d.restart();
     let status = d.cli_ok(&["status", "--json"]);
     assert!(status.contains("\"adopted\":true"), "{status}");
+    let event = format!("binding [{stopped}]:8080/6");
+    d.wait_for_status("the kernel's event", |s| {
+        s.contains(&event) && s.contains("has no socket")
+    });
     let after = d.describe("running");
     assert_eq!(after.address, running, "addresses are stable");
     assert_eq!(

@@ -594,6 +594,13 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
                         )
                     },
                 ),
+                (
+                    "kernel",
+                    match &d.last_kernel_event {
+                        None => "no event logged by the kernel programs".into(),
+                        Some(last) => format!("{} event(s) logged; last: {last}", d.kernel_events),
+                    },
+                ),
                 ("runtime", s.runtime.clone()),
                 ("containerd", s.containerd.clone()),
                 ("wireguard", s.wireguard.clone()),
