@@ -677,6 +677,15 @@ impl Settings {
                 "{READY_PATH_ANNOTATION}: {p:?} is not a URL path (it starts with / and has no spaces)"
             ));
         }
+        if let Some(v) = d.env_vars.get(MAX_INFLIGHT_ENV)
+            && v.trim().parse::<u32>().is_err()
+        {
+            return bad(format!(
+                "envVars {MAX_INFLIGHT_ENV}={v:?}: of-watchdog's limit of requests at once \
+                 (and faasd's of connections an instance is given) is a whole number, 0 for \
+                 none"
+            ));
+        }
         if ready_path.is_some() && ann("socket-activation").is_some_and(|v| v.trim() == "true") {
             return bad(format!(
                 "{READY_PATH_ANNOTATION} is asked of an image that binds its own port, \
@@ -735,6 +744,9 @@ impl Settings {
 
 /// OpenFaaS's annotation for the path its readiness probe asks.
 pub const READY_PATH_ANNOTATION: &str = "com.openfaas.ready.http.path";
+
+/// The environment variable of-watchdog takes its limit of requests at once from.
+pub const MAX_INFLIGHT_ENV: &str = "max_inflight";
 
 const KNOWN_ANNOTATIONS: &[&str] = &[
     "ports",
@@ -1018,6 +1030,22 @@ mod tests {
             service: name.into(),
             env_process: Some("/bin/true".into()),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn max_inflight_must_be_a_whole_number() {
+        let mut d = deployment("watchdog");
+        d.env_process = None;
+        d.image = Some("localhost/app:1".into());
+        for good in ["0", "4", " 8 "] {
+            d.env_vars.insert(MAX_INFLIGHT_ENV.into(), good.into());
+            assert!(FunctionSpec::from_deployment(d.clone()).is_ok(), "{good:?}");
+        }
+        for bad in ["", "-1", "four", "1.5"] {
+            d.env_vars.insert(MAX_INFLIGHT_ENV.into(), bad.into());
+            let e = FunctionSpec::from_deployment(d.clone()).unwrap_err();
+            assert!(e.to_string().contains("whole number"), "{bad:?}: {e}");
         }
     }
 

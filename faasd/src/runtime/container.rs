@@ -136,8 +136,6 @@ impl ContainerHost {
 
 /// The watchdogs' readiness path.
 const WATCHDOG_HEALTH: &str = "/_/health";
-/// The watchdogs' variable for the requests an instance takes at once.
-const MAX_INFLIGHT: &str = "max_inflight";
 
 /// How an instance's connections reach it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +199,7 @@ impl ContainerRuntime {
             image_port: settings.image_port,
             socket_activation: settings.socket_activation,
             ready_path: settings.ready_path.clone(),
-            max_inflight: d.env_vars.get(MAX_INFLIGHT).cloned(),
+            max_inflight: d.env_vars.get(faasd_core::spec::MAX_INFLIGHT_ENV).cloned(),
             secrets,
             config: OnceLock::new(),
         }
@@ -672,7 +670,7 @@ impl Runtime for ContainerRuntime {
         let max_inflight = self
             .max_inflight
             .as_ref()
-            .or_else(|| image_env(MAX_INFLIGHT))
+            .or_else(|| image_env(faasd_core::spec::MAX_INFLIGHT_ENV))
             .and_then(|v| v.trim().parse::<u32>().ok())
             .filter(|n| *n > 0);
         Some(crate::forward::Upstream {
