@@ -199,6 +199,10 @@ faasd is running with two sample functions:
   By name, through faasd's DNS on wg-faas:
     dig +short AAAA hello.faas @fd00:faa5:0:100::1
 
+  The web UI, in a browser on this host (user admin, the password in
+  {}):
+    http://[fd00:faa5:0:100::1]:8080/ui/
+
   Look around:
     export FAASD_SOCKET={sock}
     target/release/faasd list
@@ -209,7 +213,8 @@ faasd is running with two sample functions:
 
   Each stops again after 30 s without connections; the next call starts it again.
   Press Ctrl-C to stop faasd and its functions.",
-        ctr.socket.display()
+        ctr.socket.display(),
+        dir.join("state/auth/basic-auth-password").display()
     );
     // Ctrl-C reaches faasd too (same process group); wait for it to finish its shutdown.
     // SAFETY: ignoring SIGINT in this process only; the daemon keeps its own handler.
@@ -341,7 +346,9 @@ fn bench(args: &[String]) -> Result {
             .arg(root.join("target/bench"));
         c
     };
-    if let Some(section @ ("scale" | "autoscale" | "cluster")) = args.first().map(String::as_str) {
+    if let Some(section @ ("scale" | "autoscale" | "cluster" | "lookup")) =
+        args.first().map(String::as_str)
+    {
         // One section alone: process functions only, no containerd needed.
         step(&format!("running the {section} benchmark"));
         return run(harness(&[section.as_ref()]).args(&args[1..]));
