@@ -96,6 +96,8 @@ pub struct Page {
     pub peers: Vec<PeerStatus>,
     /// DNS queries answered: (type, response code) → count.
     pub dns: BTreeMap<(&'static str, &'static str), u64>,
+    /// Of them, answered again from memory by the UDP front.
+    pub dns_from_memory: u64,
     /// The API's requests.
     pub http: BTreeMap<(u16, &'static str, String), Histogram>,
     /// Host-wide latencies: activations, and calls through `/function/*`.
@@ -379,6 +381,7 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
         functions,
         peers,
         dns,
+        dns_from_memory,
         http: requests,
         latencies: (activation, invocation),
         supervisors,
@@ -618,6 +621,12 @@ pub fn render(page: &Page, out: impl Write) -> std::io::Result<()> {
             n,
         )?;
     }
+    o.family(
+        "faasd_dns_answers_from_memory_total",
+        "counter",
+        "Of those, UDP answers sent again from memory (the same query before, the zone unchanged since).",
+    )?;
+    o.sample("faasd_dns_answers_from_memory_total", &[], dns_from_memory)?;
 
     o.family(
         "faasd_egress_refused_total",

@@ -47,7 +47,8 @@ fn setsockopt_int(
     .map(drop)
 }
 
-fn sockaddr(addr: Ipv6Addr, port: u16) -> libc::sockaddr_in6 {
+/// The kernel's form of `[addr]:port`.
+pub(crate) fn sockaddr(addr: Ipv6Addr, port: u16) -> libc::sockaddr_in6 {
     // SAFETY: sockaddr_in6 is plain data; all-zero is a valid value.
     let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
@@ -94,6 +95,16 @@ pub fn create(addr: Ipv6Addr, port: &Port, backlog: u32) -> io::Result<OwnedFd> 
 /// A non-blocking socket of faasd's own services (DNS) bound to `addr` even before the
 /// address exists on an interface (FREEBIND), listening if it is a stream socket.
 pub fn bind_any(addr: std::net::SocketAddr, ty: libc::c_int) -> io::Result<OwnedFd> {
+    bind_service(addr, ty, false)
+}
+
+/// As [`bind_any`], one of several sockets sharing `addr` (SO_REUSEPORT: the kernel spreads
+/// what arrives over them, one per thread that serves it).
+pub fn bind_shared(addr: std::net::SocketAddr, ty: libc::c_int) -> io::Result<OwnedFd> {
+    bind_service(addr, ty, true)
+}
+
+fn bind_service(addr: std::net::SocketAddr, ty: libc::c_int, shared: bool) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv6() {
         libc::AF_INET6
     } else {
@@ -105,6 +116,9 @@ pub fn bind_any(addr: std::net::SocketAddr, ty: libc::c_int) -> io::Result<Owned
     // SAFETY: fd is a fresh descriptor nobody else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if shared {
+        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
     let r = match addr {
         std::net::SocketAddr::V6(a) => {
             setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
@@ -163,10 +177,24 @@ pub fn is_stream(fd: &impl AsRawFd) -> io::Result<bool> {
 
 /// Makes a socket non-blocking; only for sockets no function shares (accept mode).
 pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    set_blocking_mode(fd, false)
+}
+
+/// Makes a socket's calls block (a thread of its own waits on it).
+pub fn set_blocking(fd: &impl AsRawFd) -> io::Result<()> {
+    set_blocking_mode(fd, true)
+}
+
+fn set_blocking_mode(fd: &impl AsRawFd, blocking: bool) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller owns.
     let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    let flags = if blocking {
+        flags & !libc::O_NONBLOCK
+    } else {
+        flags | libc::O_NONBLOCK
+    };
     // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) }).map(drop)
 }
 
 /// Whether a connection (TCP) or datagram (UDP) is waiting on the socket.
@@ -260,12 +288,17 @@ pub fn local_addr(fd: &impl AsRawFd) -> io::Result<SocketAddrV6> {
             "not an IPv6 socket",
         ));
     }
-    Ok(SocketAddrV6::new(
+    Ok(from_sockaddr(&sa))
+}
+
+/// The address a kernel `sockaddr_in6` holds.
+pub(crate) fn from_sockaddr(sa: &libc::sockaddr_in6) -> SocketAddrV6 {
+    SocketAddrV6::new(
         sa.sin6_addr.s6_addr.into(),
         u16::from_be(sa.sin6_port),
         0,
         0,
-    ))
+    )
 }
 
 /// Accepts one pending connection without blocking; `None` when none is waiting.
@@ -292,15 +325,7 @@ pub fn accept(fd: &impl AsRawFd) -> io::Result<Option<(OwnedFd, SocketAddrV6)>> 
     }
     // SAFETY: r is a fresh descriptor.
     let conn = unsafe { OwnedFd::from_raw_fd(r) };
-    Ok(Some((
-        conn,
-        SocketAddrV6::new(
-            sa.sin6_addr.s6_addr.into(),
-            u16::from_be(sa.sin6_port),
-            0,
-            0,
-        ),
-    )))
+    Ok(Some((conn, from_sockaddr(&sa))))
 }
 
 /// A function's sockets registered with tokio's reactor. The descriptors stay owned by

@@ -63,7 +63,8 @@ const PACKAGES: &[(&str, &str)] = &[
         "the private registry test makes its CA and certificate",
     ),
     ("dnsutils", "dig: the DNS tests query faasd's zone with it"),
-    ("nsd", "the calls-out tests' authoritative DNS server"),
+    ("nsd", "the calls-out tests' authoritative DNS server; a DNS peer in the bench"),
+    ("knot", "Knot DNS: the other DNS peer in the bench"),
     (
         "nftables",
         "nft: faasd masquerades what functions send out of the host with it",
@@ -245,7 +246,17 @@ fn apt_packages() -> Result {
             "{e}\nhint: rustc-web 1.96 and libstd-rust-web-dev-bpf come from bookworm-security; \
              make sure it is in /etc/apt/sources.list(.d)"
         )
-    })
+    })?;
+    // Debian starts the DNS servers it installs on port 53 of every address; the tests and
+    // the bench run their own in namespaces, and faasd answers on the host.
+    for unit in ["nsd", "knot"].iter().filter(|u| missing.contains(u)) {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", unit])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    Ok(())
 }
 
 fn cargo_bin(name: &str) -> PathBuf {

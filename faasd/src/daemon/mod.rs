@@ -629,16 +629,17 @@ impl Daemon {
             .as_ref()
             .and_then(|w| w.peer_status().ok())
             .unwrap_or_default();
-        let dns = self
+        let (dns, dns_from_memory) = self
             .zone
             .as_ref()
-            .map(|z| z.query_counts())
+            .map(|z| (z.query_counts(), z.answers_from_memory()))
             .unwrap_or_default();
         crate::metrics::Page {
             host,
             functions,
             peers,
             dns,
+            dns_from_memory,
             http: self.http.snapshot(),
             latencies: self.latencies.snapshot(),
             supervisors: crate::metrics::Supervisors {

@@ -117,6 +117,51 @@ fn functions_have_aaaa_records_over_udp_and_tcp_and_the_apex_is_complete() {
     assert_eq!(status(&ns, &["+tcp", "A", "example.com"]), "REFUSED");
 }
 
+/// Queries that repeat byte for byte but for the id (`+nocookie`: dig's cookie is new each
+/// run) are answered again from the UDP front's memory, counted like any, and never after
+/// the zone changed.
+#[test]
+fn repeated_queries_are_answered_from_memory_until_the_zone_changes() {
+    require_dig!();
+    let ns = Netns::new("dns-kept");
+    // Nothing to forward to (faasd is the only resolver named): outside names are refused.
+    let resolv = ns.dir.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver ::1\n").unwrap();
+    let d = Daemon::start_with(
+        &ns,
+        &format!("dns = [\"[::1]:53\"]\nresolv-conf = {resolv:?}\n"),
+    );
+    let aaaa = |name: &str| short(&ns, &["+nocookie", "AAAA", name]);
+    let first = d.deploy_hello("kept", &[]);
+    for _ in 0..5 {
+        assert_eq!(aaaa("kept.faas"), first.to_string());
+    }
+    let answered = || d.metric(r#"faasd_dns_queries_total{type="AAAA",rcode="NOERROR"}"#);
+    assert_eq!(answered(), 5, "every answer counted, the kept ones too");
+    // Each of the front's sockets (one per core, up to 8) keeps its own: the first query
+    // each one takes goes to the zone, the rest are sent again.
+    let sockets = std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) as u64;
+    let kept = d.metric("faasd_dns_answers_from_memory_total");
+    assert!(
+        kept >= 5u64.saturating_sub(sockets) && (1..=4).contains(&kept),
+        "{kept} of 5 answers sent again from memory, with {sockets} socket(s)"
+    );
+    // Removed: the kept answer goes with the change.
+    d.cli_ok(&["remove", "kept"]);
+    assert_eq!(status(&ns, &["+nocookie", "AAAA", "kept.faas"]), "NXDOMAIN");
+    assert_eq!(status(&ns, &["+nocookie", "AAAA", "kept.faas"]), "NXDOMAIN");
+    // Back at another address: the kept NXDOMAIN goes too.
+    d.deploy_hello("other", &[]);
+    let second = d.deploy_hello("kept", &[]);
+    assert_ne!(first, second);
+    assert_eq!(aaaa("kept.faas"), second.to_string());
+    assert_eq!(aaaa("kept.openfaas-fn.faas"), second.to_string());
+    // Names outside the zone are never kept: refused each time.
+    for _ in 0..2 {
+        assert_eq!(status(&ns, &["+nocookie", "A", "example.com"]), "REFUSED");
+    }
+}
+
 #[test]
 fn records_follow_deploy_and_remove_and_are_rebuilt_after_a_restart() {
     require_dig!();

@@ -11,7 +11,11 @@
 //! so the serial also goes up across restarts without a disk write per change.
 //!
 //! The listening sockets are bound with IPV6_FREEBIND: the zone's default address lives on
-//! `wg-faas`, which may come up after faasd.
+//! `wg-faas`, which may come up after faasd. Over UDP on IPv6, [`udp`] answers first: it
+//! sends again what the zone answered before, while the zone has not changed, and relays
+//! the rest to hickory.
+
+mod udp;
 
 use std::{
     collections::BTreeMap,
@@ -78,6 +82,9 @@ pub enum DnsError {
 /// The zone and what keeps it current.
 pub struct Zone {
     handler: Arc<InMemoryZoneHandler>,
+    /// Bumped on every change of the zone: the UDP front's kept answers hold the one they
+    /// were made under.
+    generation: Arc<AtomicU64>,
     functions: Arc<RwLock<Functions>>,
     queries: Arc<QueryCounts>,
     origin: Name,
@@ -189,6 +196,7 @@ impl Zone {
         let serial = now.max(stored);
         Self {
             handler: Arc::new(handler),
+            generation: Arc::default(),
             functions: Arc::default(),
             queries: Arc::default(),
             origin,
@@ -244,6 +252,9 @@ impl Zone {
                 serial,
             )
             .await;
+        // Every change ends here (the functions' map is changed before): answers kept
+        // until now are not sent again.
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Adds or changes a function's records.
@@ -335,6 +346,11 @@ impl Zone {
         self.queries.snapshot()
     }
 
+    /// Of them, UDP answers sent again from memory.
+    pub fn answers_from_memory(&self) -> u64 {
+        self.queries.from_memory.load(Ordering::Relaxed)
+    }
+
     /// Starts answering on `addrs` (UDP and TCP on each) and on `inherited`, sockets
     /// systemd passed (each served as what it is: datagram or stream). Names outside the
     /// zone are forwarded to the resolvers `resolv_conf` names (leaving out faasd's own
@@ -378,13 +394,38 @@ impl Zone {
             origin: LowerName::new(&self.origin),
             ns: LowerName::new(&self.ns_name()),
         });
+        // hickory's own UDP socket, behind the front.
+        let loopback = SocketAddr::from((Ipv6Addr::LOCALHOST, 0));
+        let behind = {
+            let listen = |source| DnsError::Listen {
+                addr: loopback,
+                source,
+            };
+            let s = crate::sockets::bind_any(loopback, libc::SOCK_DGRAM).map_err(listen)?;
+            let addr = SocketAddr::V6(crate::sockets::local_addr(&s).map_err(listen)?);
+            server.register_socket(
+                tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(s)).map_err(listen)?,
+            );
+            addr
+        };
+        let front = |fd: std::os::fd::OwnedFd, addr: SocketAddr| {
+            udp::serve(fd, behind, self.generation.clone(), self.queries.clone())
+                .map_err(|source| DnsError::Listen { addr, source })
+        };
         for fd in inherited {
-            let addr = crate::sockets::local_addr(&fd)
-                .map(SocketAddr::V6)
+            let local = crate::sockets::local_addr(&fd);
+            let addr = local
+                .as_ref()
+                .map(|a| SocketAddr::V6(*a))
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
             let listen = |source| DnsError::Listen { addr, source };
+            let stream = crate::sockets::is_stream(&fd).map_err(listen)?;
+            if !stream && local.is_ok() {
+                front(fd, addr)?;
+                continue;
+            }
             crate::sockets::set_nonblocking(&fd).map_err(listen)?;
-            if crate::sockets::is_stream(&fd).map_err(listen)? {
+            if stream {
                 server.register_listener(
                     tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd))
                         .map_err(listen)?,
@@ -403,10 +444,21 @@ impl Zone {
                 addr: *addr,
                 source,
             };
-            let udp = crate::sockets::bind_any(*addr, libc::SOCK_DGRAM).map_err(listen)?;
-            server.register_socket(
-                tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(udp)).map_err(listen)?,
-            );
+            if addr.is_ipv6() {
+                // One socket per core, the port shared.
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+                for _ in 0..threads {
+                    let udp =
+                        crate::sockets::bind_shared(*addr, libc::SOCK_DGRAM).map_err(listen)?;
+                    front(udp, *addr)?;
+                }
+            } else {
+                let udp = crate::sockets::bind_any(*addr, libc::SOCK_DGRAM).map_err(listen)?;
+                server.register_socket(
+                    tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(udp))
+                        .map_err(listen)?,
+                );
+            }
             let tcp = crate::sockets::bind_any(*addr, libc::SOCK_STREAM).map_err(listen)?;
             server.register_listener(
                 tokio::net::TcpListener::from_std(std::net::TcpListener::from(tcp))
@@ -497,27 +549,38 @@ fn slot_name(list: &[(impl Sized, &'static str)], i: usize) -> &'static str {
 /// Answered queries by type and response code: one atomic counter per pair (the last row
 /// and column are `other`), so counting adds no lock to the answer path.
 #[derive(Debug)]
-struct QueryCounts([[AtomicU64; RESPONSE_CODES.len() + 1]; QUERY_TYPES.len() + 1]);
+struct QueryCounts {
+    answers: [[AtomicU64; RESPONSE_CODES.len() + 1]; QUERY_TYPES.len() + 1],
+    /// Of them, sent again from memory by the UDP front.
+    from_memory: AtomicU64,
+}
 
 impl Default for QueryCounts {
     fn default() -> Self {
-        Self(std::array::from_fn(|_| {
-            std::array::from_fn(|_| AtomicU64::new(0))
-        }))
+        Self {
+            answers: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            from_memory: AtomicU64::new(0),
+        }
     }
 }
 
 impl QueryCounts {
     /// Counts one answer; `kind` is `None` for a request without a query.
     fn count(&self, kind: Option<RecordType>, rcode: ResponseCode) {
-        self.0[slot(&QUERY_TYPES, kind)][slot(&RESPONSE_CODES, Some(rcode))]
+        self.answers[slot(&QUERY_TYPES, kind)][slot(&RESPONSE_CODES, Some(rcode))]
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one answer sent again from memory.
+    fn count_from_memory(&self, kind: Option<RecordType>, rcode: ResponseCode) {
+        self.count(kind, rcode);
+        self.from_memory.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The pairs seen at least once.
     fn snapshot(&self) -> BTreeMap<(&'static str, &'static str), u64> {
         let mut out = BTreeMap::new();
-        for (k, row) in self.0.iter().enumerate() {
+        for (k, row) in self.answers.iter().enumerate() {
             for (c, n) in row.iter().enumerate() {
                 let n = n.load(Ordering::Relaxed);
                 if n > 0 {
