@@ -63,7 +63,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "the private registry test makes its CA and certificate",
     ),
     ("dnsutils", "dig: the DNS tests query faasd's zone with it"),
-    ("nsd", "the calls-out tests' authoritative DNS server; a DNS peer in the bench"),
+    (
+        "nsd",
+        "the calls-out tests' authoritative DNS server; a DNS peer in the bench",
+    ),
     ("knot", "Knot DNS: the other DNS peer in the bench"),
     (
         "nftables",
