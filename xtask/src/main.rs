@@ -346,7 +346,7 @@ fn bench(args: &[String]) -> Result {
             .arg(root.join("target/bench"));
         c
     };
-    if let Some(section @ ("scale" | "autoscale" | "cluster" | "lookup" | "dns")) =
+    if let Some(section @ ("scale" | "autoscale" | "cluster" | "lookup" | "dns" | "xdp")) =
         args.first().map(String::as_str)
     {
         // One section alone: process functions only, no containerd needed.
