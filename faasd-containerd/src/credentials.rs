@@ -136,18 +136,13 @@ impl Registries {
         }))
     }
 
-    /// The directory whose CAs `host` is trusted by.
-    pub(crate) fn certs_for(&self, host: &str) -> PathBuf {
-        self.certs_dir.join(host)
-    }
-
-    /// The TLS settings for `host`: the Mozilla roots, and the CAs in its certificate
-    /// directory if it has one. `Ok(None)` when it has none (the default roots are shared).
+    /// The CAs `host` is trusted by besides the Mozilla roots: the certificates in its
+    /// directory below the certificates directory; `Ok(None)` when it has no directory.
     pub(crate) fn extra_roots(
         &self,
         host: &str,
     ) -> Result<Option<Vec<CertificateDer<'static>>>, String> {
-        let dir = self.certs_for(host);
+        let dir = self.certs_dir.join(host);
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

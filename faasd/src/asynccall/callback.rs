@@ -61,7 +61,8 @@ pub enum Delivery {
 pub async fn deliver(id: &str, answer: &Answer, body: Bytes) -> Delivery {
     let target = match Target::parse(&answer.callback) {
         Ok(t) => t,
-        // Checked when the call was accepted; a file edited since gets no more tries.
+        // Checked when the call was accepted, so only a queue file edited by hand gets here;
+        // it is tried like any failing callback until its time is up, and then logged.
         Err(e) => return Delivery::Retry(e.to_string()),
     };
     match tokio::time::timeout(ATTEMPT_TIMEOUT, post(&target, id, answer, body)).await {

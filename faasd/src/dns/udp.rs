@@ -268,19 +268,7 @@ fn recv_batch(
             iov_len: b.len(),
         })
         .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .zip(addrs.iter_mut())
-        .map(|(iov, addr)| {
-            // SAFETY: as above.
-            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in6).cast();
-            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
-            h
-        })
-        .collect();
+    let mut msgs = headers(&mut iovs, &mut addrs);
     // SAFETY: every header points into buffers and addresses that outlive the call.
     let n = unsafe {
         libc::recvmmsg(
@@ -306,6 +294,23 @@ fn recv_batch(
         .collect())
 }
 
+/// One message header per buffer and address, for recvmmsg and sendmmsg; they point into
+/// both, which must outlive the call they are used in.
+fn headers(iovs: &mut [libc::iovec], addrs: &mut [libc::sockaddr_in6]) -> Vec<libc::mmsghdr> {
+    iovs.iter_mut()
+        .zip(addrs.iter_mut())
+        .map(|(iov, addr)| {
+            // SAFETY: plain data; all-zero is a valid value.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in6).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect()
+}
+
 /// Sends each datagram to its address, as many per system call as the kernel takes.
 fn send_batch(socket: &UdpSocket, out: &[(SocketAddr, Vec<u8>)]) -> std::io::Result<()> {
     let mut addrs: Vec<libc::sockaddr_in6> = out
@@ -323,19 +328,7 @@ fn send_batch(socket: &UdpSocket, out: &[(SocketAddr, Vec<u8>)]) -> std::io::Res
             iov_len: b.len(),
         })
         .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .zip(addrs.iter_mut())
-        .map(|(iov, addr)| {
-            // SAFETY: plain data; all-zero is a valid value.
-            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in6).cast();
-            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
-            h
-        })
-        .collect();
+    let mut msgs = headers(&mut iovs, &mut addrs);
     let mut sent = 0;
     while sent < msgs.len() {
         // SAFETY: the headers point into buffers and addresses that outlive the call.
