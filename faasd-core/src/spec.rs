@@ -27,6 +27,7 @@
 //! | `faasd.dev/pids-max` | most tasks (processes and threads) of a process function's instance | none |
 //! | `faasd.dev/latency-histograms` | `true`: this function's own activation and call latency histograms in `/metrics` (the host-wide ones are always there) | false |
 //! | `faasd.dev/socket-activation` | images: `true` passes the sockets (LISTEN_FDS) to an image without faasd's label `dev.faasd.socket-activation`, `false` forwards to one that has it | the image's label |
+//! | `faasd.dev/prepare` | `true`: while stopped, keep one instance set up (namespaces, cgroup, container task) and waiting for its sockets, so the first connection pays only the hand-over and the exec | false |
 //! | `faasd.dev/spread` | in a cluster, `true`: run on `com.openfaas.scale.min` hosts (as many as its constraints admit), each serving its address | false |
 //!
 //! Functions take the OpenFaaS fields `limits` (`memory` like `128Mi`, `cpu` like `500m`,
@@ -338,6 +339,8 @@ pub struct Settings {
     pub latency_histograms: bool,
     /// In a cluster: run on `min_scale` hosts, not one.
     pub spread: bool,
+    /// While stopped, keep one instance prepared: set up and waiting for its sockets.
+    pub prepare: bool,
     /// Images: whether the instance takes its sockets, when the deployment says so
     /// (else the image's label does).
     pub socket_activation: Option<bool>,
@@ -692,6 +695,13 @@ impl Settings {
                  while faasd.dev/socket-activation=true passes it the sockets"
             ));
         }
+        let prepare = parse_bool("faasd.dev/prepare", ann("prepare"))?;
+        if prepare && accept.is_some() {
+            return bad(
+                "faasd.dev/prepare keeps one instance waiting for the function's sockets, \
+                 while faasd.dev/accept starts one per connection: give one of them",
+            );
+        }
         let policy = Policy {
             allow: parse_prefixes("faasd.dev/ip-address-allow", ann("ip-address-allow"), false)?,
             deny: parse_prefixes("faasd.dev/ip-address-deny", ann("ip-address-deny"), false)?,
@@ -734,6 +744,7 @@ impl Settings {
                 ann("latency-histograms"),
             )?,
             spread: parse_bool("faasd.dev/spread", ann("spread"))?,
+            prepare,
             socket_activation: ann("socket-activation")
                 .map(|v| parse_bool("faasd.dev/socket-activation", Some(v)))
                 .transpose()?,
@@ -766,6 +777,7 @@ const KNOWN_ANNOTATIONS: &[&str] = &[
     "pids-max",
     "scale-down-delay",
     "spread",
+    "prepare",
     "socket-activation",
 ];
 

@@ -10,6 +10,11 @@
 //! `shim --init -- COMMAND [ARGS...]`: only the init, for an image that binds its own port
 //! (faasd forwards to it and passes no sockets).
 //!
+//! `--prepared` (with either): the container is prepared ahead of its first connection.
+//! The shim connects at once and waits, without a time limit, for faasd's message (the
+//! sockets, or with `--init` a message of its own) before it runs COMMAND; faasd holds the
+//! other end, so the wait ends with faasd too.
+//!
 //! It is built as a static binary, so it runs in an image that has nothing else: no shell,
 //! no libc, no /etc.
 
@@ -31,19 +36,33 @@ const RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let (sockets, rest) = match args.split_first() {
-        Some((flag, rest)) if flag == "--init" => (false, rest),
-        _ => (true, &args[..]),
-    };
+    let (mut sockets, mut prepared, mut rest) = (true, false, &args[..]);
+    while let Some((flag, tail)) = rest.split_first() {
+        match flag.to_str() {
+            Some("--init") => sockets = false,
+            Some("--prepared") => prepared = true,
+            _ => break,
+        }
+        rest = tail;
+    }
     let command = match rest.split_first() {
         Some((sep, rest)) if sep == "--" && !rest.is_empty() => rest,
         _ => fail(
-            "usage: shim [--init] -- COMMAND [ARGS...] (started by faasd as a container's \
-             entrypoint)",
+            "usage: shim [--init] [--prepared] -- COMMAND [ARGS...] (started by faasd as a \
+             container's entrypoint)",
         ),
     };
+    if prepared && !sockets {
+        // The go-ahead: faasd sends no sockets to an image that binds its own port.
+        receive(None).unwrap_or_else(|e| fail(&format!("waiting for faasd: {e}")));
+    }
     if sockets {
-        let (fds, names) = receive().unwrap_or_else(|e| fail(&format!("receiving sockets: {e}")));
+        let timeout = (!prepared).then_some(RECEIVE_TIMEOUT);
+        let (fds, names) =
+            receive(timeout).unwrap_or_else(|e| fail(&format!("receiving sockets: {e}")));
+        if fds.is_empty() {
+            fail("receiving sockets: faasd sent none");
+        }
         place(&fds).unwrap_or_else(|e| fail(&format!("placing sockets at fd 3..: {e}")));
         // SAFETY: single-threaded; nothing else reads the environment concurrently.
         unsafe {
@@ -78,14 +97,16 @@ fn fail(msg: &str) -> ! {
     std::process::exit(127);
 }
 
-fn receive() -> std::io::Result<(Vec<RawFd>, String)> {
+/// Connects to faasd and takes its one message: descriptors and their names. `timeout`:
+/// how long to wait (none for a prepared container).
+fn receive(timeout: Option<Duration>) -> std::io::Result<(Vec<RawFd>, String)> {
     let stream = UnixStream::connect(handoff::SOCKET)?;
-    stream.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
+    stream.set_read_timeout(timeout)?;
     let mut payload = vec![0u8; handoff::MAX_PAYLOAD];
     let mut fds = [-1; handoff::MAX_FDS];
     let (n, nfds) = stream.recv_with_fd(&mut payload, &mut fds)?;
-    if nfds == 0 {
-        return Err(std::io::Error::other("faasd sent no sockets"));
+    if n == 0 {
+        return Err(std::io::Error::other("faasd closed the connection"));
     }
     payload.truncate(n);
     let names = String::from_utf8(payload)

@@ -136,6 +136,10 @@ pub struct FunctionState {
     pub retry_in_ms: Option<u64>,
     /// Timing of the last activation from zero.
     pub last_activation: Option<ActivationTiming>,
+    /// The id of the instance kept prepared for the next activation
+    /// (`faasd.dev/prepare`), while there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<String>,
     /// Scaling with the load, for a function that asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleStatus>,

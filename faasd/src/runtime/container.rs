@@ -40,7 +40,7 @@ use faasd_containerd::{
 };
 use faasd_core::{image_ref::ImageRef, spec::FunctionSpec};
 
-use super::{Instance, Launch, Milestones, Runtime, RuntimeError};
+use super::{Instance, Launch, Milestones, Runtime, RuntimeError, prepared::Prepared};
 
 /// Label on every container faasd creates: the function it belongs to (`namespace/name`).
 pub const FUNCTION_LABEL: &str = "dev.faasd.function";
@@ -252,7 +252,13 @@ impl ContainerRuntime {
         Ok(n)
     }
 
-    async fn start_instance(&self, launch: &Launch) -> Result<Instance, StartError> {
+    /// Creates and starts the instance's container. `prepared`: its shim connects and waits
+    /// for its sockets, whose connection is returned, instead of receiving them at once.
+    async fn start_instance(
+        &self,
+        launch: &Launch,
+        prepared: bool,
+    ) -> Result<(Instance, Option<tokio::net::UnixStream>), StartError> {
         let config = self.prepare().await?.clone();
         let client = self.host.client().await?;
         let shim = self.host.shim_path()?.to_owned();
@@ -274,7 +280,8 @@ impl ContainerRuntime {
             read_only: true,
         });
         let listener = match delivery {
-            Delivery::Sockets => {
+            Delivery::Forward(_) if !prepared => None,
+            _ => {
                 let path = dir.join("handoff.sock");
                 let l =
                     bind_long(&dir, "handoff.sock").map_err(io("binding the handoff socket"))?;
@@ -287,7 +294,6 @@ impl ContainerRuntime {
                 });
                 Some(l)
             }
-            Delivery::Forward(_) => None,
         };
         binds.extend(launch.binds.iter().map(|(source, destination)| Bind {
             source: source.to_string_lossy().into(),
@@ -309,7 +315,7 @@ impl ContainerRuntime {
                 read_only: true,
             });
         }
-        let spec = self.container_spec(&config, delivery, launch, binds);
+        let spec = self.container_spec(&config, delivery, prepared, launch, binds);
 
         // From here on, whatever was created is removed again if a later step fails.
         let created = async {
@@ -408,18 +414,25 @@ impl ContainerRuntime {
                 return Err(e);
             }
         };
-        let handed = match listener {
-            Some(l) => hand_over(l, launch).await,
-            None => Ok(()),
+        let connected = match listener {
+            Some(l) => accept_shim(l).await.map(Some),
+            None => Ok(None),
+        };
+        let handed = match connected {
+            Ok(Some(shim)) if !prepared => send_sockets(&shim, launch).await.map(|()| None),
+            other => other,
         };
         let pidfd = pidfd_open(pid).map_err(io("pidfd_open on the container's process"));
         match (handed, pidfd) {
-            (Ok(()), Ok(pidfd)) => Ok(Instance {
-                pid,
-                pidfd,
-                id,
-                milestones,
-            }),
+            (Ok(shim), Ok(pidfd)) => Ok((
+                Instance {
+                    pid,
+                    pidfd,
+                    id,
+                    milestones,
+                },
+                shim,
+            )),
             (Err(e), _) | (_, Err(e)) => {
                 kill_and_wait(&client, &id).await;
                 self.delete_instance(&client, &id).await;
@@ -432,6 +445,7 @@ impl ContainerRuntime {
         &self,
         config: &ImageConfig,
         delivery: Delivery,
+        prepared: bool,
         launch: &Launch,
         binds: Vec<Bind>,
     ) -> ContainerSpec {
@@ -457,13 +471,15 @@ impl ContainerRuntime {
             (Delivery::Sockets, Some(p)) => p.split_whitespace().map(str::to_owned).collect(),
             (_, None) => config.command(),
         };
-        let shim: &[&str] = match delivery {
-            Delivery::Sockets => &[handoff::SHIM, "--"],
-            Delivery::Forward(_) => &[handoff::SHIM, "--init", "--"],
+        let mode = match delivery {
+            Delivery::Sockets => None,
+            Delivery::Forward(_) => Some("--init"),
         };
-        let args = shim
-            .iter()
-            .map(|a| (*a).to_owned())
+        let args = std::iter::once(handoff::SHIM)
+            .chain(mode)
+            .chain(prepared.then_some("--prepared"))
+            .chain(["--"])
+            .map(str::to_owned)
             .chain(command)
             .collect();
         ContainerSpec {
@@ -560,11 +576,10 @@ async fn kill_and_wait(client: &Containerd, id: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
 }
 
-/// Waits for the shim to connect and sends it the sockets and their names.
-async fn hand_over(
+/// Waits for the shim to connect.
+async fn accept_shim(
     listener: std::os::unix::net::UnixListener,
-    launch: &Launch,
-) -> Result<(), StartError> {
+) -> Result<tokio::net::UnixStream, StartError> {
     listener
         .set_nonblocking(true)
         .map_err(io("setting up the handoff socket"))?;
@@ -582,6 +597,11 @@ async fn hand_over(
             })
         })?
         .map_err(io("accepting the activation shim"))?;
+    Ok(stream)
+}
+
+/// Sends the shim the sockets and their names.
+async fn send_sockets(stream: &tokio::net::UnixStream, launch: &Launch) -> Result<(), StartError> {
     let names = launch
         .env
         .iter()
@@ -625,6 +645,16 @@ enum StartError {
     Runtime(#[from] RuntimeError),
 }
 
+impl From<StartError> for RuntimeError {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::Runtime(e) => e,
+            StartError::Containerd(e) => RuntimeError::Container(e.to_string()),
+            StartError::Egress(e) => RuntimeError::Container(e.to_string()),
+        }
+    }
+}
+
 fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
     move |source| StartError::Runtime(RuntimeError::Io { op, source })
 }
@@ -632,11 +662,20 @@ fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
 #[async_trait::async_trait]
 impl Runtime for ContainerRuntime {
     async fn start(&self, launch: Launch) -> Result<Instance, RuntimeError> {
-        self.start_instance(&launch).await.map_err(|e| match e {
-            StartError::Runtime(e) => e,
-            StartError::Containerd(e) => RuntimeError::Container(e.to_string()),
-            StartError::Egress(e) => RuntimeError::Container(e.to_string()),
-        })
+        let (instance, _) = self.start_instance(&launch, false).await?;
+        Ok(instance)
+    }
+
+    async fn prepare(&self, launch: Launch) -> Result<Prepared, RuntimeError> {
+        let (instance, shim) = self.start_instance(&launch, true).await?;
+        let handover = shim
+            .ok_or_else(|| std::io::Error::other("its shim did not connect"))
+            .and_then(super::prepared::from_tokio)
+            .map_err(|source| RuntimeError::Io {
+                op: "keeping the prepared container's shim connection",
+                source,
+            })?;
+        Ok(Prepared::new(instance, handover, None))
     }
 
     async fn reap(&self, instance: &Instance) -> String {

@@ -11,6 +11,7 @@ use std::{
 
 pub mod cgroup;
 pub mod container;
+pub mod prepared;
 pub mod process;
 pub mod seccomp;
 pub mod spawner;
@@ -148,6 +149,10 @@ impl Instance {
 pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// Starts one instance; returns once the program has been exec'd.
     async fn start(&self, launch: Launch) -> Result<Instance, RuntimeError>;
+
+    /// Sets one instance up to the moment its command would run, and leaves it waiting
+    /// for its sockets ([`prepared::Prepared::go`]). `launch.fds` are not used.
+    async fn prepare(&self, launch: Launch) -> Result<prepared::Prepared, RuntimeError>;
 
     /// Releases what the runtime holds for an instance whose pidfd reported its end, and
     /// says how it ended.

@@ -12,14 +12,15 @@
 //! unprivileged user, in its function's cgroup.
 
 use std::{
-    io,
-    os::fd::AsRawFd,
+    io::{self, Read},
+    os::fd::{AsRawFd, RawFd},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use super::{
     Instance, Launch, Runtime, RuntimeError, cstring,
+    prepared::Prepared,
     spawner::{Request, Spawner},
 };
 
@@ -126,6 +127,25 @@ fn lookup_user(name: &str) -> Result<User, RuntimeError> {
     })
 }
 
+impl ProcessRuntime {
+    /// Runs `f` (a clone and its wait) on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        launch: Launch,
+        f: fn(&Spawner, &[PathBuf], bool, &Path, &Launch) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        let spawner = self.spawner.clone();
+        let (hidden, private_tmp) = (self.hidden.clone(), self.private_tmp);
+        let secrets = self.secrets_dir.join(&launch.instance);
+        tokio::task::spawn_blocking(move || f(&spawner, &hidden, private_tmp, &secrets, &launch))
+            .await
+            .map_err(|e| RuntimeError::Io {
+                op: "waiting for the start",
+                source: io::Error::other(e),
+            })?
+    }
+}
+
 fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
     move |source| RuntimeError::Io { op, source }
 }
@@ -147,17 +167,11 @@ impl Runtime for ProcessRuntime {
 
     async fn start(&self, launch: Launch) -> Result<Instance, RuntimeError> {
         // The clone and the wait for exec take about 2 ms: a blocking thread's work.
-        let spawner = self.spawner.clone();
-        let (hidden, private_tmp) = (self.hidden.clone(), self.private_tmp);
-        let secrets = self.secrets_dir.join(&launch.instance);
-        tokio::task::spawn_blocking(move || {
-            start(&spawner, &hidden, private_tmp, &secrets, &launch)
-        })
-        .await
-        .map_err(|e| RuntimeError::Io {
-            op: "waiting for the start",
-            source: io::Error::other(e),
-        })?
+        self.blocking(launch, start).await
+    }
+
+    async fn prepare(&self, launch: Launch) -> Result<Prepared, RuntimeError> {
+        self.blocking(launch, prepare).await
     }
 }
 
@@ -205,6 +219,91 @@ fn start(
     secrets_dir: &Path,
     launch: &Launch,
 ) -> Result<Instance, RuntimeError> {
+    let (instance, exec) = clone(spawner, hidden, private_tmp, secrets_dir, launch, None)?;
+    exec.wait()?;
+    Ok(instance)
+}
+
+/// Has the spawner clone the instance, set up and waiting for its sockets on a socket of
+/// its own; returns once it says it is ready.
+fn prepare(
+    spawner: &Spawner,
+    hidden: &[PathBuf],
+    private_tmp: bool,
+    secrets_dir: &Path,
+    launch: &Launch,
+) -> Result<Prepared, RuntimeError> {
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(io_err("making the hand-over socket"))?;
+    let (instance, exec) = clone(
+        spawner,
+        hidden,
+        private_tmp,
+        secrets_dir,
+        launch,
+        Some(theirs.as_raw_fd()),
+    )?;
+    drop(theirs);
+    let mut ready = [0u8; 1];
+    match (&ours).read(&mut ready) {
+        Ok(1) => Ok(Prepared::new(instance, ours, Some(exec))),
+        // The instance ended in its setup: its report says where.
+        _ => {
+            exec.wait()?;
+            Err(io_err("preparing the instance")(io::Error::other(
+                "it ended before it was ready",
+            )))
+        }
+    }
+}
+
+/// The read end of a clone's exec-error pipe: EOF once the command has been exec'd.
+#[derive(Debug)]
+pub(crate) struct ExecReport {
+    errors: std::os::fd::OwnedFd,
+    pid: i32,
+    program: String,
+}
+
+impl ExecReport {
+    /// Waits for the exec, or for the report of the step that failed (the instance is then
+    /// reaped).
+    pub(super) fn wait(self) -> Result<(), RuntimeError> {
+        let mut report = [0u8; 8];
+        // EOF (0) means exec succeeded: the pipe is CLOEXEC.
+        let n = loop {
+            // SAFETY: reads at most 8 bytes into our 8-byte buffer.
+            let n = unsafe { libc::read(self.errors.as_raw_fd(), report.as_mut_ptr().cast(), 8) };
+            if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break n;
+            }
+        };
+        if n != 8 {
+            return Ok(());
+        }
+        let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes")) as usize;
+        let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
+        let mut status = 0;
+        // SAFETY: reaps our own failed child (CLONE_PARENT made it ours).
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        Err(RuntimeError::Child {
+            program: self.program,
+            step: STEPS.get(step).copied().unwrap_or("setup"),
+            source: io::Error::from_raw_os_error(errno),
+        })
+    }
+}
+
+/// The clone itself: everything a start and a prepared start share. `handover`: the
+/// instance's end of its hand-over socket, for a prepared one.
+fn clone(
+    spawner: &Spawner,
+    hidden: &[PathBuf],
+    private_tmp: bool,
+    secrets_dir: &Path,
+    launch: &Launch,
+    handover: Option<RawFd>,
+) -> Result<(Instance, ExecReport), RuntimeError> {
     let user = match &launch.user {
         super::RunAs::User(name) => lookup_user(name)?,
         super::RunAs::Dynamic(uid) => User {
@@ -261,6 +360,7 @@ fn start(
     fds.extend(cgroup.as_ref().map(AsRawFd::as_raw_fd));
     fds.extend(launch.netns);
     fds.extend(joins.iter().map(AsRawFd::as_raw_fd));
+    fds.extend(handover);
     fds.extend(&launch.fds);
     let req = Request {
         argv: launch.argv.clone(),
@@ -305,6 +405,7 @@ fn start(
                 )
             })
             .collect(),
+        prepared: handover.is_some(),
     };
     // Caught here, as the runtime's own error, rather than as the spawner's.
     if req.argv.iter().chain(&req.env).any(|a| a.contains('\0')) {
@@ -313,31 +414,16 @@ fn start(
     let cloned = spawner
         .clone_instance(&req, &fds)
         .map_err(io_err("clone3 (through the spawner)"))?;
-    let mut report = [0u8; 8];
-    // EOF (0) means exec succeeded: the pipe is CLOEXEC.
-    let n = loop {
-        // SAFETY: reads at most 8 bytes into our 8-byte buffer.
-        let n = unsafe { libc::read(cloned.errors.as_raw_fd(), report.as_mut_ptr().cast(), 8) };
-        if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break n;
-        }
+    let exec = ExecReport {
+        errors: cloned.errors,
+        pid: cloned.pid,
+        program: launch.argv[0].clone(),
     };
-    if n == 8 {
-        let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes")) as usize;
-        let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
-        let mut status = 0;
-        // SAFETY: reaps our own failed child (CLONE_PARENT made it ours).
-        unsafe { libc::waitpid(cloned.pid, &mut status, 0) };
-        return Err(RuntimeError::Child {
-            program: launch.argv[0].clone(),
-            step: STEPS.get(step).copied().unwrap_or("setup"),
-            source: io::Error::from_raw_os_error(errno),
-        });
-    }
-    Ok(Instance {
+    let instance = Instance {
         pid: cloned.pid,
         pidfd: cloned.pidfd,
         id: launch.instance.clone(),
         milestones: super::Milestones::default(),
-    })
+    };
+    Ok((instance, exec))
 }

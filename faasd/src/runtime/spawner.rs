@@ -37,7 +37,8 @@ const MAX_FDS: usize = 8 + faasd_core::spec::MAX_PORTS;
 
 /// One instance to clone. Descriptors travel beside it in this order: stdin, stdout,
 /// stderr, the cgroup directory (when `cgroup`), the network namespace (when `netns`), the
-/// `joins` v1 `cgroup.procs` files, then the sockets (placed at fd 3, 4, …).
+/// `joins` v1 `cgroup.procs` files, the instance's end of its hand-over socket (when
+/// `prepared`), then the sockets (placed at fd 3, 4, …; none when `prepared`).
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Request {
     pub argv: Vec<String>,
@@ -64,6 +65,9 @@ pub(super) struct Request {
     pub writable: Vec<String>,
     /// Files bound read-only over others (source, target); a missing target is skipped.
     pub binds: Vec<(String, String)>,
+    /// Set the instance up, then wait on the hand-over socket: it says it is ready with
+    /// one byte, and execs once the sockets arrive there (a closed socket ends it).
+    pub prepared: bool,
 }
 
 /// The spawner's answer: a pid (with the pidfd and the error pipe attached), or what failed.
@@ -265,7 +269,11 @@ fn clone(
     filter: &[super::seccomp::Instruction],
     last_cap: libc::c_ulong,
 ) -> Result<Cloned, (&'static str, io::Error)> {
-    let fixed = 3 + usize::from(req.cgroup) + usize::from(req.netns) + req.joins.min(3);
+    let fixed = 3
+        + usize::from(req.cgroup)
+        + usize::from(req.netns)
+        + req.joins.min(3)
+        + usize::from(req.prepared);
     if fds.len() < fixed || req.argv.is_empty() {
         return Err((
             "reading the request",
@@ -299,7 +307,8 @@ fn clone(
         .map(|(s, t)| (s.as_ptr(), t.as_ptr()))
         .collect();
     let sockets: Vec<RawFd> = fds[fixed..].iter().map(AsRawFd::as_raw_fd).collect();
-    let joins: Vec<RawFd> = fds[fixed - req.joins.min(3)..fixed]
+    let joined = fixed - usize::from(req.prepared);
+    let joins: Vec<RawFd> = fds[joined - req.joins.min(3)..joined]
         .iter()
         .map(AsRawFd::as_raw_fd)
         .collect();
@@ -325,6 +334,11 @@ fn clone(
         uid: req.uid,
         gid: req.gid,
         err: err_w.as_raw_fd(),
+        handover: if req.prepared {
+            fds[joined].as_raw_fd()
+        } else {
+            -1
+        },
     };
     let mut pidfd: libc::c_int = -1;
     let namespaces = libc::CLONE_NEWNS
@@ -411,6 +425,8 @@ struct Child<'a> {
     uid: libc::uid_t,
     gid: libc::gid_t,
     err: RawFd,
+    /// A prepared instance's hand-over socket, or -1.
+    handover: RawFd,
 }
 
 impl Child<'_> {
@@ -575,49 +591,6 @@ impl Child<'_> {
                     fail(12);
                 }
             }
-            // Move every source fd above the target range first, so no dup2 clobbers a
-            // source that is still to be placed.
-            let n = self.fds.len() as libc::c_int;
-            let high = 3 + n;
-            let mut tmp_stdio = [0; 3];
-            for (i, fd) in self.stdio.iter().enumerate() {
-                tmp_stdio[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, high);
-                if tmp_stdio[i] < 0 {
-                    fail(4);
-                }
-            }
-            let mut tmp = [0 as RawFd; faasd_core::spec::MAX_PORTS];
-            if self.fds.len() > tmp.len() {
-                *libc::__errno_location() = libc::EMFILE;
-                fail(4);
-            }
-            for (i, fd) in self.fds.iter().enumerate() {
-                tmp[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, high);
-                if tmp[i] < 0 {
-                    fail(4);
-                }
-            }
-            for (i, fd) in tmp_stdio.iter().enumerate() {
-                if libc::dup2(*fd, i as libc::c_int) < 0 {
-                    fail(4);
-                }
-            }
-            for (i, fd) in tmp[..self.fds.len()].iter().enumerate() {
-                if libc::dup2(*fd, 3 + i as libc::c_int) < 0 {
-                    fail(4);
-                }
-            }
-            // Everything above the passed sockets closes at exec (the error pipe included,
-            // which is exactly when the parent should see EOF).
-            if libc::syscall(
-                libc::SYS_close_range,
-                high as u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) < 0
-            {
-                fail(4);
-            }
             // Raw syscalls, not glibc's wrappers: in a multi-threaded process those broadcast
             // the change to every thread under a glibc lock, which another thread of the
             // parent may have held at the moment of the clone, and the child would wait on
@@ -660,6 +633,58 @@ impl Child<'_> {
             {
                 fail(13);
             }
+            // A prepared instance is as set up as it gets without its sockets, and as
+            // confined: it says so, and waits for them.
+            let mut received = [-1 as RawFd; faasd_core::spec::MAX_PORTS];
+            let sockets: &[RawFd] = if self.handover >= 0 {
+                let n = self.receive(&mut received);
+                &received[..n]
+            } else {
+                self.fds
+            };
+            // Move every source fd above the target range first, so no dup2 clobbers a
+            // source that is still to be placed.
+            let n = sockets.len() as libc::c_int;
+            let high = 3 + n;
+            let mut tmp_stdio = [0; 3];
+            for (i, fd) in self.stdio.iter().enumerate() {
+                tmp_stdio[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, high);
+                if tmp_stdio[i] < 0 {
+                    fail(4);
+                }
+            }
+            let mut tmp = [0 as RawFd; faasd_core::spec::MAX_PORTS];
+            if sockets.len() > tmp.len() {
+                *libc::__errno_location() = libc::EMFILE;
+                fail(4);
+            }
+            for (i, fd) in sockets.iter().enumerate() {
+                tmp[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, high);
+                if tmp[i] < 0 {
+                    fail(4);
+                }
+            }
+            for (i, fd) in tmp_stdio.iter().enumerate() {
+                if libc::dup2(*fd, i as libc::c_int) < 0 {
+                    fail(4);
+                }
+            }
+            for (i, fd) in tmp[..sockets.len()].iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as libc::c_int) < 0 {
+                    fail(4);
+                }
+            }
+            // Everything above the passed sockets closes at exec (the error pipe included,
+            // which is exactly when the parent should see EOF).
+            if libc::syscall(
+                libc::SYS_close_range,
+                high as u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) < 0
+            {
+                fail(4);
+            }
             // This process stays as the namespace's pid 1 (faasd_common::init); the function
             // is its child, pid 2. Signals are blocked first, so that none sent meanwhile is lost.
             let mut all: libc::sigset_t = std::mem::zeroed();
@@ -689,6 +714,62 @@ impl Child<'_> {
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             libc::execve(self.argv0, self.argv, self.env);
             fail(6)
+        }
+    }
+}
+
+impl Child<'_> {
+    /// A prepared instance's wait: one byte on the hand-over socket says it is ready; the
+    /// sockets come back in one message, placed into `into`. Returns how many arrived. A
+    /// socket closed by the daemon (the instance is not needed, or the daemon is gone) ends
+    /// the process quietly.
+    ///
+    /// # Safety
+    /// As [`Child::run`]: the freshly cloned child only.
+    unsafe fn receive(&self, into: &mut [RawFd; faasd_core::spec::MAX_PORTS]) -> usize {
+        // SAFETY: raw syscalls on the child's own descriptors and stack buffers.
+        unsafe {
+            if libc::write(self.handover, [1u8].as_ptr().cast(), 1) != 1 {
+                libc::_exit(0);
+            }
+            let mut payload = [0u8; 256];
+            let mut iov = libc::iovec {
+                iov_base: payload.as_mut_ptr().cast(),
+                iov_len: payload.len(),
+            };
+            // Room for MAX_PORTS descriptors: CMSG_SPACE(4 * 32) is 144 bytes.
+            let mut control = [0u64; 24];
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = size_of_val(&control);
+            let n = loop {
+                let n = libc::recvmsg(self.handover, &mut msg, libc::MSG_CMSG_CLOEXEC);
+                if n >= 0 || *libc::__errno_location() != libc::EINTR {
+                    break n;
+                }
+            };
+            if n <= 0 {
+                libc::_exit(0);
+            }
+            let mut count = 0;
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                    let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    for i in 0..len / size_of::<RawFd>() {
+                        if count < into.len() {
+                            into[count] = data.add(i).read_unaligned();
+                            count += 1;
+                        }
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+            libc::close(self.handover);
+            count
         }
     }
 }

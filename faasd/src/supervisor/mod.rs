@@ -37,7 +37,7 @@ use crate::{
     mailbox::Mailbox,
     metrics::Latencies,
     notify::{self, Notice, NoticeSender},
-    runtime::{Instance, Launch, RunAs, Runtime, cgroup},
+    runtime::{Instance, Launch, Milestones, RunAs, Runtime, cgroup},
     sockets,
     status::{ActivationTiming, FunctionState, InstanceInfo, Phase},
 };
@@ -112,6 +112,19 @@ enum Event {
     Reachable(i32),
     Started(Started),
     Reaped(Box<Running>, String),
+    /// A prepare that ran as its own task ended.
+    Prepared(Result<Box<Standby>, String>),
+    /// A prepared instance that was not used has been released.
+    Discarded(String),
+}
+
+/// The instance a function with `faasd.dev/prepare` keeps while it is stopped, and the
+/// task that reports its end.
+#[derive(Debug)]
+struct Standby {
+    prepared: crate::runtime::prepared::Prepared,
+    output: Output,
+    watch: Option<tokio::task::AbortHandle>,
 }
 
 /// The outcome of a start that ran as its own task.
@@ -254,6 +267,13 @@ struct Supervisor {
     /// Images that bind their own port: their instances' paths, and the accept loop that
     /// hands connections to them.
     forwarding: Option<(Arc<crate::forward::Paths>, tokio::task::AbortHandle)>,
+    /// The prepared instance waiting for the next activation, and whether one is being
+    /// prepared.
+    standby: Option<Standby>,
+    preparing: bool,
+    /// The last prepare failed (or its instance ended unused): none until the next
+    /// activation.
+    prepare_failed: bool,
 }
 
 /// Starts the supervisor of a function over its sockets (in `settings.ports` order); it
@@ -278,6 +298,7 @@ pub fn spawn(
     let mailbox = Arc::new(Mailbox::new());
     let ctx = Arc::new(ctx);
     let mut s = Supervisor::from_parked(park::Parked {
+        standby: None,
         target: ctx.settings.min_scale,
         ctx,
         sockets: sockets.clone(),
@@ -292,8 +313,9 @@ pub fn spawn(
     }
     s.target = s.target.max(s.instances.len() as u32);
     // A stopped function is parked straight away: deploying or restoring it spawns no
-    // task at all.
+    // task at all (but for its prepare, when it asks for one).
     s.reconcile();
+    s.keep_prepared();
     s.publish();
     if s.parkable() {
         if let Err(me) = s.park() {
@@ -355,6 +377,9 @@ impl Supervisor {
             recorded_pids: Vec::new(),
             autoscaler: autoscale::Autoscaler::default(),
             forwarding: None,
+            standby: p.standby,
+            preparing: false,
+            prepare_failed: false,
         }
     }
 
@@ -370,6 +395,7 @@ impl Supervisor {
             crash_streak: self.crash_streak,
             last_lookups: self.last_lookups,
             last_activity: self.last_activity,
+            standby: self.standby,
         }
     }
 
@@ -377,6 +403,7 @@ impl Supervisor {
     /// (a connection or a message), and it must be taken before parking again.
     async fn run(mut self, resumed: bool) {
         self.reconcile();
+        self.keep_prepared();
         self.publish();
         let mailbox = self.mailbox.clone();
         let mut may_park = !resumed;
@@ -409,6 +436,7 @@ impl Supervisor {
             if self.finished() {
                 break;
             }
+            self.keep_prepared();
             self.publish();
         }
         self.mailbox.close();
@@ -426,10 +454,14 @@ impl Supervisor {
             Event::Command(Command::Scale(n)) => {
                 self.target = n;
                 self.crash_streak = 0;
+                self.prepare_failed = false;
                 self.backoff_until = None;
                 self.reconcile();
             }
-            Event::Command(Command::Drain { done }) => self.draining = Some((done, None)),
+            Event::Command(Command::Drain { done }) => {
+                self.draining = Some((done, None));
+                self.discard_standby();
+            }
             Event::Command(Command::Shutdown {
                 stop_instances,
                 done,
@@ -439,6 +471,13 @@ impl Supervisor {
             Event::Reachable(pid) => self.set_ready(pid),
             Event::Started(s) => self.on_started(s),
             Event::Reaped(r, how) => self.on_reaped(*r, &how),
+            Event::Prepared(p) => self.on_prepared(p),
+            Event::Discarded(id) => {
+                self.reaping -= 1;
+                self.ctx
+                    .log
+                    .write("faasd", &format!("prepared instance {id} released"));
+            }
         }
     }
 
@@ -457,6 +496,8 @@ impl Supervisor {
                 stop_instances,
             });
         }
+        // A prepared instance serves no version but this one, and no later daemon.
+        self.discard_standby();
         if stop_instances {
             self.target = 0;
             let pids: Vec<i32> = self.instances.keys().copied().collect();
@@ -468,8 +509,12 @@ impl Supervisor {
 
     fn finished(&self) -> bool {
         let Some(e) = &self.ending else { return false };
+        // Releases (a prepared instance's among them) are waited for either way: nothing of
+        // a prepared instance outlives its supervisor.
         self.starting == 0
-            && (!e.stop_instances || (self.instances.is_empty() && self.reaping == 0))
+            && !self.preparing
+            && self.reaping == 0
+            && (!e.stop_instances || self.instances.is_empty())
     }
 
     /// The earliest moment something is due, if anything is.
@@ -755,6 +800,7 @@ impl Supervisor {
             .log
             .write("faasd", "connection pending: activating");
         self.snapshot.activations += 1;
+        self.prepare_failed = false;
         self.activating = Some(ActivationTiming {
             requested_ns: monotonic_ns(),
             ..Default::default()
@@ -882,8 +928,167 @@ impl Supervisor {
         }
     }
 
-    /// Starts one instance as a task of its own; it reports back with [`Event::Started`].
+    /// Starts one instance: the prepared one if there is one, else a new one.
     fn start_instance(&mut self, conn: Option<(OwnedFd, SocketAddrV6)>) {
+        if conn.is_none()
+            && let Some(standby) = self.standby.take()
+        {
+            self.go(standby);
+            return;
+        }
+        self.launch_instance(conn, false);
+    }
+
+    /// Keeps one instance prepared while the function is stopped, when it asks for it: set
+    /// up ahead, so that the next activation costs only the hand-over and the exec.
+    fn keep_prepared(&mut self) {
+        let wanted = self.ctx.settings.prepare
+            && !self.prepare_failed
+            && self.standby.is_none()
+            && !self.preparing
+            && self.ending.is_none()
+            && self.draining.is_none()
+            && self.backoff_until.is_none()
+            && self.instances.is_empty()
+            && self.starting == 0
+            && self.reaping == 0
+            && self.target == 0;
+        if wanted {
+            self.launch_instance(None, true);
+        }
+    }
+
+    fn on_prepared(&mut self, prepared: Result<Box<Standby>, String>) {
+        self.preparing = false;
+        let mut standby = match prepared {
+            Ok(s) => *s,
+            Err(e) => {
+                // Tried again after the next activation, not in a loop meanwhile.
+                self.prepare_failed = true;
+                self.fail(format!("preparing an instance: {e}"));
+                return;
+            }
+        };
+        if self.ending.is_some() || self.draining.is_some() {
+            self.release(standby);
+            return;
+        }
+        let instance = &standby.prepared.instance;
+        if let Ok(fd) = instance.pidfd.try_clone() {
+            let (mailbox, pid) = (self.mailbox.clone(), instance.pid);
+            let watch = tokio::spawn(async move {
+                // SAFETY: the duplicated pidfd is moved into the AsyncFd, which alone closes it.
+                if let Ok(afd) = unsafe { AsyncFd::register(fd) } {
+                    let _ = afd.readable().await;
+                }
+                let _ = mailbox.post(Event::Exited(pid));
+            });
+            standby.watch = Some(watch.abort_handle());
+        }
+        self.ctx.log.write(
+            "faasd",
+            &format!("instance {} prepared for the next activation", instance.id),
+        );
+        self.standby = Some(standby);
+    }
+
+    /// Hands the prepared instance its sockets, as a task of its own that reports back with
+    /// [`Event::Started`]. A prepared instance that cannot take them is killed and released,
+    /// and the start fails (the next try starts a new instance).
+    fn go(&mut self, standby: Standby) {
+        let Standby {
+            prepared,
+            output,
+            watch,
+        } = standby;
+        if let Some(w) = watch {
+            w.abort();
+        }
+        self.starting += 1;
+        self.snapshot.starts += 1;
+        let ctx = self.ctx.clone();
+        let mailbox = self.mailbox.clone();
+        let sockets = self.sockets.clone();
+        // An image that binds its own port gets none: faasd forwards to it.
+        let (names, fds): (String, Vec<i32>) = if ctx.runtime.upstream().is_some() {
+            (String::new(), Vec::new())
+        } else {
+            let names: Vec<&str> = ctx.settings.ports.iter().map(|p| p.name.as_str()).collect();
+            (
+                names.join(":"),
+                sockets.iter().map(|s| s.as_raw_fd()).collect(),
+            )
+        };
+        tokio::spawn(async move {
+            let id = prepared.instance.id.clone();
+            // The task holds the sockets until the instance has its own copies.
+            let went = tokio::task::spawn_blocking(move || {
+                let went = prepared.go(&names, &fds);
+                drop(sockets);
+                went
+            })
+            .await;
+            let result = match went {
+                Ok(Ok(mut instance)) => {
+                    // Its task was made and started when it was prepared, not now.
+                    instance.milestones = Milestones::default();
+                    Ok(instance)
+                }
+                Ok(Err((instance, e))) => {
+                    kill_and_wait(&instance).await;
+                    ctx.runtime.reap(&instance).await;
+                    Err(format!("the prepared instance {id}: {e}"))
+                }
+                Err(e) => Err(format!("handing over to the prepared instance: {e}")),
+            };
+            let started = Started {
+                id,
+                result,
+                output,
+                running_ns: monotonic_ns(),
+            };
+            if let Err(Event::Started(s)) = mailbox.post(Event::Started(started))
+                && let Ok(i) = s.result
+            {
+                let _ = i.signal(libc::SIGKILL);
+            }
+        });
+    }
+
+    /// Lets the prepared instance go, if there is one.
+    fn discard_standby(&mut self) {
+        if let Some(s) = self.standby.take() {
+            self.release(s);
+        }
+    }
+
+    /// Kills a prepared instance nobody will use and has its runtime release it (a
+    /// container's task, container and snapshot), as a task that reports back with
+    /// [`Event::Discarded`].
+    fn release(&mut self, standby: Standby) {
+        let Standby {
+            prepared,
+            output,
+            watch,
+        } = standby;
+        if let Some(w) = watch {
+            w.abort();
+        }
+        self.reaping += 1;
+        let ctx = self.ctx.clone();
+        let mailbox = self.mailbox.clone();
+        tokio::spawn(async move {
+            let instance = prepared.instance;
+            kill_and_wait(&instance).await;
+            ctx.runtime.reap(&instance).await;
+            output.finish(&ctx.log, &instance.id);
+            let _ = mailbox.post(Event::Discarded(instance.id));
+        });
+    }
+
+    /// Starts one instance as a task of its own; it reports back with [`Event::Started`],
+    /// or, `prepare`d, with [`Event::Prepared`].
+    fn launch_instance(&mut self, conn: Option<(OwnedFd, SocketAddrV6)>, prepare: bool) {
         let seq = INSTANCE_SEQ.fetch_add(1, Ordering::Relaxed) + 1;
         let id = format!("{}-{}-{seq}", self.ctx.record.spec.name, std::process::id());
         let output_file =
@@ -903,8 +1108,12 @@ impl Supervisor {
             &conn,
             &out_w,
         );
-        self.starting += 1;
-        self.snapshot.starts += 1;
+        if prepare {
+            self.preparing = true;
+        } else {
+            self.starting += 1;
+            self.snapshot.starts += 1;
+        }
         let ctx = self.ctx.clone();
         let mailbox = self.mailbox.clone();
         // The start task holds the sockets, the connection and the output's write end
@@ -928,33 +1137,62 @@ impl Supervisor {
                 None => None,
             }
             .transpose();
-            let result = match network {
+            let launched = match network {
                 Ok(network) => {
                     if let Some(n) = &network {
                         launch.netns = Some(n.netns.fd.as_raw_fd());
                         launch.binds = n.binds.clone();
                     }
                     // The instance holds the namespace from here; ours closes after.
-                    let r = ctx.runtime.start(launch).await.map_err(|e| e.to_string());
+                    let r = if prepare {
+                        Launched::Prepared(ctx.runtime.prepare(launch).await)
+                    } else {
+                        Launched::Started(ctx.runtime.start(launch).await)
+                    };
                     drop(network);
                     r
                 }
-                Err(e) => Err(format!("preparing its network: {e}")),
+                Err(e) => {
+                    let e = crate::runtime::RuntimeError::Container(format!(
+                        "preparing its network: {e}"
+                    ));
+                    match prepare {
+                        true => Launched::Prepared(Err(e)),
+                        false => Launched::Started(Err(e)),
+                    }
+                }
             };
             let running_ns = monotonic_ns();
             drop((sockets, conn, out_w));
-            let started = Started {
-                id,
-                result,
-                output,
-                running_ns,
+            let event = match launched {
+                Launched::Started(result) => Event::Started(Started {
+                    id,
+                    result: result.map_err(|e| e.to_string()),
+                    output,
+                    running_ns,
+                }),
+                Launched::Prepared(result) => Event::Prepared(
+                    result
+                        .map(|prepared| {
+                            Box::new(Standby {
+                                prepared,
+                                output,
+                                watch: None,
+                            })
+                        })
+                        .map_err(|e| e.to_string()),
+                ),
             };
-            if let Err(Event::Started(s)) = mailbox.post(Event::Started(started)) {
-                // The supervisor is gone (it waits for its starts, so only a daemon that
-                // is exiting gets here): stop what was started rather than leak it.
-                if let Ok(i) = s.result {
+            // The supervisor is gone (it waits for its starts, so only a daemon that is
+            // exiting gets here): stop what was started rather than leak it.
+            match mailbox.post(event) {
+                Err(Event::Started(Started { result: Ok(i), .. })) => {
                     let _ = i.signal(libc::SIGKILL);
                 }
+                Err(Event::Prepared(Ok(s))) => {
+                    let _ = s.prepared.instance.signal(libc::SIGKILL);
+                }
+                _ => {}
             }
         });
     }
@@ -1141,6 +1379,16 @@ impl Supervisor {
     /// An instance ended: its runtime releases it (a container's task and container are
     /// deleted, some milliseconds) in a task of its own, which reports back.
     fn on_exit(&mut self, pid: i32) {
+        if let Some(s) = self.standby.take_if(|s| s.prepared.instance.pid == pid) {
+            // Prepared again after the next activation, not in a loop meanwhile.
+            self.prepare_failed = true;
+            self.fail(format!(
+                "prepared instance {} ended before it was used",
+                s.prepared.instance.id
+            ));
+            self.release(s);
+            return;
+        }
         let Some(mut r) = self.instances.remove(&pid) else {
             return;
         };
@@ -1285,6 +1533,10 @@ impl Supervisor {
             })
             .collect();
         s.instances.sort_by_key(|i| i.pid);
+        s.prepared = self
+            .standby
+            .as_ref()
+            .map(|s| s.prepared.instance.id.clone());
         let pids: Vec<i32> = s.instances.iter().map(|i| i.pid).collect();
         // A draining version's instances are not the function's any more: the new
         // version owns the record.
@@ -1312,6 +1564,24 @@ impl Supervisor {
         let mut shared = self.state.lock().expect("state lock");
         if *shared != self.snapshot {
             *shared = self.snapshot.clone();
+        }
+    }
+}
+
+/// What a launch task made.
+enum Launched {
+    Started(Result<Instance, crate::runtime::RuntimeError>),
+    Prepared(Result<crate::runtime::prepared::Prepared, crate::runtime::RuntimeError>),
+}
+
+/// Kills an instance and waits (up to 5 s) until it has ended, so that its runtime can
+/// release it.
+async fn kill_and_wait(instance: &Instance) {
+    let _ = instance.signal(libc::SIGKILL);
+    if let Ok(fd) = instance.pidfd.try_clone() {
+        // SAFETY: the duplicated pidfd is moved into the AsyncFd, which alone closes it.
+        if let Ok(afd) = unsafe { AsyncFd::register(fd) } {
+            let _ = tokio::time::timeout(Duration::from_secs(5), afd.readable()).await;
         }
     }
 }

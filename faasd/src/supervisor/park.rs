@@ -36,6 +36,8 @@ pub(super) struct Parked {
     pub(super) crash_streak: u32,
     pub(super) last_lookups: u64,
     pub(super) last_activity: Instant,
+    /// The prepared instance, kept across parking (its end resumes the supervisor).
+    pub(super) standby: Option<super::Standby>,
 }
 
 /// Functions parked now, across lots (a gauge for `/metrics`).
@@ -168,6 +170,7 @@ impl Supervisor {
         self.instances.is_empty()
             && self.starting == 0
             && self.reaping == 0
+            && !self.preparing
             && self.draining.is_none()
             && self.ending.is_none()
             && self.watching()

@@ -21,6 +21,9 @@ use crate::runtime::{Milestones, RuntimeError};
 struct FakeRuntime {
     fail: AtomicBool,
     launches: Mutex<Vec<Launch>>,
+    handovers: Mutex<Vec<std::os::unix::net::UnixStream>>,
+    /// Every pid it started, prepared or not.
+    pids: Mutex<Vec<i32>>,
 }
 
 #[async_trait::async_trait]
@@ -35,6 +38,7 @@ impl Runtime for FakeRuntime {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
+        self.pids.lock().unwrap().push(pid);
         // SAFETY: pidfd_open on our own child; checked and owned.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
@@ -47,6 +51,20 @@ impl Runtime for FakeRuntime {
             id: launch.instance,
             milestones: Milestones::default(),
         })
+    }
+
+    /// A `sleep` too, with a hand-over socket whose other end the fake keeps (and reads
+    /// nothing from): what the supervisor does with a prepared instance is under test.
+    async fn prepare(
+        &self,
+        launch: Launch,
+    ) -> Result<crate::runtime::prepared::Prepared, RuntimeError> {
+        let instance = self.start(launch).await?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        self.handovers.lock().unwrap().push(theirs);
+        Ok(crate::runtime::prepared::Prepared::new(
+            instance, ours, None,
+        ))
     }
 
     async fn reap(&self, instance: &Instance) -> String {
@@ -243,4 +261,97 @@ async fn shutdown_waits_for_instances_to_stop() {
         // SAFETY: signal 0 only checks whether the pid exists.
         assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "pid {pid} still runs");
     }
+}
+
+/// Whether `pid` still exists (a zombie counts: it has not been reaped).
+fn exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks whether the pid exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_function_keeps_one_instance_waiting_and_starts_with_it() {
+    let f = fixture("prepare", &[], &[("faasd.dev/prepare", "true")]);
+    let s = f.wait_for("prepared", |s| s.prepared.is_some()).await;
+    assert_eq!(
+        s.phase,
+        Phase::Stopped,
+        "a prepared instance is not a running one"
+    );
+    let first = s.prepared.unwrap();
+    for _ in 0..100 {
+        if f.handle.parked() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        f.handle.parked(),
+        "a prepared function parks as a stopped one does"
+    );
+    assert_eq!(f.runtime.launches.lock().unwrap().len(), 1);
+
+    f.handle.send(Command::Scale(1)).unwrap();
+    let s = f.wait_for("running", |s| s.phase == Phase::Running).await;
+    assert_eq!(s.instances.len(), 1);
+    assert_eq!(
+        s.instances[0].id, first,
+        "the start used the prepared instance"
+    );
+    assert_eq!(s.prepared, None);
+    assert_eq!(
+        f.runtime.launches.lock().unwrap().len(),
+        1,
+        "nothing new was launched for it"
+    );
+
+    // Stopped again: the next one is prepared.
+    f.handle.send(Command::Scale(0)).unwrap();
+    let s = f
+        .wait_for("prepared again", |s| {
+            s.phase == Phase::Stopped && s.prepared.as_ref().is_some_and(|p| *p != first)
+        })
+        .await;
+    assert_eq!(s.instances.len(), 0);
+    let pids = f.runtime.pids.lock().unwrap().clone();
+    assert_eq!(pids.len(), 2);
+    assert!(!exists(pids[0]), "the stopped instance was reaped");
+    assert!(exists(pids[1]), "the prepared one waits");
+    f.finish().await;
+    assert!(
+        !exists(pids[1]),
+        "removing the function releases its prepared instance"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_instance_that_ends_unused_is_released_and_not_replaced_in_a_loop() {
+    let f = fixture("prepare-dies", &[], &[("faasd.dev/prepare", "true")]);
+    f.wait_for("prepared", |s| s.prepared.is_some()).await;
+    let pid = f.runtime.pids.lock().unwrap()[0];
+    // SAFETY: kills the fake's own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let s = f
+        .wait_for("released", |s| {
+            s.prepared.is_none()
+                && s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("ended before it was used"))
+        })
+        .await;
+    assert_eq!(s.phase, Phase::Stopped);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!exists(pid), "the ended instance was reaped");
+    assert_eq!(
+        f.runtime.launches.lock().unwrap().len(),
+        1,
+        "no new prepare until the next activation"
+    );
+    // The next activation starts normally and, once stopped, prepares again.
+    f.handle.send(Command::Scale(1)).unwrap();
+    f.wait_for("running", |s| s.phase == Phase::Running).await;
+    f.handle.send(Command::Scale(0)).unwrap();
+    f.wait_for("prepared again", |s| s.prepared.is_some()).await;
+    assert_eq!(f.runtime.launches.lock().unwrap().len(), 3);
+    f.finish().await;
 }

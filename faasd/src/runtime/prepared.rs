@@ -1,0 +1,64 @@
+//! Prepared instances: set up as far as they go without the function's sockets.
+//!
+//! A function with `faasd.dev/prepare=true` keeps one while it is stopped. A process
+//! instance is cloned into its namespaces and cgroup, its mounts made, its privileges
+//! dropped and its system call filter loaded; a container's task runs, its pid 1 (faasd's
+//! shim) connected to faasd. Each waits on a hand-over socket of its own. The first
+//! connection then costs one message with the sockets and the exec of the function's
+//! command: every guarantee of the sandbox was in place before, none is left for later.
+
+use std::{
+    io,
+    os::{fd::RawFd, unix::net::UnixStream},
+};
+
+use sendfd::SendWithFd;
+
+use super::{Instance, RuntimeError, process::ExecReport};
+
+/// An instance waiting for its sockets.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The instance; its pidfd says when it ends, prepared or not.
+    pub instance: Instance,
+    handover: UnixStream,
+    /// Process instances: EOF once the command has been exec'd.
+    exec: Option<ExecReport>,
+}
+
+impl Prepared {
+    pub(crate) fn new(instance: Instance, handover: UnixStream, exec: Option<ExecReport>) -> Self {
+        Self {
+            instance,
+            handover,
+            exec,
+        }
+    }
+
+    /// Hands the instance its sockets (none for an image that binds its own port) and
+    /// their names; returns it once its command runs, or with the error (the instance is
+    /// then the caller's to kill and reap). Blocks for the exec of a process instance (well
+    /// under a millisecond): call it from a blocking thread.
+    pub fn go(self, names: &str, fds: &[RawFd]) -> Result<Instance, (Instance, RuntimeError)> {
+        // A message of no bytes would carry nothing, not even the descriptors.
+        let payload = if names.is_empty() { "-" } else { names };
+        if let Err(source) = self.handover.send_with_fd(payload.as_bytes(), fds) {
+            let e = RuntimeError::Io {
+                op: "handing the sockets to the prepared instance",
+                source,
+            };
+            return Err((self.instance, e));
+        }
+        match self.exec.map(ExecReport::wait) {
+            Some(Err(e)) => Err((self.instance, e)),
+            _ => Ok(self.instance),
+        }
+    }
+}
+
+/// The hand-over end for a container's shim, taken from the accepted connection.
+pub(crate) fn from_tokio(stream: tokio::net::UnixStream) -> io::Result<UnixStream> {
+    let s = stream.into_std()?;
+    s.set_nonblocking(false)?;
+    Ok(s)
+}
