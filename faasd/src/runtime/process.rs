@@ -127,12 +127,15 @@ fn lookup_user(name: &str) -> Result<User, RuntimeError> {
     })
 }
 
+/// A start or a prepare: spawner, hidden directories, private /tmp, secrets, launch.
+type CloneStep<T> = fn(&Spawner, &[PathBuf], bool, &Path, &Launch) -> Result<T, RuntimeError>;
+
 impl ProcessRuntime {
     /// Runs `f` (a clone and its wait) on a blocking thread.
     async fn blocking<T: Send + 'static>(
         &self,
         launch: Launch,
-        f: fn(&Spawner, &[PathBuf], bool, &Path, &Launch) -> Result<T, RuntimeError>,
+        f: CloneStep<T>,
     ) -> Result<T, RuntimeError> {
         let spawner = self.spawner.clone();
         let (hidden, private_tmp) = (self.hidden.clone(), self.private_tmp);

@@ -442,3 +442,92 @@ fn a_handler_less_function_stops_at_its_idle_deadline_not_after_the_grace_period
         "ended by SIGTERM (128 + 15), not SIGKILL: {log}"
     );
 }
+
+/// The processes in a function's cgroup.
+fn in_cgroup(ns: &Netns, name: &str) -> Vec<i32> {
+    let procs = faasd::runtime::cgroup::root()
+        .expect("cgroup v2")
+        .join(&ns.cgroup_parent)
+        .join("openfaas-fn")
+        .join(name)
+        .join("cgroup.procs");
+    std::fs::read_to_string(procs)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Waits (up to 10 s) until a function's cgroup holds no process.
+fn wait_cgroup_empty(ns: &Netns, name: &str, why: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !in_cgroup(ns, name).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{why}: {:?} still in the cgroup",
+            in_cgroup(ns, name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_prepared_function_waits_confined_and_its_first_connection_runs_that_instance() {
+    require_privileges!();
+    let ns = Netns::new("prep");
+    let mut d = Daemon::start(&ns);
+    let addr = d.deploy_hello(
+        "prep",
+        &[
+            "-l",
+            "com.openfaas.scale.zero=true",
+            "-l",
+            "com.openfaas.scale.zero-duration=1s",
+            "--annotation",
+            "faasd.dev/prepare=true",
+        ],
+    );
+    let s = d.wait_for("prep", "an instance prepared", |s| {
+        s.state.prepared.is_some()
+    });
+    assert_eq!((s.state.phase, s.replicas), (Phase::Stopped, 0));
+    let prepared = s.state.prepared.clone().unwrap();
+    // Waiting, it is the instance's init alone, already as confined as it will run:
+    // its own user and namespaces, no privileges, the system call filter.
+    let pids = in_cgroup(&ns, "prep");
+    assert_eq!(pids.len(), 1, "only the prepared init: {pids:?}");
+    assert_isolated(&ns, pids[0], "prep", addr);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).unwrap();
+    for want in ["NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t0000000000000000"] {
+        assert!(status.lines().any(|l| l == want), "{want} in\n{status}");
+    }
+
+    let target = SocketAddr::from((addr, 8080));
+    let (code, body) = ns.run(|| http_get(target)).unwrap();
+    assert_eq!(code, 200, "{body}\n{}", d.log());
+    assert_eq!(instance_of(&body), prepared, "the prepared instance served");
+    let s = d.wait_for("prep", "the prepared instance running", |s| s.replicas == 1);
+    assert_eq!(s.state.instances[0].id, prepared);
+    assert_eq!(s.state.instances[0].pid, pids[0]);
+    assert_eq!(s.state.prepared, None, "used, it is no longer prepared");
+
+    // Stopped after its idle time, the function prepares the next one.
+    let s = d.wait_for("prep", "stopped and prepared again", |s| {
+        s.replicas == 0 && s.state.prepared.as_ref().is_some_and(|p| *p != prepared)
+    });
+    let next = s.state.prepared.unwrap();
+    assert_eq!(in_cgroup(&ns, "prep").len(), 1);
+    // A prepared instance holds no socket and does not outlive faasd: killed with -9, its
+    // hand-over socket closes and the instance ends.
+    d.kill9();
+    wait_cgroup_empty(&ns, "prep", "after kill -9 of faasd");
+    d.restart();
+    let s = d.wait_for("prep", "prepared by the new daemon", |s| {
+        s.state.prepared.as_ref().is_some_and(|p| *p != next)
+    });
+    assert_eq!(s.replicas, 0);
+    let (code, _) = ns.run(|| http_get(target)).unwrap();
+    assert_eq!(code, 200);
+    d.cli_ok(&["remove", "prep"]);
+    wait_cgroup_empty(&ns, "prep", "after remove");
+}

@@ -811,3 +811,116 @@ fn a_container_without_a_sigterm_handler_stops_at_once() {
         wait_gone(init, 15, || d.log());
     }
 }
+
+/// containerd's tasks of function `name` under daemon `daemon_pid`: (id, pid, status).
+fn tasks(socket: &Path, name: &str, daemon_pid: i32) -> Vec<(String, String, String)> {
+    let prefix = format!("{name}-{daemon_pid}-");
+    ctr(socket, &["tasks", "ls"])
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let id = f.next()?;
+            Some((id.to_owned(), f.next()?.to_owned(), f.next()?.to_owned()))
+        })
+        .filter(|(id, _, _)| id.starts_with(&prefix))
+        .collect()
+}
+
+#[test]
+fn a_prepared_image_waits_as_a_started_task_and_serves_its_first_connection() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-prep");
+    let names = ["ctr-prep", "ctr-prep-fwd"];
+    let _c = Cleanup {
+        socket: &socket,
+        names: &names,
+    };
+    let mut d = start(&ns, &socket);
+    for (name, image) in names
+        .iter()
+        .zip(["localhost/hello:latest", "localhost/hello-port:latest"])
+    {
+        d.cli_ok(&[
+            "deploy",
+            name,
+            "--image",
+            image,
+            "-l",
+            "com.openfaas.scale.zero=true",
+            "-l",
+            "com.openfaas.scale.zero-duration=1s",
+            "--annotation",
+            "faasd.dev/prepare=true",
+        ]);
+    }
+    let first_daemon = d.pid();
+    for name in names {
+        let s = d.wait_for(name, "an instance prepared", |s| s.state.prepared.is_some());
+        assert_eq!(s.replicas, 0, "a prepared instance is not a replica");
+        let prepared = s.state.prepared.clone().unwrap();
+        // Its task runs (faasd's shim as pid 1, waiting for faasd's go-ahead).
+        let t = tasks(&socket, name, first_daemon);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(
+            (t[0].0.as_str(), t[0].2.as_str()),
+            (prepared.as_str(), "RUNNING")
+        );
+
+        let (code, body) = ns.run(|| http_get(http(s.address))).unwrap();
+        assert_eq!(code, 200, "{name}: {body}\n{}", d.log());
+        let s = d.wait_for(name, "the prepared instance serving", |s| s.replicas == 1);
+        assert_eq!(
+            s.state.instances[0].id, prepared,
+            "{name}: the prepared one served"
+        );
+        assert_eq!(s.state.instances[0].pid.to_string(), t[0].1);
+        let timing = s.state.last_activation.expect("activation timing");
+        assert_eq!(
+            timing.task_created_ns, 0,
+            "{name}: no task was created for the activation"
+        );
+        // Scaled to zero, it is deleted from containerd and the next one prepared.
+        let s = d.wait_for(name, "stopped and prepared again", |s| {
+            s.replicas == 0 && s.state.prepared.as_ref().is_some_and(|p| *p != prepared)
+        });
+        let next = s.state.prepared.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ids: Vec<String> = tasks(&socket, name, first_daemon)
+                .into_iter()
+                .map(|t| t.0)
+                .collect();
+            if ids == [next.clone()] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: tasks {ids:?}, want {next}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Killed with -9, faasd leaves prepared containers whose shims have lost faasd: the
+    // next daemon deletes them and prepares its own.
+    d.kill9();
+    d.restart();
+    for name in names {
+        wait_gone_from_containerd(&socket, name, first_daemon);
+        d.wait_for(name, "prepared by the new daemon", |s| {
+            s.state.prepared.is_some()
+        });
+    }
+    for name in names {
+        d.cli_ok(&["remove", name]);
+        assert_eq!(leftovers(&socket, name, d.pid()), Vec::<String>::new());
+    }
+    let containers_dir = ns.dir.join("run/containers");
+    let left: Vec<_> = std::fs::read_dir(&containers_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "left in {}: {left:?}",
+        containers_dir.display()
+    );
+}
