@@ -60,7 +60,14 @@ fn cold_p50_ms(b: &Bench, i: usize) -> Result<f64> {
     let d = b.describe(&name)?;
     let addr: std::net::SocketAddr =
         format!("[{}]:8080", d["address"].as_str().context("address")?).parse()?;
-    let runs = super::cold_runs(b, &name, addr, COLD_RUNS, Duration::from_millis(50), false)?;
+    let runs = super::cold_runs(
+        b,
+        &name,
+        addr,
+        COLD_RUNS,
+        Duration::from_millis(50),
+        super::Cold::Process,
+    )?;
     Ok(runs.total.p50 as f64 / 1e6)
 }
 
@@ -82,6 +89,11 @@ fn raise_nofile() -> u64 {
         libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         r.rlim_cur
     }
+}
+
+/// Resident memory of a process, in KiB.
+pub(super) fn rss_kib(pid: u32) -> Result<u64> {
+    proc_field(pid, "VmRSS:")
 }
 
 fn proc_field(pid: u32, key: &str) -> Result<u64> {
@@ -153,13 +165,13 @@ fn measure(b: &mut Bench, faasd: &Path, hello: &Path, n: usize) -> Result<Row> {
     let _ = std::fs::remove_dir_all(b.dir.join("state"));
     b.start_daemon(faasd, "")?;
     let pid = b.daemon.as_ref().context("daemon")?.id();
-    let rss0 = proc_field(pid, "VmRSS:")?;
+    let rss0 = rss_kib(pid)?;
     // Half one client at a time, half with eight.
     let half = n / 2;
     let deploy_per_s = deploy(b, hello, 0, half, 1)?;
     let deploy8_per_s = deploy(b, hello, half, n, 8)?;
     std::thread::sleep(Duration::from_secs(1));
-    let rss = proc_field(pid, "VmRSS:")?;
+    let rss = rss_kib(pid)?;
     let ticks0 = cpu_ticks(pid)?;
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs(10));

@@ -26,7 +26,8 @@ const USAGE: &str = "usage: cargo xtask <setup|up|test|bench|image|dist> [args]
                  (--no-lint skips fmt and clippy; extra args go to cargo test)
   bench [ARGS]   setup, build release, run the benchmark harness (faasd-bench --help);
                  `bench scale [--sizes 1000,5000,19000]` runs only the cost-per-function section,
-                 `bench autoscale` and `bench cluster` only theirs
+                 `bench autoscale` and `bench cluster` only theirs, `bench prepared` the
+                 cold starts from prepared instances and their idle cost
   image          build OCI archives of the sample functions (target/images) and import
                  them into containerd (the system one, or a private one for the tests)
   dist           build release; target/dist gets the .deb and a directory (and tarball)
@@ -356,6 +357,13 @@ fn bench(args: &[String]) -> Result {
     let ctr =
         containerd::Containerd::system_or_private(&root.join("target/bench/containerd"), "bench")?;
     image::build_and_import(&root.join("target/release/faasd"), &ctr.socket)?;
+    if args.first().is_some_and(|a| a == "prepared") {
+        step("running the prepared benchmark");
+        return run(harness(&["prepared".as_ref()])
+            .arg("--containerd")
+            .arg(&ctr.socket)
+            .args(&args[1..]));
+    }
     step("running the benchmarks");
     run(harness(&["--containerd".as_ref(), ctr.socket.as_os_str()]).args(args))
 }
