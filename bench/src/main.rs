@@ -23,6 +23,7 @@ mod prepared;
 mod scale;
 mod stats;
 mod testrun;
+mod warm;
 
 use std::{
     io::{Read, Write},
@@ -480,6 +481,15 @@ fn section_main(name: &str) -> Result<()> {
             println!("DNS: dnsperf against the .faas zone");
             dns_qps(&mut b, &["hello"])?
         }
+        "warm" => {
+            b.start_daemon(&faasd, "")?;
+            let fn_addr = b.deploy_hello(&hello)?;
+            b.scale_and_wait("hello", 1)?;
+            let r = warm::anatomy(&mut b, &hello, fn_addr, 2000);
+            drop(b);
+            warm::cleanup();
+            r?
+        }
         "lookup" => {
             b.start_daemon(&faasd, "")?;
             let fn_addr = b.deploy_hello(&hello)?;
@@ -501,7 +511,7 @@ fn section_main(name: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     if let Some(
-        name @ ("scale" | "autoscale" | "cluster" | "lookup" | "dns" | "xdp" | "prepared"),
+        name @ ("scale" | "autoscale" | "cluster" | "lookup" | "dns" | "xdp" | "prepared" | "warm"),
     ) = std::env::args().nth(1).as_deref()
     {
         return section_main(name);

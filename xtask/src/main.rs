@@ -347,7 +347,7 @@ fn bench(args: &[String]) -> Result {
             .arg(root.join("target/bench"));
         c
     };
-    if let Some(section @ ("scale" | "autoscale" | "cluster" | "lookup" | "dns" | "xdp")) =
+    if let Some(section @ ("scale" | "autoscale" | "cluster" | "lookup" | "dns" | "xdp" | "warm")) =
         args.first().map(String::as_str)
     {
         // One section alone: process functions only, no containerd needed.

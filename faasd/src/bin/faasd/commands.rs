@@ -220,6 +220,12 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
             if let Some(ms) = f.state.retry_in_ms {
                 rows.push(["Retry in".into(), format!("{ms} ms (crash loop)")]);
             }
+            if let Some(id) = &f.state.prepared {
+                rows.push([
+                    "Prepared".into(),
+                    format!("{id} (waiting for the next activation)"),
+                ]);
+            }
             if let Some(e) = &f.state.last_error {
                 rows.push(["Last error".into(), e.clone()]);
             }
