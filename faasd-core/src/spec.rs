@@ -27,6 +27,7 @@
 //! | `faasd.dev/pids-max` | most tasks (processes and threads) of a process function's instance | none |
 //! | `faasd.dev/latency-histograms` | `true`: this function's own activation and call latency histograms in `/metrics` (the host-wide ones are always there) | false |
 //! | `faasd.dev/socket-activation` | images: `true` passes the sockets (LISTEN_FDS) to an image without faasd's label `dev.faasd.socket-activation`, `false` forwards to one that has it | the image's label |
+//! | `faasd.dev/freeze-after` | idle time after which the function's instances are frozen (cgroup freezer) until the next connection thaws them; shorter than `com.openfaas.scale.zero-duration` | off |
 //! | `faasd.dev/prepare` | `true`: while stopped, keep one instance set up (namespaces, cgroup, container task) and waiting for its sockets, so the first connection pays only the hand-over and the exec | false |
 //! | `faasd.dev/spread` | in a cluster, `true`: run on `com.openfaas.scale.min` hosts (as many as its constraints admit), each serving its address | false |
 //!
@@ -341,6 +342,8 @@ pub struct Settings {
     pub spread: bool,
     /// While stopped, keep one instance prepared: set up and waiting for its sockets.
     pub prepare: bool,
+    /// Idle time after which the instances are frozen until the next connection.
+    pub freeze_after: Option<Duration>,
     /// Images: whether the instance takes its sockets, when the deployment says so
     /// (else the image's label does).
     pub socket_activation: Option<bool>,
@@ -702,6 +705,21 @@ impl Settings {
                  while faasd.dev/accept starts one per connection: give one of them",
             );
         }
+        let freeze_after = parse_duration("faasd.dev/freeze-after", ann("freeze-after"))?;
+        if let Some(f) = freeze_after {
+            if accept.is_some() {
+                return bad(
+                    "faasd.dev/freeze-after freezes idle instances that accept for themselves; \
+                     with faasd.dev/accept each connection has its own instance",
+                );
+            }
+            if zero && f >= zero_after {
+                return bad(format!(
+                    "faasd.dev/freeze-after ({f:?}) must be shorter than \
+                     com.openfaas.scale.zero-duration ({zero_after:?}): the function stops then"
+                ));
+            }
+        }
         let policy = Policy {
             allow: parse_prefixes("faasd.dev/ip-address-allow", ann("ip-address-allow"), false)?,
             deny: parse_prefixes("faasd.dev/ip-address-deny", ann("ip-address-deny"), false)?,
@@ -745,6 +763,7 @@ impl Settings {
             )?,
             spread: parse_bool("faasd.dev/spread", ann("spread"))?,
             prepare,
+            freeze_after,
             socket_activation: ann("socket-activation")
                 .map(|v| parse_bool("faasd.dev/socket-activation", Some(v)))
                 .transpose()?,
@@ -778,6 +797,7 @@ const KNOWN_ANNOTATIONS: &[&str] = &[
     "scale-down-delay",
     "spread",
     "prepare",
+    "freeze-after",
     "socket-activation",
 ];
 
@@ -1058,6 +1078,55 @@ mod tests {
             d.env_vars.insert(MAX_INFLIGHT_ENV.into(), bad.into());
             let e = FunctionSpec::from_deployment(d.clone()).unwrap_err();
             assert!(e.to_string().contains("whole number"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn prepare_and_freeze_after_are_refused_where_they_cannot_work() {
+        let with = |labels: &[(&str, &str)], annotations: &[(&str, &str)]| {
+            let mut d = deployment("f");
+            d.labels = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            d.annotations = annotations
+                .iter()
+                .map(|(k, v)| (format!("faasd.dev/{k}"), v.to_string()))
+                .collect();
+            FunctionSpec::from_deployment(d).map(|(_, s)| s)
+        };
+        let zero = [
+            ("com.openfaas.scale.zero", "true"),
+            ("com.openfaas.scale.zero-duration", "1s"),
+        ];
+        let s = with(&zero, &[("freeze-after", "200ms"), ("prepare", "true")]).unwrap();
+        assert_eq!(s.freeze_after, Some(Duration::from_millis(200)));
+        assert!(s.prepare);
+        for (labels, annotations, says) in [
+            (
+                &zero[..],
+                &[("freeze-after", "1s")][..],
+                "must be shorter than",
+            ),
+            (
+                &[][..],
+                &[("accept", "true"), ("freeze-after", "5s")][..],
+                "its own instance",
+            ),
+            (
+                &[][..],
+                &[("freeze-after", "soon")][..],
+                "faasd.dev/freeze-after",
+            ),
+            (
+                &[][..],
+                &[("accept", "true"), ("prepare", "true")][..],
+                "give one of them",
+            ),
+            (&[][..], &[("prepare", "yes")][..], "faasd.dev/prepare"),
+        ] {
+            let e = with(labels, annotations).unwrap_err().to_string();
+            assert!(e.contains(says), "{annotations:?}: {e}");
         }
     }
 

@@ -140,6 +140,12 @@ pub struct FunctionState {
     /// (`faasd.dev/prepare`), while there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared: Option<String>,
+    /// The instances are frozen (`faasd.dev/freeze-after`) until the next connection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub frozen: bool,
+    /// Times a connection thawed the function.
+    #[serde(default)]
+    pub thaws: u64,
     /// Scaling with the load, for a function that asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleStatus>,

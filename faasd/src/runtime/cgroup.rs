@@ -192,6 +192,23 @@ pub fn remove_empty(dir: &Path) -> bool {
     gone
 }
 
+/// Freezes (or thaws) every process in a cgroup v2 directory and below it. The kernel
+/// finishes freezing asynchronously; a frozen task takes no signal but SIGKILL.
+pub fn freeze(dir: &Path, frozen: bool) -> std::io::Result<()> {
+    std::fs::write(dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })
+}
+
+/// Asks the kernel to push a cgroup's memory out (to swap, or drop its page cache), where
+/// the memory controller is on in the unified hierarchy: `memory.reclaim` of all it uses.
+/// Elsewhere (cgroup v1's memory controller has no such file) it does nothing.
+pub fn reclaim(dir: &Path) {
+    let Ok(current) = std::fs::read_to_string(dir.join("memory.current")) else {
+        return;
+    };
+    // The kernel reclaims what it can and reports EAGAIN for the rest: not an error here.
+    let _ = std::fs::write(dir.join("memory.reclaim"), current.trim());
+}
+
 /// Whether any process runs in the cgroup or below it (true when that cannot be read).
 pub fn populated(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("cgroup.events"))

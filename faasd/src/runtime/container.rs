@@ -386,7 +386,7 @@ impl ContainerRuntime {
                 .into_inner();
             // Its cgroup exists now: the egress rule goes on before the command runs.
             if let Some((egress, policy)) = &self.egress
-                && let Some(cg) = self.instance_cgroup(&id)
+                && let Some(cg) = self.cgroup_of(&id)
             {
                 let owner = format!("{}/{}", self.namespace, self.function);
                 egress.grant(&cg, &owner, policy)?;
@@ -504,7 +504,7 @@ impl ContainerRuntime {
     }
 
     /// An instance's cgroup in the unified hierarchy, where the egress programs look.
-    fn instance_cgroup(&self, id: &str) -> Option<PathBuf> {
+    fn cgroup_of(&self, id: &str) -> Option<PathBuf> {
         super::cgroup::root().map(|r| r.join(&self.host.cgroup_parent).join(id))
     }
 
@@ -549,7 +549,7 @@ impl ContainerRuntime {
         }
         let _ = std::fs::remove_dir_all(self.host.runtime_dir.join(id));
         if let Some((egress, _)) = &self.egress
-            && let Some(cg) = self.instance_cgroup(id)
+            && let Some(cg) = self.cgroup_of(id)
         {
             egress.release(&cg);
         }
@@ -691,6 +691,10 @@ impl Runtime for ContainerRuntime {
             Some(s) => format!("exited with status {s}"),
             None => "exited".into(),
         }
+    }
+
+    fn instance_cgroup(&self, id: &str) -> Option<PathBuf> {
+        self.cgroup_of(id)
     }
 
     fn upstream(&self) -> Option<crate::forward::Upstream> {

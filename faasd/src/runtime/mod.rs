@@ -158,6 +158,12 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// says how it ended.
     async fn reap(&self, instance: &Instance) -> String;
 
+    /// The cgroup of an instance of its own, where the runtime makes one (a container's);
+    /// `None` where instances share their function's.
+    fn instance_cgroup(&self, _id: &str) -> Option<PathBuf> {
+        None
+    }
+
     /// Where inside the instance's network namespace faasd forwards connections, for
     /// images that bind their own port instead of taking sockets.
     fn upstream(&self) -> Option<crate::forward::Upstream> {

@@ -274,6 +274,8 @@ struct Supervisor {
     /// The last prepare failed (or its instance ended unused): none until the next
     /// activation.
     prepare_failed: bool,
+    /// The instances are frozen (`faasd.dev/freeze-after`) until a connection comes.
+    frozen: bool,
 }
 
 /// Starts the supervisor of a function over its sockets (in `settings.ports` order); it
@@ -380,6 +382,7 @@ impl Supervisor {
             standby: p.standby,
             preparing: false,
             prepare_failed: false,
+            frozen: false,
         }
     }
 
@@ -529,7 +532,8 @@ impl Supervisor {
                 Some(_) => {}
                 None if !r.ready => at(r.started + start_timeout),
                 None => {
-                    if let Some(w) = settings.watchdog {
+                    // A frozen instance cannot ping; its watchdog starts again at the thaw.
+                    if let Some(w) = settings.watchdog.filter(|_| !self.frozen) {
                         at(r.last_watchdog + w);
                     }
                 }
@@ -562,7 +566,7 @@ impl Supervisor {
             }
             self.next_output = now + OUTPUT_POLL;
         }
-        let watchdog = self.ctx.settings.watchdog;
+        let watchdog = self.ctx.settings.watchdog.filter(|_| !self.frozen);
         let start_timeout = self.ctx.config.start_timeout;
         let mut to_kill = Vec::new();
         for (pid, r) in &mut self.instances {
@@ -772,7 +776,8 @@ impl Supervisor {
         let busy = self.instances.len() as u32 + self.starting;
         match self.ctx.settings.accept {
             Some(max) => busy < max,
-            None => busy == 0,
+            // A frozen instance cannot take the connection: faasd thaws it.
+            None => busy == 0 || self.frozen,
         }
     }
 
@@ -794,6 +799,14 @@ impl Supervisor {
     fn on_pending(&mut self) {
         if let Some(max) = self.ctx.settings.accept {
             self.accept_connections(max);
+            return;
+        }
+        if self.frozen {
+            self.thaw();
+            self.snapshot.thaws += 1;
+            // Idle again from now, checked as before it froze.
+            self.idle_check = None;
+            self.schedule_idle_check(Instant::now());
             return;
         }
         self.ctx
@@ -872,14 +885,16 @@ impl Supervisor {
     }
 
     /// Keeps an idle check due while the function runs above its minimum and may scale
-    /// down; none otherwise.
+    /// down, or runs and may freeze; none otherwise.
     fn schedule_idle_check(&mut self, now: Instant) {
         let s = &self.ctx.settings;
         let may_scale_down = self.draining.is_none()
             && s.accept.is_none()
             && self.target > s.min_scale
             && s.scale_to_zero_after.is_some();
-        match (may_scale_down, self.idle_check) {
+        let may_freeze =
+            self.draining.is_none() && s.freeze_after.is_some() && self.target > 0 && !self.frozen;
+        match (may_scale_down || may_freeze, self.idle_check) {
             (false, _) => self.idle_check = None,
             (true, Some(_)) => {}
             (true, None) => {
@@ -891,8 +906,67 @@ impl Supervisor {
     }
 
     fn idle_step(&self) -> Duration {
-        let after = self.ctx.settings.scale_to_zero_after.unwrap_or_default();
+        let s = &self.ctx.settings;
+        let after = [s.scale_to_zero_after, s.freeze_after]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_default();
         (after / 4).clamp(Duration::from_millis(50), IDLE_CHECK_MAX)
+    }
+
+    /// The cgroups that hold the instances: a container's own, or the function's.
+    fn instance_cgroups(&self) -> Vec<PathBuf> {
+        if self.ctx.record.spec.image.is_some() {
+            self.instances
+                .values()
+                .filter_map(|r| self.ctx.runtime.instance_cgroup(&r.instance.id))
+                .collect()
+        } else {
+            self.ctx.cgroup.iter().cloned().collect()
+        }
+    }
+
+    /// Freezes the instances (cgroup v2's freezer: they stay in memory, scheduled never)
+    /// and, where the memory controller is on, pushes their memory out.
+    fn freeze(&mut self) {
+        let cgroups = self.instance_cgroups();
+        if cgroups.is_empty() {
+            return;
+        }
+        for (i, cg) in cgroups.iter().enumerate() {
+            if let Err(e) = cgroup::freeze(cg, true) {
+                for done in &cgroups[..i] {
+                    let _ = cgroup::freeze(done, false);
+                }
+                self.fail(format!("freezing {}: {e}", cg.display()));
+                return;
+            }
+            cgroup::reclaim(cg);
+        }
+        self.frozen = true;
+        self.snapshot.frozen = true;
+        self.ctx
+            .log
+            .write("faasd", "idle: frozen until the next connection");
+    }
+
+    /// Thaws frozen instances.
+    fn thaw(&mut self) {
+        if !self.frozen {
+            return;
+        }
+        for cg in self.instance_cgroups() {
+            if let Err(e) = cgroup::freeze(&cg, false) {
+                tracing::warn!("thawing {}: {e}", cg.display());
+            }
+        }
+        self.frozen = false;
+        self.snapshot.frozen = false;
+        let now = Instant::now();
+        for r in self.instances.values_mut() {
+            r.last_watchdog = now;
+        }
     }
 
     fn fail(&mut self, msg: String) {
@@ -1353,6 +1427,8 @@ impl Supervisor {
     }
 
     fn stop(&mut self, pid: i32) {
+        // A frozen instance would take its SIGTERM only when thawed.
+        self.thaw();
         let grace = self
             .ctx
             .settings
@@ -1392,6 +1468,10 @@ impl Supervisor {
         let Some(mut r) = self.instances.remove(&pid) else {
             return;
         };
+        if self.instances.is_empty() {
+            self.frozen = false;
+            self.snapshot.frozen = false;
+        }
         self.ctx.router.forget(pid);
         if let Some(probe) = r.probe.take() {
             probe.abort();
@@ -1472,32 +1552,57 @@ impl Supervisor {
     /// Scale to zero (or to the minimum) after `zero-duration` without a new connection,
     /// with nothing queued and no connection still open.
     fn check_idle(&mut self, now: Instant) {
-        let Some(after) = self.ctx.settings.scale_to_zero_after else {
+        let s = self.ctx.settings.clone();
+        let zero_after = s.scale_to_zero_after.filter(|_| self.target > s.min_scale);
+        // faasd accepts for a forwarded image itself: it stays thawed to do so.
+        let freeze_after = s
+            .freeze_after
+            .filter(|_| !self.frozen && self.forwarding.is_none());
+        let Some(first_due) = freeze_after.into_iter().chain(zero_after).min() else {
             self.idle_check = None;
             return;
         };
         self.idle_check = Some(now + self.idle_step());
-        let lookups = self.ctx.lookups.lookups();
-        if lookups != self.last_lookups {
-            self.last_lookups = lookups;
-            self.last_activity = now;
+        // While frozen nothing can have come unseen: a connection thaws the function.
+        if !self.frozen {
+            let lookups = self.ctx.lookups.lookups();
+            if lookups != self.last_lookups {
+                self.last_lookups = lookups;
+                self.last_activity = now;
+                return;
+            }
+        }
+        let idle_for = now - self.last_activity;
+        if idle_for < first_due {
             return;
         }
-        if now - self.last_activity < after {
+        if !self.frozen {
+            let open = connections::open(self.ctx.record.address, &s.ports);
+            if self.sockets.iter().any(sockets::pending) || open.is_none_or(|o| !o.is_empty()) {
+                self.last_activity = now;
+                return;
+            }
+        }
+        if let Some(after) = zero_after
+            && idle_for >= after
+        {
+            let min = s.min_scale;
+            self.ctx
+                .log
+                .write("faasd", &format!("idle for {after:?}: scaling to {min}"));
+            self.target = min;
+            self.idle_check = None;
+            self.reconcile();
             return;
         }
-        let open = connections::open(self.ctx.record.address, &self.ctx.settings.ports);
-        if self.sockets.iter().any(sockets::pending) || open.is_none_or(|o| !o.is_empty()) {
-            self.last_activity = now;
-            return;
+        // Not in the middle of a start (a container's takes longer than the idle step).
+        if self.starting == 0 && !self.instances.is_empty() {
+            self.freeze();
         }
-        let min = self.ctx.settings.min_scale;
-        self.ctx
-            .log
-            .write("faasd", &format!("idle for {after:?}: scaling to {min}"));
-        self.target = min;
-        self.idle_check = None;
-        self.reconcile();
+        // Frozen, only the stop is due, at its time: no check in between.
+        if self.frozen {
+            self.idle_check = zero_after.map(|a| self.last_activity + a);
+        }
     }
 
     /// Writes the running instances' pids and ids (runtime dir: gone after a reboot, when

@@ -531,3 +531,68 @@ fn a_prepared_function_waits_confined_and_its_first_connection_runs_that_instanc
     d.cli_ok(&["remove", "prep"]);
     wait_cgroup_empty(&ns, "prep", "after remove");
 }
+
+/// Whether the kernel says a cgroup's processes are frozen.
+fn cgroup_frozen(dir: &std::path::Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
+}
+
+#[test]
+fn an_idle_function_freezes_and_its_next_connection_thaws_the_same_instance() {
+    require_privileges!();
+    let ns = Netns::new("freeze");
+    let d = Daemon::start(&ns);
+    let addr = d.deploy_hello(
+        "freeze",
+        &[
+            "-l",
+            "com.openfaas.scale.zero=true",
+            "-l",
+            "com.openfaas.scale.zero-duration=4s",
+            "--annotation",
+            "faasd.dev/freeze-after=300ms",
+        ],
+    );
+    let cgroup = faasd::runtime::cgroup::root()
+        .expect("cgroup v2")
+        .join(&ns.cgroup_parent)
+        .join("openfaas-fn/freeze");
+    let target = SocketAddr::from((addr, 8080));
+    let (code, body) = ns.run(|| http_get(target)).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let first = instance_of(&body);
+    let s = d.wait_for("freeze", "frozen after 300ms idle", |s| s.state.frozen);
+    assert_eq!(s.replicas, 1, "a frozen instance is still there");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cgroup_frozen(&cgroup) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kernel did not freeze {}",
+            cgroup.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, body) = ns.run(|| http_get(target)).unwrap();
+    assert_eq!(code, 200, "{body}\n{}", d.log());
+    assert_eq!(
+        instance_of(&body),
+        first,
+        "the frozen instance served, thawed"
+    );
+    let s = d.describe("freeze");
+    assert_eq!((s.state.thaws, s.state.frozen), (1, false));
+    assert!(!cgroup_frozen(&cgroup));
+    assert_eq!(s.state.activations, 1, "a thaw is no activation");
+    // Frozen again, then stopped at its zero-duration (thawed first, so that it takes its
+    // SIGTERM): the idle time counts from the last connection.
+    d.wait_for("freeze", "frozen again", |s| s.state.frozen);
+    d.wait_for("freeze", "stopped after 4s idle", |s| {
+        s.replicas == 0 && !s.state.frozen
+    });
+    let log = d.cli_ok(&["logs", "freeze"]);
+    assert!(log.contains("frozen until the next connection"), "{log}");
+    let (code, body) = ns.run(|| http_get(target)).unwrap();
+    assert_eq!(code, 200);
+    assert_ne!(instance_of(&body), first, "stopped, a new instance serves");
+}

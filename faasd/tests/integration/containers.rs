@@ -924,3 +924,57 @@ fn a_prepared_image_waits_as_a_started_task_and_serves_its_first_connection() {
         containers_dir.display()
     );
 }
+
+#[test]
+fn an_idle_container_freezes_thaws_on_its_next_connection_and_is_removed_cleanly() {
+    require_containerd!(socket);
+    let ns = Netns::new("ctr-freeze");
+    let _c = Cleanup {
+        socket: &socket,
+        names: &["ctr-freeze"],
+    };
+    let d = start(&ns, &socket);
+    d.cli_ok(&[
+        "deploy",
+        "ctr-freeze",
+        "--image",
+        "localhost/hello:latest",
+        "--annotation",
+        "faasd.dev/freeze-after=300ms",
+    ]);
+    let addr = http(d.describe("ctr-freeze").address);
+    let (code, body) = ns.run(|| http_get(addr)).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let instance = instance_of(&body);
+    d.wait_for("ctr-freeze", "frozen", |s| s.state.frozen);
+    // The container's own cgroup is the one frozen.
+    let events = faasd::runtime::cgroup::root()
+        .expect("cgroup v2")
+        .join(&ns.cgroup_parent)
+        .join(&instance)
+        .join("cgroup.events");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&events).is_ok_and(|e| e.contains("frozen 1")) {
+        assert!(
+            Instant::now() < deadline,
+            "{} says not frozen",
+            events.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, body) = ns.run(|| http_get(addr)).unwrap();
+    assert_eq!(code, 200, "{body}\n{}", d.log());
+    assert_eq!(
+        instance_of(&body),
+        instance,
+        "the frozen container served, thawed"
+    );
+    assert_eq!(d.describe("ctr-freeze").state.thaws, 1);
+    // Removed while frozen: thawed, stopped and deleted.
+    d.wait_for("ctr-freeze", "frozen again", |s| s.state.frozen);
+    d.cli_ok(&["remove", "ctr-freeze"]);
+    assert_eq!(
+        leftovers(&socket, "ctr-freeze", d.pid()),
+        Vec::<String>::new()
+    );
+}
