@@ -462,10 +462,14 @@ fn section_main(name: &str) -> Result<()> {
                 .map(|c| format!("containerd = {c:?}\n"));
             let section = prepared::run(&mut b, &faasd, &hello, config.as_deref())?;
             let (process, container) = prepared::prepared_p50s(&section);
+            let (thawed, thawed_container) = prepared::thaw_p50s(&section);
             println!(
-                "\nprepared cold p50: process {:?} ms, container {:?} ms",
+                "\nprepared cold p50: process {:?} ms, container {:?} ms; frozen: process \
+                 {:?} ms, container {:?} ms",
                 process.map(ms),
-                container.map(ms)
+                container.map(ms),
+                thawed.map(ms),
+                thawed_container.map(ms)
             );
             section
         }
@@ -721,6 +725,7 @@ fn main() -> Result<()> {
         .and_then(|c| c["cold_runc"]["p50_ns"].as_u64())
         .map(ms);
     let (prepared_cold, prepared_container_cold) = prepared::prepared_p50s(&prepared);
+    let (thawed, thawed_container) = prepared::thaw_p50s(&prepared);
     let sk_lookup = by_bindings
         .iter()
         .find(|c| c.bindings == 100_000)
@@ -731,12 +736,14 @@ fn main() -> Result<()> {
             "measured": prepared_container_cold.map(ms),
             "how": "prepared (faasd.dev/prepare)",
             "unprepared": container_cold,
+            "frozen": thawed_container.map(ms),
         },
         "cold_p50_ms": {
             "goal": 1.0,
             "measured": prepared_cold.map(ms),
             "how": "prepared (faasd.dev/prepare)",
             "unprepared": ms(cold.p50),
+            "frozen": thawed.map(ms),
         },
         "warm_over_limit": {"goal": 1.02, "measured": faasd_p50 / limit as f64},
         "warm_over_proxies": {"goal": 0.5, "measured": proxies},

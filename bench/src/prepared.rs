@@ -1,14 +1,16 @@
 //! `faasd-bench prepared`: cold starts from a prepared instance (`faasd.dev/prepare`)
 //! beside the same function unprepared, for processes and (with containerd) images, and
 //! what prepared idle functions cost: host memory, kernel slab, processes, faasd's and
-//! containerd's resident memory, per function.
+//! containerd's resident memory, per function. Then the tier between running and stopped:
+//! connections to a frozen function (`faasd.dev/freeze-after`), thawed by the connection,
+//! and the memory a frozen instance keeps.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::{Bench, Cold, Unit, cold_runs, stats};
+use super::{Bench, Cold, Summary, Unit, cold_runs, request, stats};
 
 /// Cold starts timed per kind.
 const RUNS: usize = 100;
@@ -170,32 +172,125 @@ fn side_by_side(b: &Bench, name: &str, body: &Value, kind: Cold, what: &str) -> 
     Ok(json!({"unprepared": unprepared.to_json(), "prepared": prepared.to_json()}))
 }
 
+/// Resident memory (KiB) of the processes in a cgroup v2 directory.
+fn cgroup_rss_kib(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|p| p.trim().parse::<u32>().ok())
+        .map(|pid| super::scale::rss_kib(pid).unwrap_or(0))
+        .sum()
+}
+
+/// The cgroup v2 root (unified, on a hybrid host).
+fn cgroup_root() -> Option<&'static Path> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(Path::new)
+        .find(|r| r.join("cgroup.procs").exists())
+}
+
+/// Connections to `name` while it is frozen: each waits for the freeze (and `settle`),
+/// then times connect to first byte, the thaw included. `cgroup`: where the instance's
+/// processes are, for the memory a frozen instance keeps.
+fn thaw_runs(
+    b: &Bench,
+    name: &str,
+    addr: SocketAddr,
+    cgroup: impl Fn(&Value) -> Option<std::path::PathBuf>,
+) -> Result<Value> {
+    let mut total = Vec::new();
+    let mut frozen_kib = Vec::new();
+    // The first connection starts it; every later one finds it frozen.
+    request(addr)?;
+    for i in 0..RUNS {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let d = loop {
+            let d = b.describe(name)?;
+            if d["state"]["frozen"] == true {
+                break d;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{name} run {i}: not frozen: {}", d["state"]);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(dir) = cgroup(&d) {
+            frozen_kib.push(cgroup_rss_kib(&dir) * 1024);
+        }
+        let (t0, first, _) = request(addr)?;
+        total.push(first - t0);
+    }
+    let thaw = Summary::of("connection to a frozen function", &total);
+    let memory = Summary::of("resident memory of a frozen instance (bytes)", &frozen_kib);
+    stats::print_table(
+        &format!("{name}: connect to first byte, frozen (ms)"),
+        Unit::Ms,
+        std::slice::from_ref(&thaw),
+        None,
+    );
+    println!(
+        "{name}: a frozen instance keeps {} KiB resident (p50)",
+        memory.p50 / 1024
+    );
+    let reclaim = cgroup_root().is_some_and(|r| {
+        std::fs::read_to_string(r.join("cgroup.subtree_control"))
+            .is_ok_and(|c| c.contains("memory"))
+    });
+    Ok(json!({
+        "thaw": thaw.to_json(),
+        "frozen_rss_bytes": memory.to_json(),
+        "memory_reclaim_available": reclaim,
+    }))
+}
+
 /// The section: `containerd`, the daemon's configuration line naming containerd, if any.
 pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, containerd: Option<&str>) -> Result<Value> {
     b.start_daemon(faasd, containerd.unwrap_or(""))?;
     let process = json!({"service": "hp", "envProcess": hello.to_string_lossy()});
     let process_cold = side_by_side(b, "hp", &process, Cold::Process, "process")?;
+    let root = cgroup_root().context("no cgroup v2 hierarchy")?;
+    let frozen_body = |mut body: Value, name: &str| {
+        body["service"] = json!(name);
+        body["annotations"] = json!({"faasd.dev/freeze-after": "100ms"});
+        body
+    };
+    let addr = deploy(b, frozen_body(process.clone(), "hf"))?;
+    println!("process: {RUNS} connections to it frozen");
+    let fn_cgroup = root.join("faasd-bench/openfaas-fn/hf");
+    let process_thaw = thaw_runs(b, "hf", addr, |_| Some(fn_cgroup.clone()))?;
+    remove(b, "hf")?;
     let process_cost = idle_cost(b, "pp", PROCESS_FUNCTIONS, |i| {
         json!({"service": format!("pp{i}"), "envProcess": hello.to_string_lossy(),
                "annotations": {"faasd.dev/prepare": "true"}})
     })?;
-    let (container_cold, container_cost) = match containerd {
+    let (container_cold, container_cost, container_thaw) = match containerd {
         Some(_) => {
             let image = json!({"service": "hc", "image": "localhost/hello:latest"});
             let cold = side_by_side(b, "hc", &image, Cold::Container, "container")?;
+            let addr = deploy(b, frozen_body(image.clone(), "cf"))?;
+            println!("container: {RUNS} connections to it frozen");
+            let thaw = thaw_runs(b, "cf", addr, |d| {
+                let id = d["state"]["instances"][0]["id"].as_str()?;
+                Some(root.join("faasd-bench").join(id))
+            })?;
+            remove(b, "cf")?;
             let cost = idle_cost(b, "cp", CONTAINER_FUNCTIONS, |i| {
                 json!({"service": format!("cp{i}"), "image": "localhost/hello:latest",
                        "annotations": {"faasd.dev/prepare": "true"}})
             })?;
-            (cold, cost)
+            (cold, cost, thaw)
         }
-        None => (Value::Null, Value::Null),
+        None => (Value::Null, Value::Null, Value::Null),
     };
     Ok(json!({
         "process_cold": process_cold,
         "process_idle_cost": process_cost,
         "container_cold": container_cold,
         "container_idle_cost": container_cost,
+        "process_frozen": process_thaw,
+        "container_frozen": container_thaw,
     }))
 }
 
@@ -203,4 +298,10 @@ pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, containerd: Option<&str>) 
 pub fn prepared_p50s(section: &Value) -> (Option<u64>, Option<u64>) {
     let p50 = |k: &str| section[k]["prepared"]["total"]["p50_ns"].as_u64();
     (p50("process_cold"), p50("container_cold"))
+}
+
+/// The medians (ns) of a section's connections to frozen functions: (process, container).
+pub fn thaw_p50s(section: &Value) -> (Option<u64>, Option<u64>) {
+    let p50 = |k: &str| section[k]["thaw"]["p50_ns"].as_u64();
+    (p50("process_frozen"), p50("container_frozen"))
 }
