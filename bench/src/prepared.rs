@@ -245,10 +245,92 @@ fn thaw_runs(
     }))
 }
 
+/// The floor of any start that execs the program: a plain parent (no namespaces, no
+/// cgroup, no daemon) that waits for the first connection on a listening socket, then
+/// forks and execs the same `hello` with it (LISTEN_FDS), timed connect to first byte.
+fn exec_floor_runs(hello: &Path) -> Result<Summary> {
+    use std::{ffi::CString, os::fd::AsRawFd};
+    let addr: SocketAddr = "[::1]:9041".parse()?;
+    let program = CString::new(hello.to_string_lossy().as_bytes())?;
+    let mut total = Vec::new();
+    for _ in 0..RUNS {
+        let socket = super::warm::faasd_like_socket(addr)?;
+        let raw = socket.as_raw_fd();
+        let program = program.clone();
+        let starter = std::thread::spawn(move || -> Result<i32> {
+            // Everything the child touches is made before the fork: it may not allocate.
+            let fds = c"LISTEN_FDS=1";
+            let names = c"LISTEN_FDNAMES=http";
+            let mut pid_var = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
+            let argv = [program.as_ptr(), std::ptr::null()];
+            let env = [
+                fds.as_ptr(),
+                names.as_ptr(),
+                pid_var.as_ptr().cast(),
+                std::ptr::null(),
+            ];
+            let mut pfd = libc::pollfd {
+                fd: raw,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one descriptor we own, for at most 10 s; then a fork whose
+            // child makes only async-signal-safe calls on memory prepared before it.
+            unsafe {
+                if libc::poll(&mut pfd, 1, 10_000) != 1 {
+                    bail!("no connection came");
+                }
+                let pid = libc::fork();
+                if pid == 0 {
+                    // LISTEN_PID is the child's own pid, written in place.
+                    let mut digits = [0u8; 12];
+                    let (mut n, mut len) = (libc::getpid() as u32, 0);
+                    while n > 0 || len == 0 {
+                        digits[len] = b'0' + (n % 10) as u8;
+                        n /= 10;
+                        len += 1;
+                    }
+                    for k in 0..len {
+                        pid_var[11 + k] = digits[len - 1 - k];
+                    }
+                    libc::dup2(raw, 3);
+                    let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+                    libc::dup2(null, 1);
+                    libc::dup2(null, 2);
+                    libc::execve(program.as_ptr(), argv.as_ptr(), env.as_ptr());
+                    libc::_exit(127);
+                }
+                Ok(pid)
+            }
+        });
+        let (t0, first, _) = request(addr)?;
+        total.push(first - t0);
+        let pid = starter.join().expect("the starter thread")?;
+        // SAFETY: kills and reaps the child this run started.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        drop(socket);
+    }
+    Ok(Summary::of(
+        "fork and exec on the first connection, no sandbox",
+        &total,
+    ))
+}
+
 /// The section: `containerd`, the daemon's configuration line naming containerd, if any.
 pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, containerd: Option<&str>) -> Result<Value> {
     b.start_daemon(faasd, containerd.unwrap_or(""))?;
     let process = json!({"service": "hp", "envProcess": hello.to_string_lossy()});
+    println!("the floor: {RUNS} plain fork+exec starts on the first connection");
+    let floor = exec_floor_runs(hello)?;
+    stats::print_table(
+        "the floor: a plain parent forks and execs hello on the first connection (ms)",
+        Unit::Ms,
+        std::slice::from_ref(&floor),
+        None,
+    );
     let process_cold = side_by_side(b, "hp", &process, Cold::Process, "process")?;
     let root = cgroup_root().context("no cgroup v2 hierarchy")?;
     let frozen_body = |mut body: Value, name: &str| {
@@ -285,6 +367,7 @@ pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, containerd: Option<&str>) 
         None => (Value::Null, Value::Null, Value::Null),
     };
     Ok(json!({
+        "exec_floor": floor.to_json(),
         "process_cold": process_cold,
         "process_idle_cost": process_cost,
         "container_cold": container_cold,

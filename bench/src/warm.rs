@@ -27,7 +27,7 @@ use super::{Bench, Summary, Unit, monotonic_ns, request, stats, wait_listening};
 const CGROUP: &str = "faasd-bench/warm-anatomy";
 
 /// A listening socket made as faasd makes a function's (see faasd's `sockets.rs`).
-fn faasd_like_socket(addr: SocketAddr) -> Result<OwnedFd> {
+pub(super) fn faasd_like_socket(addr: SocketAddr) -> Result<OwnedFd> {
     let SocketAddr::V6(v6) = addr else {
         bail!("IPv6 only")
     };
