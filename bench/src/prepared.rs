@@ -247,7 +247,8 @@ fn thaw_runs(
 
 /// The floor of any start that execs the program: a plain parent (no namespaces, no
 /// cgroup, no daemon) that waits for the first connection on a listening socket, then
-/// forks and execs the same `hello` with it (LISTEN_FDS), timed connect to first byte.
+/// execs the same `hello` with it (LISTEN_FDS) from a vfork (no page tables copied, as
+/// posix_spawn does), timed connect to first byte.
 fn exec_floor_runs(hello: &Path) -> Result<Summary> {
     use std::{ffi::CString, os::fd::AsRawFd};
     let addr: SocketAddr = "[::1]:9041".parse()?;
@@ -274,13 +275,15 @@ fn exec_floor_runs(hello: &Path) -> Result<Summary> {
                 events: libc::POLLIN,
                 revents: 0,
             };
-            // SAFETY: poll on one descriptor we own, for at most 10 s; then a fork whose
-            // child makes only async-signal-safe calls on memory prepared before it.
+            // SAFETY: poll on one descriptor we own, for at most 10 s; then a vfork whose
+            // child makes only async-signal-safe calls on memory prepared before it and
+            // ends in execve or _exit, never returning while it borrows this thread.
             unsafe {
                 if libc::poll(&mut pfd, 1, 10_000) != 1 {
                     bail!("no connection came");
                 }
-                let pid = libc::fork();
+                #[allow(deprecated)]
+                let pid = libc::vfork();
                 if pid == 0 {
                     // LISTEN_PID is the child's own pid, written in place.
                     let mut digits = [0u8; 12];
@@ -314,7 +317,7 @@ fn exec_floor_runs(hello: &Path) -> Result<Summary> {
         drop(socket);
     }
     Ok(Summary::of(
-        "fork and exec on the first connection, no sandbox",
+        "vfork and exec on the first connection, no sandbox",
         &total,
     ))
 }
@@ -323,10 +326,10 @@ fn exec_floor_runs(hello: &Path) -> Result<Summary> {
 pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, containerd: Option<&str>) -> Result<Value> {
     b.start_daemon(faasd, containerd.unwrap_or(""))?;
     let process = json!({"service": "hp", "envProcess": hello.to_string_lossy()});
-    println!("the floor: {RUNS} plain fork+exec starts on the first connection");
+    println!("the floor: {RUNS} plain vfork+exec starts on the first connection");
     let floor = exec_floor_runs(hello)?;
     stats::print_table(
-        "the floor: a plain parent forks and execs hello on the first connection (ms)",
+        "the floor: a plain parent vforks and execs hello on the first connection (ms)",
         Unit::Ms,
         std::slice::from_ref(&floor),
         None,

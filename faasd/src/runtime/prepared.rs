@@ -36,19 +36,39 @@ impl Prepared {
     }
 
     /// Hands the instance its sockets (none for an image that binds its own port) and
-    /// their names; returns it once its command runs, or with the error (the instance is
-    /// then the caller's to kill and reap). Blocks for the exec of a process instance (well
-    /// under a millisecond): call it from a blocking thread.
-    pub fn go(self, names: &str, fds: &[RawFd]) -> Result<Instance, (Instance, RuntimeError)> {
+    /// their names: one message on a socket nobody else writes to, which does not block.
+    /// The kernel has its own references to the descriptors once this returns.
+    pub fn go(self, names: &str, fds: &[RawFd]) -> Result<Going, (Instance, RuntimeError)> {
         // A message of no bytes would carry nothing, not even the descriptors.
         let payload = if names.is_empty() { "-" } else { names };
-        if let Err(source) = self.handover.send_with_fd(payload.as_bytes(), fds) {
-            let e = RuntimeError::Io {
-                op: "handing the sockets to the prepared instance",
-                source,
-            };
-            return Err((self.instance, e));
+        match self.handover.send_with_fd(payload.as_bytes(), fds) {
+            Ok(_) => Ok(Going {
+                instance: self.instance,
+                exec: self.exec,
+            }),
+            Err(source) => Err((
+                self.instance,
+                RuntimeError::Io {
+                    op: "handing the sockets to the prepared instance",
+                    source,
+                },
+            )),
         }
+    }
+}
+
+/// A prepared instance that has its sockets.
+#[derive(Debug)]
+pub struct Going {
+    instance: Instance,
+    exec: Option<ExecReport>,
+}
+
+impl Going {
+    /// Returns the instance once its command runs, or with the error (the instance is then
+    /// the caller's to kill and reap). Blocks for the exec of a process instance (well
+    /// under a millisecond): call it from a blocking thread.
+    pub fn running(self) -> Result<Instance, (Instance, RuntimeError)> {
         match self.exec.map(ExecReport::wait) {
             Some(Err(e)) => Err((self.instance, e)),
             _ => Ok(self.instance),

@@ -406,6 +406,11 @@ impl Supervisor {
     /// (a connection or a message), and it must be taken before parking again.
     async fn run(mut self, resumed: bool) {
         self.reconcile();
+        // Woken by a connection, it starts the instance at once: registering the sockets
+        // with the reactor and waiting on them would only say what a poll says now.
+        if resumed && self.watching() && self.sockets.iter().any(sockets::pending) {
+            self.on_pending();
+        }
         self.keep_prepared();
         self.publish();
         let mailbox = self.mailbox.clone();
@@ -1082,7 +1087,7 @@ impl Supervisor {
         self.snapshot.starts += 1;
         let ctx = self.ctx.clone();
         let mailbox = self.mailbox.clone();
-        let sockets = self.sockets.clone();
+        let sockets = &self.sockets;
         // An image that binds its own port gets none: faasd forwards to it.
         let (names, fds): (String, Vec<i32>) = if ctx.runtime.upstream().is_some() {
             (String::new(), Vec::new())
@@ -1093,15 +1098,15 @@ impl Supervisor {
                 sockets.iter().map(|s| s.as_raw_fd()).collect(),
             )
         };
+        let id = prepared.instance.id.clone();
+        // Sent here, not from a task: the instance starts its command on this message, and
+        // every hop before it would be paid by the connection waiting for it.
+        let went = prepared.go(&names, &fds);
         tokio::spawn(async move {
-            let id = prepared.instance.id.clone();
-            // The task holds the sockets until the instance has its own copies.
-            let went = tokio::task::spawn_blocking(move || {
-                let went = prepared.go(&names, &fds);
-                drop(sockets);
-                went
-            })
-            .await;
+            let went = match went {
+                Ok(going) => tokio::task::spawn_blocking(move || going.running()).await,
+                Err(failed) => Ok(Err(failed)),
+            };
             let result = match went {
                 Ok(Ok(mut instance)) => {
                     // Its task was made and started when it was prepared, not now.
