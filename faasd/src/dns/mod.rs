@@ -90,15 +90,84 @@ pub struct Zone {
     origin: Name,
     host: Ipv6Addr,
     state: tokio::sync::Mutex<ZoneState>,
-    zone_file: Option<PathBuf>,
+    zone_file: Option<ZoneFile>,
     serial_file: PathBuf,
+}
+
+/// The zone file's writer: a thread of its own, rung after every change. It writes the
+/// zone as it is when it gets to it, so a burst of changes costs one write or two, and no
+/// change waits for the file (O(functions) bytes and an fsync each).
+struct ZoneFile {
+    path: PathBuf,
+    doorbell: std::sync::mpsc::SyncSender<()>,
+    /// The serial the file is to carry.
+    serial: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl ZoneFile {
+    fn start(
+        path: PathBuf,
+        host: Ipv6Addr,
+        functions: Arc<RwLock<Functions>>,
+        serial: u32,
+    ) -> Self {
+        // One pending ring is enough: the write that answers it reads the latest zone.
+        let (doorbell, rings) = std::sync::mpsc::sync_channel::<()>(1);
+        let serial = Arc::new(std::sync::atomic::AtomicU32::new(serial));
+        let (file, current) = (path.clone(), serial.clone());
+        std::thread::Builder::new()
+            .name("zone-file".into())
+            .spawn(move || {
+                // Ends with the zone, whose drop closes the channel.
+                while rings.recv().is_ok() {
+                    let text = {
+                        let functions = functions.read().expect("zone lock");
+                        zone_text(host, current.load(Ordering::Acquire), &functions)
+                    };
+                    if let Err(e) = faasd_core::durable::write_atomic(&file, text.as_bytes()) {
+                        tracing::warn!("writing the zone file {}: {e}", file.display());
+                    }
+                }
+            })
+            .expect("starting the zone file's writer");
+        Self {
+            path,
+            doorbell,
+            serial,
+        }
+    }
+
+    /// Asks for the file to be written with `serial`.
+    fn ring(&self, serial: u32) {
+        self.serial.store(serial, Ordering::Release);
+        // Full: a write is already due, and it will read this change.
+        let _ = self.doorbell.try_send(());
+    }
+}
+
+/// The zone in RFC 1035 master-file form.
+fn zone_text(host: Ipv6Addr, serial: u32, functions: &Functions) -> String {
+    let mut t = format!(
+        "$ORIGIN {ORIGIN}\n$TTL {TTL}\n@ IN SOA ns.{ORIGIN} hostmaster.{ORIGIN} {serial} 3600 600 86400 {TTL}\n\
+         @ IN NS ns.{ORIGIN}\nns IN AAAA {host}\n",
+    );
+    for (name, addr) in &functions.addresses {
+        t.push_str(&format!("{name} IN AAAA {addr}\n"));
+        if let Some(function) = name
+            .strip_suffix(DEFAULT_NAMESPACE)
+            .and_then(|f| f.strip_suffix('.'))
+        {
+            t.push_str(&format!("{function} IN AAAA {addr}\n"));
+        }
+    }
+    t
 }
 
 impl std::fmt::Debug for Zone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Zone")
             .field("host", &self.host)
-            .field("zone_file", &self.zone_file)
+            .field("zone_file", &self.zone_file.as_ref().map(|z| &z.path))
             .finish_non_exhaustive()
     }
 }
@@ -178,8 +247,8 @@ fn name(s: &str) -> Name {
 
 impl Zone {
     /// An empty zone whose name server (`ns.faas`) is `host`. Its serial's ceiling is kept
-    /// in `serial_file`; `zone_file`, when given, is rewritten atomically on every change
-    /// (CoreDNS's `file` plugin reads it).
+    /// in `serial_file`; `zone_file`, when given, is rewritten atomically after every change
+    /// by a thread of its own (CoreDNS's `file` plugin reads it).
     pub fn new(host: Ipv6Addr, serial_file: PathBuf, zone_file: Option<PathBuf>) -> Self {
         let origin = name(ORIGIN);
         let handler =
@@ -194,10 +263,13 @@ impl Zone {
             .and_then(|s| s.trim().parse::<u32>().ok())
             .unwrap_or(0);
         let serial = now.max(stored);
+        let functions: Arc<RwLock<Functions>> = Arc::default();
+        let zone_file =
+            zone_file.map(|path| ZoneFile::start(path, host, functions.clone(), serial));
         Self {
             handler: Arc::new(handler),
             generation: Arc::default(),
-            functions: Arc::default(),
+            functions,
             queries: Arc::default(),
             origin,
             host,
@@ -299,28 +371,9 @@ impl Zone {
         self.state.lock().await.serial
     }
 
-    /// The zone in RFC 1035 master-file form.
-    fn text(&self, state: &ZoneState) -> String {
-        let mut t = format!(
-            "$ORIGIN {ORIGIN}\n$TTL {TTL}\n@ IN SOA ns.{ORIGIN} hostmaster.{ORIGIN} {} 3600 600 86400 {TTL}\n\
-             @ IN NS ns.{ORIGIN}\nns IN AAAA {}\n",
-            state.serial, self.host
-        );
-        for (name, addr) in &self.functions.read().expect("zone lock").addresses {
-            t.push_str(&format!("{name} IN AAAA {addr}\n"));
-            if let Some(function) = name
-                .strip_suffix(DEFAULT_NAMESPACE)
-                .and_then(|f| f.strip_suffix('.'))
-            {
-                t.push_str(&format!("{function} IN AAAA {addr}\n"));
-            }
-        }
-        t
-    }
-
-    /// Raises the serial's stored ceiling once the serial reaches it, and rewrites the zone
-    /// file, if one is configured (atomically: a reader sees the old or the new zone). A
-    /// failure is logged; DNS itself goes on.
+    /// Raises the serial's stored ceiling once the serial reaches it, and has the zone file
+    /// rewritten, if one is configured (atomically: a reader sees the old or the new zone).
+    /// A failure is logged; DNS itself goes on.
     fn export(&self, state: &mut ZoneState) {
         if state.serial >= state.ceiling {
             let ceiling = state.serial.saturating_add(SERIAL_BLOCK);
@@ -335,9 +388,8 @@ impl Zone {
                 ),
             }
         }
-        let Some(path) = &self.zone_file else { return };
-        if let Err(e) = faasd_core::durable::write_atomic(path, self.text(state).as_bytes()) {
-            tracing::warn!("writing the zone file {}: {e}", path.display());
+        if let Some(z) = &self.zone_file {
+            z.ring(state.serial);
         }
     }
 
@@ -780,7 +832,19 @@ mod tests {
         )
         .await;
         z.set("api", "dev", "fd00:faa5:1::2".parse().unwrap()).await;
-        let text = std::fs::read_to_string(&file).unwrap();
+        // Written by its own thread, shortly after.
+        let written = |want: &dyn Fn(&str) -> bool| {
+            for _ in 0..500 {
+                if let Ok(t) = std::fs::read_to_string(&file)
+                    && want(&t)
+                {
+                    return t;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!("{}: {:?}", file.display(), std::fs::read_to_string(&file));
+        };
+        let text = written(&|t| t.contains("api.dev"));
         assert!(text.contains("hello IN AAAA fd00:faa5:1::1"), "{text}");
         assert!(text.contains("hello.openfaas-fn IN AAAA fd00:faa5:1::1"));
         assert!(text.contains("api.dev IN AAAA fd00:faa5:1::2"));
@@ -789,7 +853,7 @@ mod tests {
             "only the default namespace is short"
         );
         z.remove("hello", DEFAULT_NAMESPACE).await;
-        let text = std::fs::read_to_string(&file).unwrap();
+        let text = written(&|t| !t.contains("hello"));
         assert!(!text.contains("hello"), "{text}");
         assert_eq!(z.serial().await, s0 + 3);
         assert!(text.contains(&format!(" {} 3600", s0 + 3)));
