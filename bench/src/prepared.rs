@@ -322,13 +322,19 @@ fn exec_floor_runs(hello: &Path) -> Result<Summary> {
     ))
 }
 
-/// The section: `containerd`, the daemon's configuration line naming containerd, if any.
-pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, containerd: Option<&str>) -> Result<Value> {
+/// The starts: the exec floor, cold from stopped (unprepared and prepared) and from
+/// frozen, for processes and, with containerd (`containerd`: the daemon's configuration
+/// line naming it), images. A handful of functions: it may run among the other sections.
+pub fn starts(
+    b: &mut Bench,
+    faasd: &Path,
+    hello: &Path,
+    containerd: Option<&str>,
+) -> Result<Value> {
     // A state of its own: what earlier sections deployed (up to 19,000 functions) would
     // otherwise come back with the daemon, and with them their descriptors.
     let _ = std::fs::remove_dir_all(b.dir.join("state"));
     b.start_daemon(faasd, containerd.unwrap_or(""))?;
-    let process = json!({"service": "hp", "envProcess": hello.to_string_lossy()});
     println!("the floor: {RUNS} plain vfork+exec starts on the first connection");
     let floor = exec_floor_runs(hello)?;
     stats::print_table(
@@ -337,6 +343,7 @@ pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, containerd: Option<&str>) 
         std::slice::from_ref(&floor),
         None,
     );
+    let process = json!({"service": "hp", "envProcess": hello.to_string_lossy()});
     let process_cold = side_by_side(b, "hp", &process, Cold::Process, "process")?;
     let root = cgroup_root().context("no cgroup v2 hierarchy")?;
     let frozen_body = |mut body: Value, name: &str| {
@@ -349,11 +356,7 @@ pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, containerd: Option<&str>) 
     let fn_cgroup = root.join("faasd-bench/openfaas-fn/hf");
     let process_thaw = thaw_runs(b, "hf", addr, |_| Some(fn_cgroup.clone()))?;
     remove(b, "hf")?;
-    let process_cost = idle_cost(b, "pp", PROCESS_FUNCTIONS, |i| {
-        json!({"service": format!("pp{i}"), "envProcess": hello.to_string_lossy(),
-               "annotations": {"faasd.dev/prepare": "true"}})
-    })?;
-    let (container_cold, container_cost, container_thaw) = match containerd {
+    let (container_cold, container_thaw) = match containerd {
         Some(_) => {
             let image = json!({"service": "hc", "image": "localhost/hello:latest"});
             let cold = side_by_side(b, "hc", &image, Cold::Container, "container")?;
@@ -364,23 +367,49 @@ pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, containerd: Option<&str>) 
                 Some(root.join("faasd-bench").join(id))
             })?;
             remove(b, "cf")?;
-            let cost = idle_cost(b, "cp", CONTAINER_FUNCTIONS, |i| {
-                json!({"service": format!("cp{i}"), "image": "localhost/hello:latest",
-                       "annotations": {"faasd.dev/prepare": "true"}})
-            })?;
-            (cold, cost, thaw)
+            (cold, thaw)
         }
-        None => (Value::Null, Value::Null, Value::Null),
+        None => (Value::Null, Value::Null),
     };
     Ok(json!({
         "exec_floor": floor.to_json(),
         "process_cold": process_cold,
-        "process_idle_cost": process_cost,
         "container_cold": container_cold,
-        "container_idle_cost": container_cost,
         "process_frozen": process_thaw,
         "container_frozen": container_thaw,
     }))
+}
+
+/// What prepared idle functions cost: 1,000 process functions and, with containerd, 100
+/// images. Run it last: the kernel takes minutes to tear their namespaces down after they
+/// go, slowing whatever comes next.
+pub fn idle_costs(
+    b: &mut Bench,
+    faasd: &Path,
+    hello: &Path,
+    containerd: Option<&str>,
+) -> Result<Value> {
+    let _ = std::fs::remove_dir_all(b.dir.join("state"));
+    b.start_daemon(faasd, containerd.unwrap_or(""))?;
+    let process = idle_cost(b, "pp", PROCESS_FUNCTIONS, |i| {
+        json!({"service": format!("pp{i}"), "envProcess": hello.to_string_lossy(),
+               "annotations": {"faasd.dev/prepare": "true"}})
+    })?;
+    let container = match containerd {
+        Some(_) => idle_cost(b, "cp", CONTAINER_FUNCTIONS, |i| {
+            json!({"service": format!("cp{i}"), "image": "localhost/hello:latest",
+                   "annotations": {"faasd.dev/prepare": "true"}})
+        })?,
+        None => Value::Null,
+    };
+    Ok(json!({"process": process, "container": container}))
+}
+
+/// Both, as the section run alone (`faasd-bench prepared`) reports them.
+pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, containerd: Option<&str>) -> Result<Value> {
+    let mut starts = starts(b, faasd, hello, containerd)?;
+    starts["idle_cost"] = idle_costs(b, faasd, hello, containerd)?;
+    Ok(starts)
 }
 
 /// The medians (ns) of a section's prepared cold starts: (process, container).

@@ -120,6 +120,10 @@ impl ZoneFile {
             .spawn(move || {
                 // Ends with the zone, whose drop closes the channel.
                 while rings.recv().is_ok() {
+                    // A burst of deploys rings a thousand times: written a few times a
+                    // second, the file holds the zone's read lock (which deploys wait
+                    // for) a small share of the time.
+                    std::thread::sleep(ZONE_FILE_DELAY);
                     let text = {
                         let functions = functions.read().expect("zone lock");
                         zone_text(host, current.load(Ordering::Acquire), &functions)
@@ -144,6 +148,9 @@ impl ZoneFile {
         let _ = self.doorbell.try_send(());
     }
 }
+
+/// How long after a change the zone file is written: the changes meanwhile share the write.
+const ZONE_FILE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The zone in RFC 1035 master-file form.
 fn zone_text(host: Ipv6Addr, serial: u32, functions: &Functions) -> String {
