@@ -92,7 +92,8 @@ pub struct Config {
     pub dns: Vec<SocketAddr>,
     /// The address `ns.faas` answers with: this host on the WireGuard network.
     pub dns_host: Ipv6Addr,
-    /// Also write the zone here (RFC 1035 form, for CoreDNS), atomically on every change.
+    /// Also write the zone here (RFC 1035 form, for CoreDNS), atomically, shortly after
+    /// every change.
     pub zone_file: Option<PathBuf>,
     /// Bring up the WireGuard interface peers reach the functions through.
     pub wireguard: bool,
