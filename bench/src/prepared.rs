@@ -322,6 +322,13 @@ fn exec_floor_runs(hello: &Path) -> Result<Summary> {
     ))
 }
 
+/// A daemon over a state of its own: what earlier sections deployed (up to 19,000
+/// functions) would otherwise come back with it, and with them their descriptors.
+fn fresh_daemon(b: &mut Bench, faasd: &Path, containerd: Option<&str>) -> Result<()> {
+    let _ = std::fs::remove_dir_all(b.dir.join("state"));
+    b.start_daemon(faasd, containerd.unwrap_or(""))
+}
+
 /// The starts: the exec floor, cold from stopped (unprepared and prepared) and from
 /// frozen, for processes and, with containerd (`containerd`: the daemon's configuration
 /// line naming it), images. A handful of functions: it may run among the other sections.
@@ -331,10 +338,7 @@ pub fn starts(
     hello: &Path,
     containerd: Option<&str>,
 ) -> Result<Value> {
-    // A state of its own: what earlier sections deployed (up to 19,000 functions) would
-    // otherwise come back with the daemon, and with them their descriptors.
-    let _ = std::fs::remove_dir_all(b.dir.join("state"));
-    b.start_daemon(faasd, containerd.unwrap_or(""))?;
+    fresh_daemon(b, faasd, containerd)?;
     println!("the floor: {RUNS} plain vfork+exec starts on the first connection");
     let floor = exec_floor_runs(hello)?;
     stats::print_table(
@@ -389,8 +393,7 @@ pub fn idle_costs(
     hello: &Path,
     containerd: Option<&str>,
 ) -> Result<Value> {
-    let _ = std::fs::remove_dir_all(b.dir.join("state"));
-    b.start_daemon(faasd, containerd.unwrap_or(""))?;
+    fresh_daemon(b, faasd, containerd)?;
     let process = idle_cost(b, "pp", PROCESS_FUNCTIONS, |i| {
         json!({"service": format!("pp{i}"), "envProcess": hello.to_string_lossy(),
                "annotations": {"faasd.dev/prepare": "true"}})

@@ -127,6 +127,17 @@ struct Standby {
     watch: Option<tokio::task::AbortHandle>,
 }
 
+impl Standby {
+    /// The instance and its output, its exit watch stopped: its end is someone else's
+    /// to report from here (the started instance's own watch, or its release).
+    fn unwatched(self) -> (crate::runtime::prepared::Prepared, Output) {
+        if let Some(w) = self.watch {
+            w.abort();
+        }
+        (self.prepared, self.output)
+    }
+}
+
 /// The outcome of a start that ran as its own task.
 #[derive(Debug)]
 struct Started {
@@ -1052,18 +1063,8 @@ impl Supervisor {
             self.release(standby);
             return;
         }
+        standby.watch = self.watch_exit(&standby.prepared.instance);
         let instance = &standby.prepared.instance;
-        if let Ok(fd) = instance.pidfd.try_clone() {
-            let (mailbox, pid) = (self.mailbox.clone(), instance.pid);
-            let watch = tokio::spawn(async move {
-                // SAFETY: the duplicated pidfd is moved into the AsyncFd, which alone closes it.
-                if let Ok(afd) = unsafe { AsyncFd::register(fd) } {
-                    let _ = afd.readable().await;
-                }
-                let _ = mailbox.post(Event::Exited(pid));
-            });
-            standby.watch = Some(watch.abort_handle());
-        }
         self.ctx.log.write(
             "faasd",
             &format!("instance {} prepared for the next activation", instance.id),
@@ -1075,14 +1076,7 @@ impl Supervisor {
     /// [`Event::Started`]. A prepared instance that cannot take them is killed and released,
     /// and the start fails (the next try starts a new instance).
     fn go(&mut self, standby: Standby) {
-        let Standby {
-            prepared,
-            output,
-            watch,
-        } = standby;
-        if let Some(w) = watch {
-            w.abort();
-        }
+        let (prepared, output) = standby.unwatched();
         self.starting += 1;
         self.snapshot.starts += 1;
         let ctx = self.ctx.clone();
@@ -1145,14 +1139,7 @@ impl Supervisor {
     /// container's task, container and snapshot), as a task that reports back with
     /// [`Event::Discarded`].
     fn release(&mut self, standby: Standby) {
-        let Standby {
-            prepared,
-            output,
-            watch,
-        } = standby;
-        if let Some(w) = watch {
-            w.abort();
-        }
+        let (prepared, output) = standby.unwatched();
         self.reaping += 1;
         let ctx = self.ctx.clone();
         let mailbox = self.mailbox.clone();
@@ -1352,6 +1339,21 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Posts [`Event::Exited`] when the instance ends (a task waiting on a copy of its
+    /// pidfd); the handle stops the watch.
+    fn watch_exit(&self, instance: &Instance) -> Option<tokio::task::AbortHandle> {
+        let fd = instance.pidfd.try_clone().ok()?;
+        let (mailbox, pid) = (self.mailbox.clone(), instance.pid);
+        let watch = tokio::spawn(async move {
+            // SAFETY: the duplicated pidfd is moved into the AsyncFd, which alone closes it.
+            if let Ok(afd) = unsafe { AsyncFd::register(fd) } {
+                let _ = afd.readable().await;
+            }
+            let _ = mailbox.post(Event::Exited(pid));
+        });
+        Some(watch.abort_handle())
+    }
+
     /// Takes an instance under management: exit watch, notify routing, bookkeeping.
     fn track(&mut self, instance: Instance, ready: bool, output: Option<Output>) {
         let pid = instance.pid;
@@ -1362,16 +1364,7 @@ impl Supervisor {
                 let _ = mailbox.post(Event::Notice(pid, n));
             }),
         );
-        if let Ok(fd) = instance.pidfd.try_clone() {
-            let mailbox = self.mailbox.clone();
-            tokio::spawn(async move {
-                // SAFETY: the duplicated pidfd is moved into the AsyncFd, which alone closes it.
-                if let Ok(afd) = unsafe { AsyncFd::register(fd) } {
-                    let _ = afd.readable().await;
-                }
-                let _ = mailbox.post(Event::Exited(pid));
-            });
-        }
+        self.watch_exit(&instance);
         let now = Instant::now();
         self.instances.insert(
             pid,

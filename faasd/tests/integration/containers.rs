@@ -58,6 +58,19 @@ fn leftovers(socket: &Path, name: &str, daemon_pid: i32) -> Vec<String> {
     found
 }
 
+/// Asserts that no instance directory is left in the daemon's runtime directory.
+fn assert_no_instance_files(ns: &Netns) {
+    let containers_dir = ns.dir.join("run/containers");
+    let left: Vec<_> = std::fs::read_dir(&containers_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "left in {}: {left:?}",
+        containers_dir.display()
+    );
+}
+
 /// Removes what a test left in containerd for its functions: the daemon is killed with
 /// SIGKILL at the end of a test, and containers outlive it. Declared after the namespace
 /// and before the daemon, so it runs between the two.
@@ -363,15 +376,7 @@ fn idle_scale_to_zero_removes_the_task_and_remove_leaves_nothing() {
         leftovers(&socket, "ctr-idle", d.pid()),
         Vec::<String>::new()
     );
-    let containers_dir = ns.dir.join("run/containers");
-    let left: Vec<_> = std::fs::read_dir(&containers_dir)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(
-        left.is_empty(),
-        "left in {}: {left:?}",
-        containers_dir.display()
-    );
+    assert_no_instance_files(&ns);
 }
 
 #[test]
@@ -914,15 +919,7 @@ fn a_prepared_image_waits_as_a_started_task_and_serves_its_first_connection() {
         d.cli_ok(&["remove", name]);
         assert_eq!(leftovers(&socket, name, d.pid()), Vec::<String>::new());
     }
-    let containers_dir = ns.dir.join("run/containers");
-    let left: Vec<_> = std::fs::read_dir(&containers_dir)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(
-        left.is_empty(),
-        "left in {}: {left:?}",
-        containers_dir.display()
-    );
+    assert_no_instance_files(&ns);
 }
 
 #[test]
