@@ -303,6 +303,28 @@ fn a_function_calls_the_internet_the_host_and_other_functions_by_name() {
     // /etc/hosts names the function itself.
     let me = call(&d, caller, "/resolve/caller");
     expect(&d, me.contains(&caller.to_string()), &me);
+
+    // The calls to the caller's socket (from the host) went untracked both ways, while the
+    // instance's own calls above, which need tracking for their replies, still worked.
+    let listed = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "exec", &host.name, "nft", "list", "chain", "inet"])
+            .args(["faasd_egress", "untracked_out"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let counts: Vec<u64> = listed
+        .split("packets ")
+        .skip(1)
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    expect(
+        &d,
+        counts.len() == 2 && counts.iter().all(|&n| n > 0),
+        &format!("untracked packets to and from function addresses:\n{listed}"),
+    );
 }
 
 #[test]
