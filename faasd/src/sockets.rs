@@ -95,16 +95,6 @@ pub fn create(addr: Ipv6Addr, port: &Port, backlog: u32) -> io::Result<OwnedFd> 
 /// A non-blocking socket of faasd's own services (DNS) bound to `addr` even before the
 /// address exists on an interface (FREEBIND), listening if it is a stream socket.
 pub fn bind_any(addr: std::net::SocketAddr, ty: libc::c_int) -> io::Result<OwnedFd> {
-    bind_service(addr, ty, false)
-}
-
-/// As [`bind_any`], one of several sockets sharing `addr` (SO_REUSEPORT: the kernel spreads
-/// what arrives over them, one per thread that serves it).
-pub fn bind_shared(addr: std::net::SocketAddr, ty: libc::c_int) -> io::Result<OwnedFd> {
-    bind_service(addr, ty, true)
-}
-
-fn bind_service(addr: std::net::SocketAddr, ty: libc::c_int, shared: bool) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv6() {
         libc::AF_INET6
     } else {
@@ -116,9 +106,6 @@ fn bind_service(addr: std::net::SocketAddr, ty: libc::c_int, shared: bool) -> io
     // SAFETY: fd is a fresh descriptor nobody else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    if shared {
-        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-    }
     let r = match addr {
         std::net::SocketAddr::V6(a) => {
             setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;

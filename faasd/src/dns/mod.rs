@@ -467,9 +467,16 @@ impl Zone {
             );
             addr
         };
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         let front = |fd: std::os::fd::OwnedFd, addr: SocketAddr| {
-            udp::serve(fd, behind, self.generation.clone(), self.queries.clone())
-                .map_err(|source| DnsError::Listen { addr, source })
+            udp::serve(
+                fd,
+                workers,
+                behind,
+                self.generation.clone(),
+                self.queries.clone(),
+            )
+            .map_err(|source| DnsError::Listen { addr, source })
         };
         for fd in inherited {
             let local = crate::sockets::local_addr(&fd);
@@ -504,13 +511,10 @@ impl Zone {
                 source,
             };
             if addr.is_ipv6() {
-                // One socket per core, the port shared.
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-                for _ in 0..threads {
-                    let udp =
-                        crate::sockets::bind_shared(*addr, libc::SOCK_DGRAM).map_err(listen)?;
-                    front(udp, *addr)?;
-                }
+                front(
+                    crate::sockets::bind_any(*addr, libc::SOCK_DGRAM).map_err(listen)?,
+                    *addr,
+                )?;
             } else {
                 let udp = crate::sockets::bind_any(*addr, libc::SOCK_DGRAM).map_err(listen)?;
                 server.register_socket(

@@ -1,8 +1,10 @@
 //! The zone's UDP front. An answer the zone gave before, to the same query (every byte but
 //! the id), is sent again from memory with the new query's id, as long as the zone has not
 //! changed since: the zone bumps a generation on every change, and an answer kept under an
-//! older one is not used. One thread per socket (one socket per core, sharing the port with
-//! SO_REUSEPORT) takes and sends many datagrams per system call (recvmmsg, sendmmsg).
+//! older one is not used. One thread per core takes datagrams from the one socket and sends
+//! answers, many per system call (recvmmsg, sendmmsg): whichever thread is free takes the
+//! next query, so no thread idles while another has a queue (as sockets sharing the port
+//! with SO_REUSEPORT would, the kernel spreading a few clients' flows over them unevenly).
 //!
 //! Everything else (a first query, a name outside the zone, anything odd) is relayed to
 //! hickory's server on a loopback socket of its own, and its answer back to the client; an
@@ -50,7 +52,7 @@ struct Relayed {
     generation: u64,
 }
 
-/// What one socket's threads share.
+/// What the threads of one socket share.
 struct Shared {
     socket: UdpSocket,
     relay: UdpSocket,
@@ -67,10 +69,11 @@ struct RelayTable {
     waiting: HashMap<u16, Relayed>,
 }
 
-/// Serves `socket` (UDP, bound) from memory and through hickory at `behind`; returns once
-/// its threads run.
+/// Serves `socket` (UDP, bound) from memory with `workers` threads and through hickory at
+/// `behind`; returns once its threads run.
 pub(super) fn serve(
     socket: OwnedFd,
+    workers: usize,
     behind: SocketAddr,
     generation: Arc<AtomicU64>,
     queries: Arc<QueryCounts>,
@@ -89,13 +92,15 @@ pub(super) fn serve(
         generation,
         queries,
     });
-    let answers = shared.clone();
-    std::thread::Builder::new()
-        .name("faasd-dns-udp".into())
-        .spawn(move || take_queries(&shared))?;
+    for _ in 0..workers.max(1) {
+        let worker = shared.clone();
+        std::thread::Builder::new()
+            .name("faasd-dns-udp".into())
+            .spawn(move || take_queries(&worker))?;
+    }
     std::thread::Builder::new()
         .name("faasd-dns-relay".into())
-        .spawn(move || take_answers(&answers))?;
+        .spawn(move || take_answers(&shared))?;
     Ok(())
 }
 
