@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::stats::Summary;
+use crate::{ip, stats::Summary};
 
 /// Functions deployed one after another, each timed.
 const TRIALS: usize = 30;
@@ -36,14 +36,6 @@ struct Lab {
     /// etcd members, then faasd daemons, by host.
     members: Vec<Option<Child>>,
     daemons: Vec<Option<Child>>,
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let ok = Command::new("ip").args(args).status()?.success();
-    if !ok {
-        bail!("ip {}", args.join(" "));
-    }
-    Ok(())
 }
 
 /// Host `n`'s WireGuard interface (its control socket is the machine's: a name of its own).

@@ -1,5 +1,5 @@
-//! A UDP flood that costs its sender as little as a userspace sender can: whole Ethernet
-//! frames built once and written with sendmmsg to an AF_PACKET socket that skips the qdisc,
+//! A flood (UDP datagrams or TCP SYNs) that costs its sender as little as a userspace sender
+//! can: whole Ethernet frames built once and written with sendmmsg to an AF_PACKET socket that skips the qdisc,
 //! from one thread per core in the sender's namespace. Over a veth the receiving side's
 //! work runs on the sending CPU, so what a flood reaches is the cost of the whole path
 //! per packet: the cheaper the receiver's drop, the more packets a second.
@@ -15,6 +15,15 @@ use anyhow::{Context, Result, bail};
 /// Frames per sendmmsg.
 const BATCH: usize = 64;
 
+/// What each frame of a flood carries.
+#[derive(Clone, Copy)]
+pub enum Segment {
+    /// A UDP datagram with an 18-byte payload.
+    Udp,
+    /// A TCP SYN with an MSS option, as a client's first packet.
+    TcpSyn,
+}
+
 /// Where a flood goes and comes from.
 pub struct Flood {
     /// The sender's namespace.
@@ -27,6 +36,7 @@ pub struct Flood {
     pub from: Ipv6Addr,
     pub to: Ipv6Addr,
     pub port: u16,
+    pub segment: Segment,
 }
 
 /// An interface's MAC address, from `ip -n NS link show IF`.
@@ -50,47 +60,46 @@ pub fn mac(netns: &str, interface: &str) -> Result<[u8; 6]> {
 }
 
 impl Flood {
-    /// One frame: Ethernet, IPv6, UDP with an 18-byte payload and a correct checksum.
+    /// One frame: Ethernet, IPv6 and the segment, with a correct checksum.
     fn frame(&self) -> Vec<u8> {
-        let payload = [0u8; 18];
-        let udp_len = (8 + payload.len()) as u16;
-        let mut f = Vec::with_capacity(14 + 40 + udp_len as usize);
+        let source_port = 40000u16.to_be_bytes();
+        let (next_header, mut segment, check_at) = match self.segment {
+            Segment::Udp => {
+                let mut udp = Vec::new();
+                udp.extend_from_slice(&source_port);
+                udp.extend_from_slice(&self.port.to_be_bytes());
+                udp.extend_from_slice(&26u16.to_be_bytes());
+                udp.extend_from_slice(&[0, 0]);
+                udp.extend_from_slice(&[0u8; 18]);
+                (17u8, udp, 6)
+            }
+            Segment::TcpSyn => {
+                let mut tcp = Vec::new();
+                tcp.extend_from_slice(&source_port);
+                tcp.extend_from_slice(&self.port.to_be_bytes());
+                tcp.extend_from_slice(&1u32.to_be_bytes()); // sequence
+                tcp.extend_from_slice(&0u32.to_be_bytes()); // acknowledgment
+                tcp.extend_from_slice(&[6 << 4, 0x02]); // 24-byte header, SYN
+                tcp.extend_from_slice(&64240u16.to_be_bytes()); // window
+                tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+                tcp.extend_from_slice(&[2, 4]); // MSS option
+                tcp.extend_from_slice(&1440u16.to_be_bytes());
+                (6u8, tcp, 16)
+            }
+        };
+        let length = segment.len() as u16;
+        let check = checksum(self.from, self.to, next_header, &segment);
+        segment[check_at..check_at + 2].copy_from_slice(&check.to_be_bytes());
+        let mut f = Vec::with_capacity(14 + 40 + segment.len());
         f.extend_from_slice(&self.to_mac);
         f.extend_from_slice(&self.from_mac);
         f.extend_from_slice(&0x86ddu16.to_be_bytes());
         f.extend_from_slice(&[0x60, 0, 0, 0]);
-        f.extend_from_slice(&udp_len.to_be_bytes());
-        f.extend_from_slice(&[17, 64]);
+        f.extend_from_slice(&length.to_be_bytes());
+        f.extend_from_slice(&[next_header, 64]);
         f.extend_from_slice(&self.from.octets());
         f.extend_from_slice(&self.to.octets());
-        let mut udp = Vec::new();
-        udp.extend_from_slice(&40000u16.to_be_bytes());
-        udp.extend_from_slice(&self.port.to_be_bytes());
-        udp.extend_from_slice(&udp_len.to_be_bytes());
-        udp.extend_from_slice(&[0, 0]);
-        udp.extend_from_slice(&payload);
-        // The checksum over the pseudo-header and the datagram.
-        let mut sum: u32 = 0;
-        let mut add = |bytes: &[u8]| {
-            for pair in bytes.chunks(2) {
-                let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
-                sum += u32::from(word);
-            }
-        };
-        add(&self.from.octets());
-        add(&self.to.octets());
-        add(&u32::from(udp_len).to_be_bytes());
-        add(&[0, 0, 0, 17]);
-        add(&udp);
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        let check = match !(sum as u16) {
-            0 => 0xffff,
-            c => c,
-        };
-        udp[6..8].copy_from_slice(&check.to_be_bytes());
-        f.extend_from_slice(&udp);
+        f.extend_from_slice(&segment);
         f
     }
 
@@ -108,6 +117,32 @@ impl Flood {
                 .sum()
         })
     }
+}
+
+/// The Internet checksum of a UDP or TCP segment over IPv6 (RFC 8200's pseudo-header):
+/// zero is sent as all ones, which UDP needs and TCP accepts.
+fn checksum(from: Ipv6Addr, to: Ipv6Addr, next_header: u8, segment: &[u8]) -> u16 {
+    let length = segment.len() as u32;
+    let words = from.octets().into_iter().chain(to.octets());
+    let words = words
+        .chain(length.to_be_bytes())
+        .chain([0, 0, 0, next_header]);
+    let mut sum = ones_sum(&words.collect::<Vec<u8>>()) + ones_sum(segment);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    match !(sum as u16) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+/// The sum of big-endian 16-bit words, an odd last byte padded with zero.
+fn ones_sum(bytes: &[u8]) -> u32 {
+    bytes
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum()
 }
 
 /// One sender: joins `netns`, writes `frame` to `interface` in batches until `deadline`.
@@ -179,9 +214,8 @@ fn send(netns: &str, interface: &str, frame: &[u8], deadline: Instant) -> Result
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_frame_is_ipv6_udp_with_a_valid_checksum() {
-        let f = Flood {
+    fn frame(segment: Segment) -> Vec<u8> {
+        Flood {
             netns: String::new(),
             interface: String::new(),
             from_mac: [2, 0, 0, 0, 0, 1],
@@ -189,19 +223,42 @@ mod tests {
             from: "fd00:beef::2".parse().unwrap(),
             to: "fd00:faa5:1::fffe".parse().unwrap(),
             port: 9,
+            segment,
         }
-        .frame();
-        assert_eq!(f.len(), 14 + 40 + 8 + 18);
-        assert_eq!(&f[12..14], &[0x86, 0xdd]);
-        // Summing the pseudo-header and the datagram with its checksum gives all ones.
+        .frame()
+    }
+
+    /// Summing the pseudo-header and the segment with its checksum gives all ones.
+    fn assert_checksum_holds(f: &[u8], next_header: u8) {
+        let length = u16::from_be_bytes([f[18], f[19]]);
+        assert_eq!(usize::from(length), f.len() - 54);
+        assert_eq!(f[20], next_header);
         let mut sum: u32 = 0;
         for w in f[22..54].chunks(2).chain(f[54..].chunks(2)) {
             sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
         }
-        sum += 26 + 17;
+        sum += u32::from(length) + u32::from(next_header);
         while sum > 0xffff {
             sum = (sum & 0xffff) + (sum >> 16);
         }
         assert_eq!(sum, 0xffff);
+    }
+
+    #[test]
+    fn the_udp_frame_is_ipv6_udp_with_a_valid_checksum() {
+        let f = frame(Segment::Udp);
+        assert_eq!(f.len(), 14 + 40 + 8 + 18);
+        assert_eq!(&f[12..14], &[0x86, 0xdd]);
+        assert_checksum_holds(&f, 17);
+    }
+
+    #[test]
+    fn the_syn_frame_is_a_tcp_syn_with_a_valid_checksum() {
+        let f = frame(Segment::TcpSyn);
+        assert_eq!(f.len(), 14 + 40 + 24);
+        // Destination port, then a 24-byte header with only SYN set.
+        assert_eq!(&f[56..58], &9u16.to_be_bytes());
+        assert_eq!(&f[66..68], &[6 << 4, 0x02]);
+        assert_checksum_holds(&f, 6);
     }
 }
