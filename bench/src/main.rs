@@ -98,6 +98,10 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The bench's nftables table: nothing on loopback is tracked (see [`Bench::new`]).
+const UNTRACKED_LOOPBACK: &str = "table inet faasd_bench_untracked {\n  chain out {\n    type \
+     filter hook output priority raw;\n    oifname \"lo\" notrack\n  }\n}\n";
+
 /// The namespace, the daemon and the helper processes; all removed on drop.
 struct Bench {
     netns: String,
@@ -142,11 +146,7 @@ impl Bench {
         // DNS server measured beside faasd's are reached over loopback here (the DNS peers
         // in namespaces of their own, where nothing is tracked): loopback is untracked too,
         // so that no path pays for tracking that another does not.
-        nft(
-            &b.netns,
-            "table inet faasd_bench_untracked {\n  chain out {\n    type filter hook output \
-             priority raw;\n    oifname \"lo\" notrack\n  }\n}\n",
-        )?;
+        nft(&b.netns, UNTRACKED_LOOPBACK)?;
         Ok(b)
     }
 
