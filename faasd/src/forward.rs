@@ -24,7 +24,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{net::TcpStream, sync::oneshot};
+use tokio::{
+    net::TcpStream,
+    sync::{Notify, oneshot},
+};
 
 use crate::sockets;
 
@@ -183,6 +186,9 @@ pub struct Paths {
     /// Instances the function aims for: while fewer have a path and every one is at its
     /// limit, connections wait in the queue for the coming ones.
     wanted: AtomicU32,
+    /// Woken when a connection ends, a path comes or the aim changes: what lets a held
+    /// connection through.
+    changed: Arc<Notify>,
 }
 
 impl Paths {
@@ -194,17 +200,20 @@ impl Paths {
             limit,
             most,
             wanted: AtomicU32::new(0),
+            changed: Arc::default(),
         }
     }
 
     /// The instances the function aims for now.
     pub fn set_wanted(&self, n: u32) {
         self.wanted.store(n, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 
     /// Adds a ready instance's path.
     pub fn add(&self, path: Path) {
         self.lock().push(Arc::new(path));
+        self.changed.notify_one();
     }
 
     /// Removes an instance's path; says whether any is left.
@@ -236,6 +245,17 @@ impl Paths {
         (!(at_most || full && coming)).then(|| least.clone())
     }
 
+    /// The path for the next connection, once there is one ([`Paths::pick`]).
+    async fn next(&self) -> Arc<Path> {
+        loop {
+            if let Some(path) = self.pick() {
+                return path;
+            }
+            // A change since the pick left a permit, so none is missed.
+            self.changed.notified().await;
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Path>>> {
         self.paths.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -252,10 +272,7 @@ pub async fn serve(sockets: Arc<sockets::Watched>, paths: Arc<Paths>) {
             return;
         };
         // Connections wait in the queue until an instance is ready for them.
-        let Some(path) = paths.pick() else {
-            tokio::time::sleep(PROBE_INTERVAL).await;
-            continue;
-        };
+        let path = paths.next().await;
         let accepted = match sockets::accept(guard.get_inner()) {
             Ok(Some((conn, _))) => conn,
             Ok(None) => {
@@ -268,7 +285,7 @@ pub async fn serve(sockets: Arc<sockets::Watched>, paths: Arc<Paths>) {
                 continue;
             }
         };
-        let open = Copying::start(path.open.clone());
+        let open = Copying::start(path.open.clone(), paths.changed.clone());
         tokio::spawn(async move {
             let _open = open;
             let spare = path.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -285,19 +302,24 @@ pub async fn serve(sockets: Arc<sockets::Watched>, paths: Arc<Paths>) {
     }
 }
 
-/// One connection counted while it is copied, however its task ends.
-struct Copying(Arc<AtomicU32>);
+/// One connection counted while it is copied, however its task ends; its end may let a
+/// held one through.
+struct Copying {
+    open: Arc<AtomicU32>,
+    changed: Arc<Notify>,
+}
 
 impl Copying {
-    fn start(open: Arc<AtomicU32>) -> Self {
+    fn start(open: Arc<AtomicU32>, changed: Arc<Notify>) -> Self {
         open.fetch_add(1, Ordering::Relaxed);
-        Self(open)
+        Self { open, changed }
     }
 }
 
 impl Drop for Copying {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 }
 

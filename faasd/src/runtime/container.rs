@@ -245,7 +245,7 @@ impl ContainerRuntime {
             .containers;
         let mut n = 0;
         for c in list.into_iter().filter(|c| !keep.contains(&c.id)) {
-            kill_and_wait(&client, &c.id).await;
+            kill_task_and_wait(&client, &c.id).await;
             self.delete_instance(&client, &c.id).await;
             n += 1;
         }
@@ -434,7 +434,7 @@ impl ContainerRuntime {
                 shim,
             )),
             (Err(e), _) | (_, Err(e)) => {
-                kill_and_wait(&client, &id).await;
+                kill_task_and_wait(&client, &id).await;
                 self.delete_instance(&client, &id).await;
                 Err(e)
             }
@@ -558,7 +558,7 @@ impl ContainerRuntime {
 }
 
 /// Kills a container's task and waits (briefly) for it to exit.
-async fn kill_and_wait(client: &Containerd, id: &str) {
+async fn kill_task_and_wait(client: &Containerd, id: &str) {
     let kill = KillRequest {
         container_id: id.into(),
         exec_id: String::new(),

@@ -10,7 +10,10 @@ use std::{
 use faasd::status::Phase;
 
 use crate::{
-    harness::{Daemon, Netns, function_below, http_get, instance_of, wait_gone},
+    harness::{
+        Daemon, Netns, cgroup_frozen, function_below, http_get, instance_of, wait_cgroup_frozen,
+        wait_gone,
+    },
     require_privileges,
 };
 
@@ -532,12 +535,6 @@ fn a_prepared_function_waits_confined_and_its_first_connection_runs_that_instanc
     wait_cgroup_empty(&ns, "prep", "after remove");
 }
 
-/// Whether the kernel says a cgroup's processes are frozen.
-fn cgroup_frozen(dir: &std::path::Path) -> bool {
-    std::fs::read_to_string(dir.join("cgroup.events"))
-        .is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
-}
-
 #[test]
 fn an_idle_function_freezes_and_its_next_connection_thaws_the_same_instance() {
     require_privileges!();
@@ -564,15 +561,7 @@ fn an_idle_function_freezes_and_its_next_connection_thaws_the_same_instance() {
     let first = instance_of(&body);
     let s = d.wait_for("freeze", "frozen after 300ms idle", |s| s.state.frozen);
     assert_eq!(s.replicas, 1, "a frozen instance is still there");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !cgroup_frozen(&cgroup) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the kernel did not freeze {}",
-            cgroup.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_cgroup_frozen(&cgroup);
     let (code, body) = ns.run(|| http_get(target)).unwrap();
     assert_eq!(code, 200, "{body}\n{}", d.log());
     assert_eq!(

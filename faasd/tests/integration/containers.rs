@@ -13,7 +13,7 @@ use std::{
 
 use crate::harness::{
     Daemon, Netns, cgroup_value, ctr, function_below, http_get, http_get_path, instance_of,
-    wait_gone,
+    wait_cgroup_frozen, wait_gone,
 };
 
 /// The containerd the tests use, or `None` (the test then skips with a message).
@@ -945,20 +945,12 @@ fn an_idle_container_freezes_thaws_on_its_next_connection_and_is_removed_cleanly
     let instance = instance_of(&body);
     d.wait_for("ctr-freeze", "frozen", |s| s.state.frozen);
     // The container's own cgroup is the one frozen.
-    let events = faasd::runtime::cgroup::root()
-        .expect("cgroup v2")
-        .join(&ns.cgroup_parent)
-        .join(&instance)
-        .join("cgroup.events");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string(&events).is_ok_and(|e| e.contains("frozen 1")) {
-        assert!(
-            Instant::now() < deadline,
-            "{} says not frozen",
-            events.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_cgroup_frozen(
+        &faasd::runtime::cgroup::root()
+            .expect("cgroup v2")
+            .join(&ns.cgroup_parent)
+            .join(&instance),
+    );
     let (code, body) = ns.run(|| http_get(addr)).unwrap();
     assert_eq!(code, 200, "{body}\n{}", d.log());
     assert_eq!(

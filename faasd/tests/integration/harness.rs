@@ -734,6 +734,25 @@ pub fn wait_gone(pid: i32, secs: u64, why: impl Fn() -> String) {
     }
 }
 
+/// Whether the kernel says the processes of the cgroup at `dir` are frozen.
+pub fn cgroup_frozen(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
+}
+
+/// Waits up to 5 s for the kernel to say the cgroup at `dir` is frozen.
+pub fn wait_cgroup_frozen(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cgroup_frozen(dir) {
+        assert!(
+            Instant::now() < deadline,
+            "the kernel did not freeze {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `ctr` in faasd's containerd namespace.
 pub fn ctr(socket: &Path, args: &[&str]) -> String {
     let out = Command::new("ctr")
