@@ -172,6 +172,15 @@ pub fn set_blocking(fd: &impl AsRawFd) -> io::Result<()> {
     set_blocking_mode(fd, true)
 }
 
+/// Gives `fd` a receive buffer of `bytes`: past `net.core.rmem_max` where faasd may
+/// (CAP_NET_ADMIN), else as large as that allows.
+pub fn set_receive_buffer(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let fd = fd.as_raw_fd();
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)
+        .or_else(|_| setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes))
+}
+
 fn set_blocking_mode(fd: &impl AsRawFd, blocking: bool) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller owns.
     let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
@@ -347,5 +356,39 @@ impl Watched {
     /// The first socket (the one forwarding accepts on).
     pub fn first(&self) -> &AsyncFd<RawFd> {
         &self.fds[0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_receive_buffer_is_as_large_as_asked_or_as_the_host_allows() {
+        let s = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let asked = 4 << 20;
+        super::set_receive_buffer(&s, asked).unwrap();
+        let mut got: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `got`.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw mut got).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0);
+        // SAFETY: no arguments, no failure.
+        let allowed = if unsafe { libc::geteuid() } == 0 {
+            asked
+        } else {
+            let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap();
+            asked.min(max.trim().parse().unwrap())
+        };
+        // The kernel reports twice what it was given (the rest is for its bookkeeping).
+        assert!(got as usize >= 2 * allowed, "{got} for {allowed} asked");
     }
 }

@@ -31,6 +31,8 @@ const BATCH: usize = 32;
 const MAX_KEPT_QUERY: usize = 512;
 /// The room for a datagram (the largest EDNS answer faasd's zone makes is far smaller).
 const BUFFER: usize = 4096;
+/// The socket's receive buffer.
+const RECEIVE_BUFFER: usize = 4 << 20;
 /// Answers kept per socket; past it the store is emptied (random names cannot grow it).
 const MAX_KEPT: usize = 50_000;
 
@@ -79,6 +81,10 @@ pub(super) fn serve(
     queries: Arc<QueryCounts>,
 ) -> std::io::Result<()> {
     crate::sockets::set_blocking(&socket)?;
+    // A burst of queries waits here while every thread is busy: the default buffer
+    // (about 200 KiB, some hundreds of datagrams) drops them, and the client counts them
+    // lost.
+    crate::sockets::set_receive_buffer(&socket, RECEIVE_BUFFER)?;
     let relay = UdpSocket::bind(("::1", 0))?;
     let shared = Arc::new(Shared {
         socket: UdpSocket::from(socket),
