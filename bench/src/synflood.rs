@@ -25,8 +25,8 @@ use crate::{Bench, flood, in_netns, ip, nft};
 const EGRESS_TABLE: &str = "faasd_egress";
 
 /// Flood rounds per side, alternating, and seconds per round.
-const ROUNDS: usize = 7;
-const SECONDS: u64 = 2;
+const ROUNDS: usize = 15;
+const SECONDS: u64 = 1;
 
 /// One side of the comparison: where its frames go, and whether faasd's nftables table is
 /// in the receiving namespace (the bench namespace has it from the daemon).
