@@ -180,11 +180,9 @@ fn tcp_request(ns: &Netns, path: &str, auth: Option<&str>) -> (u16, String) {
         let auth = auth
             .map(|a| format!("Authorization: {a}\r\n"))
             .unwrap_or_default();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n"
-        )
-        .unwrap();
+        // One write: a refusal may come (and the socket close) after the first line.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
         let code = resp

@@ -520,12 +520,13 @@ impl<'a> Daemon<'a> {
         body: &str,
     ) -> (u16, String) {
         let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
-        write!(
-            s,
+        // One write: the daemon may answer (a 404, say) and close after the head alone,
+        // and a request written in pieces would then meet a closed socket.
+        let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: faasd\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
-        )
-        .unwrap();
+        );
+        s.write_all(request.as_bytes()).unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
         parse_response(&resp)
@@ -594,11 +595,12 @@ pub fn http_request(
 ) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(
-        s,
+    // One write, as in [`Daemon::api_with_headers`].
+    let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )?;
+    );
+    s.write_all(request.as_bytes())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     Ok(parse_response(&resp))
