@@ -36,32 +36,14 @@ impl FakeBindings {
 
     /// Adds bindings until `count` are in the map.
     pub fn fill_to(&mut self, count: usize) -> Result<()> {
-        let lines: String = (self.present..count)
-            .map(|i| {
-                format!(
-                    "map update pinned {} key hex {} value hex 00 00 00 00\n",
-                    self.map.display(),
-                    Self::key(i)
-                )
-            })
-            .collect();
-        self.batch(lines)?;
+        self.batch(self.present..count, "update", " value hex 00 00 00 00")?;
         self.present = self.present.max(count);
         Ok(())
     }
 
     /// Removes every binding this added.
     pub fn clear(&mut self) -> Result<()> {
-        let lines: String = (0..self.present)
-            .map(|i| {
-                format!(
-                    "map delete pinned {} key hex {}\n",
-                    self.map.display(),
-                    Self::key(i)
-                )
-            })
-            .collect();
-        self.batch(lines)?;
+        self.batch(0..self.present, "delete", "")?;
         self.present = 0;
         Ok(())
     }
@@ -81,10 +63,21 @@ impl FakeBindings {
             .join(" ")
     }
 
-    fn batch(&self, lines: String) -> Result<()> {
-        if lines.is_empty() {
+    /// `bpftool map COMMAND` for the bindings `which`, each line ending in `tail`, in one
+    /// batch.
+    fn batch(&self, which: std::ops::Range<usize>, command: &str, tail: &str) -> Result<()> {
+        if which.is_empty() {
             return Ok(());
         }
+        let map = self.map.display();
+        let lines: String = which
+            .map(|i| {
+                format!(
+                    "map {command} pinned {map} key hex {}{tail}\n",
+                    Self::key(i)
+                )
+            })
+            .collect();
         std::fs::write(&self.batch_file, lines)?;
         let out = Command::new("bpftool")
             .arg("batch")

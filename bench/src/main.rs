@@ -1452,17 +1452,11 @@ fn xdp_drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
         100.0 * dropped as f64 / sent.max(1) as f64
     );
 
-    let rules = b.dir.join("drop.nft");
-    std::fs::write(
-        &rules,
+    nft(
+        &b.netns,
         "table inet faasd_bench_drop {\n  chain pre {\n    type filter hook prerouting priority raw;\n    \
          ip6 daddr fd00:beef::1 udp dport 9 counter drop\n  }\n}\n",
     )?;
-    let nft = |args: &[&str]| Command::new("nft").args(args).output();
-    let out = nft(&["-f", &rules.display().to_string()])?;
-    if !out.status.success() {
-        bail!("nft: {}", String::from_utf8_lossy(&out.stderr));
-    }
     let stack_flood = flood::Flood {
         to: "fd00:beef::1".parse()?,
         ..guard
@@ -1471,10 +1465,13 @@ fn xdp_drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
     let stack_sent = stack_flood.run(threads, secs);
     let stack_elapsed = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(200));
-    let listed = nft(&["list", "table", "inet", "faasd_bench_drop"])?;
-    let _ = nft(&["delete", "table", "inet", "faasd_bench_drop"]);
-    let stack_sent = stack_sent?;
-    let text = String::from_utf8_lossy(&listed.stdout);
+    let table = ["nft", "list", "table", "inet", "faasd_bench_drop"];
+    let listed = in_netns(&b.netns, &table);
+    let _ = in_netns(
+        &b.netns,
+        &["nft", "delete", "table", "inet", "faasd_bench_drop"],
+    );
+    let (stack_sent, text) = (stack_sent?, listed?);
     let stack_dropped: u64 = text
         .split("packets ")
         .nth(1)
