@@ -25,6 +25,7 @@ pub enum Segment {
 }
 
 /// Where a flood goes and comes from.
+#[derive(Clone)]
 pub struct Flood {
     /// The sender's namespace.
     pub netns: String,
@@ -61,7 +62,7 @@ pub fn mac(netns: &str, interface: &str) -> Result<[u8; 6]> {
 
 impl Flood {
     /// One frame: Ethernet, IPv6 and the segment, with a correct checksum.
-    fn frame(&self) -> Vec<u8> {
+    pub fn frame(&self) -> Vec<u8> {
         let source_port = 40000u16.to_be_bytes();
         let (next_header, mut segment, check_at) = match self.segment {
             Segment::Udp => {

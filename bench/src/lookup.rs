@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{Bench, BpfStats, program_totals, request, testrun};
+use crate::{Bench, BpfStats, bpf, program_totals, request};
 
 /// Bindings for addresses in an unused part of the function prefix (`fd00:faa5:1:ffff::/64`,
 /// port 8080/tcp, slot 0), written straight into the daemon's pinned map with one
@@ -106,7 +106,7 @@ pub fn cost_by_bindings(
         .as_u64()
         .context("program id")?;
     let stats = BpfStats::enable()?;
-    let empty_program = testrun::EmptyProgram::load()?;
+    let empty_program = bpf::EmptyProgram::load(bpf::Kind::SkLookup)?;
     let mut results = Vec::new();
     for target in [1usize, 1_000, 100_000] {
         fake.fill_to(target - 1)?;
@@ -119,18 +119,13 @@ pub fn cost_by_bindings(
         let SocketAddr::V6(to) = fn_addr else {
             bail!("function addresses are IPv6")
         };
-        let median = |run: &dyn Fn() -> Result<u32>| -> Result<f64> {
-            let mut runs = (0..5).map(|_| run()).collect::<Result<Vec<u32>>>()?;
-            runs.sort_unstable();
-            Ok(f64::from(runs[runs.len() / 2]))
-        };
         const REPEAT: u32 = 1_000_000;
         let id = program_id as u32;
-        let test_run = median(&|| testrun::mean_ns(id, to, REPEAT, true))?;
+        let test_run = bpf::median(5, || bpf::mean_ns(id, to, REPEAT, true))?;
         // An address of the prefix nobody binds: the lookup without the redirect.
         let unbound = SocketAddrV6::new("fd00:faa5:1:fffe::1".parse()?, 8080, 0, 0);
-        let miss = median(&|| testrun::mean_ns(id, unbound, REPEAT, false))?;
-        let empty = median(&|| empty_program.mean_ns(to, REPEAT))?;
+        let miss = bpf::median(5, || bpf::mean_ns(id, unbound, REPEAT, false))?;
+        let empty = bpf::median(5, || empty_program.mean_ns(to, REPEAT))?;
         println!(
             "  {target:>7} bindings: {:.0} ns per steered run ({test_run:.0} ns by test run, \
              less {empty:.0} ns for an empty program run the same way; a miss {:.0} ns), \

@@ -16,6 +16,7 @@
 //! Prints a table, writes `results.json` and `latency.svg` to `--out`.
 
 mod autoscale;
+mod bpf;
 mod cluster;
 mod flood;
 mod lookup;
@@ -24,8 +25,8 @@ mod prepared;
 mod scale;
 mod stats;
 mod synflood;
-mod testrun;
 mod warm;
+mod xdp;
 
 use std::{
     io::{Read, Write},
@@ -534,10 +535,11 @@ fn section_main(name: &str) -> Result<()> {
             section
         }
         "xdp" => {
-            let sender = sender_namespace(&mut b)?;
-            b.start_daemon(&faasd, &format!("xdp-interfaces = [\"{XDP_IF}\"]\n"))?;
-            println!("XDP: the guard against the stack on one flood, 5 s each");
-            xdp_drop_rate(&b, &sender, 5)?
+            let sender = xdp::sender_namespace(&mut b)?;
+            let config = format!("xdp-interfaces = [\"{}\"]\n", xdp::INTERFACE);
+            b.start_daemon(&faasd, &config)?;
+            println!("XDP: the guard against the stack on one flood, 3 s a round");
+            xdp::drop_rate(&b, &sender, 3)?
         }
         "dns" => {
             b.start_daemon(&faasd, "")?;
@@ -596,13 +598,13 @@ fn main() -> Result<()> {
     println!("machine: {machine}");
 
     let mut b = Bench::new(&out)?;
-    let sender = sender_namespace(&mut b)?;
+    let sender = xdp::sender_namespace(&mut b)?;
     let containerd_config = args
         .containerd
         .as_ref()
         .map(|c| format!("containerd = {c:?}\n"))
         .unwrap_or_default()
-        + &format!("xdp-interfaces = [\"{XDP_IF}\"]\n");
+        + &format!("xdp-interfaces = [\"{}\"]\n", xdp::INTERFACE);
     b.start_daemon(&faasd, &containerd_config)?;
     let fn_addr = b.deploy_hello(&hello)?;
 
@@ -748,8 +750,8 @@ fn main() -> Result<()> {
     let syn_flood = synflood::run(&mut b, fn_addr);
     fake.clear()?;
     let syn_flood = syn_flood?;
-    println!("XDP: the guard against the stack on one flood, 5 s each");
-    let xdp = xdp_drop_rate(&b, &sender, 5)?;
+    println!("XDP: the guard against the stack on one flood, 3 s a round");
+    let xdp = xdp::drop_rate(&b, &sender, 3)?;
     let autoscale = autoscale::run(&mut b, &hello, &out)?;
     let cluster = cluster::run(&faasd, &hello, &out)?;
     println!("scale: cost per function at {:?} functions", scale::SIZES);
@@ -832,8 +834,9 @@ fn main() -> Result<()> {
         },
         "xdp_drop_mpps": {
             "goal": "the guard's own ceiling, at least 3x the stack's",
-            "measured": xdp["xdp"]["dropped_per_second"].as_f64().map(|pps| pps / 1e6),
-            "over_stack": xdp["xdp_over_stack"],
+            "measured": xdp["program"]["ceiling_mpps"],
+            "over_stack": xdp["program_over_stack"],
+            "whole_receive_side_over_stack": xdp["receive_side_xdp_over_stack"],
         },
     });
     println!("\ngoals: {}", serde_json::to_string_pretty(&goals)?);
@@ -1372,128 +1375,4 @@ fn program_totals(id: u64) -> Option<(u64, u64)> {
     // were turned on: that is zero runs, not an error.
     let field = |k: &str| v[k].as_u64().unwrap_or(0);
     Some((field("run_cnt"), field("run_time_ns")))
-}
-
-/// Name of the veth end in the bench namespace that gets the XDP guard, and of the
-/// namespace on the other end, from which packets are sent.
-const XDP_IF: &str = "fbx0";
-
-/// A second namespace joined to the bench one by a veth pair (fd00:beef::2 → fd00:beef::1),
-/// routing the platform prefix through it: the sender of the XDP benchmark. Removed by
-/// `Bench`'s drop with the other namespaces.
-fn sender_namespace(b: &mut Bench) -> Result<String> {
-    let name = b.add_netns("tx")?;
-    ip(&[
-        "link", "add", XDP_IF, "type", "veth", "peer", "name", "fbx1", "netns", &name,
-    ])?;
-    ip(&["addr", "add", "fd00:beef::1/64", "dev", XDP_IF, "nodad"])?;
-    ip(&["link", "set", XDP_IF, "up"])?;
-    ip(&[
-        "-n",
-        &name,
-        "addr",
-        "add",
-        "fd00:beef::2/64",
-        "dev",
-        "fbx1",
-        "nodad",
-    ])?;
-    ip(&["-n", &name, "link", "set", "fbx1", "up"])?;
-    ip(&[
-        "-n",
-        &name,
-        "-6",
-        "route",
-        "add",
-        "fd00:faa5::/32",
-        "via",
-        "fd00:beef::1",
-    ])?;
-    Ok(name)
-}
-
-/// The XDP guard against the stack on the same flood: raw frames from one sender thread per
-/// core in the second namespace ([`flood`]), first to an unbound function address (the
-/// guard drops them), then to the bench side's own address with an nftables drop at the
-/// earliest hook (prerouting, raw priority). Over a veth the receiver's work runs on the
-/// sending CPU, so each rate is what the whole path reaches per second.
-fn xdp_drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let guard = flood::Flood {
-        netns: sender.to_owned(),
-        interface: "fbx1".into(),
-        from_mac: flood::mac(sender, "fbx1")?,
-        to_mac: flood::mac(&b.netns, XDP_IF)?,
-        from: "fd00:beef::2".parse()?,
-        to: "fd00:faa5:1::fffe".parse()?,
-        port: 9,
-        segment: flood::Segment::Udp,
-    };
-    let xdp_dropped = |b: &Bench| -> Result<u64> {
-        Ok(
-            b.api("GET", "/system/status", "")?["dataplane"]["xdpDroppedNoBinding"]
-                .as_u64()
-                .unwrap_or(0),
-        )
-    };
-    let before = xdp_dropped(b)?;
-    let started = Instant::now();
-    let sent = guard.run(threads, secs)?;
-    let elapsed = started.elapsed().as_secs_f64();
-    // The last frames may still be on their way through the veth.
-    std::thread::sleep(Duration::from_millis(200));
-    let dropped = xdp_dropped(b)? - before;
-    let xdp = (sent as f64 / elapsed, dropped as f64 / elapsed);
-    println!(
-        "  XDP guard: {:.0} frames/s sent to an unbound function address, {:.0}/s dropped \
-         ({:.1}%)",
-        xdp.0,
-        xdp.1,
-        100.0 * dropped as f64 / sent.max(1) as f64
-    );
-
-    nft(
-        &b.netns,
-        "table inet faasd_bench_drop {\n  chain pre {\n    type filter hook prerouting priority raw;\n    \
-         ip6 daddr fd00:beef::1 udp dport 9 counter drop\n  }\n}\n",
-    )?;
-    let stack_flood = flood::Flood {
-        to: "fd00:beef::1".parse()?,
-        ..guard
-    };
-    let started = Instant::now();
-    let stack_sent = stack_flood.run(threads, secs);
-    let stack_elapsed = started.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(200));
-    let table = ["nft", "list", "table", "inet", "faasd_bench_drop"];
-    let listed = in_netns(&b.netns, &table);
-    let _ = in_netns(
-        &b.netns,
-        &["nft", "delete", "table", "inet", "faasd_bench_drop"],
-    );
-    let (stack_sent, text) = (stack_sent?, listed?);
-    let stack_dropped: u64 = text
-        .split("packets ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no counter in {text}"))?;
-    let stack = (
-        stack_sent as f64 / stack_elapsed,
-        stack_dropped as f64 / stack_elapsed,
-    );
-    println!(
-        "  the stack (nftables, prerouting): {:.0} frames/s sent, {:.0}/s dropped; the guard \
-         drops {:.2}x as many a second",
-        stack.0,
-        stack.1,
-        xdp.1 / stack.1.max(1.0)
-    );
-    Ok(json!({
-        "seconds": secs,
-        "sender_threads": threads,
-        "xdp": {"sent_per_second": xdp.0, "dropped_per_second": xdp.1},
-        "stack_nftables": {"sent_per_second": stack.0, "dropped_per_second": stack.1},
-        "xdp_over_stack": xdp.1 / stack.1.max(1.0),
-    }))
 }

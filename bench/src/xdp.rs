@@ -1,0 +1,316 @@
+//! The XDP guard against the stack on the same flood, the floors of the hooks a guard can
+//! stand on, and the guard program's own ceiling.
+//!
+//! Raw frames come from one sender thread per core in a second namespace ([`flood`]). Over
+//! a veth the receiver's work runs on the sending CPU, so what a flood measures is the
+//! CPU time per frame of the whole path (busy time from `/proc/stat` over frames sent).
+//! The same flood into an `ifb` (whose transmit frees any frame tc did not redirect to it,
+//! as a `dummy` would; this kernel has no `dummy`) is the sender alone; the difference is
+//! the receiving side's, what one core spends to drop a frame, whose inverse is that
+//! drop's ceiling. Measured that way, in interleaved rounds:
+//! - the guard: faasd's XDP program (generic mode) on one veth, dropping frames for an
+//!   unbound function address;
+//! - on a second veth with nothing of faasd's on it, frames for the bench side's own
+//!   address: dropped by nftables at the earliest hook (prerouting, raw priority), by an
+//!   XDP program that only drops (generic mode: the floor under any XDP guard here), and by
+//!   a tcx ingress program that only drops (the floor under a tc guard).
+//!
+//! `BPF_PROG_TEST_RUN` on the same frame gives the guard program's own cost without any of
+//! the path around it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use crate::{Bench, bpf, flood, in_netns, ip, nft};
+
+/// Name of the veth end in the bench namespace that gets the XDP guard.
+pub const INTERFACE: &str = "fbx0";
+/// Its peer in the sender's namespace.
+const PEER: &str = "fbx1";
+/// The second veth pair (bench side, sender side), which faasd does not guard.
+const PLAIN: (&str, &str) = ("fbn0", "fbn1");
+/// The sender's sink (an `ifb`).
+const SINK: &str = "fbs0";
+/// XDP_DROP, the guard's verdict for a frame no binding holds.
+const XDP_DROP: u32 = 1;
+/// Rounds of the floods, interleaved.
+const ROUNDS: usize = 3;
+
+/// A second namespace joined to the bench one by two veth pairs (fd00:beef::2 →
+/// fd00:beef::1, routing the platform prefix; fd00:beee::2 → fd00:beee::1), with a sink
+/// interface beside: the sender of the XDP benchmark. Removed by `Bench`'s drop with the
+/// other namespaces.
+pub fn sender_namespace(b: &mut Bench) -> Result<String> {
+    let name = b.add_netns("tx")?;
+    let there = |args: &[&str]| ip(&[&["-n", &name], args].concat());
+    for (here, peer, prefix) in [
+        (INTERFACE, PEER, "fd00:beef"),
+        (PLAIN.0, PLAIN.1, "fd00:beee"),
+    ] {
+        ip(&[
+            "link", "add", here, "type", "veth", "peer", "name", peer, "netns", &name,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{prefix}::1/64"),
+            "dev",
+            here,
+            "nodad",
+        ])?;
+        ip(&["link", "set", here, "up"])?;
+        there(&[
+            "addr",
+            "add",
+            &format!("{prefix}::2/64"),
+            "dev",
+            peer,
+            "nodad",
+        ])?;
+        there(&["link", "set", peer, "up"])?;
+    }
+    there(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:faa5::/32",
+        "via",
+        "fd00:beef::1",
+    ])?;
+    there(&["link", "add", SINK, "type", "ifb"])?;
+    there(&["link", "set", SINK, "up"])?;
+    Ok(name)
+}
+
+/// One flood's frames sent and dropped a second, and the CPU time per frame sent.
+struct Rate {
+    sent: f64,
+    dropped: f64,
+    cpu_ns: f64,
+}
+
+/// Busy CPU time of the whole machine so far, in seconds (`/proc/stat`, USER_HZ ticks).
+fn busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // idle and iowait are the fourth and fifth fields.
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    // SAFETY: a plain query.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks.iter().sum::<u64>() - idle) as f64 / hz)
+}
+
+/// Runs `flood` for `secs`, reading drops (a running total) from `dropped` before and after.
+fn measure(
+    flood: &flood::Flood,
+    threads: usize,
+    secs: u64,
+    dropped: &dyn Fn() -> Result<u64>,
+) -> Result<Rate> {
+    let before = dropped()?;
+    let busy = busy_seconds()?;
+    let started = Instant::now();
+    let sent = flood.run(threads, secs)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let busy = busy_seconds()? - busy;
+    // The last frames may still be on their way through the veth.
+    std::thread::sleep(Duration::from_millis(200));
+    Ok(Rate {
+        sent: sent as f64 / elapsed,
+        dropped: (dropped()? - before) as f64 / elapsed,
+        cpu_ns: busy * 1e9 / sent.max(1) as f64,
+    })
+}
+
+/// The median of some figures.
+fn median(mut figures: Vec<f64>) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures[figures.len() / 2]
+}
+
+/// A counter from `/proc/net/dev_snmp6/IF` or `/sys/class/net/IF/statistics/` in `netns`.
+fn counter(netns: &str, path: &str, name: &str) -> Result<u64> {
+    let text = in_netns(netns, &["cat", path])?;
+    let line = if path.contains("/statistics/") {
+        Some(text.trim())
+    } else {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(str::trim))
+    };
+    line.and_then(|n| n.parse().ok())
+        .with_context(|| format!("no {name} in {path} in {netns}: {text}"))
+}
+
+/// Runs the floods and the test runs; the section of `results.json`.
+pub fn drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let guard = flood::Flood {
+        netns: sender.to_owned(),
+        interface: PEER.into(),
+        from_mac: flood::mac(sender, PEER)?,
+        to_mac: flood::mac(&b.netns, INTERFACE)?,
+        from: "fd00:beef::2".parse()?,
+        to: "fd00:faa5:1::fffe".parse()?,
+        port: 9,
+        segment: flood::Segment::Udp,
+    };
+    let plain = flood::Flood {
+        interface: PLAIN.1.into(),
+        from_mac: flood::mac(sender, PLAIN.1)?,
+        to_mac: flood::mac(&b.netns, PLAIN.0)?,
+        from: "fd00:beee::2".parse()?,
+        to: "fd00:beee::1".parse()?,
+        ..guard.clone()
+    };
+    let alone = flood::Flood {
+        interface: SINK.into(),
+        ..guard.clone()
+    };
+    let guard_dropped = || -> Result<u64> {
+        b.api("GET", "/system/status", "")?["dataplane"]["xdpDroppedNoBinding"]
+            .as_u64()
+            .context("no xdpDroppedNoBinding in the status")
+    };
+    let nft_dropped = || -> Result<u64> {
+        let text = in_netns(
+            &b.netns,
+            &["nft", "list", "table", "inet", "faasd_bench_drop"],
+        )?;
+        text.split("packets ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no counter in {text}"))
+    };
+    // Frames the plain veth delivered that IPv6 never received: dropped at a hook before.
+    let hook_dropped = || -> Result<u64> {
+        let rx = format!("/sys/class/net/{}/statistics/rx_packets", PLAIN.0);
+        let snmp = format!("/proc/net/dev_snmp6/{}", PLAIN.0);
+        Ok(counter(&b.netns, &rx, "")? - counter(&b.netns, &snmp, "Ip6InReceives")?)
+    };
+    // The ifb counts what it frees as dropped on receive.
+    let sink_dropped = || {
+        let path = format!("/sys/class/net/{SINK}/statistics/rx_dropped");
+        counter(sender, &path, "")
+    };
+    let empty_xdp = bpf::EmptyProgram::load(bpf::Kind::Xdp)?;
+    let empty_tc = bpf::EmptyProgram::load(bpf::Kind::Tc)?;
+    let rounds = (0..ROUNDS)
+        .map(|_| -> Result<[Rate; 5]> {
+            let alone = measure(&alone, threads, secs, &sink_dropped)?;
+            let guarded = measure(&guard, threads, secs, &guard_dropped)?;
+            let link = empty_xdp.attach(&b.netns, PLAIN.0)?;
+            let xdp_floor = measure(&plain, threads, secs, &hook_dropped)?;
+            drop(link);
+            let link = empty_tc.attach(&b.netns, PLAIN.0)?;
+            let tc_floor = measure(&plain, threads, secs, &hook_dropped)?;
+            drop(link);
+            // Only frames for the plain veth's own address and port match.
+            nft(
+                &b.netns,
+                "table inet faasd_bench_drop {\n  chain pre {\n    type filter hook prerouting \
+                 priority raw;\n    ip6 daddr fd00:beee::1 udp dport 9 counter drop\n  }\n}\n",
+            )?;
+            let stack = measure(&plain, threads, secs, &nft_dropped);
+            in_netns(
+                &b.netns,
+                &["nft", "delete", "table", "inet", "faasd_bench_drop"],
+            )?;
+            Ok([alone, guarded, xdp_floor, tc_floor, stack?])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let of = |i: usize, f: fn(&Rate) -> f64| median(rounds.iter().map(|r| f(&r[i])).collect());
+    let receive_ns = |i: usize| of(i, |r| r.cpu_ns) - of(0, |r| r.cpu_ns);
+    let names = [
+        "sender alone (into an ifb)",
+        "XDP guard (generic)",
+        "empty XDP drop (generic)",
+        "empty tcx ingress drop",
+        "the stack (nftables, prerouting raw)",
+    ];
+    let mut paths = serde_json::Map::new();
+    for (i, (name, key)) in names
+        .iter()
+        .zip([
+            "sender_alone",
+            "xdp",
+            "xdp_floor",
+            "tc_floor",
+            "stack_nftables",
+        ])
+        .enumerate()
+    {
+        let line = format!(
+            "  {name}: {:.0} frames/s sent, {:.0}/s dropped; {:.0} ns of CPU each",
+            of(i, |r| r.sent),
+            of(i, |r| r.dropped),
+            of(i, |r| r.cpu_ns),
+        );
+        let mut path = json!({
+            "sent_per_second": of(i, |r| r.sent),
+            "dropped_per_second": of(i, |r| r.dropped),
+            "cpu_ns_per_frame": of(i, |r| r.cpu_ns),
+        });
+        if i == 0 {
+            println!("{line}");
+        } else {
+            println!(
+                "{line}, {:.0} ns of it receiving: {:.2} Mpps per core",
+                receive_ns(i),
+                1e3 / receive_ns(i)
+            );
+            path["receive_ns_per_frame"] = json!(receive_ns(i));
+            path["drop_ceiling_mpps_per_core"] = json!(1e3 / receive_ns(i));
+        }
+        paths.insert(key.into(), path);
+    }
+    let over_stack = receive_ns(4) / receive_ns(1);
+
+    let id = guard_program_id(&b.netns)?;
+    let frame = guard.frame();
+    const REPEAT: u32 = 1_000_000;
+    let run = bpf::median(5, || bpf::xdp_mean_ns(id, &frame, REPEAT, XDP_DROP))?;
+    let empty_run = bpf::median(5, || empty_xdp.frame_ns(&frame, REPEAT))?;
+    let own_ns = run - empty_run;
+    println!(
+        "  the guard program alone (test run of the same frame): {own_ns:.0} ns ({run:.0} ns, \
+         less {empty_run:.0} ns for an empty program): {:.1} Mpps per core; the guard's \
+         receiving side drops {over_stack:.2}x as fast as the stack's",
+        1e3 / own_ns.max(1.0)
+    );
+    Ok(json!({
+        "seconds": secs,
+        "rounds": ROUNDS,
+        "sender_threads": threads,
+        "paths": paths,
+        "receive_side_xdp_over_stack": over_stack,
+        "program_over_stack": receive_ns(4) / own_ns.max(1.0),
+        "program": {
+            "test_run_ns": run,
+            "empty_program_ns": empty_run,
+            "own_ns": own_ns,
+            "ceiling_mpps": 1e3 / own_ns.max(1.0),
+        },
+    }))
+}
+
+/// The id of the XDP program on the guarded interface in `netns`.
+fn guard_program_id(netns: &str) -> Result<u32> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", netns, "-j", "-d", "link", "show", INTERFACE])
+        .output()?;
+    let links: Value = serde_json::from_slice(&out.stdout)?;
+    links[0]["xdp"]["prog"]["id"]
+        .as_u64()
+        .map(|id| id as u32)
+        .with_context(|| format!("no XDP program on {INTERFACE} in {netns}"))
+}
