@@ -13,7 +13,10 @@
 //! - on a second veth with nothing of faasd's on it, frames for the bench side's own
 //!   address: dropped by nftables at the earliest hook (prerouting, raw priority), by an
 //!   XDP program that only drops (generic mode: the floor under any XDP guard here), and by
-//!   a tcx ingress program that only drops (the floor under a tc guard).
+//!   a tcx ingress program that only drops (the floor under a tc guard);
+//! - back on the guarded veth, frames for the bench side's own address, which the guard
+//!   passes and nftables drops: against the plain veth's, what the guard costs a frame it
+//!   lets through.
 //!
 //! `BPF_PROG_TEST_RUN` on the same frame gives the guard program's own cost without any of
 //! the path around it.
@@ -175,6 +178,10 @@ pub fn drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
         interface: SINK.into(),
         ..guard.clone()
     };
+    let behind_guard = flood::Flood {
+        to: "fd00:beef::1".parse()?,
+        ..guard.clone()
+    };
     let guard_dropped = || -> Result<u64> {
         b.api("GET", "/system/status", "")?["dataplane"]["xdpDroppedNoBinding"]
             .as_u64()
@@ -205,7 +212,7 @@ pub fn drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
     let empty_xdp = bpf::EmptyProgram::load(bpf::Kind::Xdp)?;
     let empty_tc = bpf::EmptyProgram::load(bpf::Kind::Tc)?;
     let rounds = (0..ROUNDS)
-        .map(|_| -> Result<[Rate; 5]> {
+        .map(|_| -> Result<[Rate; 6]> {
             let alone = measure(&alone, threads, secs, &sink_dropped)?;
             let guarded = measure(&guard, threads, secs, &guard_dropped)?;
             let link = empty_xdp.attach(&b.netns, PLAIN.0)?;
@@ -214,18 +221,20 @@ pub fn drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
             let link = empty_tc.attach(&b.netns, PLAIN.0)?;
             let tc_floor = measure(&plain, threads, secs, &hook_dropped)?;
             drop(link);
-            // Only frames for the plain veth's own address and port match.
+            // Only frames for the bench side's own addresses and port match.
             nft(
                 &b.netns,
                 "table inet faasd_bench_drop {\n  chain pre {\n    type filter hook prerouting \
-                 priority raw;\n    ip6 daddr fd00:beee::1 udp dport 9 counter drop\n  }\n}\n",
+                 priority raw;\n    ip6 daddr { fd00:beee::1, fd00:beef::1 } udp dport 9 \
+                 counter drop\n  }\n}\n",
             )?;
             let stack = measure(&plain, threads, secs, &nft_dropped);
+            let passed = measure(&behind_guard, threads, secs, &nft_dropped);
             in_netns(
                 &b.netns,
                 &["nft", "delete", "table", "inet", "faasd_bench_drop"],
             )?;
-            Ok([alone, guarded, xdp_floor, tc_floor, stack?])
+            Ok([alone, guarded, xdp_floor, tc_floor, stack?, passed?])
         })
         .collect::<Result<Vec<_>>>()?;
     let of = |i: usize, f: fn(&Rate) -> f64| median(rounds.iter().map(|r| f(&r[i])).collect());
@@ -236,6 +245,7 @@ pub fn drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
         "empty XDP drop (generic)",
         "empty tcx ingress drop",
         "the stack (nftables, prerouting raw)",
+        "the stack behind the guard (passed by it)",
     ];
     let mut paths = serde_json::Map::new();
     for (i, (name, key)) in names
@@ -246,6 +256,7 @@ pub fn drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
             "xdp_floor",
             "tc_floor",
             "stack_nftables",
+            "stack_behind_xdp",
         ])
         .enumerate()
     {
@@ -274,6 +285,8 @@ pub fn drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
         paths.insert(key.into(), path);
     }
     let over_stack = receive_ns(4) / receive_ns(1);
+    let pass_cost = receive_ns(5) - receive_ns(4);
+    println!("  the guard costs a frame it passes {pass_cost:.0} ns");
 
     let id = guard_program_id(&b.netns)?;
     let frame = guard.frame();
@@ -294,6 +307,7 @@ pub fn drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
         "paths": paths,
         "receive_side_xdp_over_stack": over_stack,
         "program_over_stack": receive_ns(4) / own_ns.max(1.0),
+        "pass_cost_ns": pass_cost,
         "program": {
             "test_run_ns": run,
             "empty_program_ns": empty_run,
