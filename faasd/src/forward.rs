@@ -11,7 +11,9 @@
 //!
 //! An instance is ready once it accepts on its port, or, for an image that says how
 //! (OpenFaaS's watchdogs and `com.openfaas.ready.http.path`), once a GET of its readiness
-//! path answers 2xx: the watchdogs bind their port before their handler is up.
+//! path answers 2xx: the watchdogs bind their port before their handler is up. of-watchdog
+//! in `http` mode answers that path before the server it forwards to listens, so there the
+//! server's port must accept too.
 
 use std::{
     io,
@@ -47,6 +49,9 @@ pub struct Upstream {
     /// The HTTP path that answers 2xx once the instance is ready; `None`: ready once the
     /// port accepts.
     pub ready_path: Option<String>,
+    /// A port in the instance that must accept as well before it is ready: of-watchdog's
+    /// `upstream_url` in `http` mode.
+    pub behind: Option<u16>,
     /// Most connections an instance takes at once (of-watchdog's `max_inflight`, which
     /// answers 429 beyond it); more wait in the function's queue.
     pub max_inflight: Option<u32>,
@@ -140,6 +145,10 @@ pub async fn probe(
                 Some(path) => ready(s, path).await.then_some(None),
             },
             Err(_) => None,
+        };
+        let ready = match (ready, upstream.behind) {
+            (Some(spare), Some(behind)) => connector.connect(behind).await.ok().map(|_| spare),
+            (ready, _) => ready,
         };
         if let Some(spare) = ready {
             return Some(Path {

@@ -134,6 +134,17 @@ impl ContainerHost {
     }
 }
 
+/// The port of an `http://` URL on the instance's own loopback (`127.0.0.1`, `localhost`,
+/// `[::1]`); `None` for any other host, which faasd cannot reach from inside.
+fn loopback_port(url: &str) -> Option<u16> {
+    let authority = url.strip_prefix("http://")?.split('/').next()?;
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.ends_with(']') => (host, port.parse().ok()?),
+        _ => (authority, 80),
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]").then_some(port)
+}
+
 /// The watchdogs' readiness path.
 const WATCHDOG_HEALTH: &str = "/_/health";
 
@@ -716,9 +727,14 @@ impl Runtime for ContainerRuntime {
             .or_else(|| image_env(faasd_core::spec::MAX_INFLIGHT_ENV))
             .and_then(|v| v.trim().parse::<u32>().ok())
             .filter(|n| *n > 0);
+        // of-watchdog's http mode forwards to its server without waiting for it to listen.
+        let behind = (watchdog && image_env("mode").is_some_and(|m| m == "http"))
+            .then(|| image_env("upstream_url").and_then(|u| loopback_port(u)))
+            .flatten();
         Some(crate::forward::Upstream {
             port,
             ready_path,
+            behind,
             max_inflight,
         })
     }
@@ -733,4 +749,21 @@ fn bind_long(dir: &Path, name: &str) -> std::io::Result<std::os::unix::net::Unix
         "/proc/self/fd/{}/{name}",
         std::os::fd::AsRawFd::as_raw_fd(&dir)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_port;
+
+    #[test]
+    fn the_upstream_port_comes_from_a_loopback_url_only() {
+        assert_eq!(loopback_port("http://127.0.0.1:3000"), Some(3000));
+        assert_eq!(loopback_port("http://localhost:8082/path"), Some(8082));
+        assert_eq!(loopback_port("http://[::1]:5000"), Some(5000));
+        assert_eq!(loopback_port("http://127.0.0.1"), Some(80));
+        assert_eq!(loopback_port("http://[::1]"), Some(80));
+        assert_eq!(loopback_port("http://10.0.0.1:3000"), None);
+        assert_eq!(loopback_port("https://127.0.0.1:3000"), None);
+        assert_eq!(loopback_port("http://127.0.0.1:port"), None);
+    }
 }

@@ -162,8 +162,11 @@ fn capacity_counts_open_connections_and_a_held_one_outlives_scaling_down() {
             .map(|_| TcpStream::connect(target).unwrap())
             .collect()
     });
+    // The decision that starts the third instance may have seen five of the six.
     let s = d.wait_for("held", "three instances for six connections", |s| {
-        s.state.instances.len() == 3 && s.state.instances.iter().all(|i| i.ready)
+        s.state.instances.len() == 3
+            && s.state.instances.iter().all(|i| i.ready)
+            && autoscale_state(s).load == 6.0
     });
     let auto = autoscale_state(&s);
     assert_eq!((auto.load, auto.target), (6.0, 3), "{auto:?}");
