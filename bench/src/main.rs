@@ -539,7 +539,7 @@ fn section_main(name: &str) -> Result<()> {
             let config = format!("xdp-interfaces = [\"{}\"]\n", xdp::INTERFACE);
             b.start_daemon(&faasd, &config)?;
             println!("XDP: the guard against the stack on one flood, 3 s a round");
-            xdp::drop_rate(&b, &sender, 3)?
+            xdp::drop_rate(&mut b, &faasd, &config, &sender, 3)?
         }
         "dns" => {
             b.start_daemon(&faasd, "")?;
@@ -751,7 +751,7 @@ fn main() -> Result<()> {
     fake.clear()?;
     let syn_flood = syn_flood?;
     println!("XDP: the guard against the stack on one flood, 3 s a round");
-    let xdp = xdp::drop_rate(&b, &sender, 3)?;
+    let xdp = xdp::drop_rate(&mut b, &faasd, &containerd_config, &sender, 3)?;
     let autoscale = autoscale::run(&mut b, &hello, &out)?;
     let cluster = cluster::run(&faasd, &hello, &out)?;
     println!("scale: cost per function at {:?} functions", scale::SIZES);
@@ -836,7 +836,8 @@ fn main() -> Result<()> {
             "goal": "the guard's own ceiling, at least 3x the stack's",
             "measured": xdp["program"]["ceiling_mpps"],
             "over_stack": xdp["program_over_stack"],
-            "whole_receive_side_over_stack": xdp["receive_side_xdp_over_stack"],
+            "whole_receive_side_over_stack": xdp["guard_xdp"]["receive_side_over_stack"],
+            "whole_receive_side_over_stack_tc": xdp["guard_tc"]["receive_side_over_stack"],
         },
     });
     println!("\ngoals: {}", serde_json::to_string_pretty(&goals)?);

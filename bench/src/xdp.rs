@@ -21,7 +21,10 @@
 //! `BPF_PROG_TEST_RUN` on the same frame gives the guard program's own cost without any of
 //! the path around it.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -153,9 +156,15 @@ fn counter(netns: &str, path: &str, name: &str) -> Result<u64> {
         .with_context(|| format!("no {name} in {path} in {netns}: {text}"))
 }
 
-/// Runs the floods and the test runs; the section of `results.json`.
-pub fn drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+/// Runs the floods and the test runs; the section of `results.json`. The daemon runs with
+/// `config` (and each guard hook in turn), and with `config` alone after.
+pub fn drop_rate(
+    b: &mut Bench,
+    faasd: &Path,
+    config: &str,
+    sender: &str,
+    secs: u64,
+) -> Result<Value> {
     let guard = flood::Flood {
         netns: sender.to_owned(),
         interface: PEER.into(),
@@ -182,84 +191,31 @@ pub fn drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
         to: "fd00:beef::1".parse()?,
         ..guard.clone()
     };
-    let guard_dropped = || -> Result<u64> {
-        b.api("GET", "/system/status", "")?["dataplane"]["xdpDroppedNoBinding"]
-            .as_u64()
-            .context("no xdpDroppedNoBinding in the status")
-    };
-    let nft_dropped = || -> Result<u64> {
-        let text = in_netns(
-            &b.netns,
-            &["nft", "list", "table", "inet", "faasd_bench_drop"],
-        )?;
-        text.split("packets ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("no counter in {text}"))
-    };
-    // Frames the plain veth delivered that IPv6 never received: dropped at a hook before.
-    let hook_dropped = || -> Result<u64> {
-        let rx = format!("/sys/class/net/{}/statistics/rx_packets", PLAIN.0);
-        let snmp = format!("/proc/net/dev_snmp6/{}", PLAIN.0);
-        Ok(counter(&b.netns, &rx, "")? - counter(&b.netns, &snmp, "Ip6InReceives")?)
-    };
-    // The ifb counts what it frees as dropped on receive.
-    let sink_dropped = || {
-        let path = format!("/sys/class/net/{SINK}/statistics/rx_dropped");
-        counter(sender, &path, "")
-    };
-    let empty_xdp = bpf::EmptyProgram::load(bpf::Kind::Xdp)?;
-    let empty_tc = bpf::EmptyProgram::load(bpf::Kind::Tc)?;
-    let rounds = (0..ROUNDS)
-        .map(|_| -> Result<[Rate; 6]> {
-            let alone = measure(&alone, threads, secs, &sink_dropped)?;
-            let guarded = measure(&guard, threads, secs, &guard_dropped)?;
-            let link = empty_xdp.attach(&b.netns, PLAIN.0)?;
-            let xdp_floor = measure(&plain, threads, secs, &hook_dropped)?;
-            drop(link);
-            let link = empty_tc.attach(&b.netns, PLAIN.0)?;
-            let tc_floor = measure(&plain, threads, secs, &hook_dropped)?;
-            drop(link);
-            // Only frames for the bench side's own addresses and port match.
-            nft(
-                &b.netns,
-                "table inet faasd_bench_drop {\n  chain pre {\n    type filter hook prerouting \
-                 priority raw;\n    ip6 daddr { fd00:beee::1, fd00:beef::1 } udp dport 9 \
-                 counter drop\n  }\n}\n",
-            )?;
-            let stack = measure(&plain, threads, secs, &nft_dropped);
-            let passed = measure(&behind_guard, threads, secs, &nft_dropped);
-            in_netns(
-                &b.netns,
-                &["nft", "delete", "table", "inet", "faasd_bench_drop"],
-            )?;
-            Ok([alone, guarded, xdp_floor, tc_floor, stack?, passed?])
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // Only frames for the bench side's own addresses and port match: the guard's floods
+    // and the floors' are dropped before this hook or never pass it.
+    nft(
+        &b.netns,
+        "table inet faasd_bench_drop {\n  chain pre {\n    type filter hook prerouting \
+         priority raw;\n    ip6 daddr { fd00:beee::1, fd00:beef::1 } udp dport 9 \
+         counter drop\n  }\n}\n",
+    )?;
+    let rounds = rounds(
+        b,
+        faasd,
+        config,
+        sender,
+        secs,
+        [&alone, &guard, &plain, &behind_guard],
+    );
+    let _ = in_netns(
+        &b.netns,
+        &["nft", "delete", "table", "inet", "faasd_bench_drop"],
+    );
+    let rounds = rounds?;
     let of = |i: usize, f: fn(&Rate) -> f64| median(rounds.iter().map(|r| f(&r[i])).collect());
     let receive_ns = |i: usize| of(i, |r| r.cpu_ns) - of(0, |r| r.cpu_ns);
-    let names = [
-        "sender alone (into an ifb)",
-        "XDP guard (generic)",
-        "empty XDP drop (generic)",
-        "empty tcx ingress drop",
-        "the stack (nftables, prerouting raw)",
-        "the stack behind the guard (passed by it)",
-    ];
     let mut paths = serde_json::Map::new();
-    for (i, (name, key)) in names
-        .iter()
-        .zip([
-            "sender_alone",
-            "xdp",
-            "xdp_floor",
-            "tc_floor",
-            "stack_nftables",
-            "stack_behind_xdp",
-        ])
-        .enumerate()
-    {
+    for (i, (name, key)) in PATHS.iter().enumerate() {
         let line = format!(
             "  {name}: {:.0} frames/s sent, {:.0}/s dropped; {:.0} ns of CPU each",
             of(i, |r| r.sent),
@@ -282,32 +238,39 @@ pub fn drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
             path["receive_ns_per_frame"] = json!(receive_ns(i));
             path["drop_ceiling_mpps_per_core"] = json!(1e3 / receive_ns(i));
         }
-        paths.insert(key.into(), path);
+        paths.insert((*key).into(), path);
     }
-    let over_stack = receive_ns(4) / receive_ns(1);
-    let pass_cost = receive_ns(5) - receive_ns(4);
-    println!("  the guard costs a frame it passes {pass_cost:.0} ns");
+    let at = |key: &str| PATHS.iter().position(|(_, k)| *k == key).expect("a path");
+    let stack = receive_ns(at("stack_nftables"));
+    let [xdp, tc] = ["xdp", "tc"].map(|hook| {
+        let behind = receive_ns(at(&format!("stack_behind_{hook}")));
+        let (over_stack, pass_cost) = (stack / receive_ns(at(hook)), behind - stack);
+        println!(
+            "  the {hook} guard drops {over_stack:.2}x as fast as the stack and costs a frame \
+             it passes {pass_cost:.0} ns"
+        );
+        json!({"receive_side_over_stack": over_stack, "pass_cost_ns": pass_cost})
+    });
 
     let id = guard_program_id(&b.netns)?;
     let frame = guard.frame();
     const REPEAT: u32 = 1_000_000;
+    let empty = bpf::EmptyProgram::load(bpf::Kind::Xdp)?;
     let run = bpf::median(5, || bpf::xdp_mean_ns(id, &frame, REPEAT, XDP_DROP))?;
-    let empty_run = bpf::median(5, || empty_xdp.frame_ns(&frame, REPEAT))?;
+    let empty_run = bpf::median(5, || empty.frame_ns(&frame, REPEAT))?;
     let own_ns = run - empty_run;
     println!(
         "  the guard program alone (test run of the same frame): {own_ns:.0} ns ({run:.0} ns, \
-         less {empty_run:.0} ns for an empty program): {:.1} Mpps per core; the guard's \
-         receiving side drops {over_stack:.2}x as fast as the stack's",
+         less {empty_run:.0} ns for an empty program): {:.1} Mpps per core",
         1e3 / own_ns.max(1.0)
     );
     Ok(json!({
         "seconds": secs,
         "rounds": ROUNDS,
-        "sender_threads": threads,
         "paths": paths,
-        "receive_side_xdp_over_stack": over_stack,
-        "program_over_stack": receive_ns(4) / own_ns.max(1.0),
-        "pass_cost_ns": pass_cost,
+        "guard_xdp": xdp,
+        "guard_tc": tc,
+        "program_over_stack": stack / own_ns.max(1.0),
         "program": {
             "test_run_ns": run,
             "empty_program_ns": empty_run,
@@ -316,6 +279,91 @@ pub fn drop_rate(b: &Bench, sender: &str, secs: u64) -> Result<Value> {
         },
     }))
 }
+
+/// `ROUNDS` rounds of every flood, in the order of [`PATHS`]; `floods` are the sender
+/// alone, the guard's (an unbound function address), the plain veth's and the one behind
+/// the guard (the bench side's own addresses).
+fn rounds(
+    b: &mut Bench,
+    faasd: &Path,
+    config: &str,
+    sender: &str,
+    secs: u64,
+    [alone, guard, plain, behind_guard]: [&flood::Flood; 4],
+) -> Result<Vec<Vec<Rate>>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let empty_xdp = bpf::EmptyProgram::load(bpf::Kind::Xdp)?;
+    let empty_tc = bpf::EmptyProgram::load(bpf::Kind::Tc)?;
+    let nft_dropped = |b: &Bench| -> Result<u64> {
+        let text = in_netns(
+            &b.netns,
+            &["nft", "list", "table", "inet", "faasd_bench_drop"],
+        )?;
+        text.split("packets ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no counter in {text}"))
+    };
+    // Frames the plain veth delivered that IPv6 never received: dropped at a hook before.
+    let hook_dropped = |b: &Bench| -> Result<u64> {
+        let rx = format!("/sys/class/net/{}/statistics/rx_packets", PLAIN.0);
+        let snmp = format!("/proc/net/dev_snmp6/{}", PLAIN.0);
+        Ok(counter(&b.netns, &rx, "")? - counter(&b.netns, &snmp, "Ip6InReceives")?)
+    };
+    let guard_dropped = |b: &Bench| -> Result<u64> {
+        b.api("GET", "/system/status", "")?["dataplane"]["xdpDroppedNoBinding"]
+            .as_u64()
+            .context("no xdpDroppedNoBinding in the status")
+    };
+    // The ifb counts what it frees as dropped on receive.
+    let sink_dropped = |_: &Bench| {
+        let path = format!("/sys/class/net/{SINK}/statistics/rx_dropped");
+        counter(sender, &path, "")
+    };
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let mut round = Vec::new();
+        let mut run = |b: &Bench, flood: &flood::Flood, dropped: &dyn Fn(&Bench) -> Result<u64>| {
+            round.push(measure(flood, threads, secs, &|| dropped(b))?);
+            anyhow::Ok(())
+        };
+        run(b, alone, &sink_dropped)?;
+        let link = empty_xdp.attach(&b.netns, PLAIN.0)?;
+        run(b, plain, &hook_dropped)?;
+        drop(link);
+        let link = empty_tc.attach(&b.netns, PLAIN.0)?;
+        run(b, plain, &hook_dropped)?;
+        drop(link);
+        run(b, plain, &nft_dropped)?;
+        // tc first, so the daemon is left as the caller had it (XDP, the default).
+        for hook in ["tc", "xdp"] {
+            b.start_daemon(faasd, &format!("{config}guard-hook = \"{hook}\"\n"))?;
+            run(b, guard, &guard_dropped)?;
+            run(b, behind_guard, &nft_dropped)?;
+        }
+        rounds.push(round);
+    }
+    Ok(rounds)
+}
+
+/// What each flood of a round measured, in order: its name, and its key in `results.json`.
+const PATHS: [(&str, &str); 8] = [
+    ("sender alone (into an ifb)", "sender_alone"),
+    ("an XDP program that only drops (generic)", "xdp_floor"),
+    ("a tcx ingress program that only drops", "tc_floor"),
+    ("the stack (nftables, prerouting raw)", "stack_nftables"),
+    ("faasd's guard at tcx ingress", "tc"),
+    (
+        "the stack behind the tc guard (passed by it)",
+        "stack_behind_tc",
+    ),
+    ("faasd's guard at XDP (generic)", "xdp"),
+    (
+        "the stack behind the XDP guard (passed by it)",
+        "stack_behind_xdp",
+    ),
+];
 
 /// The id of the XDP program on the guarded interface in `netns`.
 fn guard_program_id(netns: &str) -> Result<u32> {

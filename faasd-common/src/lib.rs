@@ -38,6 +38,10 @@ pub mod names {
     pub const XDP_L3: &str = "faasd_xdp_l3";
     /// The XDP program for Ethernet devices.
     pub const XDP_L2: &str = "faasd_xdp_l2";
+    /// The same guard as a tc program, for devices without a link-layer header.
+    pub const TC_L3: &str = "faasd_tc_l3";
+    /// The same guard as a tc program, for Ethernet devices.
+    pub const TC_L2: &str = "faasd_tc_l2";
     /// Function cgroup id → [`EgressRule`](super::EgressRule).
     pub const EGRESS_RULES: &str = "EGRESS_RULES";
     /// [`PolicySource`](super::PolicySource) destination prefixes a rule allows (LPM trie).

@@ -106,6 +106,8 @@ pub struct Config {
     pub wireguard_endpoint: Option<String>,
     /// Interfaces besides the WireGuard one that get the XDP guard (an uplink, say).
     pub xdp_interfaces: Vec<String>,
+    /// Where on those interfaces the guard runs.
+    pub guard_hook: GuardHook,
     /// Where functions may connect unless they say (`faasd.dev/egress`): `all`, `faas`
     /// or `none`.
     pub egress: EgressMode,
@@ -130,6 +132,32 @@ pub struct Config {
     pub async_callback_retry_for: Duration,
     /// Joining a cluster; without it this host is alone, with its state on its own disk.
     pub cluster: Option<ClusterConfig>,
+}
+
+/// The hook the guard (the program that drops packets for the function prefix that no
+/// binding holds) runs at on each guarded interface. Both see every packet before the
+/// stack does and count the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardHook {
+    /// tcx where the kernel has it, else XDP.
+    Auto,
+    /// XDP in generic mode, which works on every device and kernel.
+    Xdp,
+    /// tcx ingress (Linux 6.6 or later): the same point of the receive path for devices
+    /// that hand the stack socket buffers, without generic XDP's copy of each packet
+    /// short of headroom.
+    Tc,
+}
+
+impl std::fmt::Display for GuardHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Xdp => "xdp",
+            Self::Tc => "tc",
+        })
+    }
 }
 
 /// `[cluster]`: the etcd that holds the cluster's state, and this host's place in it.
@@ -215,6 +243,7 @@ impl Default for Config {
             wireguard_port: 51820,
             wireguard_endpoint: None,
             xdp_interfaces: Vec::new(),
+            guard_hook: GuardHook::Auto,
             egress: EgressMode::All,
             egress_ipv4: Ipv4Net {
                 addr: Ipv4Addr::new(10, 250, 0, 0),
@@ -650,6 +679,11 @@ mod tests {
         assert_eq!(c.egress_ipv4.nth(7), Some(Ipv4Addr::new(10, 77, 0, 7)));
         assert_eq!(c.egress_pool, 0);
         assert!(toml::from_str::<Config>("egress = \"some\"").is_err());
+        let tc: Config = toml::from_str("guard-hook = \"tc\"").unwrap();
+        assert_eq!(tc.guard_hook, GuardHook::Tc);
+        assert_eq!(Config::default().guard_hook, GuardHook::Auto);
+        let wrong = toml::from_str::<Config>("guard-hook = \"nft\"").unwrap_err();
+        assert!(wrong.to_string().contains("`auto`, `xdp`, `tc`"), "{wrong}");
         assert!(toml::from_str::<Config>("egress-ipv4 = \"10.77.0.1/16\"").is_err());
         // Instance addresses outside the function prefix would not be answered.
         let outside: Config = toml::from_str("egress-ipv6 = \"fd00:faa5:2::/64\"").unwrap();

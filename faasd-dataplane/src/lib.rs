@@ -28,12 +28,15 @@ use aya::{
     maps::{
         Array, HashMap, IterableMap, LpmTrie, Map, MapData, PerCpuArray, SockMap, lpm_trie::Key,
     },
-    programs::{SkLookup, Xdp, XdpMode, links::FdLink, links::PinnedLink},
+    programs::{
+        SchedClassifier, SkLookup, TcAttachType, Xdp, XdpMode, links::FdLink, links::LinkOrder,
+        links::PinnedLink, tc::TcAttachOptions,
+    },
 };
 use faasd_common::{
     BindingKey, GlobalCounter, POLICY_SLOT_BITS, PolicySource, SlotCounters, XdpCounter, names,
 };
-use faasd_core::spec::Policy;
+use faasd_core::{config::GuardHook, spec::Policy};
 
 /// The compiled kernel programs, built by `build.rs` from `faasd-ebpf`.
 #[cfg(feature = "ebpf")]
@@ -126,9 +129,12 @@ pub struct DataplaneStatus {
     pub misses: u64,
     /// IPv4 lookups (never steered: function addresses are IPv6).
     pub ipv4_passed: u64,
-    /// Interfaces the XDP guard is attached to.
+    /// Interfaces the guard is attached to.
     #[serde(default)]
     pub xdp_interfaces: Vec<String>,
+    /// The hook it runs at there: `xdp` or `tc`.
+    #[serde(default)]
+    pub guard_hook: String,
     /// XDP: packets for bound functions from allowed sources, passed.
     #[serde(default)]
     pub xdp_passed: u64,
@@ -162,8 +168,8 @@ pub struct Dataplane {
     policy_deny: LpmTrie<MapData, PolicySource, u8>,
     policy_drops: PerCpuArray<MapData, u64>,
     xdp_stats: PerCpuArray<MapData, u64>,
-    /// The XDP programs attached by this daemon (detached when dropped), and where.
-    xdp: Vec<(String, Ebpf)>,
+    /// The guards attached by this daemon (detached when dropped): where, at which hook.
+    guards: Vec<(String, GuardHook, Ebpf)>,
     /// Which socket slots are in use.
     slots: slots::Slots,
     /// The slots that have prefixes in the policy tries (and only they may have their
@@ -357,7 +363,7 @@ impl Dataplane {
                 .map_err(map_err(names::POLICY_DROPS))?,
             xdp_stats: PerCpuArray::try_from(Map::PerCpuArray(pinned(names::XDP_STATS)?))
                 .map_err(map_err(names::XDP_STATS))?,
-            xdp: Vec::new(),
+            guards: Vec::new(),
             slots: slots::Slots::default(),
             with_policy: Default::default(),
         }
@@ -423,7 +429,7 @@ impl Dataplane {
                 .map_err(map_err(names::POLICY_DROPS))?,
             xdp_stats: PerCpuArray::try_from(take(names::XDP_STATS)?)
                 .map_err(map_err(names::XDP_STATS))?,
-            xdp: Vec::new(),
+            guards: Vec::new(),
             slots: slots::Slots::default(),
             with_policy: Default::default(),
         })
@@ -582,23 +588,42 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches the XDP guard to `interface` (generic mode; the variant without a link-layer
-    /// header when `layer3`, as for WireGuard and TUN devices) and makes it guard `prefix`.
-    /// It stays attached while this daemon runs.
-    pub fn attach_xdp(
+    /// Attaches the guard to `interface` at `hook` (XDP in generic mode, or tcx ingress; the
+    /// variant without a link-layer header when `layer3`, as for WireGuard and TUN devices)
+    /// and makes it guard `prefix`. It stays attached while this daemon runs. `Auto` takes
+    /// tcx, and XDP where tcx cannot attach (Linux before 6.6).
+    pub fn attach_guard(
         &mut self,
         interface: &str,
         layer3: bool,
         prefix: faasd_core::config::Ipv6Net,
+        hook: GuardHook,
     ) -> Result<(), DataplaneError> {
-        let load_err =
-            |e: &dyn std::fmt::Display| DataplaneError::Load(format!("XDP on {interface}: {e}"));
+        if hook != GuardHook::Auto {
+            return self.attach_guard_at(interface, layer3, prefix, hook);
+        }
+        self.attach_guard_at(interface, layer3, prefix, GuardHook::Tc)
+            .or_else(|e| {
+                tracing::warn!("{e}; attaching it at XDP instead");
+                self.attach_guard_at(interface, layer3, prefix, GuardHook::Xdp)
+            })
+    }
+
+    fn attach_guard_at(
+        &mut self,
+        interface: &str,
+        layer3: bool,
+        prefix: faasd_core::config::Ipv6Net,
+        hook: GuardHook,
+    ) -> Result<(), DataplaneError> {
+        let load_err = |e: &dyn std::fmt::Display| {
+            DataplaneError::Load(format!("the guard ({hook}) on {interface}: {e}"))
+        };
         // The same object again: its pinned maps are the ones the steering program uses.
         let mut ebpf: Ebpf = EbpfLoader::new()
             .default_map_pin_directory(&self.pin_dir)
             .load(PROGRAM_OBJECT)
             .map_err(|e| load_err(&e))?;
-        let name = if layer3 { names::XDP_L3 } else { names::XDP_L2 };
         let o = prefix.addr.octets();
         let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
         let mut prefixes: LpmTrie<MapData, [u32; 4], u8> = LpmTrie::try_from(
@@ -613,16 +638,32 @@ impl Dataplane {
                 0,
             )
             .map_err(map_err(names::XDP_PREFIXES))?;
-        let prog: &mut Xdp = ebpf
+        let name = match (hook, layer3) {
+            (GuardHook::Tc, true) => names::TC_L3,
+            (GuardHook::Tc, false) => names::TC_L2,
+            (_, true) => names::XDP_L3,
+            (_, false) => names::XDP_L2,
+        };
+        let program = ebpf
             .program_mut(name)
-            .ok_or_else(|| load_err(&"program missing from the object"))?
-            .try_into()
-            .map_err(|e| load_err(&e))?;
-        prog.load().map_err(|e| load_err(&e))?;
-        prog.attach(interface, XdpMode::Skb)
-            .map_err(|e| load_err(&e))?;
-        tracing::info!("XDP guard ({name}) attached to {interface} for {prefix}");
-        self.xdp.push((interface.to_owned(), ebpf));
+            .ok_or_else(|| load_err(&"program missing from the object"))?;
+        match hook {
+            GuardHook::Xdp | GuardHook::Auto => {
+                let prog: &mut Xdp = program.try_into().map_err(|e| load_err(&e))?;
+                prog.load().map_err(|e| load_err(&e))?;
+                prog.attach(interface, XdpMode::Skb)
+                    .map_err(|e| load_err(&e))?;
+            }
+            GuardHook::Tc => {
+                let prog: &mut SchedClassifier = program.try_into().map_err(|e| load_err(&e))?;
+                prog.load().map_err(|e| load_err(&e))?;
+                let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
+                prog.attach_with_options(interface, TcAttachType::Ingress, tcx)
+                    .map_err(|e| load_err(&format!("{e} (tcx needs Linux 6.6 or later)")))?;
+            }
+        }
+        tracing::info!("guard ({name}) attached to {interface} for {prefix}");
+        self.guards.push((interface.to_owned(), hook, ebpf));
         Ok(())
     }
 
@@ -704,7 +745,12 @@ impl Dataplane {
             max_bindings: faasd_common::MAX_BINDINGS,
             misses: self.global(GlobalCounter::Miss),
             ipv4_passed: self.global(GlobalCounter::Ipv4Passed),
-            xdp_interfaces: self.xdp.iter().map(|(i, _)| i.clone()).collect(),
+            xdp_interfaces: self.guards.iter().map(|(i, ..)| i.clone()).collect(),
+            guard_hook: self
+                .guards
+                .first()
+                .map(|(_, h, _)| h.to_string())
+                .unwrap_or_default(),
             xdp_passed: self.xdp_counter(XdpCounter::Passed),
             xdp_dropped_no_binding: self.xdp_counter(XdpCounter::DroppedNoBinding),
             xdp_dropped_policy: self.xdp_counter(XdpCounter::DroppedPolicy),

@@ -4,8 +4,8 @@
 //! prefix wins, then a denied one, and anything else is allowed). Anything that matches no
 //! binding passes through untouched, so the rest of the host behaves as before.
 //!
-//! Beside it, the XDP guard (below) and the egress programs: on the cgroup that holds the
-//! functions' cgroups, they decide each `connect` and unconnected UDP send of a function by
+//! Beside it, the guard (below, as XDP and as tc programs) and the egress programs: on the
+//! cgroup that holds the functions' cgroups, they decide each `connect` and unconnected UDP send of a function by
 //! its rule (`faasd.dev/egress` and its prefix lists), and count what they refuse.
 //!
 //! Rare events (a binding whose socket is gone, a count that found its map full) are
@@ -21,9 +21,9 @@ use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_ns},
-    macros::{cgroup_sock_addr, map, sk_lookup, xdp},
+    macros::{cgroup_sock_addr, classifier, map, sk_lookup, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, SockMap, lpm_trie::Key},
-    programs::{SkLookupContext, SockAddrContext, XdpContext},
+    programs::{SkLookupContext, SockAddrContext, TcContext, XdpContext},
 };
 use faasd_common::{
     BindingKey, EGRESS_HAS_ALLOW, EGRESS_HAS_DENY, EgressMode, EgressReason, EgressRule,
@@ -215,35 +215,73 @@ fn source_allowed(slot: u32, addr: [u32; 4]) -> bool {
 /// the IP header.
 #[xdp]
 pub fn faasd_xdp_l3(ctx: XdpContext) -> u32 {
-    guard(&ctx, 0)
+    xdp_verdict(guard(ctx.data(), ctx.data_end(), 0))
 }
 
-/// XDP on Ethernet devices: an IPv6 packet follows a 14-byte header with type 0x86dd.
+/// XDP on Ethernet devices.
 #[xdp]
 pub fn faasd_xdp_l2(ctx: XdpContext) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if start + 14 > end {
-        return XDP_PASS;
+    xdp_verdict(guard_frame(ctx.data(), ctx.data_end()))
+}
+
+/// The guard at tcx ingress on devices without a link-layer header.
+#[classifier]
+pub fn faasd_tc_l3(ctx: TcContext) -> i32 {
+    pull_headers(&ctx, 0);
+    tc_verdict(guard(ctx.data(), ctx.data_end(), 0))
+}
+
+/// The guard at tcx ingress on Ethernet devices.
+#[classifier]
+pub fn faasd_tc_l2(ctx: TcContext) -> i32 {
+    pull_headers(&ctx, ETHERNET_HEADER);
+    tc_verdict(guard_frame(ctx.data(), ctx.data_end()))
+}
+
+fn xdp_verdict(drop: bool) -> u32 {
+    if drop { XDP_DROP } else { XDP_PASS }
+}
+
+/// TC_ACT_SHOT, or TCX_NEXT: whatever else is attached decides, and without anything the
+/// packet goes on.
+fn tc_verdict(drop: bool) -> i32 {
+    if drop { 2 } else { -1 }
+}
+
+/// A socket buffer's linear part may end before the transport ports: pull them in (the
+/// pointers are read again after). A packet too short for them is left alone.
+#[inline(always)]
+fn pull_headers(ctx: &TcContext, l3: usize) {
+    let needed = l3 + IPV6_HEADER + 4;
+    if ctx.data() + needed > ctx.data_end() && ctx.len() as usize >= needed {
+        let _ = ctx.pull_data(needed as u32);
+    }
+}
+
+const ETHERNET_HEADER: usize = 14;
+const IPV6_HEADER: usize = 40;
+
+/// The guard on an Ethernet frame: an IPv6 packet follows a 14-byte header with type
+/// 0x86dd; anything else passes.
+#[inline(always)]
+fn guard_frame(start: usize, end: usize) -> bool {
+    if start + ETHERNET_HEADER > end {
+        return false;
     }
     // SAFETY: bounds checked above.
     let ethertype = unsafe { u16::from_be(read_volatile((start + 12) as *const u16)) };
-    if ethertype != 0x86dd {
-        return XDP_PASS;
-    }
-    guard(&ctx, 14)
+    ethertype == 0x86dd && guard(start, end, ETHERNET_HEADER)
 }
 
-const IPV6_HEADER: usize = 40;
-
-/// Drops packets for the function prefix that no binding holds, and packets from sources
-/// the function's policy denies, before the stack sees them. Everything else passes.
+/// Whether to drop the packet in `start..end` whose IP header is at `l3`: one for the
+/// function prefix that no binding holds, or from a source the function's policy denies,
+/// before the stack sees it. Everything else passes.
 #[inline(always)]
-fn guard(ctx: &XdpContext, l3: usize) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
+fn guard(start: usize, end: usize, l3: usize) -> bool {
     let ip = start + l3;
     // The transport ports sit in the first 4 bytes after the IPv6 header.
     if ip + IPV6_HEADER + 4 > end {
-        return count_xdp(XdpCounter::NotForFunctions, XDP_PASS);
+        return count_xdp(XdpCounter::NotForFunctions, false);
     }
     // SAFETY: the header and the ports are within the packet (checked above).
     let (version, next, src, dst, dport) = unsafe {
@@ -258,10 +296,10 @@ fn guard(ctx: &XdpContext, l3: usize) -> u32 {
         )
     };
     if version != 6 || (next != proto::TCP && next != proto::UDP) {
-        return count_xdp(XdpCounter::NotForFunctions, XDP_PASS);
+        return count_xdp(XdpCounter::NotForFunctions, false);
     }
     if XDP_PREFIXES.get(&Key::new(128, dst)).is_none() {
-        return count_xdp(XdpCounter::NotForFunctions, XDP_PASS);
+        return count_xdp(XdpCounter::NotForFunctions, false);
     }
     let key = BindingKey {
         addr: dst,
@@ -270,23 +308,24 @@ fn guard(ctx: &XdpContext, l3: usize) -> u32 {
         pad: 0,
     };
     let Some(slot) = BINDINGS.get_ptr(&key) else {
-        return count_xdp(XdpCounter::DroppedNoBinding, XDP_DROP);
+        return count_xdp(XdpCounter::DroppedNoBinding, true);
     };
     // SAFETY: the pointer comes from a successful lookup and the value is a plain u32.
     let slot = unsafe { *slot };
     if !source_allowed(slot, src) {
-        return count_xdp(XdpCounter::DroppedPolicy, XDP_DROP);
+        return count_xdp(XdpCounter::DroppedPolicy, true);
     }
-    count_xdp(XdpCounter::Passed, XDP_PASS)
+    count_xdp(XdpCounter::Passed, false)
 }
 
+/// Counts a guard's verdict (`drop` or not) and returns it.
 #[inline(always)]
-fn count_xdp(counter: XdpCounter, verdict: u32) -> u32 {
+fn count_xdp(counter: XdpCounter, drop: bool) -> bool {
     if let Some(c) = XDP_STATS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
         unsafe { *c += 1 };
     }
-    verdict
+    drop
 }
 
 #[inline(always)]

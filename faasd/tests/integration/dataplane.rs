@@ -8,6 +8,7 @@ use std::{
 };
 
 use faasd_common::{BindingKey, proto};
+use faasd_core::config::GuardHook;
 use faasd_dataplane::Dataplane;
 
 use crate::{harness::Netns, require_privileges};
@@ -310,4 +311,79 @@ fn pins_of_a_deleted_namespace_are_removed_by_the_next_daemon() {
     }
     // A live namespace's pins are kept.
     assert!(other.pin_dir().is_dir());
+}
+
+/// The guard at each hook on an Ethernet device, from a second namespace over a veth: a
+/// datagram for a bound function address passes and is steered, datagrams for an address
+/// of the prefix nobody binds are dropped and counted, and the status names the hook.
+#[test]
+fn the_guard_drops_what_no_binding_holds_at_either_hook() {
+    require_privileges!();
+    for hook in [GuardHook::Xdp, GuardHook::Tc] {
+        let ns = Netns::new("guard");
+        let peer = Netns::new("guard-peer");
+        ns.add_local_route(PREFIX);
+        let ip = |args: &[&str]| {
+            let ok = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "ip {args:?}");
+        };
+        ip(&[
+            "-n", &ns.name, "link", "add", "gd0", "type", "veth", "peer", "name", "gd1", "netns",
+            &peer.name,
+        ]);
+        for (netns, dev, a) in [
+            (&ns, "gd0", "fd00:beef::1/64"),
+            (&peer, "gd1", "fd00:beef::2/64"),
+        ] {
+            ip(&["-n", &netns.name, "addr", "add", a, "dev", dev, "nodad"]);
+            ip(&["-n", &netns.name, "link", "set", dev, "up"]);
+        }
+        ip(&[
+            "-n",
+            &peer.name,
+            "-6",
+            "route",
+            "add",
+            "fd00:faa5::/32",
+            "via",
+            "fd00:beef::1",
+        ]);
+        ns.run(|| {
+            let mut dp = Dataplane::open(Path::new("/sys/fs/bpf")).unwrap();
+            dp.attach_guard("gd0", false, PREFIX.parse().unwrap(), hook)
+                .unwrap_or_else(|e| panic!("{hook}: {e}"));
+            let fn_addr = addr("fd00:faa5:1::99");
+            let udp = UdpSocket::bind("[::1]:0").unwrap();
+            dp.bind(BindingKey::new(fn_addr, 7777, proto::UDP), 0, &udp)
+                .unwrap();
+            peer.run(|| {
+                let s = UdpSocket::bind("[fd00:beef::2]:0").unwrap();
+                s.send_to(b"in", (fn_addr, 7777)).unwrap();
+                for _ in 0..5 {
+                    s.send_to(b"nobody", (addr("fd00:faa5:1::ffff"), 9))
+                        .unwrap();
+                }
+            });
+            udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 8];
+            let (n, _) = udp.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"in", "{hook}");
+            // The dropped ones follow the steered one on the same path.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while dp.status().xdp_dropped_no_binding < 5 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let s = dp.status();
+            assert_eq!(s.guard_hook, hook.to_string());
+            assert_eq!(s.xdp_interfaces, ["gd0"]);
+            assert_eq!(
+                (s.xdp_passed, s.xdp_dropped_no_binding),
+                (1, 5),
+                "{hook}: {s:?}"
+            );
+        });
+    }
 }

@@ -279,6 +279,8 @@ fn a_peer_resolves_and_wakes_a_function_through_the_tunnel() {
     let status: serde_json::Value = serde_json::from_str(&d.cli_ok(&["status", "--json"])).unwrap();
     let dp = &status["dataplane"];
     assert_eq!(dp["xdpInterfaces"][0], host_if.as_str());
+    // The default hook: tcx, which Linux has since 6.6.
+    assert_eq!(dp["guardHook"], "tc", "{dp}");
     assert!(dp["xdpDroppedNoBinding"].as_u64().unwrap() >= 1, "{dp}");
     assert!(dp["xdpDroppedPolicy"].as_u64().unwrap() >= 1, "{dp}");
     assert!(dp["xdpPassed"].as_u64().unwrap() >= 1, "{dp}");

@@ -592,8 +592,10 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<()> {
                         "not attached".into()
                     } else {
                         format!(
-                            "on {}: {} passed, {} dropped (no binding), {} dropped (policy)",
+                            "on {} ({}): {} passed, {} dropped (no binding), {} dropped \
+                             (policy)",
                             d.xdp_interfaces.join(", "),
+                            d.guard_hook,
                             d.xdp_passed,
                             d.xdp_dropped_no_binding,
                             d.xdp_dropped_policy

@@ -216,7 +216,12 @@ pub async fn run(
         let link = net::link(&interface)
             .await?
             .ok_or_else(|| format!("XDP: there is no interface {interface} (xdp-interfaces)"))?;
-        dataplane.attach_xdp(&interface, link.layer3, config.function_prefix)?;
+        dataplane.attach_guard(
+            &interface,
+            link.layer3,
+            config.function_prefix,
+            config.guard_hook,
+        )?;
     }
     let router = notify::Router::default();
     std::fs::create_dir_all(config.notify_dir())
