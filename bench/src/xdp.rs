@@ -1,5 +1,5 @@
-//! The XDP guard against the stack on the same flood, the floors of the hooks a guard can
-//! stand on, and the guard program's own ceiling.
+//! faasd's guard (at XDP and at tcx) against the stack on the same flood, the floors of
+//! the hooks a guard can stand on, and the guard program's own ceiling.
 //!
 //! Raw frames come from one sender thread per core in a second namespace ([`flood`]). Over
 //! a veth the receiver's work runs on the sending CPU, so what a flood measures is the
@@ -8,8 +8,8 @@
 //! as a `dummy` would; this kernel has no `dummy`) is the sender alone; the difference is
 //! the receiving side's, what one core spends to drop a frame, whose inverse is that
 //! drop's ceiling. Measured that way, in interleaved rounds:
-//! - the guard: faasd's XDP program (generic mode) on one veth, dropping frames for an
-//!   unbound function address;
+//! - the guard: faasd's program on one veth, dropping frames for an unbound function
+//!   address, at each `guard-hook` in turn (`tc`, then `xdp`: the daemon restarts);
 //! - on a second veth with nothing of faasd's on it, frames for the bench side's own
 //!   address: dropped by nftables at the earliest hook (prerouting, raw priority), by an
 //!   XDP program that only drops (generic mode: the floor under any XDP guard here), and by
@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use crate::{Bench, bpf, flood, in_netns, ip, nft};
 
-/// Name of the veth end in the bench namespace that gets the XDP guard.
+/// Name of the veth end in the bench namespace that gets the guard.
 pub const INTERFACE: &str = "fbx0";
 /// Its peer in the sender's namespace.
 const PEER: &str = "fbx1";
