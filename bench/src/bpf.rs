@@ -211,17 +211,7 @@ impl EmptyProgram {
         // that joined it.
         std::thread::scope(|s| {
             s.spawn(|| {
-                let ns = std::fs::File::open(format!("/run/netns/{netns}"))?;
-                // SAFETY: setns on this thread only, with a namespace fd we own.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!("setns: {}", std::io::Error::last_os_error());
-                }
-                let name = std::ffi::CString::new(interface)?;
-                // SAFETY: a NUL-terminated name.
-                let target_ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-                if target_ifindex == 0 {
-                    bail!("no interface {interface} in {netns}");
-                }
+                let target_ifindex = crate::enter_netns(netns, interface)?;
                 let mut attr = LinkCreate {
                     prog_fd,
                     target_ifindex,

@@ -148,17 +148,7 @@ fn ones_sum(bytes: &[u8]) -> u32 {
 
 /// One sender: joins `netns`, writes `frame` to `interface` in batches until `deadline`.
 fn send(netns: &str, interface: &str, frame: &[u8], deadline: Instant) -> Result<u64> {
-    let ns = std::fs::File::open(format!("/run/netns/{netns}"))?;
-    // SAFETY: setns on this thread only, with a namespace fd we own.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns: {}", std::io::Error::last_os_error());
-    }
-    let name = std::ffi::CString::new(interface)?;
-    // SAFETY: a NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        bail!("no interface {interface} in {netns}");
-    }
+    let index = crate::enter_netns(netns, interface)?;
     // Protocol 0: this socket sends only.
     // SAFETY: plain syscall; the result is checked and owned at once.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };

@@ -303,6 +303,22 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Moves this thread into network namespace `netns` and returns the index of `interface`
+/// there (an index means something only in its namespace).
+pub(crate) fn enter_netns(netns: &str, interface: &str) -> Result<u32> {
+    let ns = std::fs::File::open(format!("/run/netns/{netns}"))?;
+    // SAFETY: setns on this thread only, with a namespace fd we own.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns: {}", std::io::Error::last_os_error());
+    }
+    let name = std::ffi::CString::new(interface)?;
+    // SAFETY: a NUL-terminated name.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => bail!("no interface {interface} in {netns}"),
+        index => Ok(index),
+    }
+}
+
 /// Loads an nftables ruleset into `netns`.
 pub(crate) fn nft(netns: &str, rules: &str) -> Result<()> {
     let file = std::env::temp_dir().join(format!("faasd-bench-{netns}.nft"));

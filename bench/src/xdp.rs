@@ -143,16 +143,21 @@ fn median(mut figures: Vec<f64>) -> f64 {
     figures[figures.len() / 2]
 }
 
-/// A counter from `/proc/net/dev_snmp6/IF` or `/sys/class/net/IF/statistics/` in `netns`.
-fn counter(netns: &str, path: &str, name: &str) -> Result<u64> {
-    let text = in_netns(netns, &["cat", path])?;
-    let line = if path.contains("/statistics/") {
-        Some(text.trim())
-    } else {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).map(str::trim))
-    };
-    line.and_then(|n| n.parse().ok())
+/// Interface statistic `name` (`/sys/class/net/IF/statistics/NAME`) in `netns`.
+fn statistic(netns: &str, interface: &str, name: &str) -> Result<u64> {
+    let path = format!("/sys/class/net/{interface}/statistics/{name}");
+    let text = in_netns(netns, &["cat", &path])?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{path} in {netns}: {text}"))
+}
+
+/// Per-interface IPv6 counter `name` (`/proc/net/dev_snmp6/IF`) in `netns`.
+fn snmp6(netns: &str, interface: &str, name: &str) -> Result<u64> {
+    let path = format!("/proc/net/dev_snmp6/{interface}");
+    let text = in_netns(netns, &["cat", &path])?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .with_context(|| format!("no {name} in {path} in {netns}: {text}"))
 }
 
@@ -264,6 +269,8 @@ pub fn drop_rate(
          less {empty_run:.0} ns for an empty program): {:.1} Mpps per core",
         1e3 / own_ns.max(1.0)
     );
+    // Back to the daemon the caller started.
+    b.start_daemon(faasd, config)?;
     Ok(json!({
         "seconds": secs,
         "rounds": ROUNDS,
@@ -307,9 +314,8 @@ fn rounds(
     };
     // Frames the plain veth delivered that IPv6 never received: dropped at a hook before.
     let hook_dropped = |b: &Bench| -> Result<u64> {
-        let rx = format!("/sys/class/net/{}/statistics/rx_packets", PLAIN.0);
-        let snmp = format!("/proc/net/dev_snmp6/{}", PLAIN.0);
-        Ok(counter(&b.netns, &rx, "")? - counter(&b.netns, &snmp, "Ip6InReceives")?)
+        let rx = statistic(&b.netns, PLAIN.0, "rx_packets")?;
+        Ok(rx - snmp6(&b.netns, PLAIN.0, "Ip6InReceives")?)
     };
     let guard_dropped = |b: &Bench| -> Result<u64> {
         b.api("GET", "/system/status", "")?["dataplane"]["xdpDroppedNoBinding"]
@@ -317,10 +323,7 @@ fn rounds(
             .context("no xdpDroppedNoBinding in the status")
     };
     // The ifb counts what it frees as dropped on receive.
-    let sink_dropped = |_: &Bench| {
-        let path = format!("/sys/class/net/{SINK}/statistics/rx_dropped");
-        counter(sender, &path, "")
-    };
+    let sink_dropped = |_: &Bench| statistic(sender, SINK, "rx_dropped");
     let mut rounds = Vec::new();
     for _ in 0..ROUNDS {
         let mut round = Vec::new();
@@ -336,7 +339,7 @@ fn rounds(
         run(b, plain, &hook_dropped)?;
         drop(link);
         run(b, plain, &nft_dropped)?;
-        // tc first, so the daemon is left as the caller had it (XDP, the default).
+        // XDP last: the test run below measures the XDP program attached.
         for hook in ["tc", "xdp"] {
             b.start_daemon(faasd, &format!("{config}guard-hook = \"{hook}\"\n"))?;
             run(b, guard, &guard_dropped)?;

@@ -659,7 +659,12 @@ impl Dataplane {
                 prog.load().map_err(|e| load_err(&e))?;
                 let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
                 prog.attach_with_options(interface, TcAttachType::Ingress, tcx)
-                    .map_err(|e| load_err(&format!("{e} (tcx needs Linux 6.6 or later)")))?;
+                    .map_err(|e| {
+                        load_err(&format!(
+                            "{e} (tcx needs Linux 6.6 or later; set guard-hook = \"xdp\" or \
+                             \"auto\" on older kernels)"
+                        ))
+                    })?;
             }
         }
         tracing::info!("guard ({name}) attached to {interface} for {prefix}");
