@@ -119,6 +119,11 @@ pub struct Config {
     /// Network namespaces kept prepared for instances that call out, so a start does not
     /// wait for one to be made.
     pub egress_pool: u32,
+    /// How long the host's NAT for calls out stays installed after the last instance
+    /// that could call out has gone: while it is installed, connection tracking runs on
+    /// every packet of the host.
+    #[serde(with = "humantime_serde_compat")]
+    pub egress_nat_idle: Duration,
     /// The resolvers faasd's DNS forwards names outside `faas.` to.
     pub resolv_conf: PathBuf,
     /// Where the CA certificates of registries are, as Docker keeps them:
@@ -254,6 +259,7 @@ impl Default for Config {
                 len: 64,
             },
             egress_pool: 4,
+            egress_nat_idle: Duration::from_secs(300),
             resolv_conf: "/etc/resolv.conf".into(),
             registry_certs_dir: "/etc/docker/certs.d".into(),
             async_queue_limit: 100_000,
@@ -671,13 +677,15 @@ mod tests {
     fn egress_keys_parse_and_the_ranges_are_checked() {
         let c: Config = toml::from_str(
             "egress = \"faas\"\negress-ipv4 = \"10.77.0.0/16\"\n\
-             egress-ipv6 = \"fd00:faa5:1:fffe::/64\"\negress-pool = 0\n",
+             egress-ipv6 = \"fd00:faa5:1:fffe::/64\"\negress-pool = 0\n\
+             egress-nat-idle = \"2s\"\n",
         )
         .unwrap();
         c.validate().unwrap();
         assert_eq!(c.egress, EgressMode::Faas);
         assert_eq!(c.egress_ipv4.nth(7), Some(Ipv4Addr::new(10, 77, 0, 7)));
         assert_eq!(c.egress_pool, 0);
+        assert_eq!(c.egress_nat_idle, Duration::from_secs(2));
         assert!(toml::from_str::<Config>("egress = \"some\"").is_err());
         let tc: Config = toml::from_str("guard-hook = \"tc\"").unwrap();
         assert_eq!(tc.guard_hook, GuardHook::Tc);

@@ -112,8 +112,8 @@ struct Ruled {
 }
 
 impl Egress {
-    /// Starts the pool (whose thread installs NAT and forwarding first, off the daemon's
-    /// start) and keeps the egress maps, and the previous daemon's rules of cgroups that
+    /// Starts the pool (whose thread installs NAT and forwarding when the first instance
+    /// that may call out starts, off the daemon's start) and keeps the egress maps, and the previous daemon's rules of cgroups that
     /// still exist (their instances run on).
     pub fn start(config: &Config, maps: faasd_dataplane::Egress) -> Result<Self, EgressError> {
         let dir = config.runtime_dir.join("egress");
@@ -180,7 +180,7 @@ impl Egress {
     pub fn summary(&self) -> String {
         let rules = self.rules.lock().expect("egress rules").cgroups.len();
         format!(
-            "default {}, instances in {} and {}, {} rule(s) in force",
+            "default {}, instances in {} and {}, {} rule(s) in force, host NAT {}",
             match self.default {
                 EgressMode::All => "all",
                 EgressMode::Faas => "faas",
@@ -188,7 +188,12 @@ impl Egress {
             },
             self.ranges.0,
             self.ranges.1,
-            rules
+            rules,
+            if self.pool.nat_installed() {
+                "installed"
+            } else {
+                "not installed (no instance calls out)"
+            }
         )
     }
 

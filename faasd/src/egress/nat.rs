@@ -1,6 +1,11 @@
-//! The host's part of calls out, made once at start: forwarding on, and one nftables table
-//! of faasd's own (`inet faasd_egress`, replaced whole each time) that masquerades what
-//! instances send out of the platform and lets nothing new in towards them.
+//! The host's part of calls out: forwarding on, and one nftables table of faasd's own
+//! (`inet faasd_egress`, replaced whole each time) that masquerades what instances send
+//! out of the platform and lets nothing new in towards them.
+//!
+//! The table is there only while instances that may call out run (and `egress-nat-idle`
+//! after the last): masquerading turns connection tracking on for the whole namespace,
+//! which costs every packet of the host, faasd's DNS and functions' sockets included, so
+//! a host whose functions idle pays none of it (the network namespace pool decides when).
 //!
 //! Masquerading puts connection tracking on every packet of the host's namespace, and the
 //! traffic of functions' sockets needs none of it: those sockets are the host's own, and
@@ -64,6 +69,16 @@ pub fn ruleset(config: &Config) -> String {
 
 /// Turns forwarding on and installs the table.
 pub fn install(config: &Config) -> Result<(), EgressError> {
+    enable_forwarding()?;
+    nft(&ruleset(config))
+}
+
+/// Removes the table, if it is there; connection tracking stops with its last user.
+pub fn remove() -> Result<(), EgressError> {
+    nft(&format!("table inet {TABLE}\ndelete table inet {TABLE}\n"))
+}
+
+fn enable_forwarding() -> Result<(), EgressError> {
     for path in [
         "/proc/sys/net/ipv4/ip_forward",
         "/proc/sys/net/ipv6/conf/all/forwarding",
@@ -73,6 +88,11 @@ pub fn install(config: &Config) -> Result<(), EgressError> {
         }
         std::fs::write(path, "1").map_err(|source| EgressError::Sysctl { path, source })?;
     }
+    Ok(())
+}
+
+/// Runs an nft script.
+fn nft(script: &str) -> Result<(), EgressError> {
     let mut nft = std::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
@@ -83,7 +103,7 @@ pub fn install(config: &Config) -> Result<(), EgressError> {
     nft.stdin
         .take()
         .expect("piped")
-        .write_all(ruleset(config).as_bytes())
+        .write_all(script.as_bytes())
         .map_err(EgressError::Nat)?;
     let out = nft.wait_with_output().map_err(EgressError::Nat)?;
     if !out.status.success() {

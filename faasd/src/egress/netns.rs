@@ -9,7 +9,7 @@
 //! the next `n` be tried.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, OwnedFd},
     sync::{Arc, Mutex},
@@ -20,7 +20,7 @@ use rtnetlink::{
     Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
     packet_route::{
         address::{AddressAttribute, AddressFlags},
-        link::{InfoData, InfoKind, InfoVeth},
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute},
         route::RouteScope,
     },
 };
@@ -40,6 +40,9 @@ const TABLE_LOCAL: u32 = 255;
 
 /// How long after handing out a namespace the pool waits before it makes the next.
 const REFILL_DELAY: std::time::Duration = std::time::Duration::from_millis(30);
+/// How often, at most, the pool looks whether instances that may call out still run,
+/// while the host's NAT is installed.
+const NAT_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Errors preparing a namespace.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,8 @@ pub enum NetnsError {
 pub struct Prepared {
     /// The namespace (an nsfs descriptor for `setns`).
     pub fd: OwnedFd,
+    /// The index of its host end, if it is linked.
+    link: Option<u32>,
 }
 
 /// What a namespace is for.
@@ -94,6 +99,8 @@ enum Ask {
     Refill,
     /// The pool had none of this kind: make one now.
     Make(Kind, oneshot::Sender<Result<Prepared, NetnsError>>),
+    /// A linked one is wanted and the host's NAT is not installed: install it.
+    Nat(oneshot::Sender<()>),
 }
 
 /// The daemon's side of the pool: the prepared namespaces, taken under a lock with no
@@ -120,6 +127,7 @@ impl Pool {
             next: 1,
             ready: ready.clone(),
             size: config.egress_pool as usize,
+            busy_at: std::time::Instant::now(),
         };
         std::thread::Builder::new()
             .name("faasd-netns".into())
@@ -132,8 +140,23 @@ impl Pool {
     }
 
     /// A prepared namespace of `kind`: at once from the pool, or made now if it is empty.
+    /// The first linked one since no instance could call out waits for the host's NAT.
     pub async fn take(&self, kind: Kind) -> Result<Prepared, NetnsError> {
-        let taken = self.ready.lock().expect("pool lock").of(kind).pop_front();
+        let taken = loop {
+            {
+                let mut ready = self.ready.lock().expect("pool lock");
+                // Taken under the lock that the pool's thread removes the NAT under, so
+                // that it sees this namespace in use.
+                if kind == Kind::Closed || ready.nat {
+                    break ready.of(kind).pop_front();
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            self.asks
+                .send(Ask::Nat(tx))
+                .map_err(|_| NetnsError::Stopped)?;
+            rx.await.map_err(|_| NetnsError::Stopped)?;
+        };
         if let Some(p) = taken {
             let _ = self.asks.send(Ask::Refill);
             return Ok(p);
@@ -144,6 +167,12 @@ impl Pool {
             .map_err(|_| NetnsError::Stopped)?;
         rx.await.map_err(|_| NetnsError::Stopped)?
     }
+
+    /// Whether the host's NAT is installed (or was tried and its failure logged) for
+    /// instances that may call out.
+    pub fn nat_installed(&self) -> bool {
+        self.ready.lock().expect("pool lock").nat
+    }
 }
 
 struct Maker {
@@ -152,13 +181,18 @@ struct Maker {
     next: u32,
     ready: Arc<Mutex<Ready>>,
     size: usize,
+    /// When an instance that may call out was last seen running (or about to).
+    busy_at: std::time::Instant,
 }
 
-/// The prepared namespaces, by kind.
+/// The prepared namespaces, by kind, and whether the host's NAT is up for them.
 #[derive(Debug, Default)]
 struct Ready {
     linked: VecDeque<Prepared>,
     closed: VecDeque<Prepared>,
+    /// Installed, or tried and its failure logged. Linked namespaces are handed out only
+    /// while it is; the pool's thread clears it, under this lock, when it removes the NAT.
+    nat: bool,
 }
 
 impl Ready {
@@ -195,16 +229,25 @@ impl Maker {
         };
         let mut maker = self;
         rt.block_on(async move {
-            // Before the first namespace is handed out, so that what it sends out is
-            // masqueraded; a failure leaves calls within the host working.
-            if let Err(e) = super::nat::install(&maker.config) {
-                tracing::error!("calls out cannot leave the host: {e}");
-            }
             let Ok((conn, host, _)) = rtnetlink::new_connection() else {
                 tracing::error!("the network namespace pool has no netlink socket");
                 return;
             };
             tokio::spawn(conn);
+            // A previous daemon's instances that run on still call out through its table;
+            // with none, a table left behind goes.
+            match maker.idle_pool(&host).await {
+                Ok(Some(_)) => {
+                    if let Err(e) = super::nat::remove() {
+                        tracing::warn!("removing a previous daemon's NAT table: {e}");
+                    }
+                }
+                Ok(None) => maker.ensure_nat(),
+                Err(e) => {
+                    tracing::warn!("looking for instances of a previous daemon: {e}");
+                    maker.ensure_nat();
+                }
+            }
             loop {
                 // Fill up, one at a time, serving any request in between.
                 loop {
@@ -215,6 +258,10 @@ impl Maker {
                             let _ = tx.send(maker.make(&host, k).await);
                         }
                         Ok(Ask::Refill) => {}
+                        Ok(Ask::Nat(tx)) => {
+                            maker.ensure_nat();
+                            let _ = tx.send(());
+                        }
                         Err(mpsc::error::TryRecvError::Empty) => {
                             match maker.make(&host, kind).await {
                                 Ok(p) => {
@@ -230,10 +277,26 @@ impl Maker {
                         Err(mpsc::error::TryRecvError::Disconnected) => return,
                     }
                 }
-                match asks.recv().await {
+                let ask = if maker.ready.lock().expect("pool lock").nat {
+                    let check = maker.config.egress_nat_idle.min(NAT_CHECK);
+                    match tokio::time::timeout(check, asks.recv()).await {
+                        Ok(ask) => ask,
+                        Err(_) => {
+                            maker.remove_nat_if_idle(&host).await;
+                            continue;
+                        }
+                    }
+                } else {
+                    asks.recv().await
+                };
+                match ask {
                     None => return,
                     Some(Ask::Make(k, tx)) => {
                         let _ = tx.send(maker.make(&host, k).await);
+                    }
+                    Some(Ask::Nat(tx)) => {
+                        maker.ensure_nat();
+                        let _ = tx.send(());
                     }
                     // An instance took one and is starting now: refill after that, not
                     // against it for the CPU and the kernel's network locks; a request
@@ -246,6 +309,10 @@ impl Maker {
                                     let _ = tx.send(maker.make(&host, k).await);
                                 }
                                 Ok(Some(Ask::Refill)) => {}
+                                Ok(Some(Ask::Nat(tx))) => {
+                                    maker.ensure_nat();
+                                    let _ = tx.send(());
+                                }
                                 Ok(None) => return,
                                 Err(_) => break,
                             }
@@ -256,9 +323,87 @@ impl Maker {
         });
     }
 
+    /// Installs the host's NAT unless it is; a failure is logged and leaves calls within
+    /// the host working.
+    fn ensure_nat(&mut self) {
+        self.busy_at = std::time::Instant::now();
+        if self.ready.lock().expect("pool lock").nat {
+            return;
+        }
+        match super::nat::install(&self.config) {
+            Ok(()) => tracing::info!("instances may call out: the host's NAT is installed"),
+            Err(e) => tracing::error!("calls out cannot leave the host: {e}"),
+        }
+        self.ready.lock().expect("pool lock").nat = true;
+    }
+
+    /// Removes the host's NAT once no instance that may call out has run for
+    /// `egress-nat-idle`.
+    async fn remove_nat_if_idle(&mut self, host: &Handle) {
+        let pooled = match self.idle_pool(host).await {
+            Ok(Some(pooled)) => pooled,
+            Ok(None) => {
+                self.busy_at = std::time::Instant::now();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("looking for instances that call out: {e}");
+                return;
+            }
+        };
+        if self.busy_at.elapsed() < self.config.egress_nat_idle {
+            return;
+        }
+        {
+            let mut ready = self.ready.lock().expect("pool lock");
+            // One taken since the look above is in use now.
+            if ready.linked.len() != pooled {
+                return;
+            }
+            ready.nat = false;
+        }
+        match super::nat::remove() {
+            Ok(()) => tracing::info!(
+                "no instance has called out for {}: the host's NAT is removed",
+                humantime::format_duration(self.config.egress_nat_idle)
+            ),
+            Err(e) => tracing::warn!("removing the host's NAT: {e}"),
+        }
+    }
+
+    /// How many linked namespaces the pool holds, if every host end on the host is one
+    /// of theirs; `None` if an instance (or a previous daemon's) holds one.
+    async fn idle_pool(&self, host: &Handle) -> Result<Option<usize>, NetnsError> {
+        let pooled: HashSet<u32> = {
+            let ready = self.ready.lock().expect("pool lock");
+            ready.linked.iter().filter_map(|p| p.link).collect()
+        };
+        let mut links = host.link().get().execute();
+        while let Some(link) = links
+            .try_next()
+            .await
+            .map_err(|source| NetnsError::Netlink {
+                what: "listing links",
+                source,
+            })?
+        {
+            let host_end = link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::IfName(n) if n.starts_with(HOST_LINK_PREFIX)));
+            if host_end && !pooled.contains(&link.header.index) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(pooled.len()))
+    }
+
     async fn make(&mut self, host: &Handle, kind: Kind) -> Result<Prepared, NetnsError> {
         match kind {
-            Kind::Linked => self.make_linked(host).await,
+            Kind::Linked => {
+                self.ensure_nat();
+                self.make_linked(host).await
+            }
             Kind::Closed => {
                 let (fd, inside) = self.new_namespace()?;
                 let lo = index(&inside, "lo").await?;
@@ -271,7 +416,7 @@ impl Maker {
                         what: "bringing lo up",
                         source,
                     })?;
-                Ok(Prepared { fd })
+                Ok(Prepared { fd, link: None })
             }
         }
     }
@@ -396,7 +541,10 @@ impl Maker {
             .execute()
             .await
             .map_err(nl("the host's route to the instance (IPv6)"))?;
-        Ok(Prepared { fd })
+        Ok(Prepared {
+            fd,
+            link: Some(outer),
+        })
     }
 
     /// A new network namespace, and a netlink handle inside it. The thread enters the
