@@ -100,7 +100,9 @@ fn monotonic_ns() -> u64 {
 }
 
 /// The bench's nftables table: nothing on loopback is tracked (see [`Bench::new`]).
-const UNTRACKED_LOOPBACK: &str = "table inet faasd_bench_untracked {\n  chain out {\n    type \
+/// Replaced whole, so it can be put in place again.
+const UNTRACKED_LOOPBACK: &str = "table inet faasd_bench_untracked\ndelete table inet \
+     faasd_bench_untracked\ntable inet faasd_bench_untracked {\n  chain out {\n    type \
      filter hook output priority raw;\n    oifname \"lo\" notrack\n  }\n}\n";
 
 /// The namespace, the daemon and the helper processes; all removed on drop.
@@ -142,13 +144,42 @@ impl Bench {
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             bail!("setns: {}", std::io::Error::last_os_error());
         }
-        // faasd's NAT for calls out turns connection tracking on in its namespace, and faasd
-        // takes its function addresses out of it. The direct servers, the proxies and the
-        // DNS server measured beside faasd's are reached over loopback here (the DNS peers
-        // in namespaces of their own, where nothing is tracked): loopback is untracked too,
-        // so that no path pays for tracking that another does not.
+        // faasd's NAT for calls out (there while an instance that may call out runs) turns
+        // connection tracking on in its namespace, and faasd takes its function addresses
+        // out of it. The direct servers and the proxies are reached over loopback here:
+        // loopback is untracked too, so that no path pays for tracking that another does
+        // not. (The DNS section takes it away where nothing tracks.)
         nft(&b.netns, UNTRACKED_LOOPBACK)?;
         Ok(b)
+    }
+
+    /// Takes the bench's loopback table away, or puts it back.
+    fn untrack_loopback(&self, on: bool) -> Result<()> {
+        if on {
+            nft(&self.netns, UNTRACKED_LOOPBACK)
+        } else {
+            nft(
+                &self.netns,
+                "table inet faasd_bench_untracked\ndelete table inet faasd_bench_untracked\n",
+            )
+        }
+    }
+
+    /// Waits (up to 20 s) until faasd's status says its NAT for calls out is installed,
+    /// or not.
+    fn wait_for_nat(&self, installed: bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let egress = self.api("GET", "/system/status", "")?["egress"].clone();
+            let text = egress.as_str().unwrap_or_default();
+            if text.contains("host NAT installed") == installed {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("faasd's NAT is not {installed} after 20 s: egress {egress}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// A namespace of the bench's besides its own, with `lo` up; removed on drop.
@@ -1200,10 +1231,24 @@ fn containers(b: &mut Bench, faasd: &Path, config: &str, args: &Args) -> Result<
 /// Queries per second faasd's zone answers, then Knot DNS and NSD (Debian's) with the
 /// same zone (the file faasd writes), each alone in a namespace of its own with as many
 /// threads or processes as cores, measured the same way ([`dnsperf`]).
+///
+/// faasd is measured twice: on a host where no instance calls out, so that nothing
+/// tracks connections in its namespace, as nothing does in the peers'; and while the
+/// first of `functions` runs and may call out, so that faasd's NAT has tracking on for
+/// every packet of the host (loopback untracked by the bench's table, as faasd's own
+/// DNS address is by faasd's).
 fn dns_qps(b: &mut Bench, functions: &[&str]) -> Result<Value> {
     let queries = dns_queries(b, functions)?;
-    println!("  faasd:");
-    let faasd = dnsperf(None, &queries)?;
+    b.wait_for_nat(false)?;
+    b.untrack_loopback(false)?;
+    println!("  faasd, no instance calling out:");
+    let faasd = dnsperf(None, &queries);
+    b.untrack_loopback(true)?;
+    let mut faasd = faasd?;
+    b.scale_and_wait(functions[0], 1)?;
+    b.wait_for_nat(true)?;
+    println!("  faasd, while {} may call out:", functions[0]);
+    faasd["while_calling_out"] = dnsperf(None, &queries)?;
     let zone = b.dir.join("faas.zone");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut peers = serde_json::Map::new();

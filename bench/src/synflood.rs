@@ -1,8 +1,9 @@
 //! A SYN flood at a function's address while the steering program's map holds 100,000
 //! bindings, against the same flood at a plain listening socket on the same address and
 //! port in a namespace with no program: what steering adds to the kernel's busiest TCP
-//! path. The plain namespace gets a copy of faasd's nftables table (its NAT for calls out
-//! puts connection tracking on every packet of the host's namespace), so that the two
+//! path, while `hello` runs. The plain namespace gets a copy of faasd's nftables table (its
+//! NAT for calls out, there while an instance runs that may call out, puts connection
+//! tracking on every packet of the host's namespace), so that the two
 //! differ by the program alone; a third arm floods it without the table, to show what
 //! tracking costs. Every receiver answers each SYN with a cookie (`tcp_syncookies=2`), so
 //! no connection state builds up and each SYN takes the listener lookup (where the program
@@ -43,6 +44,10 @@ pub fn run(b: &mut Bench, fn_addr: SocketAddr) -> Result<Value> {
     let SocketAddr::V6(fn_addr) = fn_addr else {
         bail!("function addresses are IPv6")
     };
+    // faasd's table is there while an instance that may call out runs: the host at its
+    // busiest, tracking on.
+    b.scale_and_wait("hello", 1)?;
+    b.wait_for_nat(true)?;
     let sender = b.add_netns("syn")?;
     let plain = b.add_netns("plain")?;
     // A veth pair from a receiver (`at`: `ip`'s namespace arguments) to the sender, `net`::1

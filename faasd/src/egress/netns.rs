@@ -255,7 +255,7 @@ impl Maker {
                     let Some(kind) = short else { break };
                     match asks.try_recv() {
                         Ok(Ask::Make(k, tx)) => {
-                            let _ = tx.send(maker.make(&host, k).await);
+                            let _ = tx.send(maker.hand_out(&host, k).await);
                         }
                         Ok(Ask::Refill) => {}
                         Ok(Ask::Nat(tx)) => {
@@ -292,7 +292,7 @@ impl Maker {
                 match ask {
                     None => return,
                     Some(Ask::Make(k, tx)) => {
-                        let _ = tx.send(maker.make(&host, k).await);
+                        let _ = tx.send(maker.hand_out(&host, k).await);
                     }
                     Some(Ask::Nat(tx)) => {
                         maker.ensure_nat();
@@ -306,7 +306,7 @@ impl Maker {
                         loop {
                             match tokio::time::timeout_at(until, asks.recv()).await {
                                 Ok(Some(Ask::Make(k, tx))) => {
-                                    let _ = tx.send(maker.make(&host, k).await);
+                                    let _ = tx.send(maker.hand_out(&host, k).await);
                                 }
                                 Ok(Some(Ask::Refill)) => {}
                                 Ok(Some(Ask::Nat(tx))) => {
@@ -398,12 +398,17 @@ impl Maker {
         Ok(Some(pooled.len()))
     }
 
+    /// One made for a start that found the pool empty: a linked one with the NAT.
+    async fn hand_out(&mut self, host: &Handle, kind: Kind) -> Result<Prepared, NetnsError> {
+        if kind == Kind::Linked {
+            self.ensure_nat();
+        }
+        self.make(host, kind).await
+    }
+
     async fn make(&mut self, host: &Handle, kind: Kind) -> Result<Prepared, NetnsError> {
         match kind {
-            Kind::Linked => {
-                self.ensure_nat();
-                self.make_linked(host).await
-            }
+            Kind::Linked => self.make_linked(host).await,
             Kind::Closed => {
                 let (fd, inside) = self.new_namespace()?;
                 let lo = index(&inside, "lo").await?;

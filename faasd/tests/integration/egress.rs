@@ -338,6 +338,22 @@ fn nat_table(host: &Netns) -> bool {
         .success()
 }
 
+/// How many host ends of instance links are in the namespace.
+fn host_ends(host: &Netns) -> usize {
+    let out = Command::new("ip")
+        .args(["-n", &host.name, "-o", "link", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|n| n.starts_with("fxs"))
+        })
+        .count()
+}
+
 #[test]
 fn the_host_nat_is_there_only_while_an_instance_may_call_out() {
     require_privileges!();
@@ -347,7 +363,23 @@ fn the_host_nat_is_there_only_while_an_instance_may_call_out() {
     let host = host();
     let internet = Internet::new(&host);
     let _ = &internet.ns;
-    let d = Daemon::start_with(&host, &config(&host, "egress-nat-idle = \"1s\"\n"));
+    let d = Daemon::start_with(&host, &config(&host, "egress-nat-idle = \"2s\"\n"));
+    // The pool's linked namespaces, made ahead, do not bring it in: looked at as soon as
+    // they are there, before an idle period could have taken it away again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host_ends(&host) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the pool was not filled:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    expect(
+        &d,
+        !nat_table(&host),
+        "the NAT is there with only the pool's namespaces",
+    );
     let nat_is = |installed: bool| {
         let status = d.wait_for_status("the host's NAT state", |s| {
             s.lines().any(|l| {
