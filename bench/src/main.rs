@@ -870,7 +870,12 @@ fn main() -> Result<()> {
         },
         "warm_over_limit": {"goal": 1.02, "measured": faasd_p50 / limit as f64},
         "warm_over_proxies": {"goal": 0.5, "measured": proxies},
-        "dns_over_best_peer": {"goal": 1.0, "measured": over_best_peer(&dns)},
+        "dns_over_best_peer": {
+            "goal": 1.0,
+            "measured": over_best_peer(&dns, &dns),
+            "how": "no instance calling out (nothing tracks connections)",
+            "while_calling_out": over_best_peer(&dns, &dns["while_calling_out"]),
+        },
         "sk_lookup_ns": {
             "goal": 100.0,
             "measured": sk_lookup,
@@ -1281,14 +1286,15 @@ fn dns_queries(b: &Bench, functions: &[&str]) -> Result<PathBuf> {
     Ok(queries)
 }
 
-/// faasd's queries a second over the best peer's, when faasd and a peer were measured.
-fn over_best_peer(dns: &Value) -> Option<f64> {
+/// faasd's queries a second (`faasd`: the DNS section or a measurement in it) over the
+/// best peer's, when faasd and a peer were measured.
+fn over_best_peer(dns: &Value, faasd: &Value) -> Option<f64> {
     let best = dns["peers"]
         .as_object()?
         .values()
         .filter_map(|p| p["queries_per_second"].as_f64())
         .fold(None, |m: Option<f64>, q| Some(m.map_or(q, |m| m.max(q))))?;
-    Some(dns["queries_per_second"].as_f64()? / best)
+    Some(faasd["queries_per_second"].as_f64()? / best)
 }
 
 /// Starts Knot DNS (`knot`) or NSD (`nsd`) on `[::1]:53` in a new namespace, serving the
