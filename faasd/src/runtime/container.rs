@@ -74,6 +74,9 @@ pub struct ContainerHost {
     cgroup_parent: String,
     oci_runtime: String,
     shim: OnceLock<PathBuf>,
+    /// Held while the shim is written: two first launches at once would share its
+    /// temporary file, and one would find it renamed away.
+    shim_writing: std::sync::Mutex<()>,
 }
 
 impl ContainerHost {
@@ -95,6 +98,7 @@ impl ContainerHost {
             cgroup_parent: cgroup_parent.into(),
             oci_runtime: oci_runtime.into(),
             shim: OnceLock::new(),
+            shim_writing: std::sync::Mutex::new(()),
         }
     }
 
@@ -114,6 +118,10 @@ impl ContainerHost {
     /// Writes the embedded shim to the runtime directory once per daemon (a new file, so
     /// running containers keep the one they mounted).
     fn shim_path(&self) -> Result<&Path, RuntimeError> {
+        if let Some(p) = self.shim.get() {
+            return Ok(p);
+        }
+        let _writing = self.shim_writing.lock().expect("shim lock");
         if let Some(p) = self.shim.get() {
             return Ok(p);
         }

@@ -106,7 +106,11 @@ fn openfaas_spec_holds_for_generated_requests() {
         .lines()
         .filter(|id| id.contains(&format!("-{pid}-")))
         .collect();
-    assert!(mine.is_empty(), "containers left behind: {mine:?}");
+    assert!(
+        mine.is_empty(),
+        "containers left behind: {mine:?}\ndaemon log:\n{}",
+        d.log()
+    );
     // A run that tested nothing would pass too: make sure it went through every operation
     // (the spec's 20, less /system/alert, plus the invocation methods openfaas.py declares).
     assert!(
