@@ -176,7 +176,12 @@ impl Bench {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("faasd's NAT is not {installed} after 20 s: egress {egress}");
+                bail!(
+                    "faasd's NAT for calls out was not {} within 20 s (status: egress {egress}); \
+                     its log is in {}",
+                    if installed { "installed" } else { "removed" },
+                    self.dir.join("daemon.log").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

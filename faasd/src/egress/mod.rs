@@ -113,8 +113,8 @@ struct Ruled {
 
 impl Egress {
     /// Starts the pool (whose thread installs NAT and forwarding when the first instance
-    /// that may call out starts, off the daemon's start) and keeps the egress maps, and the previous daemon's rules of cgroups that
-    /// still exist (their instances run on).
+    /// that may call out starts) and keeps the egress maps, and the previous daemon's
+    /// rules of cgroups that still exist (their instances run on).
     pub fn start(config: &Config, maps: faasd_dataplane::Egress) -> Result<Self, EgressError> {
         let dir = config.runtime_dir.join("egress");
         let hosts_dir = dir.join("hosts");
@@ -189,10 +189,11 @@ impl Egress {
             self.ranges.0,
             self.ranges.1,
             rules,
-            if self.pool.nat_installed() {
-                "installed"
-            } else {
-                "not installed (no instance calls out)"
+            match self.pool.nat() {
+                netns::Nat::Installed => "installed",
+                netns::Nat::Absent => "not installed (no instance calls out)",
+                netns::Nat::Failed =>
+                    "could not be installed (faasd's log says why: \"calls out cannot leave the host\")",
             }
         )
     }

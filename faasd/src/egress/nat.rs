@@ -3,9 +3,9 @@
 //! out of the platform and lets nothing new in towards them.
 //!
 //! The table is there only while instances that may call out run (and `egress-nat-idle`
-//! after the last): masquerading turns connection tracking on for the whole namespace,
-//! which costs every packet of the host, faasd's DNS and functions' sockets included, so
-//! a host whose functions idle pays none of it (the network namespace pool decides when).
+//! after the last; the network namespace pool decides when): the hooks that tracking and
+//! NAT register cost every packet of the host, even those the rules below leave
+//! untracked, so a host whose functions idle pays none of it.
 //!
 //! Masquerading puts connection tracking on every packet of the host's namespace, and the
 //! traffic of functions' sockets needs none of it: those sockets are the host's own, and

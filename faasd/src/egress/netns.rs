@@ -83,6 +83,19 @@ pub struct Prepared {
     link: Option<u32>,
 }
 
+/// The host's NAT for calls out, as the pool's thread left it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// Not installed: no instance may call out.
+    #[default]
+    Absent,
+    /// Installed.
+    Installed,
+    /// Tried and failed (logged): calls within the host work, calls out of it do not.
+    /// Tried again after the next idle period.
+    Failed,
+}
+
 /// What a namespace is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -147,7 +160,7 @@ impl Pool {
                 let mut ready = self.ready.lock().expect("pool lock");
                 // Taken under the lock that the pool's thread removes the NAT under, so
                 // that it sees this namespace in use.
-                if kind == Kind::Closed || ready.nat {
+                if kind == Kind::Closed || ready.nat != Nat::Absent {
                     break ready.of(kind).pop_front();
                 }
             }
@@ -168,9 +181,8 @@ impl Pool {
         rx.await.map_err(|_| NetnsError::Stopped)?
     }
 
-    /// Whether the host's NAT is installed (or was tried and its failure logged) for
-    /// instances that may call out.
-    pub fn nat_installed(&self) -> bool {
+    /// The host's NAT for instances that may call out.
+    pub fn nat(&self) -> Nat {
         self.ready.lock().expect("pool lock").nat
     }
 }
@@ -190,9 +202,9 @@ struct Maker {
 struct Ready {
     linked: VecDeque<Prepared>,
     closed: VecDeque<Prepared>,
-    /// Installed, or tried and its failure logged. Linked namespaces are handed out only
-    /// while it is; the pool's thread clears it, under this lock, when it removes the NAT.
-    nat: bool,
+    /// Linked namespaces are handed out only while it is not absent; the pool's thread
+    /// makes it absent, under this lock, when it removes the NAT.
+    nat: Nat,
 }
 
 impl Ready {
@@ -248,20 +260,16 @@ impl Maker {
                     maker.ensure_nat();
                 }
             }
+            // Whether the NAT can go is looked at on a clock of its own, not after a quiet
+            // spell: starts of functions that cannot call out would put that off forever.
+            let mut nat_check = tokio::time::Instant::now();
             loop {
                 // Fill up, one at a time, serving any request in between.
                 loop {
                     let short = maker.ready.lock().expect("pool lock").short(maker.size);
                     let Some(kind) = short else { break };
                     match asks.try_recv() {
-                        Ok(Ask::Make(k, tx)) => {
-                            let _ = tx.send(maker.hand_out(&host, k).await);
-                        }
-                        Ok(Ask::Refill) => {}
-                        Ok(Ask::Nat(tx)) => {
-                            maker.ensure_nat();
-                            let _ = tx.send(());
-                        }
+                        Ok(ask) => maker.answer(&host, ask).await,
                         Err(mpsc::error::TryRecvError::Empty) => {
                             match maker.make(&host, kind).await {
                                 Ok(p) => {
@@ -277,27 +285,22 @@ impl Maker {
                         Err(mpsc::error::TryRecvError::Disconnected) => return,
                     }
                 }
-                let ask = if maker.ready.lock().expect("pool lock").nat {
-                    let check = maker.config.egress_nat_idle.min(NAT_CHECK);
-                    match tokio::time::timeout(check, asks.recv()).await {
+                let ask = if maker.ready.lock().expect("pool lock").nat != Nat::Absent {
+                    if tokio::time::Instant::now() >= nat_check {
+                        maker.remove_nat_if_idle(&host).await;
+                        nat_check = tokio::time::Instant::now()
+                            + maker.config.egress_nat_idle.min(NAT_CHECK);
+                        continue;
+                    }
+                    match tokio::time::timeout_at(nat_check, asks.recv()).await {
                         Ok(ask) => ask,
-                        Err(_) => {
-                            maker.remove_nat_if_idle(&host).await;
-                            continue;
-                        }
+                        Err(_) => continue,
                     }
                 } else {
                     asks.recv().await
                 };
                 match ask {
                     None => return,
-                    Some(Ask::Make(k, tx)) => {
-                        let _ = tx.send(maker.hand_out(&host, k).await);
-                    }
-                    Some(Ask::Nat(tx)) => {
-                        maker.ensure_nat();
-                        let _ = tx.send(());
-                    }
                     // An instance took one and is starting now: refill after that, not
                     // against it for the CPU and the kernel's network locks; a request
                     // meanwhile is served at once.
@@ -305,36 +308,50 @@ impl Maker {
                         let until = tokio::time::Instant::now() + REFILL_DELAY;
                         loop {
                             match tokio::time::timeout_at(until, asks.recv()).await {
-                                Ok(Some(Ask::Make(k, tx))) => {
-                                    let _ = tx.send(maker.hand_out(&host, k).await);
-                                }
-                                Ok(Some(Ask::Refill)) => {}
-                                Ok(Some(Ask::Nat(tx))) => {
-                                    maker.ensure_nat();
-                                    let _ = tx.send(());
-                                }
+                                Ok(Some(ask)) => maker.answer(&host, ask).await,
                                 Ok(None) => return,
                                 Err(_) => break,
                             }
                         }
                     }
+                    Some(ask) => maker.answer(&host, ask).await,
                 }
             }
         });
+    }
+
+    /// Serves a start's request (a refill needs no answer: the loop fills up).
+    async fn answer(&mut self, host: &Handle, ask: Ask) {
+        match ask {
+            Ask::Make(kind, tx) => {
+                let _ = tx.send(self.hand_out(host, kind).await);
+            }
+            Ask::Nat(tx) => {
+                self.ensure_nat();
+                let _ = tx.send(());
+            }
+            Ask::Refill => {}
+        }
     }
 
     /// Installs the host's NAT unless it is; a failure is logged and leaves calls within
     /// the host working.
     fn ensure_nat(&mut self) {
         self.busy_at = std::time::Instant::now();
-        if self.ready.lock().expect("pool lock").nat {
+        if self.ready.lock().expect("pool lock").nat != Nat::Absent {
             return;
         }
-        match super::nat::install(&self.config) {
-            Ok(()) => tracing::info!("instances may call out: the host's NAT is installed"),
-            Err(e) => tracing::error!("calls out cannot leave the host: {e}"),
-        }
-        self.ready.lock().expect("pool lock").nat = true;
+        let nat = match super::nat::install(&self.config) {
+            Ok(()) => {
+                tracing::info!("instances may call out: the host's NAT is installed");
+                Nat::Installed
+            }
+            Err(e) => {
+                tracing::error!("calls out cannot leave the host: {e}");
+                Nat::Failed
+            }
+        };
+        self.ready.lock().expect("pool lock").nat = nat;
     }
 
     /// Removes the host's NAT once no instance that may call out has run for
@@ -360,7 +377,7 @@ impl Maker {
             if ready.linked.len() != pooled {
                 return;
             }
-            ready.nat = false;
+            ready.nat = Nat::Absent;
         }
         match super::nat::remove() {
             Ok(()) => tracing::info!(
