@@ -99,11 +99,19 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The bench's nftables table: nothing on loopback is tracked (see [`Bench::new`]).
-/// Replaced whole, so it can be put in place again.
-const UNTRACKED_LOOPBACK: &str = "table inet faasd_bench_untracked\ndelete table inet \
-     faasd_bench_untracked\ntable inet faasd_bench_untracked {\n  chain out {\n    type \
-     filter hook output priority raw;\n    oifname \"lo\" notrack\n  }\n}\n";
+/// The nft script for the bench's table, under which nothing on loopback is tracked (see
+/// [`Bench::new`]): it removes the table, and with `on` puts it back whole.
+fn untracked_loopback(on: bool) -> String {
+    const TABLE: &str = "faasd_bench_untracked";
+    let mut script = format!("table inet {TABLE}\ndelete table inet {TABLE}\n");
+    if on {
+        script += &format!(
+            "table inet {TABLE} {{\n  chain out {{\n    type filter hook output priority raw;\n    \
+             oifname \"lo\" notrack\n  }}\n}}\n"
+        );
+    }
+    script
+}
 
 /// The namespace, the daemon and the helper processes; all removed on drop.
 struct Bench {
@@ -149,20 +157,13 @@ impl Bench {
         // out of it. The direct servers and the proxies are reached over loopback here:
         // loopback is untracked too, so that no path pays for tracking that another does
         // not. (The DNS section takes it away where nothing tracks.)
-        nft(&b.netns, UNTRACKED_LOOPBACK)?;
+        b.untrack_loopback(true)?;
         Ok(b)
     }
 
     /// Takes the bench's loopback table away, or puts it back.
     fn untrack_loopback(&self, on: bool) -> Result<()> {
-        if on {
-            nft(&self.netns, UNTRACKED_LOOPBACK)
-        } else {
-            nft(
-                &self.netns,
-                "table inet faasd_bench_untracked\ndelete table inet faasd_bench_untracked\n",
-            )
-        }
+        nft(&self.netns, &untracked_loopback(on))
     }
 
     /// Waits (up to 20 s) until faasd's status says its NAT for calls out is installed,
@@ -170,16 +171,16 @@ impl Bench {
     fn wait_for_nat(&self, installed: bool) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let egress = self.api("GET", "/system/status", "")?["egress"].clone();
-            let text = egress.as_str().unwrap_or_default();
-            if text.contains("host NAT installed") == installed {
+            let status = self.api("GET", "/system/status", "")?;
+            if (status["hostNat"] == "installed") == installed {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
-                    "faasd's NAT for calls out was not {} within 20 s (status: egress {egress}); \
+                    "faasd's NAT for calls out was not {} within 20 s (status: egress {}); \
                      its log is in {}",
                     if installed { "installed" } else { "removed" },
+                    status["egress"],
                     self.dir.join("daemon.log").display()
                 );
             }

@@ -67,7 +67,7 @@ pub fn run(b: &mut Bench, fn_addr: SocketAddr) -> Result<Value> {
     ip(&["-n", &plain, "addr", "add", &addr, "dev", "lo", "nodad"])?;
     let _listener = listen_in(&plain, fn_addr)?;
     // The bench's own table too, so that only faasd's table comes and goes on this side.
-    nft(&plain, crate::UNTRACKED_LOOPBACK)?;
+    nft(&plain, &crate::untracked_loopback(true))?;
     // The SYN-ACKs end at the sender's first hook, before its TCP would answer with RSTs.
     nft(
         &sender,

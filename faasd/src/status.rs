@@ -307,6 +307,9 @@ pub struct HostStatus {
     /// functions cannot call out.
     #[serde(default)]
     pub egress: String,
+    /// The host's NAT for calls out; none while functions cannot call out.
+    #[serde(default)]
+    pub host_nat: Option<crate::egress::netns::Nat>,
     /// Where the `.faas` zone is served.
     pub dns: Vec<String>,
     /// cgroup v2 root used, if any.

@@ -718,6 +718,7 @@ impl Daemon {
                 Ok(e) => e.summary(),
                 Err(why) => format!("off: {why}"),
             },
+            host_nat: self.egress.as_ref().ok().map(|e| e.nat()),
             dns: self.config.dns.iter().map(|a| a.to_string()).collect(),
             containerd: match self.containers.client().await {
                 Ok(c) => format!("reachable at {}", c.socket().display()),

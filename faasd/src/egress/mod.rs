@@ -176,6 +176,11 @@ impl Egress {
         })
     }
 
+    /// The host's NAT for calls out.
+    pub fn nat(&self) -> netns::Nat {
+        self.pool.nat()
+    }
+
     /// What `faasd status` says of calls out.
     pub fn summary(&self) -> String {
         let rules = self.rules.lock().expect("egress rules").cgroups.len();
@@ -189,7 +194,7 @@ impl Egress {
             self.ranges.0,
             self.ranges.1,
             rules,
-            match self.pool.nat() {
+            match self.nat() {
                 netns::Nat::Installed => "installed",
                 netns::Nat::Absent => "not installed (no instance calls out)",
                 netns::Nat::Failed =>

@@ -83,8 +83,9 @@ pub struct Prepared {
     link: Option<u32>,
 }
 
-/// The host's NAT for calls out, as the pool's thread left it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// The host's NAT for calls out, as the pool's thread left it (`hostNat` in `faasd status`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Nat {
     /// Not installed: no instance may call out.
     #[default]

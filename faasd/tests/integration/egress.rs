@@ -396,6 +396,17 @@ fn the_host_nat_is_there_only_while_an_instance_may_call_out() {
             nat_table(&host) == installed,
             &format!("the table is there: {}, status:\n{status}", !installed),
         );
+        // The API's field says the same.
+        let (_, body) = d.api("GET", "/system/status", "");
+        let host_nat =
+            serde_json::from_str::<serde_json::Value>(&body).expect("status JSON")["hostNat"]
+                .clone();
+        let want = if installed { "installed" } else { "absent" };
+        expect(
+            &d,
+            host_nat == want,
+            &format!("status hostNat {host_nat}, expected {want:?}"),
+        );
     };
 
     // A function that cannot call out runs without it.
