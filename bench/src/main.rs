@@ -636,6 +636,10 @@ fn section_main(name: &str) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(warm::WITH_FILTER) {
+        return warm::exec_with_filter(&argv[2..]);
+    }
     if let Some(
         name @ ("scale" | "autoscale" | "cluster" | "lookup" | "dns" | "xdp" | "prepared" | "warm"),
     ) = std::env::args().nth(1).as_deref()

@@ -9,7 +9,10 @@
 //! 4. the same, the server in new mount, pid, ipc, uts and network namespaces (`unshare`);
 //! 5. the same, also in a cgroup of its own under faasd's `cgroup-parent`, beside the
 //!    function's;
-//! 6. the function itself, through its address (steered).
+//! 6. the same, also as an instance runs: an unprivileged user, no capabilities;
+//! 7. the same, also under faasd's own system call filter (loaded by this program, re-run
+//!    as a wrapper);
+//! 8. the function itself, through its address (steered).
 
 use std::{
     net::SocketAddr,
@@ -23,8 +26,42 @@ use serde_json::{Value, json};
 
 use super::{Bench, Summary, Unit, monotonic_ns, request, stats, wait_listening};
 
-/// The cgroup the fifth arm's server runs in (under the bench daemon's `cgroup-parent`).
+/// The cgroup the fifth to seventh arms' servers run in (under the bench daemon's
+/// `cgroup-parent`).
 const CGROUP: &str = "faasd-bench/warm-anatomy";
+
+/// `faasd-bench __with-filter CMD ARGS…` loads faasd's system call filter and execs CMD.
+pub const WITH_FILTER: &str = "__with-filter";
+
+/// The wrapper behind [`WITH_FILTER`]: the filter faasd loads into every process instance
+/// (it needs `no_new_privs`, set here), then the command in place of this process.
+pub fn exec_with_filter(command: &[String]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let [program, args @ ..] = command else {
+        bail!("usage: faasd-bench {WITH_FILTER} COMMAND [ARGS…]")
+    };
+    let filter = faasd::runtime::seccomp::deny_filter(faasd_containerd::oci::DENIED_SYSCALLS);
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(filter.len())?,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: prctl with a filter that outlives the call (the kernel copies it).
+    let loaded = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &raw const fprog,
+            ) == 0
+    };
+    if !loaded {
+        bail!(
+            "loading the system call filter: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Err(Command::new(program).args(args).exec()).with_context(|| format!("exec {program}"))
+}
 
 /// A listening socket made as faasd makes a function's (see faasd's `sockets.rs`).
 pub(super) fn faasd_like_socket(addr: SocketAddr) -> Result<OwnedFd> {
@@ -132,14 +169,34 @@ pub fn anatomy(b: &mut Bench, hello: &Path, function: SocketAddr, rounds: usize)
     let root = cgroup_root().context("no cgroup v2 hierarchy")?;
     let dir = format!("{root}/{CGROUP}");
     std::fs::create_dir_all(&dir).with_context(|| dir.clone())?;
+    let join = format!("echo $$ > {dir}/cgroup.procs && ");
     let cgrouped: SocketAddr = "[fd00:faa5:1::fffe]:9035".parse()?;
-    spawn_on_socket(
-        b,
-        hello,
-        cgrouped,
-        &format!("echo $$ > {dir}/cgroup.procs && "),
-        &unshare,
-    )?;
+    spawn_on_socket(b, hello, cgrouped, &join, &unshare)?;
+    // faasd gives each function a user of its own; for the kernel's work per system call
+    // any unprivileged user is the same (`nobody` here).
+    let unprivileged = [
+        &unshare[..],
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--no-new-privs",
+        ],
+    ]
+    .concat();
+    let me = std::env::current_exe()?;
+    let filtered = [
+        &unprivileged[..],
+        &[me.to_str().context("the bench's path")?, WITH_FILTER],
+    ]
+    .concat();
+    let user: SocketAddr = "[fd00:faa5:1::fffe]:9036".parse()?;
+    spawn_on_socket(b, hello, user, &join, &unprivileged)?;
+    let confined: SocketAddr = "[fd00:faa5:1::fffe]:9037".parse()?;
+    spawn_on_socket(b, hello, confined, &join, &filtered)?;
     let arms = [
         ("hello, its own socket on [::1] (the limit)", own),
         ("hello, a socket made as faasd does, on [::1]", loopback),
@@ -149,6 +206,8 @@ pub fn anatomy(b: &mut Bench, hello: &Path, function: SocketAddr, rounds: usize)
             "the same, namespaces and a cgroup beside the function's",
             cgrouped,
         ),
+        ("the same, also an unprivileged user", user),
+        ("the same, also faasd's system call filter", confined),
         ("the function's instance, steered", function),
     ];
     let mut samples = vec![Vec::new(); arms.len()];
@@ -181,7 +240,7 @@ pub fn anatomy(b: &mut Bench, hello: &Path, function: SocketAddr, rounds: usize)
     ))
 }
 
-/// Removes the fifth arm's cgroup once its server is gone.
+/// Removes the arms' cgroup once their servers are gone.
 pub fn cleanup() {
     if let Some(root) = cgroup_root() {
         let _ = std::fs::write(format!("{root}/{CGROUP}/cgroup.kill"), "1");

@@ -439,6 +439,12 @@ impl Supervisor {
             let watched = if self.watching() {
                 self.watched()
             } else {
+                // Instances accept on the sockets: registered, they would wake the reactor
+                // at every connection the instances take. (Forwarding accepts on them
+                // itself, through the same registration.)
+                if self.ctx.runtime.upstream().is_none() {
+                    self.watched = None;
+                }
                 None
             };
             let watch = watched.is_some();

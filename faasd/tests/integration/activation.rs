@@ -585,3 +585,53 @@ fn an_idle_function_freezes_and_its_next_connection_thaws_the_same_instance() {
     assert_eq!(code, 200);
     assert_ne!(instance_of(&body), first, "stopped, a new instance serves");
 }
+
+/// Context switches of every thread of `pid` so far.
+fn context_switches(pid: i32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the daemon's threads");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+#[test]
+fn connections_to_a_running_instance_do_not_wake_the_daemon() {
+    require_privileges!();
+    let ns = Netns::new("quiet");
+    let d = Daemon::start(&ns);
+    // Kept running from its deploy, and started by a scale request (as faas-cli does).
+    let (kept, _) = d.deploy_running("kept", &[]);
+    let scaled = d.deploy_hello("scaled", &[]);
+    let (code, body) = d.api(
+        "POST",
+        "/system/scale-function/scaled",
+        r#"{"serviceName":"scaled","replicas":1}"#,
+    );
+    assert_eq!(code, 202, "{body}");
+    d.wait_for("scaled", "one replica", |s| s.available_replicas == 1);
+    for (name, addr) in [("kept", kept), ("scaled", scaled)] {
+        let target = SocketAddr::from((addr, 8080));
+        assert_eq!(ns.run(|| http_get(target)).unwrap().0, 200);
+        std::thread::sleep(Duration::from_millis(200));
+        let before = context_switches(d.pid());
+        const CONNECTIONS: u64 = 300;
+        for _ in 0..CONNECTIONS {
+            assert_eq!(ns.run(|| http_get(target)).unwrap().0, 200);
+        }
+        // The instance accepts them; the daemon has nothing to do with any of them (a
+        // registration of the socket with its reactor once cost a wakeup each).
+        let woke = context_switches(d.pid()).saturating_sub(before);
+        assert!(
+            woke < CONNECTIONS / 10,
+            "{name}: the daemon's threads switched {woke} times over {CONNECTIONS} \
+             connections to a running instance"
+        );
+    }
+}
