@@ -642,7 +642,7 @@ fn main() -> Result<()> {
     }
     if let Some(
         name @ ("scale" | "autoscale" | "cluster" | "lookup" | "dns" | "xdp" | "prepared" | "warm"),
-    ) = std::env::args().nth(1).as_deref()
+    ) = argv.get(1).map(String::as_str)
     {
         return section_main(name);
     }

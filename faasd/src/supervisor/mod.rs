@@ -442,7 +442,7 @@ impl Supervisor {
                 // Instances accept on the sockets: registered, they would wake the reactor
                 // at every connection the instances take. (Forwarding accepts on them
                 // itself, through the same registration.)
-                if self.ctx.runtime.upstream().is_none() {
+                if self.watched.is_some() && self.ctx.runtime.upstream().is_none() {
                     self.watched = None;
                 }
                 None
