@@ -2,8 +2,9 @@
 //!
 //! A function with `faasd.dev/prepare=true` keeps one while it is stopped. A process
 //! instance is cloned into its namespaces and cgroup, its mounts made, its privileges
-//! dropped and its system call filter loaded; a container's task runs, its pid 1 (faasd's
-//! shim) connected to faasd. Each waits on a hand-over socket of its own. The first
+//! dropped and its system call filter loaded, and its function (pid 2) forked from the
+//! init; a container's task runs, its pid 1 (faasd's shim) connected to faasd. Each waits
+//! on a hand-over socket of its own. The first
 //! connection then costs one message with the sockets and the exec of the function's
 //! command: every guarantee of the sandbox was in place before, none is left for later.
 

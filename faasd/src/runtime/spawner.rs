@@ -633,8 +633,32 @@ impl Child<'_> {
             {
                 fail(13);
             }
+            // This process stays as the namespace's pid 1 (faasd_common::init); the function
+            // is its child, pid 2, forked now: a prepared instance's function waits for its
+            // sockets itself, so the first connection pays no fork. Signals are blocked
+            // first, so that none sent meanwhile is lost (one sent to a function still
+            // waiting takes effect as it execs).
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            let function = libc::syscall(
+                libc::SYS_clone,
+                libc::SIGCHLD as libc::c_long,
+                0 as libc::c_long,
+                0 as libc::c_long,
+                0 as libc::c_long,
+                0 as libc::c_long,
+            );
+            if function < 0 {
+                fail(7);
+            }
+            if function > 0 {
+                // It holds no descriptor: the error pipe closes when the function execs.
+                libc::close(self.err);
+                faasd_common::init::run(function as libc::pid_t, &all);
+            }
             // A prepared instance is as set up as it gets without its sockets, and as
-            // confined: it says so, and waits for them.
+            // confined: its function says so, and waits for them.
             let mut received = [-1 as RawFd; faasd_core::spec::MAX_PORTS];
             let sockets: &[RawFd] = if self.handover >= 0 {
                 let n = self.receive(&mut received);
@@ -684,27 +708,6 @@ impl Child<'_> {
             ) < 0
             {
                 fail(4);
-            }
-            // This process stays as the namespace's pid 1 (faasd_common::init); the function
-            // is its child, pid 2. Signals are blocked first, so that none sent meanwhile is lost.
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-            let function = libc::syscall(
-                libc::SYS_clone,
-                libc::SIGCHLD as libc::c_long,
-                0 as libc::c_long,
-                0 as libc::c_long,
-                0 as libc::c_long,
-                0 as libc::c_long,
-            );
-            if function < 0 {
-                fail(7);
-            }
-            if function > 0 {
-                // It holds no descriptor: the error pipe closes when the function execs.
-                libc::close(self.err);
-                faasd_common::init::run(function as libc::pid_t, &all);
             }
             // Undo what the daemon changed for itself: ignored SIGPIPE and blocked signals
             // would otherwise be inherited across exec.

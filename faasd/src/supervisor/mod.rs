@@ -831,9 +831,6 @@ impl Supervisor {
             self.schedule_idle_check(Instant::now());
             return;
         }
-        self.ctx
-            .log
-            .write("faasd", "connection pending: activating");
         self.snapshot.activations += 1;
         self.prepare_failed = false;
         self.activating = Some(ActivationTiming {
@@ -846,6 +843,11 @@ impl Supervisor {
         if self.ctx.settings.autoscale.is_some() {
             self.autoscale(Instant::now());
         }
+        // Written once the start is under way: a parked function's log is closed, and
+        // opening it would come before a prepared instance gets its sockets.
+        self.ctx
+            .log
+            .write("faasd", "connection pending: activating");
     }
 
     /// Accept=yes: one instance per connection, up to `max` at once; the rest wait in

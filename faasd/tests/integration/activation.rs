@@ -495,14 +495,33 @@ fn a_prepared_function_waits_confined_and_its_first_connection_runs_that_instanc
     });
     assert_eq!((s.state.phase, s.replicas), (Phase::Stopped, 0));
     let prepared = s.state.prepared.clone().unwrap();
-    // Waiting, it is the instance's init alone, already as confined as it will run:
-    // its own user and namespaces, no privileges, the system call filter.
-    let pids = in_cgroup(&ns, "prep");
-    assert_eq!(pids.len(), 1, "only the prepared init: {pids:?}");
-    assert_isolated(&ns, pids[0], "prep", addr);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).unwrap();
-    for want in ["NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t0000000000000000"] {
-        assert!(status.lines().any(|l| l == want), "{want} in\n{status}");
+    // Waiting, it is the instance's init and the function forked from it, which waits
+    // for its sockets: both already as confined as they will run, with their own user
+    // and namespaces, no privileges, the system call filter.
+    let mut pids = in_cgroup(&ns, "prep");
+    pids.sort_unstable();
+    assert_eq!(
+        pids.len(),
+        2,
+        "the prepared init and its function: {pids:?}"
+    );
+    let (init, function) = (pids[0], pids[1]);
+    assert_isolated(&ns, init, "prep", addr);
+    let status_of = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status_of(function).contains(&format!("\nPPid:\t{init}\n")),
+        "the function waits as the init's child:\n{}",
+        status_of(function)
+    );
+    for kind in ["net", "pid", "mnt", "ipc", "uts"] {
+        let ns_of = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+        assert_eq!(ns_of(function), ns_of(init), "the init's {kind} namespace");
+    }
+    for pid in [init, function] {
+        let status = status_of(pid);
+        for want in ["NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t0000000000000000"] {
+            assert!(status.lines().any(|l| l == want), "{want} in\n{status}");
+        }
     }
 
     let target = SocketAddr::from((addr, 8080));
@@ -519,7 +538,11 @@ fn a_prepared_function_waits_confined_and_its_first_connection_runs_that_instanc
         s.replicas == 0 && s.state.prepared.as_ref().is_some_and(|p| *p != prepared)
     });
     let next = s.state.prepared.unwrap();
-    assert_eq!(in_cgroup(&ns, "prep").len(), 1);
+    assert_eq!(
+        in_cgroup(&ns, "prep").len(),
+        2,
+        "only the next prepared init and its function"
+    );
     // A prepared instance holds no socket and does not outlive faasd: killed with -9, its
     // hand-over socket closes and the instance ends.
     d.kill9();
