@@ -44,6 +44,8 @@ use stats::{Summary, Unit};
 struct Args {
     faasd: PathBuf,
     hello: PathBuf,
+    /// The lean reference program of the prepared section (bench/lean).
+    lean: PathBuf,
     out: PathBuf,
     cold: usize,
     warm: usize,
@@ -56,6 +58,7 @@ fn parse_args() -> Result<Args> {
     let mut a = Args {
         faasd: "target/release/faasd".into(),
         hello: "target/release/hello".into(),
+        lean: LEAN.into(),
         out: "target/bench".into(),
         cold: 200,
         warm: 2000,
@@ -69,6 +72,7 @@ fn parse_args() -> Result<Args> {
         match flag.as_str() {
             "--faasd" => a.faasd = val()?.into(),
             "--hello" => a.hello = val()?.into(),
+            "--lean" => a.lean = val()?.into(),
             "--out" => a.out = val()?.into(),
             "--cold" => a.cold = val()?.parse()?,
             "--warm" => a.warm = val()?.parse()?,
@@ -77,7 +81,7 @@ fn parse_args() -> Result<Args> {
             "--container-cold" => a.container_cold = val()?.parse()?,
             "--help" | "-h" => {
                 println!(
-                    "faasd-bench [--cold N (200)] [--warm N (2000)] [--settle-ms MS (50)] [--out DIR] [--faasd BIN] [--hello BIN]\n\
+                    "faasd-bench [--cold N (200)] [--warm N (2000)] [--settle-ms MS (50)] [--out DIR] [--faasd BIN] [--hello BIN] [--lean BIN]\n\
                      \x20           [--containerd SOCKET [--container-cold N (100)]]  (images localhost/hello and localhost/hello-port imported)"
                 );
                 std::process::exit(0);
@@ -89,6 +93,25 @@ fn parse_args() -> Result<Args> {
         bail!("--cold and --container-cold must be at least 100 for a meaningful p99");
     }
     Ok(a)
+}
+
+/// Where `cargo xtask bench` builds the lean reference program (bench/lean/lean.c).
+const LEAN: &str = "target/lean/lean";
+
+/// The program given as `flag`, as an absolute path; a missing lean program says how to
+/// build it.
+fn program(path: &Path, flag: &str) -> Result<PathBuf> {
+    std::fs::canonicalize(path).with_context(|| {
+        if flag == "--lean" {
+            format!(
+                "--lean {}: build it with `cargo xtask bench` (musl-gcc -static \
+                 bench/lean/lean.c, from Debian's musl-tools)",
+                path.display()
+            )
+        } else {
+            format!("{flag} {}", path.display())
+        }
+    })
 }
 
 fn monotonic_ns() -> u64 {
@@ -515,13 +538,40 @@ fn machine() -> Value {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    json!({"cpu": cpu, "cores": cores, "memory": mem, "kernel": kernel, "os": os, "faasd_commit": commit})
+    json!({"cpu": cpu, "cores": cores, "memory": mem, "kernel": kernel, "os": os,
+           "faasd_commit": commit, "cpuid_us": cpuid_us()})
+}
+
+/// What one CPUID instruction costs here (µs, the median of 9 rounds of 100): on a virtual
+/// machine it traps to the hypervisor, and every glibc program's start issues dozens
+/// (the CPU features and cache sizes its loader probes).
+#[cfg(target_arch = "x86_64")]
+fn cpuid_us() -> f64 {
+    let mut rounds: Vec<f64> = (0..9)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..100 {
+                // Leaf 4 (cache parameters), one of those glibc's start asks for.
+                std::hint::black_box(std::arch::x86_64::__cpuid_count(4, 0));
+            }
+            t.elapsed().as_secs_f64() * 1e6 / 100.0
+        })
+        .collect();
+    rounds.sort_by(f64::total_cmp);
+    rounds[rounds.len() / 2]
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpuid_us() -> Option<f64> {
+    None
 }
 
 /// What a section run alone (`faasd-bench scale|autoscale …`) is given.
 struct Section {
     faasd: PathBuf,
     hello: PathBuf,
+    /// `--lean` of the prepared section.
+    lean: PathBuf,
     out: PathBuf,
     /// `--sizes` of the scale section.
     sizes: Vec<usize>,
@@ -535,6 +585,7 @@ fn section_main(name: &str) -> Result<()> {
     let mut a = Section {
         faasd: "target/release/faasd".into(),
         hello: "target/release/hello".into(),
+        lean: LEAN.into(),
         out: "target/bench".into(),
         sizes: scale::SIZES.to_vec(),
         containerd: None,
@@ -550,12 +601,14 @@ fn section_main(name: &str) -> Result<()> {
                     .collect::<Result<_, _>>()?
             }
             "--containerd" if name == "prepared" => a.containerd = Some(val()?.into()),
+            "--lean" if name == "prepared" => a.lean = val()?.into(),
             "--faasd" => a.faasd = val()?.into(),
             "--hello" => a.hello = val()?.into(),
             "--out" => a.out = val()?.into(),
             f => bail!(
                 "unknown flag {f}: faasd-bench {name} [--sizes 1000,5000,19000 (scale)] \
-                 [--containerd SOCKET (prepared)] [--out DIR] [--faasd BIN] [--hello BIN]"
+                 [--containerd SOCKET (prepared)] [--lean BIN (prepared)] [--out DIR] \
+                 [--faasd BIN] [--hello BIN]"
             ),
         }
     }
@@ -574,7 +627,8 @@ fn section_main(name: &str) -> Result<()> {
                 .containerd
                 .as_ref()
                 .map(|c| format!("containerd = {c:?}\n"));
-            let section = prepared::run(&mut b, &faasd, &hello, config.as_deref())?;
+            let lean = program(&a.lean, "--lean")?;
+            let section = prepared::run(&mut b, &faasd, &hello, &lean, config.as_deref())?;
             let (process, container) = prepared::prepared_p50s(&section);
             let (thawed, thawed_container) = prepared::thaw_p50s(&section);
             println!(
@@ -651,6 +705,7 @@ fn main() -> Result<()> {
     let out = std::fs::canonicalize(&args.out)?;
     let faasd = std::fs::canonicalize(&args.faasd).context("--faasd")?;
     let hello = std::fs::canonicalize(&args.hello).context("--hello")?;
+    let lean = program(&args.lean, "--lean")?;
     let machine = machine();
     println!("machine: {machine}");
 
@@ -794,7 +849,7 @@ fn main() -> Result<()> {
         .containerd
         .is_some()
         .then_some(containerd_config.as_str());
-    let mut prepared = prepared::starts(&mut b, &faasd, &hello, with_containerd)?;
+    let mut prepared = prepared::starts(&mut b, &faasd, &hello, &lean, with_containerd)?;
     // The sections below need `hello` again, in a daemon of the first kind.
     b.start_daemon(&faasd, &containerd_config)?;
     let fn_addr = b.deploy_hello(&hello)?;
@@ -859,6 +914,7 @@ fn main() -> Result<()> {
         .map(ms);
     let (prepared_cold, prepared_container_cold) = prepared::prepared_p50s(&prepared);
     let (thawed, thawed_container) = prepared::thaw_p50s(&prepared);
+    let (lean_cold, lean_floor) = prepared::lean_p50s(&prepared);
     let sk_lookup = by_bindings
         .iter()
         .find(|c| c.bindings == 100_000)
@@ -877,6 +933,11 @@ fn main() -> Result<()> {
             "how": "prepared (faasd.dev/prepare)",
             "unprepared": ms(cold.p50),
             "frozen": thawed.map(ms),
+            "exec_floor": prepared["exec_floor"]["p50_ns"].as_u64().map(ms),
+            "lean_program": {
+                "prepared": lean_cold.map(ms),
+                "exec_floor": lean_floor.map(ms),
+            },
         },
         "warm_over_limit": {"goal": 1.02, "measured": faasd_p50 / limit as f64},
         "warm_over_proxies": {"goal": 0.5, "measured": proxies},

@@ -245,14 +245,14 @@ fn thaw_runs(
     }))
 }
 
-/// The floor of any start that execs the program: a plain parent (no namespaces, no
+/// The floor of any start that execs `program`: a plain parent (no namespaces, no
 /// cgroup, no daemon) that waits for the first connection on a listening socket, then
-/// execs the same `hello` with it (LISTEN_FDS) from a vfork (no page tables copied, as
+/// execs the program with it (LISTEN_FDS) from a vfork (no page tables copied, as
 /// posix_spawn does), timed connect to first byte.
-fn exec_floor_runs(hello: &Path) -> Result<Summary> {
+fn exec_floor_runs(program: &Path, label: &str) -> Result<Summary> {
     use std::{ffi::CString, os::fd::AsRawFd};
     let addr: SocketAddr = "[::1]:9041".parse()?;
-    let program = CString::new(hello.to_string_lossy().as_bytes())?;
+    let program = CString::new(program.to_string_lossy().as_bytes())?;
     let mut total = Vec::new();
     for _ in 0..RUNS {
         let socket = super::warm::faasd_like_socket(addr)?;
@@ -316,10 +316,7 @@ fn exec_floor_runs(hello: &Path) -> Result<Summary> {
         }
         drop(socket);
     }
-    Ok(Summary::of(
-        "vfork and exec on the first connection, no sandbox",
-        &total,
-    ))
+    Ok(Summary::of(label, &total))
 }
 
 /// A daemon over a state of its own: what earlier sections deployed (up to 19,000
@@ -331,24 +328,31 @@ fn fresh_daemon(b: &mut Bench, faasd: &Path, containerd: Option<&str>) -> Result
 
 /// The starts: the exec floor, cold from stopped (unprepared and prepared) and from
 /// frozen, for processes and, with containerd (`containerd`: the daemon's configuration
-/// line naming it), images. A handful of functions: it may run among the other sections.
+/// line naming it), images. Processes twice: the sample, and `lean`, a program whose own
+/// start costs next to nothing (static, musl: no loader, no CPU probing), so that faasd's
+/// part of a start reads apart from the program's. A handful of functions: it may run
+/// among the other sections.
 pub fn starts(
     b: &mut Bench,
     faasd: &Path,
     hello: &Path,
+    lean: &Path,
     containerd: Option<&str>,
 ) -> Result<Value> {
     fresh_daemon(b, faasd, containerd)?;
-    println!("the floor: {RUNS} plain vfork+exec starts on the first connection");
-    let floor = exec_floor_runs(hello)?;
+    println!("the floor: {RUNS} plain vfork+exec starts on the first connection, each program");
+    let floor = exec_floor_runs(hello, "hello (Rust, glibc)")?;
+    let lean_floor = exec_floor_runs(lean, "lean (C, static musl)")?;
     stats::print_table(
-        "the floor: a plain parent vforks and execs hello on the first connection (ms)",
+        "the floor: a plain parent vforks and execs the program on the first connection (ms)",
         Unit::Ms,
-        std::slice::from_ref(&floor),
+        &[floor.clone(), lean_floor.clone()],
         None,
     );
     let process = json!({"service": "hp", "envProcess": hello.to_string_lossy()});
     let process_cold = side_by_side(b, "hp", &process, Cold::Process, "process")?;
+    let lean_body = json!({"service": "lp", "envProcess": lean.to_string_lossy()});
+    let lean_cold = side_by_side(b, "lp", &lean_body, Cold::Process, "lean process")?;
     let root = cgroup_root().context("no cgroup v2 hierarchy")?;
     let frozen_body = |mut body: Value, name: &str| {
         body["service"] = json!(name);
@@ -377,7 +381,9 @@ pub fn starts(
     };
     Ok(json!({
         "exec_floor": floor.to_json(),
+        "lean_exec_floor": lean_floor.to_json(),
         "process_cold": process_cold,
+        "lean_cold": lean_cold,
         "container_cold": container_cold,
         "process_frozen": process_thaw,
         "container_frozen": container_thaw,
@@ -409,8 +415,14 @@ pub fn idle_costs(
 }
 
 /// Both, as the section run alone (`faasd-bench prepared`) reports them.
-pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, containerd: Option<&str>) -> Result<Value> {
-    let mut starts = starts(b, faasd, hello, containerd)?;
+pub fn run(
+    b: &mut Bench,
+    faasd: &Path,
+    hello: &Path,
+    lean: &Path,
+    containerd: Option<&str>,
+) -> Result<Value> {
+    let mut starts = starts(b, faasd, hello, lean, containerd)?;
     starts["idle_cost"] = idle_costs(b, faasd, hello, containerd)?;
     Ok(starts)
 }
@@ -419,6 +431,14 @@ pub fn run(b: &mut Bench, faasd: &Path, hello: &Path, containerd: Option<&str>) 
 pub fn prepared_p50s(section: &Value) -> (Option<u64>, Option<u64>) {
     let p50 = |k: &str| section[k]["prepared"]["total"]["p50_ns"].as_u64();
     (p50("process_cold"), p50("container_cold"))
+}
+
+/// The lean program's medians (ns): (prepared cold start, its exec floor).
+pub fn lean_p50s(section: &Value) -> (Option<u64>, Option<u64>) {
+    (
+        section["lean_cold"]["prepared"]["total"]["p50_ns"].as_u64(),
+        section["lean_exec_floor"]["p50_ns"].as_u64(),
+    )
 }
 
 /// The medians (ns) of a section's connections to frozen functions: (process, container).

@@ -334,6 +334,7 @@ fn bench(args: &[String]) -> Result {
         "faasd-bench",
     ]))?;
     let root = root();
+    let lean = build_lean(&root)?;
     // The harness with the binaries it measures; `mode` goes first (the scale section is
     // chosen by its first argument).
     let harness = |mode: &[&std::ffi::OsStr]| {
@@ -362,10 +363,27 @@ fn bench(args: &[String]) -> Result {
         return run(harness(&["prepared".as_ref()])
             .arg("--containerd")
             .arg(&ctr.socket)
+            .arg("--lean")
+            .arg(&lean)
             .args(&args[1..]));
     }
     step("running the benchmarks");
-    run(harness(&["--containerd".as_ref(), ctr.socket.as_os_str()]).args(args))
+    run(harness(&["--containerd".as_ref(), ctr.socket.as_os_str()])
+        .arg("--lean")
+        .arg(&lean)
+        .args(args))
+}
+
+/// Builds the bench's lean reference program (static, musl); returns its path.
+fn build_lean(root: &std::path::Path) -> Result<std::path::PathBuf> {
+    step("building the lean reference program (musl-gcc -static bench/lean/lean.c)");
+    let out = root.join("target/lean/lean");
+    std::fs::create_dir_all(root.join("target/lean")).map_err(|e| e.to_string())?;
+    run(Command::new("musl-gcc")
+        .args(["-O2", "-static", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&out)
+        .arg(root.join("bench/lean/lean.c")))?;
+    Ok(out)
 }
 
 /// `cargo xtask image`: into the system containerd if one runs; otherwise only the archives

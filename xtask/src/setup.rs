@@ -81,6 +81,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "the userspace WireGuard client of the tunnel tests",
     ),
     ("dnsperf", "benchmark: DNS queries per second"),
+    (
+        "musl-tools",
+        "musl-gcc: the bench builds its lean reference program with it",
+    ),
     ("prometheus", "promtool: the tests check /metrics with it"),
     ("chromium", "the web UI test's headless browser"),
     (
