@@ -1304,44 +1304,123 @@ fn containers(b: &mut Bench, faasd: &Path, config: &str, args: &Args) -> Result<
     }))
 }
 
-/// Queries per second faasd's zone answers, then Knot DNS and NSD (Debian's) with the
+/// Rounds of dnsperf per server in the DNS section, taking turns.
+const DNS_ROUNDS: usize = 3;
+/// Seconds of one round.
+const DNS_ROUND_S: u32 = 5;
+
+/// Queries per second faasd's zone answers, against Knot DNS and NSD (Debian's) with the
 /// same zone (the file faasd writes), each alone in a namespace of its own with as many
-/// threads or processes as cores, measured the same way ([`dnsperf`]).
+/// threads or processes as cores, measured the same way ([`dnsperf`]) in [`DNS_ROUNDS`]
+/// rounds that take turns (one server's round, then the next's), so that what the VM
+/// does meanwhile falls on all of them; each is given its median round.
 ///
-/// faasd is measured twice: on a host where no instance calls out, so that nothing
-/// tracks connections in its namespace, as nothing does in the peers'; and while the
+/// faasd is measured on a host where no instance calls out, so that nothing tracks
+/// connections in its namespace, as nothing does in the peers'; then again while the
 /// first of `functions` runs and may call out, so that faasd's NAT has tracking on for
 /// every packet of the host (loopback untracked by the bench's table, as faasd's own
 /// DNS address is by faasd's).
 fn dns_qps(b: &mut Bench, functions: &[&str]) -> Result<Value> {
     let queries = dns_queries(b, functions)?;
+    let zone = b.dir.join("faas.zone");
+    wait_for_zone(&zone, functions)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut peers = Vec::new();
+    for peer in ["knot", "nsd"] {
+        match dns_peer(b, peer, &zone, cores) {
+            Ok(ns) => peers.push((peer, Ok(ns), Vec::new())),
+            Err(e) => {
+                println!("  {peer}: not measured: {e:#}");
+                peers.push((peer, Err(format!("{e:#}")), Vec::new()));
+            }
+        }
+    }
     b.wait_for_nat(false)?;
-    b.untrack_loopback(false)?;
-    println!("  faasd, no instance calling out:");
-    let faasd = dnsperf(None, &queries);
-    b.untrack_loopback(true)?;
-    let mut faasd = faasd?;
+    let mut own = Vec::new();
+    for round in 1..=DNS_ROUNDS {
+        println!("  round {round} of {DNS_ROUNDS}: faasd, no instance calling out:");
+        b.untrack_loopback(false)?;
+        let faasd = dnsperf(None, &queries, DNS_ROUND_S);
+        b.untrack_loopback(true)?;
+        own.push(faasd?);
+        for (peer, ns, rounds) in &mut peers {
+            if let Ok(ns) = ns {
+                println!("  round {round} of {DNS_ROUNDS}: {peer} (same zone, same queries):");
+                rounds.push(dnsperf(Some(ns), &queries, DNS_ROUND_S)?);
+            }
+        }
+    }
     b.scale_and_wait(functions[0], 1)?;
     b.wait_for_nat(true)?;
-    println!("  faasd, while {} may call out:", functions[0]);
-    faasd["while_calling_out"] = dnsperf(None, &queries)?;
-    let zone = b.dir.join("faas.zone");
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut peers = serde_json::Map::new();
-    for peer in ["knot", "nsd"] {
-        println!("  {peer} (same zone, same queries):");
-        let result = match dns_peer(b, peer, &zone, cores) {
-            Ok(ns) => dnsperf(Some(&ns), &queries)?,
-            Err(e) => {
-                println!("    not measured: {e:#}");
-                json!({"error": format!("{e:#}")})
-            }
-        };
-        peers.insert(peer.into(), result);
+    let mut calling_out = Vec::new();
+    for round in 1..=DNS_ROUNDS {
+        println!(
+            "  round {round} of {DNS_ROUNDS}: faasd, while {} may call out:",
+            functions[0]
+        );
+        calling_out.push(dnsperf(None, &queries, DNS_ROUND_S)?);
     }
-    let mut out = faasd;
-    out["peers"] = Value::Object(peers);
+    let mut out = median_round(own);
+    out["while_calling_out"] = median_round(calling_out);
+    out["peers"] = peers
+        .into_iter()
+        .map(|(peer, ns, rounds)| {
+            let result = match ns {
+                Ok(_) => median_round(rounds),
+                Err(e) => json!({ "error": e }),
+            };
+            (peer.to_owned(), result)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    println!(
+        "  medians: faasd {}, while calling out {}, {}",
+        out["queries_per_second"],
+        out["while_calling_out"]["queries_per_second"],
+        out["peers"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(p, r)| format!("{p} {}", r["queries_per_second"]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(out)
+}
+
+/// Waits (up to 10 s) until faasd's zone file names every one of `functions`: the peers
+/// load it once, when they start.
+fn wait_for_zone(zone: &Path, functions: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(zone).unwrap_or_default();
+        if functions
+            .iter()
+            .all(|f| text.lines().any(|l| l.starts_with(&format!("{f} "))))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "faasd's zone file {} does not name {functions:?} after 10 s",
+                zone.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The round of median queries a second among `rounds` (dnsperf's figures), with every
+/// round's rate under `rounds_qps`.
+fn median_round(mut rounds: Vec<Value>) -> Value {
+    let qps = |r: &Value| r["queries_per_second"].as_f64().unwrap_or(0.0);
+    let all: Vec<f64> = rounds.iter().map(qps).collect();
+    rounds.sort_by(|a, b| qps(a).total_cmp(&qps(b)));
+    let mut median = rounds.get(rounds.len() / 2).cloned().unwrap_or(Value::Null);
+    if median.is_object() {
+        median["rounds_qps"] = json!(all);
+    }
+    median
 }
 
 /// The query mix, written for dnsperf: AAAA of each of `functions` in both name forms, an
@@ -1439,9 +1518,9 @@ fn dns_peer(b: &mut Bench, peer: &str, zone: &Path, cores: usize) -> Result<Stri
     }
 }
 
-/// dnsperf for 10 s against `[::1]:53` (in namespace `ns`, or the bench's): 4 clients, 2
-/// threads, 256 queries outstanding, the names in `queries` over and over.
-fn dnsperf(ns: Option<&str>, queries: &Path) -> Result<Value> {
+/// dnsperf for `seconds` against `[::1]:53` (in namespace `ns`, or the bench's): 4
+/// clients, 2 threads, 256 queries outstanding, the names in `queries` over and over.
+fn dnsperf(ns: Option<&str>, queries: &Path, seconds: u32) -> Result<Value> {
     let mut cmd = match ns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -1452,9 +1531,11 @@ fn dnsperf(ns: Option<&str>, queries: &Path) -> Result<Value> {
     };
     let out = match cmd
         .args([
-            "-s", "::1", "-p", "53", "-l", "10", "-c", "4", "-T", "2", "-q", "256", "-d",
+            "-s", "::1", "-p", "53", "-c", "4", "-T", "2", "-q", "256", "-d",
         ])
         .arg(queries)
+        .arg("-l")
+        .arg(seconds.to_string())
         .output()
     {
         Ok(o) => o,

@@ -37,7 +37,7 @@ struct Row {
 fn dns_qps(b: &Bench, n: usize) -> Result<f64> {
     let names: Vec<String> = (0..8).map(|k| format!("s{}", k * n / 8)).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    super::dnsperf(None, &super::dns_queries(b, &names)?)?["queries_per_second"]
+    super::dnsperf(None, &super::dns_queries(b, &names)?, 10)?["queries_per_second"]
         .as_f64()
         .context("dnsperf did not run (cargo xtask setup installs it)")
 }
