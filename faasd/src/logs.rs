@@ -261,7 +261,7 @@ impl Output {
             self.partial.clear();
         }
         let consumed = self.offset - self.partial.len() as u64;
-        let _ = std::fs::write(offset_path(&self.path), consumed.to_string());
+        write_offset(&offset_path(&self.path), consumed);
         self.release(consumed);
     }
 
@@ -289,6 +289,23 @@ impl Output {
         }
         let _ = std::fs::remove_file(&self.path);
         let _ = std::fs::remove_file(offset_path(&self.path));
+    }
+}
+
+/// Records how far an instance's output has been read: in place, at a fixed width, so
+/// the file never shrinks. Truncating it at every read would free its block each time,
+/// and on a filesystem mounted with `discard` (a runtime directory that is no tmpfs) the
+/// kernel then discards that block synchronously, with the daemon's thread waiting.
+fn write_offset(path: &Path, consumed: u64) {
+    use std::os::unix::fs::FileExt;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .and_then(|f| f.write_all_at(format!("{consumed:020}\n").as_bytes(), 0));
+    if let Err(e) = written {
+        tracing::debug!("recording the output offset in {}: {e}", path.display());
     }
 }
 
@@ -328,6 +345,9 @@ mod tests {
         w.write_all(b"\nfirst\nsec").unwrap();
         out.drain(&log, "i1");
         assert_eq!(log.read(None, None).len(), 2, "only complete lines");
+        // The offset is written in place at a fixed width: the file never shrinks.
+        let offset = std::fs::read_to_string(offset_path(&dir.join("out/i1"))).unwrap();
+        assert_eq!((offset.len(), offset.trim()), (21, "00000000000000005007"));
         // A new daemon: the consumed part is a hole, reading resumes at the partial line.
         drop(out);
         w.write_all(b"ond\n").unwrap();
@@ -336,6 +356,8 @@ mod tests {
         let texts: Vec<String> = log.read(None, None).into_iter().map(|l| l.text).collect();
         assert_eq!(texts.len(), 3);
         assert!(texts[2].ends_with("ond"), "{texts:?}");
+        let offset = std::fs::read_to_string(offset_path(&dir.join("out/i1"))).unwrap();
+        assert_eq!(offset, "00000000000000005014\n");
         w.write_all(b"no newline").unwrap();
         out.finish(&log, "i1");
         assert_eq!(log.read(None, None).last().unwrap().text, "no newline");
