@@ -2,8 +2,8 @@
  * lean: the bench's reference for a program whose own start costs next to nothing.
  *
  * Built static against musl (`musl-gcc -static`), it runs no dynamic loader and no
- * CPU-feature probing before main: glibc's start issues a few dozen CPUID instructions,
- * each a trap to the hypervisor on a virtual machine. The bench starts it from stopped
+ * CPU-feature probing before main: glibc's start issues CPUID instructions, each a trap
+ * to the hypervisor on a virtual machine. The bench starts it from stopped
  * beside the sample function, so that faasd's own part of a cold start can be read apart
  * from the program's.
  *
@@ -13,7 +13,6 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>

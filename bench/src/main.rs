@@ -98,19 +98,14 @@ fn parse_args() -> Result<Args> {
 /// Where `cargo xtask bench` builds the lean reference program (bench/lean/lean.c).
 const LEAN: &str = "target/lean/lean";
 
-/// The program given as `flag`, as an absolute path; a missing lean program says how to
-/// build it.
-fn program(path: &Path, flag: &str) -> Result<PathBuf> {
+/// The lean program (`--lean`) as an absolute path; a missing one says how to build it.
+fn lean_program(path: &Path) -> Result<PathBuf> {
     std::fs::canonicalize(path).with_context(|| {
-        if flag == "--lean" {
-            format!(
-                "--lean {}: build it with `cargo xtask bench` (musl-gcc -static \
-                 bench/lean/lean.c, from Debian's musl-tools)",
-                path.display()
-            )
-        } else {
-            format!("{flag} {}", path.display())
-        }
+        format!(
+            "--lean {}: build it with `cargo xtask bench` (musl-gcc -static \
+             bench/lean/lean.c, from Debian's musl-tools)",
+            path.display()
+        )
     })
 }
 
@@ -544,56 +539,52 @@ fn machine() -> Value {
 
 /// How long a thread blocked on one core takes to run after another core wakes it (µs,
 /// median of 200 wakeups, each after 2 ms idle, so that the woken core sleeps): every
-/// connection's path has such wakeups, the client's, the server's and faasd's.
+/// connection's path has such wakeups, the client's, the server's and faasd's. Both
+/// threads are the measurement's own, pinned to cores 0 and 1; the bench's main thread,
+/// whose affinity its children inherit, is left as it was. `None` on a single core.
 fn wakeup_us() -> Option<f64> {
     use std::sync::mpsc;
-    let pin = |cpu: usize| {
-        // SAFETY: a zeroed cpu_set_t with one bit set, for this thread only.
+    fn pin(cpu: usize) -> bool {
+        // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread only.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(cpu, &mut set);
             libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
         }
-    };
+    }
     let (to_sleeper, woken) = mpsc::channel::<Instant>();
     let (report, reports) = mpsc::channel::<Duration>();
     let sleeper = std::thread::spawn(move || {
-        if !pin(1) {
-            return;
-        }
-        while let Ok(sent) = woken.recv() {
-            let _ = report.send(sent.elapsed());
+        if pin(1) {
+            while let Ok(sent) = woken.recv() {
+                let _ = report.send(sent.elapsed());
+            }
         }
     });
-    if !pin(0) {
-        return None;
-    }
-    let mut samples = Vec::new();
-    for _ in 0..200 {
-        std::thread::sleep(Duration::from_millis(2));
-        to_sleeper.send(Instant::now()).ok()?;
-        samples.push(reports.recv().ok()?.as_secs_f64() * 1e6);
-    }
-    drop(to_sleeper);
-    let _ = sleeper.join();
-    // Back on every core, as the rest of the bench runs.
-    // SAFETY: as above, every bit set.
-    unsafe {
-        let mut all: libc::cpu_set_t = std::mem::zeroed();
-        for cpu in 0..libc::CPU_SETSIZE as usize {
-            libc::CPU_SET(cpu, &mut all);
+    let waker = std::thread::spawn(move || -> Option<Vec<f64>> {
+        if !pin(0) {
+            return None;
         }
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &all);
-    }
+        let mut samples = Vec::new();
+        for _ in 0..200 {
+            std::thread::sleep(Duration::from_millis(2));
+            to_sleeper.send(Instant::now()).ok()?;
+            samples.push(reports.recv().ok()?.as_secs_f64() * 1e6);
+        }
+        Some(samples)
+    });
+    let samples = waker.join().ok()?;
+    let _ = sleeper.join();
+    let mut samples = samples?;
     samples.sort_by(f64::total_cmp);
     Some(samples[samples.len() / 2])
 }
 
 /// What one CPUID instruction costs here (µs, the median of 9 rounds of 100): on a virtual
-/// machine it traps to the hypervisor, and every glibc program's start issues dozens
-/// (the CPU features and cache sizes its loader probes).
+/// machine it traps to the hypervisor, and every glibc program's start issues them (the
+/// CPU features and cache sizes its loader probes). `None` off x86_64.
 #[cfg(target_arch = "x86_64")]
-fn cpuid_us() -> f64 {
+fn cpuid_us() -> Option<f64> {
     let mut rounds: Vec<f64> = (0..9)
         .map(|_| {
             let t = Instant::now();
@@ -605,7 +596,7 @@ fn cpuid_us() -> f64 {
         })
         .collect();
     rounds.sort_by(f64::total_cmp);
-    rounds[rounds.len() / 2]
+    Some(rounds[rounds.len() / 2])
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -674,7 +665,7 @@ fn section_main(name: &str) -> Result<()> {
                 .containerd
                 .as_ref()
                 .map(|c| format!("containerd = {c:?}\n"));
-            let lean = program(&a.lean, "--lean")?;
+            let lean = lean_program(&a.lean)?;
             let section = prepared::run(&mut b, &faasd, &hello, &lean, config.as_deref())?;
             let (process, container) = prepared::prepared_p50s(&section);
             let (thawed, thawed_container) = prepared::thaw_p50s(&section);
@@ -752,7 +743,7 @@ fn main() -> Result<()> {
     let out = std::fs::canonicalize(&args.out)?;
     let faasd = std::fs::canonicalize(&args.faasd).context("--faasd")?;
     let hello = std::fs::canonicalize(&args.hello).context("--hello")?;
-    let lean = program(&args.lean, "--lean")?;
+    let lean = lean_program(&args.lean)?;
     let machine = machine();
     println!("machine: {machine}");
 

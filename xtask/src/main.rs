@@ -334,7 +334,6 @@ fn bench(args: &[String]) -> Result {
         "faasd-bench",
     ]))?;
     let root = root();
-    let lean = build_lean(&root)?;
     // The harness with the binaries it measures; `mode` goes first (the scale section is
     // chosen by its first argument).
     let harness = |mode: &[&std::ffi::OsStr]| {
@@ -355,6 +354,8 @@ fn bench(args: &[String]) -> Result {
         step(&format!("running the {section} benchmark"));
         return run(harness(&[section.as_ref()]).args(&args[1..]));
     }
+    // The prepared section (alone or in the full run) starts the lean program too.
+    let lean = build_lean(&root)?;
     let ctr =
         containerd::Containerd::system_or_private(&root.join("target/bench/containerd"), "bench")?;
     image::build_and_import(&root.join("target/release/faasd"), &ctr.socket)?;
