@@ -104,10 +104,10 @@ impl Flood {
         f
     }
 
-    /// Sends for `secs` from `threads` threads; the frames sent.
-    pub fn run(&self, threads: usize, secs: u64) -> Result<u64> {
+    /// Sends for `how_long` from `threads` threads; the frames sent.
+    pub fn run(&self, threads: usize, how_long: Duration) -> Result<u64> {
         let frame = self.frame();
-        let deadline = Instant::now() + Duration::from_secs(secs);
+        let deadline = Instant::now() + how_long;
         std::thread::scope(|s| {
             let senders: Vec<_> = (0..threads)
                 .map(|_| s.spawn(|| send(&self.netns, &self.interface, &frame, deadline)))

@@ -991,6 +991,7 @@ fn main() -> Result<()> {
             "syn_flood_steered_over_no_program": {
                 "goal": "0.98 to 1.02",
                 "measured": syn_flood["steered_over_no_program"],
+                "ci95": syn_flood["steered_over_no_program_ci95"],
             },
         },
         "xdp_drop_mpps": {

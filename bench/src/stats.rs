@@ -1,4 +1,4 @@
-//! Percentiles of latency samples.
+//! Percentiles of latency samples, and medians of figures with their confidence.
 
 use serde_json::{Value, json};
 
@@ -20,6 +20,31 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The median of some figures (the upper one of an even count).
+pub fn median(mut figures: Vec<f64>) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures[figures.len() / 2]
+}
+
+/// A 95 % confidence interval for the median of the distribution `figures` were drawn
+/// from, by order statistics alone (no assumption about its shape): the `k`-th smallest
+/// and `k`-th largest figure, with `k` the largest rank such that fewer than `k` of `n`
+/// draws fall below the median with a chance of at most 2.5 %. `None` below six figures.
+pub fn median_ci95(mut figures: Vec<f64>) -> Option<(f64, f64)> {
+    let n = figures.len();
+    figures.sort_by(f64::total_cmp);
+    // P(X < k) for X ~ Binomial(n, 1/2), summed term by term.
+    let mut term = 0.5f64.powi(n as i32);
+    let mut below = 0.0;
+    let mut k = 0;
+    while k < n / 2 && below + term <= 0.025 {
+        below += term;
+        term *= (n - k) as f64 / (k + 1) as f64;
+        k += 1;
+    }
+    (k > 0).then(|| (figures[k - 1], figures[n - k]))
 }
 
 impl Summary {
@@ -97,5 +122,18 @@ mod tests {
         assert_eq!(percentile(&[7], 99.0), 7);
         let s = Summary::of("x", &[3, 1, 2]);
         assert_eq!((s.p50, s.mean), (2, 2));
+    }
+
+    #[test]
+    fn median_confidence_by_order_statistics() {
+        let v: Vec<f64> = (1..=30).map(f64::from).collect();
+        assert_eq!(median(v.clone()), 16.0);
+        // Ranks 10 and 21 of 30 (the binomial tables' values).
+        assert_eq!(median_ci95(v), Some((10.0, 21.0)));
+        assert_eq!(
+            median_ci95((1..=6).map(f64::from).collect()),
+            Some((1.0, 6.0))
+        );
+        assert_eq!(median_ci95((1..=5).map(f64::from).collect()), None);
     }
 }

@@ -20,14 +20,19 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{Bench, flood, in_netns, ip, nft};
+use crate::{
+    Bench, flood, in_netns, ip, nft,
+    stats::{median, median_ci95},
+};
 
 /// faasd's nftables table (the daemon's NAT for calls out).
 const EGRESS_TABLE: &str = "faasd_egress";
 
-/// Flood rounds per side, alternating, and seconds per round.
-const ROUNDS: usize = 15;
-const SECONDS: u64 = 1;
+/// Flood rounds per side, and how long each side floods in a round. Many short rounds: a
+/// round's ratio of the sides spreads by 3-7 % on a VM, and its median must be known to
+/// better than the goal's 2 %.
+const ROUNDS: usize = 30;
+const FLOOD: Duration = Duration::from_millis(500);
 
 /// One side of the comparison: where its frames go, and whether faasd's nftables table is
 /// in the receiving namespace (the bench namespace has it from the daemon).
@@ -120,8 +125,15 @@ fn flood_both(b: &Bench, sender: &str, plain: &str, fn_addr: SocketAddrV6) -> Re
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let steered_before = steered(b)?;
     let mut rates: [Vec<(f64, f64)>; 4] = Default::default();
-    for _ in 0..ROUNDS {
-        for (i, s) in sides.iter().enumerate() {
+    for round in 0..ROUNDS {
+        // Every other round in reverse order, so that a drift within a round falls on both
+        // sides of each comparison alike.
+        let mut order: Vec<usize> = (0..sides.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let s = &sides[i];
             if s.netns == plain {
                 let _ = in_netns(plain, &["nft", "delete", "table", "inet", EGRESS_TABLE]);
                 if s.table {
@@ -130,7 +142,7 @@ fn flood_both(b: &Bench, sender: &str, plain: &str, fn_addr: SocketAddrV6) -> Re
             }
             let before = syncookies_sent(&s.netns)?;
             let started = Instant::now();
-            let sent = s.flood.run(threads, SECONDS)?;
+            let sent = s.flood.run(threads, FLOOD)?;
             let elapsed = started.elapsed().as_secs_f64();
             // The last frames may still be on their way through the veth.
             std::thread::sleep(Duration::from_millis(200));
@@ -139,7 +151,7 @@ fn flood_both(b: &Bench, sender: &str, plain: &str, fn_addr: SocketAddrV6) -> Re
         }
     }
     let steered_syns = steered(b)? - steered_before;
-    let answered_steered: f64 = rates[0].iter().map(|r| r.1).sum::<f64>() * SECONDS as f64;
+    let answered_steered: f64 = rates[0].iter().map(|r| r.1).sum::<f64>() * FLOOD.as_secs_f64();
     // Each SYN-ACK of the steered side came from a lookup the program steered; if the
     // kernel had found the socket another way the comparison would be of nothing.
     if (steered_syns as f64) < 0.9 * answered_steered {
@@ -148,20 +160,15 @@ fn flood_both(b: &Bench, sender: &str, plain: &str, fn_addr: SocketAddrV6) -> Re
              answered about {answered_steered:.0} SYNs: the flood did not go through it"
         );
     }
-    let median = |x: &mut dyn Iterator<Item = f64>| {
-        let mut x: Vec<f64> = x.collect();
-        x.sort_by(f64::total_cmp);
-        x[x.len() / 2]
-    };
     let summary: Vec<Value> = sides
         .iter()
         .zip(&rates)
         .map(|(s, r)| {
-            let sent = median(&mut r.iter().map(|x| x.0));
-            let answered = median(&mut r.iter().map(|x| x.1));
+            let sent = median(r.iter().map(|x| x.0).collect());
+            let answered = median(r.iter().map(|x| x.1).collect());
             println!(
                 "  {:<24} {sent:>9.0} SYNs/s sent, {answered:>9.0} SYN-ACKs/s (median of \
-                 {ROUNDS} rounds of {SECONDS} s)",
+                 {ROUNDS} rounds of {FLOOD:?})",
                 s.label
             );
             json!({"side": s.label, "sent_per_second": sent, "answered_per_second": answered,
@@ -170,21 +177,32 @@ fn flood_both(b: &Bench, sender: &str, plain: &str, fn_addr: SocketAddrV6) -> Re
         .collect();
     // Each ratio is the median of the rounds' own ratios: the sides of one round run
     // seconds apart, so what drifts over the run (the VM's neighbours) cancels out.
-    let paired =
-        |a: usize, b: usize| median(&mut rates[a].iter().zip(&rates[b]).map(|(x, y)| x.1 / y.1));
-    let ratio = paired(0, 1);
-    let tracking = paired(1, 2);
-    let miss = paired(3, 1);
+    let paired = |a: usize, b: usize| -> Vec<f64> {
+        rates[a]
+            .iter()
+            .zip(&rates[b])
+            .map(|(x, y)| x.1 / y.1)
+            .collect()
+    };
+    let ratios = paired(0, 1);
+    let (ratio, ci) = (median(ratios.clone()), median_ci95(ratios));
+    let tracking = median(paired(1, 2));
+    let miss = median(paired(3, 1));
+    let shown_ci = ci.map_or_else(String::new, |(lo, hi)| {
+        format!(", 95 % for the median {lo:.3} to {hi:.3}")
+    });
     println!(
-        "  steered ÷ no program: {ratio:.3} (goal: within 2 %); with faasd's nftables table ÷ \
-         without: {tracking:.3}; the bench namespace, the program missing ÷ no program: \
-         {miss:.3} (medians of each round's ratio)"
+        "  steered ÷ no program: {ratio:.3}{shown_ci} (goal: within 2 %); with faasd's nftables \
+         table ÷ without: {tracking:.3}; the bench namespace, the program missing ÷ no \
+         program: {miss:.3} (medians of each round's ratio)"
     );
     Ok(json!({
         "bindings": 100_000,
         "sender_threads": threads,
         "sides": summary,
         "steered_over_no_program": ratio,
+        "steered_over_no_program_ci95": ci.map(|(lo, hi)| [lo, hi]),
+        "flood_ms": FLOOD.as_millis() as u64,
         "nftables_table_over_none": tracking,
         "program_misses_over_no_program": miss,
         "steered_by_program": steered_syns,

@@ -29,7 +29,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use crate::{Bench, bpf, flood, in_netns, ip, nft};
+use crate::{Bench, bpf, flood, in_netns, ip, nft, stats::median};
 
 /// Name of the veth end in the bench namespace that gets the guard.
 pub const INTERFACE: &str = "fbx0";
@@ -125,7 +125,7 @@ fn measure(
     let before = dropped()?;
     let busy = busy_seconds()?;
     let started = Instant::now();
-    let sent = flood.run(threads, secs)?;
+    let sent = flood.run(threads, Duration::from_secs(secs))?;
     let elapsed = started.elapsed().as_secs_f64();
     let busy = busy_seconds()? - busy;
     // The last frames may still be on their way through the veth.
@@ -135,12 +135,6 @@ fn measure(
         dropped: (dropped()? - before) as f64 / elapsed,
         cpu_ns: busy * 1e9 / sent.max(1) as f64,
     })
-}
-
-/// The median of some figures.
-fn median(mut figures: Vec<f64>) -> f64 {
-    figures.sort_by(f64::total_cmp);
-    figures[figures.len() / 2]
 }
 
 /// Interface statistic `name` (`/sys/class/net/IF/statistics/NAME`) in `netns`.
