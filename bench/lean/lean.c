@@ -5,12 +5,15 @@
  * CPU-feature probing before main: glibc's start issues CPUID instructions, each a trap
  * to the hypervisor on a virtual machine. The bench starts it from stopped
  * beside the sample function, so that faasd's own part of a cold start can be read apart
- * from the program's.
+ * from the program's. It is also built against glibc (`lean-glibc`), whose exec floor
+ * beside the musl build's is what glibc's start costs on the machine.
  *
  * It takes its listening socket from LISTEN_FDS (fd 3), as the sample does, and answers
  * every connection with one HTTP response that carries when it accepted (X-Accepted-Ns,
  * CLOCK_MONOTONIC), as the sample does.
  */
+/* accept4 is a GNU extension in glibc's headers. */
+#define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>

@@ -98,17 +98,6 @@ fn parse_args() -> Result<Args> {
 /// Where `cargo xtask bench` builds the lean reference program (bench/lean/lean.c).
 const LEAN: &str = "target/lean/lean";
 
-/// The lean program (`--lean`) as an absolute path; a missing one says how to build it.
-fn lean_program(path: &Path) -> Result<PathBuf> {
-    std::fs::canonicalize(path).with_context(|| {
-        format!(
-            "--lean {}: build it with `cargo xtask bench` (musl-gcc -static \
-             bench/lean/lean.c, from Debian's musl-tools)",
-            path.display()
-        )
-    })
-}
-
 fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into our timespec.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
@@ -665,7 +654,7 @@ fn section_main(name: &str) -> Result<()> {
                 .containerd
                 .as_ref()
                 .map(|c| format!("containerd = {c:?}\n"));
-            let lean = lean_program(&a.lean)?;
+            let lean = prepared::Lean::find(&a.lean)?;
             let section = prepared::run(&mut b, &faasd, &hello, &lean, config.as_deref())?;
             let (process, container) = prepared::prepared_p50s(&section);
             let (thawed, thawed_container) = prepared::thaw_p50s(&section);
@@ -743,7 +732,7 @@ fn main() -> Result<()> {
     let out = std::fs::canonicalize(&args.out)?;
     let faasd = std::fs::canonicalize(&args.faasd).context("--faasd")?;
     let hello = std::fs::canonicalize(&args.hello).context("--hello")?;
-    let lean = lean_program(&args.lean)?;
+    let lean = prepared::Lean::find(&args.lean)?;
     let machine = machine();
     println!("machine: {machine}");
 
@@ -952,7 +941,7 @@ fn main() -> Result<()> {
         .map(ms);
     let (prepared_cold, prepared_container_cold) = prepared::prepared_p50s(&prepared);
     let (thawed, thawed_container) = prepared::thaw_p50s(&prepared);
-    let (lean_cold, lean_floor) = prepared::lean_p50s(&prepared);
+    let lean = prepared::lean_p50s(&prepared);
     let sk_lookup = by_bindings
         .iter()
         .find(|c| c.bindings == 100_000)
@@ -973,8 +962,9 @@ fn main() -> Result<()> {
             "frozen": thawed.map(ms),
             "exec_floor": prepared["exec_floor"]["p50_ns"].as_u64().map(ms),
             "lean_program": {
-                "prepared": lean_cold.map(ms),
-                "exec_floor": lean_floor.map(ms),
+                "prepared": lean.cold.map(ms),
+                "exec_floor": lean.floor.map(ms),
+                "exec_floor_glibc": lean.glibc_floor.map(ms),
             },
         },
         "warm_over_limit": {"goal": 1.02, "measured": faasd_p50 / limit as f64},

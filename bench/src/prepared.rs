@@ -5,7 +5,11 @@
 //! connections to a frozen function (`faasd.dev/freeze-after`), thawed by the connection,
 //! and the memory a frozen instance keeps.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -18,6 +22,36 @@ const RUNS: usize = 100;
 pub const PROCESS_FUNCTIONS: usize = 1_000;
 /// Prepared container functions whose idle cost is measured (each holds a containerd shim).
 pub const CONTAINER_FUNCTIONS: usize = 100;
+
+/// The lean reference program (bench/lean/lean.c) in its two builds: static against musl
+/// (`--lean`), and dynamic against glibc beside it (`lean-glibc`), the same program with
+/// glibc's start in front of `main`.
+pub struct Lean {
+    pub musl: PathBuf,
+    pub glibc: PathBuf,
+}
+
+impl Lean {
+    /// Both builds from the musl one's path, as absolute paths; a missing one says how to
+    /// build it.
+    pub fn find(musl: &Path) -> Result<Self> {
+        let glibc = musl.with_file_name("lean-glibc");
+        let absolute = |path: &Path| {
+            std::fs::canonicalize(path).with_context(|| {
+                format!(
+                    "the lean reference program {}: build it with `cargo xtask bench` \
+                     (bench/lean/lean.c, by musl-gcc -static from Debian's musl-tools as \
+                     lean, and by cc as lean-glibc beside it)",
+                    path.display()
+                )
+            })
+        };
+        Ok(Self {
+            musl: absolute(musl)?,
+            glibc: absolute(&glibc)?,
+        })
+    }
+}
 
 /// A field of /proc/meminfo, in KiB.
 fn meminfo(key: &str) -> Result<u64> {
@@ -330,28 +364,30 @@ fn fresh_daemon(b: &mut Bench, faasd: &Path, containerd: Option<&str>) -> Result
 /// frozen, for processes and, with containerd (`containerd`: the daemon's configuration
 /// line naming it), images. Processes twice: the sample, and `lean`, a program whose own
 /// start costs next to nothing (static, musl: no loader, no CPU probing), so that faasd's
-/// part of a start reads apart from the program's. A handful of functions: it may run
-/// among the other sections.
+/// part of a start reads apart from the program's; the floor also for `lean` built against
+/// glibc, which is what glibc's start costs here. A handful of functions: it may run among
+/// the other sections.
 pub fn starts(
     b: &mut Bench,
     faasd: &Path,
     hello: &Path,
-    lean: &Path,
+    lean: &Lean,
     containerd: Option<&str>,
 ) -> Result<Value> {
     fresh_daemon(b, faasd, containerd)?;
     println!("the floor: {RUNS} plain vfork+exec starts on the first connection, each program");
     let floor = exec_floor_runs(hello, "hello (Rust, glibc)")?;
-    let lean_floor = exec_floor_runs(lean, "lean (C, static musl)")?;
+    let lean_floor = exec_floor_runs(&lean.musl, "lean (C, static musl)")?;
+    let lean_glibc_floor = exec_floor_runs(&lean.glibc, "lean (C, glibc)")?;
     stats::print_table(
         "the floor: a plain parent vforks and execs the program on the first connection (ms)",
         Unit::Ms,
-        &[floor.clone(), lean_floor.clone()],
+        &[floor.clone(), lean_floor.clone(), lean_glibc_floor.clone()],
         None,
     );
     let process = json!({"service": "hp", "envProcess": hello.to_string_lossy()});
     let process_cold = side_by_side(b, "hp", &process, Cold::Process, "process")?;
-    let lean_body = json!({"service": "lp", "envProcess": lean.to_string_lossy()});
+    let lean_body = json!({"service": "lp", "envProcess": lean.musl.to_string_lossy()});
     let lean_cold = side_by_side(b, "lp", &lean_body, Cold::Process, "lean process")?;
     let root = cgroup_root().context("no cgroup v2 hierarchy")?;
     let frozen_body = |mut body: Value, name: &str| {
@@ -382,6 +418,7 @@ pub fn starts(
     Ok(json!({
         "exec_floor": floor.to_json(),
         "lean_exec_floor": lean_floor.to_json(),
+        "lean_glibc_exec_floor": lean_glibc_floor.to_json(),
         "process_cold": process_cold,
         "lean_cold": lean_cold,
         "container_cold": container_cold,
@@ -419,7 +456,7 @@ pub fn run(
     b: &mut Bench,
     faasd: &Path,
     hello: &Path,
-    lean: &Path,
+    lean: &Lean,
     containerd: Option<&str>,
 ) -> Result<Value> {
     let mut starts = starts(b, faasd, hello, lean, containerd)?;
@@ -433,12 +470,22 @@ pub fn prepared_p50s(section: &Value) -> (Option<u64>, Option<u64>) {
     (p50("process_cold"), p50("container_cold"))
 }
 
-/// The lean program's medians (ns): (prepared cold start, its exec floor).
-pub fn lean_p50s(section: &Value) -> (Option<u64>, Option<u64>) {
-    (
-        section["lean_cold"]["prepared"]["total"]["p50_ns"].as_u64(),
-        section["lean_exec_floor"]["p50_ns"].as_u64(),
-    )
+/// The lean program's medians (ns).
+pub struct LeanP50s {
+    /// Started from stopped and prepared.
+    pub cold: Option<u64>,
+    /// Its exec floor, built static against musl (as it is started) and against glibc.
+    pub floor: Option<u64>,
+    pub glibc_floor: Option<u64>,
+}
+
+/// The lean program's medians in a section.
+pub fn lean_p50s(section: &Value) -> LeanP50s {
+    LeanP50s {
+        cold: section["lean_cold"]["prepared"]["total"]["p50_ns"].as_u64(),
+        floor: section["lean_exec_floor"]["p50_ns"].as_u64(),
+        glibc_floor: section["lean_glibc_exec_floor"]["p50_ns"].as_u64(),
+    }
 }
 
 /// The medians (ns) of a section's connections to frozen functions: (process, container).

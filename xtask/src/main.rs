@@ -375,16 +375,23 @@ fn bench(args: &[String]) -> Result {
         .args(args))
 }
 
-/// Builds the bench's lean reference program (static, musl); returns its path.
+/// Builds the bench's lean reference program static against musl, and against glibc
+/// beside it (`lean-glibc`, for its exec floor); returns the musl build's path.
 fn build_lean(root: &std::path::Path) -> Result<std::path::PathBuf> {
-    step("building the lean reference program (musl-gcc -static bench/lean/lean.c)");
-    let out = root.join("target/lean/lean");
-    std::fs::create_dir_all(root.join("target/lean")).map_err(|e| e.to_string())?;
+    step("building the lean reference program (bench/lean/lean.c: musl-gcc -static, and cc)");
+    let dir = root.join("target/lean");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let flags = ["-O2", "-Wall", "-Wextra", "-Werror", "-o"];
     run(Command::new("musl-gcc")
-        .args(["-O2", "-static", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&out)
+        .arg("-static")
+        .args(flags)
+        .arg(dir.join("lean"))
         .arg(root.join("bench/lean/lean.c")))?;
-    Ok(out)
+    run(Command::new("cc")
+        .args(flags)
+        .arg(dir.join("lean-glibc"))
+        .arg(root.join("bench/lean/lean.c")))?;
+    Ok(dir.join("lean"))
 }
 
 /// `cargo xtask image`: into the system containerd if one runs; otherwise only the archives
