@@ -50,7 +50,7 @@ const SHIM_RUNTIME: &str = "io.containerd.runc.v2";
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The static activation shim, built by faasd's build script.
-static SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/faasd-shim"));
+pub(super) static SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/faasd-shim"));
 
 /// Options of containerd's runc shim (`containerd.runc.v1.Options`); only the fields
 /// faasd sets.
@@ -694,7 +694,7 @@ impl Runtime for ContainerRuntime {
                 op: "keeping the prepared container's shim connection",
                 source,
             })?;
-        Ok(Prepared::new(instance, handover, None))
+        Ok(Prepared::new(instance, handover, None, false))
     }
 
     async fn reap(&self, instance: &Instance) -> String {

@@ -11,6 +11,7 @@ use std::{
 
 pub mod cgroup;
 pub mod container;
+pub mod preload;
 pub mod prepared;
 pub mod process;
 pub mod seccomp;
@@ -39,6 +40,16 @@ pub enum RuntimeError {
         op: &'static str,
         /// Why.
         source: io::Error,
+    },
+    /// A prepared program ran on past the library that was to hold it before `main`.
+    #[error(
+        "preparing {program}: it did not stop before main as a dynamically linked program \
+         with faasd's library preloaded does; its loader may have refused the library (see \
+         the function's log); remove faasd.dev/prepare to start it from stopped"
+    )]
+    NotHeld {
+        /// The program.
+        program: String,
     },
     /// An argument or environment string holds a NUL byte.
     #[error(

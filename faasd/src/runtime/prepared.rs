@@ -4,12 +4,13 @@
 //! instance is cloned into its namespaces and cgroup, its mounts made, its privileges
 //! dropped and its system call filter loaded, and its function (pid 2) forked from the
 //! init; a container's task runs, its pid 1 (faasd's shim) connected to faasd. Each waits
-//! on a hand-over socket of its own. The first
-//! connection then costs one message with the sockets and the exec of the function's
-//! command: every guarantee of the sandbox was in place before, none is left for later.
+//! on a hand-over socket of its own. A dynamically linked program is exec'd too, and held
+//! before `main` ([`super::preload`]): its first connection costs one byte on that socket.
+//! Any other costs one message with the sockets and the exec of the function's command.
+//! Either way every guarantee of the sandbox was in place before, none is left for later.
 
 use std::{
-    io,
+    io::{self, Write},
     os::{fd::RawFd, unix::net::UnixStream},
 };
 
@@ -25,24 +26,37 @@ pub struct Prepared {
     handover: UnixStream,
     /// Process instances: EOF once the command has been exec'd.
     exec: Option<ExecReport>,
+    /// A program held before `main` ([`super::preload`]), its sockets in place already.
+    held: bool,
 }
 
 impl Prepared {
-    pub(crate) fn new(instance: Instance, handover: UnixStream, exec: Option<ExecReport>) -> Self {
+    pub(crate) fn new(
+        instance: Instance,
+        handover: UnixStream,
+        exec: Option<ExecReport>,
+        held: bool,
+    ) -> Self {
         Self {
             instance,
             handover,
             exec,
+            held,
         }
     }
 
     /// Hands the instance its sockets (none for an image that binds its own port) and
     /// their names: one message on a socket nobody else writes to, which does not block.
-    /// The kernel has its own references to the descriptors once this returns.
+    /// The kernel has its own references to the descriptors once this returns. A held
+    /// program has its sockets: the message is one byte, which lets it on to `main`.
     pub fn go(self, names: &str, fds: &[RawFd]) -> Result<Going, (Instance, RuntimeError)> {
         // A message of no bytes would carry nothing, not even the descriptors.
         let payload = if names.is_empty() { "-" } else { names };
-        match self.handover.send_with_fd(payload.as_bytes(), fds) {
+        let sent = match self.held {
+            true => (&self.handover).write(b"g"),
+            false => self.handover.send_with_fd(payload.as_bytes(), fds),
+        };
+        match sent {
             Ok(_) => Ok(Going {
                 instance: self.instance,
                 exec: self.exec,

@@ -20,6 +20,7 @@ use std::{
 
 use super::{
     Instance, Launch, Runtime, RuntimeError, cstring,
+    preload::Preload,
     prepared::Prepared,
     spawner::{Request, Spawner},
 };
@@ -27,11 +28,19 @@ use super::{
 /// The process runtime, cloning through the spawner.
 #[derive(Debug)]
 pub struct ProcessRuntime {
-    spawner: Arc<Spawner>,
-    hidden: Vec<PathBuf>,
-    private_tmp: bool,
+    sandbox: Arc<Sandbox>,
     /// Per-instance copies of secrets, readable by the instance's user alone.
     secrets_dir: PathBuf,
+}
+
+/// What every clone shares: the spawner, how instances are confined, and the library that
+/// holds prepared programs before `main` (`None` where it cannot be made).
+#[derive(Debug)]
+struct Sandbox {
+    spawner: Spawner,
+    hidden: Vec<PathBuf>,
+    private_tmp: bool,
+    preload: Option<Preload>,
 }
 
 /// Where secrets appear in an instance, as in an OpenFaaS container. The directory must
@@ -67,10 +76,22 @@ impl ProcessRuntime {
                  process functions with secrets will not start until it exists"
             );
         }
+        let preload = Preload::new()
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "making the memfd that holds prepared programs before main: {e}; \
+                     prepared process instances wait before their exec instead (allow \
+                     executable memfds, vm.memfd_noexec = 0 or 1, for the faster way)"
+                )
+            })
+            .ok();
         Ok(Self {
-            spawner: Arc::new(Spawner::start()?),
-            hidden,
-            private_tmp,
+            sandbox: Arc::new(Sandbox {
+                spawner: Spawner::start()?,
+                hidden,
+                private_tmp,
+                preload,
+            }),
             secrets_dir,
         })
     }
@@ -127,8 +148,8 @@ fn lookup_user(name: &str) -> Result<User, RuntimeError> {
     })
 }
 
-/// A start or a prepare: spawner, hidden directories, private /tmp, secrets, launch.
-type CloneStep<T> = fn(&Spawner, &[PathBuf], bool, &Path, &Launch) -> Result<T, RuntimeError>;
+/// A start or a prepare: the sandbox, the instance's secrets directory, the launch.
+type CloneStep<T> = fn(&Sandbox, &Path, &Launch) -> Result<T, RuntimeError>;
 
 impl ProcessRuntime {
     /// Runs `f` (a clone and its wait) on a blocking thread.
@@ -137,10 +158,9 @@ impl ProcessRuntime {
         launch: Launch,
         f: CloneStep<T>,
     ) -> Result<T, RuntimeError> {
-        let spawner = self.spawner.clone();
-        let (hidden, private_tmp) = (self.hidden.clone(), self.private_tmp);
+        let sandbox = self.sandbox.clone();
         let secrets = self.secrets_dir.join(&launch.instance);
-        tokio::task::spawn_blocking(move || f(&spawner, &hidden, private_tmp, &secrets, &launch))
+        tokio::task::spawn_blocking(move || f(&sandbox, &secrets, &launch))
             .await
             .map_err(|e| RuntimeError::Io {
                 op: "waiting for the start",
@@ -215,41 +235,59 @@ fn copy_secrets(dir: &Path, secrets: &[(String, PathBuf)], user: &User) -> io::R
 }
 
 /// Has the spawner clone the instance into its namespaces and waits until it has exec'd.
-fn start(
-    spawner: &Spawner,
-    hidden: &[PathBuf],
-    private_tmp: bool,
-    secrets_dir: &Path,
-    launch: &Launch,
-) -> Result<Instance, RuntimeError> {
-    let (instance, exec) = clone(spawner, hidden, private_tmp, secrets_dir, launch, None)?;
+fn start(sandbox: &Sandbox, secrets_dir: &Path, launch: &Launch) -> Result<Instance, RuntimeError> {
+    let (instance, exec) = clone(sandbox, secrets_dir, launch, None)?;
     exec.wait()?;
     Ok(instance)
 }
 
-/// Has the spawner clone the instance, set up and waiting for its sockets on a socket of
-/// its own; returns once it says it is ready.
+/// How long a held program may take from its exec to the library's constructor (its
+/// loader's and libc's start, well under 10 ms on an idle host).
+const HOLD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Has the spawner clone the instance, set up and waiting on a hand-over socket of its
+/// own; returns once it says it is ready. A dynamically linked program is exec'd now, its
+/// sockets in place, and held before `main` ([`super::preload`]); any other waits in the
+/// instance before its exec, for the sockets.
 fn prepare(
-    spawner: &Spawner,
-    hidden: &[PathBuf],
-    private_tmp: bool,
+    sandbox: &Sandbox,
     secrets_dir: &Path,
     launch: &Launch,
 ) -> Result<Prepared, RuntimeError> {
     let (ours, theirs) =
         std::os::unix::net::UnixStream::pair().map_err(io_err("making the hand-over socket"))?;
-    let (instance, exec) = clone(
-        spawner,
-        hidden,
-        private_tmp,
-        secrets_dir,
-        launch,
-        Some(theirs.as_raw_fd()),
-    )?;
+    let held = sandbox
+        .preload
+        .as_ref()
+        .and_then(|p| p.hold(launch, theirs.as_raw_fd()));
+    let (instance, exec) = match &held {
+        Some(held) => clone(sandbox, secrets_dir, held, None)?,
+        None => clone(sandbox, secrets_dir, launch, Some(theirs.as_raw_fd()))?,
+    };
     drop(theirs);
+    if held.is_some() {
+        ours.set_read_timeout(Some(HOLD_TIMEOUT))
+            .map_err(io_err("setting the hand-over socket's timeout"))?;
+    }
     let mut ready = [0u8; 1];
     match (&ours).read(&mut ready) {
-        Ok(1) => Ok(Prepared::new(instance, ours, Some(exec))),
+        Ok(1) => {
+            let _ = ours.set_read_timeout(None);
+            Ok(Prepared::new(instance, ours, Some(exec), held.is_some()))
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            // Running on past the library (which its loader refused), it would serve
+            // nothing: it goes, and the function prepares no more.
+            kill_and_reap(&instance);
+            Err(RuntimeError::NotHeld {
+                program: launch.argv[0].clone(),
+            })
+        }
         // The instance ended in its setup: its report says where.
         _ => {
             exec.wait()?;
@@ -257,6 +295,21 @@ fn prepare(
                 "it ended before it was ready",
             )))
         }
+    }
+}
+
+/// Kills an instance that has not become one and reaps it (the daemon is its parent).
+fn kill_and_reap(instance: &Instance) {
+    // SAFETY: pidfd_send_signal on the instance's own pidfd, then waitpid on its pid.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            instance.pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+        libc::waitpid(instance.pid, std::ptr::null_mut(), 0);
     }
 }
 
@@ -300,9 +353,7 @@ impl ExecReport {
 /// The clone itself: everything a start and a prepared start share. `handover`: the
 /// instance's end of its hand-over socket, for a prepared one.
 fn clone(
-    spawner: &Spawner,
-    hidden: &[PathBuf],
-    private_tmp: bool,
+    sandbox: &Sandbox,
     secrets_dir: &Path,
     launch: &Launch,
     handover: Option<RawFd>,
@@ -378,7 +429,8 @@ fn clone(
         cgroup: cgroup.is_some(),
         // A program that lives below one of them (a developer's build under /root) keeps
         // that one visible: it could not be executed otherwise.
-        hide: hidden
+        hide: sandbox
+            .hidden
             .iter()
             .filter(|d| {
                 !launch
@@ -388,7 +440,7 @@ fn clone(
             })
             .map(|d| d.to_string_lossy().into_owned())
             .collect(),
-        private_tmp,
+        private_tmp: sandbox.private_tmp,
         netns: launch.netns.is_some(),
         joins: joins.len(),
         read_only: launch.read_only,
@@ -414,7 +466,8 @@ fn clone(
     if req.argv.iter().chain(&req.env).any(|a| a.contains('\0')) {
         return Err(RuntimeError::Nul);
     }
-    let cloned = spawner
+    let cloned = sandbox
+        .spawner
         .clone_instance(&req, &fds)
         .map_err(io_err("clone3 (through the spawner)"))?;
     let exec = ExecReport {

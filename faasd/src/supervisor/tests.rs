@@ -63,7 +63,7 @@ impl Runtime for FakeRuntime {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         self.handovers.lock().unwrap().push(theirs);
         Ok(crate::runtime::prepared::Prepared::new(
-            instance, ours, None,
+            instance, ours, None, false,
         ))
     }
 

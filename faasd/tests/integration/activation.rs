@@ -11,8 +11,8 @@ use faasd::status::Phase;
 
 use crate::{
     harness::{
-        Daemon, Netns, cgroup_frozen, function_below, http_get, instance_of, wait_cgroup_frozen,
-        wait_gone,
+        Daemon, Netns, cgroup_frozen, function_below, hello_bin, http_get, http_get_path,
+        instance_of, wait_cgroup_frozen, wait_gone,
     },
     require_privileges,
 };
@@ -496,8 +496,9 @@ fn a_prepared_function_waits_confined_and_its_first_connection_runs_that_instanc
     assert_eq!((s.state.phase, s.replicas), (Phase::Stopped, 0));
     let prepared = s.state.prepared.clone().unwrap();
     // Waiting, it is the instance's init and the function forked from it, which waits
-    // for its sockets: both already as confined as they will run, with their own user
-    // and namespaces, no privileges, the system call filter.
+    // for its first connection: both already as confined as they will run, with their own
+    // user and namespaces, no privileges, the system call filter. `hello` is linked
+    // dynamically, so the function is the program itself, exec'd and held before main.
     let mut pids = in_cgroup(&ns, "prep");
     pids.sort_unstable();
     assert_eq!(
@@ -512,6 +513,16 @@ fn a_prepared_function_waits_confined_and_its_first_connection_runs_that_instanc
         status_of(function).contains(&format!("\nPPid:\t{init}\n")),
         "the function waits as the init's child:\n{}",
         status_of(function)
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{function}/exe")).unwrap(),
+        std::fs::canonicalize(hello_bin()).unwrap(),
+        "the held function is the program, exec'd"
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{function}/maps")).unwrap();
+    assert!(
+        maps.contains("/memfd:faasd-preload"),
+        "faasd's library holds it (loaded from the memfd):\n{maps}"
     );
     for kind in ["net", "pid", "mnt", "ipc", "uts"] {
         let ns_of = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
@@ -528,6 +539,19 @@ fn a_prepared_function_waits_confined_and_its_first_connection_runs_that_instanc
     let (code, body) = ns.run(|| http_get(target)).unwrap();
     assert_eq!(code, 200, "{body}\n{}", d.log());
     assert_eq!(instance_of(&body), prepared, "the prepared instance served");
+    // Let on to main, the program sees the systemd protocol's variables and none of the
+    // library's: nothing it starts inherits them.
+    for (name, want) in [
+        ("LISTEN_FDS", "1"),
+        ("LISTEN_PID", "2"),
+        ("LD_PRELOAD", "LD_PRELOAD is not set"),
+        ("FAASD_HANDOVER_FD", "FAASD_HANDOVER_FD is not set"),
+    ] {
+        let (code, body) = ns
+            .run(|| http_get_path(target, &format!("/env/{name}")))
+            .unwrap();
+        assert_eq!((code, body.trim()), (200, want), "{name}");
+    }
     let s = d.wait_for("prep", "the prepared instance running", |s| s.replicas == 1);
     assert_eq!(s.state.instances[0].id, prepared);
     assert_eq!(s.state.instances[0].pid, pids[0]);
