@@ -317,9 +317,14 @@ fn test(args: &[String]) -> Result {
         run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
         // Not a default member: without std it builds only where panics abort.
         step("cargo clippy -p faasd-preload -D warnings");
-        run(cargo()
-            .env("CARGO_PROFILE_DEV_PANIC", "abort")
-            .args(["clippy", "-p", "faasd-preload", "--", "-D", "warnings"]))?;
+        run(cargo().env("CARGO_PROFILE_DEV_PANIC", "abort").args([
+            "clippy",
+            "-p",
+            "faasd-preload",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     println!("\nall tests passed");
     Ok(())

@@ -11,8 +11,8 @@ use faasd::status::Phase;
 
 use crate::{
     harness::{
-        Daemon, Netns, cgroup_frozen, function_below, hello_bin, http_get, http_get_path,
-        instance_of, wait_cgroup_frozen, wait_gone,
+        Daemon, Netns, cgroup_frozen, faasd_bin, function_below, hello_bin, http_get,
+        http_get_path, instance_of, static_hello_bin, wait_cgroup_frozen, wait_gone,
     },
     require_privileges,
 };
@@ -580,6 +580,49 @@ fn a_prepared_function_waits_confined_and_its_first_connection_runs_that_instanc
     assert_eq!(code, 200);
     d.cli_ok(&["remove", "prep"]);
     wait_cgroup_empty(&ns, "prep", "after remove");
+}
+
+#[test]
+fn a_prepared_static_program_waits_before_its_exec_and_serves_its_first_connection() {
+    require_privileges!();
+    let ns = Netns::new("prepst");
+    let d = Daemon::start(&ns);
+    let program = static_hello_bin();
+    d.cli_ok(&[
+        "deploy",
+        "prepst",
+        "--command",
+        &program,
+        "--annotation",
+        "faasd.dev/prepare=true",
+    ]);
+    let addr = d.describe("prepst").address;
+    let s = d.wait_for("prepst", "an instance prepared", |s| {
+        s.state.prepared.is_some()
+    });
+    let prepared = s.state.prepared.clone().unwrap();
+    // No loader would preload faasd's library into a static program: its function waits
+    // for the sockets in faasd's own code (the spawner's image), before its exec.
+    let pids = in_cgroup(&ns, "prepst");
+    assert_eq!(
+        pids.len(),
+        2,
+        "the prepared init and its function: {pids:?}"
+    );
+    let function = *pids.iter().max().unwrap();
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{function}/exe")).unwrap(),
+        std::fs::canonicalize(faasd_bin()).unwrap(),
+        "the function waits before its exec"
+    );
+    let target = SocketAddr::from((addr, 8080));
+    let (code, body) = ns.run(|| http_get(target)).unwrap();
+    assert_eq!(code, 200, "{body}\n{}", d.log());
+    assert_eq!(instance_of(&body), prepared, "the prepared instance served");
+    let (code, body) = ns.run(|| http_get_path(target, "/env/LD_PRELOAD")).unwrap();
+    assert_eq!((code, body.trim()), (200, "LD_PRELOAD is not set"));
+    d.cli_ok(&["remove", "prepst"]);
+    wait_cgroup_empty(&ns, "prepst", "after remove");
 }
 
 #[test]

@@ -236,6 +236,21 @@ pub fn hello_bin() -> String {
     hello.to_string_lossy().into_owned()
 }
 
+/// The sample function linked statically, as the images carry it (`cargo xtask test`
+/// builds it with them).
+pub fn static_hello_bin() -> String {
+    let exe = std::env::current_exe().unwrap();
+    let target_dir = exe.ancestors().nth(3).unwrap();
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let hello = target_dir.join(triple).join("release/hello");
+    assert!(
+        hello.exists(),
+        "{} is missing: build it with `cargo xtask image`",
+        hello.display()
+    );
+    hello.to_string_lossy().into_owned()
+}
+
 /// The faasd CLI with none of the caller's settings: an OPENFAAS_URL in the environment of
 /// whoever runs the tests must not send them to a real faasd.
 fn cli_command() -> Command {
