@@ -260,17 +260,23 @@ fn prepare(
         .preload
         .as_ref()
         .and_then(|p| p.hold(launch, theirs.as_raw_fd()));
+    if held.is_some() {
+        ours.set_read_timeout(Some(HOLD_TIMEOUT))
+            .map_err(io_err("setting the hand-over socket's timeout"))?;
+    }
     let (instance, exec) = match &held {
         Some(held) => clone(sandbox, secrets_dir, held, None)?,
         None => clone(sandbox, secrets_dir, launch, Some(theirs.as_raw_fd()))?,
     };
     drop(theirs);
-    if held.is_some() {
-        ours.set_read_timeout(Some(HOLD_TIMEOUT))
-            .map_err(io_err("setting the hand-over socket's timeout"))?;
-    }
     let mut ready = [0u8; 1];
-    match (&ours).read(&mut ready) {
+    let read = loop {
+        match (&ours).read(&mut ready) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r,
+        }
+    };
+    match read {
         Ok(1) => {
             let _ = ours.set_read_timeout(None);
             Ok(Prepared::new(instance, ours, Some(exec), held.is_some()))
@@ -282,7 +288,8 @@ fn prepare(
             ) =>
         {
             // Running on past the library (which its loader refused), it would serve
-            // nothing: it goes, and the function prepares no more.
+            // nothing: it goes, and the function is prepared again only after its next
+            // activation.
             kill_and_reap(&instance);
             Err(RuntimeError::NotHeld {
                 program: launch.argv[0].clone(),
