@@ -73,6 +73,21 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Process functions get a private `/tmp` (as systemd's `PrivateTmp=`): a sample function
+/// built in a checkout below it would not be there for them to exec.
+fn checkout_outside_tmp() -> Result {
+    let root = root();
+    if root.starts_with("/tmp") {
+        return Err(format!(
+            "the checkout is at {}, below /tmp: faasd gives process functions a private \
+             /tmp, so the sample function built here is not there for them to run; clone \
+             the repository somewhere else (say /srv or /opt) and run it from there",
+            root.display()
+        ));
+    }
+    Ok(())
+}
+
 fn step(what: &str) {
     println!("\n==> {what}");
 }
@@ -98,6 +113,7 @@ fn cargo() -> Command {
 }
 
 fn up() -> Result {
+    checkout_outside_tmp()?;
     setup::ensure()?;
     step("building faasd and the sample function (release)");
     run(cargo().args(["build", "--release", "-p", "faasd", "-p", "hello"]))?;
@@ -252,6 +268,7 @@ faasd is running with two sample functions:
 fn test(args: &[String]) -> Result {
     let lint = !args.iter().any(|a| a == "--no-lint");
     let extra: Vec<&String> = args.iter().filter(|a| *a != "--no-lint").collect();
+    checkout_outside_tmp()?;
     setup::ensure()?;
     if lint {
         for (tool, component) in [("fmt", "rustfmt"), ("clippy", "clippy")] {
