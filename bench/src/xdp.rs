@@ -41,8 +41,9 @@ const PLAIN: (&str, &str) = ("fbn0", "fbn1");
 const SINK: &str = "fbs0";
 /// XDP_DROP, the guard's verdict for a frame no binding holds.
 const XDP_DROP: u32 = 1;
-/// Rounds of the floods, interleaved.
-const ROUNDS: usize = 3;
+/// Rounds of the floods, interleaved: a path's part of a frame is a difference of two CPU
+/// figures near 700 ns that move by tens of ns between rounds.
+const ROUNDS: usize = 5;
 
 /// A second namespace joined to the bench one by two veth pairs (fd00:beef::2 →
 /// fd00:beef::1, routing the platform prefix; fd00:beee::2 → fd00:beee::1), with a sink
@@ -212,11 +213,16 @@ pub fn drop_rate(
     );
     let rounds = rounds?;
     let of = |i: usize, f: fn(&Rate) -> f64| median(rounds.iter().map(|r| f(&r[i])).collect());
-    // The receiving side's part: what a frame costs beyond the sender alone. A difference
-    // of no more than nothing is below what this method resolves (the sender alone moves
-    // by tens of ns between rounds), and has no rate.
-    let receive_ns =
-        |i: usize| Some(of(i, |r| r.cpu_ns) - of(0, |r| r.cpu_ns)).filter(|ns| *ns > 0.0);
+    // The receiving side's part: what a frame costs beyond the sender alone, the median of
+    // each round's difference (a round's floods run seconds apart, so what drifts over the
+    // run falls on both). A difference of no more than nothing is below what this method
+    // resolves (the sender alone moves by tens of ns between rounds), and has no rate.
+    let receive_ns = |i: usize| {
+        Some(median(
+            rounds.iter().map(|r| r[i].cpu_ns - r[0].cpu_ns).collect(),
+        ))
+        .filter(|ns| *ns > 0.0)
+    };
     let mut paths = serde_json::Map::new();
     for (i, (name, key)) in PATHS.iter().enumerate() {
         let line = format!(
