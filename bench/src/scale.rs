@@ -237,8 +237,8 @@ fn measure(b: &mut Bench, faasd: &Path, hello: &Path, n: usize) -> Result<Row> {
             listed.as_array().map(Vec::len)
         );
     }
-    // The baselines again, after: this VM drifts by 20 % over the minutes one size takes,
-    // so the figures among n are held against the mean of one run before and one after.
+    // The baselines again, after: the figures among n are held against the mean of the
+    // run before and this one (see `Row::cold_one_ms`).
     let after = among_one(b, faasd, hello)?;
     println!(
         "    among 1 function, after: cold start {:.2} ms, DNS {:.0} queries/s",

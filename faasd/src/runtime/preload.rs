@@ -133,8 +133,8 @@ mod tests {
 
     #[test]
     fn tells_dynamic_programs_from_static_ones_and_scripts() {
-        // This test binary is linked dynamically; the shell is, on every distribution the
-        // tests run on. A script and a missing file are not ELF at all.
+        // This test binary is linked dynamically; a script and a missing file are not ELF
+        // at all, and the shim faasd embeds is static.
         assert!(dynamically_linked(&std::env::current_exe().unwrap()));
         let dir = std::env::temp_dir().join(format!("faasd-preload-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -142,7 +142,6 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
         assert!(!dynamically_linked(&script));
         assert!(!dynamically_linked(&dir.join("missing")));
-        // The shim faasd embeds is static.
         let shim = dir.join("shim");
         std::fs::write(&shim, super::super::container::SHIM).unwrap();
         assert!(!dynamically_linked(&shim));
